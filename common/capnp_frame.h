@@ -1,0 +1,37 @@
+// Cap'n Proto messages as ring frames.
+//
+// A frame holds one message in Cap'n Proto's flat-array form (segment table + segments), so
+// the consumer reads it in place with a FlatArrayMessageReader: no copy, no allocation. The
+// ring keeps frames 8-byte aligned, which is the word alignment the reader needs.
+//
+// A frame from shared memory is untrusted: a malformed one makes the reader throw
+// kj::Exception when it is opened or traversed. Callers process each frame inside
+// `try { ... } catch (const kj::Exception&)`, count it as bad, log it (rate-limited) and go
+// on — one bad frame never stops a stage.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <span>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include "ring.h"
+
+namespace flowseal {
+
+// Reader limits for frames: generous for our largest batches, small enough that a forged
+// frame cannot make a reader walk gigabytes.
+capnp::ReaderOptions frame_reader_options();
+
+// Views a frame's payload as Cap'n Proto words (requires the ring's 8-byte alignment).
+kj::ArrayPtr<const capnp::word> as_words(std::span<const std::byte> frame);
+
+// Writes `message` as one frame. Waits while the ring is full, checking `give_up` between
+// waits; returns false only if give_up() said so (or the message exceeds max_frame).
+// Does not publish: call producer.publish() once per batch of frames.
+bool write_message(RingProducer& producer, capnp::MessageBuilder& message,
+                   const std::function<bool()>& give_up);
+
+}  // namespace flowseal

@@ -1,0 +1,333 @@
+#include "config.h"
+
+#include <algorithm>
+#include <functional>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <yaml-cpp/yaml.h>
+
+namespace flowseal {
+namespace {
+
+// One configuration key: how to read it from YAML into Config, and how to print it back.
+struct KeySpec {
+  std::string path;  // "flowd.udp_idle_timeout"
+  std::string doc;
+  std::function<void(Config&, const YAML::Node&, const std::string& where)> set;
+  std::function<std::string(const Config&)> get;
+};
+
+std::string where_of(const YAML::Node& node, const std::string& source) {
+  const YAML::Mark mark = node.Mark();
+  if (source.empty() || mark.is_null()) return source.empty() ? "--set" : source;
+  return fmt::format("{}:{}", source, mark.line + 1);
+}
+
+template <typename T>
+T scalar_as(const YAML::Node& node, const std::string& key, const std::string& where,
+            std::string_view type_name) {
+  if (!node.IsScalar()) {
+    throw ConfigError(fmt::format("{}: key '{}' must be {}, not a {}", where, key, type_name,
+                                  node.IsSequence() ? "list" : "map"));
+  }
+  try {
+    return node.as<T>();
+  } catch (const YAML::Exception&) {
+    throw ConfigError(fmt::format("{}: key '{}' must be {}, got '{}'", where, key, type_name,
+                                  node.Scalar()));
+  }
+}
+
+KeySpec int_key(std::string path, std::function<std::int64_t&(Config&)> field, std::int64_t lo,
+                std::int64_t hi, std::string doc) {
+  KeySpec spec{path, std::move(doc), nullptr, nullptr};
+  spec.set = [path, field, lo, hi](Config& c, const YAML::Node& n, const std::string& where) {
+    const auto v = scalar_as<std::int64_t>(n, path, where, "an integer");
+    if (v < lo || v > hi) {
+      throw ConfigError(
+          fmt::format("{}: key '{}' = {} is out of range [{}, {}]", where, path, v, lo, hi));
+    }
+    field(c) = v;
+  };
+  spec.get = [field](const Config& c) {
+    return std::to_string(field(const_cast<Config&>(c)));
+  };
+  return spec;
+}
+
+KeySpec double_key(std::string path, std::function<double&(Config&)> field, double lo,
+                   double hi, std::string doc) {
+  KeySpec spec{path, std::move(doc), nullptr, nullptr};
+  spec.set = [path, field, lo, hi](Config& c, const YAML::Node& n, const std::string& where) {
+    const auto v = scalar_as<double>(n, path, where, "a number");
+    if (!(v >= lo && v <= hi)) {
+      throw ConfigError(
+          fmt::format("{}: key '{}' = {} is out of range [{}, {}]", where, path, v, lo, hi));
+    }
+    field(c) = v;
+  };
+  spec.get = [field](const Config& c) { return fmt::format("{}", field(const_cast<Config&>(c))); };
+  return spec;
+}
+
+KeySpec bool_key(std::string path, std::function<bool&(Config&)> field, std::string doc) {
+  KeySpec spec{path, std::move(doc), nullptr, nullptr};
+  spec.set = [path, field](Config& c, const YAML::Node& n, const std::string& where) {
+    field(c) = scalar_as<bool>(n, path, where, "true or false");
+  };
+  spec.get = [field](const Config& c) { return field(const_cast<Config&>(c)) ? "true" : "false"; };
+  return spec;
+}
+
+KeySpec string_key(std::string path, std::function<std::string&(Config&)> field,
+                   std::vector<std::string> allowed, std::string doc) {
+  KeySpec spec{path, std::move(doc), nullptr, nullptr};
+  spec.set = [path, field, allowed](Config& c, const YAML::Node& n, const std::string& where) {
+    auto v = n.IsNull() ? std::string() : scalar_as<std::string>(n, path, where, "a string");
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+      throw ConfigError(fmt::format("{}: key '{}' = '{}' is not one of: {}", where, path, v,
+                                    fmt::join(allowed, ", ")));
+    }
+    field(c) = std::move(v);
+  };
+  spec.get = [field](const Config& c) {
+    YAML::Emitter out;
+    out << YAML::DoubleQuoted << field(const_cast<Config&>(c));
+    return std::string(out.c_str());
+  };
+  return spec;
+}
+
+KeySpec list_key(std::string path, std::function<std::vector<std::string>&(Config&)> field,
+                 std::string doc) {
+  KeySpec spec{path, std::move(doc), nullptr, nullptr};
+  spec.set = [path, field](Config& c, const YAML::Node& n, const std::string& where) {
+    std::vector<std::string> values;
+    if (n.IsSequence()) {
+      for (const auto& item : n) values.push_back(scalar_as<std::string>(item, path, where, "a string"));
+    } else if (!n.IsNull()) {
+      values.push_back(scalar_as<std::string>(n, path, where, "a string or a list of strings"));
+    }
+    field(c) = std::move(values);
+  };
+  spec.get = [field](const Config& c) {
+    YAML::Emitter out;
+    out << YAML::Flow << YAML::BeginSeq;
+    for (const auto& v : field(const_cast<Config&>(c))) out << YAML::DoubleQuoted << v;
+    out << YAML::EndSeq;
+    return std::string(out.c_str());
+  };
+  return spec;
+}
+
+constexpr std::int64_t kMaxI = std::numeric_limits<std::int32_t>::max();
+constexpr double kYear = 365.0 * 86400;
+
+const std::vector<KeySpec>& key_table() {
+  static const std::vector<KeySpec> table = [] {
+    std::vector<KeySpec> t;
+    // capture
+    t.push_back(list_key("capture.files", [](Config& c) -> auto& { return c.capture.files; },
+                         "offline sources (pcap or pcapng), read in this order"));
+    t.push_back(string_key("capture.interface", [](Config& c) -> auto& { return c.capture.interface; }, {},
+                           "live interface to capture on"));
+    t.push_back(string_key("capture.filter", [](Config& c) -> auto& { return c.capture.filter; }, {},
+                           "BPF filter expression (tcpdump syntax)"));
+    t.push_back(int_key("capture.snaplen", [](Config& c) -> auto& { return c.capture.snaplen; }, 64, 262144,
+                        "bytes kept of each packet"));
+    t.push_back(bool_key("capture.promiscuous", [](Config& c) -> auto& { return c.capture.promiscuous; },
+                         "live: put the interface in promiscuous mode"));
+    t.push_back(int_key("capture.buffer_mb", [](Config& c) -> auto& { return c.capture.buffer_mb; }, 1, 4096,
+                        "live: kernel capture buffer in MiB"));
+    t.push_back(bool_key("capture.immediate", [](Config& c) -> auto& { return c.capture.immediate; },
+                         "live: deliver packets at once (lower latency, more wakeups)"));
+    t.push_back(int_key("capture.batch_packets", [](Config& c) -> auto& { return c.capture.batch_packets; }, 1,
+                        4096, "packets per PacketBatch frame"));
+    t.push_back(int_key("capture.batch_timeout_ms", [](Config& c) -> auto& { return c.capture.batch_timeout_ms; },
+                        1, 10000, "live: publish a partial batch after this many ms"));
+    t.push_back(int_key("capture.loop", [](Config& c) -> auto& { return c.capture.loop; }, 1, 1000000,
+                        "offline: passes over the files, addresses rewritten per pass (benchmarks)"));
+    t.push_back(string_key("capture.user", [](Config& c) -> auto& { return c.capture.user; }, {},
+                           "live: user to switch to once the capture handle is open"));
+    // flowd
+    t.push_back(int_key("flowd.shards", [](Config& c) -> auto& { return c.flowd.shards; }, 1, 8,
+                        "flowd processes; both directions of a flow meet in one shard"));
+    t.push_back(double_key("flowd.tcp_idle_timeout", [](Config& c) -> auto& { return c.flowd.tcp_idle_timeout; },
+                           0.001, kYear, "s of inactivity that end an established TCP flow"));
+    t.push_back(double_key("flowd.tcp_attempt_timeout",
+                           [](Config& c) -> auto& { return c.flowd.tcp_attempt_timeout; }, 0.001, kYear,
+                           "s of inactivity that end a TCP flow never established"));
+    t.push_back(double_key("flowd.tcp_closed_timeout",
+                           [](Config& c) -> auto& { return c.flowd.tcp_closed_timeout; }, 0.0, kYear,
+                           "s a closed TCP flow lingers for late packets"));
+    t.push_back(double_key("flowd.udp_idle_timeout", [](Config& c) -> auto& { return c.flowd.udp_idle_timeout; },
+                           0.001, kYear, "s of inactivity that end a UDP flow"));
+    t.push_back(double_key("flowd.icmp_idle_timeout", [](Config& c) -> auto& { return c.flowd.icmp_idle_timeout; },
+                           0.001, kYear, "s of inactivity that end an ICMP flow"));
+    t.push_back(double_key("flowd.other_idle_timeout",
+                           [](Config& c) -> auto& { return c.flowd.other_idle_timeout; }, 0.001, kYear,
+                           "s of inactivity that end a flow of another protocol"));
+    t.push_back(double_key("flowd.active_timeout", [](Config& c) -> auto& { return c.flowd.active_timeout; },
+                           0.0, kYear, "s after which a long flow emits an update (0: never)"));
+    t.push_back(int_key("flowd.max_flows", [](Config& c) -> auto& { return c.flowd.max_flows; }, 0,
+                        std::int64_t{1} << 32, "flow table capacity (0: from memory.budget_mb)"));
+    t.push_back(int_key("flowd.community_id_seed",
+                        [](Config& c) -> auto& { return c.flowd.community_id_seed; },
+                        0, 65535, "Community ID v1 seed"));
+    // dedup
+    t.push_back(bool_key("dedup.enabled", [](Config& c) -> auto& { return c.dedup.enabled; },
+                         "suppress repetition (false: every event passes)"));
+    t.push_back(double_key("dedup.report_interval", [](Config& c) -> auto& { return c.dedup.report_interval; },
+                           1, kYear, "s of packet time between updates of one long-lived flow"));
+    t.push_back(double_key("dedup.rate_change", [](Config& c) -> auto& { return c.dedup.rate_change; }, 0, 1000,
+                           "relative byte-rate change that lets an update through early"));
+    t.push_back(int_key("dedup.burst", [](Config& c) -> auto& { return c.dedup.burst; }, 0, kMaxI,
+                        "repeated short flows that pass one by one per window"));
+    t.push_back(double_key("dedup.window", [](Config& c) -> auto& { return c.dedup.window; }, 0.001, kYear,
+                           "s of the repeated-flow window"));
+    t.push_back(int_key("dedup.max_entries", [](Config& c) -> auto& { return c.dedup.max_entries; }, 0,
+                        std::int64_t{1} << 32, "dedup state cap (0: from memory.budget_mb)"));
+    // seal
+    t.push_back(int_key("seal.batch_records", [](Config& c) -> auto& { return c.seal.batch_records; }, 1,
+                        1 << 20, "records per signed batch"));
+    t.push_back(int_key("seal.batch_ms", [](Config& c) -> auto& { return c.seal.batch_ms; }, 1, 3600000,
+                        "ms after which a partial batch is sealed"));
+    t.push_back(string_key("seal.algorithm", [](Config& c) -> auto& { return c.seal.algorithm; },
+                           {"ed25519", "ecdsa-p256", "rsa-4096"}, "signature algorithm"));
+    t.push_back(string_key("seal.key_file", [](Config& c) -> auto& { return c.seal.key_file; }, {},
+                           "private key (PEM, mode 0600); empty: <writer.dir>/keys/flowseal.key, made if missing"));
+    // writer
+    t.push_back(string_key("writer.dir", [](Config& c) -> auto& { return c.writer.dir; }, {},
+                           "directory of the sealed segments"));
+    t.push_back(int_key("writer.segment_max_mb", [](Config& c) -> auto& { return c.writer.segment_max_mb; }, 1,
+                        1 << 20, "rotate a segment at this size (MiB)"));
+    t.push_back(double_key("writer.segment_max_age", [](Config& c) -> auto& { return c.writer.segment_max_age; },
+                           1, kYear, "rotate a segment at this age (s)"));
+    t.push_back(int_key("writer.zstd_level", [](Config& c) -> auto& { return c.writer.zstd_level; }, 1, 19,
+                        "zstd compression level"));
+    t.push_back(string_key("writer.fsync", [](Config& c) -> auto& { return c.writer.fsync; },
+                           {"batch", "interval", "rotate"}, "when segments are fsynced"));
+    t.push_back(int_key("writer.fsync_interval_ms", [](Config& c) -> auto& { return c.writer.fsync_interval_ms; },
+                        1, 3600000, "fsync period when writer.fsync = interval"));
+    t.push_back(double_key("writer.retention_max_age",
+                           [](Config& c) -> auto& { return c.writer.retention_max_age; }, 0, 100 * kYear,
+                           "s after which closed segments are deleted (0: never)"));
+    t.push_back(int_key("writer.retention_max_mb", [](Config& c) -> auto& { return c.writer.retention_max_mb; }, 0,
+                        std::int64_t{1} << 40, "total MiB of segments kept (0: unlimited)"));
+    // memory
+    t.push_back(int_key("memory.budget_mb", [](Config& c) -> auto& { return c.memory.budget_mb; }, 16,
+                        std::int64_t{1} << 20, "shared memory for rings, flow table and dedup state (MiB)"));
+    // supervisor
+    t.push_back(string_key("supervisor.instance", [](Config& c) -> auto& { return c.supervisor.instance; }, {},
+                           "instance name: shared-memory names and the control socket derive from it"));
+    t.push_back(int_key("supervisor.heartbeat_timeout_ms",
+                        [](Config& c) -> auto& { return c.supervisor.heartbeat_timeout_ms; }, 100, 3600000,
+                        "a stage silent this long is killed and restarted"));
+    t.push_back(int_key("supervisor.stats_interval_s",
+                        [](Config& c) -> auto& { return c.supervisor.stats_interval_s; }, 0, 3600,
+                        "s between stats lines (0: none)"));
+    t.push_back(int_key("supervisor.max_restarts", [](Config& c) -> auto& { return c.supervisor.max_restarts; },
+                        0, 1000000, "restarts of one stage before the run gives up"));
+    return t;
+  }();
+  return table;
+}
+
+const KeySpec* find_key(std::string_view path) {
+  for (const auto& spec : key_table()) {
+    if (spec.path == path) return &spec;
+  }
+  return nullptr;
+}
+
+void apply_key(Config& config, const std::string& path, const YAML::Node& value,
+               const std::string& where) {
+  const KeySpec* spec = find_key(path);
+  if (spec == nullptr) {
+    throw ConfigError(fmt::format("{}: unknown key '{}'", where, path));
+  }
+  spec->set(config, value, where);
+}
+
+void apply_tree(Config& config, const YAML::Node& node, const std::string& prefix,
+                const std::string& source) {
+  for (const auto& item : node) {
+    const std::string key = item.first.as<std::string>();
+    const std::string path = prefix.empty() ? key : prefix + "." + key;
+    if (item.second.IsMap()) {
+      apply_tree(config, item.second, path, source);
+    } else {
+      apply_key(config, path, item.second, where_of(item.first, source));
+    }
+  }
+}
+
+}  // namespace
+
+void load_config_file(Config& config, const std::filesystem::path& file) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file.string());
+  } catch (const YAML::BadFile&) {
+    throw ConfigError(fmt::format("{}: cannot read the config file", file.string()));
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(fmt::format("{}:{}: not valid YAML: {}", file.string(), e.mark.line + 1, e.msg));
+  }
+  if (root.IsNull()) return;
+  if (!root.IsMap()) {
+    throw ConfigError(fmt::format("{}: the top level must be a map of sections", file.string()));
+  }
+  apply_tree(config, root, "", file.string());
+}
+
+void apply_override(Config& config, std::string_view assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string_view::npos || eq == 0) {
+    throw ConfigError(fmt::format("--set {}: expected KEY=VALUE", assignment));
+  }
+  const std::string key(assignment.substr(0, eq));
+  const std::string text(assignment.substr(eq + 1));
+  YAML::Node value;
+  try {
+    value = text.empty() ? YAML::Node(YAML::NodeType::Null) : YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(fmt::format("--set {}: value is not valid YAML: {}", key, e.msg));
+  }
+  apply_key(config, key, value, "--set");
+}
+
+void validate(const Config& config) {
+  if (!config.capture.interface.empty() && !config.capture.files.empty()) {
+    throw ConfigError("capture.interface and capture.files are both set: choose one source");
+  }
+  if (config.writer.dir.empty()) throw ConfigError("writer.dir must not be empty");
+  if (config.supervisor.instance.empty() ||
+      config.supervisor.instance.find_first_of("/ \t") != std::string::npos) {
+    throw ConfigError(fmt::format("supervisor.instance '{}' must be a non-empty name without "
+                                  "'/' or spaces",
+                                  config.supervisor.instance));
+  }
+}
+
+std::string dump_config(const Config& config, bool with_comments) {
+  std::ostringstream out;
+  std::string section;
+  for (const auto& spec : key_table()) {
+    const auto dot = spec.path.find('.');
+    const std::string this_section = spec.path.substr(0, dot);
+    if (this_section != section) {
+      section = this_section;
+      out << section << ":\n";
+    }
+    out << "  " << spec.path.substr(dot + 1) << ": " << spec.get(config);
+    if (with_comments) out << "  # " << spec.doc;
+    out << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace flowseal

@@ -1,0 +1,300 @@
+#include "ring.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "futex.h"
+
+namespace flowseal {
+namespace {
+
+constexpr std::uint64_t pad8(std::uint64_t n) { return (n + 7) & ~std::uint64_t{7}; }
+constexpr std::uint64_t frame_bytes(std::uint64_t payload) {
+  return sizeof(FrameHeader) + pad8(payload);
+}
+
+// Sleep slices are short so a waiting side notices stop flags, closed rings and a peer that
+// died (whose wake would never come) within a few milliseconds.
+constexpr auto kMaxSleepSlice = std::chrono::milliseconds(20);
+
+std::byte* data_of(std::span<std::byte> memory) { return memory.data() + sizeof(RingHeader); }
+
+}  // namespace
+
+std::size_t ring_bytes(std::size_t capacity) { return sizeof(RingHeader) + capacity; }
+
+void ring_format(std::span<std::byte> memory, std::size_t capacity) {
+  if (!std::has_single_bit(capacity) || capacity < 4096) {
+    throw std::invalid_argument(
+        fmt::format("ring capacity {} is not a power of two of at least 4096", capacity));
+  }
+  if (memory.size() < ring_bytes(capacity)) {
+    throw std::invalid_argument(fmt::format("ring memory of {} bytes is smaller than the {} "
+                                            "a {}-byte ring needs",
+                                            memory.size(), ring_bytes(capacity), capacity));
+  }
+  if (reinterpret_cast<std::uintptr_t>(memory.data()) % kCacheLine != 0) {
+    throw std::invalid_argument("ring memory is not 64-byte aligned");
+  }
+  auto* header = new (memory.data()) RingHeader{};
+  header->layout_version = RingHeader::kLayoutVersion;
+  header->header_bytes = sizeof(RingHeader);
+  header->capacity = capacity;
+  // A quarter of the ring per frame keeps a producer from starving behind one huge frame.
+  header->max_frame = capacity / 4 - sizeof(FrameHeader);
+  std::atomic_thread_fence(std::memory_order_release);
+  header->magic = RingHeader::kMagic;
+}
+
+RingHeader& ring_attach(std::span<std::byte> memory) {
+  if (memory.size() < sizeof(RingHeader)) {
+    throw std::runtime_error(
+        fmt::format("ring mapping of {} bytes is too small for a header", memory.size()));
+  }
+  auto* header = std::launder(reinterpret_cast<RingHeader*>(memory.data()));
+  if (header->magic != RingHeader::kMagic) {
+    throw std::runtime_error(fmt::format("ring magic {:#x} is not flowseal's {:#x} "
+                                         "(uninitialised or foreign memory)",
+                                         header->magic, RingHeader::kMagic));
+  }
+  if (header->layout_version != RingHeader::kLayoutVersion ||
+      header->header_bytes != sizeof(RingHeader)) {
+    throw std::runtime_error(fmt::format(
+        "ring layout version {} (header {} bytes) does not match this build's {} ({} bytes)",
+        header->layout_version, header->header_bytes, RingHeader::kLayoutVersion,
+        sizeof(RingHeader)));
+  }
+  if (!std::has_single_bit(header->capacity) ||
+      ring_bytes(header->capacity) > memory.size()) {
+    throw std::runtime_error(fmt::format("ring capacity {} does not fit its {}-byte mapping",
+                                         header->capacity, memory.size()));
+  }
+  return *header;
+}
+
+RingCounters ring_counters(const RingHeader& h) {
+  constexpr auto r = std::memory_order_relaxed;
+  return {h.frames_in.load(r),  h.bytes_in.load(r),  h.full_waits.load(r), h.drops.load(r),
+          h.frames_out.load(r), h.bytes_out.load(r), h.bad_frames.load(r)};
+}
+
+// ---------------------------------------------------------------------------- producer
+
+RingProducer::RingProducer(std::span<std::byte> memory)
+    : header_(&ring_attach(memory)),
+      data_(data_of(memory)),
+      capacity_(header_->capacity),
+      max_frame_(header_->max_frame),
+      head_(header_->head.load(std::memory_order_acquire)),
+      cached_tail_(header_->tail.load(std::memory_order_acquire)) {}
+
+bool RingProducer::has_room(std::uint64_t need) {
+  if (head_ + need - cached_tail_ <= capacity_) return true;
+  cached_tail_ = header_->tail.load(std::memory_order_acquire);
+  return head_ + need - cached_tail_ <= capacity_;
+}
+
+std::span<std::byte> RingProducer::try_reserve(std::size_t length) {
+  if (length > max_frame_) return {};
+  const std::uint64_t need = frame_bytes(length);
+  const std::uint64_t offset = head_ & (capacity_ - 1);
+  const std::uint64_t to_end = capacity_ - offset;
+  if (need > to_end) {
+    // The frame must be contiguous: mark the rest of the area as skipped and start at 0.
+    if (!has_room(to_end + need)) return {};
+    const FrameHeader wrap{FrameHeader::kWrapMarker, FrameHeader::kWrapMarker ^ FrameHeader::kCheck};
+    std::memcpy(data_ + offset, &wrap, sizeof wrap);
+    head_ += to_end;
+  } else if (!has_room(need)) {
+    return {};
+  }
+  reserved_at_ = head_;
+  reserved_len_ = length;
+  return {data_ + (head_ & (capacity_ - 1)) + sizeof(FrameHeader), length};
+}
+
+std::span<std::byte> RingProducer::reserve(std::size_t length,
+                                           std::chrono::milliseconds timeout) {
+  if (auto slot = try_reserve(length); !slot.empty() || length > max_frame_) return slot;
+  // Let the consumer see what we have before we wait for it to make room.
+  publish();
+  header_->full_waits.fetch_add(1, std::memory_order_relaxed);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const std::uint32_t seq = header_->space_seq.load(std::memory_order_acquire);
+    header_->producer_sleeping.store(1, std::memory_order_seq_cst);
+    if (auto slot = try_reserve(length); !slot.empty()) {
+      header_->producer_sleeping.store(0, std::memory_order_relaxed);
+      return slot;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      header_->producer_sleeping.store(0, std::memory_order_relaxed);
+      return {};
+    }
+    futex_wait(header_->space_seq, seq,
+               std::min<std::chrono::nanoseconds>(deadline - now, kMaxSleepSlice));
+    header_->producer_sleeping.store(0, std::memory_order_relaxed);
+  }
+}
+
+void RingProducer::commit(std::size_t length) {
+  length = std::min(length, reserved_len_);
+  const FrameHeader frame{static_cast<std::uint32_t>(length),
+                          static_cast<std::uint32_t>(length) ^ FrameHeader::kCheck};
+  std::memcpy(data_ + (reserved_at_ & (capacity_ - 1)), &frame, sizeof frame);
+  head_ = reserved_at_ + frame_bytes(length);
+  reserved_len_ = 0;
+  ++pending_frames_;
+  pending_bytes_ += length;
+}
+
+void RingProducer::publish() {
+  if (head_ == header_->head.load(std::memory_order_relaxed)) return;
+  header_->frames_in.fetch_add(pending_frames_, std::memory_order_relaxed);
+  header_->bytes_in.fetch_add(pending_bytes_, std::memory_order_relaxed);
+  pending_frames_ = pending_bytes_ = 0;
+  header_->head.store(head_, std::memory_order_release);
+  // Pairs with the consumer's seq_cst "sleeping" store followed by its head re-check: one of
+  // the two sides always sees the other, so a wake is never lost.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (header_->consumer_sleeping.load(std::memory_order_relaxed)) {
+    header_->data_seq.fetch_add(1, std::memory_order_release);
+    futex_wake_all(header_->data_seq);
+  }
+}
+
+bool RingProducer::write(std::span<const std::byte> payload,
+                         std::chrono::milliseconds timeout) {
+  auto slot = reserve(payload.size(), timeout);
+  if (slot.size() != payload.size() || (slot.empty() && !payload.empty())) return false;
+  if (!payload.empty()) std::memcpy(slot.data(), payload.data(), payload.size());
+  commit(payload.size());
+  publish();
+  return true;
+}
+
+void RingProducer::close() {
+  publish();
+  header_->producer_closed.store(1, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  header_->data_seq.fetch_add(1, std::memory_order_release);
+  futex_wake_all(header_->data_seq);
+}
+
+std::size_t RingProducer::used_bytes() const {
+  return head_ - header_->tail.load(std::memory_order_acquire);
+}
+
+// ---------------------------------------------------------------------------- consumer
+
+RingConsumer::RingConsumer(std::span<std::byte> memory)
+    : header_(&ring_attach(memory)),
+      data_(data_of(memory)),
+      capacity_(header_->capacity),
+      read_(header_->tail.load(std::memory_order_acquire)),
+      cached_head_(header_->head.load(std::memory_order_acquire)) {}
+
+std::optional<std::span<const std::byte>> RingConsumer::next() {
+  for (;;) {
+    if (read_ == cached_head_) {
+      cached_head_ = header_->head.load(std::memory_order_acquire);
+      if (read_ == cached_head_) return std::nullopt;
+    }
+    const std::uint64_t offset = read_ & (capacity_ - 1);
+    FrameHeader frame;
+    std::memcpy(&frame, data_ + offset, sizeof frame);
+    const std::uint64_t available = cached_head_ - read_;
+    if (frame.length == FrameHeader::kWrapMarker &&
+        frame.check == (FrameHeader::kWrapMarker ^ FrameHeader::kCheck) &&
+        capacity_ - offset <= available) {
+      read_ += capacity_ - offset;
+      continue;
+    }
+    const std::uint64_t need = frame_bytes(frame.length);
+    const bool valid = frame.check == (frame.length ^ FrameHeader::kCheck) &&
+                       frame.length <= header_->max_frame && offset + need <= capacity_ &&
+                       need <= available;
+    if (!valid) {
+      // The length cannot be trusted, so neither can any later header in this stretch:
+      // skip all that is published and let commit() hand it back to the producer.
+      header_->bad_frames.fetch_add(1, std::memory_order_relaxed);
+      read_ = cached_head_;
+      return std::nullopt;
+    }
+    current_end_ = read_ + need;
+    return std::span<const std::byte>(data_ + offset + sizeof(FrameHeader), frame.length);
+  }
+}
+
+void RingConsumer::advance() {
+  if (current_end_ <= read_) return;
+  pending_bytes_ += current_end_ - read_ - sizeof(FrameHeader);
+  ++pending_frames_;
+  ++uncommitted_;
+  read_ = current_end_;
+}
+
+void RingConsumer::commit() {
+  header_->frames_out.fetch_add(pending_frames_, std::memory_order_relaxed);
+  header_->bytes_out.fetch_add(pending_bytes_, std::memory_order_relaxed);
+  pending_frames_ = pending_bytes_ = 0;
+  uncommitted_ = 0;
+  if (header_->tail.load(std::memory_order_relaxed) == read_) return;
+  header_->tail.store(read_, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (header_->producer_sleeping.load(std::memory_order_relaxed)) {
+    header_->space_seq.fetch_add(1, std::memory_order_release);
+    futex_wake_all(header_->space_seq);
+  }
+}
+
+bool RingConsumer::wait(std::chrono::milliseconds timeout) {
+  auto has_data = [this] {
+    cached_head_ = header_->head.load(std::memory_order_acquire);
+    return cached_head_ != read_;
+  };
+  if (has_data()) return true;
+  // A short spin catches the next batch of a busy producer without a syscall.
+  for (int i = 0; i < 64; ++i) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+    if (has_data()) return true;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const std::uint32_t seq = header_->data_seq.load(std::memory_order_acquire);
+    header_->consumer_sleeping.store(1, std::memory_order_seq_cst);
+    if (has_data() || closed()) {
+      header_->consumer_sleeping.store(0, std::memory_order_relaxed);
+      return cached_head_ != read_;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      header_->consumer_sleeping.store(0, std::memory_order_relaxed);
+      return false;
+    }
+    futex_wait(header_->data_seq, seq,
+               std::min<std::chrono::nanoseconds>(deadline - now, kMaxSleepSlice));
+    header_->consumer_sleeping.store(0, std::memory_order_relaxed);
+  }
+}
+
+bool RingConsumer::drained() const {
+  if (!closed()) return false;
+  return header_->head.load(std::memory_order_acquire) == read_;
+}
+
+std::size_t RingConsumer::used_bytes() const {
+  return header_->head.load(std::memory_order_acquire) -
+         header_->tail.load(std::memory_order_acquire);
+}
+
+}  // namespace flowseal

@@ -1,0 +1,121 @@
+@0xc7b2f0a4e1d35a61;
+# The records that cross flowseal's rings, and the sealed batches stored on disk.
+#
+#   capture --PacketBatch--> flowd --FlowEventBatch--> dedupd --FlowEventBatch--> signerd
+#   signerd --SealedBatch--> writerd --> segments (one zstd frame per SealedBatch)
+#
+# Fields are only ever added at the end of a struct (Cap'n Proto keeps that compatible), so
+# segments written by an older flowseal stay readable.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("flowseal::schema");
+
+# ---------------------------------------------------------------- capture -> flowd
+
+struct PacketRef {
+  # Where one packet's captured bytes sit inside PacketBatch.data, and what libpcap said of it.
+  offset   @0 :UInt32;   # byte offset into PacketBatch.data
+  capLen   @1 :UInt32;   # bytes present (after payload cut)
+  wireLen  @2 :UInt32;   # bytes on the wire
+  hash     @3 :UInt32;   # symmetric flow hash (same for both directions)
+  tsNs     @4 :Int64;    # packet timestamp, ns since the epoch
+  linkType @5 :UInt16;   # DLT_* of the interface the packet came from
+}
+
+struct PacketBatch {
+  # A few hundred packets: their bytes in one blob beside a compact index, so the packet edge
+  # costs one message per batch, not one per packet.
+  shard      @0 :UInt16;
+  firstSeq   @1 :UInt64;   # capture-wide sequence number of index[0]
+  data       @2 :Data;
+  index      @3 :List(PacketRef);
+  samplingRate @4 :Float32 = 1.0;
+}
+
+# ---------------------------------------------------------------- flowd -> dedupd -> signerd
+
+enum EventKind {
+  start   @0;   # first packet of a flow
+  update  @1;   # active timeout: the flow goes on
+  end     @2;   # the flow is finished (see EndReason)
+  summary @3;   # dedupd: several repeated short flows folded into one record
+}
+
+enum EndReason {
+  none     @0;   # not an end event
+  fin      @1;   # TCP closed with FIN in both directions
+  rst      @2;   # TCP reset
+  idle     @3;   # idle timeout
+  active   @4;   # active timeout (kind = update)
+  eviction @5;   # flow table full or memory pressure
+  shutdown @6;   # end of input or stop
+}
+
+struct FlowEvent {
+  # Stable event id: (uid, kind, eventNumber). A replay after a crash repeats the same id, so
+  # repeats can be recognised and dropped.
+  uid          @0  :UInt64;
+  kind         @1  :EventKind;
+  eventNumber  @2  :UInt32;
+  endReason    @3  :EndReason;
+  samplingRate @4  :Float32 = 1.0;
+
+  proto        @5  :UInt8;      # IP protocol number
+  origAddr     @6  :Data;       # 4 bytes (IPv4) or 16 bytes (IPv6), network order
+  respAddr     @7  :Data;
+  origPort     @8  :UInt16;     # ICMP: type; ICMPv6: type
+  respPort     @9  :UInt16;     # ICMP: code; ICMPv6: code
+  vlan         @10 :UInt16;
+
+  firstTsNs    @11 :Int64;
+  lastTsNs     @12 :Int64;
+
+  origPkts     @13 :UInt64;
+  origIpBytes  @14 :UInt64;
+  origBytes    @15 :UInt64;     # payload bytes
+  respPkts     @16 :UInt64;
+  respIpBytes  @17 :UInt64;
+  respBytes    @18 :UInt64;
+
+  origTcpFlags @19 :UInt8;      # OR of the TCP flags each side sent
+  respTcpFlags @20 :UInt8;
+  connState    @21 :Text;       # Zeek conn_state (S0, SF, REJ, ...)
+  history      @22 :Text;       # Zeek history letters
+  communityId  @23 :Text;       # Community ID v1
+
+  # dedupd summaries: how many flows this record stands for (1 for an ordinary record).
+  flowCount    @24 :UInt32 = 1;
+  firstUid     @25 :UInt64;     # summary: uid range it folds
+  lastUid      @26 :UInt64;
+}
+
+struct FlowEventBatch {
+  events @0 :List(FlowEvent);
+}
+
+# ---------------------------------------------------------------- signerd -> writerd -> disk
+
+enum SignatureAlgorithm {
+  ed25519   @0;
+  ecdsaP256 @1;
+  rsa4096   @2;
+}
+
+struct BatchHeader {
+  # What the signature covers: the canonical Cap'n Proto encoding of this struct.
+  streamId     @0 :Data;      # 16 random bytes, fixed for a stream
+  seq          @1 :UInt64;    # 0, 1, 2, ... without gaps
+  prevRoot     @2 :Data;      # merkleRoot of batch seq-1 (32 zero bytes for seq 0)
+  merkleRoot   @3 :Data;      # RFC 6962 Merkle tree hash over the records' leaves
+  recordCount  @4 :UInt32;
+  firstTsNs    @5 :Int64;
+  lastTsNs     @6 :Int64;
+  keyId        @7 :Data;      # SHA-256 of the public key (DER SubjectPublicKeyInfo)
+  algorithm    @8 :SignatureAlgorithm;
+}
+
+struct SealedBatch {
+  header    @0 :BatchHeader;
+  records   @1 :List(FlowEvent);   # leaf i = SHA-256(0x00 || canonical(records[i]))
+  signature @2 :Data;
+}

@@ -1,0 +1,51 @@
+// ShmSegment: one named POSIX shared-memory object, mapped read-write, owned by RAII.
+//
+// The supervisor creates every segment (mode 0600, exclusive: an existing name is an error,
+// so a second instance cannot attach to a half-initialised one by accident); stages open
+// them. The creator's object removes the name on destruction unless release_name() was
+// called; a mapping never outlives its ShmSegment. Nothing stored in a segment may be a
+// pointer: every process maps it at its own address.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+
+namespace flowseal {
+
+class ShmSegment {
+ public:
+  // Creates `name` with `bytes` zero-filled bytes and mode 0600. Throws std::runtime_error
+  // naming the segment if it exists already or cannot be created.
+  static ShmSegment create(const std::string& name, std::size_t bytes);
+  // Opens an existing segment read-write. Throws naming the segment if it is missing.
+  static ShmSegment open(const std::string& name);
+  // Removes a name left behind by a crashed instance; false if there was none.
+  static bool remove(const std::string& name);
+  static bool exists(const std::string& name);
+
+  ShmSegment(ShmSegment&&) noexcept;
+  ShmSegment& operator=(ShmSegment&&) noexcept;
+  ShmSegment(const ShmSegment&) = delete;
+  ShmSegment& operator=(const ShmSegment&) = delete;
+  ~ShmSegment();
+
+  std::span<std::byte> bytes() const {
+    return {static_cast<std::byte*>(region_.get_address()), region_.get_size()};
+  }
+  const std::string& name() const { return name_; }
+  // The creator keeps the name alive past its own lifetime (e.g. for a child to open).
+  void release_name() { owns_name_ = false; }
+
+ private:
+  ShmSegment(std::string name, boost::interprocess::mapped_region region, bool owns_name);
+
+  std::string name_;
+  boost::interprocess::mapped_region region_;
+  bool owns_name_ = false;
+};
+
+}  // namespace flowseal

@@ -1,0 +1,116 @@
+#include "stage_runtime.h"
+
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <exception>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+namespace flowseal {
+namespace {
+
+// Set from the signal handler; the only process-wide state a stage has.
+std::atomic<int> g_signal_received{0};
+
+extern "C" void on_stop_signal(int signo) { g_signal_received.store(signo); }
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  // Ctrl-C in the terminal goes to the whole process group; the supervisor decides when
+  // each stage stops, so a stage ignores the terminal's SIGINT and waits for SIGTERM/flag.
+  signal(SIGINT, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+}  // namespace
+
+StageRuntime::StageRuntime(StageKind kind, std::string instance, Config config,
+                           std::size_t shard)
+    : instance_(std::move(instance)),
+      config_(std::move(config)),
+      shard_(shard),
+      name_(kind == StageKind::kFlowd ? fmt::format("flowd[{}]", shard)
+                                      : std::string(to_string(kind))),
+      control_segment_(ShmSegment::open(control_block_name(instance_))),
+      control_(&control_block_attach(control_segment_.bytes())),
+      slot_(&control_->slots[slot_index(kind, shard, control_->shards)]) {
+  if (kind == StageKind::kFlowd && shard >= control_->shards) {
+    throw std::runtime_error(
+        fmt::format("shard {} does not exist: the instance has {}", shard, control_->shards));
+  }
+  slot_->pid.store(static_cast<std::int32_t>(getpid()));
+  slot_->started_ns.store(monotonic_ns());
+  heartbeat();
+  set_state(StageState::kRunning);
+}
+
+bool StageRuntime::stop_requested() const {
+  return g_signal_received.load(std::memory_order_relaxed) != 0 ||
+         control_->stop_requested.load(std::memory_order_relaxed) != 0;
+}
+
+ShmSegment StageRuntime::open_ring(std::string_view edge) const {
+  return ShmSegment::open(ring_name(instance_, edge));
+}
+
+void init_logging(const std::string& stage_name) {
+  auto logger = spdlog::stderr_color_mt(stage_name);
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %n: %v");
+  spdlog::set_default_logger(logger);
+  if (const char* level = std::getenv("FLOWSEAL_LOG")) {
+    spdlog::set_level(spdlog::level::from_str(level));
+  }
+}
+
+int run_stage(StageKind kind, int argc, char** argv,
+              const std::function<int(StageRuntime&)>& body) {
+  const std::string stage(to_string(kind));
+  CLI::App app{fmt::format("flowseal {} stage (started by `flowseal run`)", stage),
+               fmt::format("flowseal-{}", stage)};
+  std::string instance = "default";
+  std::string config_file;
+  std::size_t shard = 0;
+  app.add_option("--instance", instance, "instance name")->required();
+  app.add_option("--config", config_file, "effective config written by the supervisor")
+      ->required();
+  app.add_option("--shard", shard, "flowd shard number");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? exit_code::kOk : exit_code::kUsage;
+  }
+  const std::string name = kind == StageKind::kFlowd ? fmt::format("flowd[{}]", shard) : stage;
+  init_logging(name);
+  // Die with the supervisor: an orphaned stage would hold shared memory nobody watches.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() == 1) return exit_code::kTempFail;
+  install_signal_handlers();
+
+  Config config;
+  try {
+    load_config_file(config, config_file);
+    validate(config);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return exit_code::kConfig;
+  }
+  try {
+    StageRuntime runtime(kind, instance, std::move(config), shard);
+    const int code = body(runtime);
+    runtime.set_state(code == 0 ? StageState::kDone : StageState::kFailed);
+    return code;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return exit_code::kSoftware;
+  }
+}
+
+}  // namespace flowseal

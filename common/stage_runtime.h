@@ -1,0 +1,75 @@
+// What every stage process does around its real work: parse `--instance/--config/--shard`,
+// load the effective config the supervisor wrote, attach the control block, keep a heartbeat,
+// turn SIGTERM/SIGINT into a stop request, die with the supervisor (parent-death signal),
+// and turn a start-up exception into one clear line and a sysexits-style exit code.
+//
+// A stage's main.cpp is then a few lines: `return run_stage(kind, argc, argv, body);` where
+// body(StageRuntime&) maps its rings and runs its loop.
+#pragma once
+
+#include <csignal>
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "config.h"
+#include "control_block.h"
+#include "shm.h"
+
+namespace flowseal {
+
+// sysexits.h meanings, the exit codes of every flowseal binary.
+namespace exit_code {
+inline constexpr int kOk = 0;
+inline constexpr int kUsage = 64;
+inline constexpr int kDataError = 65;
+inline constexpr int kNoInput = 66;
+inline constexpr int kSoftware = 70;
+inline constexpr int kIoError = 74;
+inline constexpr int kTempFail = 75;
+inline constexpr int kConfig = 78;
+}  // namespace exit_code
+
+class StageRuntime {
+ public:
+  StageRuntime(StageKind kind, std::string instance, Config config, std::size_t shard);
+
+  const Config& config() const { return config_; }
+  const std::string& instance() const { return instance_; }
+  std::size_t shard() const { return shard_; }
+  std::size_t shards() const { return control_->shards; }
+  ControlBlock& control() { return *control_; }
+  StageSlot& slot() { return *slot_; }
+  std::atomic<std::uint64_t>& counter(std::size_t index) { return slot_->counters[index]; }
+  // Stage name for logs: "capture", "flowd[1]", ...
+  const std::string& name() const { return name_; }
+
+  void heartbeat() { slot_->heartbeat_ns.store(monotonic_ns(), std::memory_order_relaxed); }
+  void set_state(StageState state) {
+    slot_->state.store(static_cast<std::uint32_t>(state), std::memory_order_release);
+  }
+  // A signal to this process, or the supervisor's stop flag (both mean: stop and drain).
+  bool stop_requested() const;
+
+  // Maps an existing ring segment of this instance (created by the supervisor).
+  ShmSegment open_ring(std::string_view edge) const;
+
+ private:
+  std::string instance_;
+  Config config_;
+  std::size_t shard_;
+  std::string name_;
+  ShmSegment control_segment_;
+  ControlBlock* control_;
+  StageSlot* slot_;
+};
+
+// Parses the stage command line, builds the runtime and calls body; returns the exit code.
+int run_stage(StageKind kind, int argc, char** argv,
+              const std::function<int(StageRuntime&)>& body);
+
+// Logging for people (never per packet): one stderr logger named after the stage.
+void init_logging(const std::string& stage_name);
+
+}  // namespace flowseal
