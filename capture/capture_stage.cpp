@@ -1,0 +1,184 @@
+#include "capture_stage.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "layout.h"
+#include "packet/decode.h"
+#include "packet_batcher.h"
+#include "pcap_source.h"
+#include "ring.h"
+
+namespace flowseal::capture {
+namespace {
+
+namespace cc = capture_counter;
+// Per-shard next sequence numbers sit after the named capture counters.
+constexpr std::size_t kShardSeqCounter = cc::kCount;
+static_assert(kShardSeqCounter + kMaxShards <= kStageCounters);
+
+void drop_privileges(const std::string& user) {
+  if (user.empty()) return;
+  const passwd* pw = getpwnam(user.c_str());
+  if (pw == nullptr) {
+    throw std::runtime_error(fmt::format("capture.user '{}': no such user", user));
+  }
+  if (setgroups(0, nullptr) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+    throw std::runtime_error(fmt::format("capture.user '{}': cannot switch to it", user));
+  }
+  // After setuid to a non-root user the permitted capabilities are gone; make sure a later
+  // exec cannot regain any.
+  prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+  spdlog::info("dropped privileges to {} (uid {})", user, pw->pw_uid);
+}
+
+}  // namespace
+
+float sampling_rate_for(std::uint32_t level) {
+  constexpr std::array<float, 4> kRates{1.0f, 0.75f, 0.5f, 0.25f};
+  return kRates[std::min<std::uint32_t>(level, 3)];
+}
+
+std::size_t payload_keep_for(std::uint32_t level, std::size_t snaplen) {
+  constexpr std::array<std::size_t, 4> kKeep{1500, 512, 256, 64};
+  // LOW keeps everything captured; higher levels cut payload to bound ring use.
+  return level == 0 ? snaplen : std::min(snaplen, kKeep[std::min<std::uint32_t>(level, 3)]);
+}
+
+int run_capture(StageRuntime& runtime) {
+  const CaptureConfig& config = runtime.config().capture;
+  const std::size_t shards = runtime.shards();
+
+  std::vector<ShmSegment> segments;
+  std::vector<RingProducer> producers;
+  std::vector<RingProducer*> rings;
+  segments.reserve(shards);
+  producers.reserve(shards);
+  for (std::size_t s = 0; s < shards; ++s) {
+    segments.push_back(runtime.open_ring(packet_edge(s)));
+    producers.emplace_back(segments.back().bytes());
+    producers.back().reopen();
+  }
+  for (auto& p : producers) rings.push_back(&p);
+
+  PcapSource source = config.interface.empty()
+                          ? PcapSource::offline(config.files, config.snaplen, config.filter)
+                          : PcapSource::live(config);
+  if (source.is_live()) drop_privileges(config.user);
+
+  auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
+  counter(cc::kBytesTotal).store(source.bytes_total());
+
+  const std::size_t max_frame = producers.front().max_frame();
+  PacketBatcher batcher(shards, static_cast<std::size_t>(config.batch_packets),
+                        std::min<std::size_t>(max_frame / 2, 4u << 20));
+  // Resume after a restart: packets already published are skipped, shard sequence numbers
+  // continue where they were, so flowd sees each packet once.
+  const std::uint64_t already_published = counter(cc::kPublished).load();
+  for (std::size_t s = 0; s < shards; ++s) {
+    batcher.set_next_seq(s, counter(kShardSeqCounter + s).load());
+  }
+  if (already_published > 0) {
+    spdlog::info("resuming after {} packets already published", already_published);
+  }
+  // Only packets read in this run that are past the resume point are counted.
+  std::uint64_t seen = 0;
+  std::uint64_t received = 0, sampled_out = 0, truncated = 0, ring_dropped = 0;
+  std::uint64_t published = already_published;
+
+  const bool live = source.is_live();
+  auto publish_counters = [&] {
+    counter(cc::kReceived).store(already_published + received);
+    counter(cc::kSampledOut).fetch_add(std::exchange(sampled_out, 0));
+    counter(cc::kTruncated).fetch_add(std::exchange(truncated, 0));
+    counter(cc::kRingFullDropped).fetch_add(std::exchange(ring_dropped, 0));
+    counter(cc::kBytesRead).store(source.bytes_read());
+    if (live) {
+      const KernelStats k = source.kernel_stats();
+      counter(cc::kKernelDropped).store(k.dropped + k.if_dropped);
+    }
+    runtime.heartbeat();
+  };
+  auto flush = [&](float rate) {
+    const std::size_t pending = batcher.pending_packets();
+    if (pending == 0) return;
+    // Offline: wait for room (backpressure, nothing dropped). Live: a full ring drops.
+    auto give_up = [&] {
+      runtime.heartbeat();  // waiting on a full ring is alive, not hung
+      return live;
+    };
+    if (!batcher.flush(rings, rate, give_up)) {
+      const std::size_t lost = batcher.discard();
+      ring_dropped += lost;
+      for (auto* ring : rings) ring->count_drop();
+      published += pending - lost;
+    } else {
+      published += pending;
+    }
+    counter(cc::kPublished).store(published);
+    for (std::size_t s = 0; s < shards; ++s) {
+      counter(kShardSeqCounter + s).store(batcher.next_seq(s));
+    }
+  };
+
+  Packet packet;
+  packet::DecodedPacket decoded;
+  std::uint32_t level = runtime.control().pressure_level.load(std::memory_order_relaxed);
+  float rate = sampling_rate_for(level);
+  std::size_t keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
+  std::uint64_t since_check = 0;
+  for (;;) {
+    if (++since_check >= 4096) {
+      since_check = 0;
+      publish_counters();
+      level = runtime.control().pressure_level.load(std::memory_order_relaxed);
+      rate = sampling_rate_for(level);
+      keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
+      if (runtime.stop_requested()) break;
+    }
+    const auto status = source.next(packet);
+    if (status == PcapSource::Status::kEnd) break;
+    if (status == PcapSource::Status::kIdle) {
+      flush(rate);
+      publish_counters();
+      if (runtime.stop_requested()) break;
+      continue;
+    }
+    if (++seen <= already_published) continue;
+    ++received;
+    std::uint32_t hash = 0;
+    if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded) ==
+        packet::DecodeStatus::kOk) {
+      hash = packet::symmetric_hash(decoded.key);
+    }
+    // Sample whole flows, not packets: a flow is kept or left out as a unit, so the flows
+    // that are kept stay exact (and carry their sampling rate).
+    if (rate < 1.0f && static_cast<float>(hash % 10000) >= rate * 10000.0f) {
+      ++sampled_out;
+      continue;
+    }
+    if (packet.bytes.size() < packet.wire_len) ++truncated;
+    if (batcher.add(hash % shards, packet, hash, keep)) flush(rate);
+  }
+  flush(rate);
+  publish_counters();
+  for (auto* ring : rings) ring->close();
+  runtime.set_state(StageState::kDraining);
+
+  for (const auto& error : source.errors()) spdlog::error("{}", error.message);
+  counter(cc::kBadRecords).store(source.errors().size());
+  spdlog::info("{} packets received, {} published to {} shard(s)",
+               counter(cc::kReceived).load(), published, shards);
+  return source.errors().empty() ? exit_code::kOk : exit_code::kDataError;
+}
+
+}  // namespace flowseal::capture

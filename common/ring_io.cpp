@@ -1,0 +1,43 @@
+#include "ring_io.h"
+
+#include <algorithm>
+
+namespace flowseal {
+
+RingInputs::RingInputs(const StageRuntime& runtime, const std::vector<std::string>& edges) {
+  segments_.reserve(edges.size());
+  consumers_.reserve(edges.size());
+  for (const auto& edge : edges) {
+    segments_.push_back(runtime.open_ring(edge));
+    consumers_.emplace_back(segments_.back().bytes());
+  }
+}
+
+bool RingInputs::drained() const {
+  return std::all_of(consumers_.begin(), consumers_.end(),
+                     [](const RingConsumer& c) { return c.drained(); });
+}
+
+void RingInputs::wait(std::chrono::milliseconds timeout) {
+  if (consumers_.size() == 1) {
+    consumers_.front().wait(timeout);
+    return;
+  }
+  // Several producers: poll each briefly rather than sleeping on one futex and missing the
+  // others. The slice keeps an idle multi-input stage near zero CPU.
+  const auto slice = std::chrono::milliseconds(2);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    for (auto& c : consumers_) {
+      if (c.wait(std::chrono::milliseconds(0))) return;
+    }
+    consumers_.front().wait(slice);
+  }
+}
+
+RingOutput::RingOutput(const StageRuntime& runtime, std::string_view edge)
+    : segment_(runtime.open_ring(edge)), producer_(segment_.bytes()) {
+  producer_.reopen();
+}
+
+}  // namespace flowseal

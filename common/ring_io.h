@@ -1,0 +1,44 @@
+// Helpers for a stage that consumes frames from one or more input rings and produces frames
+// on one output ring, under the commit-after-use rule: an input frame is committed only after
+// everything it produced is published downstream.
+#pragma once
+
+#include <chrono>
+#include <span>
+#include <vector>
+
+#include "ring.h"
+#include "shm.h"
+#include "stage_runtime.h"
+
+namespace flowseal {
+
+// The input rings of a stage, read round-robin.
+class RingInputs {
+ public:
+  RingInputs(const StageRuntime& runtime, const std::vector<std::string>& edges);
+
+  std::size_t size() const { return consumers_.size(); }
+  RingConsumer& operator[](std::size_t i) { return consumers_[i]; }
+  // True when every producer closed its ring and every frame was read.
+  bool drained() const;
+  // Sleeps until some ring has a frame (or timeout); cheap when data is already there.
+  void wait(std::chrono::milliseconds timeout);
+
+ private:
+  std::vector<ShmSegment> segments_;
+  std::vector<RingConsumer> consumers_;
+};
+
+// A stage's single output ring (reopened on start: a restarted stage produces again).
+class RingOutput {
+ public:
+  RingOutput(const StageRuntime& runtime, std::string_view edge);
+  RingProducer& producer() { return producer_; }
+
+ private:
+  ShmSegment segment_;
+  RingProducer producer_;
+};
+
+}  // namespace flowseal
