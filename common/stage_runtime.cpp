@@ -57,6 +57,10 @@ bool StageRuntime::stop_requested() const {
          control_->stop_requested.load(std::memory_order_relaxed) != 0;
 }
 
+bool StageRuntime::signalled() const {
+  return g_signal_received.load(std::memory_order_relaxed) != 0;
+}
+
 ShmSegment StageRuntime::open_ring(std::string_view edge) const {
   return ShmSegment::open(ring_name(instance_, edge));
 }

@@ -49,8 +49,12 @@ class StageRuntime {
   void set_state(StageState state) {
     slot_->state.store(static_cast<std::uint32_t>(state), std::memory_order_release);
   }
-  // A signal to this process, or the supervisor's stop flag (both mean: stop and drain).
+  // A signal to this process, or the supervisor's stop flag. capture stops reading on it;
+  // the stages after it keep draining their input, which capture then closes.
   bool stop_requested() const;
+  // A signal to this process only (SIGTERM, or the supervisor died): leave now; whatever was
+  // not committed is replayed by a successor.
+  bool signalled() const;
 
   // Maps an existing ring segment of this instance (created by the supervisor).
   ShmSegment open_ring(std::string_view edge) const;

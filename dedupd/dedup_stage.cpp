@@ -71,6 +71,7 @@ int run_dedupd(StageRuntime& runtime) {
     runtime.counter(rc::kRecordsOut).store(records_out);
     if (!progressed) {
       if (inputs.drained()) break;
+      if (runtime.signalled()) return exit_code::kTempFail;
       runtime.heartbeat();
       inputs.wait(std::chrono::milliseconds(100));
     }

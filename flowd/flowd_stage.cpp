@@ -1,0 +1,193 @@
+#include "flowd_stage.h"
+
+#include <vector>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <spdlog/spdlog.h>
+
+#include "capnp_frame.h"
+#include "event_encode.h"
+#include "flow_table.h"
+#include "flowseal.capnp.h"
+#include "layout.h"
+#include "packet/decode.h"
+#include "ring_io.h"
+
+namespace flowseal::flowd {
+namespace {
+
+namespace fc = flowd_counter;
+constexpr std::size_t kNextSeq = fc::kCount;  // next packet sequence number to apply
+static_assert(kNextSeq < kStageCounters);
+constexpr std::size_t kEventsPerFrame = 512;
+
+// Collects the events one input frame produces and writes them as FlowEventBatch frames.
+class EventBatchWriter final : public EventSink {
+ public:
+  EventBatchWriter(RingProducer& out, StageRuntime& runtime) : out_(out), runtime_(runtime) {}
+
+  void on_event(const FlowEventData& event) override {
+    pending_.push_back(event);
+    if (pending_.size() >= kEventsPerFrame) write_pending();
+  }
+  // Writes what is pending and publishes; returns the number of events written.
+  std::uint64_t flush() {
+    write_pending();
+    out_.publish();
+    return std::exchange(written_, 0);
+  }
+
+ private:
+  void write_pending() {
+    if (pending_.empty()) return;
+    capnp::MallocMessageBuilder message;
+    auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
+        static_cast<unsigned>(pending_.size()));
+    for (unsigned i = 0; i < pending_.size(); ++i) encode(pending_[i], events[i]);
+    auto keep_waiting = [this] {
+      runtime_.heartbeat();
+      return false;  // never drop a flow record: wait for dedupd
+    };
+    if (!write_message(out_, message, keep_waiting)) {
+      throw std::runtime_error("a FlowEventBatch exceeds the output ring's frame limit");
+    }
+    written_ += pending_.size();
+    pending_.clear();
+  }
+
+  RingProducer& out_;
+  StageRuntime& runtime_;
+  std::vector<FlowEventData> pending_;
+  std::uint64_t written_ = 0;
+};
+
+FlowTimeouts timeouts_from(const FlowdConfig& c) {
+  auto ns = [](double seconds) { return static_cast<std::int64_t>(seconds * 1e9); };
+  FlowTimeouts t;
+  t.tcp_established_idle_ns = ns(c.tcp_idle_timeout);
+  t.tcp_attempt_idle_ns = ns(c.tcp_attempt_timeout);
+  t.tcp_closed_linger_ns = ns(c.tcp_closed_timeout);
+  t.udp_idle_ns = ns(c.udp_idle_timeout);
+  t.icmp_idle_ns = ns(c.icmp_idle_timeout);
+  t.other_idle_ns = ns(c.other_idle_timeout);
+  t.active_timeout_ns = ns(c.active_timeout);
+  return t;
+}
+
+std::size_t capacity_for(std::size_t bytes) {
+  std::size_t lo = 0, hi = bytes;  // bytes_needed grows with capacity: largest that fits
+  while (lo < hi) {
+    const std::size_t mid = lo + (hi - lo + 1) / 2;
+    if (FlowTable::bytes_needed(mid) <= bytes) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+}  // namespace
+
+int run_flowd(StageRuntime& runtime) {
+  const FlowdConfig& config = runtime.config().flowd;
+  const bool live = !runtime.config().capture.interface.empty();
+  RingInputs inputs(runtime, {packet_edge(runtime.shard())});
+  RingConsumer& in = inputs[0];
+  RingOutput output(runtime, flow_edge(runtime.shard()));
+  ShmSegment table_memory = ShmSegment::open(flow_table_name(runtime.instance(), runtime.shard()));
+
+  std::size_t capacity = capacity_for(table_memory.bytes().size());
+  if (config.max_flows > 0) capacity = std::min<std::size_t>(capacity, config.max_flows);
+  FlowTableOptions options;
+  options.timeouts = timeouts_from(config);
+  options.community_id_seed = static_cast<std::uint16_t>(config.community_id_seed);
+  options.shard = static_cast<std::uint32_t>(runtime.shard());
+  FlowTable table(table_memory.bytes(), capacity, options);
+  if (table.active() > 0) {
+    spdlog::info("resumed with {} active flows from shared memory", table.active());
+  }
+
+  EventBatchWriter writer(output.producer(), runtime);
+  auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
+  std::uint64_t next_seq = counter(kNextSeq).load();
+  std::uint64_t events_out = counter(fc::kEventsOut).load();
+  bool bad_frame_logged = false;
+  packet::DecodedPacket decoded;
+
+  auto publish_counters = [&] {
+    const FlowTableStats stats = table.stats();
+    counter(fc::kFlowsActive).store(table.active());
+    counter(fc::kFlowsStarted).store(stats.flows_started);
+    counter(fc::kFlowsEnded).store(stats.flows_ended);
+    counter(fc::kEvictions).store(stats.evictions);
+    counter(fc::kEventsOut).store(events_out);
+    runtime.heartbeat();
+  };
+
+  for (;;) {
+    auto frame = in.next();
+    if (!frame) {
+      if (inputs.drained()) break;
+      if (runtime.signalled()) return exit_code::kTempFail;
+      if (live) {
+        table.expire(realtime_ns(), writer);
+        events_out += writer.flush();
+      }
+      publish_counters();
+      in.wait(std::chrono::milliseconds(100));
+      continue;
+    }
+    try {
+      capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
+      auto batch = reader.getRoot<schema::PacketBatch>();
+      const auto data = batch.getData();
+      const auto index = batch.getIndex();
+      std::uint64_t seq = batch.getFirstSeq();
+      std::int64_t last_ts = 0;
+      std::uint64_t packets = 0, not_ip = 0, malformed = 0;
+      for (auto ref : index) {
+        // A packet this flowd applied before (capture repeated a batch after a restart).
+        if (seq++ < next_seq) continue;
+        const std::uint64_t end = std::uint64_t{ref.getOffset()} + ref.getCapLen();
+        if (end > data.size()) {
+          ++malformed;
+          continue;
+        }
+        const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(), ref.getCapLen());
+        const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
+        if (status == packet::DecodeStatus::kOk) {
+          table.on_packet(decoded, ref.getTsNs(), writer);
+          ++packets;
+        } else if (status == packet::DecodeStatus::kNotIp) {
+          ++not_ip;
+        } else {
+          table.count_weird(status);
+          ++malformed;
+        }
+        last_ts = ref.getTsNs();
+      }
+      if (!live && last_ts != 0) table.expire(last_ts, writer);
+      events_out += writer.flush();
+      next_seq = std::max(next_seq, seq);
+      counter(kNextSeq).store(next_seq);
+      counter(fc::kPackets).fetch_add(packets);
+      counter(fc::kNotIp).fetch_add(not_ip);
+      counter(fc::kMalformed).fetch_add(malformed);
+    } catch (const kj::Exception& e) {
+      counter(fc::kBadFrames).fetch_add(1);
+      if (!bad_frame_logged) {
+        spdlog::warn("skipped a malformed PacketBatch frame: {}", e.getDescription().cStr());
+        bad_frame_logged = true;
+      }
+    }
+    in.advance();
+    in.commit();
+    publish_counters();
+  }
+  table.flush(writer);
+  events_out += writer.flush();
+  publish_counters();
+  output.producer().close();
+  spdlog::info("drained: {} events out", events_out);
+  return exit_code::kOk;
+}
+
+}  // namespace flowseal::flowd

@@ -1,0 +1,158 @@
+#include "signer_stage.h"
+
+#include <sys/random.h>
+
+#include <array>
+#include <chrono>
+#include <cstring>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <spdlog/spdlog.h>
+
+#include "batch_sealer.h"
+#include "capnp_frame.h"
+#include "flowseal.capnp.h"
+#include "layout.h"
+#include "ring_io.h"
+#include "seal/keys.h"
+
+namespace flowseal::signerd {
+namespace {
+
+namespace rc = record_counter;
+// Chain position in signerd's slot, after the named counters: stream id (2 words), next
+// seq, previous root (4 words), and a flag saying the position is valid.
+constexpr std::size_t kStreamId = rc::kCount;
+constexpr std::size_t kNextSeq = kStreamId + 2;
+constexpr std::size_t kPrevRoot = kNextSeq + 1;
+constexpr std::size_t kChainValid = kPrevRoot + 4;
+static_assert(kChainValid < kStageCounters);
+
+struct ChainPosition {
+  std::array<std::uint8_t, 16> stream_id{};
+  std::uint64_t next_seq = 0;
+  seal::Digest prev_root{};
+};
+
+ChainPosition load_position(StageRuntime& runtime) {
+  ChainPosition pos;
+  if (runtime.counter(kChainValid).load() == 0) {
+    if (getrandom(pos.stream_id.data(), pos.stream_id.size(), 0) !=
+        static_cast<ssize_t>(pos.stream_id.size())) {
+      throw std::runtime_error("signerd: cannot read random bytes for the stream id");
+    }
+    return pos;
+  }
+  for (std::size_t i = 0; i < 2; ++i) {
+    const std::uint64_t w = runtime.counter(kStreamId + i).load();
+    std::memcpy(pos.stream_id.data() + 8 * i, &w, 8);
+  }
+  pos.next_seq = runtime.counter(kNextSeq).load();
+  for (std::size_t i = 0; i < 4; ++i) {
+    const std::uint64_t w = runtime.counter(kPrevRoot + i).load();
+    std::memcpy(pos.prev_root.data() + 8 * i, &w, 8);
+  }
+  return pos;
+}
+
+void store_position(StageRuntime& runtime, const ChainPosition& pos) {
+  for (std::size_t i = 0; i < 2; ++i) {
+    std::uint64_t w;
+    std::memcpy(&w, pos.stream_id.data() + 8 * i, 8);
+    runtime.counter(kStreamId + i).store(w);
+  }
+  runtime.counter(kNextSeq).store(pos.next_seq);
+  for (std::size_t i = 0; i < 4; ++i) {
+    std::uint64_t w;
+    std::memcpy(&w, pos.prev_root.data() + 8 * i, 8);
+    runtime.counter(kPrevRoot + i).store(w);
+  }
+  runtime.counter(kChainValid).store(1);
+}
+
+}  // namespace
+
+int run_signerd(StageRuntime& runtime) {
+  const SealConfig& config = runtime.config().seal;
+  seal::PrivateKey key = seal::PrivateKey::load(config.key_file);
+  RingInputs inputs(runtime, {std::string(kDedupEdge)});
+  RingConsumer& in = inputs[0];
+  RingOutput output(runtime, kSealedEdge);
+
+  ChainPosition position = load_position(runtime);
+  store_position(runtime, position);
+  if (position.next_seq > 0) {
+    spdlog::info("continuing the chain at batch {}", position.next_seq);
+  }
+  BatchSealer sealer(key, position.stream_id, position.next_seq, position.prev_root);
+
+  const auto batch_records = static_cast<std::size_t>(config.batch_records);
+  const auto batch_age = std::chrono::milliseconds(config.batch_ms);
+  auto batch_started = std::chrono::steady_clock::now();
+  std::uint64_t records_in = 0, batches = 0;
+  bool bad_frame_logged = false;
+  auto never = [&] {
+    runtime.heartbeat();
+    return false;
+  };
+
+  auto seal_and_publish = [&] {
+    if (sealer.size() > 0) {
+      capnp::MallocMessageBuilder message;
+      sealer.seal(message);
+      if (!write_message(output.producer(), message, never)) {
+        throw std::runtime_error("a sealed batch exceeds the writer ring's frame limit: lower "
+                                 "seal.batch_records");
+      }
+      output.producer().publish();
+      ++batches;
+      position.next_seq = sealer.next_seq();
+      position.prev_root = sealer.prev_root();
+      store_position(runtime, position);
+    }
+    in.commit();  // every frame read so far is inside a published batch
+    runtime.counter(rc::kBatchesOut).store(batches);
+    runtime.counter(rc::kRecordsIn).store(records_in);
+    runtime.counter(rc::kRecordsOut).store(records_in);
+  };
+
+  for (;;) {
+    auto frame = in.next();
+    if (!frame) {
+      if (sealer.size() > 0 &&
+          std::chrono::steady_clock::now() - batch_started >= batch_age) {
+        seal_and_publish();
+      }
+      if (inputs.drained()) break;
+      if (runtime.signalled()) return exit_code::kTempFail;
+      runtime.heartbeat();
+      in.wait(sealer.size() > 0 ? std::chrono::milliseconds(5) : std::chrono::milliseconds(100));
+      continue;
+    }
+    try {
+      capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
+      auto events = reader.getRoot<schema::FlowEventBatch>().getEvents();
+      if (sealer.size() > 0 && sealer.size() + events.size() > batch_records) {
+        seal_and_publish();  // keeps a batch within batch_records (unless one frame exceeds it)
+      }
+      if (sealer.size() == 0) batch_started = std::chrono::steady_clock::now();
+      for (auto event : events) sealer.add(event);
+      records_in += events.size();
+    } catch (const kj::Exception& e) {
+      runtime.counter(rc::kBadFrames).fetch_add(1);
+      if (!bad_frame_logged) {
+        spdlog::warn("skipped a malformed FlowEventBatch frame: {}", e.getDescription().cStr());
+        bad_frame_logged = true;
+      }
+    }
+    in.advance();
+    if (sealer.size() >= batch_records) seal_and_publish();
+  }
+  seal_and_publish();
+  output.producer().close();
+  spdlog::info("drained: {} records sealed in {} batches", records_in, batches);
+  return exit_code::kOk;
+}
+
+}  // namespace flowseal::signerd

@@ -1,0 +1,64 @@
+// `flowseal run` (config assembly), `flowseal config check` and `flowseal keygen`.
+#include <cstdio>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "config.h"
+#include "run_command.h"
+#include "seal/keys.h"
+#include "stage_runtime.h"
+
+namespace flowseal::supervisor {
+namespace {
+
+Config assemble(const std::string& config_file, const std::vector<std::string>& overrides) {
+  Config config;
+  if (!config_file.empty()) load_config_file(config, config_file);
+  for (const auto& assignment : overrides) apply_override(config, assignment);
+  return config;
+}
+
+}  // namespace
+
+int run_command(const RunOptions& options) {
+  Config config = assemble(options.config_file, options.overrides);
+  // Command-line options are the most specific: they win over the file and --set.
+  if (!options.files.empty()) config.capture.files = options.files;
+  if (!options.interface.empty()) config.capture.interface = options.interface;
+  if (!options.output_dir.empty()) config.writer.dir = options.output_dir;
+  if (options.budget_mb) apply_override(config, fmt::format("memory.budget_mb={}", *options.budget_mb));
+  if (options.loop) apply_override(config, fmt::format("capture.loop={}", *options.loop));
+  if (!options.instance.empty()) config.supervisor.instance = options.instance;
+  validate(config);
+  if (config.capture.files.empty() && config.capture.interface.empty()) {
+    throw ConfigError("no input: give -r FILE... or -i INTERFACE (or capture.files / "
+                      "capture.interface in the config)");
+  }
+  for (const auto& file : config.capture.files) {
+    if (!std::filesystem::exists(file)) {
+      std::fprintf(stderr, "flowseal: %s: no such capture file\n", file.c_str());
+      return exit_code::kNoInput;
+    }
+  }
+  return run_pipeline(std::move(config));
+}
+
+int config_check_command(const ConfigCheckOptions& options) {
+  Config config = assemble(options.config_file, options.overrides);
+  validate(config);
+  std::fputs(dump_config(config, true).c_str(), stdout);
+  return exit_code::kOk;
+}
+
+int keygen_command(const KeygenOptions& options) {
+  std::filesystem::path key(options.private_key);
+  std::filesystem::path pub = key;
+  pub.replace_extension(".pub");
+  seal::generate_key_pair(seal::parse_algorithm(options.algorithm), key, pub);
+  std::printf("private key: %s (mode 0600)\npublic key:  %s\n", key.c_str(), pub.c_str());
+  return exit_code::kOk;
+}
+
+}  // namespace flowseal::supervisor

@@ -1,0 +1,118 @@
+#include "record_json.h"
+
+#include <arpa/inet.h>
+
+#include <fmt/format.h>
+
+namespace flowseal::supervisor {
+namespace {
+
+void append_json_string(std::string& out, std::string_view text) {
+  out += '"';
+  for (const char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += fmt::format("\\u{:04x}", static_cast<unsigned char>(c));
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+std::string_view kind_name(schema::EventKind kind) {
+  switch (kind) {
+    case schema::EventKind::START: return "start";
+    case schema::EventKind::UPDATE: return "update";
+    case schema::EventKind::END: return "end";
+    case schema::EventKind::SUMMARY: return "summary";
+  }
+  return "unknown";
+}
+
+std::string_view reason_name(schema::EndReason reason) {
+  switch (reason) {
+    case schema::EndReason::NONE: return "none";
+    case schema::EndReason::FIN: return "fin";
+    case schema::EndReason::RST: return "rst";
+    case schema::EndReason::IDLE: return "idle";
+    case schema::EndReason::ACTIVE: return "active";
+    case schema::EndReason::EVICTION: return "eviction";
+    case schema::EndReason::SHUTDOWN: return "shutdown";
+  }
+  return "unknown";
+}
+
+std::string seconds(std::int64_t ns) {
+  return fmt::format("{}.{:06}", ns / 1'000'000'000, (ns % 1'000'000'000) / 1000);
+}
+
+}  // namespace
+
+std::string address_to_string(capnp::Data::Reader address) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (address.size() == 4) {
+    inet_ntop(AF_INET, address.begin(), text, sizeof text);
+  } else if (address.size() == 16) {
+    inet_ntop(AF_INET6, address.begin(), text, sizeof text);
+  } else {
+    return "-";
+  }
+  return text;
+}
+
+std::string proto_name(std::uint8_t proto) {
+  switch (proto) {
+    case 6: return "tcp";
+    case 17: return "udp";
+    case 1: return "icmp";
+    case 58: return "icmp";  // Zeek logs ICMPv6 as icmp too
+    case 132: return "sctp";
+    default: return std::to_string(proto);
+  }
+}
+
+std::string uid_text(std::uint64_t uid) {
+  static constexpr char kAlphabet[] =
+      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  std::string text = "C";
+  do {
+    text += kAlphabet[uid % 62];
+    uid /= 62;
+  } while (uid != 0);
+  return text;
+}
+
+std::string to_json_line(schema::FlowEvent::Reader e) {
+  std::string out;
+  out.reserve(512);
+  const auto orig_h = address_to_string(e.getOrigAddr());
+  const auto resp_h = address_to_string(e.getRespAddr());
+  out += fmt::format("{{\"ts\":{},\"uid\":\"{}\",\"id.orig_h\":\"{}\",\"id.orig_p\":{},"
+                     "\"id.resp_h\":\"{}\",\"id.resp_p\":{},\"proto\":\"{}\",",
+                     seconds(e.getFirstTsNs()), uid_text(e.getUid()), orig_h, e.getOrigPort(),
+                     resp_h, e.getRespPort(), proto_name(e.getProto()));
+  out += fmt::format("\"duration\":{},\"orig_bytes\":{},\"resp_bytes\":{},\"conn_state\":",
+                     seconds(e.getLastTsNs() - e.getFirstTsNs()), e.getOrigBytes(),
+                     e.getRespBytes());
+  append_json_string(out, e.getConnState().cStr());
+  out += ",\"history\":";
+  append_json_string(out, e.getHistory().cStr());
+  out += fmt::format(",\"orig_pkts\":{},\"orig_ip_bytes\":{},\"resp_pkts\":{},"
+                     "\"resp_ip_bytes\":{},\"community_id\":",
+                     e.getOrigPkts(), e.getOrigIpBytes(), e.getRespPkts(), e.getRespIpBytes());
+  append_json_string(out, e.getCommunityId().cStr());
+  out += fmt::format(",\"vlan\":{},\"event\":\"{}\",\"event_number\":{},\"end_reason\":\"{}\","
+                     "\"sampling_rate\":{},\"flow_count\":{}}}",
+                     e.getVlan(), kind_name(e.getKind()), e.getEventNumber(),
+                     reason_name(e.getEndReason()), e.getSamplingRate(), e.getFlowCount());
+  return out;
+}
+
+}  // namespace flowseal::supervisor

@@ -1,0 +1,98 @@
+#include "summary.h"
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "ring.h"
+
+namespace flowseal::supervisor {
+namespace {
+
+std::uint64_t counter(const ControlBlock& control, StageKind kind, std::size_t index,
+                      std::size_t shard = 0) {
+  return control.slots[slot_index(kind, shard, control.shards)].counters[index].load();
+}
+
+std::uint64_t flowd_total(const ControlBlock& control, std::size_t index) {
+  std::uint64_t sum = 0;
+  for (std::size_t s = 0; s < control.shards; ++s) sum += counter(control, StageKind::kFlowd, index, s);
+  return sum;
+}
+
+std::string human_bytes(std::uint64_t bytes) {
+  if (bytes >= (1u << 30)) return fmt::format("{:.1f} GiB", bytes / double(1u << 30));
+  if (bytes >= (1u << 20)) return fmt::format("{:.1f} MiB", bytes / double(1u << 20));
+  if (bytes >= 1024) return fmt::format("{:.1f} KiB", bytes / 1024.0);
+  return fmt::format("{} B", bytes);
+}
+
+}  // namespace
+
+void print_stats_line(const ControlBlock& control, const std::vector<Instance::RingView>& rings) {
+  namespace cc = capture_counter;
+  namespace fc = flowd_counter;
+  namespace rc = record_counter;
+  std::string fill;
+  for (const auto& ring : rings) {
+    const auto& header = ring_attach(ring.memory);
+    const auto used = header.head.load() - header.tail.load();
+    fill += fmt::format(" {}={:.0f}%", ring.edge, 100.0 * double(used) / double(header.capacity));
+  }
+  std::fprintf(stderr, "%s\n",
+               fmt::format("stats: packets rx={} processed={} dropped(ring)={} dropped(kernel)={} "
+                           "sampled-out={} | flows active={} | records sealed={} stored batches={}"
+                           " | ring fill:{}",
+                           counter(control, StageKind::kCapture, cc::kReceived),
+                           flowd_total(control, fc::kPackets) + flowd_total(control, fc::kNotIp) +
+                               flowd_total(control, fc::kMalformed),
+                           counter(control, StageKind::kCapture, cc::kRingFullDropped),
+                           counter(control, StageKind::kCapture, cc::kKernelDropped),
+                           counter(control, StageKind::kCapture, cc::kSampledOut),
+                           flowd_total(control, fc::kFlowsActive),
+                           counter(control, StageKind::kSignerd, rc::kRecordsIn),
+                           counter(control, StageKind::kWriterd, rc::kBatchesOut), fill)
+                   .c_str());
+}
+
+void print_run_summary(const Config& config, const ControlBlock& control, double seconds) {
+  namespace cc = capture_counter;
+  namespace fc = flowd_counter;
+  namespace rc = record_counter;
+  const auto received = counter(control, StageKind::kCapture, cc::kReceived);
+  const auto flow_packets = flowd_total(control, fc::kPackets);
+  const auto not_ip = flowd_total(control, fc::kNotIp);
+  const auto malformed = flowd_total(control, fc::kMalformed);
+  const auto processed = flow_packets + not_ip + malformed;
+  const auto ring_dropped = counter(control, StageKind::kCapture, cc::kRingFullDropped);
+  const auto kernel_dropped = counter(control, StageKind::kCapture, cc::kKernelDropped);
+  const auto sampled = counter(control, StageKind::kCapture, cc::kSampledOut);
+  std::string out;
+  out += fmt::format("flowseal run summary ({:.2f} s)\n", seconds);
+  out += fmt::format("  packets   received {}  processed {} ({} in flows, {} not IP, {} malformed)  "
+                     "sampled out {}  dropped: ring full {}, kernel {}\n",
+                     received, processed, flow_packets, not_ip, malformed, sampled, ring_dropped,
+                     kernel_dropped);
+  out += fmt::format("  flows     started {}  ended {}  evicted {}\n",
+                     flowd_total(control, fc::kFlowsStarted), flowd_total(control, fc::kFlowsEnded),
+                     flowd_total(control, fc::kEvictions));
+  out += fmt::format("  records   from flowd {}  after dedup {}  sealed {} in {} batches\n",
+                     counter(control, StageKind::kDedupd, rc::kRecordsIn),
+                     counter(control, StageKind::kDedupd, rc::kRecordsOut),
+                     counter(control, StageKind::kSignerd, rc::kRecordsIn),
+                     counter(control, StageKind::kSignerd, rc::kBatchesOut));
+  out += fmt::format("  stored    {} batches, {} in {} segment(s) under {}\n",
+                     counter(control, StageKind::kWriterd, rc::kBatchesOut),
+                     human_bytes(counter(control, StageKind::kWriterd, rc::kBytesStored)),
+                     counter(control, StageKind::kWriterd, rc::kSegments), config.writer.dir);
+  if (seconds > 0) {
+    out += fmt::format("  rate      {:.0f} packets/s\n", double(received) / seconds);
+  }
+  const bool accounted = received == processed + sampled + ring_dropped;
+  out += fmt::format("  accounting received = processed + sampled out + dropped: {}\n",
+                     accounted ? "yes" : fmt::format("NO (difference {})",
+                                                     std::int64_t(received) - std::int64_t(processed + sampled + ring_dropped)));
+  std::fputs(out.c_str(), stderr);
+}
+
+}  // namespace flowseal::supervisor
