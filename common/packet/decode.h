@@ -1,0 +1,65 @@
+// Packet decoding shared by capture (flow hash, shard choice) and flowd (flow assembly).
+//
+// decode() walks the link layer, VLAN tags, the IP header and the transport header of one
+// captured packet and fills a DecodedPacket with what a flow needs: the 5-tuple plus VLAN,
+// the IP length and transport details. It never reads past `bytes`, never allocates and
+// never throws: a packet it cannot use comes back as a DecodeStatus naming the layer that
+// was short or wrong, which callers count by kind ("weird" counters, as Zeek keeps).
+//
+// Addresses are stored as 16 bytes; IPv4 sits in the first 4 bytes with the rest zero, so a
+// key compares and hashes the same way for both families.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace flowseal::packet {
+
+enum class DecodeStatus : std::uint8_t {
+  kOk,
+  kNotIp,               // ARP, LLDP, STP, ...: no IP flow to account it to
+  kUnsupportedLink,     // a DLT_ this decoder does not know
+  kTruncatedLink,       // link/VLAN/MPLS/PPPoE header cut short
+  kTruncatedIp,         // IP header cut short
+  kBadIpHeader,         // version, header length or total length inconsistent
+  kTruncatedTransport,  // TCP/UDP/ICMP/SCTP header cut short (first fragment only)
+  kBadTransport,        // e.g. TCP data offset < 5
+  kCount
+};
+std::string_view to_string(DecodeStatus);
+
+struct FlowKey {
+  std::array<std::uint8_t, 16> src{};  // sender of this packet
+  std::array<std::uint8_t, 16> dst{};
+  std::uint16_t src_port = 0;  // ICMP: type; ICMPv6: type
+  std::uint16_t dst_port = 0;  // ICMP: code; ICMPv6: code
+  std::uint16_t vlan = 0;      // innermost 802.1Q VLAN id, 0 if none
+  std::uint8_t proto = 0;      // IP protocol number (after IPv6 extension headers)
+  std::uint8_t ip_version = 0; // 4 or 6
+  bool operator==(const FlowKey&) const = default;
+};
+
+struct DecodedPacket {
+  FlowKey key;
+  std::uint32_t ip_bytes = 0;       // IPv4 total length; IPv6 payload length + 40 (as Zeek)
+  std::uint32_t payload_bytes = 0;  // transport payload by the IP lengths (not the capture)
+  std::uint8_t tcp_flags = 0;       // FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20
+  std::uint32_t tcp_seq = 0;
+  std::uint32_t tcp_ack = 0;
+  bool has_ports = false;           // false for a non-first fragment and for "other" protos
+  bool fragment = false;            // any IP fragment (first or later)
+};
+
+// Decodes one packet of link type `link_type` (DLT_*). `wire_len` is the packet's length on
+// the wire; `bytes` may be shorter (snaplen, payload cut): lengths come from the IP header.
+DecodeStatus decode(int link_type, std::span<const std::uint8_t> bytes, std::uint32_t wire_len,
+                    DecodedPacket& out);
+
+// The same value for both directions of a flow (src/dst and ports swapped), so both land in
+// one flowd shard. Stable across processes and runs (no per-process seed).
+std::uint32_t symmetric_hash(const FlowKey& key);
+
+}  // namespace flowseal::packet

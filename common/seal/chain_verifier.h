@@ -1,0 +1,60 @@
+// ChainVerifier: checks a stream of SealedBatch messages, in stored order, as `flowseal
+// verify` does: each batch's Merkle root against its records, its signature against a known
+// key, its seq and prevRoot against the batch before it, and one stream id throughout.
+//
+// It knows nothing of files: the caller (segment reading) feeds batches and says where each
+// came from, so a problem is reported as "segment S, batch seq N, record i: what".
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "flowseal.capnp.h"
+#include "seal/keys.h"
+
+namespace flowseal::seal {
+
+// Leaf data of a record: the canonical Cap'n Proto encoding of the FlowEvent (its bytes).
+std::vector<std::uint8_t> canonical_bytes(schema::FlowEvent::Reader record);
+// What the signature covers: the canonical encoding of the BatchHeader.
+std::vector<std::uint8_t> canonical_bytes(schema::BatchHeader::Reader header);
+
+struct BatchProblem {
+  std::uint64_t seq = 0;                    // the batch's seq as stored (or expected)
+  std::optional<std::uint32_t> record;      // index of the offending record, if one
+  std::string what;                         // "Merkle root does not match the records", ...
+};
+
+struct ChainSummary {
+  std::uint64_t batches = 0;
+  std::uint64_t records = 0;
+  std::int64_t first_ts_ns = 0;
+  std::int64_t last_ts_ns = 0;
+  std::set<std::string> key_ids;  // hex
+};
+
+class ChainVerifier {
+ public:
+  // `keys`: the public keys a batch may be signed with, by key id. With a pinned key (from
+  // `--pubkey`) the map holds only that key, so a batch signed with any other key fails.
+  explicit ChainVerifier(std::map<Digest, PublicKey> keys);
+
+  // Checks the next batch. nullopt if it is good; otherwise what is wrong with it. After a
+  // problem the verifier resynchronises on this batch (so one bad batch is reported once).
+  std::optional<BatchProblem> check(schema::SealedBatch::Reader batch);
+  // Called after the last batch.
+  const ChainSummary& summary() const { return summary_; }
+
+ private:
+  std::map<Digest, PublicKey> keys_;
+  ChainSummary summary_;
+  bool started_ = false;
+  std::array<std::uint8_t, 16> stream_id_{};
+  std::uint64_t next_seq_ = 0;
+  Digest prev_root_{};
+};
+
+}  // namespace flowseal::seal

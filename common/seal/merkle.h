@@ -1,0 +1,25 @@
+// RFC 6962 Merkle tree hashes (SHA-256): leaf = H(0x00 || data), node = H(0x01 || left ||
+// right), the tree over n leaves splits at the largest power of two below n. The root of an
+// empty tree is H(""). Inclusion proofs follow RFC 6962 section 2.1.1 so a record's proof can
+// be checked on its own, with nothing but the record, its index, the count and the root.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "seal/keys.h"
+
+namespace flowseal::seal {
+
+Digest leaf_hash(std::span<const std::uint8_t> data);
+Digest node_hash(const Digest& left, const Digest& right);
+Digest merkle_root(std::span<const Digest> leaves);
+
+// Audit path of leaf `index` among `leaves` (RFC 6962 PATH(m, D[n])).
+std::vector<Digest> inclusion_proof(std::span<const Digest> leaves, std::size_t index);
+// True if `leaf` at `index` of a tree of `count` leaves hashes up to `root` along `proof`.
+bool verify_inclusion(const Digest& leaf, std::size_t index, std::size_t count,
+                      std::span<const Digest> proof, const Digest& root);
+
+}  // namespace flowseal::seal
