@@ -1,0 +1,113 @@
+// Config loading: every bad value is an error that names the key (and file:line for files),
+// and what dump_config writes loads back to the same configuration.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "config.h"
+
+namespace {
+
+using flowseal::Config;
+using flowseal::ConfigError;
+
+// A YAML file in a private temp dir, removed when the test ends.
+class TempYaml {
+ public:
+  explicit TempYaml(const std::string& text)
+      : path_(std::filesystem::temp_directory_path() /
+              ("flowseal-config-test-" + std::to_string(getpid()) + "-" +
+               std::to_string(counter_++) + ".yaml")) {
+    std::ofstream(path_) << text;
+  }
+  ~TempYaml() { std::filesystem::remove(path_); }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path path_;
+};
+
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("a config file sets nested keys and leaves the rest at their defaults") {
+  TempYaml file("flowd:\n  shards: 2\n  udp_idle_timeout: 12.5\ndedup:\n  enabled: false\n");
+  Config config;
+  flowseal::load_config_file(config, file.path());
+  CHECK(config.flowd.shards == 2);
+  CHECK(config.flowd.udp_idle_timeout == 12.5);
+  CHECK_FALSE(config.dedup.enabled);
+  CHECK(config.seal.batch_records == Config{}.seal.batch_records);
+}
+
+TEST_CASE("an unknown key in a file is an error naming the key, the file and the line") {
+  TempYaml file("flowd:\n  shards: 1\n  udp_idle_timeot: 5\n");
+  Config config;
+  const std::string message = error_of([&] { flowseal::load_config_file(config, file.path()); });
+  CHECK_THAT(message, Catch::Contains("udp_idle_timeot"));
+  CHECK_THAT(message, Catch::Contains(file.path().string() + ":3"));
+}
+
+TEST_CASE("a wrongly typed value is an error naming the key and the value") {
+  Config config;
+  const std::string message =
+      error_of([&] { flowseal::apply_override(config, "dedup.enabled=maybe"); });
+  CHECK_THAT(message, Catch::Contains("dedup.enabled"));
+  CHECK_THAT(message, Catch::Contains("maybe"));
+  CHECK_THAT(error_of([&] { flowseal::apply_override(config, "flowd.shards=[1, 2]"); }),
+             Catch::Contains("flowd.shards"));
+}
+
+TEST_CASE("an out-of-range value is an error naming the key and the range") {
+  Config config;
+  const std::string message = error_of([&] { flowseal::apply_override(config, "flowd.shards=99"); });
+  CHECK_THAT(message, Catch::Contains("flowd.shards"));
+  CHECK_THAT(message, Catch::Contains("out of range"));
+  CHECK(config.flowd.shards == 1);
+}
+
+TEST_CASE("--set overrides a value and a malformed assignment is named") {
+  Config config;
+  flowseal::apply_override(config, "writer.zstd_level=9");
+  CHECK(config.writer.zstd_level == 9);
+  CHECK_THAT(error_of([&] { flowseal::apply_override(config, "writer.zstd_level"); }),
+             Catch::Contains("KEY=VALUE"));
+}
+
+TEST_CASE("a file that is not valid YAML names the file and line") {
+  TempYaml file("flowd:\n  shards: [1,\n");
+  Config config;
+  CHECK_THAT(error_of([&] { flowseal::load_config_file(config, file.path()); }),
+             Catch::Contains(file.path().string()));
+}
+
+TEST_CASE("cross-key rules are checked by validate") {
+  Config config;
+  config.capture.interface = "eth0";
+  config.capture.files = {"a.pcap"};
+  CHECK_THAT(error_of([&] { flowseal::validate(config); }), Catch::Contains("capture.interface"));
+}
+
+TEST_CASE("the dumped config loads back to the same config") {
+  Config config;
+  flowseal::apply_override(config, "flowd.shards=3");
+  flowseal::apply_override(config, "capture.filter=not port 22");
+  flowseal::apply_override(config, "capture.files=[a.pcap, b.pcapng]");
+  flowseal::apply_override(config, "dedup.enabled=false");
+  TempYaml file(flowseal::dump_config(config, true));
+  Config loaded;
+  flowseal::load_config_file(loaded, file.path());
+  CHECK(flowseal::dump_config(loaded) == flowseal::dump_config(config));
+}
