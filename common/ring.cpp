@@ -21,7 +21,16 @@ constexpr std::uint64_t frame_bytes(std::uint64_t payload) {
 
 // Sleep slices are short so a waiting side notices stop flags, closed rings and a peer that
 // died (whose wake would never come) within a few milliseconds.
-constexpr auto kMaxSleepSlice = std::chrono::milliseconds(20);
+constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(20);
+
+// Frame lengths are 32-bit and 0xFFFFFFFF marks a wrap, so a quarter of the ring must fit.
+constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;
+constexpr std::uint64_t kMinCapacity = 4096;
+
+constexpr std::uint64_t max_frame_for(std::uint64_t capacity) {
+  // A quarter of the ring per frame keeps a producer from starving behind one huge frame.
+  return capacity / 4 - sizeof(FrameHeader);
+}
 
 std::byte* data_of(std::span<std::byte> memory) { return memory.data() + sizeof(RingHeader); }
 
@@ -30,9 +39,10 @@ std::byte* data_of(std::span<std::byte> memory) { return memory.data() + sizeof(
 std::size_t ring_bytes(std::size_t capacity) { return sizeof(RingHeader) + capacity; }
 
 void ring_format(std::span<std::byte> memory, std::size_t capacity) {
-  if (!std::has_single_bit(capacity) || capacity < 4096) {
-    throw std::invalid_argument(
-        fmt::format("ring capacity {} is not a power of two of at least 4096", capacity));
+  if (!std::has_single_bit(capacity) || capacity < kMinCapacity || capacity > kMaxCapacity) {
+    throw std::invalid_argument(fmt::format(
+        "ring capacity {} is not a power of two between {} and {}", capacity, kMinCapacity,
+        kMaxCapacity));
   }
   if (memory.size() < ring_bytes(capacity)) {
     throw std::invalid_argument(fmt::format("ring memory of {} bytes is smaller than the {} "
@@ -46,8 +56,7 @@ void ring_format(std::span<std::byte> memory, std::size_t capacity) {
   header->layout_version = RingHeader::kLayoutVersion;
   header->header_bytes = sizeof(RingHeader);
   header->capacity = capacity;
-  // A quarter of the ring per frame keeps a producer from starving behind one huge frame.
-  header->max_frame = capacity / 4 - sizeof(FrameHeader);
+  header->max_frame = max_frame_for(capacity);
   std::atomic_thread_fence(std::memory_order_release);
   header->magic = RingHeader::kMagic;
 }
@@ -70,10 +79,14 @@ RingHeader& ring_attach(std::span<std::byte> memory) {
         header->layout_version, header->header_bytes, RingHeader::kLayoutVersion,
         sizeof(RingHeader)));
   }
-  if (!std::has_single_bit(header->capacity) ||
-      ring_bytes(header->capacity) > memory.size()) {
+  if (!std::has_single_bit(header->capacity) || header->capacity < kMinCapacity ||
+      header->capacity > kMaxCapacity || ring_bytes(header->capacity) > memory.size()) {
     throw std::runtime_error(fmt::format("ring capacity {} does not fit its {}-byte mapping",
                                          header->capacity, memory.size()));
+  }
+  if (header->max_frame != max_frame_for(header->capacity)) {
+    throw std::runtime_error(fmt::format("ring max frame {} does not match its capacity {}",
+                                         header->max_frame, header->capacity));
   }
   return *header;
 }
@@ -92,7 +105,8 @@ RingProducer::RingProducer(std::span<std::byte> memory)
       capacity_(header_->capacity),
       max_frame_(header_->max_frame),
       head_(header_->head.load(std::memory_order_acquire)),
-      cached_tail_(header_->tail.load(std::memory_order_acquire)) {}
+      cached_tail_(header_->tail.load(std::memory_order_acquire)),
+      sleep_slice_(kDefaultSleepSlice) {}
 
 bool RingProducer::has_room(std::uint64_t need) {
   if (head_ + need - cached_tail_ <= capacity_) return true;
@@ -116,20 +130,26 @@ std::span<std::byte> RingProducer::try_reserve(std::size_t length) {
   }
   reserved_at_ = head_;
   reserved_len_ = length;
+  reserved_ = true;
   return {data_ + (head_ & (capacity_ - 1)) + sizeof(FrameHeader), length};
 }
 
 std::span<std::byte> RingProducer::reserve(std::size_t length,
                                            std::chrono::milliseconds timeout) {
-  if (auto slot = try_reserve(length); !slot.empty() || length > max_frame_) return slot;
+  if (auto slot = try_reserve(length); slot.data() != nullptr || length > max_frame_) {
+    return slot;
+  }
   // Let the consumer see what we have before we wait for it to make room.
   publish();
   header_->full_waits.fetch_add(1, std::memory_order_relaxed);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const std::uint32_t seq = header_->space_seq.load(std::memory_order_acquire);
-    header_->producer_sleeping.store(1, std::memory_order_seq_cst);
-    if (auto slot = try_reserve(length); !slot.empty()) {
+    header_->producer_sleeping.store(1, std::memory_order_relaxed);
+    // Pairs with the fence in RingConsumer::commit(): either it sees us sleeping or we see
+    // its new tail.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (auto slot = try_reserve(length); slot.data() != nullptr) {
       header_->producer_sleeping.store(0, std::memory_order_relaxed);
       return slot;
     }
@@ -139,12 +159,15 @@ std::span<std::byte> RingProducer::reserve(std::size_t length,
       return {};
     }
     futex_wait(header_->space_seq, seq,
-               std::min<std::chrono::nanoseconds>(deadline - now, kMaxSleepSlice));
+               std::min<std::chrono::nanoseconds>(deadline - now, sleep_slice_));
     header_->producer_sleeping.store(0, std::memory_order_relaxed);
   }
 }
 
 void RingProducer::commit(std::size_t length) {
+  // A stale reservation would rewrite a frame already committed.
+  if (!reserved_) return;
+  reserved_ = false;
   length = std::min(length, reserved_len_);
   const FrameHeader frame{static_cast<std::uint32_t>(length),
                           static_cast<std::uint32_t>(length) ^ FrameHeader::kCheck};
@@ -173,7 +196,7 @@ void RingProducer::publish() {
 bool RingProducer::write(std::span<const std::byte> payload,
                          std::chrono::milliseconds timeout) {
   auto slot = reserve(payload.size(), timeout);
-  if (slot.size() != payload.size() || (slot.empty() && !payload.empty())) return false;
+  if (slot.data() == nullptr) return false;
   if (!payload.empty()) std::memcpy(slot.data(), payload.data(), payload.size());
   commit(payload.size());
   publish();
@@ -198,8 +221,10 @@ RingConsumer::RingConsumer(std::span<std::byte> memory)
     : header_(&ring_attach(memory)),
       data_(data_of(memory)),
       capacity_(header_->capacity),
+      max_frame_(header_->max_frame),
       read_(header_->tail.load(std::memory_order_acquire)),
-      cached_head_(header_->head.load(std::memory_order_acquire)) {}
+      cached_head_(header_->head.load(std::memory_order_acquire)),
+      sleep_slice_(kDefaultSleepSlice) {}
 
 std::optional<std::span<const std::byte>> RingConsumer::next() {
   for (;;) {
@@ -219,7 +244,7 @@ std::optional<std::span<const std::byte>> RingConsumer::next() {
     }
     const std::uint64_t need = frame_bytes(frame.length);
     const bool valid = frame.check == (frame.length ^ FrameHeader::kCheck) &&
-                       frame.length <= header_->max_frame && offset + need <= capacity_ &&
+                       frame.length <= max_frame_ && offset + need <= capacity_ &&
                        need <= available;
     if (!valid) {
       // The length cannot be trusted, so neither can any later header in this stretch:
@@ -229,13 +254,14 @@ std::optional<std::span<const std::byte>> RingConsumer::next() {
       return std::nullopt;
     }
     current_end_ = read_ + need;
+    current_length_ = frame.length;
     return std::span<const std::byte>(data_ + offset + sizeof(FrameHeader), frame.length);
   }
 }
 
 void RingConsumer::advance() {
   if (current_end_ <= read_) return;
-  pending_bytes_ += current_end_ - read_ - sizeof(FrameHeader);
+  pending_bytes_ += current_length_;  // payload bytes, as the producer counts them
   ++pending_frames_;
   ++uncommitted_;
   read_ = current_end_;
@@ -271,7 +297,10 @@ bool RingConsumer::wait(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const std::uint32_t seq = header_->data_seq.load(std::memory_order_acquire);
-    header_->consumer_sleeping.store(1, std::memory_order_seq_cst);
+    header_->consumer_sleeping.store(1, std::memory_order_relaxed);
+    // Pairs with the fence in RingProducer::publish() and close(): either the producer sees
+    // us sleeping or we see its new head (or the closed flag).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     if (has_data() || closed()) {
       header_->consumer_sleeping.store(0, std::memory_order_relaxed);
       return cached_head_ != read_;
@@ -282,7 +311,7 @@ bool RingConsumer::wait(std::chrono::milliseconds timeout) {
       return false;
     }
     futex_wait(header_->data_seq, seq,
-               std::min<std::chrono::nanoseconds>(deadline - now, kMaxSleepSlice));
+               std::min<std::chrono::nanoseconds>(deadline - now, sleep_slice_));
     header_->consumer_sleeping.store(0, std::memory_order_relaxed);
   }
 }

@@ -25,7 +25,10 @@
 //
 // Waiting: an idle side sleeps on a futex word in the shared header (no CPU when idle); the
 // other side wakes it only if it announced that it sleeps, so the fast path has no syscall.
-// Every wait takes a timeout so callers can also watch stop flags and heartbeats.
+// Every wait takes a timeout so callers can also watch stop flags and heartbeats, and a
+// sleeper re-checks at least every sleep slice (20 ms by default) so that it notices a peer
+// that died between announcing and delivering a wake. Tests set a long slice to prove that
+// no wake is ever lost (a lost wake then shows as a timeout, not as a short delay).
 #pragma once
 
 #include <atomic>
@@ -118,12 +121,14 @@ class RingProducer {
   // Largest payload a single frame can carry.
   std::size_t max_frame() const { return max_frame_; }
 
-  // Space for a `length`-byte payload, contiguous and 8-byte aligned, or an empty span if
-  // the ring has no room now. Nothing is visible to the consumer until publish().
+  // Space for a `length`-byte payload, contiguous and 8-byte aligned, or an empty span with
+  // a null data() if the ring has no room now (a zero-length frame gets an empty span with a
+  // non-null data()). Nothing is visible to the consumer until publish().
   std::span<std::byte> try_reserve(std::size_t length);
   // As try_reserve, but sleeps while the ring is full, up to `timeout`; empty on timeout.
   std::span<std::byte> reserve(std::size_t length, std::chrono::milliseconds timeout);
   // Seals the frame last reserved with its final payload length (<= the reserved length).
+  // Without a reservation it does nothing.
   void commit(std::size_t length);
   // Makes every committed frame visible at once and wakes a sleeping consumer. Publishing a
   // batch of frames costs one release store, which is what makes small frames cheap.
@@ -139,6 +144,8 @@ class RingProducer {
   void reopen() { header_->producer_closed.store(0, std::memory_order_release); }
   std::size_t used_bytes() const;
   std::size_t capacity() const { return capacity_; }
+  // Longest single futex sleep inside reserve() before the ring is looked at again.
+  void set_sleep_slice(std::chrono::milliseconds slice) { sleep_slice_ = slice; }
 
  private:
   bool has_room(std::uint64_t need);
@@ -151,8 +158,10 @@ class RingProducer {
   std::uint64_t cached_tail_;  // private copy of the consumer's tail
   std::uint64_t reserved_at_ = 0;
   std::size_t reserved_len_ = 0;
+  bool reserved_ = false;
   std::uint64_t pending_frames_ = 0;
   std::uint64_t pending_bytes_ = 0;
+  std::chrono::milliseconds sleep_slice_;
 };
 
 class RingConsumer {
@@ -177,17 +186,22 @@ class RingConsumer {
   std::uint64_t uncommitted_frames() const { return uncommitted_; }
   std::size_t used_bytes() const;
   bool closed() const { return header_->producer_closed.load(std::memory_order_acquire) != 0; }
+  // Longest single futex sleep inside wait() before the ring is looked at again.
+  void set_sleep_slice(std::chrono::milliseconds slice) { sleep_slice_ = slice; }
 
  private:
   RingHeader* header_;
   const std::byte* data_;
   std::size_t capacity_;
+  std::uint64_t max_frame_;
   std::uint64_t read_;         // private read cursor (>= shared tail)
   std::uint64_t cached_head_;  // private copy of the producer's head
   std::uint64_t current_end_ = 0;
+  std::uint64_t current_length_ = 0;
   std::uint64_t uncommitted_ = 0;
   std::uint64_t pending_frames_ = 0;
   std::uint64_t pending_bytes_ = 0;
+  std::chrono::milliseconds sleep_slice_;
 };
 
 }  // namespace flowseal

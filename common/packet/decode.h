@@ -13,10 +13,25 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 
 namespace flowseal::packet {
+
+// Link types decode() knows, as libpcap numbers them (pcap/dlt.h); decode_test checks them
+// against libpcap's own header. DLT_RAW is 12 on most systems and 14 on OpenBSD; a file says
+// LINKTYPE_RAW (101), which libpcap maps back to DLT_RAW except where it cannot.
+inline constexpr int kDltNull = 0;
+inline constexpr int kDltEn10mb = 1;
+inline constexpr int kDltRaw = 12;
+inline constexpr int kDltRawOpenBsd = 14;
+inline constexpr int kLinktypeRaw = 101;
+inline constexpr int kDltLoop = 108;
+inline constexpr int kDltLinuxSll = 113;
+inline constexpr int kDltIpv4 = 228;
+inline constexpr int kDltIpv6 = 229;
+inline constexpr int kDltLinuxSll2 = 276;
 
 enum class DecodeStatus : std::uint8_t {
   kOk,
@@ -61,5 +76,28 @@ DecodeStatus decode(int link_type, std::span<const std::uint8_t> bytes, std::uin
 // The same value for both directions of a flow (src/dst and ports swapped), so both land in
 // one flowd shard. Stable across processes and runs (no per-process seed).
 std::uint32_t symmetric_hash(const FlowKey& key);
+// 64-bit finaliser (splitmix64 / Stafford variant 13): every input bit reaches every output
+// bit. Shared so the flow hash and the uids built on it mix the same way.
+constexpr std::uint64_t mix64(std::uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  x ^= x >> 31;
+  return x;
+}
+
+// The full 64 bits of the same hash, for flow tables that want more than a shard index.
+std::uint64_t symmetric_hash64(const FlowKey& key);
+
+// ICMP and ICMPv6 request/reply types come in pairs (echo 8/0, neighbor solicitation
+// 135/136, ...). As Zeek and Community ID v1 do, a flow's "ports" for such a type are
+// (type, counterpart type), so a request and its reply are one flow; other ICMP types keep
+// (type, code). Returns the counterpart type, if `type` has one.
+std::optional<std::uint8_t> icmp_counterpart(std::uint8_t proto, std::uint8_t type);
+
+// `key` with ICMP ports mapped as above: the key flows are assembled and hashed by.
+// decode() itself reports the raw type and code.
+FlowKey flow_key(const FlowKey& key);
 
 }  // namespace flowseal::packet

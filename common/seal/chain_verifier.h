@@ -6,11 +6,13 @@
 // came from, so a problem is reported as "segment S, batch seq N, record i: what".
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "flowseal.capnp.h"
 #include "seal/keys.h"
@@ -34,6 +36,10 @@ struct ChainSummary {
   std::int64_t first_ts_ns = 0;
   std::int64_t last_ts_ns = 0;
   std::set<std::string> key_ids;  // hex
+  // The chain may start at any seq (segments older than retention are gone): the first and
+  // last seq seen say which part of the stream was verified.
+  std::uint64_t first_seq = 0;
+  std::uint64_t last_seq = 0;
 };
 
 class ChainVerifier {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -21,5 +22,24 @@ std::vector<Digest> inclusion_proof(std::span<const Digest> leaves, std::size_t 
 // True if `leaf` at `index` of a tree of `count` leaves hashes up to `root` along `proof`.
 bool verify_inclusion(const Digest& leaf, std::size_t index, std::size_t count,
                       std::span<const Digest> proof, const Digest& root);
+
+// The same hashes for hot paths (signerd per record, verify per batch): SHA-256 is fetched
+// once and one digest context is reused, where the free functions above set up their own
+// per call (or per tree, for merkle_root). Not thread-safe: one per thread.
+class MerkleHasher {
+ public:
+  MerkleHasher();  // throws std::runtime_error if OpenSSL has no SHA-256
+  MerkleHasher(MerkleHasher&&) noexcept;
+  MerkleHasher& operator=(MerkleHasher&&) noexcept;
+  ~MerkleHasher();
+
+  Digest leaf(std::span<const std::uint8_t> data);
+  Digest node(const Digest& left, const Digest& right);
+  Digest root(std::span<const Digest> leaves);  // reuses one scratch buffer across calls
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 }  // namespace flowseal::seal

@@ -1,0 +1,438 @@
+#include "packet/decode.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace flowseal::packet {
+namespace {
+
+// Network-order reads; every caller has checked the length first.
+std::uint16_t be16(const std::uint8_t* p) {
+  return static_cast<std::uint16_t>((p[0] << 8) | p[1]);
+}
+std::uint32_t be32(const std::uint8_t* p) {
+  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
+         std::uint32_t{p[3]};
+}
+std::uint32_t le32(const std::uint8_t* p) {
+  return (std::uint32_t{p[3]} << 24) | (std::uint32_t{p[2]} << 16) | (std::uint32_t{p[1]} << 8) |
+         std::uint32_t{p[0]};
+}
+
+constexpr std::uint16_t kEtherIpv4 = 0x0800;
+constexpr std::uint16_t kEtherIpv6 = 0x86DD;
+constexpr std::uint16_t kEtherVlan = 0x8100;
+constexpr std::uint16_t kEtherQinQ = 0x88A8;
+constexpr std::uint16_t kEtherQinQOld = 0x9100;  // pre-802.1ad QinQ, still seen on switches
+constexpr std::uint16_t kEtherMplsUnicast = 0x8847;
+constexpr std::uint16_t kEtherMplsMulticast = 0x8848;
+constexpr std::uint16_t kEtherPppoeSession = 0x8864;
+constexpr std::uint16_t kPppIpv4 = 0x0021;
+constexpr std::uint16_t kPppIpv6 = 0x0057;
+
+constexpr std::uint8_t kProtoIcmp = 1;
+constexpr std::uint8_t kProtoTcp = 6;
+constexpr std::uint8_t kProtoUdp = 17;
+constexpr std::uint8_t kProtoIcmpv6 = 58;
+constexpr std::uint8_t kProtoSctp = 132;
+
+// Bounds on encapsulation depth: real traffic stays far below; a crafted packet cannot loop.
+constexpr int kMaxLinkLayers = 16;
+constexpr int kMaxIpv6ExtensionHeaders = 16;
+
+// What the IP layer found, handed to the transport decoder.
+struct IpResult {
+  std::size_t transport_offset = 0;  // into the packet span
+  std::uint32_t transport_len = 0;   // bytes after the IP (+ extension) headers, by the header
+  bool first_fragment_or_whole = true;
+};
+
+class Decoder {
+ public:
+  Decoder(std::span<const std::uint8_t> bytes, std::uint32_t wire_len, DecodedPacket& out)
+      : bytes_(bytes), wire_len_(std::max<std::size_t>(wire_len, bytes.size())), out_(out) {}
+
+  DecodeStatus link(int link_type);
+
+ private:
+  bool have(std::size_t offset, std::size_t n) const {
+    return offset <= bytes_.size() && n <= bytes_.size() - offset;
+  }
+  const std::uint8_t* at(std::size_t offset) const { return bytes_.data() + offset; }
+
+  DecodeStatus ethernet(std::size_t offset);
+  DecodeStatus ethertype(std::uint16_t type, std::size_t offset);
+  DecodeStatus null_family(std::size_t offset);
+  DecodeStatus ip_by_version(std::size_t offset, DecodeStatus empty, DecodeStatus not_ip);
+  DecodeStatus ipv4(std::size_t offset);
+  DecodeStatus ipv6(std::size_t offset);
+  DecodeStatus transport(const IpResult& ip);
+
+  // An IP length field of 0 is what the capturing host's TSO/GSO offload leaves: the
+  // wire length is then the best length there is.
+  std::uint32_t length_from_wire(std::size_t offset) const {
+    return offset < wire_len_ ? static_cast<std::uint32_t>(wire_len_ - offset) : 0;
+  }
+
+  std::span<const std::uint8_t> bytes_;
+  std::size_t wire_len_;
+  DecodedPacket& out_;
+};
+
+DecodeStatus Decoder::link(int link_type) {
+  switch (link_type) {
+    case kDltEn10mb:
+      return ethernet(0);
+    case kDltLinuxSll:
+      if (!have(0, 16)) return DecodeStatus::kTruncatedLink;
+      return ethertype(be16(at(14)), 16);
+    case kDltLinuxSll2:
+      if (!have(0, 20)) return DecodeStatus::kTruncatedLink;
+      return ethertype(be16(at(0)), 20);
+    case kDltRaw:
+    case kDltRawOpenBsd:
+    case kLinktypeRaw:
+      return ip_by_version(0, DecodeStatus::kTruncatedIp, DecodeStatus::kBadIpHeader);
+    case kDltIpv4:
+      if (!have(0, 1)) return DecodeStatus::kTruncatedIp;
+      if ((*at(0) >> 4) != 4) return DecodeStatus::kBadIpHeader;
+      return ipv4(0);
+    case kDltIpv6:
+      if (!have(0, 1)) return DecodeStatus::kTruncatedIp;
+      if ((*at(0) >> 4) != 6) return DecodeStatus::kBadIpHeader;
+      return ipv6(0);
+    case kDltNull:
+    case kDltLoop:
+      return null_family(0);
+    default:
+      return DecodeStatus::kUnsupportedLink;
+  }
+}
+
+DecodeStatus Decoder::ethernet(std::size_t offset) {
+  if (!have(offset, 14)) return DecodeStatus::kTruncatedLink;
+  return ethertype(be16(at(offset + 12)), offset + 14);
+}
+
+DecodeStatus Decoder::ethertype(std::uint16_t type, std::size_t offset) {
+  for (int depth = 0; depth < kMaxLinkLayers; ++depth) {
+    switch (type) {
+      case kEtherIpv4:
+        if (!have(offset, 1)) return DecodeStatus::kTruncatedIp;
+        if ((*at(offset) >> 4) != 4) return DecodeStatus::kBadIpHeader;
+        return ipv4(offset);
+      case kEtherIpv6:
+        if (!have(offset, 1)) return DecodeStatus::kTruncatedIp;
+        if ((*at(offset) >> 4) != 6) return DecodeStatus::kBadIpHeader;
+        return ipv6(offset);
+      case kEtherVlan:
+      case kEtherQinQ:
+      case kEtherQinQOld:
+        if (!have(offset, 4)) return DecodeStatus::kTruncatedLink;
+        // Each tag overwrites the last, so the innermost (customer) VLAN is what stays.
+        out_.key.vlan = be16(at(offset)) & 0x0FFF;
+        type = be16(at(offset + 2));
+        offset += 4;
+        continue;
+      case kEtherMplsUnicast:
+      case kEtherMplsMulticast: {
+        // Labels until the bottom-of-stack bit; MPLS names no payload type, so the IP
+        // version nibble decides (anything else, e.g. a pseudowire, is not IP to us).
+        for (int labels = 0;; ++labels) {
+          if (labels >= kMaxLinkLayers) return DecodeStatus::kTruncatedLink;
+          if (!have(offset, 4)) return DecodeStatus::kTruncatedLink;
+          const bool bottom = (*at(offset + 2) & 0x01) != 0;
+          offset += 4;
+          if (bottom) break;
+        }
+        return ip_by_version(offset, DecodeStatus::kTruncatedLink, DecodeStatus::kNotIp);
+      }
+      case kEtherPppoeSession: {
+        if (!have(offset, 8)) return DecodeStatus::kTruncatedLink;
+        const std::uint16_t ppp = be16(at(offset + 6));
+        offset += 8;
+        if (ppp == kPppIpv4) type = kEtherIpv4;
+        else if (ppp == kPppIpv6) type = kEtherIpv6;
+        else return DecodeStatus::kNotIp;  // LCP, IPCP, ...
+        continue;
+      }
+      default:
+        return DecodeStatus::kNotIp;  // ARP, LLDP, 802.3 length field, PPPoE discovery, ...
+    }
+  }
+  return DecodeStatus::kTruncatedLink;
+}
+
+DecodeStatus Decoder::null_family(std::size_t offset) {
+  if (!have(offset, 4)) return DecodeStatus::kTruncatedLink;
+  // DLT_NULL stores the family in the capturing host's byte order, DLT_LOOP in network
+  // order, and files move between hosts: families are small, so the order that gives a
+  // small number is the right one.
+  std::uint32_t family = le32(at(offset));
+  if (family > 0xFFFF) family = be32(at(offset));
+  offset += 4;
+  switch (family) {
+    case 2:  // AF_INET everywhere
+      if (!have(offset, 1)) return DecodeStatus::kTruncatedIp;
+      if ((*at(offset) >> 4) != 4) return DecodeStatus::kBadIpHeader;
+      return ipv4(offset);
+    case 10:  // AF_INET6: Linux
+    case 24:  // NetBSD, OpenBSD, BSD/OS
+    case 28:  // FreeBSD, DragonFly
+    case 30:  // macOS
+      if (!have(offset, 1)) return DecodeStatus::kTruncatedIp;
+      if ((*at(offset) >> 4) != 6) return DecodeStatus::kBadIpHeader;
+      return ipv6(offset);
+    default:
+      return DecodeStatus::kNotIp;
+  }
+}
+
+DecodeStatus Decoder::ip_by_version(std::size_t offset, DecodeStatus empty, DecodeStatus not_ip) {
+  if (!have(offset, 1)) return empty;
+  switch (*at(offset) >> 4) {
+    case 4: return ipv4(offset);
+    case 6: return ipv6(offset);
+    default: return not_ip;
+  }
+}
+
+DecodeStatus Decoder::ipv4(std::size_t offset) {
+  if (!have(offset, 20)) return DecodeStatus::kTruncatedIp;
+  const std::uint8_t* ip = at(offset);
+  const std::size_t header_len = std::size_t{ip[0] & 0x0Fu} * 4;
+  if (header_len < 20) return DecodeStatus::kBadIpHeader;
+  std::uint32_t total = be16(ip + 2);
+  if (total == 0) total = length_from_wire(offset);
+  if (total < header_len) return DecodeStatus::kBadIpHeader;
+  if (!have(offset, header_len)) return DecodeStatus::kTruncatedIp;
+
+  out_.key.ip_version = 4;
+  out_.key.proto = ip[9];
+  std::memcpy(out_.key.src.data(), ip + 12, 4);
+  std::memcpy(out_.key.dst.data(), ip + 16, 4);
+  out_.ip_bytes = total;
+
+  const std::uint16_t frag = be16(ip + 6);
+  const bool more_fragments = (frag & 0x2000) != 0;
+  const std::uint16_t frag_offset = frag & 0x1FFF;
+  out_.fragment = more_fragments || frag_offset != 0;
+
+  IpResult result;
+  result.transport_offset = offset + header_len;
+  result.transport_len = total - static_cast<std::uint32_t>(header_len);
+  result.first_fragment_or_whole = frag_offset == 0;
+  return transport(result);
+}
+
+DecodeStatus Decoder::ipv6(std::size_t offset) {
+  if (!have(offset, 40)) return DecodeStatus::kTruncatedIp;
+  const std::uint8_t* ip = at(offset);
+  std::uint32_t payload = be16(ip + 4);
+  // 0 is a jumbogram or a TSO-offloaded packet; either way the wire length is what we have.
+  if (payload == 0) payload = length_from_wire(offset + 40);
+  out_.key.ip_version = 6;
+  std::memcpy(out_.key.src.data(), ip + 8, 16);
+  std::memcpy(out_.key.dst.data(), ip + 24, 16);
+  out_.ip_bytes = payload + 40;
+
+  std::uint8_t next = ip[6];
+  std::size_t pos = offset + 40;
+  std::uint32_t remaining = payload;
+  IpResult result;
+  for (int n = 0;; ++n) {
+    if (n > kMaxIpv6ExtensionHeaders) return DecodeStatus::kBadIpHeader;
+    std::size_t ext_len = 0;
+    std::uint8_t following = 0;
+    switch (next) {
+      case 0:   // hop-by-hop options
+      case 43:  // routing
+      case 60:  // destination options
+        if (!have(pos, 2)) return DecodeStatus::kTruncatedIp;
+        following = *at(pos);
+        ext_len = (std::size_t{*at(pos + 1)} + 1) * 8;
+        break;
+      case 51:  // AH: length in 4-byte units minus 2
+        if (!have(pos, 2)) return DecodeStatus::kTruncatedIp;
+        following = *at(pos);
+        ext_len = (std::size_t{*at(pos + 1)} + 2) * 4;
+        break;
+      case 44: {  // fragment
+        if (!have(pos, 8)) return DecodeStatus::kTruncatedIp;
+        following = *at(pos);
+        ext_len = 8;
+        const std::uint16_t frag = be16(at(pos + 2));
+        out_.fragment = true;
+        if ((frag & 0xFFF8) != 0) result.first_fragment_or_whole = false;
+        break;
+      }
+      default:
+        out_.key.proto = next;
+        result.transport_offset = pos;
+        result.transport_len = remaining;
+        return transport(result);
+    }
+    if (ext_len > remaining) return DecodeStatus::kBadIpHeader;
+    if (!have(pos, ext_len)) return DecodeStatus::kTruncatedIp;
+    remaining -= static_cast<std::uint32_t>(ext_len);
+    pos += ext_len;
+    next = following;
+    // Past a later fragment's header only payload bytes follow, never the transport header.
+    if (!result.first_fragment_or_whole) {
+      out_.key.proto = next;
+      result.transport_offset = pos;
+      result.transport_len = remaining;
+      return transport(result);
+    }
+  }
+}
+
+DecodeStatus Decoder::transport(const IpResult& ip) {
+  out_.payload_bytes = ip.transport_len;
+  if (!ip.first_fragment_or_whole) return DecodeStatus::kOk;  // no ports here: has_ports false
+  const std::size_t pos = ip.transport_offset;
+  std::size_t header_len = 0;
+  switch (out_.key.proto) {
+    case kProtoTcp: {
+      if (!have(pos, 20)) return DecodeStatus::kTruncatedTransport;
+      const std::uint8_t* tcp = at(pos);
+      header_len = std::size_t{static_cast<std::uint8_t>(tcp[12] >> 4)} * 4;
+      if (header_len < 20) return DecodeStatus::kBadTransport;
+      out_.key.src_port = be16(tcp);
+      out_.key.dst_port = be16(tcp + 2);
+      out_.tcp_seq = be32(tcp + 4);
+      out_.tcp_ack = be32(tcp + 8);
+      out_.tcp_flags = tcp[13];
+      break;
+    }
+    case kProtoUdp:
+    case kProtoSctp:
+      // SCTP's common header is 12 bytes; its chunks are payload to a flow.
+      header_len = out_.key.proto == kProtoUdp ? 8 : 12;
+      if (!have(pos, header_len)) return DecodeStatus::kTruncatedTransport;
+      out_.key.src_port = be16(at(pos));
+      out_.key.dst_port = be16(at(pos + 2));
+      break;
+    case kProtoIcmp:
+    case kProtoIcmpv6:
+      header_len = 8;
+      if (!have(pos, header_len)) return DecodeStatus::kTruncatedTransport;
+      out_.key.src_port = *at(pos);
+      out_.key.dst_port = *at(pos + 1);
+      break;
+    default:
+      return DecodeStatus::kOk;  // no ports: the whole IP payload is payload
+  }
+  if (header_len > ip.transport_len) return DecodeStatus::kBadTransport;
+  out_.payload_bytes = ip.transport_len - static_cast<std::uint32_t>(header_len);
+  out_.has_ports = true;
+  return DecodeStatus::kOk;
+}
+
+std::uint64_t load64(const std::uint8_t* p) {
+  std::uint64_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;  // host order is fine: the hash only has to agree between processes on one host
+}
+
+struct Endpoint {
+  const std::array<std::uint8_t, 16>* addr;
+  std::uint16_t port;
+};
+
+bool endpoint_less(const Endpoint& a, const Endpoint& b) {
+  const int c = std::memcmp(a.addr->data(), b.addr->data(), 16);
+  return c < 0 || (c == 0 && a.port < b.port);
+}
+
+}  // namespace
+
+std::string_view to_string(DecodeStatus status) {
+  switch (status) {
+    case DecodeStatus::kOk: return "ok";
+    case DecodeStatus::kNotIp: return "not_ip";
+    case DecodeStatus::kUnsupportedLink: return "unsupported_link";
+    case DecodeStatus::kTruncatedLink: return "truncated_link";
+    case DecodeStatus::kTruncatedIp: return "truncated_ip";
+    case DecodeStatus::kBadIpHeader: return "bad_ip_header";
+    case DecodeStatus::kTruncatedTransport: return "truncated_transport";
+    case DecodeStatus::kBadTransport: return "bad_transport";
+    case DecodeStatus::kCount: break;
+  }
+  return "unknown";
+}
+
+DecodeStatus decode(int link_type, std::span<const std::uint8_t> bytes, std::uint32_t wire_len,
+                    DecodedPacket& out) {
+  out = DecodedPacket{};
+  const DecodeStatus status = Decoder(bytes, wire_len, out).link(link_type);
+  if (status != DecodeStatus::kOk) out = DecodedPacket{};
+  return status;
+}
+
+std::optional<std::uint8_t> icmp_counterpart(std::uint8_t proto, std::uint8_t type) {
+  if (proto == kProtoIcmp) {
+    switch (type) {
+      case 8: return 0;    // echo request / reply
+      case 0: return 8;
+      case 13: return 14;  // timestamp
+      case 14: return 13;
+      case 15: return 16;  // information
+      case 16: return 15;
+      case 10: return 9;   // router solicitation / advertisement
+      case 9: return 10;
+      case 17: return 18;  // address mask
+      case 18: return 17;
+      default: return std::nullopt;
+    }
+  }
+  if (proto == kProtoIcmpv6) {
+    switch (type) {
+      case 128: return 129;  // echo
+      case 129: return 128;
+      case 133: return 134;  // router solicitation / advertisement
+      case 134: return 133;
+      case 135: return 136;  // neighbor solicitation / advertisement
+      case 136: return 135;
+      case 130: return 131;  // multicast listener query / report
+      case 131: return 130;
+      case 144: return 145;  // home agent address discovery
+      case 145: return 144;
+      default: return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+FlowKey flow_key(const FlowKey& key) {
+  FlowKey k = key;
+  if (k.proto == kProtoIcmp || k.proto == kProtoIcmpv6) {
+    if (const auto other = icmp_counterpart(k.proto, static_cast<std::uint8_t>(k.src_port))) {
+      k.dst_port = *other;
+    }
+  }
+  return k;
+}
+
+std::uint64_t symmetric_hash64(const FlowKey& raw) {
+  const FlowKey key = flow_key(raw);
+  Endpoint a{&key.src, key.src_port};
+  Endpoint b{&key.dst, key.dst_port};
+  if (endpoint_less(b, a)) std::swap(a, b);
+  std::uint64_t h = mix64(0x666C6F777365616CULL ^ (std::uint64_t{key.ip_version} << 24) ^
+                          (std::uint64_t{key.proto} << 16) ^ key.vlan);
+  const Endpoint ends[2] = {a, b};
+  for (const Endpoint& e : ends) {
+    h = mix64(h ^ load64(e.addr->data()));
+    h = mix64(h ^ load64(e.addr->data() + 8));
+    h = mix64(h ^ e.port);
+  }
+  return h;
+}
+
+std::uint32_t symmetric_hash(const FlowKey& key) {
+  const std::uint64_t h = symmetric_hash64(key);
+  return static_cast<std::uint32_t>(h ^ (h >> 32));
+}
+
+}  // namespace flowseal::packet

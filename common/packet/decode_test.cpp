@@ -1,0 +1,588 @@
+#include "packet/decode.h"
+
+#include <pcap/pcap.h>
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <catch2/catch.hpp>
+
+namespace {
+
+using namespace flowseal::packet;
+using Bytes = std::vector<std::uint8_t>;
+
+// ------------------------------------------------------------------ packet builders
+
+void put16(Bytes& b, std::uint16_t v) {
+  b.push_back(static_cast<std::uint8_t>(v >> 8));
+  b.push_back(static_cast<std::uint8_t>(v));
+}
+void put32(Bytes& b, std::uint32_t v) {
+  put16(b, static_cast<std::uint16_t>(v >> 16));
+  put16(b, static_cast<std::uint16_t>(v));
+}
+Bytes cat(Bytes a, const Bytes& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+Bytes tcp(std::uint16_t sport, std::uint16_t dport, std::uint8_t flags, std::size_t data,
+          std::uint8_t data_offset = 5) {
+  Bytes b;
+  put16(b, sport);
+  put16(b, dport);
+  put32(b, 1000);  // seq
+  put32(b, 2000);  // ack
+  b.push_back(static_cast<std::uint8_t>(data_offset << 4));
+  b.push_back(flags);
+  put16(b, 65535);
+  put32(b, 0);
+  b.resize(b.size() + (data_offset > 5 ? (data_offset - 5) * 4u : 0u), 1);  // NOP options
+  b.resize(b.size() + data, 0xAB);
+  return b;
+}
+Bytes udp(std::uint16_t sport, std::uint16_t dport, std::size_t data) {
+  Bytes b;
+  put16(b, sport);
+  put16(b, dport);
+  put16(b, static_cast<std::uint16_t>(8 + data));
+  put16(b, 0);
+  b.resize(b.size() + data, 0xCD);
+  return b;
+}
+Bytes icmp(std::uint8_t type, std::uint8_t code, std::size_t data) {
+  Bytes b{type, code, 0, 0, 0, 1, 0, 1};
+  b.resize(b.size() + data, 0xEF);
+  return b;
+}
+Bytes sctp(std::uint16_t sport, std::uint16_t dport, std::size_t data) {
+  Bytes b;
+  put16(b, sport);
+  put16(b, dport);
+  put32(b, 0x11223344);
+  put32(b, 0);
+  b.resize(b.size() + data, 0x5C);
+  return b;
+}
+
+struct Ipv4Options {
+  std::size_t option_bytes = 0;
+  bool more_fragments = false;
+  std::uint16_t fragment_offset = 0;  // in 8-byte units
+};
+Bytes ipv4(std::uint8_t proto, const Bytes& payload, Ipv4Options o = {}) {
+  Bytes b;
+  const std::size_t header = 20 + o.option_bytes;
+  b.push_back(static_cast<std::uint8_t>(0x40 | (header / 4)));
+  b.push_back(0);
+  put16(b, static_cast<std::uint16_t>(header + payload.size()));
+  put16(b, 0x1234);
+  put16(b, static_cast<std::uint16_t>((o.more_fragments ? 0x2000 : 0) | o.fragment_offset));
+  b.push_back(64);
+  b.push_back(proto);
+  put16(b, 0);
+  put32(b, 0x0A000001);  // 10.0.0.1
+  put32(b, 0x0A000002);  // 10.0.0.2
+  b.resize(header, 1);   // NOP options
+  return cat(b, payload);
+}
+
+// An IPv6 extension header of `len` bytes (multiple of 8) whose next header is `next`.
+struct Ext {
+  std::uint8_t type;
+  std::size_t len;
+};
+Bytes ipv6(std::uint8_t proto, const Bytes& payload, const std::vector<Ext>& exts = {},
+           std::uint16_t fragment_offset = 0) {
+  Bytes body;
+  for (std::size_t i = 0; i < exts.size(); ++i) {
+    const std::uint8_t next = i + 1 < exts.size() ? exts[i + 1].type : proto;
+    Bytes h{next, 0};
+    if (exts[i].type == 44) {
+      put16(h, static_cast<std::uint16_t>(fragment_offset << 3 | 1));
+      put32(h, 0xABCD);
+    } else if (exts[i].type == 51) {
+      h[1] = static_cast<std::uint8_t>(exts[i].len / 4 - 2);
+    } else {
+      h[1] = static_cast<std::uint8_t>(exts[i].len / 8 - 1);
+    }
+    h.resize(exts[i].len, 0);
+    body = cat(body, h);
+  }
+  body = cat(body, payload);
+  Bytes b{0x60, 0, 0, 0};
+  put16(b, static_cast<std::uint16_t>(body.size()));
+  b.push_back(exts.empty() ? proto : exts[0].type);
+  b.push_back(64);
+  for (int i = 0; i < 16; ++i) b.push_back(i == 0 ? 0x20 : i == 15 ? 1 : 0);  // 2000::1
+  for (int i = 0; i < 16; ++i) b.push_back(i == 0 ? 0x20 : i == 15 ? 2 : 0);  // 2000::2
+  return cat(b, body);
+}
+
+Bytes ether(std::uint16_t type, const Bytes& payload) {
+  Bytes b(12, 0x02);
+  put16(b, type);
+  return cat(b, payload);
+}
+Bytes vlan_tag(std::uint16_t id, std::uint16_t inner_type) {
+  Bytes b;
+  put16(b, static_cast<std::uint16_t>(0x2000 | id));  // priority 1
+  put16(b, inner_type);
+  return b;
+}
+Bytes mpls(std::uint32_t label, bool bottom) {
+  Bytes b;
+  put32(b, label << 12 | (bottom ? 0x100u : 0u) | 64u);
+  return b;
+}
+Bytes pppoe(std::uint16_t ppp_proto, const Bytes& payload) {
+  Bytes b{0x11, 0x00};
+  put16(b, 0x0001);  // session
+  put16(b, static_cast<std::uint16_t>(payload.size() + 2));
+  put16(b, ppp_proto);
+  return cat(b, payload);
+}
+Bytes sll(std::uint16_t proto, const Bytes& payload) {
+  Bytes b{0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0};
+  put16(b, proto);
+  return cat(b, payload);
+}
+Bytes sll2(std::uint16_t proto, const Bytes& payload) {
+  Bytes b;
+  put16(b, proto);
+  put16(b, 0);
+  put32(b, 3);  // ifindex
+  put16(b, 1);  // ARPHRD_ETHER
+  b.push_back(0);
+  b.push_back(6);
+  for (int i = 0; i < 8; ++i) b.push_back(static_cast<std::uint8_t>(i));
+  return cat(b, payload);
+}
+Bytes null_header(std::uint32_t family, bool big_endian, const Bytes& payload) {
+  Bytes b;
+  if (big_endian) {
+    put32(b, family);
+  } else {
+    for (int i = 0; i < 4; ++i) b.push_back(static_cast<std::uint8_t>(family >> (8 * i)));
+  }
+  return cat(b, payload);
+}
+
+DecodeStatus run(int link, const Bytes& bytes, DecodedPacket& out) {
+  return decode(link, bytes, static_cast<std::uint32_t>(bytes.size()), out);
+}
+
+// One packet plus where its layers end: a cut before link_end is a truncated link, before
+// ip_end a truncated IP header, before transport_end a truncated transport header.
+struct Case {
+  std::string name;
+  int link;
+  Bytes bytes;
+  std::size_t link_end;
+  std::size_t ip_end;
+  std::size_t transport_end;
+};
+
+std::vector<Case> cases() {
+  const Bytes tcp4 = ipv4(6, tcp(1234, 80, 0x18, 10));
+  const Bytes udp6 = ipv6(17, udp(53, 5353, 4));
+  std::vector<Case> c;
+  c.push_back({"ethernet ipv4 tcp", kDltEn10mb, ether(0x0800, tcp4), 14, 34, 54});
+  c.push_back({"ethernet ipv4 with options udp", kDltEn10mb,
+               ether(0x0800, ipv4(17, udp(1, 2, 3), {.option_bytes = 8})), 14, 42, 50});
+  c.push_back({"802.1ad QinQ ipv6 udp", kDltEn10mb,
+               ether(0x88A8, cat(vlan_tag(100, 0x8100), cat(vlan_tag(200, 0x86DD), udp6))), 22,
+               62, 70});
+  c.push_back({"mpls two labels ipv4", kDltEn10mb,
+               ether(0x8847, cat(mpls(16, false), cat(mpls(17, true), tcp4))), 23, 42, 62});
+  c.push_back({"pppoe ipv4", kDltEn10mb, ether(0x8864, pppoe(0x0021, tcp4)), 22, 42, 62});
+  c.push_back({"pppoe ipv6", kDltEn10mb, ether(0x8864, pppoe(0x0057, udp6)), 22, 62, 70});
+  c.push_back({"linux sll ipv4", kDltLinuxSll, sll(0x0800, tcp4), 16, 36, 56});
+  c.push_back({"linux sll2 ipv6", kDltLinuxSll2, sll2(0x86DD, udp6), 20, 60, 68});
+  c.push_back({"raw ipv4", kDltRaw, tcp4, 0, 20, 40});
+  c.push_back({"linktype raw ipv6", kLinktypeRaw, udp6, 0, 40, 48});
+  c.push_back({"dlt ipv4", kDltIpv4, tcp4, 0, 20, 40});
+  c.push_back({"dlt ipv6", kDltIpv6, udp6, 0, 40, 48});
+  c.push_back({"null little-endian ipv4", kDltNull, null_header(2, false, tcp4), 4, 24, 44});
+  c.push_back({"loop big-endian ipv6", kDltLoop, null_header(24, true, udp6), 4, 44, 52});
+  c.push_back({"icmp", kDltRaw, ipv4(1, icmp(8, 0, 32)), 0, 20, 28});
+  c.push_back({"icmpv6", kDltRaw, ipv6(58, icmp(128, 0, 32)), 0, 40, 48});
+  c.push_back({"sctp", kDltRaw, ipv4(132, sctp(7, 7, 16)), 0, 20, 32});
+  c.push_back({"ipv6 extension headers then tcp", kDltRaw,
+               ipv6(6, tcp(1, 2, 0x02, 0), {{0, 8}, {43, 24}, {60, 16}, {51, 16}}), 0, 104,
+               124});
+  c.push_back({"ipv6 later fragment", kDltRaw, ipv6(6, Bytes(100, 7), {{44, 8}}, 5), 0, 48, 48});
+  c.push_back({"ipv4 later fragment", kDltRaw,
+               ipv4(17, Bytes(64, 7), {.fragment_offset = 8}), 0, 20, 20});
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("an Ethernet IPv4 TCP packet gives its 5-tuple, flags and lengths") {
+  DecodedPacket p;
+  const Bytes b = ether(0x0800, ipv4(6, tcp(1234, 80, 0x18, 10, 8)));
+  REQUIRE(run(kDltEn10mb, b, p) == DecodeStatus::kOk);
+  CHECK(p.key.ip_version == 4);
+  CHECK(p.key.proto == 6);
+  CHECK(p.key.src[0] == 10);
+  CHECK(p.key.src[3] == 1);
+  CHECK(p.key.dst[3] == 2);
+  CHECK(p.key.src[4] == 0);
+  CHECK(p.key.src_port == 1234);
+  CHECK(p.key.dst_port == 80);
+  CHECK(p.key.vlan == 0);
+  CHECK(p.tcp_flags == 0x18);
+  CHECK(p.tcp_seq == 1000);
+  CHECK(p.tcp_ack == 2000);
+  CHECK(p.ip_bytes == 20 + 32 + 10);
+  CHECK(p.payload_bytes == 10);
+  CHECK(p.has_ports);
+  CHECK_FALSE(p.fragment);
+}
+
+TEST_CASE("lengths come from the IP header, not from the captured bytes") {
+  DecodedPacket p;
+  const Bytes full = ether(0x0800, ipv4(17, udp(1, 2, 1000)));
+  const Bytes cut(full.begin(), full.begin() + 64);  // snaplen 64
+  REQUIRE(decode(kDltEn10mb, cut, static_cast<std::uint32_t>(full.size()), p) ==
+          DecodeStatus::kOk);
+  CHECK(p.ip_bytes == 1028);
+  CHECK(p.payload_bytes == 1000);
+
+  const Bytes v6 = ipv6(17, udp(1, 2, 500));
+  REQUIRE(run(kDltRaw, v6, p) == DecodeStatus::kOk);
+  CHECK(p.ip_bytes == 40 + 508);
+  CHECK(p.payload_bytes == 500);
+}
+
+TEST_CASE("the innermost VLAN id of a QinQ packet is the flow's VLAN") {
+  DecodedPacket p;
+  const Bytes b = ether(0x88A8, cat(vlan_tag(100, 0x8100),
+                                    cat(vlan_tag(200, 0x0800), ipv4(17, udp(1, 2, 0)))));
+  REQUIRE(run(kDltEn10mb, b, p) == DecodeStatus::kOk);
+  CHECK(p.key.vlan == 200);
+  const Bytes single = ether(0x8100, cat(vlan_tag(7, 0x0800), ipv4(17, udp(1, 2, 0))));
+  REQUIRE(run(kDltEn10mb, single, p) == DecodeStatus::kOk);
+  CHECK(p.key.vlan == 7);
+}
+
+TEST_CASE("MPLS, PPPoE, SLL, SLL2, raw, NULL and LOOP links all reach the IP header") {
+  for (const Case& c : cases()) {
+    INFO(c.name);
+    DecodedPacket p;
+    CHECK(run(c.link, c.bytes, p) == DecodeStatus::kOk);
+    CHECK((p.key.ip_version == 4 || p.key.ip_version == 6));
+  }
+}
+
+TEST_CASE("DLT_NULL families are read in either byte order, with every AF_INET6 value") {
+  DecodedPacket p;
+  for (std::uint32_t family : {10u, 24u, 28u, 30u}) {
+    for (bool big : {false, true}) {
+      INFO("family " << family << (big ? " big-endian" : " little-endian"));
+      CHECK(run(kDltNull, null_header(family, big, ipv6(17, udp(1, 2, 0))), p) ==
+            DecodeStatus::kOk);
+      CHECK(p.key.ip_version == 6);
+    }
+  }
+  CHECK(run(kDltLoop, null_header(2, true, ipv4(17, udp(1, 2, 0))), p) == DecodeStatus::kOk);
+  CHECK(run(kDltNull, null_header(7, false, ipv4(17, udp(1, 2, 0))), p) == DecodeStatus::kNotIp);
+}
+
+TEST_CASE("the link type constants agree with libpcap's") {
+  CHECK(kDltNull == DLT_NULL);
+  CHECK(kDltEn10mb == DLT_EN10MB);
+  CHECK(kDltRaw == DLT_RAW);
+  CHECK(kDltLoop == DLT_LOOP);
+  CHECK(kDltLinuxSll == DLT_LINUX_SLL);
+  CHECK(kDltIpv4 == DLT_IPV4);
+  CHECK(kDltIpv6 == DLT_IPV6);
+  CHECK(kDltLinuxSll2 == DLT_LINUX_SLL2);
+}
+
+TEST_CASE("ICMP and ICMPv6 report type and code as ports, SCTP its ports") {
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(1, icmp(3, 1, 28)), p) == DecodeStatus::kOk);
+  CHECK(p.key.src_port == 3);
+  CHECK(p.key.dst_port == 1);
+  CHECK(p.payload_bytes == 28);
+  CHECK(p.has_ports);
+  REQUIRE(run(kDltRaw, ipv6(58, icmp(128, 0, 56)), p) == DecodeStatus::kOk);
+  CHECK(p.key.proto == 58);
+  CHECK(p.key.src_port == 128);
+  CHECK(p.key.dst_port == 0);
+  REQUIRE(run(kDltRaw, ipv4(132, sctp(2905, 2906, 40)), p) == DecodeStatus::kOk);
+  CHECK(p.key.src_port == 2905);
+  CHECK(p.key.dst_port == 2906);
+  CHECK(p.payload_bytes == 40);
+}
+
+TEST_CASE("IPv6 extension headers are walked to the transport header") {
+  DecodedPacket p;
+  const Bytes b = ipv6(6, tcp(4000, 443, 0x02, 0), {{0, 8}, {43, 24}, {60, 16}, {51, 16}});
+  REQUIRE(run(kDltRaw, b, p) == DecodeStatus::kOk);
+  CHECK(p.key.proto == 6);
+  CHECK(p.key.src_port == 4000);
+  CHECK(p.key.dst_port == 443);
+  CHECK(p.tcp_flags == 0x02);
+  CHECK(p.ip_bytes == b.size());
+  CHECK(p.payload_bytes == 0);
+  CHECK_FALSE(p.fragment);
+}
+
+TEST_CASE("a first fragment has ports, a later fragment has none") {
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(17, udp(5000, 53, 100), {.more_fragments = true}), p) ==
+          DecodeStatus::kOk);
+  CHECK(p.fragment);
+  CHECK(p.has_ports);
+  CHECK(p.key.dst_port == 53);
+  REQUIRE(run(kDltRaw, ipv4(17, Bytes(64, 1), {.fragment_offset = 14}), p) == DecodeStatus::kOk);
+  CHECK(p.fragment);
+  CHECK_FALSE(p.has_ports);
+  CHECK(p.key.proto == 17);
+  CHECK(p.key.src_port == 0);
+  CHECK(p.payload_bytes == 64);
+
+  REQUIRE(run(kDltRaw, ipv6(17, udp(5000, 53, 10), {{44, 8}}, 0), p) == DecodeStatus::kOk);
+  CHECK(p.fragment);
+  CHECK(p.has_ports);
+  CHECK(p.key.src_port == 5000);
+  REQUIRE(run(kDltRaw, ipv6(17, Bytes(64, 1), {{44, 8}}, 9), p) == DecodeStatus::kOk);
+  CHECK(p.fragment);
+  CHECK_FALSE(p.has_ports);
+  CHECK(p.key.proto == 17);
+  CHECK(p.payload_bytes == 64);
+}
+
+TEST_CASE("packets that are not IP or not decodable get the status that names why") {
+  DecodedPacket p;
+  CHECK(run(kDltEn10mb, ether(0x0806, Bytes(28, 0)), p) == DecodeStatus::kNotIp);
+  CHECK(run(kDltEn10mb, ether(0x8864, pppoe(0xC021, Bytes(10, 0))), p) ==
+        DecodeStatus::kNotIp);
+  CHECK(run(kDltEn10mb, ether(0x8847, cat(mpls(3, true), Bytes(30, 0))), p) ==
+        DecodeStatus::kNotIp);
+  CHECK(run(147, Bytes(60, 0x45), p) == DecodeStatus::kUnsupportedLink);
+  CHECK(run(kDltRaw, ipv4(6, tcp(1, 2, 0x10, 0, 4)), p) == DecodeStatus::kBadTransport);
+
+  Bytes bad_ihl = ipv4(17, udp(1, 2, 0));
+  bad_ihl[0] = 0x44;
+  CHECK(run(kDltRaw, bad_ihl, p) == DecodeStatus::kBadIpHeader);
+  Bytes short_total = ipv4(17, udp(1, 2, 0));
+  short_total[3] = 12;  // total length below the header length
+  CHECK(run(kDltRaw, short_total, p) == DecodeStatus::kBadIpHeader);
+  Bytes wrong_version = ipv4(17, udp(1, 2, 0));
+  wrong_version[0] = 0x55;
+  CHECK(run(kDltRaw, wrong_version, p) == DecodeStatus::kBadIpHeader);
+  CHECK(run(kDltEn10mb, ether(0x86DD, wrong_version), p) == DecodeStatus::kBadIpHeader);
+  // A UDP header that claims more than the IP payload has.
+  Bytes tiny = ipv4(17, udp(1, 2, 0));
+  tiny[3] = 24;
+  CHECK(run(kDltRaw, tiny, p) == DecodeStatus::kBadTransport);
+  // An extension header longer than the payload length.
+  Bytes long_ext = ipv6(6, tcp(1, 2, 0x02, 0), {{60, 8}});
+  long_ext[41] = 200;
+  CHECK(run(kDltRaw, long_ext, p) == DecodeStatus::kBadIpHeader);
+  CHECK(p.key.proto == 0);  // a failed decode leaves no half-filled key behind
+}
+
+TEST_CASE("a packet cut at every byte offset never reads past the span and names the layer") {
+  for (const Case& c : cases()) {
+    for (std::size_t n = 0; n < c.bytes.size(); ++n) {
+      // An exact-size heap copy, so AddressSanitizer sees any read past the end.
+      const auto copy = std::make_unique<std::uint8_t[]>(n + 1);
+      std::memcpy(copy.get(), c.bytes.data(), n);
+      DecodedPacket p;
+      const DecodeStatus s =
+          decode(c.link, {copy.get(), n}, static_cast<std::uint32_t>(c.bytes.size()), p);
+      DecodeStatus expected = DecodeStatus::kOk;
+      if (n < c.link_end) expected = DecodeStatus::kTruncatedLink;
+      else if (n < c.ip_end) expected = DecodeStatus::kTruncatedIp;
+      else if (n < c.transport_end) expected = DecodeStatus::kTruncatedTransport;
+      INFO(c.name << " cut at " << n << " of " << c.bytes.size() << ": " << to_string(s));
+      REQUIRE(s == expected);
+    }
+  }
+}
+
+TEST_CASE("random bytes under every link type never crash the decoder") {
+  std::uint64_t state = 42;
+  auto next = [&] {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<std::uint8_t>(state >> 56);
+  };
+  const std::vector<Case> all = cases();
+  std::size_t ok = 0;
+  for (int round = 0; round < 20000; ++round) {
+    const Case& c = all[static_cast<std::size_t>(round) % all.size()];
+    Bytes b = c.bytes;
+    for (int flips = 0; flips < 3; ++flips) b[next() % b.size()] ^= next();
+    b.resize(next() % (b.size() + 1));
+    DecodedPacket p;
+    if (decode(c.link, b, static_cast<std::uint32_t>(c.bytes.size()), p) == DecodeStatus::kOk) {
+      ++ok;
+      CHECK(p.payload_bytes <= p.ip_bytes);
+    }
+  }
+  CHECK(ok > 0);
+}
+
+TEST_CASE("the symmetric hash is the same both ways and differs between flows") {
+  DecodedPacket a, b;
+  REQUIRE(run(kDltRaw, ipv4(6, tcp(40000, 443, 0x02, 0)), a) == DecodeStatus::kOk);
+  FlowKey reverse = a.key;
+  std::swap(reverse.src, reverse.dst);
+  std::swap(reverse.src_port, reverse.dst_port);
+  CHECK(symmetric_hash(a.key) == symmetric_hash(reverse));
+  CHECK(symmetric_hash64(a.key) == symmetric_hash64(reverse));
+  FlowKey other_port = a.key;
+  other_port.src_port = 40001;
+  CHECK(symmetric_hash(a.key) != symmetric_hash(other_port));
+  FlowKey other_vlan = a.key;
+  other_vlan.vlan = 3;
+  CHECK(symmetric_hash(a.key) != symmetric_hash(other_vlan));
+
+  // An echo request and its reply are one flow, so one shard.
+  REQUIRE(run(kDltRaw, ipv4(1, icmp(8, 0, 8)), a) == DecodeStatus::kOk);
+  FlowKey reply = a.key;
+  std::swap(reply.src, reply.dst);
+  reply.src_port = 0;  // echo reply, code 0
+  reply.dst_port = 0;
+  CHECK(symmetric_hash(a.key) == symmetric_hash(reply));
+}
+
+TEST_CASE("the symmetric hash spreads similar keys evenly over shards") {
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(6, tcp(1, 443, 0x02, 0)), p) == DecodeStatus::kOk);
+  constexpr int kShards = 16, kKeys = 64000;
+  std::vector<int> counts(kShards, 0);
+  std::set<std::uint32_t> distinct;
+  for (int i = 0; i < kKeys; ++i) {
+    FlowKey k = p.key;
+    k.src_port = static_cast<std::uint16_t>(1024 + i % 60000);
+    k.src[3] = static_cast<std::uint8_t>(i / 60000);
+    const std::uint32_t h = symmetric_hash(k);
+    distinct.insert(h);
+    ++counts[h % kShards];
+  }
+  CHECK(distinct.size() > kKeys - 10);
+  for (int c : counts) {
+    CHECK(c > kKeys / kShards * 9 / 10);
+    CHECK(c < kKeys / kShards * 11 / 10);
+  }
+}
+
+namespace {
+
+struct PcapCloser {
+  void operator()(pcap_t* p) const { pcap_close(p); }
+};
+
+struct RealPacket {
+  int link;
+  Bytes bytes;
+  std::uint32_t wire_len;
+};
+
+std::vector<RealPacket> read_pcap(const std::string& name) {
+  const std::string path = std::string(FLOWSEAL_PACKET_TESTDATA) + "/" + name;
+  char error[PCAP_ERRBUF_SIZE] = {};
+  std::unique_ptr<pcap_t, PcapCloser> handle(pcap_open_offline(path.c_str(), error));
+  INFO(path << ": " << error);
+  REQUIRE(handle);
+  std::vector<RealPacket> out;
+  pcap_pkthdr* header = nullptr;
+  const u_char* data = nullptr;
+  while (pcap_next_ex(handle.get(), &header, &data) == 1) {
+    out.push_back({pcap_datalink(handle.get()), Bytes(data, data + header->caplen), header->len});
+  }
+  return out;
+}
+
+std::string ipv4_text(const std::array<std::uint8_t, 16>& a) {
+  return std::to_string(a[0]) + "." + std::to_string(a[1]) + "." + std::to_string(a[2]) + "." +
+         std::to_string(a[3]);
+}
+
+// Compares every IPv4 packet with what tshark said of it (testdata/*.expected.csv).
+void check_against_tshark(const std::string& stem) {
+  const std::vector<RealPacket> packets = read_pcap(stem + ".pcap");
+  std::ifstream csv(std::string(FLOWSEAL_PACKET_TESTDATA) + "/" + stem + ".expected.csv");
+  REQUIRE(csv);
+  std::string line;
+  std::size_t rows = 0;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    std::string field;
+    while (std::getline(ss, field, ',')) f.push_back(field);
+    f.resize(10);
+    const std::size_t frame = std::stoul(f[0]);
+    REQUIRE(frame >= 1);
+    REQUIRE(frame <= packets.size());
+    const RealPacket& rp = packets[frame - 1];
+    DecodedPacket p;
+    INFO(stem << " frame " << frame);
+    REQUIRE(decode(rp.link, rp.bytes, rp.wire_len, p) == DecodeStatus::kOk);
+    CHECK(ipv4_text(p.key.src) == f[1]);
+    CHECK(ipv4_text(p.key.dst) == f[2]);
+    CHECK(std::to_string(p.key.proto) == f[3]);
+    const std::string& sport = f[4].empty() ? f[6] : f[4];
+    const std::string& dport = f[5].empty() ? f[7] : f[5];
+    if (!sport.empty()) {
+      CHECK(std::to_string(p.key.src_port) == sport);
+      CHECK(std::to_string(p.key.dst_port) == dport);
+    }
+    CHECK(std::to_string(p.ip_bytes) == f[8]);
+    CHECK(std::to_string(p.key.vlan) == (f[9].empty() ? "0" : f[9]));
+    ++rows;
+  }
+  CHECK(rows > 0);
+}
+
+}  // namespace
+
+TEST_CASE("real QinQ, MPLS, PPPoE and raw captures decode as tshark reads them") {
+  check_against_tshark("q-in-q");
+  check_against_tshark("mixed-vlan-mpls");
+  check_against_tshark("pppoe-over-qinq-first12");
+  check_against_tshark("LINKTYPE_RAW_ipv4");
+
+  const auto qinq = read_pcap("q-in-q.pcap");
+  REQUIRE(qinq.size() == 5);
+  DecodedPacket p;
+  CHECK(decode(qinq[4].link, qinq[4].bytes, qinq[4].wire_len, p) == DecodeStatus::kNotIp);
+}
+
+TEST_CASE("real IPv6 captures with a routing header decode to ICMPv6 and UDP") {
+  const auto v6 = read_pcap("LINKTYPE_IPV6.pcap");
+  REQUIRE(v6.size() == 1);
+  DecodedPacket p;
+  REQUIRE(decode(v6[0].link, v6[0].bytes, v6[0].wire_len, p) == DecodeStatus::kOk);
+  CHECK(p.key.ip_version == 6);
+  CHECK(p.key.proto == 17);
+  CHECK(p.key.src_port == 12345);
+  CHECK(p.key.dst_port == 53);
+  CHECK(p.ip_bytes == 77);
+  CHECK(p.payload_bytes == 29);
+
+  const auto rh = read_pcap("ipv6-routing-header.pcap");
+  REQUIRE(rh.size() == 4);
+  REQUIRE(decode(rh[0].link, rh[0].bytes, rh[0].wire_len, p) == DecodeStatus::kOk);
+  CHECK(p.key.proto == 58);
+  CHECK(p.key.src_port == 128);
+  CHECK(p.ip_bytes == 72);
+  CHECK(p.payload_bytes == 0);
+  REQUIRE(decode(rh[2].link, rh[2].bytes, rh[2].wire_len, p) == DecodeStatus::kOk);
+  CHECK(p.key.proto == 17);
+  CHECK(p.key.src_port == 5645);
+  CHECK(p.key.dst_port == 5642);
+}

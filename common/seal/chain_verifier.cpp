@@ -1,0 +1,200 @@
+#include "seal/chain_verifier.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+#include <kj/exception.h>
+
+#include "seal/merkle.h"
+
+namespace flowseal::seal {
+namespace {
+
+template <typename Reader>
+std::vector<std::uint8_t> canonical_of(Reader reader) {
+  const kj::Array<capnp::word> words = capnp::canonicalize(reader);
+  const auto bytes = words.asBytes();
+  return {bytes.begin(), bytes.end()};
+}
+
+std::span<const std::uint8_t> as_span(capnp::Data::Reader data) {
+  return {data.begin(), data.size()};
+}
+
+template <std::size_t N>
+std::array<std::uint8_t, N> to_array(capnp::Data::Reader data) {
+  std::array<std::uint8_t, N> out{};
+  std::memcpy(out.data(), data.begin(), N);
+  return out;
+}
+
+std::string join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& part : parts) {
+    if (!out.empty()) out += "; ";
+    out += part;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> canonical_bytes(schema::FlowEvent::Reader record) {
+  return canonical_of(record);
+}
+
+std::vector<std::uint8_t> canonical_bytes(schema::BatchHeader::Reader header) {
+  return canonical_of(header);
+}
+
+ChainVerifier::ChainVerifier(std::map<Digest, PublicKey> keys) : keys_(std::move(keys)) {}
+
+std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader batch) {
+  BatchProblem problem;
+  // A stored batch is untrusted: a damaged pointer makes capnp throw while we traverse it.
+  try {
+    const auto header = batch.getHeader();
+    problem.seq = header.getSeq();
+    const std::uint64_t seq = header.getSeq();
+
+    // Field sizes first: nothing below can be judged without them.
+    std::vector<std::string> shape;
+    const auto field = [&](const char* name, capnp::Data::Reader data, std::size_t expected) {
+      if (data.size() != expected) {
+        shape.push_back(fmt::format("header field {} has {} bytes, expected {}", name,
+                                    data.size(), expected));
+      }
+    };
+    field("streamId", header.getStreamId(), 16);
+    field("prevRoot", header.getPrevRoot(), 32);
+    field("merkleRoot", header.getMerkleRoot(), 32);
+    field("keyId", header.getKeyId(), 32);
+    if (!shape.empty()) {
+      ++summary_.batches;
+      problem.what = join(shape);
+      return problem;
+    }
+    const auto stream_id = to_array<16>(header.getStreamId());
+    const auto prev_root = to_array<32>(header.getPrevRoot());
+    const auto merkle_root = to_array<32>(header.getMerkleRoot());
+    const auto key_id = to_array<32>(header.getKeyId());
+    const auto records = batch.getRecords();
+
+    // ---- content: the records against the header, the header against its signature.
+    std::vector<std::string> content;
+    MerkleHasher hasher;
+    std::vector<Digest> leaves;
+    leaves.reserve(records.size());
+    std::int64_t first_ts = std::numeric_limits<std::int64_t>::max();
+    std::int64_t last_ts = std::numeric_limits<std::int64_t>::min();
+    for (std::uint32_t i = 0; i < records.size(); ++i) {
+      const auto record = records[i];
+      try {
+        const kj::Array<capnp::word> words = capnp::canonicalize(record);
+        const auto bytes = words.asBytes();
+        leaves.push_back(hasher.leaf({bytes.begin(), bytes.size()}));
+      } catch (const kj::Exception& e) {
+        problem.record = i;
+        content.push_back(
+            fmt::format("record {} cannot be read: {}", i, e.getDescription().cStr()));
+        break;
+      }
+      first_ts = std::min(first_ts, record.getFirstTsNs());
+      last_ts = std::max(last_ts, record.getLastTsNs());
+    }
+    if (records.size() == 0) first_ts = last_ts = 0;
+    if (header.getRecordCount() != records.size()) {
+      content.push_back(fmt::format("recordCount is {} but the batch holds {} records",
+                                    header.getRecordCount(), records.size()));
+    }
+    if (leaves.size() == records.size() && hasher.root(leaves) != merkle_root) {
+      content.push_back("Merkle root does not match the records");
+    }
+    if (leaves.size() == records.size() && header.getFirstTsNs() != first_ts) {
+      content.push_back(fmt::format("firstTsNs is {} but the earliest record starts at {}",
+                                    header.getFirstTsNs(), first_ts));
+    }
+    if (leaves.size() == records.size() && header.getLastTsNs() != last_ts) {
+      content.push_back(fmt::format("lastTsNs is {} but the latest record ends at {}",
+                                    header.getLastTsNs(), last_ts));
+    }
+    const auto key = keys_.find(key_id);
+    if (key == keys_.end()) {
+      content.push_back(fmt::format("signed with key {}, which is not a trusted key",
+                                    to_hex(key_id)));
+    } else {
+      const auto algorithm = static_cast<Algorithm>(header.getAlgorithm());
+      if (algorithm != key->second.algorithm()) {
+        content.push_back(fmt::format("header names algorithm {} but key {} is {}",
+                                      static_cast<unsigned>(header.getAlgorithm()),
+                                      to_hex(key_id), to_string(key->second.algorithm())));
+      } else if (!key->second.verify(canonical_bytes(header), as_span(batch.getSignature()))) {
+        content.push_back(
+            fmt::format("signature does not verify with key {}", to_hex(key_id)));
+      }
+    }
+
+    // ---- chain position: stream id, seq and prevRoot against the batch before.
+    std::optional<std::string> chain;
+    bool advance = true;
+    if (!started_) {
+      started_ = true;
+      stream_id_ = stream_id;
+      summary_.first_seq = seq;
+    } else if (stream_id != stream_id_) {
+      chain = fmt::format("stream id {} differs from the stream's {}", to_hex(stream_id),
+                          to_hex(stream_id_));
+      advance = false;  // a foreign batch does not move this stream's position
+    } else if (seq < next_seq_) {
+      chain = seq + 1 == next_seq_ && merkle_root == prev_root_
+                  ? fmt::format("batch seq {} repeated", seq)
+                  : fmt::format("batch seq {} out of order (expected {})", seq, next_seq_);
+      advance = false;  // a late or repeated batch: the stream goes on after the newest one
+    } else if (seq > next_seq_) {
+      chain = seq - next_seq_ == 1
+                  ? fmt::format("batch seq {} missing (expected {}, found {})", next_seq_,
+                                next_seq_, seq)
+                  : fmt::format("batches seq {}..{} missing (expected {}, found {})",
+                                next_seq_, seq - 1, next_seq_, seq);
+      problem.seq = next_seq_;  // the batch that is gone is the one to name
+      if (!content.empty()) content.front() = fmt::format("batch seq {}: {}", seq, content.front());
+    } else if (prev_root != prev_root_) {
+      chain = fmt::format("prevRoot {} does not match the Merkle root {} of batch seq {}",
+                          to_hex(prev_root), to_hex(prev_root_), seq - 1);
+    }
+
+    ++summary_.batches;
+    if (records.size() > 0) {
+      if (summary_.records == 0) {
+        summary_.first_ts_ns = header.getFirstTsNs();
+        summary_.last_ts_ns = header.getLastTsNs();
+      } else {
+        summary_.first_ts_ns = std::min(summary_.first_ts_ns, header.getFirstTsNs());
+        summary_.last_ts_ns = std::max(summary_.last_ts_ns, header.getLastTsNs());
+      }
+    }
+    summary_.records += records.size();
+    summary_.key_ids.insert(to_hex(key_id));
+    if (advance) {
+      next_seq_ = seq + 1;
+      prev_root_ = merkle_root;
+      summary_.last_seq = seq;
+    }
+
+    if (!chain && content.empty()) return std::nullopt;
+    if (chain) content.insert(content.begin(), *chain);
+    problem.what = join(content);
+    return problem;
+  } catch (const kj::Exception& e) {
+    ++summary_.batches;
+    problem.record.reset();
+    problem.what = fmt::format("batch cannot be read: {}", e.getDescription().cStr());
+    return problem;
+  }
+}
+
+}  // namespace flowseal::seal

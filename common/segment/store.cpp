@@ -1,0 +1,185 @@
+#include "segment/store.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+
+#include <fmt/format.h>
+
+#include "segment/reader.h"
+
+namespace flowseal::segment {
+
+SegmentStore::SegmentStore(StoreOptions options) : options_(std::move(options)) {
+  std::error_code ec;
+  std::filesystem::create_directories(options_.dir, ec);
+  if (ec) {
+    throw std::runtime_error(
+        fmt::format("{}: cannot create the output directory: {}", options_.dir.string(),
+                    ec.message()));
+  }
+  recover();
+}
+
+void SegmentStore::recover() {
+  std::vector<std::filesystem::path> segments;
+  try {
+    segments = list_segments(options_.dir);
+  } catch (const std::filesystem::filesystem_error& e) {
+    throw std::runtime_error(fmt::format("{}: cannot list segments: {}", options_.dir.string(),
+                                         e.code().message()));
+  }
+  std::vector<std::filesystem::path> closed_segments, parts;
+  for (auto& s : segments) (is_part(s) ? parts : closed_segments).push_back(s);
+  for (std::size_t i = 0; i < parts.size(); ++i) recover_part(parts[i], i + 1 == parts.size());
+  if (!writer_ && !closed_segments.empty()) {
+    // Names sort by first seq, so the newest closed segment holds the highest seq.
+    learn_from_closed(closed_segments.back());
+  }
+}
+
+void SegmentStore::recover_part(const std::filesystem::path& part, bool newest) {
+  SegmentReader reader(part);
+  if (!reader.ok()) {
+    const SegmentError& e = *reader.error();
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(part, ec);
+    if (!ec && size < kFileHeaderBytes) {
+      std::filesystem::remove(part, ec);
+      notes_.push_back(fmt::format("{}: removed: torn before its header was whole ({} bytes)",
+                                   part.string(), size));
+    } else {
+      std::filesystem::path damaged = part;
+      damaged += ".damaged";
+      std::filesystem::rename(part, damaged, ec);
+      notes_.push_back(fmt::format("{}; kept as {}", e.message(), damaged.filename().string()));
+    }
+    return;
+  }
+  SegmentReader::Next next;
+  while ((next = reader.next()) == SegmentReader::Next::kFrame) {
+  }
+  if (next == SegmentReader::Next::kError) {
+    notes_.push_back(fmt::format("{}: cutting back to offset {}, its last whole frame",
+                                 reader.error()->message(), reader.end_of_frames()));
+  }
+  if (reader.frames().empty()) {
+    std::error_code ec;
+    std::filesystem::remove(part, ec);
+    notes_.push_back(fmt::format("{}: removed: it holds no whole batch", part.string()));
+    return;
+  }
+  IoStatus status;
+  auto writer = SegmentWriter::adopt(part, reader.header(), reader.frames(),
+                                     reader.end_of_frames(), options_.writer, status);
+  if (!writer) throw std::runtime_error(status.what);
+  highest_seq_ = reader.frames().back().batch.seq;
+  stream_id_ = reader.header().stream_id;
+  if (newest) {
+    notes_.push_back(fmt::format("{}: continuing after batch {} ({} batches)", part.string(),
+                                 *highest_seq_, reader.frames().size()));
+    writer_ = std::move(writer);
+    return;
+  }
+  status = writer->close();
+  if (!writer->closed()) throw std::runtime_error(status.what);
+  notes_.push_back(fmt::format("{}: closed as {}", part.string(), writer->path().string()));
+}
+
+void SegmentStore::learn_from_closed(const std::filesystem::path& segment) {
+  SegmentReader reader(segment);
+  if (!reader.ok()) {
+    throw std::runtime_error(fmt::format(
+        "{}: cannot tell which batches the output directory holds; move the damaged segment "
+        "away",
+        reader.error()->message()));
+  }
+  stream_id_ = reader.header().stream_id;
+  SegmentError error;
+  if (auto index = read_index(segment, error); index && !index->empty()) {
+    highest_seq_ = index->back().batch.seq;
+    return;
+  }
+  while (reader.next() == SegmentReader::Next::kFrame) {
+  }
+  if (!reader.frames().empty()) highest_seq_ = reader.frames().back().batch.seq;
+  if (reader.error()) {
+    notes_.push_back(fmt::format("{} (the newest stored batch seen is {})",
+                                 reader.error()->message(),
+                                 highest_seq_ ? std::to_string(*highest_seq_) : "none"));
+  }
+}
+
+IoStatus SegmentStore::close_writer() {
+  if (!writer_) return {};
+  IoStatus status = writer_->close();
+  if (writer_->closed()) {
+    writer_.reset();
+    return {};  // a directory fsync failure after the rename leaves a complete segment
+  }
+  return status;
+}
+
+AppendResult SegmentStore::append(const StreamId& stream, const KeyId& key,
+                                  const BatchMeta& batch, std::span<const std::byte> message,
+                                  std::int64_t now_ns) {
+  if (stream_id_ && *stream_id_ != stream) {
+    last_error_ = IoStatus::failure(
+        EINVAL, fmt::format("{} holds stream {}; batch {} belongs to stream {}: use another "
+                            "output directory for a new stream",
+                            options_.dir.string(), to_hex(*stream_id_), batch.seq,
+                            to_hex(stream)));
+    return AppendResult::kForeignStream;
+  }
+  if (highest_seq_ && batch.seq <= *highest_seq_) return AppendResult::kDuplicate;
+  if (writer_ && (writer_->header().key_id != key ||
+                  now_ns - writer_->header().created_ns >= options_.segment_max_age.count())) {
+    // A segment has one key id in its header, so a key change starts a new one.
+    if (IoStatus s = close_writer(); !s.ok()) {
+      last_error_ = s;
+      return AppendResult::kError;
+    }
+  }
+  if (!writer_) {
+    FileHeader header;
+    header.stream_id = stream;
+    header.key_id = key;
+    header.created_ns = now_ns;
+    IoStatus status;
+    writer_ = SegmentWriter::create(options_.dir, batch.seq, header, options_.writer, status);
+    if (!writer_) {
+      last_error_ = status;
+      return AppendResult::kError;
+    }
+    ++segments_started_;
+  }
+  const std::uint64_t before = writer_->bytes();
+  if (IoStatus s = writer_->append(batch, message); !s.ok()) {
+    last_error_ = s;
+    return AppendResult::kError;
+  }
+  bytes_stored_ += writer_->bytes() - before;
+  highest_seq_ = batch.seq;
+  stream_id_ = stream;
+  if (writer_->bytes() >= options_.segment_max_bytes) {
+    // The batch is stored either way; a failed close is retried by the next append/maintain.
+    last_error_ = close_writer();
+  }
+  return AppendResult::kStored;
+}
+
+IoStatus SegmentStore::maintain(std::int64_t now_ns) {
+  if (!writer_) return {};
+  if (writer_->bytes() >= options_.segment_max_bytes ||
+      now_ns - writer_->header().created_ns >= options_.segment_max_age.count()) {
+    return close_writer();
+  }
+  return writer_->sync_if_due();
+}
+
+IoStatus SegmentStore::close() { return close_writer(); }
+
+}  // namespace flowseal::segment

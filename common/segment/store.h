@@ -1,0 +1,77 @@
+// SegmentStore: a directory of segments as writerd sees it — recovery at start, then one open
+// segment that batches are appended to, rotated by size, age or signing key.
+//
+// Recovery (in the constructor): a `.part` left by a crash is read frame by frame and cut back
+// to its last whole frame; the newest one is continued (appended to), older ones are closed;
+// a `.part` without a single whole frame is removed, one with an unreadable header is renamed
+// to `*.damaged` (kept as evidence, ignored by list_segments). The highest stored batch seq
+// and the stream id come from the newest segment, so a replayed batch (seq <= highest) is
+// recognised and dropped: after a crash the ring replays what was not committed.
+//
+// One directory holds one stream: a batch of another stream id is refused (kForeignStream),
+// since `flowseal verify` checks one hash chain per directory. Nothing on the append path
+// throws; the constructor throws std::runtime_error if the directory cannot be used.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "segment/format.h"
+#include "segment/writer.h"
+
+namespace flowseal::segment {
+
+struct StoreOptions {
+  std::filesystem::path dir;
+  std::uint64_t segment_max_bytes = 64u << 20;
+  std::chrono::nanoseconds segment_max_age = std::chrono::minutes(5);
+  WriterOptions writer;
+};
+
+enum class AppendResult { kStored, kDuplicate, kForeignStream, kError };
+
+class SegmentStore {
+ public:
+  explicit SegmentStore(StoreOptions options);
+
+  // Stores one SealedBatch message. kError: last_error() says why; nothing was stored and the
+  // same batch may be retried. `now_ns` is CLOCK_REALTIME (segment age and header time).
+  AppendResult append(const StreamId& stream, const KeyId& key, const BatchMeta& batch,
+                      std::span<const std::byte> message, std::int64_t now_ns);
+  // Closes the open segment once it is older than segment_max_age, and fsyncs on the
+  // `interval` policy: call it when idle.
+  IoStatus maintain(std::int64_t now_ns);
+  // Closes the open segment (drain). Ok if none is open.
+  IoStatus close();
+
+  const IoStatus& last_error() const { return last_error_; }
+  std::optional<std::uint64_t> highest_seq() const { return highest_seq_; }
+  const std::optional<StreamId>& stream_id() const { return stream_id_; }
+  // What recovery found and did, one line each, for the log.
+  const std::vector<std::string>& recovery_notes() const { return notes_; }
+  std::uint64_t bytes_stored() const { return bytes_stored_; }
+  std::uint64_t segments_started() const { return segments_started_; }
+  bool has_open_segment() const { return writer_.has_value(); }
+
+ private:
+  void recover();
+  void recover_part(const std::filesystem::path& part, bool newest);
+  void learn_from_closed(const std::filesystem::path& segment);
+  IoStatus close_writer();
+
+  StoreOptions options_;
+  std::optional<SegmentWriter> writer_;
+  std::optional<std::uint64_t> highest_seq_;
+  std::optional<StreamId> stream_id_;
+  IoStatus last_error_;
+  std::vector<std::string> notes_;
+  std::uint64_t bytes_stored_ = 0;
+  std::uint64_t segments_started_ = 0;
+};
+
+}  // namespace flowseal::segment

@@ -1,0 +1,220 @@
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <catch2/catch.hpp>
+
+#include "flowseal.capnp.h"
+#include "segment/format.h"
+#include "segment/reader.h"
+#include "segment/store.h"
+
+namespace fs = std::filesystem;
+using namespace flowseal::segment;
+
+namespace {
+
+constexpr std::int64_t kNow = 1'700'000'000'000'000'000;
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "store-test.XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+StreamId stream(std::uint8_t fill = 7) {
+  StreamId id;
+  id.fill(fill);
+  return id;
+}
+
+KeyId key(std::uint8_t fill = 9) {
+  KeyId id;
+  id.fill(fill);
+  return id;
+}
+
+// A SealedBatch with `records` records whose bytes do not compress much, so sizes are
+// predictable enough for rotation.
+std::vector<std::byte> batch_bytes(std::uint64_t seq, std::uint32_t records = 20) {
+  capnp::MallocMessageBuilder message;
+  auto batch = message.initRoot<flowseal::schema::SealedBatch>();
+  batch.initHeader().setSeq(seq);
+  auto list = batch.initRecords(records);
+  std::uint64_t x = seq * 0x9E3779B97F4A7C15ull + 1;
+  for (auto record : list) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    record.setUid(x);
+    record.setOrigBytes(x * 3);
+    record.setRespBytes(x * 5);
+  }
+  auto words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  return {reinterpret_cast<const std::byte*>(bytes.begin()),
+          reinterpret_cast<const std::byte*>(bytes.end())};
+}
+
+BatchMeta meta(std::uint64_t seq) { return BatchMeta{seq, 0, 0, 20}; }
+
+StoreOptions options(const fs::path& dir) {
+  StoreOptions o;
+  o.dir = dir;
+  o.segment_max_bytes = 1 << 20;
+  o.segment_max_age = std::chrono::hours(1);
+  return o;
+}
+
+std::vector<std::uint64_t> stored_seqs(const fs::path& dir) {
+  std::vector<std::uint64_t> seqs;
+  for (const auto& file : list_segments(dir)) {
+    SegmentReader reader(file);
+    REQUIRE(reader.ok());
+    SegmentReader::Next next;
+    while ((next = reader.next()) == SegmentReader::Next::kFrame) {
+      seqs.push_back(reader.frame().batch.seq);
+    }
+    INFO((reader.error() ? reader.error()->message() : ""));
+    REQUIRE(next == SegmentReader::Next::kEnd);
+  }
+  return seqs;
+}
+
+std::vector<std::uint64_t> iota(std::uint64_t n) {
+  std::vector<std::uint64_t> v(n);
+  for (std::uint64_t i = 0; i < n; ++i) v[i] = i;
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("rotation by size starts a new segment named after its first batch") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_bytes = 2048;
+  {
+    SegmentStore store(o);
+    for (std::uint64_t seq = 0; seq < 12; ++seq) {
+      REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), kNow) ==
+              AppendResult::kStored);
+    }
+    REQUIRE(store.close().ok());
+    CHECK(store.segments_started() > 2);
+  }
+  const auto segments = list_segments(dir.path);
+  REQUIRE(segments.size() > 2);
+  for (const auto& s : segments) CHECK_FALSE(is_part(s));
+  CHECK(segments[0].filename() == "seg-00000000000000000000.fsg");
+  SegmentReader second(segments[1]);
+  REQUIRE(second.next() == SegmentReader::Next::kFrame);
+  CHECK(segments[1].filename() == segment_name(second.frame().batch.seq));
+  CHECK(stored_seqs(dir.path) == iota(12));
+}
+
+TEST_CASE("rotation by age closes an idle segment") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_age = std::chrono::seconds(10);
+  SegmentStore store(o);
+  REQUIRE(store.append(stream(), key(), meta(0), batch_bytes(0), kNow) == AppendResult::kStored);
+  REQUIRE(store.maintain(kNow + 5'000'000'000).ok());
+  CHECK(store.has_open_segment());
+  REQUIRE(store.maintain(kNow + 10'000'000'000).ok());
+  CHECK_FALSE(store.has_open_segment());
+  REQUIRE(list_segments(dir.path).size() == 1);
+  CHECK_FALSE(is_part(list_segments(dir.path)[0]));
+}
+
+TEST_CASE("a new signing key starts a new segment, since a header names one key") {
+  TempDir dir;
+  SegmentStore store(options(dir.path));
+  REQUIRE(store.append(stream(), key(1), meta(0), batch_bytes(0), kNow) == AppendResult::kStored);
+  REQUIRE(store.append(stream(), key(2), meta(1), batch_bytes(1), kNow) == AppendResult::kStored);
+  REQUIRE(store.close().ok());
+  const auto segments = list_segments(dir.path);
+  REQUIRE(segments.size() == 2);
+  CHECK(SegmentReader(segments[1]).header().key_id == key(2));
+}
+
+TEST_CASE("a torn .part is cut back to its last whole frame and appended to after a restart") {
+  TempDir dir;
+  fs::path part;
+  {
+    SegmentStore store(options(dir.path));
+    for (std::uint64_t seq = 0; seq < 3; ++seq) {
+      REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), kNow) ==
+              AppendResult::kStored);
+    }
+    // No close: the store goes away like a killed writerd.
+  }
+  auto segments = list_segments(dir.path);
+  REQUIRE(segments.size() == 1);
+  part = segments[0];
+  REQUIRE(is_part(part));
+  // Tear the last frame: cut 10 bytes off its end.
+  fs::resize_file(part, fs::file_size(part) - 10);
+
+  SegmentStore store(options(dir.path));
+  REQUIRE(store.highest_seq());
+  CHECK(*store.highest_seq() == 1);
+  REQUIRE_FALSE(store.recovery_notes().empty());
+  CHECK(store.recovery_notes()[0].find("truncated") != std::string::npos);
+  // The replay from the ring: 1 is held already, 2 was torn and is stored again.
+  CHECK(store.append(stream(), key(), meta(1), batch_bytes(1), kNow) == AppendResult::kDuplicate);
+  CHECK(store.append(stream(), key(), meta(2), batch_bytes(2), kNow) == AppendResult::kStored);
+  CHECK(store.append(stream(), key(), meta(3), batch_bytes(3), kNow) == AppendResult::kStored);
+  REQUIRE(store.close().ok());
+  segments = list_segments(dir.path);
+  REQUIRE(segments.size() == 1);
+  CHECK(segments[0].filename() == "seg-00000000000000000000.fsg");
+  CHECK(stored_seqs(dir.path) == iota(4));
+}
+
+TEST_CASE("a restart after a clean close drops replayed batches and continues the stream") {
+  TempDir dir;
+  {
+    SegmentStore store(options(dir.path));
+    for (std::uint64_t seq = 0; seq < 3; ++seq) {
+      REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), kNow) ==
+              AppendResult::kStored);
+    }
+    REQUIRE(store.close().ok());
+  }
+  SegmentStore store(options(dir.path));
+  REQUIRE(store.highest_seq());
+  CHECK(*store.highest_seq() == 2);
+  CHECK(store.append(stream(), key(), meta(0), batch_bytes(0), kNow) == AppendResult::kDuplicate);
+  CHECK(store.append(stream(), key(), meta(2), batch_bytes(2), kNow) == AppendResult::kDuplicate);
+  CHECK(store.append(stream(), key(), meta(3), batch_bytes(3), kNow) == AppendResult::kStored);
+  REQUIRE(store.close().ok());
+  CHECK(list_segments(dir.path).size() == 2);
+  CHECK(stored_seqs(dir.path) == iota(4));
+}
+
+TEST_CASE("a .part torn before its header was whole is removed at recovery") {
+  TempDir dir;
+  std::ofstream(dir.path / "seg-00000000000000000000.fsg.part") << "FLWS";
+  SegmentStore store(options(dir.path));
+  CHECK_FALSE(store.highest_seq());
+  CHECK(list_segments(dir.path).empty());
+  CHECK(store.append(stream(), key(), meta(0), batch_bytes(0), kNow) == AppendResult::kStored);
+}
+
+TEST_CASE("a batch of another stream is refused, not mixed into the directory's chain") {
+  TempDir dir;
+  SegmentStore store(options(dir.path));
+  REQUIRE(store.append(stream(1), key(), meta(0), batch_bytes(0), kNow) == AppendResult::kStored);
+  CHECK(store.append(stream(2), key(), meta(0), batch_bytes(0), kNow) ==
+        AppendResult::kForeignStream);
+  CHECK(store.last_error().what.find("another output directory") != std::string::npos);
+}

@@ -1,0 +1,728 @@
+#include "flow_table.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <openssl/evp.h>
+
+namespace flowseal::flowd {
+namespace detail {
+
+// Zeek's TCP endpoint states; conn_state is a function of the pair.
+enum TcpState : std::uint8_t {
+  kInactive,
+  kSynSent,
+  kSynAckSent,
+  kPartial,
+  kEstablished,
+  kClosed,
+  kReset,
+};
+
+// Each class has its own idle timeout, so each keeps its own list in last-seen order.
+enum TimerClass : std::uint8_t {
+  kTcpAttempt,
+  kTcpEstablished,
+  kTcpClosed,
+  kUdp,
+  kIcmp,
+  kOther,
+  kTimerClassCount,
+};
+
+struct Link {
+  std::uint32_t prev;
+  std::uint32_t next;
+};
+
+struct ListEnds {
+  std::uint32_t head;
+  std::uint32_t tail;
+};
+
+struct Direction {
+  std::uint64_t pkts;
+  std::uint64_t ip_bytes;
+  std::uint64_t payload_bytes;
+  std::uint8_t tcp_flags;
+  std::uint8_t tcp_state;  // TcpState
+  std::uint8_t history_seen;  // one bit per history letter already recorded
+  std::uint8_t pad[5];
+};
+
+struct FlowSlot {
+  std::array<std::uint8_t, 16> orig_addr;
+  std::array<std::uint8_t, 16> resp_addr;
+  std::uint16_t orig_port;
+  std::uint16_t resp_port;
+  std::uint16_t vlan;
+  std::uint8_t proto;
+  std::uint8_t ip_version;
+
+  std::uint8_t in_use;
+  std::uint8_t timer_class;  // TimerClass
+  std::uint8_t history_len;
+  std::uint8_t pad0[5];
+
+  std::uint64_t hash;
+  std::uint64_t uid;
+  std::int64_t first_ts;
+  std::int64_t last_ts;
+  std::int64_t report_ts;  // start or last update: the active timeout counts from here
+
+  Direction orig;
+  Direction resp;
+
+  std::uint32_t hash_next;
+  std::uint32_t event_number;
+  Link timer;   // in its timer class's list
+  Link active;  // in the active-timeout list
+
+  char history[24];
+  char community_id[32];  // "1:" + 28 base64 characters, NUL-terminated
+};
+
+struct TableHeader {
+  std::uint64_t magic;
+  std::uint32_t layout_version;
+  std::uint32_t slot_bytes;
+  std::uint64_t capacity;
+  std::uint64_t bucket_count;
+  std::uint64_t active;
+  std::uint32_t free_head;   // chained through FlowSlot::hash_next
+  std::uint32_t next_unused; // slots from here on were never used (a fresh table is all zero)
+  ListEnds timer_lists[kTimerClassCount];
+  ListEnds active_list;
+  FlowTableStats stats;
+};
+
+constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
+constexpr std::uint32_t kLayoutVersion = 1;
+constexpr std::size_t kHeaderBytes = 512;
+
+static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
+static_assert(std::is_standard_layout_v<TableHeader> &&
+              std::is_trivially_copyable_v<TableHeader>);
+static_assert(sizeof(Direction) == 32);
+static_assert(sizeof(FlowSlot) == 232 && alignof(FlowSlot) == 8);
+static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
+
+}  // namespace detail
+
+namespace {
+
+using detail::FlowSlot;
+using detail::Link;
+using detail::ListEnds;
+using detail::TableHeader;
+using namespace detail;
+
+constexpr std::uint32_t kNil = 0;
+constexpr std::size_t kMaxCapacity = std::size_t{1} << 31;
+// A bucket chain longer than this evicts its oldest flow: lookups stay bounded even when
+// someone crafts colliding keys (the hash is unseeded so shards agree across processes).
+constexpr std::size_t kMaxChain = 16;
+
+constexpr std::uint8_t kProtoIcmp = 1;
+constexpr std::uint8_t kProtoTcp = 6;
+constexpr std::uint8_t kProtoUdp = 17;
+constexpr std::uint8_t kProtoIcmpv6 = 58;
+constexpr std::uint8_t kProtoSctp = 132;
+
+constexpr std::uint8_t kFin = 0x01;
+constexpr std::uint8_t kSyn = 0x02;
+constexpr std::uint8_t kRst = 0x04;
+constexpr std::uint8_t kAck = 0x10;
+
+std::size_t bucket_count_for(std::size_t capacity) { return std::bit_ceil(capacity); }
+
+std::size_t slots_offset() { return detail::kHeaderBytes; }
+std::size_t buckets_offset(std::size_t capacity) {
+  return slots_offset() + (capacity + 1) * sizeof(FlowSlot);
+}
+
+// Doubly linked lists threaded through the slots by index; slot 0 is nil.
+template <Link FlowSlot::*kLink>
+struct List {
+  FlowSlot* slots;
+  ListEnds& ends;
+
+  void push_back(std::uint32_t i) {
+    Link& l = slots[i].*kLink;
+    l.prev = ends.tail;
+    l.next = kNil;
+    if (ends.tail != kNil) (slots[ends.tail].*kLink).next = i; else ends.head = i;
+    ends.tail = i;
+  }
+  void remove(std::uint32_t i) {
+    Link& l = slots[i].*kLink;
+    if (l.prev != kNil) (slots[l.prev].*kLink).next = l.next; else ends.head = l.next;
+    if (l.next != kNil) (slots[l.next].*kLink).prev = l.prev; else ends.tail = l.prev;
+    l = Link{kNil, kNil};
+  }
+};
+
+bool is_closed(const FlowSlot& s) {
+  if (s.proto != kProtoTcp) return false;
+  const auto o = s.orig.tcp_state, r = s.resp.tcp_state;
+  return o == kReset || r == kReset || (o == kClosed && r == kClosed);
+}
+
+schema::EndReason closed_reason(const FlowSlot& s) {
+  return s.orig.tcp_state == kReset || s.resp.tcp_state == kReset ? schema::EndReason::RST
+                                                                   : schema::EndReason::FIN;
+}
+
+std::uint8_t timer_class_of(const FlowSlot& s) {
+  switch (s.proto) {
+    case kProtoTcp:
+      if (is_closed(s)) return kTcpClosed;
+      return s.orig.pkts > 0 && s.resp.pkts > 0 ? kTcpEstablished : kTcpAttempt;
+    case kProtoUdp: return kUdp;
+    case kProtoIcmp:
+    case kProtoIcmpv6: return kIcmp;
+    default: return kOther;
+  }
+}
+
+// History letters as Zeek records them: each at most once per direction, upper case for
+// the originator.
+enum HistoryBit : std::uint8_t {
+  kHistSyn = 1, kHistSynAck = 2, kHistAck = 4, kHistData = 8, kHistFin = 16, kHistRst = 32,
+};
+
+void add_history(FlowSlot& s, bool from_orig, HistoryBit bit, char letter) {
+  Direction& d = from_orig ? s.orig : s.resp;
+  if ((d.history_seen & bit) != 0) return;
+  d.history_seen |= bit;
+  if (s.history_len + 1u >= sizeof s.history) return;
+  s.history[s.history_len++] =
+      from_orig ? static_cast<char>(letter - 'a' + 'A') : letter;
+  s.history[s.history_len] = '\0';
+}
+
+// A simplified form of Zeek's TCP endpoint state machine (TCP_Analyzer::UpdateStateMachine):
+// enough to give the same conn_state on ordinary and on broken connections.
+void update_tcp(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t payload) {
+  Direction& me = from_orig ? s.orig : s.resp;
+  Direction& peer = from_orig ? s.resp : s.orig;
+  me.tcp_flags |= flags;
+
+  if ((flags & kSyn) != 0) {
+    if ((flags & kAck) != 0) {
+      add_history(s, from_orig, kHistSynAck, 'h');
+      if (me.tcp_state == kInactive || me.tcp_state == kSynSent) me.tcp_state = kSynAckSent;
+    } else {
+      add_history(s, from_orig, kHistSyn, 's');
+      if (me.tcp_state == kInactive) me.tcp_state = kSynSent;
+    }
+  }
+  if (payload > 0) {
+    add_history(s, from_orig, kHistData, 'd');
+  } else if ((flags & (kAck | kSyn | kFin | kRst)) == kAck) {
+    add_history(s, from_orig, kHistAck, 'a');
+  }
+  if ((flags & kFin) != 0) add_history(s, from_orig, kHistFin, 'f');
+  if ((flags & kRst) != 0) add_history(s, from_orig, kHistRst, 'r');
+
+  if ((flags & kRst) != 0) {
+    me.tcp_state = kReset;
+    return;
+  }
+  if ((flags & kFin) != 0) {
+    if (me.tcp_state != kReset) me.tcp_state = kClosed;
+    return;
+  }
+  if ((flags & kSyn) != 0) return;
+  // An ACK or data without SYN/FIN/RST.
+  switch (me.tcp_state) {
+    case kInactive:
+      me.tcp_state = kPartial;  // picked up mid-stream
+      break;
+    case kSynSent:
+    case kSynAckSent:
+      if ((flags & kAck) != 0 && peer.tcp_state != kInactive) {
+        me.tcp_state = kEstablished;
+        if (peer.tcp_state == kSynAckSent || peer.tcp_state == kSynSent) {
+          peer.tcp_state = kEstablished;
+        }
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+// Zeek's /^\^?S[^HAFGIQ]*R.*/: the originator sent a SYN, then a RST, with nothing from the
+// responder and no handshake, ACK, FIN or data in between.
+bool rstos0_history(std::string_view h) {
+  if (!h.empty() && h.front() == '^') h.remove_prefix(1);
+  if (h.empty() || h.front() != 'S') return false;
+  for (char c : h.substr(1)) {
+    if (c == 'R') return true;
+    if (std::string_view("HAFGIQ").find(c) != std::string_view::npos) return false;
+  }
+  return false;
+}
+
+// Zeek's conn_state (base/protocols/conn/main.zeek).
+std::string_view conn_state(const FlowSlot& s) {
+  if (s.proto == kProtoTcp) {
+    const auto os = s.orig.tcp_state, rs = s.resp.tcp_state;
+    const bool o_inactive = os == kInactive || os == kPartial;
+    const bool r_inactive = rs == kInactive || rs == kPartial;
+    if (rs == kReset) {
+      if (os == kSynSent || os == kSynAckSent ||
+          (os == kReset && s.orig.payload_bytes == 0 && s.resp.payload_bytes == 0)) {
+        return "REJ";
+      }
+      return o_inactive ? "RSTRH" : "RSTR";
+    }
+    if (os == kReset) {
+      if (r_inactive) {
+        return rstos0_history(std::string_view(s.history, s.history_len)) ? "RSTOS0" : "OTH";
+      }
+      return "RSTO";
+    }
+    if (rs == kClosed && os == kClosed) return "SF";
+    if (os == kClosed) return r_inactive ? "SH" : "S2";
+    if (rs == kClosed) return o_inactive ? "SHR" : "S3";
+    if (os == kSynSent && rs == kInactive) return "S0";
+    if (os == kEstablished && rs == kEstablished) return "S1";
+    return "OTH";
+  }
+  if (s.proto == kProtoUdp) {
+    if (s.orig.pkts > 0) return s.resp.pkts > 0 ? "SF" : "S0";
+    return s.resp.pkts > 0 ? "SHR" : "OTH";
+  }
+  return "OTH";
+}
+
+bool has_ports(std::uint8_t proto) {
+  return proto == kProtoTcp || proto == kProtoUdp || proto == kProtoSctp ||
+         proto == kProtoIcmp || proto == kProtoIcmpv6;
+}
+
+void put16(std::uint8_t*& p, std::uint16_t v) {
+  *p++ = static_cast<std::uint8_t>(v >> 8);
+  *p++ = static_cast<std::uint8_t>(v);
+}
+
+bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig) {
+  if (s.proto != k.proto || s.vlan != k.vlan || s.ip_version != k.ip_version) return false;
+  if (s.orig_port == k.src_port && s.resp_port == k.dst_port && s.orig_addr == k.src &&
+      s.resp_addr == k.dst) {
+    from_orig = true;
+    return true;
+  }
+  if (s.orig_port == k.dst_port && s.resp_port == k.src_port && s.orig_addr == k.dst &&
+      s.resp_addr == k.src) {
+    from_orig = false;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
+                     FlowTableOptions options)
+    : options_(options), sha1_(nullptr, EVP_MD_free) {
+  if (capacity == 0 || capacity > kMaxCapacity) {
+    throw std::invalid_argument("flow table: capacity " + std::to_string(capacity) +
+                                " is outside 1.." + std::to_string(kMaxCapacity));
+  }
+  if (memory.size() < bytes_needed(capacity)) {
+    throw std::invalid_argument("flow table: " + std::to_string(memory.size()) +
+                                " bytes of memory, " + std::to_string(bytes_needed(capacity)) +
+                                " needed for " + std::to_string(capacity) + " flows");
+  }
+  if (reinterpret_cast<std::uintptr_t>(memory.data()) % alignof(FlowSlot) != 0) {
+    throw std::invalid_argument("flow table: memory is not 8-byte aligned");
+  }
+  sha1_.reset(EVP_MD_fetch(nullptr, "SHA1", nullptr));
+  if (!sha1_) throw std::runtime_error("flow table: OpenSSL has no SHA-1 (Community ID)");
+
+  std::byte* base = memory.data();
+  header_ = reinterpret_cast<TableHeader*>(base);
+  slots_ = reinterpret_cast<FlowSlot*>(base + slots_offset());
+  buckets_ = reinterpret_cast<std::uint32_t*>(base + buckets_offset(capacity));
+  bucket_mask_ = bucket_count_for(capacity) - 1;
+
+  const bool valid = header_->magic == detail::kMagic &&
+                     header_->layout_version == detail::kLayoutVersion &&
+                     header_->slot_bytes == sizeof(FlowSlot) && header_->capacity == capacity &&
+                     header_->bucket_count == bucket_mask_ + 1;
+  if (valid) {
+    resumed_ = true;
+    rebuild_indexes();
+  } else {
+    std::memset(base, 0, bytes_needed(capacity));
+    header_->layout_version = detail::kLayoutVersion;
+    header_->slot_bytes = sizeof(FlowSlot);
+    header_->capacity = capacity;
+    header_->bucket_count = bucket_mask_ + 1;
+    header_->next_unused = 1;
+    header_->magic = detail::kMagic;  // last: a half-formatted table is not valid
+  }
+}
+
+FlowTable::~FlowTable() = default;
+
+std::size_t FlowTable::bytes_needed(std::size_t capacity) {
+  if (capacity > kMaxCapacity) return std::numeric_limits<std::size_t>::max();
+  return buckets_offset(capacity) + bucket_count_for(std::max<std::size_t>(capacity, 1)) * 4;
+}
+
+std::size_t FlowTable::capacity() const { return header_->capacity; }
+std::size_t FlowTable::active() const { return header_->active; }
+FlowTableStats FlowTable::stats() const { return header_->stats; }
+
+void FlowTable::count_weird(packet::DecodeStatus status) {
+  const auto i = static_cast<std::size_t>(status);
+  if (i < header_->stats.weird.size()) ++header_->stats.weird[i];
+}
+
+FlowSlot& FlowTable::slot(std::uint32_t index) const { return slots_[index]; }
+std::uint32_t& FlowTable::bucket(std::uint64_t hash) const {
+  return buckets_[hash & bucket_mask_];
+}
+
+// Every list and bucket is derived data: after a crash they are rebuilt from the slots
+// alone, in last-seen order, so whatever a killed flowd was doing to them does not matter.
+void FlowTable::rebuild_indexes() {
+  const auto capacity = static_cast<std::uint32_t>(header_->capacity);
+  std::memset(buckets_, 0, (bucket_mask_ + 1) * sizeof(std::uint32_t));
+  for (auto& ends : header_->timer_lists) ends = ListEnds{kNil, kNil};
+  header_->active_list = ListEnds{kNil, kNil};
+  header_->free_head = kNil;
+  header_->next_unused = capacity + 1;
+  std::vector<std::uint32_t> live;
+  for (std::uint32_t i = capacity; i >= 1; --i) {
+    FlowSlot& s = slots_[i];
+    if (s.in_use != 1 || (s.ip_version != 4 && s.ip_version != 6) ||
+        s.history_len >= sizeof s.history) {
+      s = FlowSlot{};
+      s.hash_next = header_->free_head;
+      header_->free_head = i;
+      continue;
+    }
+    s.history[s.history_len] = '\0';
+    s.community_id[sizeof s.community_id - 1] = '\0';
+    live.push_back(i);
+  }
+  header_->active = live.size();
+
+  std::sort(live.begin(), live.end(), [this](std::uint32_t a, std::uint32_t b) {
+    return slots_[a].last_ts < slots_[b].last_ts;
+  });
+  for (std::uint32_t i : live) {
+    FlowSlot& s = slots_[i];
+    packet::FlowKey key;
+    key.src = s.orig_addr;
+    key.dst = s.resp_addr;
+    key.src_port = s.orig_port;
+    key.dst_port = s.resp_port;
+    key.vlan = s.vlan;
+    key.proto = s.proto;
+    key.ip_version = s.ip_version;
+    s.hash = packet::symmetric_hash64(key);
+    s.hash_next = bucket(s.hash);
+    bucket(s.hash) = i;
+    s.timer_class = timer_class_of(s);
+    List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(i);
+  }
+  std::stable_sort(live.begin(), live.end(), [this](std::uint32_t a, std::uint32_t b) {
+    return slots_[a].report_ts < slots_[b].report_ts;
+  });
+  for (std::uint32_t i : live) List<&FlowSlot::active>{slots_, header_->active_list}.push_back(i);
+}
+
+std::int64_t FlowTable::idle_timeout(std::uint8_t timer_class) const {
+  const FlowTimeouts& t = options_.timeouts;
+  switch (timer_class) {
+    case kTcpAttempt: return t.tcp_attempt_idle_ns;
+    case kTcpEstablished: return t.tcp_established_idle_ns;
+    case kTcpClosed: return t.tcp_closed_linger_ns;
+    case kUdp: return t.udp_idle_ns;
+    case kIcmp: return t.icmp_idle_ns;
+    default: return t.other_idle_ns;
+  }
+}
+
+std::uint32_t FlowTable::find(const packet::FlowKey& key, std::uint64_t hash,
+                              bool& from_orig) const {
+  for (std::uint32_t i = bucket(hash); i != kNil; i = slots_[i].hash_next) {
+    if (slots_[i].hash == hash && same_endpoints(slots_[i], key, from_orig)) return i;
+  }
+  return kNil;
+}
+
+void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_ns,
+                          EventSink& sink) {
+  ++header_->stats.packets;
+  const packet::FlowKey key = packet::flow_key(packet.key);
+  const std::uint64_t hash = packet::symmetric_hash64(key);
+  bool from_orig = true;
+  std::uint32_t index = find(key, hash, from_orig);
+  if (index != kNil) {
+    FlowSlot& s = slots_[index];
+    const bool new_syn = (packet.tcp_flags & (kSyn | kAck)) == kSyn;
+    if (ts_ns - s.last_ts > idle_timeout(s.timer_class)) {
+      // Idle past its timeout between two expire() calls: that flow is over.
+      end_flow(index, is_closed(s) ? closed_reason(s) : schema::EndReason::IDLE, sink);
+      index = kNil;
+    } else if (s.proto == kProtoTcp && is_closed(s) && new_syn) {
+      end_flow(index, closed_reason(s), sink);  // the port pair is reused by a new connection
+      index = kNil;
+    }
+  }
+  const bool is_new = index == kNil;
+  if (is_new) {
+    index = create(packet, key, hash, ts_ns, sink);
+    from_orig = slots_[index].orig_addr == key.src && slots_[index].orig_port == key.src_port;
+  }
+
+  FlowSlot& s = slots_[index];
+  Direction& d = from_orig ? s.orig : s.resp;
+  ++d.pkts;
+  d.ip_bytes += packet.ip_bytes;
+  d.payload_bytes += packet.payload_bytes;
+  s.last_ts = std::max(s.last_ts, ts_ns);
+  if (s.proto == kProtoTcp && packet.has_ports) {
+    update_tcp(s, from_orig, packet.tcp_flags, packet.payload_bytes);
+  } else if (packet.payload_bytes > 0 && s.proto == kProtoUdp) {
+    add_history(s, from_orig, kHistData, 'd');  // as Zeek's UDP analyzer
+  }
+
+  // Touched: to the tail of its (maybe new) timer class, which keeps each list in
+  // last-seen order.
+  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
+  s.timer_class = timer_class_of(s);
+  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(index);
+
+  if (is_new) {
+    emit(s, schema::EventKind::START, schema::EndReason::NONE, sink);
+  } else if (options_.timeouts.active_timeout_ns > 0 &&
+             ts_ns - s.report_ts >= options_.timeouts.active_timeout_ns) {
+    emit(s, schema::EventKind::UPDATE, schema::EndReason::ACTIVE, sink);
+    ++header_->stats.updates;
+    s.report_ts = ts_ns;
+    List<&FlowSlot::active> list{slots_, header_->active_list};
+    list.remove(index);
+    list.push_back(index);
+  }
+}
+
+std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packet::FlowKey& key,
+                                std::uint64_t hash, std::int64_t ts_ns, EventSink& sink) {
+  evict_oldest_in_bucket(hash, sink);
+  if (header_->free_head == kNil && header_->next_unused > header_->capacity) {
+    evict_oldest(sink);
+  }
+  std::uint32_t index;
+  if (header_->free_head != kNil) {
+    index = header_->free_head;
+    header_->free_head = slots_[index].hash_next;
+  } else {
+    index = header_->next_unused++;
+  }
+
+  FlowSlot& s = slots_[index];
+  s = FlowSlot{};
+  // A SYN-ACK seen first was sent by the responder (we missed the SYN): flip, as Zeek does.
+  const bool flip = key.proto == kProtoTcp && packet.has_ports &&
+                    (packet.tcp_flags & (kSyn | kAck)) == (kSyn | kAck);
+  s.orig_addr = flip ? key.dst : key.src;
+  s.resp_addr = flip ? key.src : key.dst;
+  s.orig_port = flip ? key.dst_port : key.src_port;
+  s.resp_port = flip ? key.src_port : key.dst_port;
+  s.vlan = key.vlan;
+  s.proto = key.proto;
+  s.ip_version = key.ip_version;
+  s.hash = hash;
+  s.first_ts = ts_ns;
+  s.last_ts = ts_ns;
+  s.report_ts = ts_ns;
+  s.uid = packet::mix64(packet::mix64(hash ^ static_cast<std::uint64_t>(ts_ns)) ^
+                        (std::uint64_t{options_.shard} * 0x9E3779B97F4A7C15ULL));
+  if (flip) {
+    s.history[0] = '^';
+    s.history_len = 1;
+  }
+  compute_community_id(s);
+  s.timer_class = timer_class_of(s);
+  s.in_use = 1;
+
+  s.hash_next = bucket(hash);
+  bucket(hash) = index;
+  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(index);
+  List<&FlowSlot::active>{slots_, header_->active_list}.push_back(index);
+  ++header_->active;
+  ++header_->stats.flows_started;
+  return index;
+}
+
+void FlowTable::evict_oldest_in_bucket(std::uint64_t hash, EventSink& sink) {
+  std::size_t length = 0;
+  std::uint32_t oldest = kNil;
+  for (std::uint32_t i = bucket(hash); i != kNil; i = slots_[i].hash_next) {
+    ++length;
+    if (oldest == kNil || slots_[i].last_ts < slots_[oldest].last_ts) oldest = i;
+  }
+  if (length < kMaxChain) return;
+  ++header_->stats.evictions;
+  end_flow(oldest, is_closed(slots_[oldest]) ? closed_reason(slots_[oldest])
+                                             : schema::EndReason::EVICTION, sink);
+}
+
+void FlowTable::evict_oldest(EventSink& sink) {
+  // Each timer list is in last-seen order, so the least recently seen flow is one of the heads.
+  std::uint32_t oldest = kNil;
+  for (const ListEnds& ends : header_->timer_lists) {
+    if (ends.head != kNil &&
+        (oldest == kNil || slots_[ends.head].last_ts < slots_[oldest].last_ts)) {
+      oldest = ends.head;
+    }
+  }
+  if (oldest == kNil) return;
+  ++header_->stats.evictions;
+  end_flow(oldest, is_closed(slots_[oldest]) ? closed_reason(slots_[oldest])
+                                             : schema::EndReason::EVICTION, sink);
+}
+
+void FlowTable::end_flow(std::uint32_t index, schema::EndReason reason, EventSink& sink) {
+  FlowSlot& s = slots_[index];
+  emit(s, schema::EventKind::END, reason, sink);
+
+  std::uint32_t* link = &bucket(s.hash);
+  while (*link != kNil && *link != index) link = &slots_[*link].hash_next;
+  if (*link == index) *link = s.hash_next;
+  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
+  List<&FlowSlot::active>{slots_, header_->active_list}.remove(index);
+
+  s = FlowSlot{};
+  s.hash_next = header_->free_head;
+  header_->free_head = index;
+  --header_->active;
+  ++header_->stats.flows_ended;
+}
+
+void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
+  for (std::uint8_t c = 0; c < kTimerClassCount; ++c) {
+    const std::int64_t timeout = idle_timeout(c);
+    ListEnds& ends = header_->timer_lists[c];
+    while (ends.head != kNil && now_ns - slots_[ends.head].last_ts > timeout) {
+      const FlowSlot& s = slots_[ends.head];
+      end_flow(ends.head, c == kTcpClosed ? closed_reason(s) : schema::EndReason::IDLE, sink);
+    }
+  }
+  const std::int64_t active = options_.timeouts.active_timeout_ns;
+  if (active <= 0) return;
+  List<&FlowSlot::active> list{slots_, header_->active_list};
+  // Each update moves its flow to the tail with report_ts = now, so the loop ends once it
+  // meets a flow it has just reported.
+  while (list.ends.head != kNil && now_ns - slots_[list.ends.head].report_ts >= active) {
+    const std::uint32_t index = list.ends.head;
+    FlowSlot& s = slots_[index];
+    emit(s, schema::EventKind::UPDATE, schema::EndReason::ACTIVE, sink);
+    ++header_->stats.updates;
+    s.report_ts = now_ns;
+    list.remove(index);
+    list.push_back(index);
+  }
+}
+
+void FlowTable::flush(EventSink& sink) {
+  for (ListEnds& ends : header_->timer_lists) {
+    while (ends.head != kNil) {
+      const FlowSlot& s = slots_[ends.head];
+      end_flow(ends.head, is_closed(s) ? closed_reason(s) : schema::EndReason::SHUTDOWN, sink);
+    }
+  }
+}
+
+void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reason,
+                     EventSink& sink) {
+  FlowEventData e;
+  e.uid = s.uid;
+  e.kind = kind;
+  e.event_number = s.event_number++;
+  e.end_reason = reason;
+  e.proto = s.proto;
+  e.ip_version = s.ip_version;
+  e.orig_addr = s.orig_addr;
+  e.resp_addr = s.resp_addr;
+  e.orig_port = s.orig_port;
+  e.resp_port = s.resp_port;
+  e.vlan = s.vlan;
+  e.first_ts_ns = s.first_ts;
+  e.last_ts_ns = s.last_ts;
+  e.orig_pkts = s.orig.pkts;
+  e.orig_ip_bytes = s.orig.ip_bytes;
+  e.orig_bytes = s.orig.payload_bytes;
+  e.resp_pkts = s.resp.pkts;
+  e.resp_ip_bytes = s.resp.ip_bytes;
+  e.resp_bytes = s.resp.payload_bytes;
+  e.orig_tcp_flags = s.orig.tcp_flags;
+  e.resp_tcp_flags = s.resp.tcp_flags;
+  e.conn_state.assign(conn_state(s));
+  e.history.assign(std::string_view(s.history, s.history_len));
+  e.community_id.assign(s.community_id);
+  e.first_uid = s.uid;
+  e.last_uid = s.uid;
+  sink.on_event(e);
+}
+
+// Community ID v1: SHA-1 over seed, the two addresses and ports in a fixed order, proto and
+// a pad byte; base64 with a "1:" prefix. ICMP request/reply types use the counterpart type
+// as the "port" (flow_key() already did that); other ICMP types are one-way and keep the
+// originator first.
+void FlowTable::compute_community_id(FlowSlot& s) const {
+  const std::size_t addr_len = s.ip_version == 4 ? 4 : 16;
+  const std::uint8_t* a = s.orig_addr.data();
+  const std::uint8_t* b = s.resp_addr.data();
+  std::uint16_t pa = s.orig_port, pb = s.resp_port;
+  const bool ports = has_ports(s.proto);
+  bool one_way = false;
+  if (s.proto == kProtoIcmp || s.proto == kProtoIcmpv6) {
+    one_way = !packet::icmp_counterpart(s.proto, static_cast<std::uint8_t>(pa)).has_value();
+  }
+  const int order = std::memcmp(a, b, addr_len);
+  if (!one_way && (order > 0 || (order == 0 && ports && pa > pb))) {
+    std::swap(a, b);
+    std::swap(pa, pb);
+  }
+  std::uint8_t input[2 + 16 + 16 + 2 + 4];
+  std::uint8_t* p = input;
+  put16(p, options_.community_id_seed);
+  std::memcpy(p, a, addr_len);
+  p += addr_len;
+  std::memcpy(p, b, addr_len);
+  p += addr_len;
+  *p++ = s.proto;
+  *p++ = 0;
+  if (ports) {
+    put16(p, pa);
+    put16(p, pb);
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  if (EVP_Digest(input, static_cast<std::size_t>(p - input), digest, &digest_len, sha1_.get(),
+                 nullptr) != 1 ||
+      digest_len != 20) {
+    s.community_id[0] = '\0';  // OpenSSL failed: no ID rather than a wrong one
+    return;
+  }
+  s.community_id[0] = '1';
+  s.community_id[1] = ':';
+  EVP_EncodeBlock(reinterpret_cast<unsigned char*>(s.community_id + 2), digest, 20);
+}
+
+}  // namespace flowseal::flowd

@@ -1,0 +1,129 @@
+// The flow table: packets in, flow events (start / update / end) out.
+//
+// One bidirectional flow per 5-tuple plus VLAN (ICMP request/reply types pair up as in
+// Zeek). The originator is the side that sent first, except that a SYN-ACK seen first makes
+// its receiver the originator. Per flow the table keeps both directions' packets, IP bytes
+// and payload bytes, TCP flags, Zeek's endpoint states (-> conn_state) and history letters,
+// and the Community ID v1 computed once at the start.
+//
+// Memory: the whole table lives in the span it is given (a shared-memory segment): a header
+// (magic, layout version, capacity, list ends, stats) then capacity fixed-size slots then the
+// hash buckets. Nothing in it is a pointer, so a restarted flowd maps the same segment and
+// resumes every active flow; the constructor rebuilds the index lists from the slots on
+// resume, so a flowd killed in the middle of an update leaves nothing dangling. The table
+// never allocates after construction and never grows: when full, the least-recently-seen
+// flow is ended with reason eviction.
+//
+// Time is the packets' time: on_packet() and expire() take the timestamps the caller has,
+// so a replay of a capture gives the same events, uids included. Idle flows sit in one
+// list per timeout class ordered by last packet, and flows awaiting their active timeout
+// in one list ordered by last report, so expire() only looks at flows that are due.
+//
+// Not thread-safe: one flowd process owns one table.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include <openssl/types.h>
+
+#include "event_encode.h"
+#include "packet/decode.h"
+
+namespace flowseal::flowd {
+
+struct FlowTimeouts {
+  std::int64_t tcp_established_idle_ns = 300'000'000'000;  // Zeek: tcp_inactivity_timeout
+  std::int64_t tcp_attempt_idle_ns = 5'000'000'000;        // no answer yet (Zeek: 5 s)
+  std::int64_t tcp_closed_linger_ns = 5'000'000'000;       // after FIN both ways or RST
+  std::int64_t udp_idle_ns = 60'000'000'000;
+  std::int64_t icmp_idle_ns = 60'000'000'000;
+  std::int64_t other_idle_ns = 60'000'000'000;
+  std::int64_t active_timeout_ns = 1'800'000'000'000;     // <= 0: no update events
+};
+
+struct FlowTableOptions {
+  FlowTimeouts timeouts;
+  std::uint16_t community_id_seed = 0;
+  std::uint32_t shard = 0;  // mixed into uids so two shards never share one
+};
+
+// Cumulative since the table was formatted (kept in the table's memory, so a restarted
+// flowd goes on counting).
+struct FlowTableStats {
+  std::uint64_t flows_started = 0;
+  std::uint64_t flows_ended = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t updates = 0;
+  std::uint64_t packets = 0;
+  std::array<std::uint64_t, static_cast<std::size_t>(packet::DecodeStatus::kCount)> weird{};
+};
+
+namespace detail {
+struct TableHeader;
+struct FlowSlot;
+}  // namespace detail
+
+class FlowTable {
+ public:
+  // Formats `memory` for `capacity` flows, or resumes the table already in it when its
+  // magic, layout version and capacity match. Throws std::invalid_argument (start-up only)
+  // when capacity is 0 or too large, or `memory` is smaller than bytes_needed(capacity)
+  // or not 8-byte aligned.
+  FlowTable(std::span<std::byte> memory, std::size_t capacity, FlowTableOptions options);
+  ~FlowTable();
+  FlowTable(const FlowTable&) = delete;
+  FlowTable& operator=(const FlowTable&) = delete;
+
+  // Bytes a table of `capacity` flows needs; non-decreasing in capacity (callers binary-search
+  // the largest capacity that fits a segment). SIZE_MAX past the largest capacity supported.
+  static std::size_t bytes_needed(std::size_t capacity);
+
+  std::size_t capacity() const;
+  std::size_t active() const;
+  FlowTableStats stats() const;
+  // True if the constructor found a table in the memory and kept its flows.
+  bool resumed() const { return resumed_; }
+
+  // Accounts one decoded packet (status kOk) seen at `ts_ns`. May emit the end of a flow it
+  // replaces (idle past its timeout, a new SYN on a closed flow, eviction), then this
+  // flow's start or an active-timeout update.
+  void on_packet(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink);
+  // Ends flows idle past their timeout and emits updates for flows past the active timeout,
+  // as of `now_ns`. Costs O(1) plus the flows that are due.
+  void expire(std::int64_t now_ns, EventSink& sink);
+  // Ends every flow (reason shutdown; a flow already closed by FIN/RST keeps that reason).
+  void flush(EventSink& sink);
+  // Counts a packet decode() rejected, by kind.
+  void count_weird(packet::DecodeStatus status);
+
+ private:
+  using Slot = detail::FlowSlot;
+  std::uint32_t find(const packet::FlowKey& key, std::uint64_t hash, bool& from_orig) const;
+  std::uint32_t create(const packet::DecodedPacket& packet, const packet::FlowKey& key,
+                       std::uint64_t hash, std::int64_t ts_ns, EventSink& sink);
+  void end_flow(std::uint32_t index, schema::EndReason reason, EventSink& sink);
+  void evict_oldest(EventSink& sink);
+  void evict_oldest_in_bucket(std::uint64_t hash, EventSink& sink);
+  void emit(Slot& slot, schema::EventKind kind, schema::EndReason reason, EventSink& sink);
+  void compute_community_id(Slot& slot) const;
+  std::int64_t idle_timeout(std::uint8_t timer_class) const;
+  void format();
+  void rebuild_indexes();
+
+  Slot& slot(std::uint32_t index) const;
+  std::uint32_t& bucket(std::uint64_t hash) const;
+
+  detail::TableHeader* header_ = nullptr;
+  Slot* slots_ = nullptr;           // slots_[0] is the nil sentinel; flows use 1..capacity
+  std::uint32_t* buckets_ = nullptr;
+  std::uint64_t bucket_mask_ = 0;
+  FlowTableOptions options_;
+  bool resumed_ = false;
+  std::unique_ptr<EVP_MD, void (*)(EVP_MD*)> sha1_;
+};
+
+}  // namespace flowseal::flowd

@@ -1,0 +1,84 @@
+#include "batch_sealer.h"
+
+#include <algorithm>
+
+#include <capnp/any.h>
+
+namespace flowseal::signerd {
+namespace {
+
+capnp::Data::Reader as_data(std::span<const std::uint8_t> bytes) {
+  return {bytes.data(), bytes.size()};
+}
+
+// A record written with a newer schema can carry fields this build does not know; the
+// batch's record list has this build's struct size and drops them on copy, so the leaf must
+// hash the record as it will be stored, not as it arrived.
+bool larger_than_schema(schema::FlowEvent::Reader record) {
+  const capnp::AnyStruct::Reader any(record);
+  using Private = schema::FlowEvent::_capnpPrivate;
+  return any.getDataSection().size() > Private::dataWordSize * sizeof(capnp::word) ||
+         any.getPointerSection().size() > Private::pointerCount;
+}
+
+kj::Array<capnp::word> canonical_as_stored(schema::FlowEvent::Reader record) {
+  if (!larger_than_schema(record)) return capnp::canonicalize(record);
+  capnp::MallocMessageBuilder scratch;
+  auto list = scratch.initRoot<schema::FlowEventBatch>().initEvents(1);
+  list.setWithCaveats(0, record);
+  return capnp::canonicalize(list[0].asReader());
+}
+
+}  // namespace
+
+BatchSealer::BatchSealer(const seal::PrivateKey& key, std::array<std::uint8_t, 16> stream_id,
+                         std::uint64_t next_seq, seal::Digest prev_root)
+    : key_(&key), stream_id_(stream_id), next_seq_(next_seq), prev_root_(prev_root) {}
+
+void BatchSealer::add(schema::FlowEvent::Reader record) {
+  kj::Array<capnp::word> canonical = canonical_as_stored(record);
+  const auto bytes = canonical.asBytes();
+  leaves_.push_back(hasher_.leaf({bytes.begin(), bytes.size()}));
+  if (records_.empty()) {
+    first_ts_ns_ = record.getFirstTsNs();
+    last_ts_ns_ = record.getLastTsNs();
+  } else {
+    first_ts_ns_ = std::min(first_ts_ns_, record.getFirstTsNs());
+    last_ts_ns_ = std::max(last_ts_ns_, record.getLastTsNs());
+  }
+  records_.push_back(kj::mv(canonical));
+}
+
+void BatchSealer::seal(capnp::MessageBuilder& message) {
+  auto batch = message.initRoot<schema::SealedBatch>();
+  auto header = batch.initHeader();
+  const seal::Digest root = hasher_.root(leaves_);
+  header.setStreamId(as_data(stream_id_));
+  header.setSeq(next_seq_);
+  header.setPrevRoot(as_data(prev_root_));
+  header.setMerkleRoot(as_data(root));
+  header.setRecordCount(static_cast<std::uint32_t>(records_.size()));
+  header.setFirstTsNs(records_.empty() ? 0 : first_ts_ns_);
+  header.setLastTsNs(records_.empty() ? 0 : last_ts_ns_);
+  header.setKeyId(as_data(key_->key_id()));
+  header.setAlgorithm(static_cast<schema::SignatureAlgorithm>(key_->algorithm()));
+
+  auto records = batch.initRecords(static_cast<unsigned>(records_.size()));
+  for (unsigned i = 0; i < records_.size(); ++i) {
+    // The canonical form is a single segment with the root pointer first: our own output,
+    // so it can be read unchecked.
+    records.setWithCaveats(i, capnp::readMessageUnchecked<schema::FlowEvent>(records_[i].begin()));
+  }
+
+  const kj::Array<capnp::word> signed_bytes = capnp::canonicalize(header.asReader());
+  const auto bytes = signed_bytes.asBytes();
+  const std::vector<std::uint8_t> signature = key_->sign({bytes.begin(), bytes.size()});
+  batch.setSignature(as_data(signature));
+
+  ++next_seq_;
+  prev_root_ = root;
+  records_.clear();
+  leaves_.clear();
+}
+
+}  // namespace flowseal::signerd

@@ -1,0 +1,59 @@
+// BatchSealer: turns flow records into one signed, hash-chained SealedBatch at a time.
+//
+// Each record is canonicalised and hashed as it is added (RFC 6962 leaf of its canonical
+// Cap'n Proto encoding), so seal() only folds the leaves into the Merkle root, copies the
+// records into the output message and signs the header. The chain position (stream id, next
+// seq, previous root) is the caller's to persist: after seal() it reads next_seq() and
+// prev_root() and stores them, so a restarted signerd continues the chain without a gap.
+//
+// Guarantees: sealing the same records at the same position gives byte-identical output with
+// Ed25519 (deterministic signatures), so a batch re-sealed after a crash is recognisably the
+// same batch. The leaf of a record is the hash of the record exactly as it is stored. The key
+// is borrowed and must outlive the sealer. Not thread-safe.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include <capnp/message.h>
+#include <kj/array.h>
+
+#include "flowseal.capnp.h"
+#include "seal/keys.h"
+#include "seal/merkle.h"
+
+namespace flowseal::signerd {
+
+class BatchSealer {
+ public:
+  BatchSealer(const seal::PrivateKey& key, std::array<std::uint8_t, 16> stream_id,
+              std::uint64_t next_seq, seal::Digest prev_root);
+
+  // Copies and hashes one record into the open batch.
+  void add(schema::FlowEvent::Reader record);
+  std::size_t size() const { return records_.size(); }
+
+  // Builds the SealedBatch root of `message` from the open batch (possibly empty), then
+  // advances the position and starts an empty batch.
+  void seal(capnp::MessageBuilder& message);
+
+  std::uint64_t next_seq() const { return next_seq_; }
+  seal::Digest prev_root() const { return prev_root_; }
+
+ private:
+  const seal::PrivateKey* key_;
+  std::array<std::uint8_t, 16> stream_id_;
+  std::uint64_t next_seq_;
+  seal::Digest prev_root_;
+  seal::MerkleHasher hasher_;
+  // Each record kept in its canonical form: it is what the leaf hashes, and a single-segment
+  // message seal() can read in place to copy the record into the batch.
+  std::vector<kj::Array<capnp::word>> records_;
+  std::vector<seal::Digest> leaves_;
+  std::int64_t first_ts_ns_ = 0;
+  std::int64_t last_ts_ns_ = 0;
+};
+
+}  // namespace flowseal::signerd
