@@ -32,7 +32,33 @@ constexpr std::uint64_t max_frame_for(std::uint64_t capacity) {
   return capacity / 4 - sizeof(FrameHeader);
 }
 
+// If the kernel refuses the heavy side of the asymmetric fence, a sleeper cannot be sure a
+// light-fenced peer sees it, so it re-checks this often instead of trusting a wake.
+constexpr auto kUnfencedSleepSlice = std::chrono::milliseconds(1);
+
 std::byte* data_of(std::span<std::byte> memory) { return memory.data() + sizeof(RingHeader); }
+
+// Each counter has a single writer (one side of one ring), so a plain load and store suffice:
+// no locked read-modify-write on the hot path.
+void add_single_writer(std::atomic<std::uint64_t>& counter, std::uint64_t n) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// The waker's half of the sleep handshake (see futex.h): a store to the ring index, then a
+// load of the peer's "sleeping" flag.
+void waker_fence(bool light) {
+  if (light) {
+    asymmetric_fence_light();
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+// The sleeper's half: after announcing sleep, before re-checking. Returns the longest safe
+// sleep slice.
+std::chrono::milliseconds sleeper_fence(std::chrono::milliseconds slice) {
+  return asymmetric_fence_heavy() ? slice : std::min(slice, kUnfencedSleepSlice);
+}
 
 }  // namespace
 
@@ -106,6 +132,8 @@ RingProducer::RingProducer(std::span<std::byte> memory)
       max_frame_(header_->max_frame),
       head_(header_->head.load(std::memory_order_acquire)),
       cached_tail_(header_->tail.load(std::memory_order_acquire)),
+      published_(head_),
+      light_wake_check_(asymmetric_fence_register()),
       sleep_slice_(kDefaultSleepSlice) {}
 
 bool RingProducer::has_room(std::uint64_t need) {
@@ -146,9 +174,8 @@ std::span<std::byte> RingProducer::reserve(std::size_t length,
   for (;;) {
     const std::uint32_t seq = header_->space_seq.load(std::memory_order_acquire);
     header_->producer_sleeping.store(1, std::memory_order_relaxed);
-    // Pairs with the fence in RingConsumer::commit(): either it sees us sleeping or we see
-    // its new tail.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // Pairs with RingConsumer::commit(): either it sees us sleeping or we see its new tail.
+    const auto slice = sleeper_fence(sleep_slice_);
     if (auto slot = try_reserve(length); slot.data() != nullptr) {
       header_->producer_sleeping.store(0, std::memory_order_relaxed);
       return slot;
@@ -158,8 +185,7 @@ std::span<std::byte> RingProducer::reserve(std::size_t length,
       header_->producer_sleeping.store(0, std::memory_order_relaxed);
       return {};
     }
-    futex_wait(header_->space_seq, seq,
-               std::min<std::chrono::nanoseconds>(deadline - now, sleep_slice_));
+    futex_wait(header_->space_seq, seq, std::min<std::chrono::nanoseconds>(deadline - now, slice));
     header_->producer_sleeping.store(0, std::memory_order_relaxed);
   }
 }
@@ -179,14 +205,16 @@ void RingProducer::commit(std::size_t length) {
 }
 
 void RingProducer::publish() {
-  if (head_ == header_->head.load(std::memory_order_relaxed)) return;
-  header_->frames_in.fetch_add(pending_frames_, std::memory_order_relaxed);
-  header_->bytes_in.fetch_add(pending_bytes_, std::memory_order_relaxed);
+  if (head_ == published_) return;
+  add_single_writer(header_->frames_in, pending_frames_);
+  add_single_writer(header_->bytes_in, pending_bytes_);
   pending_frames_ = pending_bytes_ = 0;
+  published_ = head_;
   header_->head.store(head_, std::memory_order_release);
-  // Pairs with the consumer's seq_cst "sleeping" store followed by its head re-check: one of
-  // the two sides always sees the other, so a wake is never lost.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Pairs with the consumer's "sleeping" store and head re-check in wait(): one of the two
+  // sides always sees the other, so a wake is never lost. The light fence keeps a full
+  // fence (which would wait for the consumer's copy of the head line) off every publish.
+  waker_fence(light_wake_check_);
   if (header_->consumer_sleeping.load(std::memory_order_relaxed)) {
     header_->data_seq.fetch_add(1, std::memory_order_release);
     futex_wake_all(header_->data_seq);
@@ -224,6 +252,7 @@ RingConsumer::RingConsumer(std::span<std::byte> memory)
       max_frame_(header_->max_frame),
       read_(header_->tail.load(std::memory_order_acquire)),
       cached_head_(header_->head.load(std::memory_order_acquire)),
+      light_wake_check_(asymmetric_fence_register()),
       sleep_slice_(kDefaultSleepSlice) {}
 
 std::optional<std::span<const std::byte>> RingConsumer::next() {
@@ -268,13 +297,14 @@ void RingConsumer::advance() {
 }
 
 void RingConsumer::commit() {
-  header_->frames_out.fetch_add(pending_frames_, std::memory_order_relaxed);
-  header_->bytes_out.fetch_add(pending_bytes_, std::memory_order_relaxed);
-  pending_frames_ = pending_bytes_ = 0;
   uncommitted_ = 0;
   if (header_->tail.load(std::memory_order_relaxed) == read_) return;
+  add_single_writer(header_->frames_out, pending_frames_);
+  add_single_writer(header_->bytes_out, pending_bytes_);
+  pending_frames_ = pending_bytes_ = 0;
   header_->tail.store(read_, std::memory_order_release);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Pairs with the producer's "sleeping" store and re-check in reserve().
+  waker_fence(light_wake_check_);
   if (header_->producer_sleeping.load(std::memory_order_relaxed)) {
     header_->space_seq.fetch_add(1, std::memory_order_release);
     futex_wake_all(header_->space_seq);
@@ -298,9 +328,9 @@ bool RingConsumer::wait(std::chrono::milliseconds timeout) {
   for (;;) {
     const std::uint32_t seq = header_->data_seq.load(std::memory_order_acquire);
     header_->consumer_sleeping.store(1, std::memory_order_relaxed);
-    // Pairs with the fence in RingProducer::publish() and close(): either the producer sees
-    // us sleeping or we see its new head (or the closed flag).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // Pairs with RingProducer::publish(): either the producer sees us sleeping or we see its
+    // new head. close() wakes unconditionally after setting the flag.
+    const auto slice = sleeper_fence(sleep_slice_);
     if (has_data() || closed()) {
       header_->consumer_sleeping.store(0, std::memory_order_relaxed);
       return cached_head_ != read_;
@@ -310,8 +340,7 @@ bool RingConsumer::wait(std::chrono::milliseconds timeout) {
       header_->consumer_sleeping.store(0, std::memory_order_relaxed);
       return false;
     }
-    futex_wait(header_->data_seq, seq,
-               std::min<std::chrono::nanoseconds>(deadline - now, sleep_slice_));
+    futex_wait(header_->data_seq, seq, std::min<std::chrono::nanoseconds>(deadline - now, slice));
     header_->consumer_sleeping.store(0, std::memory_order_relaxed);
   }
 }

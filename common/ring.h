@@ -24,7 +24,11 @@
 // — the ring never follows a corrupt length into memory it does not own.
 //
 // Waiting: an idle side sleeps on a futex word in the shared header (no CPU when idle); the
-// other side wakes it only if it announced that it sleeps, so the fast path has no syscall.
+// other side wakes it only if it announced that it sleeps, so the fast path has no syscall,
+// and no full fence either: the sleeper pays for the store-load ordering with membarrier(2)
+// (futex.h), falling back to full fences where the kernel lacks it. A RingProducer or
+// RingConsumer registers the process that constructs it for that fence: construct it in the
+// process that uses it, not before a fork().
 // Every wait takes a timeout so callers can also watch stop flags and heartbeats, and a
 // sleeper re-checks at least every sleep slice (20 ms by default) so that it notices a peer
 // that died between announcing and delivering a wake. Tests set a long slice to prove that
@@ -156,6 +160,8 @@ class RingProducer {
   std::size_t max_frame_;
   std::uint64_t head_;         // private: committed but maybe unpublished
   std::uint64_t cached_tail_;  // private copy of the consumer's tail
+  std::uint64_t published_;    // head as last stored in the header
+  bool light_wake_check_;      // asymmetric fence registered: publish() needs no full fence
   std::uint64_t reserved_at_ = 0;
   std::size_t reserved_len_ = 0;
   bool reserved_ = false;
@@ -196,6 +202,7 @@ class RingConsumer {
   std::uint64_t max_frame_;
   std::uint64_t read_;         // private read cursor (>= shared tail)
   std::uint64_t cached_head_;  // private copy of the producer's head
+  bool light_wake_check_;      // asymmetric fence registered: commit() needs no full fence
   std::uint64_t current_end_ = 0;
   std::uint64_t current_length_ = 0;
   std::uint64_t uncommitted_ = 0;

@@ -75,6 +75,7 @@ struct FlowSlot {
   std::int64_t first_ts;
   std::int64_t last_ts;
   std::int64_t report_ts;  // start or last update: the active timeout counts from here
+  std::int64_t queued_ts;  // last_ts when the flow was last put at its timer list's tail
 
   Direction orig;
   Direction resp;
@@ -103,14 +104,14 @@ struct TableHeader {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 1;
+constexpr std::uint32_t kLayoutVersion = 2;
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
 static_assert(std::is_standard_layout_v<TableHeader> &&
               std::is_trivially_copyable_v<TableHeader>);
 static_assert(sizeof(Direction) == 32);
-static_assert(sizeof(FlowSlot) == 232 && alignof(FlowSlot) == 8);
+static_assert(sizeof(FlowSlot) == 240 && alignof(FlowSlot) == 8);
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 
 }  // namespace detail
@@ -391,7 +392,8 @@ void FlowTable::count_weird(packet::DecodeStatus status) {
 
 FlowSlot& FlowTable::slot(std::uint32_t index) const { return slots_[index]; }
 std::uint32_t& FlowTable::bucket(std::uint64_t hash) const {
-  return buckets_[hash & bucket_mask_];
+  // Re-mixed: capture chose this shard from the same hash, so its low bits are not free.
+  return buckets_[packet::mix64(hash ^ 0x5BD1E9955BD1E995ULL) & bucket_mask_];
 }
 
 // Every list and bucket is derived data: after a crash they are rebuilt from the slots
@@ -436,6 +438,7 @@ void FlowTable::rebuild_indexes() {
     s.hash_next = bucket(s.hash);
     bucket(s.hash) = i;
     s.timer_class = timer_class_of(s);
+    s.queued_ts = s.last_ts;
     List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(i);
   }
   std::stable_sort(live.begin(), live.end(), [this](std::uint32_t a, std::uint32_t b) {
@@ -501,11 +504,16 @@ void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_n
     add_history(s, from_orig, kHistData, 'd');  // as Zeek's UDP analyzer
   }
 
-  // Touched: to the tail of its (maybe new) timer class, which keeps each list in
-  // last-seen order.
-  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
-  s.timer_class = timer_class_of(s);
-  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(index);
+  // A touched flow stays where it is in its timer list (moving it would cost two more cache
+  // misses per packet); expire() and eviction requeue it lazily when it reaches the head
+  // with last_ts past queued_ts. Only a change of class moves it now.
+  const std::uint8_t timer_class = timer_class_of(s);
+  if (timer_class != s.timer_class) {
+    List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
+    s.timer_class = timer_class;
+    s.queued_ts = s.last_ts;
+    List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(index);
+  }
 
   if (is_new) {
     emit(s, schema::EventKind::START, schema::EndReason::NONE, sink);
@@ -550,6 +558,7 @@ std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packe
   s.first_ts = ts_ns;
   s.last_ts = ts_ns;
   s.report_ts = ts_ns;
+  s.queued_ts = ts_ns;
   s.uid = packet::mix64(packet::mix64(hash ^ static_cast<std::uint64_t>(ts_ns)) ^
                         (std::uint64_t{options_.shard} * 0x9E3779B97F4A7C15ULL));
   if (flip) {
@@ -583,7 +592,9 @@ void FlowTable::evict_oldest_in_bucket(std::uint64_t hash, EventSink& sink) {
 }
 
 void FlowTable::evict_oldest(EventSink& sink) {
-  // Each timer list is in last-seen order, so the least recently seen flow is one of the heads.
+  // Once every list's head is settled (not touched since queued), the least recently seen
+  // flow is one of the heads.
+  for (std::uint8_t c = 0; c < kTimerClassCount; ++c) settle_head(c);
   std::uint32_t oldest = kNil;
   for (const ListEnds& ends : header_->timer_lists) {
     if (ends.head != kNil &&
@@ -614,11 +625,27 @@ void FlowTable::end_flow(std::uint32_t index, schema::EndReason reason, EventSin
   ++header_->stats.flows_ended;
 }
 
+// Requeues head flows touched since they were queued, so the head is the list's least
+// recently seen flow. Each requeue pays for at least one packet, so this is O(1) amortised.
+void FlowTable::settle_head(std::uint8_t timer_class) {
+  List<&FlowSlot::timer> list{slots_, header_->timer_lists[timer_class]};
+  while (list.ends.head != kNil) {
+    const std::uint32_t head = list.ends.head;
+    FlowSlot& s = slots_[head];
+    if (s.last_ts <= s.queued_ts) return;
+    s.queued_ts = s.last_ts;
+    list.remove(head);
+    list.push_back(head);
+  }
+}
+
 void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
   for (std::uint8_t c = 0; c < kTimerClassCount; ++c) {
     const std::int64_t timeout = idle_timeout(c);
     ListEnds& ends = header_->timer_lists[c];
-    while (ends.head != kNil && now_ns - slots_[ends.head].last_ts > timeout) {
+    for (;;) {
+      settle_head(c);
+      if (ends.head == kNil || now_ns - slots_[ends.head].last_ts <= timeout) break;
       const FlowSlot& s = slots_[ends.head];
       end_flow(ends.head, c == kTcpClosed ? closed_reason(s) : schema::EndReason::IDLE, sink);
     }

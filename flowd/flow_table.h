@@ -15,9 +15,11 @@
 // flow is ended with reason eviction.
 //
 // Time is the packets' time: on_packet() and expire() take the timestamps the caller has,
-// so a replay of a capture gives the same events, uids included. Idle flows sit in one
-// list per timeout class ordered by last packet, and flows awaiting their active timeout
-// in one list ordered by last report, so expire() only looks at flows that are due.
+// so a replay of a capture gives the same events, uids included. Flows sit in one list per
+// idle-timeout class, requeued lazily in last-seen order (a packet does not move its flow;
+// a head touched since it was queued goes to the tail when expire() or eviction meets it),
+// and in one list in order of last report for the active timeout; so expire() and eviction
+// only look at flows that are due, O(1) amortised.
 //
 // Not thread-safe: one flowd process owns one table.
 #pragma once
@@ -107,6 +109,7 @@ class FlowTable {
                        std::uint64_t hash, std::int64_t ts_ns, EventSink& sink);
   void end_flow(std::uint32_t index, schema::EndReason reason, EventSink& sink);
   void evict_oldest(EventSink& sink);
+  void settle_head(std::uint8_t timer_class);
   void evict_oldest_in_bucket(std::uint64_t hash, EventSink& sink);
   void emit(Slot& slot, schema::EventKind kind, schema::EndReason reason, EventSink& sink);
   void compute_community_id(Slot& slot) const;

@@ -1,0 +1,596 @@
+#include "flow_table.h"
+
+#include <pcap/pcap.h>
+
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <capnp/message.h>
+#include <catch2/catch.hpp>
+
+namespace {
+
+using namespace flowseal;
+using namespace flowseal::flowd;
+using packet::DecodedPacket;
+using schema::EndReason;
+using schema::EventKind;
+
+constexpr std::int64_t kMs = 1'000'000;
+constexpr std::int64_t kSec = 1'000'000'000;
+constexpr std::uint8_t kFin = 0x01, kSyn = 0x02, kRst = 0x04, kPsh = 0x08, kAck = 0x10;
+
+struct Recorder final : EventSink {
+  std::vector<FlowEventData> events;
+  void on_event(const FlowEventData& e) override { events.push_back(e); }
+  std::vector<FlowEventData> of_kind(EventKind kind) const {
+    std::vector<FlowEventData> out;
+    for (const auto& e : events) {
+      if (e.kind == kind) out.push_back(e);
+    }
+    return out;
+  }
+};
+
+// A table over its own zero-filled memory, as the supervisor creates it.
+struct TestTable {
+  explicit TestTable(std::size_t capacity, FlowTableOptions options = {})
+      : memory(FlowTable::bytes_needed(capacity)),
+        table(std::span<std::byte>(memory), capacity, options) {}
+  std::vector<std::byte> memory;
+  FlowTable table;
+};
+
+DecodedPacket v4(std::uint8_t proto, std::uint8_t src, std::uint16_t sport, std::uint8_t dst,
+                 std::uint16_t dport, std::uint8_t flags = 0, std::uint32_t payload = 0) {
+  DecodedPacket p;
+  p.key.ip_version = 4;
+  p.key.proto = proto;
+  p.key.src = {10, 0, 0, src};
+  p.key.dst = {10, 0, 0, dst};
+  p.key.src_port = sport;
+  p.key.dst_port = dport;
+  p.has_ports = true;
+  p.tcp_flags = flags;
+  const std::uint32_t header = proto == 6 ? 20 : 8;
+  p.ip_bytes = 20 + header + payload;
+  p.payload_bytes = payload;
+  return p;
+}
+
+// Client 10.0.0.1:40000 <-> server 10.0.0.2:80.
+DecodedPacket c2s(std::uint8_t flags, std::uint32_t payload = 0) {
+  return v4(6, 1, 40000, 2, 80, flags, payload);
+}
+DecodedPacket s2c(std::uint8_t flags, std::uint32_t payload = 0) {
+  return v4(6, 2, 80, 1, 40000, flags, payload);
+}
+
+FlowTableOptions short_timeouts() {
+  FlowTableOptions o;
+  o.timeouts.tcp_established_idle_ns = 300 * kSec;
+  o.timeouts.tcp_attempt_idle_ns = 5 * kSec;
+  o.timeouts.tcp_closed_linger_ns = 5 * kSec;
+  o.timeouts.udp_idle_ns = 60 * kSec;
+  o.timeouts.icmp_idle_ns = 30 * kSec;
+  o.timeouts.other_idle_ns = 20 * kSec;
+  o.timeouts.active_timeout_ns = 1800 * kSec;
+  return o;
+}
+
+void full_tcp_conversation(FlowTable& table, Recorder& sink, std::int64_t t0 = 0) {
+  table.on_packet(c2s(kSyn), t0 + 0 * kMs, sink);
+  table.on_packet(s2c(kSyn | kAck), t0 + 1 * kMs, sink);
+  table.on_packet(c2s(kAck), t0 + 2 * kMs, sink);
+  table.on_packet(c2s(kPsh | kAck, 100), t0 + 3 * kMs, sink);
+  table.on_packet(s2c(kAck), t0 + 4 * kMs, sink);
+  table.on_packet(s2c(kPsh | kAck, 200), t0 + 5 * kMs, sink);
+  table.on_packet(c2s(kFin | kAck), t0 + 6 * kMs, sink);
+  table.on_packet(s2c(kFin | kAck), t0 + 7 * kMs, sink);
+  table.on_packet(c2s(kAck), t0 + 8 * kMs, sink);
+}
+
+}  // namespace
+
+TEST_CASE("a flow closed by FIN in both directions ends with reason fin after the linger") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);
+  REQUIRE(sink.events.size() == 1);
+  CHECK(sink.events[0].kind == EventKind::START);
+  CHECK(sink.events[0].event_number == 0);
+
+  t.table.expire(8 * kMs + 5 * kSec, sink);  // still lingering for the last ACKs
+  REQUIRE(sink.events.size() == 1);
+  t.table.expire(8 * kMs + 5 * kSec + 1, sink);
+  REQUIRE(sink.events.size() == 2);
+  const FlowEventData& end = sink.events[1];
+  CHECK(end.kind == EventKind::END);
+  CHECK(end.end_reason == EndReason::FIN);
+  CHECK(end.event_number == 1);
+  CHECK(end.uid == sink.events[0].uid);
+  CHECK(end.orig_addr[3] == 1);
+  CHECK(end.resp_addr[3] == 2);
+  CHECK(end.orig_port == 40000);
+  CHECK(end.resp_port == 80);
+  CHECK(end.orig_pkts == 5);
+  CHECK(end.resp_pkts == 4);
+  CHECK(end.orig_bytes == 100);
+  CHECK(end.resp_bytes == 200);
+  CHECK(end.orig_ip_bytes == 5 * 40 + 100);
+  CHECK(end.resp_ip_bytes == 4 * 40 + 200);
+  CHECK(end.orig_tcp_flags == (kSyn | kAck | kPsh | kFin));
+  CHECK(end.resp_tcp_flags == (kSyn | kAck | kPsh | kFin));
+  CHECK(end.first_ts_ns == 0);
+  CHECK(end.last_ts_ns == 8 * kMs);
+  CHECK(end.conn_state.view() == "SF");
+  CHECK(end.history.view() == "ShADadFf");
+  CHECK(end.community_id.view().substr(0, 2) == "1:");
+  CHECK(t.table.active() == 0);
+  const FlowTableStats stats = t.table.stats();
+  CHECK(stats.flows_started == 1);
+  CHECK(stats.flows_ended == 1);
+  CHECK(stats.evictions == 0);
+}
+
+TEST_CASE("a flow already closed by FIN keeps reason fin when the table is flushed") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);
+  t.table.on_packet(v4(17, 1, 5000, 3, 53, 0, 20), 9 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  for (const auto& e : ends) {
+    CHECK(e.end_reason == (e.proto == 6 ? EndReason::FIN : EndReason::SHUTDOWN));
+  }
+  CHECK(t.table.active() == 0);
+}
+
+TEST_CASE("a SYN answered by RST is rejected and ends with reason rst") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kRst | kAck), 1 * kMs, sink);
+  t.table.expire(1 * kMs + 5 * kSec + 1, sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].end_reason == EndReason::RST);
+  CHECK(ends[0].conn_state.view() == "REJ");
+  CHECK(ends[0].history.view() == "Sr");
+}
+
+TEST_CASE("an established connection reset by the originator is RSTO") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  t.table.on_packet(c2s(kPsh | kAck, 10), 3 * kMs, sink);
+  t.table.on_packet(c2s(kRst), 4 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].end_reason == EndReason::RST);
+  CHECK(ends[0].conn_state.view() == "RSTO");
+  CHECK(ends[0].history.view() == "ShADR");
+}
+
+TEST_CASE("conn_state follows Zeek for unanswered and half-open connections") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(v4(6, 1, 1, 9, 22, kSyn), 0, sink);              // S0
+  t.table.on_packet(v4(6, 3, 1, 9, 22, kSyn), 0, sink);              // SYN then own RST
+  t.table.on_packet(v4(6, 3, 1, 9, 22, kRst), 1 * kMs, sink);        // -> RSTOS0
+  t.table.on_packet(v4(6, 4, 1, 9, 22, kAck, 5), 0, sink);           // mid-stream, one side
+  t.table.on_packet(v4(6, 9, 22, 4, 1, kAck, 5), 1 * kMs, sink);     // both sides -> OTH
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 3);
+  for (const auto& e : ends) {
+    INFO("orig " << int(e.orig_addr[3]) << " history " << e.history.view());
+    if (e.orig_addr[3] == 1) CHECK(e.conn_state.view() == "S0");
+    if (e.orig_addr[3] == 3) CHECK(e.conn_state.view() == "RSTOS0");
+    if (e.orig_addr[3] == 4) CHECK(e.conn_state.view() == "OTH");
+  }
+}
+
+TEST_CASE("a SYN-ACK seen first makes its receiver the originator") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(s2c(kSyn | kAck), 0, sink);
+  t.table.on_packet(c2s(kAck), 1 * kMs, sink);
+  REQUIRE(sink.events.size() == 1);
+  CHECK(sink.events[0].orig_addr[3] == 1);
+  CHECK(sink.events[0].orig_port == 40000);
+  CHECK(sink.events[0].resp_pkts == 1);
+  CHECK(sink.events[0].orig_pkts == 0);
+  t.table.flush(sink);
+  CHECK(sink.events.back().history.view() == "^hA");
+  CHECK(sink.events.back().orig_pkts == 1);
+}
+
+TEST_CASE("a UDP flow counts both directions") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(v4(17, 1, 5353, 2, 53, 0, 30), 0, sink);
+  t.table.on_packet(v4(17, 2, 53, 1, 5353, 0, 120), 2 * kMs, sink);
+  t.table.on_packet(v4(17, 1, 5353, 2, 53, 0, 30), 3 * kMs, sink);
+  t.table.flush(sink);
+  REQUIRE(sink.events.size() == 2);
+  const FlowEventData& end = sink.events[1];
+  CHECK(end.end_reason == EndReason::SHUTDOWN);
+  CHECK(end.orig_pkts == 2);
+  CHECK(end.resp_pkts == 1);
+  CHECK(end.orig_bytes == 60);
+  CHECK(end.resp_bytes == 120);
+  CHECK(end.orig_ip_bytes == 2 * 58);
+  CHECK(end.resp_ip_bytes == 148);
+  CHECK(end.conn_state.view() == "SF");
+  CHECK(end.history.view() == "Dd");
+}
+
+TEST_CASE("an ICMP echo request and its reply are one flow") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(v4(1, 1, 8, 2, 0, 0, 56), 0, sink);  // echo request: type 8 code 0
+  t.table.on_packet(v4(1, 2, 0, 1, 0, 0, 56), 1 * kMs, sink);  // echo reply: type 0 code 0
+  t.table.flush(sink);
+  REQUIRE(sink.events.size() == 2);
+  CHECK(sink.events[1].orig_port == 8);
+  CHECK(sink.events[1].resp_port == 0);
+  CHECK(sink.events[1].orig_pkts == 1);
+  CHECK(sink.events[1].resp_pkts == 1);
+}
+
+TEST_CASE("idle flows end after their protocol's idle timeout") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(v4(17, 1, 1000, 2, 53), 0, sink);  // UDP: 60 s
+  t.table.on_packet(v4(1, 1, 8, 2, 0), 0, sink);        // ICMP: 30 s
+  t.table.on_packet(v4(47, 1, 0, 2, 0), 0, sink);       // GRE (other): 20 s
+  t.table.on_packet(c2s(kSyn), 0, sink);                // TCP attempt: 5 s
+  t.table.on_packet(v4(6, 5, 1, 6, 2, kSyn), 0, sink);  // TCP established: 300 s
+  t.table.on_packet(v4(6, 6, 2, 5, 1, kSyn | kAck), 1, sink);
+  t.table.on_packet(v4(6, 5, 1, 6, 2, kAck), 2, sink);
+  REQUIRE(sink.events.size() == 5);
+
+  auto ended_protos = [&] {
+    std::vector<int> out;
+    for (const auto& e : sink.of_kind(EventKind::END)) {
+      CHECK(e.end_reason == EndReason::IDLE);
+      out.push_back(e.proto);
+    }
+    return out;
+  };
+  t.table.expire(5 * kSec, sink);
+  CHECK(ended_protos().empty());
+  t.table.expire(5 * kSec + 1, sink);
+  CHECK(ended_protos() == std::vector<int>{6});
+  t.table.expire(20 * kSec + 1, sink);
+  CHECK(ended_protos() == std::vector<int>{6, 47});
+  t.table.expire(30 * kSec + 1, sink);
+  CHECK(ended_protos() == std::vector<int>{6, 47, 1});
+  t.table.expire(60 * kSec + 1, sink);
+  CHECK(ended_protos() == std::vector<int>{6, 47, 1, 17});
+  CHECK(t.table.active() == 1);
+  t.table.expire(300 * kSec + 3, sink);
+  CHECK(ended_protos() == std::vector<int>{6, 47, 1, 17, 6});
+  CHECK(t.table.active() == 0);
+}
+
+TEST_CASE("a packet after the idle timeout starts a new flow even before expire runs") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(v4(17, 1, 1000, 2, 53), 0, sink);
+  t.table.on_packet(v4(17, 1, 1000, 2, 53), 61 * kSec, sink);
+  REQUIRE(sink.events.size() == 3);
+  CHECK(sink.events[1].kind == EventKind::END);
+  CHECK(sink.events[1].end_reason == EndReason::IDLE);
+  CHECK(sink.events[2].kind == EventKind::START);
+  CHECK(sink.events[2].uid != sink.events[0].uid);
+}
+
+TEST_CASE("a new SYN on a closed connection's ports starts a new flow") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);
+  t.table.on_packet(c2s(kSyn), 1 * kSec, sink);
+  REQUIRE(sink.events.size() == 3);
+  CHECK(sink.events[1].end_reason == EndReason::FIN);
+  CHECK(sink.events[2].kind == EventKind::START);
+  CHECK(t.table.active() == 1);
+}
+
+TEST_CASE("a long flow emits an update at each active timeout and goes on") {
+  FlowTableOptions o = short_timeouts();
+  o.timeouts.active_timeout_ns = 30 * kSec;
+  TestTable t(64, o);
+  Recorder sink;
+  for (int i = 0; i <= 10; ++i) {
+    t.table.on_packet(v4(17, 1, 1000, 2, 53, 0, 10), i * 10 * kSec, sink);
+    t.table.expire(i * 10 * kSec, sink);
+  }
+  const auto updates = sink.of_kind(EventKind::UPDATE);
+  REQUIRE(updates.size() == 3);  // at 30, 60 and 90 s
+  for (std::size_t i = 0; i < updates.size(); ++i) {
+    CHECK(updates[i].end_reason == EndReason::ACTIVE);
+    CHECK(updates[i].event_number == i + 1);
+    CHECK(updates[i].uid == sink.events[0].uid);
+  }
+  CHECK(updates[0].orig_pkts == 4);
+  CHECK(sink.of_kind(EventKind::END).empty());
+  t.table.flush(sink);
+  CHECK(sink.events.back().event_number == 4);
+  CHECK(sink.events.back().orig_pkts == 11);
+  CHECK(t.table.stats().updates == 3);
+}
+
+TEST_CASE("a quiet flow past the active timeout gets its update from expire") {
+  FlowTableOptions o = short_timeouts();
+  o.timeouts.active_timeout_ns = 30 * kSec;
+  o.timeouts.udp_idle_ns = 100 * kSec;
+  TestTable t(64, o);
+  Recorder sink;
+  t.table.on_packet(v4(17, 1, 1000, 2, 53), 0, sink);
+  t.table.expire(29 * kSec, sink);
+  CHECK(sink.events.size() == 1);
+  t.table.expire(30 * kSec, sink);
+  REQUIRE(sink.events.size() == 2);
+  CHECK(sink.events[1].kind == EventKind::UPDATE);
+  t.table.expire(59 * kSec, sink);
+  CHECK(sink.events.size() == 2);
+}
+
+TEST_CASE("a full table evicts the least recently seen flow") {
+  TestTable t(4, short_timeouts());
+  Recorder sink;
+  for (std::uint8_t i = 1; i <= 4; ++i) t.table.on_packet(v4(17, i, 1000, 100, 53), i, sink);
+  t.table.on_packet(v4(17, 1, 1000, 100, 53), 10, sink);  // flow 1 is fresh again
+  CHECK(t.table.active() == 4);
+  t.table.on_packet(v4(17, 5, 1000, 100, 53), 11, sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].end_reason == EndReason::EVICTION);
+  CHECK(ends[0].orig_addr[3] == 2);
+  CHECK(t.table.active() == 4);
+  CHECK(t.table.stats().evictions == 1);
+  for (std::uint8_t i = 6; i <= 20; ++i) t.table.on_packet(v4(17, i, 1000, 100, 53), 20 + i, sink);
+  CHECK(t.table.active() == 4);
+  CHECK(t.table.stats().evictions == 16);
+  CHECK(sink.of_kind(EventKind::START).size() == 20);
+}
+
+TEST_CASE("a table re-attached to the same memory resumes every active flow") {
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(100));
+  Recorder sink;
+  std::uint64_t uid = 0;
+  {
+    FlowTable first(memory, 100, o);
+    CHECK_FALSE(first.resumed());
+    for (std::uint8_t i = 1; i <= 50; ++i) first.on_packet(v4(17, i, 1000, 200, 53), i, sink);
+    first.on_packet(c2s(kSyn), 100, sink);
+    first.on_packet(s2c(kSyn | kAck), 101, sink);
+    uid = sink.events.back().uid;
+    CHECK(first.active() == 51);
+  }
+  FlowTable second(memory, 100, o);
+  CHECK(second.resumed());
+  CHECK(second.active() == 51);
+  CHECK(second.stats().flows_started == 51);
+  const std::size_t before = sink.events.size();
+  second.on_packet(c2s(kAck), 102, sink);
+  second.on_packet(v4(17, 7, 1000, 200, 53), 103, sink);
+  CHECK(sink.events.size() == before);  // known flows: no new start
+  second.expire(5 * kSec + 50, sink);   // UDP flows are not idle yet, nothing ends
+  CHECK(sink.events.size() == before);
+  second.flush(sink);
+  CHECK(sink.of_kind(EventKind::END).size() == 51);
+  for (const auto& e : sink.of_kind(EventKind::END)) {
+    if (e.uid == uid) {
+      CHECK(e.history.view() == "ShA");
+      CHECK(e.conn_state.view() == "S1");
+      CHECK(e.orig_pkts == 2);
+      CHECK(e.resp_pkts == 1);
+      CHECK(e.event_number == 1);
+    }
+    if (e.proto == 17 && e.orig_addr[3] == 7) CHECK(e.orig_pkts == 2);
+  }
+
+  // Another capacity is another layout: the memory is formatted afresh.
+  FlowTable other(memory, 50, o);
+  CHECK_FALSE(other.resumed());
+  CHECK(other.active() == 0);
+}
+
+TEST_CASE("a resumed table still evicts in least-recently-seen order") {
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(3));
+  Recorder sink;
+  {
+    FlowTable first(memory, 3, o);
+    first.on_packet(v4(17, 1, 1, 9, 53), 30, sink);
+    first.on_packet(v4(17, 2, 1, 9, 53), 10, sink);
+    first.on_packet(v4(17, 3, 1, 9, 53), 20, sink);
+  }
+  FlowTable second(memory, 3, o);
+  second.on_packet(v4(17, 4, 1, 9, 53), 40, sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_addr[3] == 2);
+}
+
+TEST_CASE("uids are the same on a replay and differ between shards") {
+  auto uids = [](std::uint32_t shard) {
+    FlowTableOptions o = short_timeouts();
+    o.shard = shard;
+    TestTable t(64, o);
+    Recorder sink;
+    full_tcp_conversation(t.table, sink, 1'700'000'000 * kSec);
+    t.table.on_packet(v4(17, 1, 1000, 2, 53), 1'700'000'001 * kSec, sink);
+    std::vector<std::uint64_t> out;
+    for (const auto& e : sink.events) out.push_back(e.uid);
+    return out;
+  };
+  const auto a = uids(0);
+  REQUIRE(a.size() == 2);
+  CHECK(a[0] != a[1]);
+  CHECK(uids(0) == a);
+  CHECK(uids(1) != a);
+}
+
+TEST_CASE("bytes_needed grows with capacity and the constructor rejects too little memory") {
+  std::size_t last = 0;
+  for (std::size_t c = 1; c < 5000; c += 7) {
+    CHECK(FlowTable::bytes_needed(c) >= last);
+    last = FlowTable::bytes_needed(c);
+  }
+  std::vector<std::byte> small(FlowTable::bytes_needed(10) - 1);
+  CHECK_THROWS_AS(FlowTable(small, 10, {}), std::invalid_argument);
+  CHECK_THROWS_AS(FlowTable(small, 0, {}), std::invalid_argument);
+}
+
+TEST_CASE("weird packets are counted by kind") {
+  TestTable t(8);
+  t.table.count_weird(packet::DecodeStatus::kTruncatedIp);
+  t.table.count_weird(packet::DecodeStatus::kTruncatedIp);
+  t.table.count_weird(packet::DecodeStatus::kBadTransport);
+  const auto stats = t.table.stats();
+  CHECK(stats.weird[static_cast<std::size_t>(packet::DecodeStatus::kTruncatedIp)] == 2);
+  CHECK(stats.weird[static_cast<std::size_t>(packet::DecodeStatus::kBadTransport)] == 1);
+}
+
+TEST_CASE("an event encodes into a FlowEvent with every field") {
+  TestTable t(8);
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);
+  t.table.flush(sink);
+  const FlowEventData& e = sink.events.back();
+  capnp::MallocMessageBuilder message;
+  auto builder = message.initRoot<schema::FlowEvent>();
+  encode(e, builder);
+  auto r = builder.asReader();
+  CHECK(r.getUid() == e.uid);
+  CHECK(r.getKind() == EventKind::END);
+  CHECK(r.getEventNumber() == 1);
+  CHECK(r.getEndReason() == EndReason::FIN);
+  CHECK(r.getProto() == 6);
+  REQUIRE(r.getOrigAddr().size() == 4);
+  CHECK(r.getOrigAddr()[3] == 1);
+  CHECK(r.getRespAddr()[3] == 2);
+  CHECK(r.getOrigPort() == 40000);
+  CHECK(r.getRespPort() == 80);
+  CHECK(r.getOrigPkts() == 5);
+  CHECK(r.getRespBytes() == 200);
+  CHECK(r.getLastTsNs() == 8 * kMs);
+  CHECK(std::string(r.getConnState().cStr()) == "SF");
+  CHECK(std::string(r.getHistory().cStr()) == "ShADadFf");
+  CHECK(std::string(r.getCommunityId().cStr()) == std::string(e.community_id.view()));
+  CHECK(r.getFlowCount() == 1);
+  CHECK(r.getSamplingRate() == 1.0f);
+}
+
+namespace {
+
+struct PcapCloser {
+  void operator()(pcap_t* p) const { pcap_close(p); }
+};
+
+std::string testdata(const std::string& name) {
+  return std::string(FLOWSEAL_FLOWD_TESTDATA) + "/" + name;
+}
+
+// Feeds a capture to the table; returns the decoded packets' count.
+int feed_pcap(FlowTable& table, const std::string& name, EventSink& sink) {
+  char error[PCAP_ERRBUF_SIZE] = {};
+  std::unique_ptr<pcap_t, PcapCloser> handle(pcap_open_offline(testdata(name).c_str(), error));
+  INFO(name << ": " << error);
+  REQUIRE(handle);
+  pcap_pkthdr* header = nullptr;
+  const u_char* data = nullptr;
+  int fed = 0;
+  while (pcap_next_ex(handle.get(), &header, &data) == 1) {
+    DecodedPacket p;
+    if (packet::decode(pcap_datalink(handle.get()), {data, header->caplen}, header->len, p) !=
+        packet::DecodeStatus::kOk) {
+      continue;
+    }
+    const std::int64_t ts = std::int64_t{header->ts.tv_sec} * kSec + header->ts.tv_usec * 1000;
+    table.on_packet(p, ts, sink);
+    ++fed;
+  }
+  return fed;
+}
+
+std::array<std::uint8_t, 16> parse_addr(const std::string& text) {
+  std::array<std::uint8_t, 16> out{};
+  if (text.find(':') != std::string::npos) {
+    REQUIRE(inet_pton(AF_INET6, text.c_str(), out.data()) == 1);
+  } else {
+    REQUIRE(inet_pton(AF_INET, text.c_str(), out.data()) == 1);
+  }
+  return out;
+}
+
+void check_community_ids(const std::string& baseline, std::uint16_t seed) {
+  FlowTableOptions o;
+  o.community_id_seed = seed;
+  TestTable t(1024, o);
+  Recorder sink;
+  int fed = 0;
+  for (const char* pcap : {"icmp.pcap", "icmp6.pcap", "ipv6.pcap", "rsvp.pcap", "sctp.pcap",
+                           "tcp.pcap", "udp.pcap"}) {
+    fed += feed_pcap(t.table, pcap, sink);
+  }
+  CHECK(fed > 30);
+  std::ifstream in(testdata(baseline));
+  REQUIRE(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string json = ss.str();
+  const std::regex entry(
+      R"re(\{"proto": (\d+), "saddr": "([^"]+)", "daddr": "([^"]+)", "sport": (\d+|null), "dport": (\d+|null), "communityid": "([^"]+)"\})re");
+  int checked = 0;
+  for (auto it = std::sregex_iterator(json.begin(), json.end(), entry);
+       it != std::sregex_iterator(); ++it) {
+    const auto& m = *it;
+    const int proto = std::stoi(m[1]);
+    const auto saddr = parse_addr(m[2]);
+    const auto daddr = parse_addr(m[3]);
+    const bool ports = m[4] != "null";
+    const int sport = ports ? std::stoi(m[4]) : 0;
+    const int dport = ports ? std::stoi(m[5]) : 0;
+    INFO(m[0]);
+    bool found = false;
+    for (const auto& e : sink.of_kind(EventKind::START)) {
+      if (e.proto != proto) continue;
+      const bool forward = e.orig_addr == saddr && e.resp_addr == daddr &&
+                           (!ports || (e.orig_port == sport && e.resp_port == dport));
+      const bool backward = e.orig_addr == daddr && e.resp_addr == saddr &&
+                            (!ports || (e.orig_port == dport && e.resp_port == sport));
+      if (forward || backward) {
+        CHECK(std::string(e.community_id.view()) == m[6].str());
+        found = true;
+      }
+    }
+    CHECK(found);
+    ++checked;
+  }
+  CHECK(checked >= 20);
+}
+
+}  // namespace
+
+TEST_CASE("Community IDs equal the spec's golden values with seed 0") {
+  check_community_ids("baseline_deflt.json", 0);
+}
+
+TEST_CASE("Community IDs equal the spec's golden values with seed 1") {
+  check_community_ids("baseline_seed1.json", 1);
+}

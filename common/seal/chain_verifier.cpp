@@ -122,6 +122,7 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
       content.push_back(fmt::format("lastTsNs is {} but the latest record ends at {}",
                                     header.getLastTsNs(), last_ts));
     }
+    bool authentic = false;
     const auto key = keys_.find(key_id);
     if (key == keys_.end()) {
       content.push_back(fmt::format("signed with key {}, which is not a trusted key",
@@ -135,6 +136,8 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
       } else if (!key->second.verify(canonical_bytes(header), as_span(batch.getSignature()))) {
         content.push_back(
             fmt::format("signature does not verify with key {}", to_hex(key_id)));
+      } else {
+        authentic = true;
       }
     }
 
@@ -162,7 +165,7 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
                                 next_seq_, seq - 1, next_seq_, seq);
       problem.seq = next_seq_;  // the batch that is gone is the one to name
       if (!content.empty()) content.front() = fmt::format("batch seq {}: {}", seq, content.front());
-    } else if (prev_root != prev_root_) {
+    } else if (prev_root_trusted_ && prev_root != prev_root_) {
       chain = fmt::format("prevRoot {} does not match the Merkle root {} of batch seq {}",
                           to_hex(prev_root), to_hex(prev_root_), seq - 1);
     }
@@ -182,6 +185,7 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
     if (advance) {
       next_seq_ = seq + 1;
       prev_root_ = merkle_root;
+      prev_root_trusted_ = authentic;
       summary_.last_seq = seq;
     }
 

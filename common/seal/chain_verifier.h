@@ -61,6 +61,10 @@ class ChainVerifier {
   std::array<std::uint8_t, 16> stream_id_{};
   std::uint64_t next_seq_ = 0;
   Digest prev_root_{};
+  // False after a batch whose header is not authentic (bad signature, unknown key): its
+  // merkleRoot proves nothing, so the next batch's prevRoot is taken as it is rather than
+  // reported a second time.
+  bool prev_root_trusted_ = true;
 };
 
 }  // namespace flowseal::seal

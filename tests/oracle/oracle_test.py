@@ -49,7 +49,7 @@ CAPTURES = [
     ("KakaoTalk_talk.pcap", "Linux cooked capture (SLL), mostly UDP"),
     ("sites.pcapng", "pcapng with 22 interfaces, IPv4 + IPv6, years apart"),
     ("synscan.pcap", "a SYN scan: ~2000 short flows, RSTs"),
-    ("iphone.pcap", "IPv4 + IPv6, ICMP errors quoting TCP/UDP headers"),
+    ("iphone.pcap", "IPv4 + IPv6, ICMP errors quoting UDP headers"),
     ("wikipedia.pcap", "IPv4 + IPv6, non-IP LLC frames"),
 ]
 
