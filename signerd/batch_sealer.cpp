@@ -7,6 +7,14 @@
 namespace flowseal::signerd {
 namespace {
 
+// seal() casts the key's Algorithm to the schema's enum.
+static_assert(static_cast<int>(seal::Algorithm::kEd25519) ==
+              static_cast<int>(schema::SignatureAlgorithm::ED25519));
+static_assert(static_cast<int>(seal::Algorithm::kEcdsaP256) ==
+              static_cast<int>(schema::SignatureAlgorithm::ECDSA_P256));
+static_assert(static_cast<int>(seal::Algorithm::kRsa4096) ==
+              static_cast<int>(schema::SignatureAlgorithm::RSA4096));
+
 capnp::Data::Reader as_data(std::span<const std::uint8_t> bytes) {
   return {bytes.data(), bytes.size()};
 }

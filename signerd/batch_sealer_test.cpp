@@ -285,6 +285,18 @@ TEST_CASE("an untouched chain verifies and the summary counts it") {
   CHECK(summary.first_ts_ns == 100'000'000'000LL);
 }
 
+TEST_CASE("a chain read back from its stored bytes verifies") {
+  TempDir dir;
+  const auto key = make_key(dir, "k");
+  const auto chain = make_chain(key.priv, 3);
+  seal::ChainVerifier verifier(trusting(key));
+  for (const auto& batch : chain) {
+    const kj::Array<capnp::word> stored = flat(*batch);
+    capnp::FlatArrayMessageReader message(stored);
+    CHECK_FALSE(verifier.check(message.getRoot<schema::SealedBatch>()));
+  }
+}
+
 TEST_CASE("a chain may start at any seq, which the summary records") {
   TempDir dir;
   const auto key = make_key(dir, "k");
@@ -466,6 +478,21 @@ TEST_CASE("a header whose times or count disagree with its records is found") {
   CHECK(problems[0].seq == 1);
   CHECK_THAT(problems[0].what, Catch::Contains("firstTsNs is") &&
                                    Catch::Contains("signature does not verify"));
+}
+
+TEST_CASE("a record whose time was moved outside the signed range is named by its index") {
+  TempDir dir;
+  const auto key = make_key(dir, "k");
+  auto chain = make_chain(key.priv, 3);
+  auto batch = chain[2]->getRoot<schema::SealedBatch>();
+  batch.getRecords()[3].setLastTsNs(batch.getHeader().getLastTsNs() + 1);
+  const auto problems = verify(key, chain, in_order(3));
+  INFO(describe(problems));
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].seq == 2);
+  CHECK(problems[0].record == std::optional<std::uint32_t>(3));
+  CHECK_THAT(problems[0].what, Catch::Contains("Merkle root does not match") &&
+                                   Catch::Contains("but the latest record ends at"));
 }
 
 TEST_CASE("a flipped byte anywhere in a stored batch is found unless it changes nothing") {

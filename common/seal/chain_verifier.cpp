@@ -91,6 +91,7 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
     leaves.reserve(records.size());
     std::int64_t first_ts = std::numeric_limits<std::int64_t>::max();
     std::int64_t last_ts = std::numeric_limits<std::int64_t>::min();
+    std::uint32_t first_index = 0, last_index = 0;
     for (std::uint32_t i = 0; i < records.size(); ++i) {
       const auto record = records[i];
       try {
@@ -103,8 +104,14 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
             fmt::format("record {} cannot be read: {}", i, e.getDescription().cStr()));
         break;
       }
-      first_ts = std::min(first_ts, record.getFirstTsNs());
-      last_ts = std::max(last_ts, record.getLastTsNs());
+      if (record.getFirstTsNs() < first_ts) {
+        first_ts = record.getFirstTsNs();
+        first_index = i;
+      }
+      if (record.getLastTsNs() > last_ts) {
+        last_ts = record.getLastTsNs();
+        last_index = i;
+      }
     }
     if (records.size() == 0) first_ts = last_ts = 0;
     if (header.getRecordCount() != records.size()) {
@@ -114,11 +121,15 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
     if (leaves.size() == records.size() && hasher.root(leaves) != merkle_root) {
       content.push_back("Merkle root does not match the records");
     }
+    // A record outside the header's time range is the one that changed (if the header is
+    // authentic): it can be named, where a Merkle mismatch alone cannot say which.
     if (leaves.size() == records.size() && header.getFirstTsNs() != first_ts) {
+      if (first_ts < header.getFirstTsNs() && !problem.record) problem.record = first_index;
       content.push_back(fmt::format("firstTsNs is {} but the earliest record starts at {}",
                                     header.getFirstTsNs(), first_ts));
     }
     if (leaves.size() == records.size() && header.getLastTsNs() != last_ts) {
+      if (last_ts > header.getLastTsNs() && !problem.record) problem.record = last_index;
       content.push_back(fmt::format("lastTsNs is {} but the latest record ends at {}",
                                     header.getLastTsNs(), last_ts));
     }
@@ -128,6 +139,7 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
       content.push_back(fmt::format("signed with key {}, which is not a trusted key",
                                     to_hex(key_id)));
     } else {
+      // The schema's enum and Algorithm share their values (batch_sealer.cpp asserts it).
       const auto algorithm = static_cast<Algorithm>(header.getAlgorithm());
       if (algorithm != key->second.algorithm()) {
         content.push_back(fmt::format("header names algorithm {} but key {} is {}",

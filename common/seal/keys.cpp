@@ -299,8 +299,10 @@ PrivateKey PrivateKey::load(const std::filesystem::path& file) {
   SecretBytes pem = read_all(fd.get(), file);
   BioPtr bio(BIO_new_mem_buf(pem.bytes.data(), static_cast<int>(pem.bytes.size())));
   if (!bio) fail(file, "cannot allocate a memory BIO");
-  EvpPkeyPtr pkey(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
-  if (!pkey) fail(file, "not a PEM private key");
+  // A daemon must never stop to ask for a passphrase on a terminal (OpenSSL's default).
+  pem_password_cb* no_passphrase = [](char*, int, int, void*) { return 0; };
+  EvpPkeyPtr pkey(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
+  if (!pkey) fail(file, "not a PEM private key (or an encrypted one: use an unencrypted key)");
 
   auto state = std::make_unique<State>();
   state->algorithm = algorithm_of(pkey.get(), file);

@@ -10,6 +10,9 @@
 #include <stdexcept>
 #include <string>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
 #include "seal/keys.h"
 
 namespace seal = flowseal::seal;
@@ -123,6 +126,24 @@ TEST_CASE("a missing or garbled key file is an error naming the file") {
   CHECK_THROWS_WITH(seal::PrivateKey::load(junk),
                     Catch::Contains(junk.string()) && Catch::Contains("not a PEM private key"));
   CHECK_THROWS_WITH(seal::PublicKey::load(junk), Catch::Contains(junk.string()));
+}
+
+TEST_CASE("an encrypted private key is refused without asking for a passphrase") {
+  TempDir dir;
+  const auto key = dir / "enc.key";
+  {
+    EVP_PKEY* pkey = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
+    REQUIRE(pkey != nullptr);
+    BIO* out = BIO_new_file(key.c_str(), "w");
+    REQUIRE(out != nullptr);
+    char passphrase[] = "secret";
+    CHECK(PEM_write_bio_PKCS8PrivateKey(out, pkey, EVP_aes_256_cbc(), passphrase,
+                                        sizeof passphrase - 1, nullptr, nullptr) == 1);
+    BIO_free(out);
+    EVP_PKEY_free(pkey);
+  }
+  ::chmod(key.c_str(), 0600);
+  CHECK_THROWS_WITH(seal::PrivateKey::load(key), Catch::Contains("encrypted"));
 }
 
 TEST_CASE("the key id is SHA-256 of the public key's DER, the same from either half") {
