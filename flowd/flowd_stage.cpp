@@ -29,8 +29,12 @@ class EventBatchWriter final : public EventSink {
 
   void on_event(const FlowEventData& event) override {
     pending_.push_back(event);
+    // capture samples whole flows by hash, so the rate in force when an event is made is
+    // the one its flow was kept at.
+    pending_.back().sampling_rate = sampling_rate_;
     if (pending_.size() >= kEventsPerFrame) write_pending();
   }
+  void set_sampling_rate(float rate) { sampling_rate_ = rate; }
   // Writes what is pending and publishes; returns the number of events written.
   std::uint64_t flush() {
     write_pending();
@@ -60,6 +64,7 @@ class EventBatchWriter final : public EventSink {
   StageRuntime& runtime_;
   std::vector<FlowEventData> pending_;
   std::uint64_t written_ = 0;
+  float sampling_rate_ = 1.0f;
 };
 
 FlowTimeouts timeouts_from(const FlowdConfig& c) {
@@ -141,6 +146,7 @@ int run_flowd(StageRuntime& runtime) {
       const auto data = batch.getData();
       const auto index = batch.getIndex();
       std::uint64_t seq = batch.getFirstSeq();
+      writer.set_sampling_rate(batch.getSamplingRate());
       std::int64_t last_ts = 0;
       std::uint64_t packets = 0, not_ip = 0, malformed = 0;
       for (auto ref : index) {
