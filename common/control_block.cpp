@@ -42,6 +42,13 @@ std::size_t slot_index(StageKind kind, std::size_t shard, std::size_t shards) {
   return 0;
 }
 
+std::string slot_name(const ControlBlock& control, std::size_t index) {
+  const StageSlot& slot = control.slots[index];
+  const auto kind = static_cast<StageKind>(slot.kind.load());
+  return kind == StageKind::kFlowd ? fmt::format("flowd[{}]", slot.shard.load())
+                                   : std::string(to_string(kind));
+}
+
 ControlBlock& control_block_format(std::span<std::byte> memory, std::size_t shards) {
   if (memory.size() < sizeof(ControlBlock)) {
     throw std::invalid_argument("control block memory too small");

@@ -90,7 +90,7 @@ struct alignas(64) StageSlot {
 
 struct alignas(64) ControlBlock {
   static constexpr std::uint64_t kMagic = 0x314C5443'53574C46ULL;  // "FLWSCTL1"
-  static constexpr std::uint32_t kLayoutVersion = 1;
+  static constexpr std::uint32_t kLayoutVersion = 2;
 
   std::uint64_t magic;
   std::uint32_t layout_version;
@@ -100,6 +100,9 @@ struct alignas(64) ControlBlock {
   std::atomic<std::uint32_t> pressure_level;  // 0 LOW .. 3 CRITICAL
   std::atomic<std::uint32_t> ready;           // all stages started
   std::atomic<std::int64_t> created_ns;       // CLOCK_REALTIME at creation
+  // `flowseal restart STAGE` sets bit i to ask the supervisor to restart slot i; the
+  // supervisor clears the bits it has acted on.
+  std::atomic<std::uint64_t> restart_requests;
 
   // slots: capture, flowd[0..shards), dedupd, signerd, writerd
   StageSlot slots[3 + kMaxShards + 1];
@@ -110,6 +113,8 @@ static_assert(std::is_standard_layout_v<ControlBlock>);
 
 // Slot index of a stage (shard only for flowd).
 std::size_t slot_index(StageKind kind, std::size_t shard, std::size_t shards);
+// "capture", "flowd[1]", ... for slot i.
+std::string slot_name(const ControlBlock& control, std::size_t index);
 
 // Formats a fresh control block in zeroed memory; attach checks magic and version and throws
 // std::runtime_error naming the mismatch.

@@ -2,6 +2,7 @@
 // (bad config, unreadable files) are thrown and turned into one line by main.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,20 +24,65 @@ int run_command(const RunOptions& options);
 struct CatOptions {
   std::string path;
   bool all_events = false;
+  std::string since;               // RFC 3339 or epoch seconds: flows that end at or after it
+  std::string until;               // flows that start before it
+  std::vector<std::string> hosts;  // an address or CIDR prefix, either side of the flow
+  std::vector<std::uint32_t> ports;  // either side
+  std::string format = "json";     // json | tsv
 };
 int cat_command(const CatOptions& options);
 
 struct VerifyOptions {
   std::string dir;
   std::string public_key;
+  std::string proof_event;  // --proof EVENT_ID: print that record's inclusion proof
 };
 int verify_command(const VerifyOptions& options);
+
+// `flowseal verify-proof FILE`: checks a proof `verify --proof` printed, on its own.
+struct VerifyProofOptions {
+  std::string file;
+  std::string public_key;  // pin: the proof's key must be this one
+};
+int verify_proof_command(const VerifyProofOptions& options);
+
+// `flowseal debug rewrite SEGMENT ...` (hidden): damages a closed segment in ways only the
+// seal can catch (frames and CRCs stay valid), for the tamper tests. `seq:index` pairs.
+struct DebugRewriteOptions {
+  std::string segment;
+  std::vector<std::string> edit_records;  // SEQ:INDEX: origPkts + 1
+  std::vector<std::string> drop_records;  // SEQ:INDEX
+  std::vector<std::uint64_t> drop_batches;
+  std::string swap;                       // SEQ:SEQ
+  std::vector<std::uint64_t> reseal;      // re-signed with `key`
+  std::string key;
+};
+int debug_rewrite_command(const DebugRewriteOptions& options);
 
 struct KeygenOptions {
   std::string private_key;
   std::string algorithm = "ed25519";
 };
 int keygen_command(const KeygenOptions& options);
+
+struct StatusOptions {
+  std::string instance = "default";
+  bool json = false;
+};
+int status_command(const StatusOptions& options);
+
+struct StopOptions {
+  std::string instance = "default";
+  int timeout_s = 60;
+};
+int stop_command(const StopOptions& options);
+
+struct RestartOptions {
+  std::string instance = "default";
+  std::string stage;  // capture | flowd | flowd[N] | dedupd | signerd | writerd
+  int timeout_s = 15;
+};
+int restart_command(const RestartOptions& options);
 
 struct ConfigCheckOptions {
   std::string config_file;

@@ -37,13 +37,42 @@ int main(int argc, char** argv) {
   auto* cat_cmd = app.add_subcommand("cat", "print stored flow records as JSON lines");
   cat_cmd->add_option("path", cat.path, "output directory or segment file")->required();
   cat_cmd->add_flag("--events", cat.all_events, "every start/update/end event, not only ends");
+  cat_cmd->add_option("--since", cat.since,
+                      "flows that end at or after this time (RFC 3339 or epoch seconds)");
+  cat_cmd->add_option("--until", cat.until, "flows that start before this time");
+  cat_cmd->add_option("--host", cat.hosts, "address or CIDR prefix on either side (repeatable)");
+  cat_cmd->add_option("--port", cat.ports, "port on either side (repeatable)");
+  cat_cmd->add_option("--format", cat.format, "json (default) | tsv (Zeek-style, #fields header)");
   cat_cmd->callback([&] { action = [&] { return cat_command(cat); }; });
 
   VerifyOptions verify;
   auto* verify_cmd = app.add_subcommand("verify", "check every signature, Merkle root and the chain");
   verify_cmd->add_option("dir", verify.dir, "output directory")->required();
   verify_cmd->add_option("--pubkey", verify.public_key, "public key to pin (PEM)");
+  verify_cmd->add_option("--proof", verify.proof_event,
+                         "print the inclusion proof of event UID:KIND:NUMBER (e.g. C4a:end:1)");
   verify_cmd->callback([&] { action = [&] { return verify_command(verify); }; });
+
+  VerifyProofOptions verify_proof;
+  auto* verify_proof_cmd =
+      app.add_subcommand("verify-proof", "check a proof printed by verify --proof, on its own");
+  verify_proof_cmd->add_option("file", verify_proof.file, "proof file")->required();
+  verify_proof_cmd->add_option("--pubkey", verify_proof.public_key, "public key to pin (PEM)");
+  verify_proof_cmd->callback([&] { action = [&] { return verify_proof_command(verify_proof); }; });
+
+  // Hidden: damages a closed segment so that only the seal can tell (tamper tests).
+  DebugRewriteOptions rewrite;
+  auto* debug_cmd = app.add_subcommand("debug", "")->group("");
+  auto* rewrite_cmd = debug_cmd->add_subcommand("rewrite", "rewrite a segment with damage");
+  rewrite_cmd->add_option("segment", rewrite.segment)->required();
+  rewrite_cmd->add_option("--edit-record", rewrite.edit_records);
+  rewrite_cmd->add_option("--drop-record", rewrite.drop_records);
+  rewrite_cmd->add_option("--drop-batch", rewrite.drop_batches);
+  rewrite_cmd->add_option("--swap", rewrite.swap);
+  rewrite_cmd->add_option("--reseal", rewrite.reseal);
+  rewrite_cmd->add_option("--key", rewrite.key);
+  rewrite_cmd->callback([&] { action = [&] { return debug_rewrite_command(rewrite); }; });
+  debug_cmd->require_subcommand(1);
 
   KeygenOptions keygen;
   auto* keygen_cmd = app.add_subcommand("keygen", "make a signing key pair (private key mode 0600)");
@@ -51,6 +80,27 @@ int main(int argc, char** argv) {
       ->required();
   keygen_cmd->add_option("-a,--algorithm", keygen.algorithm, "ed25519 | ecdsa-p256 | rsa-4096");
   keygen_cmd->callback([&] { action = [&] { return keygen_command(keygen); }; });
+
+  StatusOptions status;
+  auto* status_cmd = app.add_subcommand("status", "every stage of a running instance: pid, state, "
+                                                  "restarts, heartbeat, memory, rates, rings");
+  status_cmd->add_option("--instance", status.instance, "instance name");
+  status_cmd->add_flag("--json", status.json, "one JSON object");
+  status_cmd->callback([&] { action = [&] { return status_command(status); }; });
+
+  StopOptions stop;
+  auto* stop_cmd = app.add_subcommand("stop", "drain a running instance and wait until it exits");
+  stop_cmd->add_option("--instance", stop.instance, "instance name");
+  stop_cmd->add_option("--timeout", stop.timeout_s, "seconds to wait for the drain");
+  stop_cmd->callback([&] { action = [&] { return stop_command(stop); }; });
+
+  RestartOptions restart;
+  auto* restart_cmd = app.add_subcommand("restart", "restart one stage without losing a record");
+  restart_cmd->add_option("stage", restart.stage, "capture | flowd | flowd[N] | dedupd | signerd | writerd")
+      ->required();
+  restart_cmd->add_option("--instance", restart.instance, "instance name");
+  restart_cmd->add_option("--timeout", restart.timeout_s, "seconds to wait for the new process");
+  restart_cmd->callback([&] { action = [&] { return restart_command(restart); }; });
 
   ConfigCheckOptions check;
   auto* config_cmd = app.add_subcommand("config", "configuration tools");

@@ -70,7 +70,13 @@ struct Stage {
   std::uint32_t restarts = 0;
   Clock::time_point restart_at{};
   bool waiting_restart = false;
+  // `flowseal restart`: the stage was asked to leave and is replaced at once when it exits.
+  bool operator_restart = false;
+  Clock::time_point operator_restart_deadline{};
 };
+
+// How long a stage asked to leave for a restart may take before it is killed.
+constexpr auto kRestartGrace = std::chrono::seconds(5);
 
 void ensure_key(Config& config) {
   if (config.seal.key_file.empty()) {
@@ -169,6 +175,20 @@ int run_pipeline(Config config) {
       for (auto& s : stages) s.process.signal(SIGKILL);
     }
 
+    if (const std::uint64_t requests = control.restart_requests.exchange(0);
+        requests != 0 && !aborting) {
+      for (auto& stage : stages) {
+        const std::size_t index = slot_index(stage.kind, stage.shard, shards);
+        if (((requests >> index) & 1) == 0 || stage.finished || stage.waiting_restart) continue;
+        stage.operator_restart = true;
+        stage.operator_restart_deadline = Clock::now() + kRestartGrace;
+        // capture takes SIGTERM as the end of its input and would close its rings; it is
+        // replaced the way a crash is, which resumes after the packets it published.
+        stage.process.signal(stage.kind == StageKind::kCapture ? SIGKILL : SIGTERM);
+        spdlog::info("{} (pid {}): restart requested", stage.name, stage.process.pid());
+      }
+    }
+
     bool all_finished = true;
     for (auto& stage : stages) {
       if (stage.finished) continue;
@@ -184,6 +204,16 @@ int run_pipeline(Config config) {
       }
       if (auto exit = stage.process.poll()) {
         stage.exit_code = exit->code;
+        if (stage.operator_restart && exit->code != 0 && !aborting) {
+          stage.operator_restart = false;
+          ++stage.restarts;
+          slot.restarts.store(stage.restarts);
+          stage.process = ChildProcess::spawn(stage.argv);
+          spdlog::info("{} restarted on request (pid {}, {})", stage.name, stage.process.pid(),
+                       exit->describe());
+          continue;
+        }
+        stage.operator_restart = false;
         if (exit->code == 0 || aborting) {
           stage.finished = true;
           if (exit->code != 0) slot.state.store(static_cast<std::uint32_t>(StageState::kFailed));
@@ -223,6 +253,12 @@ int run_pipeline(Config config) {
         stage.waiting_restart = true;
         stage.restart_at = Clock::now() + backoff;
         continue;
+      }
+      if (stage.operator_restart && Clock::now() >= stage.operator_restart_deadline) {
+        spdlog::warn("{} (pid {}) did not leave within {} s of the restart request: killing it",
+                     stage.name, stage.process.pid(), kRestartGrace.count());
+        stage.process.signal(SIGKILL);
+        stage.operator_restart_deadline = Clock::time_point::max();
       }
       // Hung: alive but silent. Kill it; the exit above then restarts it.
       const std::int64_t silent = monotonic_ns() - slot.heartbeat_ns.load();
