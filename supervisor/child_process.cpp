@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -65,10 +66,13 @@ ChildProcess::~ChildProcess() {
 std::optional<ExitInfo> ChildProcess::poll() {
   if (pid_ <= 0) return std::nullopt;
   int status = 0;
-  const pid_t r = waitpid(pid_, &status, WNOHANG);
+  rusage usage{};
+  const pid_t r = wait4(pid_, &status, WNOHANG, &usage);
   if (r != pid_) return std::nullopt;
   pid_ = -1;
   ExitInfo info;
+  info.cpu_seconds = double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                     double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
   if (WIFSIGNALED(status)) {
     info.signal = WTERMSIG(status);
     info.code = 128 + info.signal;

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -17,6 +16,7 @@
 #include "commands.h"
 #include "control_block.h"
 #include "layout.h"
+#include "proc_stats.h"
 #include "ring.h"
 #include "shm.h"
 #include "stage_runtime.h"
@@ -45,21 +45,6 @@ struct AttachedInstance {
 };
 
 bool process_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
-
-// Proportional set size of a process in bytes (its fair share of shared pages), 0 if gone.
-std::uint64_t pss_bytes(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/smaps_rollup", pid));
-  std::string key;
-  std::uint64_t kib = 0;
-  while (in >> key) {
-    if (key == "Pss:") {
-      in >> kib;
-      return kib * 1024;
-    }
-    in.ignore(1 << 16, '\n');
-  }
-  return 0;
-}
 
 struct SlotSample {
   std::string name;

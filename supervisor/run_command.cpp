@@ -16,6 +16,7 @@
 #include "child_process.h"
 #include "control_block.h"
 #include "instance.h"
+#include "proc_stats.h"
 #include "ring.h"
 #include "seal/keys.h"
 #include "stage_runtime.h"
@@ -72,6 +73,8 @@ struct Stage {
   bool waiting_restart = false;
   // `flowseal restart`: the stage was asked to leave and is replaced at once when it exits.
   bool operator_restart = false;
+  double cpu_seconds = 0;     // of the processes that ended
+  std::uint64_t peak_pss = 0;
   Clock::time_point operator_restart_deadline{};
 };
 
@@ -161,6 +164,9 @@ int run_pipeline(Config config) {
     return control.slots[slot_index(s.kind, s.shard, shards)];
   };
   auto last_stats = Clock::now();
+  // The first memory sample comes a moment after start, when every stage has mapped its rings.
+  auto last_memory_sample = Clock::now() - std::chrono::milliseconds(800);
+  std::uint64_t peak_total_pss = 0;
   const auto heartbeat_timeout_ns = config.supervisor.heartbeat_timeout_ms * 1'000'000;
 
   for (;;) {
@@ -204,6 +210,7 @@ int run_pipeline(Config config) {
       }
       if (auto exit = stage.process.poll()) {
         stage.exit_code = exit->code;
+        stage.cpu_seconds += exit->cpu_seconds;
         if (stage.operator_restart && exit->code != 0 && !aborting) {
           stage.operator_restart = false;
           ++stage.restarts;
@@ -270,6 +277,17 @@ int run_pipeline(Config config) {
     }
     if (all_finished) break;
 
+    if (Clock::now() - last_memory_sample >= std::chrono::seconds(1)) {
+      last_memory_sample = Clock::now();
+      std::uint64_t total = 0;
+      for (auto& stage : stages) {
+        if (!stage.process.running()) continue;
+        const std::uint64_t pss = pss_bytes(stage.process.pid());
+        stage.peak_pss = std::max(stage.peak_pss, pss);
+        total += pss;
+      }
+      peak_total_pss = std::max(peak_total_pss, total);
+    }
     if (config.supervisor.stats_interval_s > 0 &&
         Clock::now() - last_stats >= std::chrono::seconds(config.supervisor.stats_interval_s)) {
       last_stats = Clock::now();
@@ -279,7 +297,11 @@ int run_pipeline(Config config) {
   }
 
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
-  print_run_summary(config, control, seconds);
+  std::vector<StageUsage> usage;
+  for (auto it = stages.rbegin(); it != stages.rend(); ++it) {  // capture first, as data flows
+    usage.push_back({it->name, it->cpu_seconds, it->peak_pss, it->restarts});
+  }
+  print_run_summary(config, control, seconds, usage, peak_total_pss);
   return result;
 }
 

@@ -55,7 +55,8 @@ void print_stats_line(const ControlBlock& control, const std::vector<Instance::R
                    .c_str());
 }
 
-void print_run_summary(const Config& config, const ControlBlock& control, double seconds) {
+void print_run_summary(const Config& config, const ControlBlock& control, double seconds,
+                       const std::vector<StageUsage>& usage, std::uint64_t peak_total_pss) {
   namespace cc = capture_counter;
   namespace fc = flowd_counter;
   namespace rc = record_counter;
@@ -88,6 +89,14 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
   if (seconds > 0) {
     out += fmt::format("  rate      {:.0f} packets/s\n", double(received) / seconds);
   }
+  out += "  stages   ";
+  for (const auto& stage : usage) {
+    out += fmt::format(" {} cpu {:.2f} s pss {}{};", stage.name, stage.cpu_seconds,
+                       human_bytes(stage.peak_pss),
+                       stage.restarts ? fmt::format(" restarts {}", stage.restarts) : "");
+  }
+  out += fmt::format("\n  memory    peak total PSS {} (budget {} MiB)\n", human_bytes(peak_total_pss),
+                     config.memory.budget_mb);
   const bool accounted = received == processed + sampled + ring_dropped;
   out += fmt::format("  accounting received = processed + sampled out + dropped: {}\n",
                      accounted ? "yes" : fmt::format("NO (difference {})",

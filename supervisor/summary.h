@@ -2,6 +2,8 @@
 // both read from the control block's counters.
 #pragma once
 
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "config.h"
@@ -11,6 +13,15 @@
 namespace flowseal::supervisor {
 
 void print_stats_line(const ControlBlock& control, const std::vector<Instance::RingView>& rings);
-void print_run_summary(const Config& config, const ControlBlock& control, double seconds);
+// What one stage cost over the run, across its restarts.
+struct StageUsage {
+  std::string name;
+  double cpu_seconds = 0;
+  std::uint64_t peak_pss = 0;  // bytes, sampled once a second
+  std::uint32_t restarts = 0;
+};
+
+void print_run_summary(const Config& config, const ControlBlock& control, double seconds,
+                       const std::vector<StageUsage>& usage, std::uint64_t peak_total_pss);
 
 }  // namespace flowseal::supervisor

@@ -1,0 +1,18 @@
+// What the kernel says about a process's and the system's memory, read from /proc. Used by
+// the supervisor's once-a-second sampling and by `flowseal status`.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+
+namespace flowseal::supervisor {
+
+// Proportional set size in bytes (private pages plus a fair share of shared ones, which is
+// how shared-memory rings and flow tables are counted once across processes); 0 if the
+// process is gone.
+std::uint64_t pss_bytes(pid_t pid);
+// MemAvailable of /proc/meminfo in bytes; 0 if unreadable.
+std::uint64_t mem_available_bytes();
+
+}  // namespace flowseal::supervisor
