@@ -5,6 +5,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <optional>
+
 #include <algorithm>
 #include <array>
 #include <vector>
@@ -15,6 +19,7 @@
 #include "layout.h"
 #include "packet/decode.h"
 #include "packet_batcher.h"
+#include "pass_rewrite.h"
 #include "pcap_source.h"
 #include "ring.h"
 
@@ -30,15 +35,39 @@ void drop_privileges(const std::string& user) {
   if (user.empty()) return;
   const passwd* pw = getpwnam(user.c_str());
   if (pw == nullptr) {
-    throw std::runtime_error(fmt::format("capture.user '{}': no such user", user));
+    throw SourceStartError(exit_code::kConfig,
+                           fmt::format("capture.user '{}': no such user", user));
   }
+  // The bounding set first (that needs CAP_SETPCAP, which setuid takes away): afterwards no
+  // exec can regain a capability either.
+  for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; ++cap) {
+    prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+  }
+  // setuid from root to another user clears the permitted, effective and ambient sets
+  // (no SECBIT_KEEP_CAPS here); the open capture socket keeps working without them.
   if (setgroups(0, nullptr) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
-    throw std::runtime_error(fmt::format("capture.user '{}': cannot switch to it", user));
+    throw SourceStartError(exit_code::kSoftware,
+                           fmt::format("capture.user '{}': cannot switch to it: {}", user,
+                                       std::strerror(errno)));
   }
-  // After setuid to a non-root user the permitted capabilities are gone; make sure a later
-  // exec cannot regain any.
+  if (setuid(0) == 0) {  // must be impossible now
+    throw SourceStartError(exit_code::kSoftware,
+                           fmt::format("capture.user '{}': could regain root", user));
+  }
   prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-  spdlog::info("dropped privileges to {} (uid {})", user, pw->pw_uid);
+  spdlog::info("dropped privileges to {} (uid {}, gid {}, no capabilities)", user, pw->pw_uid,
+               pw->pw_gid);
+}
+
+PcapSource open_source(const CaptureConfig& config) {
+  if (config.interface.empty()) return PcapSource::offline(config.files, config.filter, config.loop);
+  PcapSource source = PcapSource::live(config);
+  drop_privileges(config.user);
+  // The live test waits for this line: from here on packets on the interface are captured.
+  spdlog::info("listening on {} (link type {}, snaplen {}, {})", config.interface,
+               link_type_name(source.link_type()), config.snaplen,
+               config.promiscuous ? "promiscuous" : "not promiscuous");
+  return source;
 }
 
 }  // namespace
@@ -70,10 +99,14 @@ int run_capture(StageRuntime& runtime) {
   }
   for (auto& p : producers) rings.push_back(&p);
 
-  PcapSource source = config.interface.empty()
-                          ? PcapSource::offline(config.files, config.snaplen, config.filter)
-                          : PcapSource::live(config);
-  if (source.is_live()) drop_privileges(config.user);
+  std::optional<PcapSource> opened;
+  try {
+    opened.emplace(open_source(config));
+  } catch (const SourceStartError& e) {
+    spdlog::error("{}", e.what());
+    return e.exit_code;
+  }
+  PcapSource& source = *opened;
 
   auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
   counter(cc::kBytesTotal).store(source.bytes_total());
@@ -132,6 +165,9 @@ int run_capture(StageRuntime& runtime) {
 
   Packet packet;
   packet::DecodedPacket decoded;
+  // Loop mode rewrites addresses in a copy: the file mapping is read-only.
+  std::vector<std::uint8_t> rewritten;
+  if (config.loop > 1) rewritten.resize(kMaxCaplen);
   std::uint32_t level = runtime.control().pressure_level.load(std::memory_order_relaxed);
   float rate = sampling_rate_for(level);
   std::size_t keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
@@ -158,6 +194,11 @@ int run_capture(StageRuntime& runtime) {
     std::uint32_t hash = 0;
     if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded) ==
         packet::DecodeStatus::kOk) {
+      if (packet.pass > 0) {
+        std::copy(packet.bytes.begin(), packet.bytes.end(), rewritten.begin());
+        const std::span<std::uint8_t> copy(rewritten.data(), packet.bytes.size());
+        if (rewrite_for_pass(copy, decoded, packet.pass)) packet.bytes = copy;
+      }
       hash = packet::symmetric_hash(decoded.key);
     }
     // Sample whole flows, not packets: a flow is kept or left out as a unit, so the flows
@@ -175,7 +216,7 @@ int run_capture(StageRuntime& runtime) {
   runtime.set_state(StageState::kDraining);
 
   for (const auto& error : source.errors()) spdlog::error("{}", error.message);
-  counter(cc::kBadRecords).store(source.errors().size());
+  counter(cc::kBadRecords).store(source.skipped());
   spdlog::info("{} packets received, {} published to {} shard(s)",
                counter(cc::kReceived).load(), published, shards);
   return source.errors().empty() ? exit_code::kOk : exit_code::kDataError;

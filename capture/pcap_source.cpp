@@ -1,57 +1,84 @@
 #include "pcap_source.h"
 
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
+#include <poll.h>
+
+#include <algorithm>
 #include <filesystem>
-#include <stdexcept>
 
 #include <fmt/format.h>
+
+#include "packet/decode.h"
+#include "stage_runtime.h"
 
 namespace flowseal::capture {
 namespace {
 
-void apply_filter(pcap_t* handle, const std::string& filter, const std::string& what) {
-  if (filter.empty()) return;
-  bpf_program program{};
-  if (pcap_compile(handle, &program, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0) {
-    throw std::runtime_error(fmt::format("capture: {}: bad filter '{}': {}", what, filter,
-                                         pcap_geterr(handle)));
-  }
-  const int rc = pcap_setfilter(handle, &program);
-  pcap_freecode(&program);
-  if (rc != 0) {
-    throw std::runtime_error(
-        fmt::format("capture: {}: cannot apply filter: {}", what, pcap_geterr(handle)));
-  }
-}
+// Per file, the problems kept word for word; the rest are only counted (a damaged file can
+// have a problem per record, and each message is kept until the end of the run).
+constexpr std::uint64_t kProblemsPerFile = 20;
 
-std::int64_t timestamp_ns(const pcap_pkthdr& header, bool nano) {
-  const std::int64_t sub = header.ts.tv_usec;
-  return std::int64_t{header.ts.tv_sec} * 1'000'000'000 + (nano ? sub : sub * 1000);
+int dlt_of(int link_type) {
+  constexpr int kLinktypeRaw = 101;  // files say LINKTYPE_RAW; libpcap compiles for DLT_RAW
+  return link_type == kLinktypeRaw ? DLT_RAW : link_type;
 }
 
 }  // namespace
 
-PcapSource PcapSource::offline(std::vector<std::string> files, std::int64_t snaplen,
-                               const std::string& filter) {
+bool link_type_supported(int link_type) {
+  // Ask the decoder itself, so this list cannot drift from what it handles: an empty packet
+  // of a known link type is "truncated", of an unknown one "unsupported".
+  packet::DecodedPacket decoded;
+  return packet::decode(link_type, {}, 0, decoded) != packet::DecodeStatus::kUnsupportedLink;
+}
+
+struct PcapSource::Filter {
+  int link_type = 0;
+  bool usable = false;
+  bpf_program program{};
+  Filter() = default;
+  Filter(const Filter&) = delete;
+  Filter& operator=(const Filter&) = delete;
+  ~Filter() {
+    if (usable) pcap_freecode(&program);
+  }
+};
+
+PcapSource::PcapSource() = default;
+PcapSource::PcapSource(PcapSource&&) noexcept = default;
+PcapSource::~PcapSource() = default;
+
+PcapSource PcapSource::offline(std::vector<std::string> files, const std::string& filter,
+                               std::int64_t loop) {
   PcapSource source;
   source.files_ = std::move(files);
-  source.snaplen_ = snaplen;
   source.filter_ = filter;
+  source.loop_ = std::max<std::int64_t>(loop, 1);
   for (const auto& file : source.files_) {
     std::error_code ec;
     const auto size = std::filesystem::file_size(file, ec);
-    if (!ec) source.bytes_total_ += size;
+    if (!ec) source.bytes_total_ += size * static_cast<std::uint64_t>(source.loop_);
+  }
+  if (!filter.empty()) {
+    // Check the expression once at start (for Ethernet), so a typo is a config error.
+    PcapHandle dead(pcap_open_dead(DLT_EN10MB, static_cast<int>(kMaxCaplen)));
+    bpf_program program{};
+    if (pcap_compile(dead.get(), &program, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0) {
+      throw SourceStartError(exit_code::kConfig,
+                             fmt::format("capture.filter '{}': {}", filter,
+                                         pcap_geterr(dead.get())));
+    }
+    pcap_freecode(&program);
   }
   return source;
 }
 
 PcapSource PcapSource::live(const CaptureConfig& config) {
   char errbuf[PCAP_ERRBUF_SIZE] = {};
-  PcapHandle handle(pcap_create(config.interface.c_str(), errbuf));
+  const std::string& name = config.interface;
+  PcapHandle handle(pcap_create(name.c_str(), errbuf));
   if (!handle) {
-    throw std::runtime_error(fmt::format("capture: interface {}: {}", config.interface, errbuf));
+    throw SourceStartError(exit_code::kNoInput,
+                           fmt::format("capture: interface {}: {}", name, errbuf));
   }
   pcap_t* h = handle.get();
   pcap_set_snaplen(h, static_cast<int>(config.snaplen));
@@ -62,88 +89,191 @@ PcapSource PcapSource::live(const CaptureConfig& config) {
   pcap_set_tstamp_precision(h, PCAP_TSTAMP_PRECISION_NANO);
   const int rc = pcap_activate(h);
   if (rc < 0) {
-    throw std::runtime_error(fmt::format("capture: interface {}: cannot start capture: {} ({})",
-                                         config.interface, pcap_statustostr(rc),
-                                         pcap_geterr(h)));
+    // No such device or no permission will not get better by retrying; a link that is down
+    // may come up, so the supervisor's restart with backoff is the right answer to it.
+    const int code = rc == PCAP_ERROR_IFACE_NOT_UP ? exit_code::kTempFail
+                     : rc == PCAP_ERROR_NO_SUCH_DEVICE || rc == PCAP_ERROR_PERM_DENIED
+                         ? exit_code::kNoInput
+                         : exit_code::kSoftware;
+    throw SourceStartError(code, fmt::format("capture: interface {}: cannot start capture: {} "
+                                             "({})",
+                                             name, pcap_statustostr(rc), pcap_geterr(h)));
   }
-  apply_filter(h, config.filter, fmt::format("interface {}", config.interface));
+  const int link = pcap_datalink(h);
+  if (!link_type_supported(link)) {
+    throw SourceStartError(exit_code::kDataError,
+                           fmt::format("capture: interface {}: link type {} is not supported",
+                                       name, link_type_name(link)));
+  }
+  if (!config.filter.empty()) {
+    bpf_program program{};
+    if (pcap_compile(h, &program, config.filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0) {
+      throw SourceStartError(exit_code::kConfig,
+                             fmt::format("capture: interface {}: bad filter '{}': {}", name,
+                                         config.filter, pcap_geterr(h)));
+    }
+    const int set = pcap_setfilter(h, &program);
+    pcap_freecode(&program);
+    if (set != 0) {
+      throw SourceStartError(exit_code::kSoftware,
+                             fmt::format("capture: interface {}: cannot apply filter: {}", name,
+                                         pcap_geterr(h)));
+    }
+  }
+  // Non-blocking, and we poll with our own timeout: with TPACKET_V3 the kernel retires a
+  // block only once it holds a packet, so a blocking read on an idle link never times out
+  // (no heartbeat, no partial-batch flush, no reaction to a stop request).
+  if (pcap_setnonblock(h, 1, errbuf) != 0) {
+    throw SourceStartError(exit_code::kSoftware,
+                           fmt::format("capture: interface {}: cannot make it non-blocking: {}",
+                                       name, errbuf));
+  }
   PcapSource source;
+  source.poll_timeout_ms_ = static_cast<int>(std::max<std::int64_t>(config.batch_timeout_ms, 1));
   source.handle_ = std::move(handle);
   source.live_ = true;
-  source.files_ = {config.interface};
+  source.files_ = {name};
   source.file_index_ = 1;
-  source.snaplen_ = config.snaplen;
+  source.last_link_type_ = link;
   return source;
 }
 
+void PcapSource::report(const std::string& file, const FileProblem& problem) {
+  if (pass_ > 0) return;  // the same problems again on every pass
+  ++file_problems_;
+  if (file_problems_ > kProblemsPerFile) return;
+  const std::string where = problem.record == 0
+                                ? fmt::format("offset {}", problem.offset)
+                                : fmt::format("record {} at offset {}", problem.record,
+                                              problem.offset);
+  errors_.push_back({fmt::format("capture: {}: {}: {}", file, where, problem.what)});
+}
+
+void PcapSource::close_file() {
+  const std::string& file = files_[file_index_ - 1];
+  if (pass_ == 0 && file_problems_ > kProblemsPerFile) {
+    errors_.push_back({fmt::format("capture: {}: {} more problems not shown", file,
+                                   file_problems_ - kProblemsPerFile)});
+  }
+  if (reader_) skipped_ += reader_->skipped();
+  std::error_code ec;
+  bytes_done_ += std::filesystem::file_size(file, ec);
+  reader_.reset();
+  mapped_.reset();
+}
+
 bool PcapSource::open_next_file() {
-  while (file_index_ < files_.size()) {
+  for (;;) {
+    if (file_index_ == files_.size()) {
+      // Another pass only if the last one delivered something: a loop over nothing ends.
+      if (pass_ + 1 >= static_cast<std::uint64_t>(loop_) || !have_ts_) return false;
+      ++pass_;
+      pass_shift_ns_ = static_cast<std::int64_t>(pass_) *
+                       (last_ts_ns_ - first_ts_ns_ + 1'000'000'000);
+      file_index_ = 0;
+    }
     const std::string& file = files_[file_index_++];
-    record_ = 0;
-    std::FILE* fp = std::fopen(file.c_str(), "rb");
-    if (fp == nullptr) {
-      errors_.push_back({fmt::format("capture: {}: cannot open: {}", file, std::strerror(errno))});
+    file_problems_ = 0;
+    std::string error;
+    mapped_ = MappedFile::open(file, error);
+    if (!mapped_) {
+      if (pass_ == 0) errors_.push_back({fmt::format("capture: {}: {}", file, error)});
       continue;
     }
-    char errbuf[PCAP_ERRBUF_SIZE] = {};
-    // On success libpcap owns fp and closes it in pcap_close.
-    PcapHandle handle(pcap_fopen_offline_with_tstamp_precision(fp, PCAP_TSTAMP_PRECISION_NANO,
-                                                               errbuf));
-    if (!handle) {
-      std::fclose(fp);
-      errors_.push_back({fmt::format("capture: {}: not a readable pcap or pcapng file: {}",
-                                     file, errbuf)});
-      std::error_code ec;
-      bytes_done_ += std::filesystem::file_size(file, ec);
+    // The reporter outlives this call: it holds the file name by value. It also holds
+    // `this`, which is why a source must not be moved once reading has begun.
+    reader_ = CaptureFileReader::open(
+        mapped_->bytes(),
+        [this, name = file](const FileProblem& problem) { report(name, problem); },
+        link_type_supported);
+    if (!reader_) {
+      close_file();
       continue;
     }
-    try {
-      apply_filter(handle.get(), filter_, file);
-    } catch (const std::exception& e) {
-      errors_.push_back({e.what()});
-      continue;
-    }
-    handle_ = std::move(handle);
     return true;
   }
-  return false;
+}
+
+bool PcapSource::passes_filter(const FileRecord& record) {
+  if (filter_.empty()) return true;
+  auto found = std::find_if(filters_.begin(), filters_.end(),
+                            [&](const auto& f) { return f->link_type == record.link_type; });
+  if (found == filters_.end()) {
+    auto filter = std::make_unique<Filter>();
+    filter->link_type = record.link_type;
+    PcapHandle dead(pcap_open_dead(dlt_of(record.link_type), static_cast<int>(kMaxCaplen)));
+    if (pcap_compile(dead.get(), &filter->program, filter_.c_str(), 1,
+                     PCAP_NETMASK_UNKNOWN) == 0) {
+      filter->usable = true;
+    } else {
+      errors_.push_back({fmt::format("capture: {}: filter '{}' does not apply to link type {} "
+                                     "({}): its packets are skipped",
+                                     current_file(), filter_, link_type_name(record.link_type),
+                                     pcap_geterr(dead.get()))});
+    }
+    filters_.push_back(std::move(filter));
+    found = filters_.end() - 1;
+  }
+  if (!(*found)->usable) {
+    ++skipped_;
+    return false;
+  }
+  pcap_pkthdr header{};
+  header.caplen = static_cast<bpf_u_int32>(record.bytes.size());
+  header.len = record.wire_len;
+  return pcap_offline_filter(&(*found)->program, &header, record.bytes.data()) != 0;
 }
 
 PcapSource::Status PcapSource::next(Packet& packet) {
-  for (;;) {
-    if (!handle_ && !open_next_file()) return Status::kEnd;
-    pcap_t* h = handle_.get();
-    long offset = live_ ? 0 : std::ftell(pcap_file(h));
+  if (live_) {
     pcap_pkthdr* header = nullptr;
     const u_char* data = nullptr;
-    const int rc = pcap_next_ex(h, &header, &data);
-    if (rc == 1) {
-      ++record_;
-      packet.bytes = {data, header->caplen};
-      packet.wire_len = header->len;
-      packet.link_type = pcap_datalink(h);
-      packet.ts_ns = timestamp_ns(
-          *header, pcap_get_tstamp_precision(h) == PCAP_TSTAMP_PRECISION_NANO);
-      return Status::kPacket;
+    int rc = pcap_next_ex(handle_.get(), &header, &data);
+    if (rc == 0) {
+      pollfd fd{pcap_get_selectable_fd(handle_.get()), POLLIN, 0};
+      if (::poll(&fd, 1, poll_timeout_ms_) <= 0) return Status::kIdle;
+      rc = pcap_next_ex(handle_.get(), &header, &data);
+      if (rc == 0) return Status::kIdle;
     }
-    if (rc == 0) return Status::kIdle;  // live read timeout
-    if (rc == PCAP_ERROR_BREAK) {       // offline end of file
-      if (live_) return Status::kEnd;
-      std::error_code ec;
-      bytes_done_ += std::filesystem::file_size(files_[file_index_ - 1], ec);
-      handle_.reset();
+    if (rc != 1) {
+      errors_.push_back({fmt::format("capture: interface {}: {}", files_.front(),
+                                     pcap_geterr(handle_.get()))});
+      return Status::kEnd;
+    }
+    const bool nano = pcap_get_tstamp_precision(handle_.get()) == PCAP_TSTAMP_PRECISION_NANO;
+    packet.bytes = {data, header->caplen};
+    packet.wire_len = header->len;
+    packet.link_type = last_link_type_;
+    packet.ts_ns = std::int64_t{header->ts.tv_sec} * 1'000'000'000 +
+                   std::int64_t{header->ts.tv_usec} * (nano ? 1 : 1000);
+    packet.pass = 0;
+    return Status::kPacket;
+  }
+  FileRecord record;
+  for (;;) {
+    if (!reader_ && !open_next_file()) return Status::kEnd;
+    if (!reader_->next(record)) {
+      close_file();
       continue;
     }
-    // A damaged or truncated record: keep what came before, report where, go on.
-    const std::string& file = files_[file_index_ - 1];
-    errors_.push_back({fmt::format("capture: {}: record {} at offset {}: {}", file, record_ + 1,
-                                   offset, pcap_geterr(h))});
-    if (live_) return Status::kEnd;
-    std::error_code ec;
-    bytes_done_ += std::filesystem::file_size(file, ec);
-    handle_.reset();
+    if (!passes_filter(record)) continue;
+    if (pass_ == 0) {
+      if (!have_ts_) first_ts_ns_ = last_ts_ns_ = record.ts_ns;
+      have_ts_ = true;
+      first_ts_ns_ = std::min(first_ts_ns_, record.ts_ns);
+      last_ts_ns_ = std::max(last_ts_ns_, record.ts_ns);
+    }
+    packet.bytes = record.bytes;
+    packet.wire_len = record.wire_len;
+    packet.link_type = record.link_type;
+    packet.ts_ns = record.ts_ns + pass_shift_ns_;
+    packet.pass = pass_;
+    last_link_type_ = record.link_type;
+    return Status::kPacket;
   }
 }
+
+int PcapSource::link_type() const { return last_link_type_; }
 
 KernelStats PcapSource::kernel_stats() const {
   KernelStats stats;
@@ -158,9 +288,7 @@ KernelStats PcapSource::kernel_stats() const {
 }
 
 std::uint64_t PcapSource::bytes_read() const {
-  if (live_ || !handle_) return bytes_done_;
-  const long pos = std::ftell(pcap_file(handle_.get()));
-  return bytes_done_ + (pos > 0 ? static_cast<std::uint64_t>(pos) : 0);
+  return bytes_done_ + (reader_ ? reader_->offset() : 0);
 }
 
 const std::string& PcapSource::current_file() const {

@@ -1,12 +1,16 @@
 #include "dedup_stage.h"
 
+#include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include <capnp/message.h>
+#include <capnp/orphan.h>
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
 #include "capnp_frame.h"
+#include "dedup_engine.h"
 #include "flowseal.capnp.h"
 #include "layout.h"
 #include "ring_io.h"
@@ -16,24 +20,59 @@ namespace {
 
 namespace rc = record_counter;
 
+// Output frames carry at most this many events, far below any ring's frame limit.
+constexpr std::size_t kEventsPerFrame = 1024;
+
 std::vector<std::string> input_edges(std::size_t shards) {
   std::vector<std::string> edges;
   for (std::size_t s = 0; s < shards; ++s) edges.push_back(flow_edge(s));
   return edges;
 }
 
-}  // namespace
+// Collects what the engine emits (copied at once: the engine's readers are short-lived) and
+// writes it out as FlowEventBatch frames.
+class FrameSink final : public DedupSink {
+ public:
+  explicit FrameSink(RingProducer& producer, std::function<bool()> give_up)
+      : producer_(producer), give_up_(std::move(give_up)) {}
 
-int run_dedupd(StageRuntime& runtime) {
-  RingInputs inputs(runtime, input_edges(runtime.shards()));
-  RingOutput output(runtime, kDedupEdge);
-  auto never = [&] {
-    runtime.heartbeat();
-    return false;
-  };
+  void emit(schema::FlowEvent::Reader event) override {
+    pending_.push_back(scratch_->getOrphanage().newOrphanCopy(event));
+  }
+
+  // Writes and publishes everything emitted so far; returns how many records went out.
+  std::size_t publish() {
+    const std::size_t total = pending_.size();
+    for (std::size_t at = 0; at < total; at += kEventsPerFrame) {
+      const std::size_t n = std::min(kEventsPerFrame, total - at);
+      capnp::MallocMessageBuilder message;
+      auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
+          static_cast<unsigned>(n));
+      for (std::size_t i = 0; i < n; ++i) {
+        events.setWithCaveats(static_cast<unsigned>(i), pending_[at + i].getReader());
+      }
+      if (!write_message(producer_, message, give_up_)) {
+        throw std::runtime_error("a FlowEventBatch exceeds the output ring's frame limit");
+      }
+    }
+    if (total > 0) producer_.publish();
+    pending_.clear();
+    scratch_ = std::make_unique<capnp::MallocMessageBuilder>();
+    return total;
+  }
+
+ private:
+  RingProducer& producer_;
+  std::function<bool()> give_up_;
+  std::unique_ptr<capnp::MallocMessageBuilder> scratch_ =
+      std::make_unique<capnp::MallocMessageBuilder>();
+  std::vector<capnp::Orphan<schema::FlowEvent>> pending_;
+};
+
+int pass_through(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
+                 const std::function<bool()>& never) {
   std::uint64_t records_in = 0, records_out = 0;
   bool bad_frame_logged = false;
-
   for (;;) {
     bool progressed = false;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
@@ -45,8 +84,6 @@ int run_dedupd(StageRuntime& runtime) {
         capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
         auto events = reader.getRoot<schema::FlowEventBatch>().getEvents();
         records_in += events.size();
-        // Every event passes: suppression of repetition is the dedup engine's job (issue 5);
-        // this path keeps every fact and its stable event id.
         if (events.size() > 0) {
           capnp::MallocMessageBuilder message;
           message.setRoot(reader.getRoot<schema::FlowEventBatch>());
@@ -77,8 +114,124 @@ int run_dedupd(StageRuntime& runtime) {
     }
   }
   output.producer().close();
-  spdlog::info("drained: {} records in, {} out", records_in, records_out);
+  spdlog::info("drained (dedup disabled): {} records in, {} out", records_in, records_out);
   return exit_code::kOk;
+}
+
+int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
+                const std::function<bool()>& never) {
+  const DedupOptions options = DedupOptions::from_config(runtime.config());
+  FrameSink sink(output.producer(), never);
+  DedupEngine engine(options, sink);
+  // Frame bytes read but not committed, per input: past this, flush to unpin (see header).
+  const std::size_t pin_limit = plan_memory(runtime.config()).event_ring / 2;
+  std::vector<std::size_t> uncommitted(inputs.size(), 0);
+  std::uint64_t bad_frames_logged = 0, pressure_flushes = 0, idle_flushes = 0;
+  const auto idle_limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(runtime.config().dedup.window));
+  auto last_input = std::chrono::steady_clock::now();
+  spdlog::info("dedup: report interval {} s, rate change {}, burst {}, window {} s, "
+               "hold {} s, max entries {}",
+               options.report_interval_ns / 1e9, options.rate_change, options.burst,
+               options.window_ns / 1e9, (options.window_ns + options.linger_ns) / 1e9,
+               options.max_entries);
+
+  auto commit_free = [&] {
+    for (std::size_t j = 0; j < inputs.size(); ++j) {
+      if (uncommitted[j] > 0 && !engine.holds(static_cast<std::uint32_t>(j))) {
+        inputs[j].commit();
+        uncommitted[j] = 0;
+      }
+    }
+  };
+  auto flush = [&] {
+    engine.flush_all();
+    sink.publish();
+    commit_free();
+  };
+  auto store_counters = [&] {
+    const DedupStats& s = engine.stats();
+    runtime.counter(rc::kRecordsIn).store(s.records_in);
+    runtime.counter(rc::kRecordsOut).store(s.records_out);
+    runtime.counter(rc::kSummaries).store(s.summaries);
+    runtime.counter(rc::kSuppressed)
+        .store(s.folded + s.starts_dropped + s.updates_suppressed);
+  };
+
+  for (;;) {
+    bool progressed = false;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      RingConsumer& in = inputs[i];
+      auto frame = in.next();
+      if (!frame) continue;
+      progressed = true;
+      try {
+        capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
+        for (auto event : reader.getRoot<schema::FlowEventBatch>().getEvents()) {
+          try {
+            engine.on_event(event, static_cast<std::uint32_t>(i));
+          } catch (const kj::Exception& e) {  // one bad record: the rest of the frame goes on
+            runtime.counter(rc::kBadFrames).fetch_add(1);
+            if (bad_frames_logged++ == 0) {
+              spdlog::warn("skipped a malformed record from {}: {}", flow_edge(i),
+                           e.getDescription().cStr());
+            }
+          }
+        }
+      } catch (const kj::Exception& e) {
+        runtime.counter(rc::kBadFrames).fetch_add(1);
+        if (bad_frames_logged++ == 0) {
+          spdlog::warn("skipped a malformed frame from {}: {}", flow_edge(i),
+                       e.getDescription().cStr());
+        }
+      }
+      // Published before any commit: what this frame released must be downstream first.
+      sink.publish();
+      uncommitted[i] += frame->size() + sizeof(FrameHeader) + 8;
+      in.advance();
+      commit_free();
+      if (uncommitted[i] > pin_limit) {
+        ++pressure_flushes;
+        flush();
+      }
+    }
+    store_counters();
+    if (progressed) {
+      last_input = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (inputs.drained()) break;
+    if (runtime.signalled()) return exit_code::kTempFail;  // uncommitted input is replayed
+    if (engine.holds_any() && std::chrono::steady_clock::now() - last_input > idle_limit) {
+      ++idle_flushes;
+      flush();
+      last_input = std::chrono::steady_clock::now();
+    }
+    runtime.heartbeat();
+    inputs.wait(std::chrono::milliseconds(100));
+  }
+  flush();
+  store_counters();
+  output.producer().close();
+  const DedupStats& s = engine.stats();
+  spdlog::info("drained: {} records in, {} out ({} summaries folding {} flows, {} updates "
+               "suppressed, {} evictions, {} pressure and {} idle flushes)",
+               s.records_in, s.records_out, s.summaries, s.folded, s.updates_suppressed,
+               s.evictions, pressure_flushes, idle_flushes);
+  return exit_code::kOk;
+}
+
+}  // namespace
+
+int run_dedupd(StageRuntime& runtime) {
+  RingInputs inputs(runtime, input_edges(runtime.shards()));
+  RingOutput output(runtime, kDedupEdge);
+  std::function<bool()> never = [&] {
+    runtime.heartbeat();
+    return false;
+  };
+  if (!runtime.config().dedup.enabled) return pass_through(runtime, inputs, output, never);
+  return deduplicate(runtime, inputs, output, never);
 }
 
 }  // namespace flowseal::dedupd

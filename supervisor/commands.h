@@ -56,6 +56,7 @@ struct DebugRewriteOptions {
   std::string swap;                       // SEQ:SEQ
   std::vector<std::uint64_t> reseal;      // re-signed with `key`
   std::string key;
+  std::size_t split = 0;                  // > 0: write segments of this many batches
 };
 int debug_rewrite_command(const DebugRewriteOptions& options);
 

@@ -26,6 +26,8 @@ void append_json_string(std::string& out, std::string_view text) {
   out += '"';
 }
 
+}  // namespace
+
 std::string_view kind_name(schema::EventKind kind) {
   switch (kind) {
     case schema::EventKind::START: return "start";
@@ -35,6 +37,8 @@ std::string_view kind_name(schema::EventKind kind) {
   }
   return "unknown";
 }
+
+namespace {
 
 std::string_view reason_name(schema::EndReason reason) {
   switch (reason) {
@@ -87,6 +91,89 @@ std::string uid_text(std::uint64_t uid) {
     uid /= 62;
   } while (uid != 0);
   return text;
+}
+
+std::optional<std::uint64_t> parse_uid_text(std::string_view text) {
+  if (text.size() < 2 || text.size() > 12 || text[0] != 'C') return std::nullopt;
+  std::uint64_t uid = 0;
+  // uid_text writes the least significant digit first.
+  for (std::size_t i = text.size() - 1; i >= 1; --i) {
+    const char c = text[i];
+    int digit = -1;
+    if (c >= '0' && c <= '9') digit = c - '0';
+    if (c >= 'A' && c <= 'Z') digit = c - 'A' + 10;
+    if (c >= 'a' && c <= 'z') digit = c - 'a' + 36;
+    if (digit < 0) return std::nullopt;
+    const auto d = static_cast<std::uint64_t>(digit);
+    if (uid > (UINT64_MAX - d) / 62) return std::nullopt;
+    uid = uid * 62 + d;
+  }
+  if (uid_text(uid) != text) return std::nullopt;  // leading zero digits: not canonical
+  return uid;
+}
+
+std::string event_id_text(schema::FlowEvent::Reader e) {
+  return fmt::format("{}:{}:{}", uid_text(e.getUid()), kind_name(e.getKind()), e.getEventNumber());
+}
+
+namespace {
+
+// Zeek's TSV escaping: the separator and non-printable bytes as \xNN, a backslash doubled.
+void append_tsv_value(std::string& out, std::string_view text) {
+  if (text.empty()) {
+    out += "(empty)";
+    return;
+  }
+  if (text == "-") {
+    out += "\\x2d";  // a literal "-" would read as unset
+    return;
+  }
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (u < 0x20 || u >= 0x7f) {
+      out += fmt::format("\\x{:02x}", u);
+    } else {
+      out += c;
+    }
+  }
+}
+
+}  // namespace
+
+std::string tsv_header(std::string_view open_time) {
+  return fmt::format(
+      "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n"
+      "#path\tconn\n#open\t{}\n"
+      "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tduration\t"
+      "orig_bytes\tresp_bytes\tconn_state\thistory\torig_pkts\torig_ip_bytes\tresp_pkts\t"
+      "resp_ip_bytes\tcommunity_id\tvlan\tevent\tevent_number\tend_reason\tsampling_rate\t"
+      "flow_count\n"
+      "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tinterval\tcount\tcount\t"
+      "string\tstring\tcount\tcount\tcount\tcount\tstring\tcount\tstring\tcount\tstring\t"
+      "double\tcount\n",
+      open_time);
+}
+
+std::string to_tsv_line(schema::FlowEvent::Reader e) {
+  std::string out;
+  out.reserve(384);
+  out += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t", seconds(e.getFirstTsNs()),
+                     uid_text(e.getUid()), address_to_string(e.getOrigAddr()), e.getOrigPort(),
+                     address_to_string(e.getRespAddr()), e.getRespPort(),
+                     proto_name(e.getProto()), seconds(e.getLastTsNs() - e.getFirstTsNs()),
+                     e.getOrigBytes(), e.getRespBytes());
+  append_tsv_value(out, e.getConnState().cStr());
+  out += '\t';
+  append_tsv_value(out, e.getHistory().cStr());
+  out += fmt::format("\t{}\t{}\t{}\t{}\t", e.getOrigPkts(), e.getOrigIpBytes(), e.getRespPkts(),
+                     e.getRespIpBytes());
+  append_tsv_value(out, e.getCommunityId().cStr());
+  out += fmt::format("\t{}\t{}\t{}\t{}\t{}\t{}", e.getVlan(), kind_name(e.getKind()),
+                     e.getEventNumber(), reason_name(e.getEndReason()), e.getSamplingRate(),
+                     e.getFlowCount());
+  return out;
 }
 
 std::string to_json_line(schema::FlowEvent::Reader e) {

@@ -29,6 +29,9 @@ segment::StoreOptions store_options(const WriterConfig& config) {
   options.writer.zstd_level = static_cast<int>(config.zstd_level);
   options.writer.fsync = segment::parse_fsync_policy(config.fsync);
   options.writer.fsync_interval = std::chrono::milliseconds(config.fsync_interval_ms);
+  options.retention_max_age = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::duration<double>(config.retention_max_age));
+  options.retention_max_bytes = static_cast<std::uint64_t>(config.retention_max_mb) << 20;
   return options;
 }
 
@@ -75,7 +78,7 @@ bool pause(StageRuntime& runtime, std::chrono::milliseconds total) {
 
 int run_writerd(StageRuntime& runtime) {
   segment::SegmentStore store(store_options(runtime.config().writer));
-  for (const std::string& note : store.recovery_notes()) spdlog::warn("recovery: {}", note);
+  for (const std::string& note : store.take_notes()) spdlog::warn("recovery: {}", note);
   if (store.highest_seq()) {
     spdlog::info("{} holds batches up to seq {}: replays of those are dropped",
                  runtime.config().writer.dir, *store.highest_seq());
@@ -97,6 +100,7 @@ int run_writerd(StageRuntime& runtime) {
 
   for (;;) {
     auto frame = in.next();
+    for (const std::string& note : store.take_notes()) spdlog::info("{}", note);
     if (!frame) {
       report_io(store.maintain(realtime_ns()));
       if (inputs.drained()) break;

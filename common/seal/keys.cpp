@@ -358,6 +358,7 @@ struct VerifierParts {
   EvpPkeyPtr pkey;
   Algorithm algorithm{};
   Digest key_id{};
+  std::vector<std::uint8_t> public_der;
   EvpMdPtr md;  // fetched once; null for Ed25519
   EvpMdCtxPtr initialised;
   EvpMdCtxPtr work;
@@ -377,7 +378,8 @@ namespace {
 VerifierParts verifier_parts(EvpPkeyPtr pkey, const std::filesystem::path& where) {
   VerifierParts parts;
   parts.algorithm = algorithm_of(pkey.get(), where);
-  parts.key_id = sha256(spki_der(pkey.get(), where));
+  parts.public_der = spki_der(pkey.get(), where);
+  parts.key_id = sha256(parts.public_der);
   parts.work = new_md_ctx();
   if (uses_digest(parts.algorithm)) {
     parts.md = fetch_sha256();
@@ -415,6 +417,7 @@ PublicKey PublicKey::from_der(std::span<const std::uint8_t> der) {
 
 Algorithm PublicKey::algorithm() const { return state_->algorithm; }
 const Digest& PublicKey::key_id() const { return state_->key_id; }
+std::vector<std::uint8_t> PublicKey::public_der() const { return state_->public_der; }
 
 bool PublicKey::verify(std::span<const std::uint8_t> message,
                        std::span<const std::uint8_t> signature) const {

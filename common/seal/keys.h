@@ -67,6 +67,7 @@ class PublicKey {
 
   Algorithm algorithm() const;
   const Digest& key_id() const;
+  std::vector<std::uint8_t> public_der() const;  // DER SubjectPublicKeyInfo
   bool verify(std::span<const std::uint8_t> message,
               std::span<const std::uint8_t> signature) const;
 

@@ -123,9 +123,60 @@ IoStatus SegmentStore::close_writer() {
   return status;
 }
 
+void SegmentStore::enforce_retention(std::int64_t now_ns) {
+  if (options_.retention_max_age.count() <= 0 && options_.retention_max_bytes == 0) return;
+  std::vector<std::filesystem::path> segments;
+  try {
+    segments = list_segments(options_.dir);
+  } catch (const std::filesystem::filesystem_error& e) {
+    notes_.push_back(fmt::format("retention: {}: cannot list segments: {}",
+                                 options_.dir.string(), e.code().message()));
+    return;
+  }
+  struct Closed {
+    std::filesystem::path file;
+    std::uint64_t bytes;
+    std::int64_t closed_ns;
+  };
+  std::vector<Closed> closed;  // in stream order: oldest first
+  std::uint64_t total = 0;
+  for (const auto& file : segments) {
+    std::error_code ec;
+    const std::uint64_t bytes = std::filesystem::file_size(file, ec);
+    if (ec) continue;
+    total += bytes;
+    if (is_part(file)) continue;  // the open segment (or one recovery left) is never deleted
+    const auto mtime = std::filesystem::last_write_time(file, ec);
+    if (ec) continue;
+    const auto since_epoch = std::chrono::file_clock::to_sys(mtime).time_since_epoch();
+    closed.push_back(
+        {file, bytes, std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch).count()});
+  }
+  for (const Closed& segment : closed) {
+    const bool too_old = options_.retention_max_age.count() > 0 &&
+                         now_ns - segment.closed_ns > options_.retention_max_age.count();
+    const bool too_big = options_.retention_max_bytes > 0 && total > options_.retention_max_bytes;
+    if (!too_old && !too_big) break;  // oldest first: the rest are newer and the total fits
+    std::error_code ec;
+    std::filesystem::remove(segment.file, ec);
+    if (ec) {
+      notes_.push_back(fmt::format("retention: {}: cannot delete: {}", segment.file.string(),
+                                   ec.message()));
+      return;
+    }
+    total -= segment.bytes;
+    ++segments_deleted_;
+    notes_.push_back(fmt::format("retention: deleted {} ({} bytes, {})",
+                                 segment.file.filename().string(), segment.bytes,
+                                 too_old ? "past writer.retention_max_age"
+                                         : "past writer.retention_max_mb"));
+  }
+}
+
 AppendResult SegmentStore::append(const StreamId& stream, const KeyId& key,
                                   const BatchMeta& batch, std::span<const std::byte> message,
                                   std::int64_t now_ns) {
+  last_error_ = {};  // describes this append only: writerd tells "works again" by it
   if (stream_id_ && *stream_id_ != stream) {
     last_error_ = IoStatus::failure(
         EINVAL, fmt::format("{} holds stream {}; batch {} belongs to stream {}: use another "
@@ -167,17 +218,22 @@ AppendResult SegmentStore::append(const StreamId& stream, const KeyId& key,
   if (writer_->bytes() >= options_.segment_max_bytes) {
     // The batch is stored either way; a failed close is retried by the next append/maintain.
     last_error_ = close_writer();
+    if (!writer_) enforce_retention(now_ns);
   }
   return AppendResult::kStored;
 }
 
 IoStatus SegmentStore::maintain(std::int64_t now_ns) {
-  if (!writer_) return {};
-  if (writer_->bytes() >= options_.segment_max_bytes ||
-      now_ns - writer_->header().created_ns >= options_.segment_max_age.count()) {
-    return close_writer();
+  if (writer_ && (writer_->bytes() >= options_.segment_max_bytes ||
+                  now_ns - writer_->header().created_ns >= options_.segment_max_age.count())) {
+    if (IoStatus s = close_writer(); !s.ok()) return s;
   }
-  return writer_->sync_if_due();
+  // Age-based retention must act when no batch comes: it is checked here, at most once a second.
+  if (now_ns - last_retention_ns_ >= 1'000'000'000) {
+    last_retention_ns_ = now_ns;
+    enforce_retention(now_ns);
+  }
+  return writer_ ? writer_->sync_if_due() : IoStatus{};
 }
 
 IoStatus SegmentStore::close() { return close_writer(); }

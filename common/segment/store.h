@@ -19,6 +19,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "segment/format.h"
@@ -31,6 +32,11 @@ struct StoreOptions {
   std::uint64_t segment_max_bytes = 64u << 20;
   std::chrono::nanoseconds segment_max_age = std::chrono::minutes(5);
   WriterOptions writer;
+  // Retention: closed segments older than this (by their file's modification time, which is
+  // when they were closed) or past the total size are deleted, oldest first. Zero: no limit.
+  // The open segment is never deleted, so the total may exceed the size limit by one segment.
+  std::chrono::nanoseconds retention_max_age{0};
+  std::uint64_t retention_max_bytes = 0;
 };
 
 enum class AppendResult { kStored, kDuplicate, kForeignStream, kError };
@@ -54,15 +60,20 @@ class SegmentStore {
   const std::optional<StreamId>& stream_id() const { return stream_id_; }
   // What recovery found and did, one line each, for the log.
   const std::vector<std::string>& recovery_notes() const { return notes_; }
+  // The notes so far (recovery, then retention deletions), handed over once for the log.
+  std::vector<std::string> take_notes() { return std::exchange(notes_, {}); }
   std::uint64_t bytes_stored() const { return bytes_stored_; }
   std::uint64_t segments_started() const { return segments_started_; }
   bool has_open_segment() const { return writer_.has_value(); }
+  std::uint64_t segments_deleted() const { return segments_deleted_; }
 
  private:
   void recover();
   void recover_part(const std::filesystem::path& part, bool newest);
   void learn_from_closed(const std::filesystem::path& segment);
   IoStatus close_writer();
+  // Deletes closed segments past the retention limits (a failure is noted, retried later).
+  void enforce_retention(std::int64_t now_ns);
 
   StoreOptions options_;
   std::optional<SegmentWriter> writer_;
@@ -72,6 +83,8 @@ class SegmentStore {
   std::vector<std::string> notes_;
   std::uint64_t bytes_stored_ = 0;
   std::uint64_t segments_started_ = 0;
+  std::uint64_t segments_deleted_ = 0;
+  std::int64_t last_retention_ns_ = 0;
 };
 
 }  // namespace flowseal::segment

@@ -218,3 +218,70 @@ TEST_CASE("a batch of another stream is refused, not mixed into the directory's 
         AppendResult::kForeignStream);
   CHECK(store.last_error().what.find("another output directory") != std::string::npos);
 }
+
+namespace {
+
+std::int64_t real_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+TEST_CASE("retention by total size deletes the oldest closed segments and never the open one") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_bytes = 2048;
+  o.retention_max_bytes = 6000;
+  SegmentStore store(o);
+  for (std::uint64_t seq = 0; seq < 40; ++seq) {
+    REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), real_now_ns()) ==
+            AppendResult::kStored);
+  }
+  REQUIRE(store.has_open_segment());
+  CHECK(store.segments_deleted() > 0);
+  const auto segments = list_segments(dir.path);
+  REQUIRE_FALSE(segments.empty());
+  CHECK(is_part(segments.back()));  // the open segment is still there
+  std::uint64_t closed_bytes = 0;
+  for (const auto& s : segments) {
+    if (!is_part(s)) closed_bytes += fs::file_size(s);
+  }
+  CHECK(closed_bytes <= o.retention_max_bytes);
+  // What is left is the newest part of the stream, without a gap.
+  const auto seqs = stored_seqs(dir.path);
+  REQUIRE_FALSE(seqs.empty());
+  CHECK(seqs.front() > 0);
+  CHECK(seqs.back() == 39);
+  for (std::size_t i = 1; i < seqs.size(); ++i) CHECK(seqs[i] == seqs[i - 1] + 1);
+}
+
+TEST_CASE("retention by age deletes closed segments past the limit when idle") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_bytes = 2048;
+  o.retention_max_age = std::chrono::hours(1);
+  SegmentStore store(o);
+  for (std::uint64_t seq = 0; seq < 10; ++seq) {
+    REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), real_now_ns()) ==
+            AppendResult::kStored);
+  }
+  REQUIRE(store.has_open_segment());
+  auto segments = list_segments(dir.path);
+  REQUIRE(segments.size() > 2);
+  CHECK(store.segments_deleted() == 0);
+  // The two oldest closed segments were closed two hours ago.
+  const auto old = fs::file_time_type::clock::now() - std::chrono::hours(2);
+  fs::last_write_time(segments[0], old);
+  fs::last_write_time(segments[1], old);
+  fs::path open_part = segments.back();
+  fs::last_write_time(open_part, old);  // even an old open segment stays
+  REQUIRE(store.maintain(real_now_ns()).ok());
+  CHECK(store.segments_deleted() == 2);
+  const auto left = list_segments(dir.path);
+  CHECK(left.size() == segments.size() - 2);
+  CHECK_FALSE(fs::exists(segments[0]));
+  CHECK_FALSE(fs::exists(segments[1]));
+  CHECK(fs::exists(open_part));
+}

@@ -231,6 +231,10 @@ def check_capture(flowseal, data, tmp, n, name, what):
     if r.returncode != 0:
         return [f"{name}: flowseal run exited {r.returncode}: {r.stderr[-2000:]}"]
     failures = []
+    for alarm in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+        if alarm in r.stderr:
+            at = r.stderr.index(alarm)
+            failures.append(f"{name}: a sanitizer reported during the run:\n{r.stderr[at:at + 1500]}")
     if "accounting received = processed + sampled out + dropped: yes" not in r.stderr:
         failures.append(f"{name}: the run summary does not say every packet is accounted for:\n"
                         f"{r.stderr[-1500:]}")

@@ -1,0 +1,150 @@
+// CaptureFileReader: records of one pcap or pcapng file, read from a read-only mapping.
+//
+// Why not libpcap for files: libpcap refuses a pcapng file whose interfaces have different
+// link types, silently cuts a record whose caplen exceeds the snaplen, and cannot say at
+// which byte offset a file went wrong. This reader handles
+//   - pcap: microsecond and nanosecond magic, both byte orders, and the "modified" (Kuznetsov)
+//     variant with its longer record header;
+//   - pcapng: several sections (each with its own byte order), several interfaces each with
+//     its own link type, snaplen, if_tsresol (10^-n or 2^-n) and if_tsoffset; enhanced,
+//     simple and obsolete packet blocks; every other block is skipped by its length.
+// Live capture still goes through libpcap (pcap_source.h).
+//
+// Guarantees: it never reads outside the mapping and never throws after open(); each problem
+// goes to the Reporter once with the record number (1-based, counting packet records) and the
+// byte offset of the record or block. A problem that leaves the framing intact (caplen over
+// the snaplen, a zero-length packet, an unknown interface, an unsupported link type) skips
+// that record and reading goes on; one that breaks the framing (the file stops mid-record,
+// a block length that does not add up, a caplen no capture could produce) ends the file.
+// Every record before the problem has been returned. Packet bytes are views into the mapping,
+// valid while the reader lives. Not thread-safe; one reader per file.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace flowseal::capture {
+
+// Largest caplen accepted at all (libpcap's own limit, MAXIMUM_SNAPLEN): a larger one means
+// the record headers are garbage, not that the packet was big.
+inline constexpr std::uint32_t kMaxCaplen = 262144;
+
+// A read-only mapping of a whole file, unmapped on destruction.
+class MappedFile {
+ public:
+  // Maps `path`; on failure returns nullopt and sets `error` (what failed and why).
+  static std::optional<MappedFile> open(const std::string& path, std::string& error);
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  std::span<const std::uint8_t> bytes() const { return {data_, size_}; }
+
+ private:
+  MappedFile(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+  const std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+struct FileRecord {
+  std::span<const std::uint8_t> bytes;  // captured bytes (caplen)
+  std::uint32_t wire_len = 0;           // never less than caplen
+  std::int64_t ts_ns = 0;               // since the epoch
+  int link_type = 0;                    // LINKTYPE_* as the file says it
+  std::uint32_t interface = 0;          // pcapng interface id; 0 for pcap
+};
+
+struct FileProblem {
+  std::uint64_t record = 0;  // 1-based number of the packet record concerned
+  std::uint64_t offset = 0;  // byte offset of that record or block in the file
+  std::string what;          // "caplen 70000 exceeds snaplen 65535: record skipped"
+  bool fatal = false;        // reading of this file ended here
+};
+
+class CaptureFileReader {
+ public:
+  using Reporter = std::function<void(const FileProblem&)>;
+  using LinkCheck = std::function<bool(int link_type)>;
+  enum class Format { kPcap, kPcapng };
+
+  // Reads the file header. A file that is not a capture, or whose header is cut short,
+  // is reported (fatal, offset 0) and gives nullopt. `link_supported` decides which link
+  // types can be returned; records of any other are reported (once per interface) and
+  // skipped.
+  static std::optional<CaptureFileReader> open(std::span<const std::uint8_t> file,
+                                               Reporter reporter, LinkCheck link_supported);
+
+  // The next packet record; false at the end of the file or after a fatal problem.
+  bool next(FileRecord& record);
+
+  Format format() const { return format_; }
+  std::uint64_t offset() const { return pos_; }           // bytes consumed so far
+  std::uint64_t records() const { return record_; }       // packet records seen so far
+  std::uint64_t skipped() const { return skipped_; }      // packet records not returned
+
+ private:
+  struct Interface {
+    int link_type = 0;
+    std::uint32_t snaplen = 0;  // 0: no limit
+    bool resolution_pow2 = false;
+    std::uint8_t resolution_exp = 6;  // 10^-6 s unless if_tsresol says otherwise
+    std::int64_t offset_s = 0;        // if_tsoffset
+    bool supported = true;
+  };
+
+  CaptureFileReader(std::span<const std::uint8_t> file, Reporter reporter, LinkCheck check)
+      : file_(file), report_(std::move(reporter)), link_supported_(std::move(check)) {}
+
+  bool open_pcap();
+  bool next_pcap(FileRecord& record);
+  bool next_pcapng(FileRecord& record);
+  bool read_section_header(std::uint64_t at);
+  void read_interface(std::uint64_t at, std::span<const std::uint8_t> body);
+  bool packet_block(std::uint32_t type, std::uint64_t at, std::span<const std::uint8_t> body,
+                    FileRecord& record);
+  // Applies the per-record checks shared by both formats; false if the record is skipped.
+  bool accept(std::uint64_t at, std::uint32_t caplen, std::uint32_t wire_len,
+              std::uint32_t snaplen, std::uint64_t room);
+
+  std::uint16_t u16(std::uint64_t at) const;
+  std::uint32_t u32(std::uint64_t at) const;
+  std::uint64_t left() const { return file_.size() - pos_; }
+  void problem(std::uint64_t at, std::string what, bool fatal);
+  bool fail(std::uint64_t at, std::string what) {
+    problem(at, std::move(what), true);
+    ended_ = true;
+    return false;
+  }
+
+  std::span<const std::uint8_t> file_;
+  Reporter report_;
+  LinkCheck link_supported_;
+  Format format_ = Format::kPcap;
+  bool swapped_ = false;
+  bool ended_ = false;
+  std::uint64_t pos_ = 0;
+  std::uint64_t record_ = 0;
+  std::uint64_t skipped_ = 0;
+  // pcap
+  std::size_t record_header_ = 16;  // 24 in the modified format
+  bool nano_ = false;
+  // pcapng: the interfaces of the current section
+  std::vector<Interface> interfaces_;
+  std::int64_t last_ts_ns_ = 0;  // simple packet blocks carry no time
+};
+
+// "1 (EN10MB)": a link type's number and, where libpcap knows it, its name.
+std::string link_type_name(int link_type);
+
+// Nanoseconds for a pcapng timestamp of `units` at resolution 10^-exp or 2^-exp seconds.
+std::int64_t pcapng_ts_ns(std::uint64_t units, bool pow2, std::uint8_t exp);
+
+}  // namespace flowseal::capture
