@@ -1,0 +1,107 @@
+#include "pcap_source.h"
+
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "packet/decode.h"
+
+namespace flowseal::capture {
+namespace {
+
+const std::string kData = FLOWSEAL_TEST_DATA;
+
+struct Read {
+  std::vector<Packet> packets;  // bytes are not kept: only the metadata is compared
+  std::vector<std::uint8_t> protos;
+};
+
+Read read_all(PcapSource& source) {
+  Read read;
+  Packet packet;
+  while (source.next(packet) == PcapSource::Status::kPacket) {
+    packet::DecodedPacket d;
+    read.protos.push_back(packet::decode(packet.link_type, packet.bytes, packet.wire_len, d) ==
+                                  packet::DecodeStatus::kOk
+                              ? d.key.proto
+                              : 0);
+    packet.bytes = {};
+    read.packets.push_back(packet);
+  }
+  return read;
+}
+
+}  // namespace
+
+TEST_CASE("files are read in the order given, each packet with its file's link type") {
+  auto source = PcapSource::offline({kData + "/sample.pcap", kData + "/KakaoTalk_talk.pcap"}, "");
+  const Read read = read_all(source);
+  REQUIRE(read.packets.size() > 500);
+  for (std::size_t i = 0; i < read.packets.size(); ++i) {
+    INFO("packet " << i);
+    CHECK(read.packets[i].link_type == (i < 500 ? 1 : 113));
+  }
+  CHECK(source.errors().empty());
+  CHECK(source.bytes_read() == source.bytes_total());
+}
+
+TEST_CASE("a pcapng file with many interfaces gives every packet") {
+  auto source = PcapSource::offline({kData + "/sites.pcapng"}, "");
+  const Read read = read_all(source);
+  CHECK(read.packets.size() == 716);
+  CHECK(source.errors().empty());
+  CHECK(source.skipped() == 0);
+}
+
+TEST_CASE("loop mode reads the files again, each pass later in time than the one before") {
+  auto once = PcapSource::offline({kData + "/sample.pcap"}, "");
+  const Read first = read_all(once);
+  auto looped = PcapSource::offline({kData + "/sample.pcap"}, "", 3);
+  const Read all = read_all(looped);
+  REQUIRE(all.packets.size() == 3 * first.packets.size());
+  const std::size_t n = first.packets.size();
+  const std::int64_t span = first.packets.back().ts_ns - first.packets.front().ts_ns;
+  for (std::size_t i = 0; i < all.packets.size(); ++i) {
+    const std::uint32_t pass = static_cast<std::uint32_t>(i / n);
+    REQUIRE(all.packets[i].pass == pass);
+    REQUIRE(all.packets[i].ts_ns ==
+            first.packets[i % n].ts_ns + pass * (span + 1'000'000'000));
+  }
+  CHECK(looped.bytes_read() == looped.bytes_total());
+}
+
+TEST_CASE("a BPF filter keeps only the packets it matches") {
+  auto source = PcapSource::offline({kData + "/sample.pcap"}, "udp");
+  const Read read = read_all(source);
+  REQUIRE_FALSE(read.packets.empty());
+  CHECK(read.packets.size() < 500);
+  for (const auto proto : read.protos) CHECK(proto == 17);
+}
+
+TEST_CASE("a bad filter is a configuration error at start") {
+  try {
+    (void)PcapSource::offline({kData + "/sample.pcap"}, "tcp and and");
+    FAIL("no error");
+  } catch (const SourceStartError& e) {
+    CHECK(e.exit_code == 78);
+    CHECK(std::string(e.what()).find("tcp and and") != std::string::npos);
+  }
+}
+
+TEST_CASE("a file that cannot be opened is an error naming it, and the next file is read") {
+  auto source = PcapSource::offline({"/nonexistent/x.pcap", kData + "/sample.pcap"}, "");
+  const Read read = read_all(source);
+  CHECK(read.packets.size() == 500);
+  REQUIRE(source.errors().size() == 1);
+  CHECK(source.errors()[0].message ==
+        "capture: /nonexistent/x.pcap: cannot open: No such file or directory");
+}
+
+TEST_CASE("the link types the decoder knows are supported, others are not") {
+  for (const int known : {0, 1, 12, 101, 108, 113, 228, 229, 276}) CHECK(link_type_supported(known));
+  for (const int unknown : {9, 105, 127, 147, 195}) CHECK_FALSE(link_type_supported(unknown));
+}
+
+}  // namespace flowseal::capture
