@@ -305,6 +305,45 @@ std::string_view conn_state(const FlowSlot& s) {
   return "OTH";
 }
 
+// Ports Zeek's default analyzers register (its likely_server_ports): a connection first seen
+// from such a port, to a port that is not one, was picked up from the server's side.
+bool likely_server_port(std::uint8_t proto, std::uint16_t port) {
+  static constexpr std::uint16_t kTcp[] = {21, 22, 23, 25, 53, 80, 88, 110, 139, 143, 443,
+                                           445, 502, 514, 587, 993, 995, 1080, 3128, 3306,
+                                           5222, 5269, 6379, 6667, 8000, 8080, 8888};
+  static constexpr std::uint16_t kUdp[] = {53, 67, 69, 88, 123, 137, 161, 162, 443, 514,
+                                           1812, 1813, 2152, 2123, 3544, 4789, 5060, 5072,
+                                           5353, 5355, 6081};
+  auto in = [port](const auto& list) {
+    return std::find(std::begin(list), std::end(list), port) != std::end(list);
+  };
+  if (proto == kProtoTcp) return in(kTcp);
+  if (proto == kProtoUdp) return in(kUdp);
+  return false;
+}
+
+// Zeek's choice of originator for a new connection whose first packet may be the answer:
+// a SYN-ACK seen first came from the responder (TCP analyzer); a TCP packet without SYN or a
+// UDP datagram from a likely server port to a port that is not one came from the server
+// (TCPAnalyzer/UDPAnalyzer::WantConnection). When both ports look like servers, TCP flips
+// only if the destination port is the larger.
+bool flip_roles(const packet::DecodedPacket& p, const packet::FlowKey& key) {
+  if (!p.has_ports) return false;
+  if (key.proto == kProtoTcp) {
+    if (p.ports_cut) return false;
+    if ((p.tcp_flags & (kSyn | kAck)) == (kSyn | kAck)) return true;
+    if ((p.tcp_flags & kSyn) != 0) return false;
+    if (!likely_server_port(kProtoTcp, key.src_port)) return false;
+    if (likely_server_port(kProtoTcp, key.dst_port)) return key.dst_port > key.src_port;
+    return true;
+  }
+  if (key.proto == kProtoUdp) {
+    return likely_server_port(kProtoUdp, key.src_port) &&
+           !likely_server_port(kProtoUdp, key.dst_port);
+  }
+  return false;
+}
+
 bool has_ports(std::uint8_t proto) {
   return proto == kProtoTcp || proto == kProtoUdp || proto == kProtoSctp ||
          proto == kProtoIcmp || proto == kProtoIcmpv6;
@@ -364,7 +403,13 @@ FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
     resumed_ = true;
     rebuild_indexes();
   } else {
-    std::memset(base, 0, bytes_needed(capacity));
+    // The supervisor creates the segment zero-filled; clearing it again would touch every
+    // page (the whole budget share in PSS, and seconds at large budgets, long enough to miss
+    // heartbeats). Only memory something was written to is cleared.
+    const auto* first = reinterpret_cast<const unsigned char*>(base);
+    if (std::any_of(first, first + sizeof(*header_), [](unsigned char b) { return b != 0; })) {
+      std::memset(base, 0, bytes_needed(capacity));
+    }
     header_->layout_version = detail::kLayoutVersion;
     header_->slot_bytes = sizeof(FlowSlot);
     header_->capacity = capacity;
@@ -470,6 +515,19 @@ std::uint32_t FlowTable::find(const packet::FlowKey& key, std::uint64_t hash,
 void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_ns,
                           EventSink& sink) {
   ++header_->stats.packets;
+  // A UDP tunnel's own connection counts the whole outer packet, as Zeek's conn.log does.
+  for (std::size_t i = 0; i < packet.outer_count && i < packet.outer.size(); ++i) {
+    packet::DecodedPacket outer;
+    outer.key = packet.outer[i].key;
+    outer.ip_bytes = packet.outer[i].ip_bytes;
+    outer.payload_bytes = packet.outer[i].payload_bytes;
+    outer.has_ports = true;
+    apply(outer, ts_ns, sink);
+  }
+  apply(packet, ts_ns, sink);
+}
+
+void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink) {
   const packet::FlowKey key = packet::flow_key(packet.key);
   const std::uint64_t hash = packet::symmetric_hash64(key);
   bool from_orig = true;
@@ -498,10 +556,10 @@ void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_n
   d.ip_bytes += packet.ip_bytes;
   d.payload_bytes += packet.payload_bytes;
   s.last_ts = std::max(s.last_ts, ts_ns);
-  if (s.proto == kProtoTcp && packet.has_ports) {
+  if (s.proto == kProtoTcp && packet.has_ports && !packet.ports_cut) {
     update_tcp(s, from_orig, packet.tcp_flags, packet.payload_bytes);
-  } else if (packet.payload_bytes > 0 && s.proto == kProtoUdp) {
-    add_history(s, from_orig, kHistData, 'd');  // as Zeek's UDP analyzer
+  } else if (s.proto == kProtoUdp) {
+    add_history(s, from_orig, kHistData, 'd');  // Zeek's UDP analyzer: every datagram, even empty
   }
 
   // A touched flow stays where it is in its timer list (moving it would cost two more cache
@@ -544,9 +602,7 @@ std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packe
 
   FlowSlot& s = slots_[index];
   s = FlowSlot{};
-  // A SYN-ACK seen first was sent by the responder (we missed the SYN): flip, as Zeek does.
-  const bool flip = key.proto == kProtoTcp && packet.has_ports &&
-                    (packet.tcp_flags & (kSyn | kAck)) == (kSyn | kAck);
+  const bool flip = flip_roles(packet, key);
   s.orig_addr = flip ? key.dst : key.src;
   s.resp_addr = flip ? key.src : key.dst;
   s.orig_port = flip ? key.dst_port : key.src_port;

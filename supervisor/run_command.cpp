@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -160,12 +161,15 @@ int run_pipeline(Config config) {
 
   int result = exit_code::kOk;
   bool aborting = false;
+  // Stages asked to leave on an abort get this long before they are killed: one blocked on
+  // a full ring behind a dead consumer would otherwise hold the run for ever.
+  std::optional<Clock::time_point> abort_deadline;
   auto slot_of = [&](const Stage& s) -> StageSlot& {
     return control.slots[slot_index(s.kind, s.shard, shards)];
   };
   auto last_stats = Clock::now();
   // The first memory sample comes a moment after start, when every stage has mapped its rings.
-  auto last_memory_sample = Clock::now() - std::chrono::milliseconds(800);
+  auto last_memory_sample = Clock::now() - std::chrono::milliseconds(200);
   std::uint64_t peak_total_pss = 0;
   const auto heartbeat_timeout_ns = config.supervisor.heartbeat_timeout_ms * 1'000'000;
 
@@ -195,11 +199,28 @@ int run_pipeline(Config config) {
       }
     }
 
+    if (aborting && !abort_deadline) abort_deadline = Clock::now() + kRestartGrace;
+    if (abort_deadline && Clock::now() >= *abort_deadline) {
+      for (auto& s : stages) {
+        if (s.process.running()) {
+          spdlog::warn("{} (pid {}) still running {} s into the abort: killing it", s.name,
+                       s.process.pid(), kRestartGrace.count());
+          s.process.signal(SIGKILL);
+        }
+      }
+      abort_deadline = Clock::time_point::max();
+    }
+
     bool all_finished = true;
     for (auto& stage : stages) {
       if (stage.finished) continue;
       all_finished = false;
       StageSlot& slot = slot_of(stage);
+      if (stage.waiting_restart && aborting) {
+        stage.waiting_restart = false;
+        stage.finished = true;  // an abort cancels the pending restart
+        continue;
+      }
       if (stage.waiting_restart) {
         if (Clock::now() >= stage.restart_at && !aborting) {
           stage.waiting_restart = false;
@@ -277,7 +298,8 @@ int run_pipeline(Config config) {
     }
     if (all_finished) break;
 
-    if (Clock::now() - last_memory_sample >= std::chrono::seconds(1)) {
+    // Four samples a second: cheap (one small /proc read per stage) and short runs get one.
+    if (Clock::now() - last_memory_sample >= std::chrono::milliseconds(250)) {
       last_memory_sample = Clock::now();
       std::uint64_t total = 0;
       for (auto& stage : stages) {
