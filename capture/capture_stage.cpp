@@ -59,6 +59,13 @@ void drop_privileges(const std::string& user) {
                pw->pw_gid);
 }
 
+// Messages say "capture: FILE: ..." to stand alone; the stage's logger already names it.
+std::string_view without_stage_prefix(std::string_view message) {
+  constexpr std::string_view kPrefix = "capture: ";
+  if (message.starts_with(kPrefix)) message.remove_prefix(kPrefix.size());
+  return message;
+}
+
 PcapSource open_source(const CaptureConfig& config) {
   if (config.interface.empty()) return PcapSource::offline(config.files, config.filter, config.loop);
   PcapSource source = PcapSource::live(config);
@@ -103,7 +110,7 @@ int run_capture(StageRuntime& runtime) {
   try {
     opened.emplace(open_source(config));
   } catch (const SourceStartError& e) {
-    spdlog::error("{}", e.what());
+    spdlog::error("{}", without_stage_prefix(e.what()));
     return e.exit_code;
   }
   PcapSource& source = *opened;
@@ -215,7 +222,7 @@ int run_capture(StageRuntime& runtime) {
   for (auto* ring : rings) ring->close();
   runtime.set_state(StageState::kDraining);
 
-  for (const auto& error : source.errors()) spdlog::error("{}", error.message);
+  for (const auto& error : source.errors()) spdlog::error("{}", without_stage_prefix(error.message));
   counter(cc::kBadRecords).store(source.skipped());
   spdlog::info("{} packets received, {} published to {} shard(s)",
                counter(cc::kReceived).load(), published, shards);

@@ -95,9 +95,13 @@ PcapSource PcapSource::live(const CaptureConfig& config) {
                      : rc == PCAP_ERROR_NO_SUCH_DEVICE || rc == PCAP_ERROR_PERM_DENIED
                          ? exit_code::kNoInput
                          : exit_code::kSoftware;
-    throw SourceStartError(code, fmt::format("capture: interface {}: cannot start capture: {} "
-                                             "({})",
-                                             name, pcap_statustostr(rc), pcap_geterr(h)));
+    const std::string status = pcap_statustostr(rc);
+    const std::string detail = pcap_geterr(h);
+    throw SourceStartError(code, fmt::format("capture: interface {}: cannot start capture: {}{}",
+                                             name, status,
+                                             detail.empty() || detail == status
+                                                 ? std::string()
+                                                 : " (" + detail + ")"));
   }
   const int link = pcap_datalink(h);
   if (!link_type_supported(link)) {

@@ -42,7 +42,7 @@ enum : std::size_t {
   kPublished,        // packets placed in rings (offline restart resumes after these)
   kBytesRead,        // file bytes consumed (progress)
   kBytesTotal,       // file bytes in all inputs
-  kBadRecords,       // capture-file records libpcap could not read
+  kBadRecords,       // capture-file records skipped (each reported with file and offset)
   kCount
 };
 }

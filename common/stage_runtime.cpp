@@ -46,9 +46,11 @@ StageRuntime::StageRuntime(StageKind kind, std::string instance, Config config,
     throw std::runtime_error(
         fmt::format("shard {} does not exist: the instance has {}", shard, control_->shards));
   }
-  slot_->pid.store(static_cast<std::int32_t>(getpid()));
+  // Heartbeat first: the supervisor judges a stage hung once the slot's pid is this
+  // process's, so the pid is published last.
   slot_->started_ns.store(monotonic_ns());
   heartbeat();
+  slot_->pid.store(static_cast<std::int32_t>(getpid()), std::memory_order_release);
   set_state(StageState::kRunning);
 }
 

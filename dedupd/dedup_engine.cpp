@@ -333,8 +333,7 @@ void DedupEngine::fire_timers() {
 }
 
 void DedupEngine::flush_all() {
-  // Summaries first would reorder nothing that matters (they only hold ends); starts first
-  // keeps each released start ahead of any later record of its flow.
+  // Summaries hold only ends, so their order against the released starts does not matter.
   for (auto& [uid, flow] : flows_) release_start(flow);
   for (auto& [key, group] : groups_) emit_summary(key, group);
   flows_.clear();

@@ -20,8 +20,9 @@ namespace {
 
 namespace rc = record_counter;
 
-// Output frames carry at most this many events, far below any ring's frame limit.
-constexpr std::size_t kEventsPerFrame = 1024;
+// Output frames carry at most this many events (~80 KiB): below the frame limit of the
+// smallest event ring (a quarter of 1 MiB).
+constexpr std::size_t kEventsPerFrame = 256;
 
 std::vector<std::string> input_edges(std::size_t shards) {
   std::vector<std::string> edges;

@@ -104,6 +104,8 @@ class FlowTable {
 
  private:
   using Slot = detail::FlowSlot;
+  // Accounts one flow's share of a packet (the inner flow, or one tunnel's outer flow).
+  void apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink);
   std::uint32_t find(const packet::FlowKey& key, std::uint64_t hash, bool& from_orig) const;
   std::uint32_t create(const packet::DecodedPacket& packet, const packet::FlowKey& key,
                        std::uint64_t hash, std::int64_t ts_ns, EventSink& sink);

@@ -594,3 +594,52 @@ TEST_CASE("Community IDs equal the spec's golden values with seed 0") {
 TEST_CASE("Community IDs equal the spec's golden values with seed 1") {
   check_community_ids("baseline_seed1.json", 1);
 }
+
+TEST_CASE("a packet in a UDP tunnel counts to the tunnel's flow and to the inner flow") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  DecodedPacket inner = c2s(kSyn);
+  const DecodedPacket outer = v4(17, 7, 50000, 8, 4789, 0, 8 + 14 + inner.ip_bytes);
+  inner.outer[0] = packet::OuterFlow{outer.key, outer.ip_bytes, outer.payload_bytes};
+  inner.outer_count = 1;
+  t.table.on_packet(inner, 0, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  const auto& tunnel = ends[0].proto == 17 ? ends[0] : ends[1];
+  const auto& tcp = ends[0].proto == 17 ? ends[1] : ends[0];
+  CHECK(tunnel.orig_pkts == 1);
+  CHECK(tunnel.orig_ip_bytes == outer.ip_bytes);
+  CHECK(tunnel.resp_port == 4789);
+  CHECK(tcp.orig_pkts == 1);
+  CHECK(tcp.orig_ip_bytes == inner.ip_bytes);
+  CHECK(t.table.stats().packets == 1);
+}
+
+TEST_CASE("a UDP datagram first seen from a server port makes its receiver the originator") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(v4(17, 2, 53, 1, 40000, 0, 0), 0, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_port == 40000);
+  CHECK(ends[0].resp_pkts == 1);
+  CHECK(ends[0].history.view() == "^d");
+  CHECK(ends[0].conn_state.view() == "SHR");
+}
+
+TEST_CASE("a TCP segment whose header the snaplen cut after the ports still counts to its flow") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  DecodedPacket cut = s2c(0, 100);
+  cut.ports_cut = true;
+  t.table.on_packet(cut, kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].resp_pkts == 1);
+  CHECK(ends[0].resp_ip_bytes == cut.ip_bytes);
+  CHECK(ends[0].history.view() == "S");  // flags unknown: no letter, no state change
+}

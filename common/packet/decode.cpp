@@ -27,6 +27,13 @@ constexpr std::uint16_t kEtherQinQOld = 0x9100;  // pre-802.1ad QinQ, still seen
 constexpr std::uint16_t kEtherMplsUnicast = 0x8847;
 constexpr std::uint16_t kEtherMplsMulticast = 0x8848;
 constexpr std::uint16_t kEtherPppoeSession = 0x8864;
+constexpr std::uint16_t kEtherTransBridge = 0x6558;  // GRE/Geneve: an Ethernet frame follows
+constexpr std::uint16_t kEtherFabricPath = 0x8903;   // Cisco FabricPath: 2 bytes, then Ethernet
+constexpr std::uint16_t kEtherVnTag = 0x8926;        // Cisco VN-Tag: 4 bytes, then a type
+constexpr std::uint16_t kEtherPbb = 0x88E7;          // 802.1ah I-TAG: 4 bytes + inner MACs
+constexpr std::uint16_t kEtherPpp = 0x880B;          // PPP in GRE (PPTP)
+constexpr std::uint16_t kEtherErspan2 = 0x88BE;
+constexpr std::uint16_t kEtherErspan3 = 0x22EB;
 constexpr std::uint16_t kPppIpv4 = 0x0021;
 constexpr std::uint16_t kPppIpv6 = 0x0057;
 
@@ -35,6 +42,16 @@ constexpr std::uint8_t kProtoTcp = 6;
 constexpr std::uint8_t kProtoUdp = 17;
 constexpr std::uint8_t kProtoIcmpv6 = 58;
 constexpr std::uint8_t kProtoSctp = 132;
+constexpr std::uint8_t kProtoIpip = 4;
+constexpr std::uint8_t kProtoIpv6InIp = 41;
+constexpr std::uint8_t kProtoGre = 47;
+
+// UDP ports whose payload is a tunnel Zeek decapsulates (its default analyzer ports).
+constexpr std::uint16_t kPortVxlan = 4789;
+constexpr std::uint16_t kPortGeneve = 6081;
+constexpr std::uint16_t kPortGtpU = 2152;
+constexpr std::uint16_t kPortTeredo = 3544;
+constexpr std::uint16_t kPortAyiya = 5072;
 
 // Bounds on encapsulation depth: real traffic stays far below; a crafted packet cannot loop.
 constexpr int kMaxLinkLayers = 16;
@@ -67,6 +84,18 @@ class Decoder {
   DecodeStatus ipv4(std::size_t offset);
   DecodeStatus ipv6(std::size_t offset);
   DecodeStatus transport(const IpResult& ip);
+  DecodeStatus ppp(std::size_t offset);
+  DecodeStatus gre(std::size_t offset, std::size_t end);
+  DecodeStatus udp_tunnel(std::size_t offset, std::size_t end);
+  DecodeStatus decapsulate(bool outer_is_flow, std::size_t offset,
+                           DecodeStatus (Decoder::*inner)(std::size_t));
+  DecodeStatus ip_any(std::size_t offset) {
+    return ip_by_version(offset, DecodeStatus::kTruncatedIp, DecodeStatus::kBadIpHeader);
+  }
+  DecodeStatus ipv6_only(std::size_t offset) {
+    if (!have(offset, 1) || (*at(offset) >> 4) != 6) return DecodeStatus::kBadIpHeader;
+    return ipv6(offset);
+  }
 
   // An IP length field of 0 is what the capturing host's TSO/GSO offload leaves: the
   // wire length is then the best length there is.
@@ -104,6 +133,8 @@ DecodeStatus Decoder::link(int link_type) {
     case kDltNull:
     case kDltLoop:
       return null_family(0);
+    case kDltPpp:
+      return ppp(0);
     default:
       return DecodeStatus::kUnsupportedLink;
   }
@@ -147,6 +178,20 @@ DecodeStatus Decoder::ethertype(std::uint16_t type, std::size_t offset) {
         }
         return ip_by_version(offset, DecodeStatus::kTruncatedLink, DecodeStatus::kNotIp);
       }
+      case kEtherTransBridge:
+        return ethernet(offset);
+      case kEtherFabricPath:
+        return ethernet(offset + 2);
+      case kEtherVnTag:
+        if (!have(offset, 6)) return DecodeStatus::kTruncatedLink;
+        type = be16(at(offset + 4));
+        offset += 6;
+        continue;
+      case kEtherPbb:
+        if (!have(offset, 18)) return DecodeStatus::kTruncatedLink;
+        type = be16(at(offset + 16));
+        offset += 18;
+        continue;
       case kEtherPppoeSession: {
         if (!have(offset, 8)) return DecodeStatus::kTruncatedLink;
         const std::uint16_t ppp = be16(at(offset + 6));
@@ -292,40 +337,190 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
   if (!ip.first_fragment_or_whole) return DecodeStatus::kOk;  // no ports here: has_ports false
   const std::size_t pos = ip.transport_offset;
   std::size_t header_len = 0;
+  // Bytes that must be captured to read the ports: a header the snaplen cut after them still
+  // names its flow, and the IP lengths still give its size.
+  std::size_t ports_len = 4;
   switch (out_.key.proto) {
-    case kProtoTcp: {
-      if (!have(pos, 20)) return DecodeStatus::kTruncatedTransport;
-      const std::uint8_t* tcp = at(pos);
-      header_len = std::size_t{static_cast<std::uint8_t>(tcp[12] >> 4)} * 4;
-      if (header_len < 20) return DecodeStatus::kBadTransport;
-      out_.key.src_port = be16(tcp);
-      out_.key.dst_port = be16(tcp + 2);
-      out_.tcp_seq = be32(tcp + 4);
-      out_.tcp_ack = be32(tcp + 8);
-      out_.tcp_flags = tcp[13];
+    case kProtoTcp:
+      header_len = 20;
+      if (have(pos, 20)) {
+        const std::uint8_t* tcp = at(pos);
+        header_len = std::size_t{static_cast<std::uint8_t>(tcp[12] >> 4)} * 4;
+        if (header_len < 20) return DecodeStatus::kBadTransport;
+        out_.tcp_seq = be32(tcp + 4);
+        out_.tcp_ack = be32(tcp + 8);
+        out_.tcp_flags = tcp[13];
+      }
       break;
-    }
     case kProtoUdp:
     case kProtoSctp:
       // SCTP's common header is 12 bytes; its chunks are payload to a flow.
       header_len = out_.key.proto == kProtoUdp ? 8 : 12;
-      if (!have(pos, header_len)) return DecodeStatus::kTruncatedTransport;
-      out_.key.src_port = be16(at(pos));
-      out_.key.dst_port = be16(at(pos + 2));
       break;
     case kProtoIcmp:
     case kProtoIcmpv6:
       header_len = 8;
-      if (!have(pos, header_len)) return DecodeStatus::kTruncatedTransport;
-      out_.key.src_port = *at(pos);
-      out_.key.dst_port = *at(pos + 1);
+      ports_len = 2;
       break;
+    case kProtoIpip:
+    case kProtoIpv6InIp:
+      if (out_.fragment) return DecodeStatus::kOk;
+      return decapsulate(false, pos, &Decoder::ip_any);
+    case kProtoGre:
+      if (out_.fragment) return DecodeStatus::kOk;
+      return gre(pos, pos + ip.transport_len);
     default:
       return DecodeStatus::kOk;  // no ports: the whole IP payload is payload
+  }
+  if (!have(pos, ports_len)) return DecodeStatus::kTruncatedTransport;
+  if (ports_len == 2) {
+    out_.key.src_port = *at(pos);
+    out_.key.dst_port = *at(pos + 1);
+  } else {
+    out_.key.src_port = be16(at(pos));
+    out_.key.dst_port = be16(at(pos + 2));
   }
   if (header_len > ip.transport_len) return DecodeStatus::kBadTransport;
   out_.payload_bytes = ip.transport_len - static_cast<std::uint32_t>(header_len);
   out_.has_ports = true;
+  out_.ports_cut = !have(pos, header_len);
+  if (out_.key.proto == kProtoUdp && !out_.fragment && !out_.ports_cut) {
+    return udp_tunnel(pos + 8, pos + ip.transport_len);
+  }
+  return DecodeStatus::kOk;
+}
+
+DecodeStatus Decoder::ppp(std::size_t offset) {
+  if (!have(offset, 2)) return DecodeStatus::kTruncatedLink;
+  if (*at(offset) == 0xFF && *at(offset + 1) == 0x03) offset += 2;  // address and control
+  if (!have(offset, 1)) return DecodeStatus::kTruncatedLink;
+  std::uint16_t protocol = *at(offset);
+  if ((protocol & 1) != 0) {  // a compressed (one-byte) protocol field is odd
+    offset += 1;
+  } else {
+    if (!have(offset, 2)) return DecodeStatus::kTruncatedLink;
+    protocol = be16(at(offset));
+    offset += 2;
+  }
+  if (protocol == kPppIpv4) return ethertype(kEtherIpv4, offset);
+  if (protocol == kPppIpv6) return ethertype(kEtherIpv6, offset);
+  return DecodeStatus::kNotIp;  // LCP, IPCP, CCP, ...
+}
+
+// The tunnel's inner packet becomes the flow. If it cannot be decoded (not IP, cut short,
+// nesting too deep) the packet stays what it was: an ordinary packet of the outer flow.
+DecodeStatus Decoder::decapsulate(bool outer_is_flow, std::size_t offset,
+                                  DecodeStatus (Decoder::*inner)(std::size_t)) {
+  if (out_.tunnel_depth >= kMaxOuterFlows) return DecodeStatus::kOk;
+  if (outer_is_flow && out_.outer_count >= kMaxOuterFlows) return DecodeStatus::kOk;
+  const DecodedPacket saved = out_;
+  DecodedPacket fresh;
+  fresh.tunnel_depth = static_cast<std::uint8_t>(saved.tunnel_depth + 1);
+  fresh.outer = saved.outer;
+  fresh.outer_count = saved.outer_count;
+  if (outer_is_flow) {
+    fresh.outer[fresh.outer_count++] = OuterFlow{saved.key, saved.ip_bytes, saved.payload_bytes};
+  }
+  out_ = fresh;
+  if ((this->*inner)(offset) != DecodeStatus::kOk) out_ = saved;
+  return DecodeStatus::kOk;
+}
+
+DecodeStatus Decoder::gre(std::size_t offset, std::size_t end) {
+  if (!have(offset, 4) || end < offset + 4) return DecodeStatus::kOk;  // a GRE flow of its own
+  const std::uint16_t flags = be16(at(offset));
+  const std::uint16_t protocol = be16(at(offset + 2));
+  std::size_t len = 4;
+  switch (flags & 0x0007) {
+    case 0:
+      if ((flags & 0x8000) != 0) len += 4;  // checksum + reserved
+      if ((flags & 0x2000) != 0) len += 4;  // key
+      if ((flags & 0x1000) != 0) len += 4;  // sequence number
+      break;
+    case 1:  // enhanced GRE (PPTP): key always, acknowledgement optional
+      if (protocol != kEtherPpp) return DecodeStatus::kOk;
+      len += 4;
+      if ((flags & 0x1000) != 0) len += 4;
+      if ((flags & 0x0080) != 0) len += 4;
+      break;
+    default:
+      return DecodeStatus::kOk;
+  }
+  offset += len;
+  switch (protocol) {
+    case kEtherErspan2:
+      // ERSPAN type II carries an 8-byte header and sets the GRE sequence bit; type I has neither.
+      return decapsulate(false, offset + ((flags & 0x1000) != 0 ? 8 : 0), &Decoder::ethernet);
+    case kEtherErspan3: {
+      if (!have(offset, 12)) return DecodeStatus::kOk;
+      const bool platform_specific = (*at(offset + 11) & 0x01) != 0;
+      return decapsulate(false, offset + 12 + (platform_specific ? 8 : 0), &Decoder::ethernet);
+    }
+    case kEtherPpp:
+      return decapsulate(false, offset, &Decoder::ppp);
+    case kEtherTransBridge:
+      return decapsulate(false, offset, &Decoder::ethernet);
+    case kEtherIpv4:
+    case kEtherIpv6:
+      return decapsulate(false, offset, &Decoder::ip_any);
+    default:
+      return DecodeStatus::kOk;
+  }
+}
+
+DecodeStatus Decoder::udp_tunnel(std::size_t offset, std::size_t end) {
+  const std::uint16_t sp = out_.key.src_port, dp = out_.key.dst_port;
+  auto port = [&](std::uint16_t p) { return sp == p || dp == p; };
+  if (end <= offset || !have(offset, 8)) return DecodeStatus::kOk;
+  const std::uint8_t* h = at(offset);
+  if (port(kPortVxlan)) {
+    if ((h[0] & 0x08) == 0) return DecodeStatus::kOk;  // the VNI-valid flag
+    return decapsulate(true, offset + 8, &Decoder::ethernet);
+  }
+  if (port(kPortGeneve)) {
+    if ((h[0] >> 6) != 0) return DecodeStatus::kOk;  // version 0 only
+    const std::size_t inner = offset + 8 + std::size_t{h[0] & 0x3Fu} * 4;
+    const std::uint16_t protocol = be16(h + 2);
+    if (protocol == kEtherTransBridge) return decapsulate(true, inner, &Decoder::ethernet);
+    if (protocol == kEtherIpv4 || protocol == kEtherIpv6) {
+      return decapsulate(true, inner, &Decoder::ip_any);
+    }
+    return DecodeStatus::kOk;
+  }
+  if (port(kPortGtpU)) {
+    // GTPv1-U: only a G-PDU (message type 0xFF) carries a user packet.
+    if ((h[0] >> 5) != 1 || (h[0] & 0x10) == 0 || h[1] != 0xFF) return DecodeStatus::kOk;
+    std::size_t len = 8;
+    if ((h[0] & 0x07) != 0) {
+      if (!have(offset, 12)) return DecodeStatus::kOk;
+      len = 12;
+      std::uint8_t next = (h[0] & 0x04) != 0 ? *at(offset + 11) : 0;
+      for (int n = 0; next != 0; ++n) {
+        if (n >= kMaxLinkLayers || !have(offset + len, 1) || *at(offset + len) == 0) {
+          return DecodeStatus::kOk;
+        }
+        len += std::size_t{*at(offset + len)} * 4;
+        if (!have(offset + len - 1, 1)) return DecodeStatus::kOk;
+        next = *at(offset + len - 1);
+      }
+    }
+    return decapsulate(true, offset + len, &Decoder::ip_any);
+  }
+  if (port(kPortAyiya)) {
+    const std::size_t len = 8 + (std::size_t{1} << (h[0] >> 4)) + std::size_t{h[1]} / 16 * 4;
+    if ((h[2] & 0x0F) != 1) return DecodeStatus::kOk;  // opcode 1: forward a packet
+    if (h[3] == kProtoIpv6InIp) return decapsulate(true, offset + len, &Decoder::ipv6_only);
+    if (h[3] == kProtoIpip) return decapsulate(true, offset + len, &Decoder::ip_any);
+    return DecodeStatus::kOk;
+  }
+  if (port(kPortTeredo)) {
+    std::size_t pos = offset;
+    if (be16(at(pos)) == 0x0001) {  // authentication indicator
+      pos += 4 + std::size_t{*at(pos + 2)} + *at(pos + 3) + 8 + 1;
+    }
+    if (have(pos, 2) && be16(at(pos)) == 0x0000) pos += 8;  // origin indication
+    return decapsulate(true, pos, &Decoder::ipv6_only);
+  }
   return DecodeStatus::kOk;
 }
 

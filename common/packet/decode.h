@@ -24,6 +24,7 @@ namespace flowseal::packet {
 // LINKTYPE_RAW (101), which libpcap maps back to DLT_RAW except where it cannot.
 inline constexpr int kDltNull = 0;
 inline constexpr int kDltEn10mb = 1;
+inline constexpr int kDltPpp = 9;
 inline constexpr int kDltRaw = 12;
 inline constexpr int kDltRawOpenBsd = 14;
 inline constexpr int kLinktypeRaw = 101;
@@ -57,6 +58,19 @@ struct FlowKey {
   bool operator==(const FlowKey&) const = default;
 };
 
+// A UDP tunnel's own connection (VXLAN, Geneve, GTP-U, Teredo, AYIYA): Zeek logs it beside
+// the inner connection, so the packet is accounted to both.
+struct OuterFlow {
+  FlowKey key;
+  std::uint32_t ip_bytes = 0;
+  std::uint32_t payload_bytes = 0;
+};
+inline constexpr std::size_t kMaxOuterFlows = 3;  // tunnel nesting decode() follows
+
+// One packet as flows see it. For a tunnelled packet `key` and the fields below it describe
+// the innermost connection (the flow, as Zeek makes it), and outer[0..outer_count) the UDP
+// tunnel connections around it, outermost first. GRE and IP-in-IP have no connection of
+// their own. A tunnel whose inner packet cannot be decoded stays an ordinary outer flow.
 struct DecodedPacket {
   FlowKey key;
   std::uint32_t ip_bytes = 0;       // IPv4 total length; IPv6 payload length + 40 (as Zeek)
@@ -66,6 +80,10 @@ struct DecodedPacket {
   std::uint32_t tcp_ack = 0;
   bool has_ports = false;           // false for a non-first fragment and for "other" protos
   bool fragment = false;            // any IP fragment (first or later)
+  bool ports_cut = false;           // the snaplen cut the transport header after the ports
+  std::uint8_t tunnel_depth = 0;    // encapsulations decoded (GRE, IP-in-IP, UDP tunnels)
+  std::uint8_t outer_count = 0;
+  std::array<OuterFlow, kMaxOuterFlows> outer{};
 };
 
 // Decodes one packet of link type `link_type` (DLT_*). `wire_len` is the packet's length on
