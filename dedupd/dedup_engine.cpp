@@ -231,6 +231,37 @@ void DedupEngine::on_end(schema::FlowEvent::Reader event, std::uint32_t source) 
   fold(*group, event, source);
 }
 
+namespace {
+
+DedupEngine::Spread orig_spread_of(schema::FlowEvent::Reader e) {
+  return {e.getOrigSizeMin(), e.getOrigSizeMax(), e.getOrigSizeSumSq(), e.getOrigIatMinUs(),
+          e.getOrigIatMaxUs(), e.getOrigIatSumUs(), e.getOrigIatSumSqUs(), e.getOrigRexmits(),
+          e.getOrigPkts(), e.getOrigPkts() > 0 ? e.getOrigPkts() - 1 : 0};
+}
+DedupEngine::Spread resp_spread_of(schema::FlowEvent::Reader e) {
+  return {e.getRespSizeMin(), e.getRespSizeMax(), e.getRespSizeSumSq(), e.getRespIatMinUs(),
+          e.getRespIatMaxUs(), e.getRespIatSumUs(), e.getRespIatSumSqUs(), e.getRespRexmits(),
+          e.getRespPkts(), e.getRespPkts() > 0 ? e.getRespPkts() - 1 : 0};
+}
+
+void merge_spread(DedupEngine::Spread& into, const DedupEngine::Spread& in) {
+  if (in.pkts == 0) return;
+  into.size_min = into.pkts == 0 ? in.size_min : std::min(into.size_min, in.size_min);
+  into.size_max = std::max(into.size_max, in.size_max);
+  into.size_sumsq += in.size_sumsq;
+  if (in.gaps > 0) {
+    into.iat_min_us = into.gaps == 0 ? in.iat_min_us : std::min(into.iat_min_us, in.iat_min_us);
+    into.iat_max_us = std::max(into.iat_max_us, in.iat_max_us);
+  }
+  into.iat_sum_us += in.iat_sum_us;
+  into.iat_sumsq_us += in.iat_sumsq_us;
+  into.rexmits += in.rexmits;
+  into.pkts += in.pkts;
+  into.gaps += in.gaps;
+}
+
+}  // namespace
+
 void DedupEngine::fold(Group& group, schema::FlowEvent::Reader end, std::uint32_t source) {
   Summary& s = group.summary;
   if (s.count == 0) {
@@ -261,6 +292,8 @@ void DedupEngine::fold(Group& group, schema::FlowEvent::Reader end, std::uint32_
   s.end_reason = end.getEndReason();
   s.sampling_rate = std::min(s.sampling_rate, end.getSamplingRate());
   s.conn_state = short_text(end.getConnState());
+  merge_spread(s.orig_spread, orig_spread_of(end));
+  merge_spread(s.resp_spread, resp_spread_of(end));
   ++stats_.folded;
 }
 
@@ -294,6 +327,24 @@ void DedupEngine::emit_summary(const GroupKey& key, Group& group) {
   e.setFlowCount(s.count);
   e.setFirstUid(s.first_uid);
   e.setLastUid(s.last_uid);
+  const Spread& o = s.orig_spread;
+  e.setOrigSizeMin(o.size_min);
+  e.setOrigSizeMax(o.size_max);
+  e.setOrigSizeSumSq(o.size_sumsq);
+  e.setOrigIatMinUs(o.iat_min_us);
+  e.setOrigIatMaxUs(o.iat_max_us);
+  e.setOrigIatSumUs(o.iat_sum_us);
+  e.setOrigIatSumSqUs(o.iat_sumsq_us);
+  e.setOrigRexmits(o.rexmits);
+  const Spread& r = s.resp_spread;
+  e.setRespSizeMin(r.size_min);
+  e.setRespSizeMax(r.size_max);
+  e.setRespSizeSumSq(r.size_sumsq);
+  e.setRespIatMinUs(r.iat_min_us);
+  e.setRespIatMaxUs(r.iat_max_us);
+  e.setRespIatSumUs(r.iat_sum_us);
+  e.setRespIatSumSqUs(r.iat_sumsq_us);
+  e.setRespRexmits(r.rexmits);
   for (std::uint32_t i = 0; i < kMaxSources; ++i) {
     if (s.sources & (std::uint64_t{1} << i)) --held_[i];
   }

@@ -141,9 +141,23 @@ class DedupEngine {
     std::size_t operator()(const GroupKey& key) const;
   };
 
+  // One direction's size and inter-arrival figures over the folded flows: extremes of the
+  // extremes and sums of the sums, so the summary's figures stay exact (its inter-arrival
+  // times are the gaps inside each folded flow, not between them).
+  struct Spread {
+    std::uint32_t size_min = 0, size_max = 0;
+    std::uint64_t size_sumsq = 0;
+    std::uint64_t iat_min_us = 0, iat_max_us = 0, iat_sum_us = 0;
+    double iat_sumsq_us = 0;
+    std::uint32_t rexmits = 0;
+    std::uint64_t pkts = 0;  // of the flows merged so far (to know whether min/max are set)
+    std::uint64_t gaps = 0;  // inter-arrival times merged so far
+  };
+
  private:
   // The folded flows of one group's window, not yet emitted.
   struct Summary {
+    Spread orig_spread, resp_spread;
     std::uint32_t count = 0;
     std::uint64_t sources = 0;  // bit per source with a fact in here
     std::uint64_t orig_pkts = 0, orig_ip_bytes = 0, orig_bytes = 0;

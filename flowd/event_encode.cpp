@@ -44,6 +44,24 @@ void encode(const FlowEventData& e, schema::FlowEvent::Builder out) {
   out.setFlowCount(e.flow_count);
   out.setFirstUid(e.first_uid);
   out.setLastUid(e.last_uid);
+  const auto& o = e.orig_spread;
+  out.setOrigSizeMin(o.size_min);
+  out.setOrigSizeMax(o.size_max);
+  out.setOrigSizeSumSq(o.size_sumsq);
+  out.setOrigIatMinUs(o.iat_min_us);
+  out.setOrigIatMaxUs(o.iat_max_us);
+  out.setOrigIatSumUs(o.iat_sum_us);
+  out.setOrigIatSumSqUs(o.iat_sumsq_us);
+  out.setOrigRexmits(o.rexmits);
+  const auto& r = e.resp_spread;
+  out.setRespSizeMin(r.size_min);
+  out.setRespSizeMax(r.size_max);
+  out.setRespSizeSumSq(r.size_sumsq);
+  out.setRespIatMinUs(r.iat_min_us);
+  out.setRespIatMaxUs(r.iat_max_us);
+  out.setRespIatSumUs(r.iat_sum_us);
+  out.setRespIatSumSqUs(r.iat_sumsq_us);
+  out.setRespRexmits(r.rexmits);
 }
 
 }  // namespace flowseal::flowd

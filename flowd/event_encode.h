@@ -58,7 +58,7 @@ struct FlowEventData {
 
   std::uint64_t orig_pkts = 0;
   std::uint64_t orig_ip_bytes = 0;
-  std::uint64_t orig_bytes = 0;  // payload
+  std::uint64_t orig_bytes = 0;  // payload (TCP: by sequence numbers)
   std::uint64_t resp_pkts = 0;
   std::uint64_t resp_ip_bytes = 0;
   std::uint64_t resp_bytes = 0;
@@ -72,6 +72,20 @@ struct FlowEventData {
   std::uint32_t flow_count = 1;
   std::uint64_t first_uid = 0;
   std::uint64_t last_uid = 0;
+
+  // One direction's packet-size and inter-arrival figures (see FlowEvent in the schema).
+  struct Spread {
+    std::uint32_t size_min = 0;
+    std::uint32_t size_max = 0;
+    std::uint64_t size_sumsq = 0;
+    std::uint64_t iat_min_us = 0;
+    std::uint64_t iat_max_us = 0;
+    std::uint64_t iat_sum_us = 0;
+    double iat_sumsq_us = 0;
+    std::uint32_t rexmits = 0;
+  };
+  Spread orig_spread;
+  Spread resp_spread;
 };
 
 // Receives the events the flow table emits, in order. Implementations must not throw for

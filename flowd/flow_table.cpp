@@ -49,11 +49,27 @@ struct ListEnds {
 struct Direction {
   std::uint64_t pkts;
   std::uint64_t ip_bytes;
-  std::uint64_t payload_bytes;
+  std::uint64_t payload_bytes;  // by the IP lengths
+  std::uint64_t size_sumsq;     // sum of squared IP lengths
+  std::int64_t last_ts;         // this side's last packet
+  std::uint64_t iat_sum_us;
+  double iat_sumsq_us;
+  std::uint32_t iat_min_us;     // saturating: an idle gap past ~71 min is not a flow any more
+  std::uint32_t iat_max_us;
+  // TCP sequence space, relative to seq_base (the ISN, or the first seq - 1 when the SYN was
+  // not seen, as Zeek does so the FIN octet is not counted as data): the highest segment end
+  // this side sent and the highest ack the peer sent for it. 32 bits: a side that sends more
+  // than 4 GiB wraps, as it does in Zeek without its 64-bit high words.
+  std::uint32_t seq_base;
+  std::uint32_t seq_end;
+  std::uint32_t acked_end;
+  std::uint32_t rexmits;
+  std::uint16_t size_min;
+  std::uint16_t size_max;
   std::uint8_t tcp_flags;
   std::uint8_t tcp_state;  // TcpState
   std::uint8_t history_seen;  // one bit per history letter already recorded
-  std::uint8_t pad[5];
+  std::uint8_t seq_known;     // 1: seq_base is set
 };
 
 struct FlowSlot {
@@ -104,14 +120,14 @@ struct TableHeader {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 2;
+constexpr std::uint32_t kLayoutVersion = 3;
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
 static_assert(std::is_standard_layout_v<TableHeader> &&
               std::is_trivially_copyable_v<TableHeader>);
-static_assert(sizeof(Direction) == 32);
-static_assert(sizeof(FlowSlot) == 240 && alignof(FlowSlot) == 8);
+static_assert(sizeof(Direction) == 88);
+static_assert(sizeof(FlowSlot) == 352 && alignof(FlowSlot) == 8);
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 
 }  // namespace detail
@@ -198,14 +214,114 @@ enum HistoryBit : std::uint8_t {
   kHistSyn = 1, kHistSynAck = 2, kHistAck = 4, kHistData = 8, kHistFin = 16, kHistRst = 32,
 };
 
-void add_history(FlowSlot& s, bool from_orig, HistoryBit bit, char letter) {
-  Direction& d = from_orig ? s.orig : s.resp;
-  if ((d.history_seen & bit) != 0) return;
-  d.history_seen |= bit;
+void append_history(FlowSlot& s, bool from_orig, char letter) {
   if (s.history_len + 1u >= sizeof s.history) return;
   s.history[s.history_len++] =
       from_orig ? static_cast<char>(letter - 'a' + 'A') : letter;
   s.history[s.history_len] = '\0';
+}
+
+void add_history(FlowSlot& s, bool from_orig, HistoryBit bit, char letter) {
+  Direction& d = from_orig ? s.orig : s.resp;
+  if ((d.history_seen & bit) != 0) return;
+  d.history_seen |= bit;
+  append_history(s, from_orig, letter);
+}
+
+// Zeek records a repeating anomaly's letter again as its count grows (Connection::
+// ScaledHistoryEntry): at the 1st, 10th, 100th, ... occurrence.
+bool is_power_of_ten(std::uint32_t n) {
+  for (std::uint64_t p = 1; p <= n; p *= 10) {
+    if (p == n) return true;
+  }
+  return false;
+}
+
+// A SYN or RST whose sequence number jumps this far is not part of the stream (Zeek's
+// update_last_seq): it neither moves the side's highest sequence nor counts as a
+// retransmission.
+constexpr std::int32_t kMaxSeqJump = 16384;
+
+// Sequence-number accounting, as Zeek's TCP analyzer keeps it: the highest segment end each
+// side sent, the highest ack its peer sent for it, and the segments with payload that did
+// not advance it (retransmissions: history letter t/T, scaled).
+void track_sequence(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p) {
+  Direction& me = from_orig ? s.orig : s.resp;
+  Direction& peer = from_orig ? s.resp : s.orig;
+  const bool syn = (p.tcp_flags & kSyn) != 0;
+  const bool fin = (p.tcp_flags & kFin) != 0;
+  const bool rst = (p.tcp_flags & kRst) != 0;
+  if (me.seq_known == 0) {
+    me.seq_base = syn ? p.tcp_seq : p.tcp_seq - 1;
+    me.seq_end = 0;
+    me.seq_known = 1;
+  }
+  const std::uint32_t end = p.tcp_seq - me.seq_base + p.payload_bytes + (syn ? 1u : 0u) +
+                            (fin ? 1u : 0u);
+  const auto delta = static_cast<std::int32_t>(end - me.seq_end);
+  if ((syn || rst) && (delta > kMaxSeqJump || delta < -kMaxSeqJump)) {
+    // ignored: see kMaxSeqJump
+  } else if (delta > 0) {
+    me.seq_end = end;
+  } else if (p.payload_bytes > 0) {
+    ++me.rexmits;
+    if (is_power_of_ten(me.rexmits)) append_history(s, from_orig, 't');
+  }
+  if ((p.tcp_flags & kAck) != 0 && peer.seq_known != 0) {
+    const std::uint32_t acked = p.tcp_ack - peer.seq_base;
+    if (static_cast<std::int32_t>(acked - peer.acked_end) > 0) peer.acked_end = acked;
+  }
+}
+
+// Zeek's orig_bytes/resp_bytes for TCP (TCP_Endpoint::Size): the sequence space a side
+// covered (what it sent or what its peer acknowledged, whichever reaches further) less the
+// SYN and FIN octets. Payload lost before the probe still counts, as in Zeek.
+std::uint64_t sequence_bytes(const Direction& d) {
+  if (d.seq_known == 0) return d.payload_bytes;
+  std::uint32_t top = d.seq_end;
+  if (static_cast<std::int32_t>(d.acked_end - top) > 0) top = d.acked_end;
+  std::uint64_t size = top;
+  if (size > 0) --size;                                  // the SYN octet (or Zeek's stand-in)
+  if ((d.tcp_flags & kFin) != 0 && size > 0) --size;     // the FIN octet
+  return size;
+}
+
+// Packet-size and inter-arrival figures of one side, before the packet is counted.
+void record_spread(Direction& d, std::uint32_t ip_bytes, std::int64_t ts_ns) {
+  const auto size = static_cast<std::uint16_t>(std::min<std::uint32_t>(ip_bytes, 0xFFFF));
+  d.size_sumsq += std::uint64_t{ip_bytes} * ip_bytes;
+  if (d.pkts == 0) {
+    d.size_min = d.size_max = size;
+    d.last_ts = ts_ns;
+    return;
+  }
+  d.size_min = std::min(d.size_min, size);
+  d.size_max = std::max(d.size_max, size);
+  // A timestamp that went backwards (merged captures) is a gap of zero, not a negative one.
+  const auto gap_us = static_cast<std::uint64_t>(std::max<std::int64_t>(ts_ns - d.last_ts, 0)) / 1000;
+  const auto gap32 = static_cast<std::uint32_t>(std::min<std::uint64_t>(gap_us, UINT32_MAX));
+  if (d.pkts == 1) {
+    d.iat_min_us = d.iat_max_us = gap32;
+  } else {
+    d.iat_min_us = std::min(d.iat_min_us, gap32);
+    d.iat_max_us = std::max(d.iat_max_us, gap32);
+  }
+  d.iat_sum_us += gap_us;
+  d.iat_sumsq_us += static_cast<double>(gap_us) * static_cast<double>(gap_us);
+  d.last_ts = std::max(d.last_ts, ts_ns);
+}
+
+FlowEventData::Spread spread_of(const Direction& d) {
+  FlowEventData::Spread out;
+  out.size_min = d.size_min;
+  out.size_max = d.size_max;
+  out.size_sumsq = d.size_sumsq;
+  out.iat_min_us = d.iat_min_us;
+  out.iat_max_us = d.iat_max_us;
+  out.iat_sum_us = d.iat_sum_us;
+  out.iat_sumsq_us = d.iat_sumsq_us;
+  out.rexmits = d.rexmits;
+  return out;
 }
 
 // A simplified form of Zeek's TCP endpoint state machine (TCP_Analyzer::UpdateStateMachine):
@@ -552,12 +668,14 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
 
   FlowSlot& s = slots_[index];
   Direction& d = from_orig ? s.orig : s.resp;
+  record_spread(d, packet.ip_bytes, ts_ns);
   ++d.pkts;
   d.ip_bytes += packet.ip_bytes;
   d.payload_bytes += packet.payload_bytes;
   s.last_ts = std::max(s.last_ts, ts_ns);
   if (s.proto == kProtoTcp && packet.has_ports && !packet.ports_cut) {
     update_tcp(s, from_orig, packet.tcp_flags, packet.payload_bytes);
+    track_sequence(s, from_orig, packet);
   } else if (s.proto == kProtoUdp) {
     add_history(s, from_orig, kHistData, 'd');  // Zeek's UDP analyzer: every datagram, even empty
   }
@@ -749,10 +867,10 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   e.last_ts_ns = s.last_ts;
   e.orig_pkts = s.orig.pkts;
   e.orig_ip_bytes = s.orig.ip_bytes;
-  e.orig_bytes = s.orig.payload_bytes;
+  e.orig_bytes = s.proto == kProtoTcp ? sequence_bytes(s.orig) : s.orig.payload_bytes;
   e.resp_pkts = s.resp.pkts;
   e.resp_ip_bytes = s.resp.ip_bytes;
-  e.resp_bytes = s.resp.payload_bytes;
+  e.resp_bytes = s.proto == kProtoTcp ? sequence_bytes(s.resp) : s.resp.payload_bytes;
   e.orig_tcp_flags = s.orig.tcp_flags;
   e.resp_tcp_flags = s.resp.tcp_flags;
   e.conn_state.assign(conn_state(s));
@@ -760,6 +878,8 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   e.community_id.assign(s.community_id);
   e.first_uid = s.uid;
   e.last_uid = s.uid;
+  e.orig_spread = spread_of(s.orig);
+  e.resp_spread = spread_of(s.resp);
   sink.on_event(e);
 }
 

@@ -63,12 +63,26 @@ DecodedPacket v4(std::uint8_t proto, std::uint8_t src, std::uint16_t sport, std:
   return p;
 }
 
+// Sequence numbers of a well-behaved connection: each side's next byte, restarted at its
+// ISN by its SYN; every segment acknowledges all the peer sent.
+constexpr std::uint32_t kClientIsn = 1000, kServerIsn = 0xFFFFFF00;  // the server's wraps
+std::uint32_t g_next_seq[2] = {kClientIsn, kServerIsn};
+
+DecodedPacket sequenced(DecodedPacket p, int side) {
+  std::uint32_t& mine = g_next_seq[side];
+  if ((p.tcp_flags & kSyn) != 0) mine = side == 0 ? kClientIsn : kServerIsn;
+  p.tcp_seq = mine;
+  p.tcp_ack = g_next_seq[1 - side];
+  mine += p.payload_bytes + ((p.tcp_flags & kSyn) != 0 ? 1 : 0) + ((p.tcp_flags & kFin) != 0 ? 1 : 0);
+  return p;
+}
+
 // Client 10.0.0.1:40000 <-> server 10.0.0.2:80.
 DecodedPacket c2s(std::uint8_t flags, std::uint32_t payload = 0) {
-  return v4(6, 1, 40000, 2, 80, flags, payload);
+  return sequenced(v4(6, 1, 40000, 2, 80, flags, payload), 0);
 }
 DecodedPacket s2c(std::uint8_t flags, std::uint32_t payload = 0) {
-  return v4(6, 2, 80, 1, 40000, flags, payload);
+  return sequenced(v4(6, 2, 80, 1, 40000, flags, payload), 1);
 }
 
 FlowTableOptions short_timeouts() {
@@ -642,4 +656,84 @@ TEST_CASE("a TCP segment whose header the snaplen cut after the ports still coun
   CHECK(ends[0].resp_pkts == 1);
   CHECK(ends[0].resp_ip_bytes == cut.ip_bytes);
   CHECK(ends[0].history.view() == "S");  // flags unknown: no letter, no state change
+}
+
+TEST_CASE("TCP payload bytes come from sequence numbers, as Zeek counts them") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  t.table.on_packet(c2s(kPsh | kAck, 100), 3 * kMs, sink);
+  // 300 bytes the probe never saw, then 50 more it did: the peer's ack covers all of them.
+  g_next_seq[0] += 300;
+  t.table.on_packet(c2s(kPsh | kAck, 50), 4 * kMs, sink);
+  t.table.on_packet(s2c(kAck), 5 * kMs, sink);
+  t.table.on_packet(c2s(kFin | kAck), 6 * kMs, sink);
+  t.table.on_packet(s2c(kFin | kAck), 7 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 8 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_bytes == 450);            // by sequence numbers, the missed 300 included
+  CHECK(ends[0].orig_ip_bytes == 6 * 40 + 150);  // by what was seen
+  CHECK(ends[0].resp_bytes == 0);              // only its SYN-ACK, ACK and FIN
+  CHECK(ends[0].orig_spread.rexmits == 0);
+  CHECK(ends[0].history.view() == "ShADaFf");
+}
+
+TEST_CASE("retransmissions are counted and marked t/T at the 1st, 10th and 100th") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  t.table.on_packet(s2c(kPsh | kAck, 500), 3 * kMs, sink);
+  std::int64_t now = 4 * kMs;
+  for (int i = 0; i < 100; ++i) {
+    g_next_seq[1] -= 500;  // the same 500 bytes again
+    t.table.on_packet(s2c(kPsh | kAck, 500), now += kMs, sink);
+  }
+  // A zero-length ACK at an old sequence number is not a retransmission.
+  g_next_seq[0] -= 1;
+  t.table.on_packet(c2s(kAck), now += kMs, sink);
+  g_next_seq[0] += 1;
+  t.table.on_packet(c2s(kPsh | kAck, 10), now += kMs, sink);
+  g_next_seq[0] -= 10;
+  t.table.on_packet(c2s(kPsh | kAck, 10), now += kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].resp_spread.rexmits == 100);
+  CHECK(ends[0].orig_spread.rexmits == 1);
+  CHECK(ends[0].resp_bytes == 500);
+  CHECK(ends[0].orig_bytes == 10);
+  CHECK(ends[0].history.view() == "ShAdtttDT");
+}
+
+TEST_CASE("packet sizes and inter-arrival times are summed per direction") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  // Client: 3 datagrams of IP size 28+10, 28+100, 28+40 at 0, 10 ms, 40 ms.
+  t.table.on_packet(v4(17, 1, 5000, 2, 53, 0, 10), 0, sink);
+  t.table.on_packet(v4(17, 1, 5000, 2, 53, 0, 100), 10 * kMs, sink);
+  t.table.on_packet(v4(17, 2, 53, 1, 5000, 0, 200), 15 * kMs, sink);
+  t.table.on_packet(v4(17, 1, 5000, 2, 53, 0, 40), 40 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  const auto& o = ends[0].orig_spread;
+  CHECK(o.size_min == 38);
+  CHECK(o.size_max == 128);
+  CHECK(o.size_sumsq == 38u * 38 + 128u * 128 + 68u * 68);
+  CHECK(o.iat_min_us == 10'000);
+  CHECK(o.iat_max_us == 30'000);
+  CHECK(o.iat_sum_us == 40'000);
+  CHECK(o.iat_sumsq_us == Approx(1e8 + 9e8));
+  const auto& r = ends[0].resp_spread;
+  CHECK(r.size_min == 228);
+  CHECK(r.size_max == 228);
+  CHECK(r.iat_sum_us == 0);  // one packet: no gap
+  CHECK(r.iat_min_us == 0);
+  CHECK(r.iat_max_us == 0);
 }

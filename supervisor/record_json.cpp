@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 namespace flowseal::supervisor {
@@ -55,6 +57,39 @@ std::string_view reason_name(schema::EndReason reason) {
 
 std::string seconds(std::int64_t ns) {
   return fmt::format("{}.{:06}", ns / 1'000'000'000, (ns % 1'000'000'000) / 1000);
+}
+
+double stddev(double sum, double sumsq, double n) {
+  if (n <= 0) return 0;
+  const double mean = sum / n;
+  const double variance = sumsq / n - mean * mean;
+  return variance > 0 ? std::sqrt(variance) : 0;  // rounding can make a zero variance negative
+}
+
+struct SpreadView {
+  std::uint64_t pkts, ip_bytes;
+  std::uint32_t size_min, size_max;
+  std::uint64_t size_sumsq, iat_min_us, iat_max_us, iat_sum_us;
+  double iat_sumsq_us;
+  std::uint32_t rexmits;
+};
+
+// One side's size and inter-arrival figures: mean and standard deviation derive from the
+// stored sums. A summary's gaps are those inside each folded flow: one fewer than its
+// packets per flow.
+void append_spread_json(std::string& out, std::string_view side, const SpreadView& v,
+                        std::uint32_t flow_count) {
+  const double n = static_cast<double>(v.pkts);
+  const double gaps = v.pkts > flow_count ? static_cast<double>(v.pkts - flow_count) : 0;
+  out += fmt::format(
+      ",\"{0}_size_min\":{1},\"{0}_size_max\":{2},\"{0}_size_mean\":{3:.1f},"
+      "\"{0}_size_stddev\":{4:.1f},\"{0}_iat_min\":{5:.6f},\"{0}_iat_max\":{6:.6f},"
+      "\"{0}_iat_mean\":{7:.6f},\"{0}_iat_stddev\":{8:.6f},\"{0}_rexmits\":{9}",
+      side, v.size_min, v.size_max, n > 0 ? static_cast<double>(v.ip_bytes) / n : 0.0,
+      stddev(static_cast<double>(v.ip_bytes), static_cast<double>(v.size_sumsq), n),
+      static_cast<double>(v.iat_min_us) / 1e6, static_cast<double>(v.iat_max_us) / 1e6,
+      gaps > 0 ? static_cast<double>(v.iat_sum_us) / gaps / 1e6 : 0.0,
+      stddev(static_cast<double>(v.iat_sum_us), v.iat_sumsq_us, gaps) / 1e6, v.rexmits);
 }
 
 }  // namespace
@@ -196,9 +231,20 @@ std::string to_json_line(schema::FlowEvent::Reader e) {
                      e.getOrigPkts(), e.getOrigIpBytes(), e.getRespPkts(), e.getRespIpBytes());
   append_json_string(out, e.getCommunityId().cStr());
   out += fmt::format(",\"vlan\":{},\"event\":\"{}\",\"event_number\":{},\"end_reason\":\"{}\","
-                     "\"sampling_rate\":{},\"flow_count\":{}}}",
+                     "\"sampling_rate\":{},\"flow_count\":{}",
                      e.getVlan(), kind_name(e.getKind()), e.getEventNumber(),
                      reason_name(e.getEndReason()), e.getSamplingRate(), e.getFlowCount());
+  append_spread_json(out, "orig",
+                     {e.getOrigPkts(), e.getOrigIpBytes(), e.getOrigSizeMin(), e.getOrigSizeMax(),
+                      e.getOrigSizeSumSq(), e.getOrigIatMinUs(), e.getOrigIatMaxUs(),
+                      e.getOrigIatSumUs(), e.getOrigIatSumSqUs(), e.getOrigRexmits()},
+                     e.getFlowCount());
+  append_spread_json(out, "resp",
+                     {e.getRespPkts(), e.getRespIpBytes(), e.getRespSizeMin(), e.getRespSizeMax(),
+                      e.getRespSizeSumSq(), e.getRespIatMinUs(), e.getRespIatMaxUs(),
+                      e.getRespIatSumUs(), e.getRespIatSumSqUs(), e.getRespRexmits()},
+                     e.getFlowCount());
+  out += '}';
   return out;
 }
 

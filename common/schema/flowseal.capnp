@@ -72,7 +72,7 @@ struct FlowEvent {
 
   origPkts     @13 :UInt64;
   origIpBytes  @14 :UInt64;
-  origBytes    @15 :UInt64;     # payload bytes
+  origBytes    @15 :UInt64;     # payload bytes (TCP: from sequence numbers, as Zeek)
   respPkts     @16 :UInt64;
   respIpBytes  @17 :UInt64;
   respBytes    @18 :UInt64;
@@ -87,6 +87,30 @@ struct FlowEvent {
   flowCount    @24 :UInt32 = 1;
   firstUid     @25 :UInt64;     # summary: uid range it folds
   lastUid      @26 :UInt64;
+
+  # Per direction: IP packet sizes and inter-arrival times, kept as exact sums so that mean
+  # and standard deviation derive from them (mean = sum / n, var = sumsq / n - mean^2) and a
+  # dedupd summary can add several flows' figures without losing anything. Sizes are IP
+  # bytes (as origIpBytes); inter-arrival times are between one side's consecutive packets,
+  # in microseconds, so a direction with n packets has n - 1 of them.
+  origSizeMin    @27 :UInt32;
+  origSizeMax    @28 :UInt32;
+  origSizeSumSq  @29 :UInt64;
+  origIatMinUs   @30 :UInt64;
+  origIatMaxUs   @31 :UInt64;
+  origIatSumUs   @32 :UInt64;
+  origIatSumSqUs @33 :Float64;   # sum of squared inter-arrival times, microseconds squared
+  respSizeMin    @34 :UInt32;
+  respSizeMax    @35 :UInt32;
+  respSizeSumSq  @36 :UInt64;
+  respIatMinUs   @37 :UInt64;
+  respIatMaxUs   @38 :UInt64;
+  respIatSumUs   @39 :UInt64;
+  respIatSumSqUs @40 :Float64;
+  # TCP segments with payload that did not advance the side's highest sequence number
+  # (Zeek's retransmission count behind the history letters t and T).
+  origRexmits    @41 :UInt32;
+  respRexmits    @42 :UInt32;
 }
 
 struct FlowEventBatch {
