@@ -75,6 +75,7 @@ int pass_through(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
   std::uint64_t records_in = 0, records_out = 0;
   bool bad_frame_logged = false;
   for (;;) {
+    runtime.heartbeat();  // every pass: a busy dedupd never reaches the idle branch
     bool progressed = false;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       RingConsumer& in = inputs[i];
@@ -160,6 +161,7 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
   };
 
   for (;;) {
+    runtime.heartbeat();  // every pass: a busy dedupd never reaches the idle branch
     bool progressed = false;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       RingConsumer& in = inputs[i];

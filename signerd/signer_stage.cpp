@@ -122,6 +122,7 @@ int run_signerd(StageRuntime& runtime) {
 
   for (;;) {
     auto frame = in.next();
+    runtime.heartbeat();  // every pass: a busy signer never reaches the idle branch
     if (!frame) {
       if (sealer.size() > 0 &&
           std::chrono::steady_clock::now() - batch_started >= batch_age) {

@@ -100,6 +100,8 @@ int run_writerd(StageRuntime& runtime) {
 
   for (;;) {
     auto frame = in.next();
+    // Every pass: a busy writer (frames back to back, each fsynced) is alive, not hung.
+    runtime.heartbeat();
     for (const std::string& note : store.take_notes()) spdlog::info("{}", note);
     if (!frame) {
       report_io(store.maintain(realtime_ns()));
