@@ -33,7 +33,7 @@ SEED = int(ARGS[ARGS.index("--seed") + 1]) if "--seed" in ARGS else int(time.tim
 ONLY = {a for i, a in enumerate(ARGS)
         if not a.startswith("--") and (i == 0 or ARGS[i - 1] != "--seed")}
 CAPTURE = os.path.join(DATA, "sample.pcap")
-LOOP = 400 if SOAK else 60      # passes over sample.pcap (~1.4 k packets each)
+LOOP = 3000 if SOAK else 600  # passes over sample.pcap (500 packets each): ~3 s
 ROUNDS = 4 if SOAK else 2       # kills per stage in the chaos runs
 TIMEOUT = 240
 STAGES = ["capture", "flowd", "dedupd", "signerd", "writerd"]
@@ -67,7 +67,9 @@ def run_args(out, tag, extra=(), loop=None):
             "--set", f"capture.loop={loop or LOOP}",
             "--set", "supervisor.stats_interval_s=0",
             "--set", "supervisor.max_restarts=100",
-            "--set", "seal.batch_records=64", "--set", "seal.batch_ms=5"] + list(extra)
+            "--set", "seal.batch_records=64", "--set", "seal.batch_ms=5",
+            # Small rings: backpressure from writerd keeps every stage busy to the end.
+            "--budget", "16"] + list(extra)
 
 
 NO_DEDUP = ["--set", "dedup.enabled=false"]
@@ -276,7 +278,7 @@ def kill_in_turn(r, rounds, what):
     kills = {s: 0 for s in STAGES}
     for _ in range(rounds):
         for stage in STAGES:
-            time.sleep(rng.uniform(0.05, 0.35))
+            time.sleep(rng.uniform(0.02, 0.15))
             if not r.running():
                 return kills
             # Right after a restart the new process may not be there yet: wait a little.
@@ -298,6 +300,8 @@ def test_chaos_kills(tmp, dedup=False):
         kills.update(kill_in_turn(r, ROUNDS, tag))
     out, r, code = disturbed_run(tmp, tag, [] if dedup else NO_DEDUP, action)
     print(f"   kills: {kills}", flush=True)
+    if os.environ.get("FLOWSEAL_TEST_VERBOSE"):
+        print(r.text(), flush=True)
     check(all(kills[s] >= 1 for s in STAGES),
           f"{tag}: every stage was killed at least once while the run was busy ({kills})")
     check(code == 0, f"{tag}: the run completes (exit {code}: {r.text()[-2000:]})")
@@ -325,8 +329,9 @@ def test_operator_restart(tmp):
     done = []
 
     def action(r):
+        t0 = time.time()
         for stage in STAGES:
-            time.sleep(rng.uniform(0.05, 0.3))
+            time.sleep(rng.uniform(0.02, 0.15))
             if not r.running():
                 break
             x = run(["restart", stage, "--instance", instance(tag), "--timeout", "30"], timeout=60)
@@ -336,6 +341,8 @@ def test_operator_restart(tmp):
                       f"({x.returncode}: {x.stdout.strip()} {x.stderr.strip()})")
             if x.returncode == 0 and "restarted: pid" in x.stdout:
                 done.append(stage)
+            print(f"   restart {stage}: {x.returncode} {x.stdout.strip()} {x.stderr.strip()}"
+                  f" ({time.time() - t0:.2f} s)", flush=True)
     out, r, code = disturbed_run(tmp, tag, NO_DEDUP, action)
     print(f"   restarted: {done}", flush=True)
     check(set(done) == set(STAGES), f"every stage was restarted on request mid-run ({done})")
