@@ -121,17 +121,21 @@ int run_capture(StageRuntime& runtime) {
   const std::size_t max_frame = producers.front().max_frame();
   PacketBatcher batcher(shards, static_cast<std::size_t>(config.batch_packets),
                         std::min<std::size_t>(max_frame / 2, 4u << 20));
-  // Resume after a restart: packets already published are skipped, shard sequence numbers
-  // continue where they were, so flowd sees each packet once.
-  const std::uint64_t already_published = counter(cc::kPublished).load();
+  // Resume after a restart: each shard's next sequence number says how many of its packets
+  // flowd has (or will get from the ring), so a packet is skipped when its shard already
+  // had it. Per shard, because the counters are stored one by one: a kill between two
+  // stores must not skip a packet nobody got, nor give two packets one number.
+  std::vector<std::uint64_t> resume_seq(shards), seen_in_shard(shards, 0);
+  std::uint64_t already_published = 0;
   for (std::size_t s = 0; s < shards; ++s) {
-    batcher.set_next_seq(s, counter(kShardSeqCounter + s).load());
+    resume_seq[s] = counter(kShardSeqCounter + s).load();
+    already_published += resume_seq[s];
+    batcher.set_next_seq(s, resume_seq[s]);
   }
   if (already_published > 0) {
     spdlog::info("resuming after {} packets already published", already_published);
   }
   // Only packets read in this run that are past the resume point are counted.
-  std::uint64_t seen = 0;
   std::uint64_t received = 0, sampled_out = 0, truncated = 0, ring_dropped = 0;
   std::uint64_t published = already_published;
 
@@ -196,8 +200,6 @@ int run_capture(StageRuntime& runtime) {
       if (runtime.stop_requested()) break;
       continue;
     }
-    if (++seen <= already_published) continue;
-    ++received;
     std::uint32_t hash = 0;
     if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded) ==
         packet::DecodeStatus::kOk) {
@@ -210,7 +212,12 @@ int run_capture(StageRuntime& runtime) {
     }
     // Sample whole flows, not packets: a flow is kept or left out as a unit, so the flows
     // that are kept stay exact (and carry their sampling rate).
-    if (rate < 1.0f && static_cast<float>(hash % 10000) >= rate * 10000.0f) {
+    const bool sampled = rate < 1.0f && static_cast<float>(hash % 10000) >= rate * 10000.0f;
+    if (!live && !sampled && seen_in_shard[hash % shards]++ < resume_seq[hash % shards]) {
+      continue;  // published before a restart
+    }
+    ++received;
+    if (sampled) {
       ++sampled_out;
       continue;
     }

@@ -75,6 +75,10 @@ int pass_through(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
   std::uint64_t records_in = 0, records_out = 0;
   bool bad_frame_logged = false;
   for (;;) {
+    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
+    // everything not committed is replayed by the next process.
+    if (runtime.signalled()) return exit_code::kTempFail;
+    runtime.heartbeat();  // every pass: a busy dedupd never reaches the idle branch
     bool progressed = false;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       RingConsumer& in = inputs[i];
@@ -160,6 +164,10 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
   };
 
   for (;;) {
+    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
+    // everything not committed is replayed by the next process.
+    if (runtime.signalled()) return exit_code::kTempFail;
+    runtime.heartbeat();  // every pass: a busy dedupd never reaches the idle branch
     bool progressed = false;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       RingConsumer& in = inputs[i];

@@ -94,6 +94,9 @@ class EventSink {
  public:
   virtual ~EventSink() = default;
   virtual void on_event(const FlowEventData& event) = 0;
+  // Makes every event given so far durable downstream (published); the flow table calls it
+  // before it commits a step it has to cut short (see flow_table.h).
+  virtual void sync() {}
 };
 
 void encode(const FlowEventData& event, schema::FlowEvent::Builder out);

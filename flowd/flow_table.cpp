@@ -1,6 +1,8 @@
 #include "flow_table.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <bit>
 #include <cstring>
 #include <limits>
@@ -117,6 +119,25 @@ struct TableHeader {
   ListEnds timer_lists[kTimerClassCount];
   ListEnds active_list;
   FlowTableStats stats;
+  std::uint64_t next_seq;    // input packets before this one are applied (see the journal)
+};
+
+// The undo journal of one step (see flow_table.h): what the step found before it changed
+// anything. Entries are appended before the slot they save is written; a slot saved twice
+// is restored from its first entry because entries are undone last to first.
+struct JournalEntry {
+  std::uint32_t index;
+  std::uint32_t pad;
+  FlowSlot before;
+};
+inline constexpr std::size_t kJournalEntries = 1024;
+struct Journal {
+  std::uint64_t open;  // 1 from begin_step() until commit_step()
+  std::uint64_t count;
+  std::uint64_t active_before;
+  std::uint64_t next_seq_before;
+  FlowTableStats stats_before;
+  JournalEntry entries[kJournalEntries];
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
@@ -129,6 +150,7 @@ static_assert(std::is_standard_layout_v<TableHeader> &&
 static_assert(sizeof(Direction) == 88);
 static_assert(sizeof(FlowSlot) == 352 && alignof(FlowSlot) == 8);
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
+static_assert(std::is_trivially_copyable_v<Journal> && sizeof(Journal) % 8 == 0);
 
 }  // namespace detail
 
@@ -159,7 +181,14 @@ constexpr std::uint8_t kAck = 0x10;
 
 std::size_t bucket_count_for(std::size_t capacity) { return std::bit_ceil(capacity); }
 
-std::size_t slots_offset() { return detail::kHeaderBytes; }
+std::size_t journal_offset() { return detail::kHeaderBytes; }
+std::size_t slots_offset() { return journal_offset() + sizeof(detail::Journal); }
+// Most slots one packet can save: per flow (the inner one and each tunnel's) the flow found,
+// the same flow again as it ends, a bucket and a table eviction, and the new flow.
+constexpr std::size_t kJournalPerPacket = 5 * (1 + packet::kMaxOuterFlows);
+// Stops the compiler from moving a store across this point: a SIGKILL leaves memory as the
+// program order wrote it up to here (the restarted process runs after a context switch).
+void order_point() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 std::size_t buckets_offset(std::size_t capacity) {
   return slots_offset() + (capacity + 1) * sizeof(FlowSlot);
 }
@@ -507,6 +536,7 @@ FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
 
   std::byte* base = memory.data();
   header_ = reinterpret_cast<TableHeader*>(base);
+  journal_ = reinterpret_cast<detail::Journal*>(base + journal_offset());
   slots_ = reinterpret_cast<FlowSlot*>(base + slots_offset());
   buckets_ = reinterpret_cast<std::uint32_t*>(base + buckets_offset(capacity));
   bucket_mask_ = bucket_count_for(capacity) - 1;
@@ -517,6 +547,7 @@ FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
                      header_->bucket_count == bucket_mask_ + 1;
   if (valid) {
     resumed_ = true;
+    if (journal_->open != 0) roll_back();
     rebuild_indexes();
   } else {
     // The supervisor creates the segment zero-filled; clearing it again would touch every
@@ -545,6 +576,60 @@ std::size_t FlowTable::bytes_needed(std::size_t capacity) {
 std::size_t FlowTable::capacity() const { return header_->capacity; }
 std::size_t FlowTable::active() const { return header_->active; }
 FlowTableStats FlowTable::stats() const { return header_->stats; }
+
+std::uint64_t FlowTable::next_seq() const { return header_->next_seq; }
+void FlowTable::set_next_seq(std::uint64_t seq) { header_->next_seq = seq; }
+
+void FlowTable::begin_step() {
+  journal_->count = 0;
+  journal_->active_before = header_->active;
+  journal_->next_seq_before = header_->next_seq;
+  journal_->stats_before = header_->stats;
+  order_point();
+  journal_->open = 1;
+  order_point();
+}
+
+void FlowTable::commit_step() {
+  order_point();
+  journal_->open = 0;  // the commit point: from here on a restart keeps this step
+  order_point();
+}
+
+void FlowTable::save(std::uint32_t index) {
+  if (journal_->open == 0) return;
+  // on_packet() and expire() checkpoint before the journal can fill (kJournalPerPacket).
+  if (journal_->count >= detail::kJournalEntries) std::abort();
+  detail::JournalEntry& entry = journal_->entries[journal_->count];
+  entry.index = index;
+  entry.before = slots_[index];
+  order_point();
+  ++journal_->count;
+  order_point();
+}
+
+void FlowTable::checkpoint_if_full(EventSink& sink) {
+  if (journal_->open == 0 ||
+      journal_->count + kJournalPerPacket <= detail::kJournalEntries) {
+    return;
+  }
+  sink.sync();
+  commit_step();
+  begin_step();
+}
+
+void FlowTable::roll_back() {
+  for (std::uint64_t i = journal_->count; i-- > 0;) {
+    const detail::JournalEntry& entry = journal_->entries[i];
+    if (entry.index >= 1 && entry.index <= header_->capacity) slots_[entry.index] = entry.before;
+  }
+  header_->active = journal_->active_before;
+  header_->next_seq = journal_->next_seq_before;
+  header_->stats = journal_->stats_before;
+  order_point();
+  journal_->open = 0;
+  rolled_back_ = true;
+}
 
 void FlowTable::count_weird(packet::DecodeStatus status) {
   const auto i = static_cast<std::size_t>(status);
@@ -630,6 +715,7 @@ std::uint32_t FlowTable::find(const packet::FlowKey& key, std::uint64_t hash,
 
 void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_ns,
                           EventSink& sink) {
+  checkpoint_if_full(sink);
   ++header_->stats.packets;
   // A UDP tunnel's own connection counts the whole outer packet, as Zeek's conn.log does.
   for (std::size_t i = 0; i < packet.outer_count && i < packet.outer.size(); ++i) {
@@ -649,6 +735,7 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
   bool from_orig = true;
   std::uint32_t index = find(key, hash, from_orig);
   if (index != kNil) {
+    save(index);
     FlowSlot& s = slots_[index];
     const bool new_syn = (packet.tcp_flags & (kSyn | kAck)) == kSyn;
     if (ts_ns - s.last_ts > idle_timeout(s.timer_class)) {
@@ -718,6 +805,7 @@ std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packe
     index = header_->next_unused++;
   }
 
+  save(index);
   FlowSlot& s = slots_[index];
   s = FlowSlot{};
   const bool flip = flip_roles(packet, key);
@@ -783,6 +871,7 @@ void FlowTable::evict_oldest(EventSink& sink) {
 }
 
 void FlowTable::end_flow(std::uint32_t index, schema::EndReason reason, EventSink& sink) {
+  save(index);
   FlowSlot& s = slots_[index];
   emit(s, schema::EventKind::END, reason, sink);
 
@@ -820,6 +909,7 @@ void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
     for (;;) {
       settle_head(c);
       if (ends.head == kNil || now_ns - slots_[ends.head].last_ts <= timeout) break;
+      checkpoint_if_full(sink);
       const FlowSlot& s = slots_[ends.head];
       end_flow(ends.head, c == kTcpClosed ? closed_reason(s) : schema::EndReason::IDLE, sink);
     }
@@ -831,6 +921,8 @@ void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
   // meets a flow it has just reported.
   while (list.ends.head != kNil && now_ns - slots_[list.ends.head].report_ts >= active) {
     const std::uint32_t index = list.ends.head;
+    checkpoint_if_full(sink);
+    save(index);
     FlowSlot& s = slots_[index];
     emit(s, schema::EventKind::UPDATE, schema::EndReason::ACTIVE, sink);
     ++header_->stats.updates;
@@ -843,6 +935,7 @@ void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
 void FlowTable::flush(EventSink& sink) {
   for (ListEnds& ends : header_->timer_lists) {
     while (ends.head != kNil) {
+      checkpoint_if_full(sink);
       const FlowSlot& s = slots_[ends.head];
       end_flow(ends.head, is_closed(s) ? closed_reason(s) : schema::EndReason::SHUTDOWN, sink);
     }

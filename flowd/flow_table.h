@@ -21,6 +21,16 @@
 // and in one list in order of last report for the active timeout; so expire() and eviction
 // only look at flows that are due, O(1) amortised.
 //
+// Crash consistency (a flowd SIGKILLed at any instruction): between begin_step() and
+// commit_step() the table keeps an undo journal in its memory — every slot a step changes is
+// saved before it is written, with the stats, the active count and next_seq(). A table that
+// finds an open journal when it is mapped again undoes the step, so it is exactly as it was
+// at the last commit: no packet is applied twice or half. The caller commits only after the
+// events the step emitted are published, so a step's events are never lost; if it dies
+// between the two, the replayed step emits them again with the same event ids (recognisable
+// repeats). A step that would overflow the journal (many flows expiring at once) is cut at
+// a packet or flow boundary: the table calls EventSink::sync(), commits and goes on.
+//
 // Not thread-safe: one flowd process owns one table.
 #pragma once
 
@@ -67,6 +77,7 @@ struct FlowTableStats {
 namespace detail {
 struct TableHeader;
 struct FlowSlot;
+struct Journal;
 }  // namespace detail
 
 class FlowTable {
@@ -102,6 +113,16 @@ class FlowTable {
   // Counts a packet decode() rejected, by kind.
   void count_weird(packet::DecodeStatus status);
 
+  // Sequence number of the next input packet to apply, kept (and journaled) in the table.
+  std::uint64_t next_seq() const;
+  void set_next_seq(std::uint64_t seq);
+  // Opens / commits the undo journal (see the top of this header). Without an open step
+  // nothing is journaled (unit tests, tools).
+  void begin_step();
+  void commit_step();
+  // True if the constructor undid a step a killed flowd left open.
+  bool rolled_back() const { return rolled_back_; }
+
  private:
   using Slot = detail::FlowSlot;
   // Accounts one flow's share of a packet (the inner flow, or one tunnel's outer flow).
@@ -118,16 +139,21 @@ class FlowTable {
   std::int64_t idle_timeout(std::uint8_t timer_class) const;
   void format();
   void rebuild_indexes();
+  void save(std::uint32_t index);
+  void checkpoint_if_full(EventSink& sink);
+  void roll_back();
 
   Slot& slot(std::uint32_t index) const;
   std::uint32_t& bucket(std::uint64_t hash) const;
 
   detail::TableHeader* header_ = nullptr;
+  detail::Journal* journal_ = nullptr;
   Slot* slots_ = nullptr;           // slots_[0] is the nil sentinel; flows use 1..capacity
   std::uint32_t* buckets_ = nullptr;
   std::uint64_t bucket_mask_ = 0;
   FlowTableOptions options_;
   bool resumed_ = false;
+  bool rolled_back_ = false;
   std::unique_ptr<EVP_MD, void (*)(EVP_MD*)> sha1_;
 };
 

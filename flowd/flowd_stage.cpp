@@ -35,6 +35,9 @@ class EventBatchWriter final : public EventSink {
     if (pending_.size() >= kEventsPerFrame) write_pending();
   }
   void set_sampling_rate(float rate) { sampling_rate_ = rate; }
+  // The flow table cuts a long step short: publish what it emitted before it commits.
+  void sync() override { synced_ += flush(); }
+  std::uint64_t take_synced() { return std::exchange(synced_, 0); }
   // Writes what is pending and publishes; returns the number of events written.
   std::uint64_t flush() {
     write_pending();
@@ -64,6 +67,7 @@ class EventBatchWriter final : public EventSink {
   StageRuntime& runtime_;
   std::vector<FlowEventData> pending_;
   std::uint64_t written_ = 0;
+  std::uint64_t synced_ = 0;
   float sampling_rate_ = 1.0f;
 };
 
@@ -106,19 +110,32 @@ int run_flowd(StageRuntime& runtime) {
   options.community_id_seed = static_cast<std::uint16_t>(config.community_id_seed);
   options.shard = static_cast<std::uint32_t>(runtime.shard());
   FlowTable table(table_memory.bytes(), capacity, options);
+  if (table.rolled_back()) {
+    spdlog::info("undid the step a killed flowd left half done (resuming at packet {})",
+                 table.next_seq());
+  }
   if (table.active() > 0) {
     spdlog::info("resumed with {} active flows from shared memory", table.active());
   }
 
   EventBatchWriter writer(output.producer(), runtime);
   auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
-  std::uint64_t next_seq = counter(kNextSeq).load();
+  // Packets applied and counts by kind live in the table, committed with its steps, so a
+  // restart neither repeats nor loses them (the control-block counters are copies).
   std::uint64_t events_out = counter(fc::kEventsOut).load();
   bool bad_frame_logged = false;
   packet::DecodedPacket decoded;
 
   auto publish_counters = [&] {
     const FlowTableStats stats = table.stats();
+    std::uint64_t malformed = 0;
+    for (std::size_t k = 0; k < stats.weird.size(); ++k) {
+      if (k != static_cast<std::size_t>(packet::DecodeStatus::kNotIp)) malformed += stats.weird[k];
+    }
+    counter(kNextSeq).store(table.next_seq());
+    counter(fc::kPackets).store(stats.packets);
+    counter(fc::kNotIp).store(stats.weird[static_cast<std::size_t>(packet::DecodeStatus::kNotIp)]);
+    counter(fc::kMalformed).store(malformed);
     counter(fc::kFlowsActive).store(table.active());
     counter(fc::kFlowsStarted).store(stats.flows_started);
     counter(fc::kFlowsEnded).store(stats.flows_ended);
@@ -128,13 +145,18 @@ int run_flowd(StageRuntime& runtime) {
   };
 
   for (;;) {
+    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
+    // everything not committed is replayed by the next process.
+    if (runtime.signalled()) return exit_code::kTempFail;
     auto frame = in.next();
     if (!frame) {
       if (inputs.drained()) break;
       if (runtime.signalled()) return exit_code::kTempFail;
       if (live) {
+        table.begin_step();
         table.expire(realtime_ns(), writer);
-        events_out += writer.flush();
+        events_out += writer.flush() + writer.take_synced();
+        table.commit_step();
       }
       publish_counters();
       in.wait(std::chrono::milliseconds(100));
@@ -148,36 +170,40 @@ int run_flowd(StageRuntime& runtime) {
       std::uint64_t seq = batch.getFirstSeq();
       writer.set_sampling_rate(batch.getSamplingRate());
       std::int64_t last_ts = 0;
-      std::uint64_t packets = 0, not_ip = 0, malformed = 0;
+      table.begin_step();
       for (auto ref : index) {
-        // A packet this flowd applied before (capture repeated a batch after a restart).
-        if (seq++ < next_seq) continue;
-        const std::uint64_t end = std::uint64_t{ref.getOffset()} + ref.getCapLen();
-        if (end > data.size()) {
-          ++malformed;
+        // Packets before next_seq() were applied already (capture repeated a batch after a
+        // restart, or this frame was cut by a commit before a kill); their time still
+        // drives expire() below, so a replayed frame expires what the first try did.
+        last_ts = ref.getTsNs();
+        if (seq < table.next_seq()) {
+          ++seq;
           continue;
         }
-        const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(), ref.getCapLen());
-        const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
-        if (status == packet::DecodeStatus::kOk) {
-          table.on_packet(decoded, ref.getTsNs(), writer);
-          ++packets;
-        } else if (status == packet::DecodeStatus::kNotIp) {
-          ++not_ip;
+        const std::uint64_t end = std::uint64_t{ref.getOffset()} + ref.getCapLen();
+        if (end > data.size()) {
+          table.count_weird(packet::DecodeStatus::kTruncatedLink);
         } else {
-          table.count_weird(status);
-          ++malformed;
+          const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(),
+                                                    ref.getCapLen());
+          const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
+          if (status == packet::DecodeStatus::kOk) {
+            table.on_packet(decoded, ref.getTsNs(), writer);
+          } else {
+            table.count_weird(status);
+          }
         }
-        last_ts = ref.getTsNs();
+        table.set_next_seq(++seq);
       }
       if (!live && last_ts != 0) table.expire(last_ts, writer);
-      events_out += writer.flush();
-      next_seq = std::max(next_seq, seq);
-      counter(kNextSeq).store(next_seq);
-      counter(fc::kPackets).fetch_add(packets);
-      counter(fc::kNotIp).fetch_add(not_ip);
-      counter(fc::kMalformed).fetch_add(malformed);
+      // Published before the commit: a kill in between replays the step, repeating (never
+      // losing) its events.
+      events_out += writer.flush() + writer.take_synced();
+      table.commit_step();
     } catch (const kj::Exception& e) {
+      // What the frame applied before it turned out malformed stays, with its events.
+      events_out += writer.flush() + writer.take_synced();
+      table.commit_step();
       counter(fc::kBadFrames).fetch_add(1);
       if (!bad_frame_logged) {
         spdlog::warn("skipped a malformed PacketBatch frame: {}", e.getDescription().cStr());
@@ -188,8 +214,10 @@ int run_flowd(StageRuntime& runtime) {
     in.commit();
     publish_counters();
   }
+  table.begin_step();
   table.flush(writer);
-  events_out += writer.flush();
+  events_out += writer.flush() + writer.take_synced();
+  table.commit_step();
   publish_counters();
   output.producer().close();
   spdlog::info("drained: {} events out", events_out);

@@ -121,7 +121,11 @@ int run_signerd(StageRuntime& runtime) {
   };
 
   for (;;) {
+    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
+    // everything not committed is replayed by the next process.
+    if (runtime.signalled()) return exit_code::kTempFail;
     auto frame = in.next();
+    runtime.heartbeat();  // every pass: a busy signer never reaches the idle branch
     if (!frame) {
       if (sealer.size() > 0 &&
           std::chrono::steady_clock::now() - batch_started >= batch_age) {

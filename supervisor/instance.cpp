@@ -48,7 +48,7 @@ Instance::Instance(const Config& config)
       // half-initialised: its creator died before formatting it
     }
     if (process_alive(owner)) {
-      throw std::runtime_error(fmt::format(
+      throw InstanceRunning(fmt::format(
           "instance '{}' is already running (supervisor pid {}); stop it with "
           "`flowseal stop --instance {}` or choose another --instance",
           instance_, owner, instance_));

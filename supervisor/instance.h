@@ -7,6 +7,7 @@
 // removes them when destroyed.
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,11 @@
 #include "shm.h"
 
 namespace flowseal::supervisor {
+
+// Another supervisor of the same name is alive: a temporary condition (exit 75).
+struct InstanceRunning : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 class Instance {
  public:

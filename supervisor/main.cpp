@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "instance.h"
 #include "stage_runtime.h"
 
 int main(int argc, char** argv) {
@@ -121,6 +122,9 @@ int main(int argc, char** argv) {
   } catch (const ConfigError& e) {
     spdlog::error("config: {}", e.what());
     return exit_code::kConfig;
+  } catch (const InstanceRunning& e) {
+    spdlog::error("{}", e.what());
+    return exit_code::kTempFail;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return exit_code::kSoftware;

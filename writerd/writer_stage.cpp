@@ -99,7 +99,12 @@ int run_writerd(StageRuntime& runtime) {
   };
 
   for (;;) {
+    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
+    // everything not committed is replayed by the next process.
+    if (runtime.signalled()) return exit_code::kTempFail;
     auto frame = in.next();
+    // Every pass: a busy writer (frames back to back, each fsynced) is alive, not hung.
+    runtime.heartbeat();
     for (const std::string& note : store.take_notes()) spdlog::info("{}", note);
     if (!frame) {
       report_io(store.maintain(realtime_ns()));

@@ -285,8 +285,12 @@ def big_input():
 
 
 def test_writerd_killed(tmp):
+    # Ten passes over the data (loop mode rewrites the addresses, so flows stay unique): long
+    # enough on a fast, idle machine that writerd is seen and killed mid-run, which the
+    # single pass was not (CI once finished it before the first poll).
     base = ["--set", "seal.batch_records=32", "--set", "seal.batch_ms=5",
-            "--set", "writer.fsync=batch", "--set", "supervisor.max_restarts=100"]
+            "--set", "writer.fsync=batch", "--set", "supervisor.max_restarts=100",
+            "--set", "capture.loop=10"]
     calm = os.path.join(tmp, "calm")
     pipeline(big_input(), calm, "calm", base)
     out = os.path.join(tmp, "killed")
@@ -304,7 +308,8 @@ def test_writerd_killed(tmp):
                     kills += 1
                 except ProcessLookupError:
                     pass
-            time.sleep(0.15)
+            # Poll quickly until the first kill, then give each replacement time to work.
+            time.sleep(0.15 if kills else 0.01)
         output, _ = p.communicate(timeout=TIMEOUT)
     finally:
         if p.poll() is None:

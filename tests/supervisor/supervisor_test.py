@@ -1,0 +1,481 @@
+#!/usr/bin/env python3
+"""Supervision tests through the real binaries: stages SIGKILLed, restarted on request and
+hung (SIGSTOP) while a run is busy, the supervisor itself SIGKILLed, a second instance of the
+same name. After each disturbed run the store must verify and hold exactly the records of an
+undisturbed run of the same input.
+
+usage: supervisor_test.py FLOWSEAL_BINARY TEST_DATA_DIR [--soak] [--seed N] [CHECK ...]
+
+Every run uses loop mode over one capture (capture.loop rewrites addresses per pass, so
+flows stay unique) to be busy for a few seconds. Kill moments are random but seeded; the
+seed is printed so a failure can be replayed with --seed. Only processes this test started
+are signalled, by PID (stages by the PID of the child of the supervisor it started); every
+wait is bounded; /dev/shm objects of this test's instance names and temp dirs are removed.
+"""
+import glob
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+FLOWSEAL = os.path.abspath(sys.argv[1])
+DATA = os.path.abspath(sys.argv[2])
+ARGS = sys.argv[3:]
+SOAK = "--soak" in ARGS
+SEED = int(ARGS[ARGS.index("--seed") + 1]) if "--seed" in ARGS else int(time.time()) % 100000
+ONLY = {a for i, a in enumerate(ARGS)
+        if not a.startswith("--") and (i == 0 or ARGS[i - 1] != "--seed")}
+CAPTURE = os.path.join(DATA, "sample.pcap")
+LOOP = 3000 if SOAK else 600  # passes over sample.pcap (500 packets each): ~3 s
+ROUNDS = 4 if SOAK else 2       # kills per stage in the chaos runs
+TIMEOUT = 240
+STAGES = ["capture", "flowd", "dedupd", "signerd", "writerd"]
+EXE = {s: "flowseal-" + s for s in STAGES}
+
+failures = []
+checks = 0
+rng = random.Random(SEED)
+
+
+def check(condition, what):
+    global checks
+    checks += 1
+    if not condition:
+        failures.append(what)
+        print(f"FAIL: {what}", flush=True)
+    return condition
+
+
+def instance(tag):
+    return f"sv{os.getpid()}-{tag}"
+
+
+def run(args, timeout=TIMEOUT, **kw):
+    return subprocess.run([FLOWSEAL] + args, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def run_args(out, tag, extra=(), loop=None):
+    return [FLOWSEAL, "run", "-r", CAPTURE, "-o", out,
+            "--set", f"supervisor.instance={instance(tag)}",
+            "--set", f"capture.loop={loop or LOOP}",
+            "--set", "supervisor.stats_interval_s=0",
+            "--set", "supervisor.max_restarts=100",
+            "--set", "seal.batch_records=64", "--set", "seal.batch_ms=5",
+            # Small rings: backpressure from writerd keeps every stage busy to the end.
+            "--budget", "16"] + list(extra)
+
+
+NO_DEDUP = ["--set", "dedup.enabled=false"]
+
+
+class Run:
+    """A `flowseal run` in the background; its output is collected by a thread."""
+
+    def __init__(self, out, tag, extra=(), loop=None):
+        self.tag = tag
+        self.lines = []
+        self.p = subprocess.Popen(run_args(out, tag, extra, loop), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line)
+
+    def text(self):
+        return "".join(self.lines)
+
+    def running(self):
+        return self.p.poll() is None
+
+    def wait(self, timeout=TIMEOUT):
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            check(False, f"{self.tag}: the run ends within {timeout} s")
+            self.kill()
+        self.reader.join(10)
+        return self.p.returncode
+
+    def kill(self):
+        if self.p.poll() is None:
+            # Stages die with the supervisor (PR_SET_PDEATHSIG); ours are killed too, by PID.
+            stages = all_stage_pids(self.p.pid)
+            self.p.kill()
+            self.p.wait()
+            for pid in stages:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def child_pids(parent, exe_name):
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and os.readlink(f"/proc/{pid}/exe").endswith("/" + exe_name):
+                pids.append(int(pid))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+def all_stage_pids(parent):
+    return [pid for s in STAGES for pid in child_pids(parent, EXE[s])]
+
+
+def alive(pid):
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, seconds, step=0.05):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def wait_busy(r, seconds=30):
+    """Until every stage of run `r` is up (one process of each), or the run ended."""
+    return wait_for(lambda: not r.running() or
+                    all(child_pids(r.p.pid, EXE[s]) for s in STAGES), seconds)
+
+
+def shm_objects(tag):
+    return glob.glob(f"/dev/shm/flowseal.{instance(tag)}.*")
+
+
+def cleanup_shm(tag):
+    for path in shm_objects(tag):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def verify(d):
+    v = run(["verify", d])
+    return v.returncode == 0, (v.stdout + v.stderr).strip()[-1500:]
+
+
+def events(d):
+    r = run(["cat", d, "--events"])
+    check(r.returncode == 0, f"cat --events {d} exits 0 ({r.stderr.strip()[-500:]})")
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def flow_key(e):
+    return (e["uid"], e["event"], e["event_number"], e["id.orig_h"], e["id.orig_p"],
+            e["id.resp_h"], e["id.resp_p"], e["proto"], e["orig_pkts"], e["resp_pkts"],
+            e["orig_ip_bytes"], e["resp_ip_bytes"], e["orig_bytes"], e["resp_bytes"],
+            e["conn_state"], e["history"], e["end_reason"], e["ts"], e["duration"],
+            e["flow_count"])
+
+
+def totals(evs):
+    """Packets and bytes of every flow, counted once each: from end and summary records."""
+    t = [0, 0, 0, 0, 0]
+    for e in evs:
+        if e["event"] in ("end", "summary"):
+            t[0] += e["orig_pkts"] + e["resp_pkts"]
+            t[1] += e["orig_ip_bytes"] + e["resp_ip_bytes"]
+            t[2] += e["orig_bytes"] + e["resp_bytes"]
+            t[3] += max(1, e["flow_count"]) if e["event"] == "summary" else 1
+    return tuple(t[:4])
+
+
+def summary_restarts(text):
+    """Restart counts per stage from the run summary's `stages` line."""
+    counts = {}
+    line = next((l for l in text.splitlines() if l.strip().startswith("stages")), "")
+    for part in line.split(";"):
+        m = re.match(r"\s*(?:stages\s+)?([a-z]+)(?:\[\d+\])? cpu .*?(?:restarts (\d+))?\s*$", part)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + int(m.group(2) or 0)
+    return counts
+
+
+_baselines = {}
+
+
+def baseline(tmp, dedup):
+    """Records of an undisturbed run (cached per dedup setting)."""
+    if dedup not in _baselines:
+        out = os.path.join(tmp, f"calm-{'dedup' if dedup else 'nodedup'}")
+        tag = f"calm{int(dedup)}"
+        r = Run(out, tag, [] if dedup else NO_DEDUP)
+        code = r.wait()
+        check(code == 0, f"the undisturbed run exits 0 ({code}: {r.text()[-1500:]})")
+        ok, why = verify(out)
+        check(ok, f"the undisturbed store verifies ({why})")
+        _baselines[dedup] = events(out)
+        print(f"   baseline (dedup {'on' if dedup else 'off'}): "
+              f"{len(_baselines[dedup])} records, totals {totals(_baselines[dedup])}", flush=True)
+    return _baselines[dedup]
+
+
+def compare(tmp, out, what, dedup=False):
+    """The store of a disturbed run verifies and equals the undisturbed run's."""
+    ok, why = verify(out)
+    check(ok, f"{what}: the store verifies ({why})")
+    got = events(out)
+    want = baseline(tmp, dedup)
+    ids = [(e["uid"], e["event"], e["event_number"]) for e in got]
+    check(len(ids) == len(set(ids)), f"{what}: cat prints each event id once")
+    check(totals(got) == totals(want),
+          f"{what}: packet/byte/flow totals equal the undisturbed run's "
+          f"({totals(got)} vs {totals(want)})")
+    if dedup:
+        return
+    a, b = sorted(map(flow_key, got)), sorted(map(flow_key, want))
+    if not check(a == b, f"{what}: the same records as an undisturbed run "
+                         f"({len(a)} vs {len(b)} records)"):
+        sa, sb = set(a), set(b)
+        for k in sorted(sa - sb)[:5]:
+            print(f"   only after {what}: {k}", flush=True)
+        for k in sorted(sb - sa)[:5]:
+            print(f"   only undisturbed:  {k}", flush=True)
+
+
+def disturbed_run(tmp, tag, extra, action):
+    """Runs the pipeline, calls action(run) while it is busy; returns (run, exit code)."""
+    out = os.path.join(tmp, tag)
+    r = Run(out, tag, extra)
+    try:
+        check(wait_busy(r), f"{tag}: every stage starts")
+        action(r)
+        code = r.wait()
+    finally:
+        r.kill()
+        cleanup_shm(tag)
+    return out, r, code
+
+
+# ---------------------------------------------------------------------------- chaos
+
+def kill_in_turn(r, rounds, what):
+    """SIGKILLs each stage in turn, `rounds` times, at seeded random moments."""
+    kills = {s: 0 for s in STAGES}
+    for _ in range(rounds):
+        for stage in STAGES:
+            time.sleep(rng.uniform(0.02, 0.15))
+            if not r.running():
+                return kills
+            # Right after a restart the new process may not be there yet: wait a little.
+            wait_for(lambda: child_pids(r.p.pid, EXE[stage]) or not r.running(), 10)
+            for pid in child_pids(r.p.pid, EXE[stage]):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills[stage] += 1
+                except ProcessLookupError:
+                    pass
+    return kills
+
+
+def test_chaos_kills(tmp, dedup=False):
+    tag = "chaos-dedup" if dedup else "chaos"
+    kills = {}
+
+    def action(r):
+        kills.update(kill_in_turn(r, ROUNDS, tag))
+    out, r, code = disturbed_run(tmp, tag, [] if dedup else NO_DEDUP, action)
+    print(f"   kills: {kills}", flush=True)
+    if os.environ.get("FLOWSEAL_TEST_VERBOSE"):
+        print(r.text(), flush=True)
+    check(all(kills[s] >= 1 for s in STAGES),
+          f"{tag}: every stage was killed at least once while the run was busy ({kills})")
+    check(code == 0, f"{tag}: the run completes (exit {code}: {r.text()[-2000:]})")
+    text = r.text()
+    restarts = summary_restarts(text)
+    for s in STAGES:
+        check(restarts.get(s, 0) == kills[s],
+              f"{tag}: the summary counts {kills[s]} restarts of {s} (says {restarts.get(s)})")
+        if kills[s]:
+            check(re.search(rf"{s}(\[\d+\])? ended \(killed by SIGKILL\); restarting in \d+ ms",
+                            text), f"{tag}: the crash of {s} and its backoff are logged")
+    check("restarting in 200 ms" in text or ROUNDS < 2,
+          f"{tag}: the backoff grows for a stage that crashes again")
+    compare(tmp, out, tag, dedup)
+
+
+def test_chaos_kills_dedup(tmp):
+    test_chaos_kills(tmp, dedup=True)
+
+
+# ---------------------------------------------------------------------------- restart
+
+def test_operator_restart(tmp):
+    tag = "restart"
+    done = []
+
+    def action(r):
+        t0 = time.time()
+        for stage in STAGES:
+            time.sleep(rng.uniform(0.02, 0.15))
+            if not r.running():
+                break
+            x = run(["restart", stage, "--instance", instance(tag), "--timeout", "30"], timeout=60)
+            ok = x.returncode == 0 and ("restarted: pid" in x.stdout or
+                                        "already finished" in x.stdout)
+            check(ok, f"restart {stage} works while the run is busy "
+                      f"({x.returncode}: {x.stdout.strip()} {x.stderr.strip()})")
+            if x.returncode == 0 and "restarted: pid" in x.stdout:
+                done.append(stage)
+            print(f"   restart {stage}: {x.returncode} {x.stdout.strip()} {x.stderr.strip()}"
+                  f" ({time.time() - t0:.2f} s)", flush=True)
+    out, r, code = disturbed_run(tmp, tag, NO_DEDUP, action)
+    print(f"   restarted: {done}", flush=True)
+    check(set(done) == set(STAGES), f"every stage was restarted on request mid-run ({done})")
+    check(code == 0, f"the run with operator restarts completes ({code}: {r.text()[-2000:]})")
+    text = r.text()
+    restarts = summary_restarts(text)
+    for s in done:
+        check(restarts.get(s, 0) == 1, f"the summary counts the restart of {s} ({restarts})")
+        check(re.search(rf"{s}(\[\d+\])? \(pid \d+\): restart requested", text),
+              f"the restart request of {s} is logged")
+    compare(tmp, out, "operator restarts")
+
+
+# ---------------------------------------------------------------------------- hung
+
+def test_hung_stage(tmp):
+    tag = "hung"
+    stopped = {}
+
+    def action(r):
+        for stage in ("flowd", "signerd"):
+            time.sleep(rng.uniform(0.1, 0.3))
+            pids = child_pids(r.p.pid, EXE[stage]) if r.running() else []
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+                stopped[stage] = pid
+            if pids:
+                # Killed (it cannot heartbeat) and replaced within a bounded time.
+                came_back = wait_for(lambda: not alive(pids[0]) and
+                                     (child_pids(r.p.pid, EXE[stage]) or not r.running()), 20)
+                check(came_back, f"a stopped {stage} is killed and replaced")
+                if alive(pids[0]):
+                    os.kill(pids[0], signal.SIGKILL)
+    out, r, code = disturbed_run(
+        tmp, tag, NO_DEDUP + ["--set", "supervisor.heartbeat_timeout_ms=600"], action)
+    text = r.text()
+    check(set(stopped) == {"flowd", "signerd"}, f"both stages were stopped mid-run ({stopped})")
+    check(code == 0, f"the run with hung stages completes ({code}: {text[-2000:]})")
+    restarts = summary_restarts(text)
+    for stage, pid in stopped.items():
+        check(re.search(rf"{stage}(\[\d+\])? \(pid {pid}\) sent no heartbeat for \d+ ms: killing it",
+                        text), f"the supervisor says it killed the hung {stage} (pid {pid})")
+        check(restarts.get(stage, 0) == 1,
+              f"the summary counts one restart of the hung {stage} ({restarts})")
+    compare(tmp, out, "hung stages")
+
+
+# ---------------------------------------------------------------------------- supervisor
+
+def test_supervisor_killed(tmp):
+    tag = "orphans"
+    out = os.path.join(tmp, tag)
+    r = Run(out, tag, NO_DEDUP)
+    try:
+        check(wait_busy(r), "every stage starts")
+        time.sleep(rng.uniform(0.3, 0.8))
+        stages = all_stage_pids(r.p.pid)
+        check(len(stages) == len(STAGES) and r.running(), f"the run is busy ({stages})")
+        r.p.send_signal(signal.SIGKILL)
+        r.wait(30)
+        t0 = time.time()
+        gone = wait_for(lambda: not any(alive(p) for p in stages), 15)
+        left = [p for p in stages if alive(p)]
+        check(gone, f"the stages exit within 15 s of their supervisor's death (left: {left})")
+        print(f"   stages gone {time.time() - t0:.2f} s after the supervisor", flush=True)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        r.kill()
+    check(len(shm_objects(tag)) > 0, "the killed supervisor left its shared memory behind")
+    again = os.path.join(tmp, tag + "-again")
+    r2 = Run(again, tag, NO_DEDUP)
+    try:
+        code = r2.wait()
+    finally:
+        r2.kill()
+    text = r2.text()
+    check(code == 0, f"a new run with the same instance name works ({code}: {text[-1500:]})")
+    check("removed" in text and "left by a supervisor that is gone" in text,
+          "the new run says it removed the dead instance's leftovers")
+    check(not shm_objects(tag), f"no shared memory is left after the new run ({shm_objects(tag)})")
+    compare(tmp, again, "a run after a killed supervisor")
+    cleanup_shm(tag)
+
+
+def test_second_instance(tmp):
+    tag = "twice"
+    first = Run(os.path.join(tmp, tag), tag, NO_DEDUP)
+    try:
+        check(wait_busy(first), "the first instance starts")
+        check(first.running(), "the first instance is busy")
+        second = subprocess.run(run_args(os.path.join(tmp, tag + "-2"), tag, NO_DEDUP),
+                                capture_output=True, text=True, timeout=60)
+        msg = second.stderr.strip()
+        check(second.returncode == 75,
+              f"a second instance of the same name exits 75 (temporary failure; got "
+              f"{second.returncode}: {msg})")
+        check(f"instance '{instance(tag)}' is already running (supervisor pid {first.p.pid})"
+              in msg, f"the message names the instance and the running supervisor: {msg!r}")
+        check(first.running(), "the first instance keeps running")
+        code = first.wait()
+        check(code == 0, f"the first instance completes ({code}: {first.text()[-1500:]})")
+    finally:
+        first.kill()
+        cleanup_shm(tag)
+    compare(tmp, os.path.join(tmp, tag), "the first of two instances")
+
+
+TESTS = [test_chaos_kills, test_chaos_kills_dedup, test_operator_restart, test_hung_stage,
+         test_supervisor_killed, test_second_instance]
+
+if __name__ == "__main__":
+    print(f"seed {SEED} (replay with --seed {SEED}), loop {LOOP}, rounds {ROUNDS}", flush=True)
+    started = time.time()
+    tmp = tempfile.mkdtemp(prefix="flowseal-supervisor-")
+    try:
+        for test in TESTS:
+            if ONLY and test.__name__ not in ONLY:
+                continue
+            print(f"-- {test.__name__}", flush=True)
+            before = len(failures)
+            t0 = time.time()
+            try:
+                test(tmp)
+            except Exception as e:  # a crash in a check is a failure, not a stop
+                failures.append(f"{test.__name__}: {type(e).__name__}: {e}")
+                print(f"FAIL: {test.__name__}: {type(e).__name__}: {e}", flush=True)
+            print(f"   {'ok' if len(failures) == before else 'FAILED'} ({time.time() - t0:.1f} s)",
+                  flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in glob.glob(f"/dev/shm/flowseal.sv{os.getpid()}-*"):
+            os.remove(leftover)
+    print(f"{checks - len(failures)} passed, {len(failures)} failed "
+          f"({time.time() - started:.1f} s, seed {SEED})")
+    sys.exit(1 if failures else 0)
