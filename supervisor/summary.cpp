@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "pressure_level.h"
 #include "ring.h"
 
 namespace flowseal::supervisor {
@@ -97,6 +98,16 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
   }
   out += fmt::format("\n  memory    peak total PSS {} (budget {} MiB)\n", human_bytes(peak_total_pss),
                      config.memory.budget_mb);
+  out += fmt::format("  pressure  peak {}, {} level changes, time at",
+                     to_string(pressure_level_from(control.pressure_peak_level.load())),
+                     control.pressure_changes.load());
+  for (std::size_t level = 0; level < kPressureLevels; ++level) {
+    out += fmt::format("{} {} {:.1f} s", level ? "," : "",
+                       to_string(static_cast<PressureLevel>(level)),
+                       double(control.pressure_level_ms[level].load()) / 1000);
+  }
+  out += fmt::format("; flows evicted under pressure {}\n",
+                     flowd_total(control, fc::kPressureEvictions));
   const bool accounted = received == processed + sampled + ring_dropped;
   out += fmt::format("  accounting received = processed + sampled out + dropped: {}\n",
                      accounted ? "yes" : fmt::format("NO (difference {})",
