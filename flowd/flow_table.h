@@ -102,6 +102,14 @@ class FlowTable {
   // Counts a packet decode() rejected, by kind.
   void count_weird(packet::DecodeStatus status);
 
+  // Memory pressure (common/pressure_level.h). New timeouts apply from the next packet or
+  // expire(): every flow of a timer class shares one timeout, so the lists stay in order.
+  void set_timeouts(const FlowTimeouts& timeouts) { options_.timeouts = timeouts; }
+  const FlowTimeouts& timeouts() const { return options_.timeouts; }
+  // Ends the least recently seen flows (reason eviction; a flow already closed by FIN/RST
+  // keeps that reason) until at most `target` are active; returns how many it ended.
+  std::size_t evict_to(std::size_t target, EventSink& sink);
+
  private:
   using Slot = detail::FlowSlot;
   // Accounts one flow's share of a packet (the inner flow, or one tunnel's outer flow).

@@ -1,9 +1,12 @@
 #include "flowd_stage.h"
 
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "capnp_frame.h"
@@ -12,6 +15,7 @@
 #include "flowseal.capnp.h"
 #include "layout.h"
 #include "packet/decode.h"
+#include "pressure_level.h"
 #include "ring_io.h"
 
 namespace flowseal::flowd {
@@ -80,6 +84,56 @@ FlowTimeouts timeouts_from(const FlowdConfig& c) {
   return t;
 }
 
+// The pressure level applied to one flow table (common/pressure_level.h): idle timeouts
+// scaled down, and at HIGH and CRITICAL the table held to a share of its capacity by ending
+// its least recently seen flows. Checked once per input frame: one relaxed load.
+class TablePressure {
+ public:
+  TablePressure(const Config& config, FlowTable& table)
+      : table_(table),
+        base_(table.timeouts()),
+        hold_(static_cast<std::size_t>(flow_table_hold_fraction(config.memory) *
+                                       double(table.capacity()))) {}
+
+  // Applies `raw_level` (ControlBlock::pressure_level); returns the flows it evicted.
+  std::size_t apply(std::uint32_t raw_level, EventSink& sink) {
+    const PressureLevel level = pressure_level_from(raw_level);
+    const PressureEffects& effects = pressure_effects(level);
+    if (level != level_) {
+      level_ = level;
+      table_.set_timeouts(scaled(effects.idle_timeout_scale));
+      spdlog::info("pressure {}: idle timeouts x{}{}", to_string(level), effects.idle_timeout_scale,
+                   effects.hold_flow_table
+                       ? fmt::format(", holding the flow table at {} of {} flows", hold_,
+                                     table_.capacity())
+                       : std::string());
+    }
+    if (!effects.hold_flow_table || table_.active() <= hold_) return 0;
+    return table_.evict_to(hold_, sink);
+  }
+
+ private:
+  FlowTimeouts scaled(double factor) const {
+    // At least 1 ms: a zero timeout would end every flow between two of its packets.
+    auto scale = [factor](std::int64_t ns) {
+      return std::max<std::int64_t>(static_cast<std::int64_t>(double(ns) * factor), 1'000'000);
+    };
+    FlowTimeouts t = base_;
+    t.tcp_established_idle_ns = scale(base_.tcp_established_idle_ns);
+    t.tcp_attempt_idle_ns = scale(base_.tcp_attempt_idle_ns);
+    t.tcp_closed_linger_ns = scale(base_.tcp_closed_linger_ns);
+    t.udp_idle_ns = scale(base_.udp_idle_ns);
+    t.icmp_idle_ns = scale(base_.icmp_idle_ns);
+    t.other_idle_ns = scale(base_.other_idle_ns);
+    return t;  // the active timeout is a reporting interval, not memory: unchanged
+  }
+
+  FlowTable& table_;
+  const FlowTimeouts base_;
+  const std::size_t hold_;
+  PressureLevel level_ = PressureLevel::kLow;
+};
+
 std::size_t capacity_for(std::size_t bytes) {
   std::size_t lo = 0, hi = bytes;  // bytes_needed grows with capacity: largest that fits
   while (lo < hi) {
@@ -110,10 +164,13 @@ int run_flowd(StageRuntime& runtime) {
     spdlog::info("resumed with {} active flows from shared memory", table.active());
   }
 
+  TablePressure pressure(runtime.config(), table);
+  auto pressure_level = [&] { return runtime.control().pressure_level.load(std::memory_order_relaxed); };
   EventBatchWriter writer(output.producer(), runtime);
   auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
   std::uint64_t next_seq = counter(kNextSeq).load();
   std::uint64_t events_out = counter(fc::kEventsOut).load();
+  std::uint64_t pressure_evictions = counter(fc::kPressureEvictions).load();
   bool bad_frame_logged = false;
   packet::DecodedPacket decoded;
 
@@ -124,6 +181,8 @@ int run_flowd(StageRuntime& runtime) {
     counter(fc::kFlowsEnded).store(stats.flows_ended);
     counter(fc::kEvictions).store(stats.evictions);
     counter(fc::kEventsOut).store(events_out);
+    counter(fc::kCapacity).store(table.capacity());
+    counter(fc::kPressureEvictions).store(pressure_evictions);
     runtime.heartbeat();
   };
 
@@ -132,10 +191,9 @@ int run_flowd(StageRuntime& runtime) {
     if (!frame) {
       if (inputs.drained()) break;
       if (runtime.signalled()) return exit_code::kTempFail;
-      if (live) {
-        table.expire(realtime_ns(), writer);
-        events_out += writer.flush();
-      }
+      if (live) table.expire(realtime_ns(), writer);
+      pressure_evictions += pressure.apply(pressure_level(), writer);
+      events_out += writer.flush();
       publish_counters();
       in.wait(std::chrono::milliseconds(100));
       continue;
@@ -171,6 +229,7 @@ int run_flowd(StageRuntime& runtime) {
         last_ts = ref.getTsNs();
       }
       if (!live && last_ts != 0) table.expire(last_ts, writer);
+      pressure_evictions += pressure.apply(pressure_level(), writer);
       events_out += writer.flush();
       next_seq = std::max(next_seq, seq);
       counter(kNextSeq).store(next_seq);
