@@ -5,9 +5,9 @@
 //   - flow table fill: active flows / capacity of the fullest flowd shard. The table is
 //     allocated at full size up front, so its PSS only says how much of it was ever touched;
 //     its fill says how close it is to cutting flows short, which is what pressure is for.
-//   - budget share: (rings at full size + the flow tables' bytes in proportion to their fill
-//     + the stages' private memory, i.e. the sum of their anonymous PSS, which holds dedupd's
-//     state) / memory.budget_mb.
+//   - budget share: (the bytes in the rings + the flow tables' bytes in proportion to their
+//     fill + the stages' private memory, i.e. the sum of their anonymous PSS, which holds
+//     dedupd's state) / memory.budget_mb.
 //   - system share: 1 - MemAvailable / MemTotal (only with memory.system_pressure).
 //
 // PressureGauge turns usage samples into a level with hysteresis: a level is entered on the
@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "control_block.h"
+#include "instance.h"
 #include "layout.h"
 #include "pressure_level.h"
 #include "proc_stats.h"
@@ -62,7 +63,7 @@ class PressureGauge {
 // What one sample measured, and the usage it gives.
 struct UsageSample {
   std::uint64_t budget_bytes = 0;
-  std::uint64_t ring_bytes = 0;             // all rings, full size
+  std::uint64_t ring_bytes = 0;             // bytes in all rings (head - tail)
   std::uint64_t flow_table_bytes = 0;       // all shards' segments
   std::vector<double> flow_table_fill;      // per shard: active / capacity (0 before start)
   std::uint64_t private_bytes = 0;          // sum of the stages' anonymous PSS
@@ -86,7 +87,8 @@ std::string describe(const Usage& usage);
 class PressureMonitor {
  public:
   using Clock = std::chrono::steady_clock;
-  PressureMonitor(const Config& config, const MemoryPlan& plan, ControlBlock& control);
+  PressureMonitor(const Config& config, const MemoryPlan& plan, ControlBlock& control,
+                  const std::vector<Instance::RingView>& rings);
 
   // `private_bytes`: the sum of the stages' anonymous PSS measured for this sample.
   void sample(std::uint64_t private_bytes, Clock::time_point now);
@@ -96,11 +98,13 @@ class PressureMonitor {
  private:
   void book_time(Clock::time_point now);
 
+  std::uint64_t ring_bytes_in_use() const;
+
   ControlBlock& control_;
+  const std::vector<Instance::RingView>& rings_;
   PressureGauge gauge_;
   bool count_system_;
   std::uint64_t budget_bytes_;
-  std::uint64_t ring_bytes_;
   std::uint64_t flow_table_bytes_;  // per shard
   std::optional<Clock::time_point> last_sample_;
   std::array<std::int64_t, kPressureLevels> level_ns_{};

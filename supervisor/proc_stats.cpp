@@ -48,8 +48,9 @@ std::array<std::uint64_t, N> kib_fields(const std::string& file,
 }  // namespace
 
 ProcessMemory process_memory(pid_t pid) {
-  const auto v = kib_fields<2>(fmt::format("/proc/{}/smaps_rollup", pid), {"Pss:", "Pss_Anon:"});
-  return {v[0], v[1]};
+  const auto v = kib_fields<3>(fmt::format("/proc/{}/smaps_rollup", pid),
+                               {"Pss:", "Pss_Anon:", "Pss_Shmem:"});
+  return {v[0], v[1], v[2]};
 }
 
 SystemMemory system_memory() {
