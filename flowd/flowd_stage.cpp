@@ -1,6 +1,7 @@
 #include "flowd_stage.h"
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,10 @@ class EventBatchWriter final : public EventSink {
     if (pending_.size() >= kEventsPerFrame) write_pending();
   }
   void set_sampling_rate(float rate) { sampling_rate_ = rate; }
+  // Called while waiting for room in the output ring: the caller publishes its counters, so
+  // that the supervisor sees the table as it is now (e.g. just freed by expiry) and not as
+  // it was before a long wait behind a slow dedupd.
+  void set_on_wait(std::function<void()> on_wait) { on_wait_ = std::move(on_wait); }
   // Writes what is pending and publishes; returns the number of events written.
   std::uint64_t flush() {
     write_pending();
@@ -54,6 +59,7 @@ class EventBatchWriter final : public EventSink {
         static_cast<unsigned>(pending_.size()));
     for (unsigned i = 0; i < pending_.size(); ++i) encode(pending_[i], events[i]);
     auto keep_waiting = [this] {
+      if (on_wait_) on_wait_();
       runtime_.heartbeat();
       return false;  // never drop a flow record: wait for dedupd
     };
@@ -69,6 +75,7 @@ class EventBatchWriter final : public EventSink {
   std::vector<FlowEventData> pending_;
   std::uint64_t written_ = 0;
   float sampling_rate_ = 1.0f;
+  std::function<void()> on_wait_;
 };
 
 FlowTimeouts timeouts_from(const FlowdConfig& c) {
@@ -185,6 +192,8 @@ int run_flowd(StageRuntime& runtime) {
     counter(fc::kPressureEvictions).store(pressure_evictions);
     runtime.heartbeat();
   };
+
+  writer.set_on_wait(publish_counters);
 
   for (;;) {
     auto frame = in.next();

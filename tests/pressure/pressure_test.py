@@ -10,7 +10,9 @@ The input is two files made here, read in order in one offline run:
               (about 76,000), all of them alive under the 5 s attempt timeout;
   quiet.pcap  QUIET_CONVERSATIONS UDP conversations taking turns, starting 10 s of packet
               time after the flood, so that flowd's packet-time expiry frees the table while
-              input still flows. Many conversations, not one: capture samples whole flows,
+              input still flows (ending the flood's flows takes the downstream stages a while, and
+              the level comes down as they go; the tail must outlast that). Many
+              conversations, not one: capture samples whole flows,
               and in an offline run packet time advances only with packets that are kept.
 (Loop mode cannot make this shape: `capture.loop` repeats every file, so a looped flood
 could never be followed by a quiet tail. The flood starts at synscan.pcap's first packet
@@ -49,7 +51,7 @@ FLOWSEAL = os.path.abspath(sys.argv[1])
 DATA = os.path.abspath(sys.argv[2])
 BUDGET_MB = 32
 FLOOD_FLOWS = 120_000
-QUIET_PACKETS = 400_000
+QUIET_PACKETS = 1_200_000
 QUIET_CONVERSATIONS = 64
 TIMEOUT = 240
 SETTINGS = [
@@ -120,16 +122,19 @@ def make_flood(path, t0):
 
 
 def make_quiet(path, t0, packets):
+    # Every conversation's two frames are made once: only the timestamps differ.
+    frames = {}
+    for c in range(QUIET_CONVERSATIONS):
+        client, server = bytes([172, 16, 0, 1 + c]), bytes([172, 16, 1, 1])
+        for forward in (True, False):
+            udp = struct.pack("!HHHH", 5353 if forward else 53, 53 if forward else 5353, 12, 0)
+            udp += b"ping" if forward else b"pong"
+            frames[c, forward] = ETHERNET + ipv4(client if forward else server,
+                                                 server if forward else client, 17, udp)
     out = [pcap_header()]
     for i in range(packets):
         c = i % QUIET_CONVERSATIONS
-        client, server = bytes([172, 16, 0, 1 + c]), bytes([172, 16, 1, 1])
-        forward = (i // QUIET_CONVERSATIONS) % 2 == 0
-        udp = struct.pack("!HHHH", 5353 if forward else 53, 53 if forward else 5353, 8 + 4, 0)
-        udp += struct.pack("!I", i)
-        frame = ETHERNET + ipv4(client if forward else server, server if forward else client,
-                                17, udp)
-        out.append(record(t0 + i * 1_000_000, frame))
+        out.append(record(t0 + i * 1_000_000, frames[c, (i // QUIET_CONVERSATIONS) % 2 == 0]))
     with open(path, "wb") as f:
         f.write(b"".join(out))
 
@@ -228,7 +233,7 @@ def main():
                 break
             print(f"attempt {attempt}: flowd drained before the level was back at LOW; "
                   f"again with a longer quiet tail", flush=True)
-            quiet_packets *= 3
+            quiet_packets *= 2
         check(back, "the level returned to LOW after the flood, before flowd drained")
     finally:
         if failures:
