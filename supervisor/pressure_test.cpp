@@ -123,3 +123,37 @@ TEST_CASE("a flow table not yet started counts as empty") {
   sample.flow_table_fill = {0.0};
   CHECK(usage_of(sample).value == 0);
 }
+
+TEST_CASE("each level sheds at least as much as the one below it") {
+  using flowseal::pressure_effects;
+  for (std::uint32_t raw = 1; raw < flowseal::kPressureLevels; ++raw) {
+    const auto& lower = pressure_effects(static_cast<PressureLevel>(raw - 1));
+    const auto& upper = pressure_effects(static_cast<PressureLevel>(raw));
+    CHECK(upper.sampling_rate < lower.sampling_rate);
+    CHECK(upper.payload_keep < lower.payload_keep);
+    CHECK(upper.idle_timeout_scale < lower.idle_timeout_scale);
+    CHECK(upper.dedup_cap_scale < lower.dedup_cap_scale);
+    CHECK((upper.hold_flow_table || !lower.hold_flow_table));
+  }
+  // DESIGN.md's figures.
+  CHECK(pressure_effects(PressureLevel::kCritical).sampling_rate == 0.25f);
+  CHECK(pressure_effects(PressureLevel::kCritical).payload_keep == 64);
+  CHECK_FALSE(pressure_effects(PressureLevel::kMedium).hold_flow_table);
+  // A level past CRITICAL reads as CRITICAL.
+  CHECK(flowseal::pressure_level_from(7) == PressureLevel::kCritical);
+  CHECK(flowseal::to_string(PressureLevel::kHigh) == "HIGH");
+}
+
+TEST_CASE("the flow table is held inside the HIGH band, above the level's way down") {
+  flowseal::MemoryConfig memory;  // HIGH at 85 %, hysteresis 5 %
+  const double hold = flowseal::flow_table_hold_fraction(memory);
+  CHECK(hold == Approx(0.825));
+  // A table held there keeps the level at HIGH while a flood refills it...
+  PressureGauge gauge(defaults(1));
+  gauge.update(0.90);
+  CHECK(gauge.update(hold) == PressureLevel::kHigh);
+  // ...and from CRITICAL it comes down to HIGH, not lower.
+  PressureGauge critical(defaults(1));
+  critical.update(1.0);
+  CHECK(critical.update(hold) == PressureLevel::kHigh);
+}
