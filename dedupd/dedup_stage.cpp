@@ -177,6 +177,9 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
     runtime.counter(rc::kSummaries).store(s.summaries);
     runtime.counter(rc::kSuppressed)
         .store(s.folded + s.starts_dropped + s.updates_suppressed);
+    // Once per pass over the inputs: a dedupd that always finds input and never waits for
+    // room downstream (the slowest stage, e.g. under ASan) is busy, not hung.
+    runtime.heartbeat();
   };
 
   for (;;) {
