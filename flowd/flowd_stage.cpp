@@ -121,9 +121,11 @@ class TablePressure {
 
  private:
   FlowTimeouts scaled(double factor) const {
-    // At least 1 ms: a zero timeout would end every flow between two of its packets.
+    // At least 1 ms (a zero timeout would end every flow between two of its packets), and
+    // never longer than configured (tcp_closed_timeout may be 0).
     auto scale = [factor](std::int64_t ns) {
-      return std::max<std::int64_t>(static_cast<std::int64_t>(double(ns) * factor), 1'000'000);
+      return std::min(ns, std::max<std::int64_t>(static_cast<std::int64_t>(double(ns) * factor),
+                                                 1'000'000));
     };
     FlowTimeouts t = base_;
     t.tcp_established_idle_ns = scale(base_.tcp_established_idle_ns);
