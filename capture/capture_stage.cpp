@@ -18,6 +18,7 @@
 
 #include "layout.h"
 #include "packet/decode.h"
+#include "pressure_level.h"
 #include "packet_batcher.h"
 #include "pass_rewrite.h"
 #include "pcap_source.h"
@@ -80,14 +81,12 @@ PcapSource open_source(const CaptureConfig& config) {
 }  // namespace
 
 float sampling_rate_for(std::uint32_t level) {
-  constexpr std::array<float, 4> kRates{1.0f, 0.75f, 0.5f, 0.25f};
-  return kRates[std::min<std::uint32_t>(level, 3)];
+  return pressure_effects(pressure_level_from(level)).sampling_rate;
 }
 
 std::size_t payload_keep_for(std::uint32_t level, std::size_t snaplen) {
-  constexpr std::array<std::size_t, 4> kKeep{1500, 512, 256, 64};
   // LOW keeps everything captured; higher levels cut payload to bound ring use.
-  return level == 0 ? snaplen : std::min(snaplen, kKeep[std::min<std::uint32_t>(level, 3)]);
+  return std::min(snaplen, pressure_effects(pressure_level_from(level)).payload_keep);
 }
 
 int run_capture(StageRuntime& runtime) {

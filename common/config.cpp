@@ -221,6 +221,20 @@ const std::vector<KeySpec>& key_table() {
     // memory
     t.push_back(int_key("memory.budget_mb", [](Config& c) -> auto& { return c.memory.budget_mb; }, 16,
                         std::int64_t{1} << 20, "shared memory for rings, flow table and dedup state (MiB)"));
+    t.push_back(double_key("memory.medium_pct", [](Config& c) -> auto& { return c.memory.medium_pct; }, 1, 100,
+                           "memory usage (% of the budget, see docs/OPERATIONS.md) from which the level is MEDIUM"));
+    t.push_back(double_key("memory.high_pct", [](Config& c) -> auto& { return c.memory.high_pct; }, 1, 100,
+                           "usage % from which the level is HIGH"));
+    t.push_back(double_key("memory.critical_pct", [](Config& c) -> auto& { return c.memory.critical_pct; }, 1,
+                           100, "usage % from which the level is CRITICAL"));
+    t.push_back(double_key("memory.hysteresis_pct", [](Config& c) -> auto& { return c.memory.hysteresis_pct; },
+                           0, 50, "a level is left only below its threshold minus this many %"));
+    t.push_back(int_key("memory.down_samples", [](Config& c) -> auto& { return c.memory.down_samples; }, 1,
+                        10000, "samples in a row below a level's threshold before it steps down"));
+    t.push_back(int_key("memory.sample_ms", [](Config& c) -> auto& { return c.memory.sample_ms; }, 20, 60000,
+                        "ms between the supervisor's memory samples (PSS, MemAvailable, fill)"));
+    t.push_back(bool_key("memory.system_pressure", [](Config& c) -> auto& { return c.memory.system_pressure; },
+                         "system memory in use (1 - MemAvailable/MemTotal) also raises the level"));
     // supervisor
     t.push_back(string_key("supervisor.instance", [](Config& c) -> auto& { return c.supervisor.instance; }, {},
                            "instance name: shared-memory names and the control socket derive from it"));
@@ -305,6 +319,19 @@ void validate(const Config& config) {
     throw ConfigError("capture.interface and capture.files are both set: choose one source");
   }
   if (config.writer.dir.empty()) throw ConfigError("writer.dir must not be empty");
+  const MemoryConfig& m = config.memory;
+  if (!(m.medium_pct < m.high_pct)) {
+    throw ConfigError(fmt::format("memory.medium_pct = {} must be below memory.high_pct = {}",
+                                  m.medium_pct, m.high_pct));
+  }
+  if (!(m.high_pct < m.critical_pct)) {
+    throw ConfigError(fmt::format("memory.high_pct = {} must be below memory.critical_pct = {}",
+                                  m.high_pct, m.critical_pct));
+  }
+  if (!(m.hysteresis_pct < m.medium_pct)) {
+    throw ConfigError(fmt::format("memory.hysteresis_pct = {} must be below memory.medium_pct = {}",
+                                  m.hysteresis_pct, m.medium_pct));
+  }
   if (config.supervisor.instance.empty() ||
       config.supervisor.instance.find_first_of("/ \t") != std::string::npos) {
     throw ConfigError(fmt::format("supervisor.instance '{}' must be a non-empty name without "

@@ -72,6 +72,16 @@ struct WriterConfig {
 
 struct MemoryConfig {
   std::int64_t budget_mb = 256;
+  // Pressure levels (common/pressure_level.h, supervisor/pressure.h): usage at or above a
+  // threshold raises the level at once; it falls only once usage stays below the threshold
+  // minus hysteresis_pct for down_samples samples in a row.
+  double medium_pct = 70;
+  double high_pct = 85;
+  double critical_pct = 95;
+  double hysteresis_pct = 5;
+  std::int64_t down_samples = 4;
+  std::int64_t sample_ms = 250;   // the supervisor samples memory this often
+  bool system_pressure = true;    // system memory in use (MemAvailable) raises the level too
 };
 
 struct SupervisorConfig {

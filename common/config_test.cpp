@@ -100,6 +100,23 @@ TEST_CASE("cross-key rules are checked by validate") {
   CHECK_THAT(error_of([&] { flowseal::validate(config); }), Catch::Contains("capture.interface"));
 }
 
+TEST_CASE("pressure thresholds out of order are an error naming both keys") {
+  Config config;
+  flowseal::validate(config);  // the defaults are in order
+  flowseal::apply_override(config, "memory.high_pct=60");
+  const std::string message = error_of([&] { flowseal::validate(config); });
+  CHECK_THAT(message, Catch::Contains("memory.medium_pct") && Catch::Contains("memory.high_pct"));
+
+  Config wide;
+  flowseal::apply_override(wide, "memory.medium_pct=30");
+  flowseal::apply_override(wide, "memory.hysteresis_pct=40");  // LOW could never be reached again
+  CHECK_THAT(error_of([&] { flowseal::validate(wide); }), Catch::Contains("memory.hysteresis_pct"));
+
+  Config out_of_range;
+  CHECK_THAT(error_of([&] { flowseal::apply_override(out_of_range, "memory.critical_pct=120"); }),
+             Catch::Contains("memory.critical_pct") && Catch::Contains("out of range"));
+}
+
 TEST_CASE("the dumped config loads back to the same config") {
   Config config;
   flowseal::apply_override(config, "flowd.shards=3");

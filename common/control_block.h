@@ -54,9 +54,11 @@ enum : std::size_t {
   kFlowsActive,
   kFlowsStarted,
   kFlowsEnded,
-  kEvictions,
+  kEvictions,           // all evictions (table full, long bucket chain, pressure)
   kEventsOut,
   kBadFrames,
+  kCapacity,            // flow table capacity (the supervisor's fill = kFlowsActive / this)
+  kPressureEvictions,   // flows ended early to hold the table under pressure
   kCount
 };
 }
@@ -72,6 +74,8 @@ enum : std::size_t {
   kSegments,     // writerd
   kBadFrames,
   kWriteErrors,  // writerd: failed appends (e.g. disk full), retried
+  kEntries,      // dedupd: entries held now
+  kEntryCap,     // dedupd: entry cap in force (smaller under pressure)
   kCount
 };
 }
@@ -90,7 +94,7 @@ struct alignas(64) StageSlot {
 
 struct alignas(64) ControlBlock {
   static constexpr std::uint64_t kMagic = 0x314C5443'53574C46ULL;  // "FLWSCTL1"
-  static constexpr std::uint32_t kLayoutVersion = 2;
+  static constexpr std::uint32_t kLayoutVersion = 3;
 
   std::uint64_t magic;
   std::uint32_t layout_version;
@@ -103,6 +107,14 @@ struct alignas(64) ControlBlock {
   // `flowseal restart STAGE` sets bit i to ask the supervisor to restart slot i; the
   // supervisor clears the bits it has acted on.
   std::atomic<std::uint64_t> restart_requests;
+
+  // Memory pressure, written by the supervisor at every sample (supervisor/pressure.h):
+  // the last usage figure in per mille, how many times the level changed, and how long the
+  // run spent at each level.
+  std::atomic<std::uint32_t> pressure_usage_permille;
+  std::atomic<std::uint32_t> pressure_peak_level;
+  std::atomic<std::uint64_t> pressure_changes;
+  std::atomic<std::uint64_t> pressure_level_ms[4];  // LOW .. CRITICAL
 
   // slots: capture, flowd[0..shards), dedupd, signerd, writerd
   StageSlot slots[3 + kMaxShards + 1];

@@ -87,8 +87,9 @@ std::size_t DedupEngine::GroupKeyHash::operator()(const GroupKey& key) const {
 }
 
 DedupEngine::DedupEngine(DedupOptions options, DedupSink& sink)
-    : options_(options), sink_(sink) {
+    : options_(options), sink_(sink), entry_cap_(options.max_entries) {
   options_.max_entries = std::max<std::size_t>(options_.max_entries, 1);
+  entry_cap_ = options_.max_entries;
   flows_.reserve(std::min<std::size_t>(options_.max_entries, 1 << 16));
   groups_.reserve(std::min<std::size_t>(options_.max_entries, 1 << 16));
 }
@@ -415,8 +416,16 @@ DedupEngine::Group& DedupEngine::new_group(const GroupKey& key) {
   return group;
 }
 
-void DedupEngine::make_room() {
-  while (entries() >= options_.max_entries && entries() > 0) {
+void DedupEngine::set_entry_cap(std::size_t cap) {
+  entry_cap_ = std::clamp<std::size_t>(cap, 1, options_.max_entries);
+  evict_down_to(entry_cap_);
+}
+
+// Room for one more entry under the cap in force.
+void DedupEngine::make_room() { evict_down_to(entry_cap_ - 1); }
+
+void DedupEngine::evict_down_to(std::size_t keep) {
+  while (entries() > keep) {
     const bool take_flow =
         group_lru_.empty() ||
         (!flow_lru_.empty() && flows_.at(flow_lru_.back()).touched <

@@ -39,8 +39,8 @@
 // is folded. Events the engine cannot place (an end or update of a flow it has no state for,
 // e.g. after eviction) pass unchanged — ambiguity costs reduction, never facts.
 //
-// Memory: at most `max_entries` entries (group entries + per-flow entries together), least
-// recently used evicted first; an evicted group emits its pending summary, an evicted flow
+// Memory: at most `max_entries` entries (group entries + per-flow entries together; fewer
+// under memory pressure, see set_entry_cap()), least recently used evicted first; an evicted group emits its pending summary, an evicted flow
 // releases its held start. A held start keeps a canonical copy of its record.
 //
 // Crash safety is the caller's: the engine reports, per input source, whether it still holds
@@ -115,6 +115,11 @@ class DedupEngine {
   void on_event(schema::FlowEvent::Reader event, std::uint32_t source = 0);
   // Emits every held start and pending summary and forgets all state.
   void flush_all();
+  // Memory pressure: the entry cap in force, clamped to [1, options().max_entries].
+  // Shrinking evicts least recently used entries down to it at once, each emitting what it
+  // holds (pending summary, held start), so no count is lost; growing only lets more in.
+  void set_entry_cap(std::size_t cap);
+  std::size_t entry_cap() const { return entry_cap_; }
 
   // True while the engine holds a fact (a start or a folded end) that came from `source`.
   bool holds(std::uint32_t source) const { return held_[source] != 0; }
@@ -212,6 +217,7 @@ class DedupEngine {
   void erase_flow(std::unordered_map<std::uint64_t, Flow>::iterator it);
   void erase_group(std::unordered_map<GroupKey, Group, GroupKeyHash>::iterator it);
   void make_room();
+  void evict_down_to(std::size_t keep);
   void compact_timers();
   void touch(Flow& flow);
   void touch(Group& group);
@@ -219,6 +225,7 @@ class DedupEngine {
   DedupOptions options_;
   DedupSink& sink_;
   DedupStats stats_;
+  std::size_t entry_cap_;
   std::int64_t now_ns_ = INT64_MIN;
   std::uint64_t clock_ = 0;  // LRU stamps
   std::size_t held_starts_ = 0;

@@ -330,6 +330,26 @@ TEST_CASE("eviction emits the pending summary") {
   }
 }
 
+TEST_CASE("a cap shrunk under pressure evicts at once and emits what the entries held") {
+  Collect out;
+  DedupEngine engine(options(), out);
+  short_flows(engine, 100, 6, 0, kS);  // group A: 3 pass, 3 folded, pending
+  feed(engine, start(900, 2 * kS));   // a held start
+  const std::size_t before = engine.entries();
+  REQUIRE(before >= 2);
+  CHECK(out.count(schema::EventKind::SUMMARY) == 0);
+  engine.set_entry_cap(1);
+  CHECK(engine.entries() == 1);
+  CHECK(engine.entry_cap() == 1);
+  CHECK(engine.stats().evictions == before - 1);
+  // Group A was used least recently: its three folded flows come out as one summary.
+  REQUIRE(out.count(schema::EventKind::SUMMARY) == 1);
+  engine.set_entry_cap(1'000'000);  // clamped to max_entries
+  CHECK(engine.entry_cap() == options().max_entries);
+  engine.flush_all();
+  CHECK(out.count(schema::EventKind::START) == 3 + 1);
+}
+
 TEST_CASE("eviction releases a held start") {
   auto o = options();
   o.max_entries = 2;
@@ -500,6 +520,30 @@ void check_exact(const Scenario& sc, const Collect& out) {
 }
 
 }  // namespace
+
+TEST_CASE("a cap that shrinks and grows under pressure keeps every fact exactly once") {
+  for (std::uint32_t seed : {4u, 5u, 6u}) {
+    SECTION("seed " + std::to_string(seed)) {
+      auto o = options();
+      o.max_entries = 400;
+      const Scenario sc = random_scenario(seed, 3000);
+      Collect out;
+      DedupEngine engine(o, out);
+      // The pressure levels' caps (x1, x0.75, x0.5, x0.25), changing every 100 events.
+      const std::size_t caps[] = {400, 300, 200, 100, 200, 400, 100, 300};
+      std::size_t i = 0;
+      for (auto& [ev, source] : sc.events) {
+        if (i % 100 == 0) engine.set_entry_cap(caps[(i / 100) % std::size(caps)]);
+        feed(engine, ev, source);
+        REQUIRE(engine.entries() <= engine.entry_cap());
+        ++i;
+      }
+      engine.flush_all();
+      CHECK(engine.stats().records_out == out.size());
+      check_exact(sc, out);
+    }
+  }
+}
 
 TEST_CASE("randomized traffic keeps every packet and byte and every flow exactly once") {
   struct Case {

@@ -13,6 +13,7 @@
 #include "dedup_engine.h"
 #include "flowseal.capnp.h"
 #include "layout.h"
+#include "pressure_level.h"
 #include "ring_io.h"
 
 namespace flowseal::dedupd {
@@ -154,13 +155,35 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
     sink.publish();
     commit_free();
   };
+  // Memory pressure shrinks the entry cap (common/pressure_level.h); the evictions that
+  // follow emit what the entries held, published and committed like any other output.
+  PressureLevel level = PressureLevel::kLow;
+  auto apply_pressure = [&] {
+    const PressureLevel now = pressure_level_from(
+        runtime.control().pressure_level.load(std::memory_order_relaxed));
+    if (now == level) return;
+    level = now;
+    const auto cap = static_cast<std::size_t>(double(options.max_entries) *
+                                              pressure_effects(level).dedup_cap_scale);
+    const std::uint64_t evicted = engine.stats().evictions;
+    engine.set_entry_cap(cap);
+    sink.publish();
+    commit_free();
+    spdlog::info("pressure {}: entry cap {} of {} ({} entries evicted)", to_string(level),
+                 engine.entry_cap(), options.max_entries, engine.stats().evictions - evicted);
+  };
   auto store_counters = [&] {
     const DedupStats& s = engine.stats();
+    runtime.counter(rc::kEntries).store(engine.entries());
+    runtime.counter(rc::kEntryCap).store(engine.entry_cap());
     runtime.counter(rc::kRecordsIn).store(s.records_in);
     runtime.counter(rc::kRecordsOut).store(s.records_out);
     runtime.counter(rc::kSummaries).store(s.summaries);
     runtime.counter(rc::kSuppressed)
         .store(s.folded + s.starts_dropped + s.updates_suppressed);
+    // Once per pass over the inputs: a dedupd that always finds input and never waits for
+    // room downstream (the slowest stage, e.g. under ASan) is busy, not hung.
+    runtime.heartbeat();
   };
 
   for (;;) {
@@ -168,6 +191,7 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
     // everything not committed is replayed by the next process.
     if (runtime.signalled()) return exit_code::kTempFail;
     runtime.heartbeat();  // every pass: a busy dedupd never reaches the idle branch
+    apply_pressure();
     bool progressed = false;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       RingConsumer& in = inputs[i];

@@ -870,6 +870,17 @@ void FlowTable::evict_oldest(EventSink& sink) {
                                              : schema::EndReason::EVICTION, sink);
 }
 
+std::size_t FlowTable::evict_to(std::size_t target, EventSink& sink) {
+  std::size_t ended = 0;
+  while (header_->active > target) {
+    const std::uint64_t before = header_->active;
+    evict_oldest(sink);
+    if (header_->active == before) break;  // nothing left to evict (lists empty)
+    ++ended;
+  }
+  return ended;
+}
+
 void FlowTable::end_flow(std::uint32_t index, schema::EndReason reason, EventSink& sink) {
   save(index);
   FlowSlot& s = slots_[index];

@@ -122,6 +122,13 @@ class FlowTable {
   void commit_step();
   // True if the constructor undid a step a killed flowd left open.
   bool rolled_back() const { return rolled_back_; }
+  // Memory pressure (common/pressure_level.h). New timeouts apply from the next packet or
+  // expire(): every flow of a timer class shares one timeout, so the lists stay in order.
+  void set_timeouts(const FlowTimeouts& timeouts) { options_.timeouts = timeouts; }
+  const FlowTimeouts& timeouts() const { return options_.timeouts; }
+  // Ends the least recently seen flows (reason eviction; a flow already closed by FIN/RST
+  // keeps that reason) until at most `target` are active; returns how many it ended.
+  std::size_t evict_to(std::size_t target, EventSink& sink);
 
  private:
   using Slot = detail::FlowSlot;

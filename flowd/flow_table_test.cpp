@@ -380,6 +380,43 @@ TEST_CASE("a full table evicts the least recently seen flow") {
   CHECK(sink.of_kind(EventKind::START).size() == 20);
 }
 
+TEST_CASE("evict_to ends the least recently seen flows down to the target") {
+  TestTable t(10, short_timeouts());
+  Recorder sink;
+  for (std::uint8_t i = 1; i <= 8; ++i) t.table.on_packet(v4(17, i, 1000, 100, 53), i * kMs, sink);
+  t.table.on_packet(v4(17, 1, 1000, 100, 53), 20 * kMs, sink);  // flow 1 is fresh again
+  CHECK(t.table.evict_to(5, sink) == 3);
+  CHECK(t.table.active() == 5);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 3);
+  // 2, 3 and 4 were seen least recently; flow 1 was touched after them.
+  for (std::size_t k = 0; k < 3; ++k) {
+    CHECK(ends[k].end_reason == EndReason::EVICTION);
+    CHECK(ends[k].orig_addr[3] == 2 + k);
+  }
+  CHECK(t.table.stats().evictions == 3);
+  CHECK(t.table.evict_to(5, sink) == 0);  // already there
+  CHECK(t.table.evict_to(0, sink) == 5);
+  CHECK(t.table.active() == 0);
+  CHECK(sink.of_kind(EventKind::END).size() == 8);
+}
+
+TEST_CASE("shorter timeouts set under pressure end idle flows at the next expire") {
+  TestTable t(10, short_timeouts());  // UDP idle 60 s
+  Recorder sink;
+  t.table.on_packet(v4(17, 1, 1000, 100, 53), 0, sink);
+  t.table.expire(20 * kSec, sink);
+  CHECK(t.table.active() == 1);
+  FlowTimeouts scaled = t.table.timeouts();
+  scaled.udp_idle_ns = 6 * kSec;  // x0.1, as at CRITICAL
+  t.table.set_timeouts(scaled);
+  t.table.expire(20 * kSec, sink);
+  CHECK(t.table.active() == 0);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].end_reason == EndReason::IDLE);
+}
+
 TEST_CASE("a table re-attached to the same memory resumes every active flow") {
   const FlowTableOptions o = short_timeouts();
   std::vector<std::byte> memory(FlowTable::bytes_needed(100));

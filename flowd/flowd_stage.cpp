@@ -1,9 +1,13 @@
 #include "flowd_stage.h"
 
+#include <algorithm>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "capnp_frame.h"
@@ -12,6 +16,7 @@
 #include "flowseal.capnp.h"
 #include "layout.h"
 #include "packet/decode.h"
+#include "pressure_level.h"
 #include "ring_io.h"
 
 namespace flowseal::flowd {
@@ -38,6 +43,10 @@ class EventBatchWriter final : public EventSink {
   // The flow table cuts a long step short: publish what it emitted before it commits.
   void sync() override { synced_ += flush(); }
   std::uint64_t take_synced() { return std::exchange(synced_, 0); }
+  // Called while waiting for room in the output ring: the caller publishes its counters, so
+  // that the supervisor sees the table as it is now (e.g. just freed by expiry) and not as
+  // it was before a long wait behind a slow dedupd.
+  void set_on_wait(std::function<void()> on_wait) { on_wait_ = std::move(on_wait); }
   // Writes what is pending and publishes; returns the number of events written.
   std::uint64_t flush() {
     write_pending();
@@ -53,6 +62,7 @@ class EventBatchWriter final : public EventSink {
         static_cast<unsigned>(pending_.size()));
     for (unsigned i = 0; i < pending_.size(); ++i) encode(pending_[i], events[i]);
     auto keep_waiting = [this] {
+      if (on_wait_) on_wait_();
       runtime_.heartbeat();
       return false;  // never drop a flow record: wait for dedupd
     };
@@ -69,6 +79,7 @@ class EventBatchWriter final : public EventSink {
   std::uint64_t written_ = 0;
   std::uint64_t synced_ = 0;
   float sampling_rate_ = 1.0f;
+  std::function<void()> on_wait_;
 };
 
 FlowTimeouts timeouts_from(const FlowdConfig& c) {
@@ -83,6 +94,58 @@ FlowTimeouts timeouts_from(const FlowdConfig& c) {
   t.active_timeout_ns = ns(c.active_timeout);
   return t;
 }
+
+// The pressure level applied to one flow table (common/pressure_level.h): idle timeouts
+// scaled down, and at HIGH and CRITICAL the table held to a share of its capacity by ending
+// its least recently seen flows. Checked once per input frame: one relaxed load.
+class TablePressure {
+ public:
+  TablePressure(const Config& config, FlowTable& table)
+      : table_(table),
+        base_(table.timeouts()),
+        hold_(static_cast<std::size_t>(flow_table_hold_fraction(config.memory) *
+                                       double(table.capacity()))) {}
+
+  // Applies `raw_level` (ControlBlock::pressure_level); returns the flows it evicted.
+  std::size_t apply(std::uint32_t raw_level, EventSink& sink) {
+    const PressureLevel level = pressure_level_from(raw_level);
+    const PressureEffects& effects = pressure_effects(level);
+    if (level != level_) {
+      level_ = level;
+      table_.set_timeouts(scaled(effects.idle_timeout_scale));
+      spdlog::info("pressure {}: idle timeouts x{}{}", to_string(level), effects.idle_timeout_scale,
+                   effects.hold_flow_table
+                       ? fmt::format(", holding the flow table at {} of {} flows", hold_,
+                                     table_.capacity())
+                       : std::string());
+    }
+    if (!effects.hold_flow_table || table_.active() <= hold_) return 0;
+    return table_.evict_to(hold_, sink);
+  }
+
+ private:
+  FlowTimeouts scaled(double factor) const {
+    // At least 1 ms (a zero timeout would end every flow between two of its packets), and
+    // never longer than configured (tcp_closed_timeout may be 0).
+    auto scale = [factor](std::int64_t ns) {
+      return std::min(ns, std::max<std::int64_t>(static_cast<std::int64_t>(double(ns) * factor),
+                                                 1'000'000));
+    };
+    FlowTimeouts t = base_;
+    t.tcp_established_idle_ns = scale(base_.tcp_established_idle_ns);
+    t.tcp_attempt_idle_ns = scale(base_.tcp_attempt_idle_ns);
+    t.tcp_closed_linger_ns = scale(base_.tcp_closed_linger_ns);
+    t.udp_idle_ns = scale(base_.udp_idle_ns);
+    t.icmp_idle_ns = scale(base_.icmp_idle_ns);
+    t.other_idle_ns = scale(base_.other_idle_ns);
+    return t;  // the active timeout is a reporting interval, not memory: unchanged
+  }
+
+  FlowTable& table_;
+  const FlowTimeouts base_;
+  const std::size_t hold_;
+  PressureLevel level_ = PressureLevel::kLow;
+};
 
 std::size_t capacity_for(std::size_t bytes) {
   std::size_t lo = 0, hi = bytes;  // bytes_needed grows with capacity: largest that fits
@@ -118,11 +181,14 @@ int run_flowd(StageRuntime& runtime) {
     spdlog::info("resumed with {} active flows from shared memory", table.active());
   }
 
+  TablePressure pressure(runtime.config(), table);
+  auto pressure_level = [&] { return runtime.control().pressure_level.load(std::memory_order_relaxed); };
   EventBatchWriter writer(output.producer(), runtime);
   auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
   // Packets applied and counts by kind live in the table, committed with its steps, so a
   // restart neither repeats nor loses them (the control-block counters are copies).
   std::uint64_t events_out = counter(fc::kEventsOut).load();
+  std::uint64_t pressure_evictions = counter(fc::kPressureEvictions).load();
   bool bad_frame_logged = false;
   packet::DecodedPacket decoded;
 
@@ -141,8 +207,12 @@ int run_flowd(StageRuntime& runtime) {
     counter(fc::kFlowsEnded).store(stats.flows_ended);
     counter(fc::kEvictions).store(stats.evictions);
     counter(fc::kEventsOut).store(events_out);
+    counter(fc::kCapacity).store(table.capacity());
+    counter(fc::kPressureEvictions).store(pressure_evictions);
     runtime.heartbeat();
   };
+
+  writer.set_on_wait(publish_counters);
 
   for (;;) {
     // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
@@ -152,12 +222,11 @@ int run_flowd(StageRuntime& runtime) {
     if (!frame) {
       if (inputs.drained()) break;
       if (runtime.signalled()) return exit_code::kTempFail;
-      if (live) {
-        table.begin_step();
-        table.expire(realtime_ns(), writer);
-        events_out += writer.flush() + writer.take_synced();
-        table.commit_step();
-      }
+      table.begin_step();
+      if (live) table.expire(realtime_ns(), writer);
+      pressure_evictions += pressure.apply(pressure_level(), writer);
+      events_out += writer.flush() + writer.take_synced();
+      table.commit_step();
       publish_counters();
       in.wait(std::chrono::milliseconds(100));
       continue;
@@ -196,6 +265,7 @@ int run_flowd(StageRuntime& runtime) {
         table.set_next_seq(++seq);
       }
       if (!live && last_ts != 0) table.expire(last_ts, writer);
+      pressure_evictions += pressure.apply(pressure_level(), writer);
       // Published before the commit: a kill in between replays the step, repeating (never
       // losing) its events.
       events_out += writer.flush() + writer.take_synced();

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "control_block.h"
 #include "layout.h"
+#include "pressure_level.h"
 #include "proc_stats.h"
 #include "ring.h"
 #include "shm.h"
@@ -89,8 +90,6 @@ SlotSample sample_slot(const ControlBlock& control, std::size_t index) {
   return s;
 }
 
-constexpr const char* kLevelNames[] = {"LOW", "MEDIUM", "HIGH", "CRITICAL"};
-
 // Ring fill per edge, read from the ring headers (the stats a producer and consumer keep).
 std::vector<std::pair<std::string, double>> ring_fill(const std::string& instance,
                                                       std::size_t shards) {
@@ -131,7 +130,9 @@ int status_command(const StatusOptions& options) {
 
   namespace cc = capture_counter;
   const StageSlot& capture = control.slots[0];
-  const std::uint32_t level = std::min<std::uint32_t>(control.pressure_level.load(), 3);
+  const PressureLevel level = pressure_level_from(control.pressure_level.load());
+  const double usage_pct = control.pressure_usage_permille.load() / 10.0;
+  const std::uint64_t level_changes = control.pressure_changes.load();
   const pid_t supervisor = control.supervisor_pid.load();
   const auto fill = ring_fill(options.instance, control.shards);
   const std::uint64_t ring_dropped = capture.counters[cc::kRingFullDropped].load();
@@ -141,11 +142,14 @@ int status_command(const StatusOptions& options) {
   if (options.json) {
     std::string out = fmt::format(
         "{{\"instance\":\"{}\",\"supervisor_pid\":{},\"supervisor_alive\":{},\"pressure\":\"{}\","
+        "\"pressure_usage_pct\":{:.1f},\"pressure_changes\":{},\"pressure_peak\":\"{}\","
         "\"stop_requested\":{},\"drops\":{{\"ring_full\":{},\"kernel\":{},\"sampled_out\":{}}},"
         "\"stages\":[",
         options.instance, supervisor, process_alive(supervisor) ? "true" : "false",
-        kLevelNames[level], control.stop_requested.load() != 0 ? "true" : "false", ring_dropped,
-        kernel_dropped, sampled);
+        to_string(level), usage_pct, level_changes,
+        to_string(pressure_level_from(control.pressure_peak_level.load())),
+        control.stop_requested.load() != 0 ? "true" : "false", ring_dropped, kernel_dropped,
+        sampled);
     for (std::size_t i = 0; i < slots; ++i) {
       const auto& a = after[i];
       out += fmt::format(
@@ -166,8 +170,9 @@ int status_command(const StatusOptions& options) {
   }
 
   std::string out = fmt::format(
-      "instance {}: supervisor pid {} ({}), pressure {}{}\n", options.instance, supervisor,
-      process_alive(supervisor) ? "running" : "GONE", kLevelNames[level],
+      "instance {}: supervisor pid {} ({}), pressure {} (usage {:.0f}%, {} level changes){}\n",
+      options.instance, supervisor, process_alive(supervisor) ? "running" : "GONE",
+      to_string(level), usage_pct, level_changes,
       control.stop_requested.load() != 0 ? ", draining" : "");
   out += fmt::format("{:<10} {:>8} {:<9} {:>9} {:>8} {:>10} {:>9} {:>12} {:>12}\n", "STAGE",
                      "PID", "STATE", "UPTIME", "RESTARTS", "HEARTBEAT", "PSS", "IN/s", "OUT/s");

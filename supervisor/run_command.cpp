@@ -17,6 +17,7 @@
 #include "child_process.h"
 #include "control_block.h"
 #include "instance.h"
+#include "pressure.h"
 #include "proc_stats.h"
 #include "ring.h"
 #include "seal/keys.h"
@@ -171,6 +172,9 @@ int run_pipeline(Config config) {
   // The first memory sample comes a moment after start, when every stage has mapped its rings.
   auto last_memory_sample = Clock::now() - std::chrono::milliseconds(200);
   std::uint64_t peak_total_pss = 0;
+  std::uint64_t peak_held = 0;  // the same without mapped files
+  const auto memory_sample_interval = std::chrono::milliseconds(config.memory.sample_ms);
+  PressureMonitor pressure(config, instance.plan(), control, instance.rings());
   const auto heartbeat_timeout_ns = config.supervisor.heartbeat_timeout_ms * 1'000'000;
 
   for (;;) {
@@ -299,17 +303,22 @@ int run_pipeline(Config config) {
     }
     if (all_finished) break;
 
-    // Four samples a second: cheap (one small /proc read per stage) and short runs get one.
-    if (Clock::now() - last_memory_sample >= std::chrono::milliseconds(250)) {
+    // memory.sample_ms (4 a second by default): cheap (one small /proc read per stage), and
+    // short runs get one. Each sample also sets the pressure level.
+    if (Clock::now() - last_memory_sample >= memory_sample_interval) {
       last_memory_sample = Clock::now();
-      std::uint64_t total = 0;
+      std::uint64_t total = 0, held = 0, private_total = 0;
       for (auto& stage : stages) {
         if (!stage.process.running()) continue;
-        const std::uint64_t pss = pss_bytes(stage.process.pid());
-        stage.peak_pss = std::max(stage.peak_pss, pss);
-        total += pss;
+        const ProcessMemory memory = process_memory(stage.process.pid());
+        stage.peak_pss = std::max(stage.peak_pss, memory.pss);
+        total += memory.pss;
+        held += memory.held();
+        private_total += memory.pss_anon;
       }
       peak_total_pss = std::max(peak_total_pss, total);
+      peak_held = std::max(peak_held, held);
+      pressure.sample(private_total, last_memory_sample);
     }
     if (config.supervisor.stats_interval_s > 0 &&
         Clock::now() - last_stats >= std::chrono::seconds(config.supervisor.stats_interval_s)) {
@@ -319,12 +328,13 @@ int run_pipeline(Config config) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 
+  pressure.finish(Clock::now());
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   std::vector<StageUsage> usage;
   for (auto it = stages.rbegin(); it != stages.rend(); ++it) {  // capture first, as data flows
     usage.push_back({it->name, it->cpu_seconds, it->peak_pss, it->restarts});
   }
-  print_run_summary(config, control, seconds, usage, peak_total_pss);
+  print_run_summary(config, control, seconds, usage, {peak_total_pss, peak_held});
   return result;
 }
 

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "pressure_level.h"
 #include "ring.h"
 
 namespace flowseal::supervisor {
@@ -56,7 +57,7 @@ void print_stats_line(const ControlBlock& control, const std::vector<Instance::R
 }
 
 void print_run_summary(const Config& config, const ControlBlock& control, double seconds,
-                       const std::vector<StageUsage>& usage, std::uint64_t peak_total_pss) {
+                       const std::vector<StageUsage>& usage, const MemoryPeaks& peaks) {
   namespace cc = capture_counter;
   namespace fc = flowd_counter;
   namespace rc = record_counter;
@@ -95,8 +96,19 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
                        human_bytes(stage.peak_pss),
                        stage.restarts ? fmt::format(" restarts {}", stage.restarts) : "");
   }
-  out += fmt::format("\n  memory    peak total PSS {} (budget {} MiB)\n", human_bytes(peak_total_pss),
-                     config.memory.budget_mb);
+  out += fmt::format("\n  memory    peak total PSS {} (budget {} MiB); peak held {} (shared memory and "
+                     "private, without mapped files: programs, libraries, input captures)\n",
+                     human_bytes(peaks.total_pss), config.memory.budget_mb, human_bytes(peaks.held));
+  out += fmt::format("  pressure  peak {}, {} level changes, time at",
+                     to_string(pressure_level_from(control.pressure_peak_level.load())),
+                     control.pressure_changes.load());
+  for (std::size_t level = 0; level < kPressureLevels; ++level) {
+    out += fmt::format("{} {} {:.1f} s", level ? "," : "",
+                       to_string(static_cast<PressureLevel>(level)),
+                       double(control.pressure_level_ms[level].load()) / 1000);
+  }
+  out += fmt::format("; flows evicted under pressure {}\n",
+                     flowd_total(control, fc::kPressureEvictions));
   const bool accounted = received == processed + sampled + ring_dropped;
   out += fmt::format("  accounting received = processed + sampled out + dropped: {}\n",
                      accounted ? "yes" : fmt::format("NO (difference {})",

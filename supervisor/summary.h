@@ -21,7 +21,13 @@ struct StageUsage {
   std::uint32_t restarts = 0;
 };
 
+// Peaks of the stages' summed PSS, each over the run's samples.
+struct MemoryPeaks {
+  std::uint64_t total_pss = 0;
+  std::uint64_t held = 0;  // anonymous + shmem: without mapped files (programs, input files)
+};
+
 void print_run_summary(const Config& config, const ControlBlock& control, double seconds,
-                       const std::vector<StageUsage>& usage, std::uint64_t peak_total_pss);
+                       const std::vector<StageUsage>& usage, const MemoryPeaks& peaks);
 
 }  // namespace flowseal::supervisor
