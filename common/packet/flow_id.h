@@ -3,9 +3,12 @@
 //
 // flowd makes them; the segment format (common/segment/columns.h) does not store them when
 // they can be recomputed from the record, so writer and reader must compute them exactly as
-// flowd does. That is why they live here and nowhere else: change one of them and records
-// stored before the change still decode (the segment encoder only leaves out an identifier
-// after checking that this code reproduces it), but new records store it in full.
+// flowd does. That is why they live here and nowhere else. The segment encoder only leaves
+// an identifier out after checking that this code reproduces it, so flowd may change how it
+// makes uids (new records then simply store them in full). But these functions are also
+// part of the segment format: segments already written recompute their identifiers with
+// them, so changing one needs a new segment format version that keeps the old formula for
+// old files (docs/FORMAT.md, "Derived fields").
 //
 // Everything here is pure and thread-safe; community_id() only needs a SHA-1 the caller
 // fetched once (EVP_MD_fetch is too slow per record).
