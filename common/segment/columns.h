@@ -1,7 +1,7 @@
 // The stored form of one sealed batch: its records as columns, before zstd.
 //
-// writerd hands encode_batch() the SealedBatch message signerd put on the ring; the segment
-// reader turns the stored bytes back into a SealedBatch message with decode_batch(). What is
+// SegmentWriter hands BatchCodec::encode() the SealedBatch message signerd put on the ring;
+// SegmentReader turns the stored bytes back into a SealedBatch message with decode(). What is
 // stored is not the Cap'n Proto message but its content, one column per FlowEvent field:
 // timestamps delta-coded, addresses and texts dictionary-coded within the batch, counters as
 // LEB128 varints, and the uid and Community ID left out where they can be recomputed from the
@@ -15,7 +15,7 @@
 //   outside any field, a pointer of the wrong kind) is stored as its Cap'n Proto message
 //   instead ("capnp" encoding), so nothing is ever changed on the way to disk.
 // - Identifiers are only left out after the encoder recomputed them and got the stored value.
-// - decode_batch() never throws, never reads outside its input and allocates only in
+// - decode() never throws, never reads outside its input and allocates only in
 //   proportion to it: damage (a length, index or value out of range, bytes left over, a
 //   derivation that cannot be made) is returned as a message naming the column and record.
 //

@@ -2,8 +2,8 @@
 // index, so a `.part` that writerd is still writing (or that a crash left behind) is readable.
 //
 // Guarantees: it never throws and never crashes on a damaged file. Every damage — bad magic,
-// a truncated header or frame, a checksum mismatch, a zstd error, a length out of bounds, an
-// index that disagrees with the frames — ends the read with a SegmentError naming the file,
+// a truncated header or frame, a checksum mismatch, a zstd error, a length out of bounds, a
+// batch whose columns do not decode, an index that disagrees with the frames — ends the read with a SegmentError naming the file,
 // the byte offset and what is wrong. Lengths are checked against kMaxFrameBytes and the file
 // size before anything is allocated. A closed segment (not `.part`) must end with its index;
 // one that ends early is reported as truncated.
