@@ -13,6 +13,8 @@
 
 #include <openssl/evp.h>
 
+#include "packet/flow_id.h"
+
 namespace flowseal::flowd {
 namespace detail {
 
@@ -489,15 +491,7 @@ bool flip_roles(const packet::DecodedPacket& p, const packet::FlowKey& key) {
   return false;
 }
 
-bool has_ports(std::uint8_t proto) {
-  return proto == kProtoTcp || proto == kProtoUdp || proto == kProtoSctp ||
-         proto == kProtoIcmp || proto == kProtoIcmpv6;
-}
-
-void put16(std::uint8_t*& p, std::uint16_t v) {
-  *p++ = static_cast<std::uint8_t>(v >> 8);
-  *p++ = static_cast<std::uint8_t>(v);
-}
+using packet::has_ports;
 
 bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig) {
   if (s.proto != k.proto || s.vlan != k.vlan || s.ip_version != k.ip_version) return false;
@@ -821,8 +815,7 @@ std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packe
   s.last_ts = ts_ns;
   s.report_ts = ts_ns;
   s.queued_ts = ts_ns;
-  s.uid = packet::mix64(packet::mix64(hash ^ static_cast<std::uint64_t>(ts_ns)) ^
-                        (std::uint64_t{options_.shard} * 0x9E3779B97F4A7C15ULL));
+  s.uid = packet::flow_uid(hash, ts_ns, options_.shard);
   if (flip) {
     s.history[0] = '^';
     s.history_len = 1;
@@ -987,49 +980,14 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   sink.on_event(e);
 }
 
-// Community ID v1: SHA-1 over seed, the two addresses and ports in a fixed order, proto and
-// a pad byte; base64 with a "1:" prefix. ICMP request/reply types use the counterpart type
-// as the "port" (flow_key() already did that); other ICMP types are one-way and keep the
-// originator first.
+// Community ID v1 (common/packet/flow_id.h: the segment format recomputes it from the record).
 void FlowTable::compute_community_id(FlowSlot& s) const {
   const std::size_t addr_len = s.ip_version == 4 ? 4 : 16;
-  const std::uint8_t* a = s.orig_addr.data();
-  const std::uint8_t* b = s.resp_addr.data();
-  std::uint16_t pa = s.orig_port, pb = s.resp_port;
-  const bool ports = has_ports(s.proto);
-  bool one_way = false;
-  if (s.proto == kProtoIcmp || s.proto == kProtoIcmpv6) {
-    one_way = !packet::icmp_counterpart(s.proto, static_cast<std::uint8_t>(pa)).has_value();
-  }
-  const int order = std::memcmp(a, b, addr_len);
-  if (!one_way && (order > 0 || (order == 0 && ports && pa > pb))) {
-    std::swap(a, b);
-    std::swap(pa, pb);
-  }
-  std::uint8_t input[2 + 16 + 16 + 2 + 4];
-  std::uint8_t* p = input;
-  put16(p, options_.community_id_seed);
-  std::memcpy(p, a, addr_len);
-  p += addr_len;
-  std::memcpy(p, b, addr_len);
-  p += addr_len;
-  *p++ = s.proto;
-  *p++ = 0;
-  if (ports) {
-    put16(p, pa);
-    put16(p, pb);
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_len = 0;
-  if (EVP_Digest(input, static_cast<std::size_t>(p - input), digest, &digest_len, sha1_.get(),
-                 nullptr) != 1 ||
-      digest_len != 20) {
-    s.community_id[0] = '\0';  // OpenSSL failed: no ID rather than a wrong one
-    return;
-  }
-  s.community_id[0] = '1';
-  s.community_id[1] = ':';
-  EVP_EncodeBlock(reinterpret_cast<unsigned char*>(s.community_id + 2), digest, 20);
+  const packet::CommunityIdText id = packet::community_id(
+      sha1_.get(), options_.community_id_seed, s.proto, {s.orig_addr.data(), addr_len},
+      {s.resp_addr.data(), addr_len}, s.orig_port, s.resp_port);
+  static_assert(sizeof s.community_id >= sizeof id.chars);
+  std::memcpy(s.community_id, id.chars.data(), sizeof id.chars);  // "" if OpenSSL failed
 }
 
 }  // namespace flowseal::flowd

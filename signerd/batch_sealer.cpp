@@ -1,8 +1,11 @@
 #include "batch_sealer.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include <capnp/any.h>
+
+#include "seal/canonical_record.h"
 
 namespace flowseal::signerd {
 namespace {
@@ -44,17 +47,24 @@ BatchSealer::BatchSealer(const seal::PrivateKey& key, std::array<std::uint8_t, 1
     : key_(&key), stream_id_(stream_id), next_seq_(next_seq), prev_root_(prev_root) {}
 
 void BatchSealer::add(schema::FlowEvent::Reader record) {
-  kj::Array<capnp::word> canonical = canonical_as_stored(record);
-  const auto bytes = canonical.asBytes();
-  leaves_.push_back(hasher_.leaf({bytes.begin(), bytes.size()}));
-  if (records_.empty()) {
+  const std::size_t start = canonical_.size();
+  // The direct encoder covers every record flowd and dedupd make; it declines (appending
+  // nothing) the rest, which take capnp's general path.
+  if (!seal::append_canonical(record, canonical_)) {
+    const kj::Array<capnp::word> canonical = canonical_as_stored(record);
+    canonical_.resize(start + canonical.size());
+    std::memcpy(canonical_.data() + start, canonical.begin(), canonical.asBytes().size());
+  }
+  leaves_.push_back(hasher_.leaf({reinterpret_cast<const std::uint8_t*>(canonical_.data() + start),
+                                  (canonical_.size() - start) * sizeof(capnp::word)}));
+  if (offsets_.empty()) {
     first_ts_ns_ = record.getFirstTsNs();
     last_ts_ns_ = record.getLastTsNs();
   } else {
     first_ts_ns_ = std::min(first_ts_ns_, record.getFirstTsNs());
     last_ts_ns_ = std::max(last_ts_ns_, record.getLastTsNs());
   }
-  records_.push_back(kj::mv(canonical));
+  offsets_.push_back(start);
 }
 
 void BatchSealer::seal(capnp::MessageBuilder& message) {
@@ -65,17 +75,18 @@ void BatchSealer::seal(capnp::MessageBuilder& message) {
   header.setSeq(next_seq_);
   header.setPrevRoot(as_data(prev_root_));
   header.setMerkleRoot(as_data(root));
-  header.setRecordCount(static_cast<std::uint32_t>(records_.size()));
-  header.setFirstTsNs(records_.empty() ? 0 : first_ts_ns_);
-  header.setLastTsNs(records_.empty() ? 0 : last_ts_ns_);
+  header.setRecordCount(static_cast<std::uint32_t>(offsets_.size()));
+  header.setFirstTsNs(offsets_.empty() ? 0 : first_ts_ns_);
+  header.setLastTsNs(offsets_.empty() ? 0 : last_ts_ns_);
   header.setKeyId(as_data(key_->key_id()));
   header.setAlgorithm(static_cast<schema::SignatureAlgorithm>(key_->algorithm()));
 
-  auto records = batch.initRecords(static_cast<unsigned>(records_.size()));
-  for (unsigned i = 0; i < records_.size(); ++i) {
+  auto records = batch.initRecords(static_cast<unsigned>(offsets_.size()));
+  for (unsigned i = 0; i < offsets_.size(); ++i) {
     // The canonical form is a single segment with the root pointer first: our own output,
     // so it can be read unchecked.
-    records.setWithCaveats(i, capnp::readMessageUnchecked<schema::FlowEvent>(records_[i].begin()));
+    records.setWithCaveats(
+        i, capnp::readMessageUnchecked<schema::FlowEvent>(canonical_.data() + offsets_[i]));
   }
 
   const kj::Array<capnp::word> signed_bytes = capnp::canonicalize(header.asReader());
@@ -85,7 +96,8 @@ void BatchSealer::seal(capnp::MessageBuilder& message) {
 
   ++next_seq_;
   prev_root_ = root;
-  records_.clear();
+  canonical_.clear();  // keeps its capacity for the next batch
+  offsets_.clear();
   leaves_.clear();
 }
 

@@ -33,7 +33,7 @@ class BatchSealer {
 
   // Copies and hashes one record into the open batch.
   void add(schema::FlowEvent::Reader record);
-  std::size_t size() const { return records_.size(); }
+  std::size_t size() const { return offsets_.size(); }
 
   // Builds the SealedBatch root of `message` from the open batch (possibly empty), then
   // advances the position and starts an empty batch.
@@ -48,9 +48,11 @@ class BatchSealer {
   std::uint64_t next_seq_;
   seal::Digest prev_root_;
   seal::MerkleHasher hasher_;
-  // Each record kept in its canonical form: it is what the leaf hashes, and a single-segment
-  // message seal() can read in place to copy the record into the batch.
-  std::vector<kj::Array<capnp::word>> records_;
+  // Each record kept in its canonical form, one after another in one reused buffer (no
+  // allocation per record): it is what the leaf hashes, and a single-segment message seal()
+  // can read in place to copy the record into the batch. offsets_[i]: where record i starts.
+  std::vector<capnp::word> canonical_;
+  std::vector<std::size_t> offsets_;
   std::vector<seal::Digest> leaves_;
   std::int64_t first_ts_ns_ = 0;
   std::int64_t last_ts_ns_ = 0;

@@ -20,13 +20,16 @@ namespace {
 
 namespace rc = record_counter;
 
-segment::StoreOptions store_options(const WriterConfig& config) {
+segment::StoreOptions store_options(const Config& full) {
+  const WriterConfig& config = full.writer;
   segment::StoreOptions options;
   options.dir = config.dir;
   options.segment_max_bytes = static_cast<std::uint64_t>(config.segment_max_mb) << 20;
   options.segment_max_age = std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::duration<double>(config.segment_max_age));
   options.writer.zstd_level = static_cast<int>(config.zstd_level);
+  // Community IDs made with this seed are recomputed by readers rather than stored.
+  options.writer.community_id_seed = static_cast<std::uint16_t>(full.flowd.community_id_seed);
   options.writer.fsync = segment::parse_fsync_policy(config.fsync);
   options.writer.fsync_interval = std::chrono::milliseconds(config.fsync_interval_ms);
   options.retention_max_age = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -77,7 +80,7 @@ bool pause(StageRuntime& runtime, std::chrono::milliseconds total) {
 }  // namespace
 
 int run_writerd(StageRuntime& runtime) {
-  segment::SegmentStore store(store_options(runtime.config().writer));
+  segment::SegmentStore store(store_options(runtime.config()));
   for (const std::string& note : store.take_notes()) spdlog::warn("recovery: {}", note);
   if (store.highest_seq()) {
     spdlog::info("{} holds batches up to seq {}: replays of those are dropped",

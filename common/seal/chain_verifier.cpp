@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <kj/exception.h>
 
+#include "seal/canonical_record.h"
 #include "seal/merkle.h"
 
 namespace flowseal::seal {
@@ -89,15 +90,21 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
     MerkleHasher hasher;
     std::vector<Digest> leaves;
     leaves.reserve(records.size());
+    std::vector<capnp::word> scratch;  // one record's canonical bytes, reused
     std::int64_t first_ts = std::numeric_limits<std::int64_t>::max();
     std::int64_t last_ts = std::numeric_limits<std::int64_t>::min();
     std::uint32_t first_index = 0, last_index = 0;
     for (std::uint32_t i = 0; i < records.size(); ++i) {
       const auto record = records[i];
       try {
-        const kj::Array<capnp::word> words = capnp::canonicalize(record);
-        const auto bytes = words.asBytes();
-        leaves.push_back(hasher.leaf({bytes.begin(), bytes.size()}));
+        scratch.clear();
+        if (!append_canonical(record, scratch)) {
+          const kj::Array<capnp::word> words = capnp::canonicalize(record);
+          scratch.resize(words.size());
+          std::memcpy(scratch.data(), words.begin(), words.asBytes().size());
+        }
+        leaves.push_back(hasher.leaf({reinterpret_cast<const std::uint8_t*>(scratch.data()),
+                                      scratch.size() * sizeof(capnp::word)}));
       } catch (const kj::Exception& e) {
         problem.record = i;
         content.push_back(

@@ -103,8 +103,12 @@ std::optional<FileHeader> decode_file_header(std::span<const std::uint8_t, kFile
   FileHeader h;
   h.version = get16(p + 8);
   if (h.version != kFormatVersion) {
-    why = fmt::format("unsupported segment format version {} (this build reads {})", h.version,
-                      kFormatVersion);
+    why = h.version < kFormatVersion
+              ? fmt::format("segment format version {} is not supported: this build reads "
+                            "version {} only (version {} was never deployed; re-run the capture)",
+                            h.version, kFormatVersion, h.version)
+              : fmt::format("unsupported segment format version {} (this build reads {})",
+                            h.version, kFormatVersion);
     return std::nullopt;
   }
   if (get16(p + 10) != kFileHeaderBytes || get32(p + 12) != 0 || get32(p + 76) != 0) {

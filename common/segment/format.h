@@ -4,7 +4,7 @@
 //   file header   80 bytes: "FLWSSEG1", version, stream id, key id, created time, CRC32C
 //   frame × n     48-byte frame header (lengths, batch seq, first/last time, CRC32C of the
 //                 compressed bytes, CRC32C of the header) + one zstd frame holding one
-//                 SealedBatch Cap'n Proto message in flat-array form
+//                 sealed batch as columns (columns.h)
 //   index         written on close: "FLWSIDX1", count, one entry per frame, CRC32C
 //   trailer       24 bytes: index offset, count, "FLWSEND1"
 //
@@ -31,7 +31,8 @@ namespace flowseal::segment {
 using StreamId = std::array<std::uint8_t, 16>;
 using KeyId = std::array<std::uint8_t, 32>;
 
-inline constexpr std::uint16_t kFormatVersion = 1;
+// 2: batches stored as columns (columns.h). 1 stored the Cap'n Proto message; not read.
+inline constexpr std::uint16_t kFormatVersion = 2;
 inline constexpr std::size_t kFileHeaderBytes = 80;
 inline constexpr std::size_t kFrameHeaderBytes = 48;
 inline constexpr std::size_t kIndexHeaderBytes = 16;

@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 #include <zstd.h>
 
+#include "segment/columns.h"
+
 namespace flowseal::segment {
 
 struct SegmentReader::ZstdState {
@@ -17,6 +19,7 @@ struct SegmentReader::ZstdState {
     void operator()(ZSTD_DCtx* ctx) const { ZSTD_freeDCtx(ctx); }
   };
   std::unique_ptr<ZSTD_DCtx, Free> dctx{ZSTD_createDCtx()};
+  BatchCodec codec;  // the seed is in each stored batch; the reader needs none
 };
 
 std::string SegmentError::message() const {
@@ -33,6 +36,7 @@ std::string_view to_string(Damage kind) {
     case Damage::kOversize: return "length out of bounds";
     case Damage::kZstd: return "zstd error";
     case Damage::kBadIndex: return "bad index";
+    case Damage::kBadBatch: return "bad batch encoding";
   }
   return "unknown";
 }
@@ -153,11 +157,6 @@ SegmentReader::Next SegmentReader::next() {
                 fmt::format("frame of {} bytes truncated: only {} bytes follow its header",
                             header->compressed_bytes, left - kFrameHeaderBytes));
   }
-  if (header->uncompressed_bytes % 8 != 0) {
-    return fail(Damage::kOversize, at,
-                fmt::format("uncompressed length {} is not a whole number of 8-byte words",
-                            header->uncompressed_bytes));
-  }
   const std::uint64_t data_at = at + kFrameHeaderBytes;
   compressed_.resize(header->compressed_bytes);
   if (!read_at(data_at, compressed_)) return Next::kError;
@@ -170,8 +169,8 @@ SegmentReader::Next SegmentReader::next() {
     return fail(Damage::kZstd, data_at,
                 "the zstd frame's declared size does not match the frame header");
   }
-  message_.resize(header->uncompressed_bytes / 8);
-  const std::size_t n = ZSTD_decompressDCtx(zstd_->dctx.get(), message_.data(),
+  stored_.resize(header->uncompressed_bytes);
+  const std::size_t n = ZSTD_decompressDCtx(zstd_->dctx.get(), stored_.data(),
                                             header->uncompressed_bytes, compressed_.data(),
                                             compressed_.size());
   if (ZSTD_isError(n)) {
@@ -182,7 +181,11 @@ SegmentReader::Next SegmentReader::next() {
                 fmt::format("decompressed to {} bytes, header says {}", n,
                             header->uncompressed_bytes));
   }
-  message_bytes_ = n;
+  if (auto why = zstd_->codec.decode(stored_, header->batch.record_count, message_,
+                                     message_bytes_)) {
+    return fail(Damage::kBadBatch, data_at,
+                fmt::format("batch seq {}: {}", header->batch.seq, *why));
+  }
   frame_ = *header;
   frame_offset_ = at;
   offset_ = end_of_frames_ = data_at + header->compressed_bytes;

@@ -2,8 +2,8 @@
 // index, so a `.part` that writerd is still writing (or that a crash left behind) is readable.
 //
 // Guarantees: it never throws and never crashes on a damaged file. Every damage — bad magic,
-// a truncated header or frame, a checksum mismatch, a zstd error, a length out of bounds, an
-// index that disagrees with the frames — ends the read with a SegmentError naming the file,
+// a truncated header or frame, a checksum mismatch, a zstd error, a length out of bounds, a
+// batch whose columns do not decode, an index that disagrees with the frames — ends the read with a SegmentError naming the file,
 // the byte offset and what is wrong. Lengths are checked against kMaxFrameBytes and the file
 // size before anything is allocated. A closed segment (not `.part`) must end with its index;
 // one that ends early is reported as truncated.
@@ -34,6 +34,7 @@ enum class Damage {
   kOversize,    // a length is out of bounds
   kZstd,        // the frame does not decompress (or to another length than declared)
   kBadIndex,    // the index or trailer is corrupt or disagrees with the frames
+  kBadBatch,    // the decompressed batch does not decode (columns.h)
 };
 
 struct SegmentError {
@@ -66,8 +67,8 @@ class SegmentReader {
   Next next();
   const FrameHeader& frame() const { return frame_; }
   std::uint64_t frame_offset() const { return frame_offset_; }
-  // The SealedBatch message of the last frame, 8-byte aligned for Cap'n Proto; valid until
-  // the next call to next().
+  // The SealedBatch message of the last frame, rebuilt from its columns (columns.h), 8-byte
+  // aligned for Cap'n Proto; valid until the next call to next().
   std::span<const std::byte> message() const;
 
   // Offset just past the last whole frame read (the file header's end before any).
@@ -99,6 +100,7 @@ class SegmentReader {
   bool sought_ = false;
   std::vector<IndexEntry> frames_;
   std::vector<std::uint8_t> compressed_;
+  std::vector<std::uint8_t> stored_;    // the frame decompressed: the batch as columns
   std::vector<std::uint64_t> message_;  // uint64 storage: Cap'n Proto word alignment
   std::size_t message_bytes_ = 0;
   std::unique_ptr<ZstdState> zstd_;

@@ -11,13 +11,18 @@
 #include <fmt/format.h>
 #include <zstd.h>
 
+#include "segment/columns.h"
+
 namespace flowseal::segment {
 
 struct SegmentWriter::ZstdState {
   struct Free {
     void operator()(ZSTD_CCtx* ctx) const { ZSTD_freeCCtx(ctx); }
   };
+  explicit ZstdState(const WriterOptions& options)
+      : codec(ColumnOptions{options.community_id_seed}) {}
   std::unique_ptr<ZSTD_CCtx, Free> cctx{ZSTD_createCCtx()};
+  BatchCodec codec;
 };
 
 FsyncPolicy parse_fsync_policy(std::string_view name) {
@@ -45,7 +50,7 @@ SegmentWriter::SegmentWriter(std::filesystem::path path, UniqueFd fd, const File
       header_(header),
       options_(options),
       last_sync_(std::chrono::steady_clock::now()),
-      zstd_(std::make_unique<ZstdState>()) {}
+      zstd_(std::make_unique<ZstdState>(options)) {}
 
 SegmentWriter::SegmentWriter(SegmentWriter&&) noexcept = default;
 SegmentWriter& SegmentWriter::operator=(SegmentWriter&&) noexcept = default;
@@ -140,15 +145,21 @@ IoStatus SegmentWriter::append(const BatchMeta& batch, std::span<const std::byte
                             "8-byte words)",
                             path_.string(), batch.seq, message.size(), kMaxFrameBytes));
   }
+  zstd_->codec.encode(message, stored_);
+  if (stored_.size() > kMaxFrameBytes) {
+    return IoStatus::failure(EINVAL, fmt::format("{}: batch {}: {} bytes encoded, more than {}",
+                                                 path_.string(), batch.seq, stored_.size(),
+                                                 kMaxFrameBytes));
+  }
   ZSTD_CCtx* cctx = zstd_->cctx.get();
   ZSTD_CCtx_reset(cctx, ZSTD_reset_session_only);
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, options_.zstd_level);
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
-  buffer_.resize(kFrameHeaderBytes + ZSTD_compressBound(message.size()));
+  buffer_.resize(kFrameHeaderBytes + ZSTD_compressBound(stored_.size()));
   const std::size_t n = ZSTD_compress2(cctx, buffer_.data() + kFrameHeaderBytes,
-                                       buffer_.size() - kFrameHeaderBytes, message.data(),
-                                       message.size());
+                                       buffer_.size() - kFrameHeaderBytes, stored_.data(),
+                                       stored_.size());
   if (ZSTD_isError(n) || n > kMaxFrameBytes) {
     return IoStatus::failure(EIO, fmt::format("{}: batch {}: zstd: {}", path_.string(), batch.seq,
                                               ZSTD_isError(n) ? ZSTD_getErrorName(n) : "too big"));
@@ -156,7 +167,7 @@ IoStatus SegmentWriter::append(const BatchMeta& batch, std::span<const std::byte
   FrameHeader header;
   header.batch = batch;
   header.compressed_bytes = static_cast<std::uint32_t>(n);
-  header.uncompressed_bytes = static_cast<std::uint32_t>(message.size());
+  header.uncompressed_bytes = static_cast<std::uint32_t>(stored_.size());
   header.data_crc = crc32c({buffer_.data() + kFrameHeaderBytes, n});
   encode(header, std::span<std::uint8_t, kFrameHeaderBytes>(buffer_.data(), kFrameHeaderBytes));
 

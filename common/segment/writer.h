@@ -31,6 +31,7 @@ FsyncPolicy parse_fsync_policy(std::string_view name);
 
 struct WriterOptions {
   int zstd_level = 3;
+  std::uint16_t community_id_seed = 0;  // flowd.community_id_seed (see columns.h)
   FsyncPolicy fsync = FsyncPolicy::kBatch;
   std::chrono::milliseconds fsync_interval{1000};
 };
@@ -59,7 +60,8 @@ class SegmentWriter {
   SegmentWriter& operator=(SegmentWriter&&) noexcept;
   ~SegmentWriter();
 
-  // Compresses `message` (one SealedBatch in flat-array form) into one frame and appends it.
+  // Encodes `message` (one SealedBatch in flat-array form) as columns (columns.h), compresses
+  // them into one frame and appends it.
   IoStatus append(const BatchMeta& batch, std::span<const std::byte> message);
   // fsyncs if the policy is `interval` and the interval passed since the last fsync.
   IoStatus sync_if_due();
@@ -87,6 +89,7 @@ class SegmentWriter {
   WriterOptions options_;
   std::uint64_t end_ = 0;
   std::vector<IndexEntry> frames_;
+  std::vector<std::uint8_t> stored_;  // the batch as columns, reused
   std::vector<std::uint8_t> buffer_;  // frame header + compressed bytes, reused
   bool unsynced_ = false;
   std::chrono::steady_clock::time_point last_sync_;

@@ -1,0 +1,626 @@
+#include "segment/columns.h"
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstring>
+#include <string_view>
+#include <unordered_map>
+
+#include <capnp/any.h>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <fmt/format.h>
+#include <kj/exception.h>
+#include <openssl/evp.h>
+
+#include "flowseal.capnp.h"
+#include "packet/flow_id.h"
+
+namespace flowseal::segment {
+namespace {
+
+using schema::FlowEvent;
+
+// The columns in stored order (docs/FORMAT.md, "Columns").
+enum Column : std::size_t {
+  kFlags, kShard, kUid, kKind, kEventNumber, kEndReason, kSamplingRate, kProto,
+  kAddresses, kOrigAddr, kRespAddr, kOrigPort, kRespPort, kVlan, kFirstTs, kDuration,
+  kOrigPkts, kOrigIpOverhead, kOrigBytes, kRespPkts, kRespIpOverhead, kRespBytes,
+  kOrigTcpFlags, kRespTcpFlags, kTexts, kConnState, kHistory, kCommunityId, kFlowCount,
+  kFirstUid, kLastUid, kColumnCount
+};
+constexpr std::array<std::string_view, kColumnCount> kColumnNames = {
+    "flags", "shard", "uid", "kind", "eventNumber", "endReason", "samplingRate", "proto",
+    "addresses", "origAddr", "respAddr", "origPort", "respPort", "vlan", "firstTs",
+    "duration", "origPkts", "origIpOverhead", "origBytes", "respPkts", "respIpOverhead",
+    "respBytes", "origTcpFlags", "respTcpFlags", "texts", "connState", "history",
+    "communityId", "flowCount", "firstUid", "lastUid"};
+
+// Per-record flags.
+constexpr std::uint64_t kUidDerived = 1;          // uid = flow_uid(key hash, firstTs, shard)
+constexpr std::uint64_t kCommunityIdDerived = 2;  // communityId = community_id(seed, 5-tuple)
+constexpr std::uint64_t kFirstUidIsUid = 4;
+constexpr std::uint64_t kLastUidIsUid = 8;
+constexpr std::uint64_t kAllFlags = 15;
+
+constexpr std::uint32_t kOneBits = 0x3F800000u;  // 1.0f, samplingRate's default
+constexpr std::uint64_t kMaxTsScale = 18;        // 10^18 still fits an int64
+constexpr std::uint32_t kShardsTried = 64;       // flowd.shards is 1..8
+constexpr std::uint64_t kMaxRecords = 1u << 20;  // seal.batch_records' maximum
+// Every record takes at least one byte in each of these many per-record columns, so a batch
+// of n records is at least n * kMinRecordBytes long: a forged count cannot make the decoder
+// allocate more than a few times the bytes it was given.
+constexpr std::size_t kMinRecordBytes = 23;
+
+constexpr std::array<std::int64_t, kMaxTsScale + 1> kPow10 = [] {
+  std::array<std::int64_t, kMaxTsScale + 1> p{};
+  p[0] = 1;
+  for (std::size_t i = 1; i < p.size(); ++i) p[i] = p[i - 1] * 10;
+  return p;
+}();
+
+void put_varint(std::vector<std::uint8_t>& out, std::uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<std::uint8_t>(v) | 0x80);
+    v >>= 7;
+  }
+  out.push_back(static_cast<std::uint8_t>(v));
+}
+void put_u64(std::vector<std::uint8_t>& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+}
+std::uint64_t zigzag(std::uint64_t v) {  // v: an int64 in two's complement
+  return (v << 1) ^ (0 - (v >> 63));
+}
+std::uint64_t unzigzag(std::uint64_t v) { return (v >> 1) ^ (0 - (v & 1)); }
+
+std::span<const std::uint8_t> bytes_of(capnp::Data::Reader d) { return {d.begin(), d.size()}; }
+std::span<const std::uint8_t> bytes_of(capnp::Text::Reader t) {
+  return {reinterpret_cast<const std::uint8_t*>(t.begin()), t.size()};
+}
+
+// The flow key hash flowd built the uid on, from the record's 5-tuple and VLAN.
+std::optional<std::uint64_t> key_hash(std::uint8_t proto, std::span<const std::uint8_t> orig,
+                                      std::span<const std::uint8_t> resp, std::uint16_t orig_port,
+                                      std::uint16_t resp_port, std::uint16_t vlan) {
+  if ((orig.size() != 4 && orig.size() != 16) || resp.size() != orig.size()) return std::nullopt;
+  packet::FlowKey key;
+  std::memcpy(key.src.data(), orig.data(), orig.size());
+  std::memcpy(key.dst.data(), resp.data(), resp.size());
+  key.src_port = orig_port;
+  key.dst_port = resp_port;
+  key.vlan = vlan;
+  key.proto = proto;
+  key.ip_version = orig.size() == 4 ? 4 : 6;
+  return packet::symmetric_hash64(key);
+}
+
+// The data-section bits that belong to some FlowEvent field. A record with any other bit set
+// (a field of a newer schema, or junk) cannot be rebuilt from its fields.
+std::vector<std::uint8_t> known_field_bits() {
+  capnp::MallocMessageBuilder m;
+  auto e = m.initRoot<FlowEvent>();
+  e.setUid(~0ull);
+  e.setKind(static_cast<schema::EventKind>(0xFFFF));
+  e.setEventNumber(~0u);
+  e.setEndReason(static_cast<schema::EndReason>(0xFFFF));
+  e.setSamplingRate(std::bit_cast<float>(~kOneBits));  // stored XOR the default: all ones
+  e.setProto(0xFF);
+  e.setOrigPort(0xFFFF);
+  e.setRespPort(0xFFFF);
+  e.setVlan(0xFFFF);
+  e.setFirstTsNs(-1);
+  e.setLastTsNs(-1);
+  e.setOrigPkts(~0ull);
+  e.setOrigIpBytes(~0ull);
+  e.setOrigBytes(~0ull);
+  e.setRespPkts(~0ull);
+  e.setRespIpBytes(~0ull);
+  e.setRespBytes(~0ull);
+  e.setOrigTcpFlags(0xFF);
+  e.setRespTcpFlags(0xFF);
+  e.setFlowCount(~1u);  // stored XOR the default 1: all ones
+  e.setFirstUid(~0ull);
+  e.setLastUid(~0ull);
+  const auto data = capnp::AnyStruct::Reader(e.asReader()).getDataSection();
+  return {data.begin(), data.end()};
+}
+constexpr unsigned kPointerFields = 5;  // origAddr, respAddr, connState, history, communityId
+
+// A batch-wide dictionary of byte strings (addresses; texts), entry 0 first seen first.
+class Dictionary {
+ public:
+  std::uint32_t add(bool present, std::span<const std::uint8_t> bytes) {
+    if (!present) {
+      if (!null_index_) null_index_ = append(false, bytes);
+      return *null_index_;
+    }
+    std::string key(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    auto [it, inserted] = index_.try_emplace(std::move(key), count_);
+    if (inserted) append(true, bytes);
+    return it->second;
+  }
+  void write(std::vector<std::uint8_t>& out) const {
+    put_varint(out, count_);
+    out.insert(out.end(), entries_.begin(), entries_.end());
+  }
+  void clear() {
+    index_.clear();
+    null_index_.reset();
+    entries_.clear();
+    count_ = 0;
+  }
+
+ private:
+  std::uint32_t append(bool present, std::span<const std::uint8_t> bytes) {
+    put_varint(entries_, present ? bytes.size() + 1 : 0);  // 0: a null pointer
+    entries_.insert(entries_.end(), bytes.begin(), bytes.end());
+    return count_++;
+  }
+  std::unordered_map<std::string, std::uint32_t> index_;
+  std::optional<std::uint32_t> null_index_;
+  std::vector<std::uint8_t> entries_;
+  std::uint32_t count_ = 0;
+};
+
+// Reads one column (or the batch prologue) without ever leaving it. The first problem sticks.
+class Cursor {
+ public:
+  Cursor() = default;
+  explicit Cursor(std::span<const std::uint8_t> bytes) : p_(bytes.data()), end_(p_ + bytes.size()) {}
+
+  // A minimal LEB128 varint no larger than `max`.
+  std::uint64_t varint(std::uint64_t max) {
+    std::uint64_t v = 0;
+    for (unsigned shift = 0;; shift += 7) {
+      if (p_ == end_) return fail("ends inside a varint");
+      const std::uint8_t b = *p_++;
+      if (shift == 63 && b > 1) return fail("varint longer than 64 bits");
+      v |= std::uint64_t{b & 0x7Fu} << shift;
+      if ((b & 0x80) == 0) {
+        if (b == 0 && shift > 0) return fail("varint not in its shortest form");
+        break;
+      }
+    }
+    if (v > max) return fail(fmt::format("value {} is larger than {}", v, max));
+    return v;
+  }
+  std::uint64_t u64() {
+    if (end_ - p_ < 8) return fail("ends inside an 8-byte value");
+    std::uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | p_[i];
+    p_ += 8;
+    return v;
+  }
+  std::span<const std::uint8_t> bytes(std::uint64_t n) {
+    if (static_cast<std::uint64_t>(end_ - p_) < n) {
+      fail(fmt::format("{} bytes wanted, {} left", n, end_ - p_));
+      return {};
+    }
+    const std::uint8_t* at = p_;
+    p_ += n;
+    return {at, static_cast<std::size_t>(n)};
+  }
+  std::size_t left() const { return static_cast<std::size_t>(end_ - p_); }
+  const std::optional<std::string>& error() const { return error_; }
+  std::uint64_t fail(std::string what) {
+    if (!error_) error_ = std::move(what);
+    p_ = end_;
+    return 0;
+  }
+
+ private:
+  const std::uint8_t* p_ = nullptr;
+  const std::uint8_t* end_ = nullptr;
+  std::optional<std::string> error_;
+};
+
+struct Entry {
+  bool present = false;
+  std::string bytes;  // std::string keeps a NUL after the bytes, as Cap'n Proto's Text wants
+  capnp::Text::Reader text() const { return {bytes.data(), bytes.size()}; }
+};
+
+// Reads a dictionary column: count, then (length + 1 | 0 for null, bytes) per entry.
+std::vector<Entry> read_dictionary(Cursor& c) {
+  const std::uint64_t count = c.varint(c.left());  // every entry takes a byte at least
+  std::vector<Entry> entries;
+  entries.reserve(static_cast<std::size_t>(count));
+  for (std::uint64_t i = 0; i < count && !c.error(); ++i) {
+    const std::uint64_t n = c.varint(c.left() + 1);
+    const auto bytes = c.bytes(n == 0 ? 0 : n - 1);
+    entries.push_back({n != 0, std::string(bytes.begin(), bytes.end())});
+  }
+  return entries;
+}
+
+}  // namespace
+
+struct BatchCodec::State {
+  struct FreeMd {
+    void operator()(EVP_MD* md) const { EVP_MD_free(md); }
+  };
+  ColumnOptions options;
+  std::unique_ptr<EVP_MD, FreeMd> sha1;
+  std::vector<std::uint8_t> field_bits = known_field_bits();
+  std::array<std::vector<std::uint8_t>, kColumnCount> columns;
+  Dictionary addresses, texts;
+  std::vector<capnp::word> aligned;
+
+  bool fits_columns(FlowEvent::Reader record) const;
+  bool encode_columns(std::span<const std::byte> message, std::vector<std::uint8_t>& out);
+  std::optional<std::string> decode_columns(std::span<const std::uint8_t> stored,
+                                            std::uint32_t expected_records,
+                                            std::vector<std::uint64_t>& out, std::size_t& bytes);
+};
+
+BatchCodec::BatchCodec(ColumnOptions options) : state_(std::make_unique<State>()) {
+  state_->options = options;
+  // Without SHA-1 no Community ID is left out, and none can be rebuilt (decode says so).
+  state_->sha1.reset(EVP_MD_fetch(nullptr, "SHA1", nullptr));
+}
+BatchCodec::BatchCodec(BatchCodec&&) noexcept = default;
+BatchCodec& BatchCodec::operator=(BatchCodec&&) noexcept = default;
+BatchCodec::~BatchCodec() = default;
+
+// True if rebuilding `record` from its field values gives back its canonical encoding: no
+// bit outside the known fields, no pointer beyond them, and every pointer of the right kind
+// (the getters throw on a wrong one).
+bool BatchCodec::State::fits_columns(FlowEvent::Reader record) const {
+  const capnp::AnyStruct::Reader any(record);
+  const auto data = any.getDataSection();
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    const std::uint8_t known = i < field_bits.size() ? field_bits[i] : 0;
+    if ((static_cast<std::uint8_t>(data[i]) & ~known) != 0) return false;
+  }
+  const auto pointers = any.getPointerSection();
+  for (unsigned i = kPointerFields; i < pointers.size(); ++i) {
+    if (!pointers[i].isNull()) return false;
+  }
+  record.getOrigAddr();
+  record.getRespAddr();
+  record.getConnState();
+  record.getHistory();
+  record.getCommunityId();
+  return true;
+}
+
+BatchEncoding BatchCodec::encode(std::span<const std::byte> message,
+                                 std::vector<std::uint8_t>& out) {
+  try {
+    if (state_->encode_columns(message, out)) return BatchEncoding::kColumns;
+  } catch (const kj::Exception&) {
+    // unreadable as a SealedBatch: stored as it came, verify will say what is wrong with it
+  }
+  out.assign(8, 0);
+  out[0] = static_cast<std::uint8_t>(BatchEncoding::kCapnp);
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(message.data());
+  out.insert(out.end(), bytes, bytes + message.size());
+  return BatchEncoding::kCapnp;
+}
+
+bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
+                                       std::vector<std::uint8_t>& out) {
+  if (message.empty() || message.size() % sizeof(capnp::word) != 0) return false;
+  const std::size_t word_count = message.size() / sizeof(capnp::word);
+  const auto* words = reinterpret_cast<const capnp::word*>(message.data());
+  if (reinterpret_cast<std::uintptr_t>(message.data()) % alignof(capnp::word) != 0) {
+    aligned.resize(word_count);
+    std::memcpy(aligned.data(), message.data(), message.size());
+    words = aligned.data();
+  }
+  capnp::ReaderOptions limits;
+  // Our own ring frame, read field by field more than once: the limit is not a defence here.
+  limits.traversalLimitInWords = word_count * 16 + 1024;
+  capnp::FlatArrayMessageReader reader(kj::arrayPtr(words, word_count), limits);
+  if (reader.getEnd() != words + word_count) return false;  // bytes after the message
+  const auto batch = reader.getRoot<schema::SealedBatch>();
+  const capnp::AnyStruct::Reader any_batch(batch);
+  if (any_batch.getDataSection().size() != 0 || !batch.hasHeader() || !batch.hasRecords()) {
+    return false;
+  }
+  for (unsigned i = 3; i < any_batch.getPointerSection().size(); ++i) {
+    if (!any_batch.getPointerSection()[i].isNull()) return false;
+  }
+  const kj::Array<capnp::word> header = capnp::canonicalize(batch.getHeader());
+  const auto signature = batch.getSignature();
+  const auto records = batch.getRecords();
+  if (records.size() > kMaxRecords) return false;
+
+  // The largest power of ten dividing every timestamp: pcap gives microseconds (10^3 ns).
+  std::uint64_t scale = kMaxTsScale;
+  for (const auto record : records) {
+    while (scale > 0 && (record.getFirstTsNs() % kPow10[scale] != 0 ||
+                         record.getLastTsNs() % kPow10[scale] != 0)) {
+      --scale;
+    }
+  }
+  const std::int64_t unit = kPow10[scale];
+
+  for (auto& column : columns) column.clear();
+  addresses.clear();
+  texts.clear();
+  auto varint = [&](Column c, std::uint64_t v) { put_varint(columns[c], v); };
+  std::uint64_t prev_first = 0;
+  std::uint32_t last_shard = 0;
+  for (const auto r : records) {
+    if (!fits_columns(r)) return false;
+    std::uint64_t flags = 0;
+    const auto orig = bytes_of(r.getOrigAddr());
+    const auto resp = bytes_of(r.getRespAddr());
+    const std::uint64_t uid = r.getUid();
+    if (const auto hash = key_hash(r.getProto(), orig, resp, r.getOrigPort(), r.getRespPort(),
+                                   r.getVlan())) {
+      // The shard of the record before first: records of one shard come in runs.
+      for (std::uint32_t i = 0; i <= kShardsTried; ++i) {
+        const std::uint32_t shard = i == 0 ? last_shard : i - 1;
+        if (packet::flow_uid(*hash, r.getFirstTsNs(), shard) == uid) {
+          flags |= kUidDerived;
+          last_shard = shard;
+          varint(kShard, shard);
+          break;
+        }
+      }
+    }
+    if ((flags & kUidDerived) == 0) put_u64(columns[kUid], uid);
+    varint(kKind, static_cast<std::uint16_t>(r.getKind()));
+    varint(kEventNumber, r.getEventNumber());
+    varint(kEndReason, static_cast<std::uint16_t>(r.getEndReason()));
+    varint(kSamplingRate, std::bit_cast<std::uint32_t>(r.getSamplingRate()) ^ kOneBits);
+    varint(kProto, r.getProto());
+    varint(kOrigAddr, addresses.add(r.hasOrigAddr(), orig));
+    varint(kRespAddr, addresses.add(r.hasRespAddr(), resp));
+    varint(kOrigPort, r.getOrigPort());
+    varint(kRespPort, r.getRespPort());
+    varint(kVlan, r.getVlan());
+    // Exact: `unit` divides both. Differences wrap in uint64, as the decoder's sums do.
+    const auto first = static_cast<std::uint64_t>(r.getFirstTsNs() / unit);
+    const auto last = static_cast<std::uint64_t>(r.getLastTsNs() / unit);
+    varint(kFirstTs, zigzag(first - prev_first));
+    varint(kDuration, zigzag(last - first));
+    prev_first = first;
+    varint(kOrigPkts, r.getOrigPkts());
+    varint(kOrigIpOverhead, zigzag(r.getOrigIpBytes() - r.getOrigBytes()));
+    varint(kOrigBytes, r.getOrigBytes());
+    varint(kRespPkts, r.getRespPkts());
+    varint(kRespIpOverhead, zigzag(r.getRespIpBytes() - r.getRespBytes()));
+    varint(kRespBytes, r.getRespBytes());
+    varint(kOrigTcpFlags, r.getOrigTcpFlags());
+    varint(kRespTcpFlags, r.getRespTcpFlags());
+    varint(kConnState, texts.add(r.hasConnState(), bytes_of(r.getConnState())));
+    varint(kHistory, texts.add(r.hasHistory(), bytes_of(r.getHistory())));
+    const auto community = r.getCommunityId();
+    const packet::CommunityIdText derived = packet::community_id(
+        sha1.get(), options.community_id_seed, r.getProto(), orig, resp, r.getOrigPort(),
+        r.getRespPort());
+    if (r.hasCommunityId() && derived.size > 0 &&
+        derived.view() == std::string_view(community.begin(), community.size())) {
+      flags |= kCommunityIdDerived;
+    } else {
+      varint(kCommunityId, texts.add(r.hasCommunityId(), bytes_of(community)));
+    }
+    varint(kFlowCount, r.getFlowCount());
+    if (r.getFirstUid() == uid) {
+      flags |= kFirstUidIsUid;
+    } else {
+      put_u64(columns[kFirstUid], r.getFirstUid());
+    }
+    if (r.getLastUid() == uid) {
+      flags |= kLastUidIsUid;
+    } else {
+      put_u64(columns[kLastUid], r.getLastUid());
+    }
+    varint(kFlags, flags);
+  }
+  addresses.write(columns[kAddresses]);
+  texts.write(columns[kTexts]);
+
+  out.clear();
+  out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumns));
+  put_varint(out, records.size());
+  put_varint(out, scale);
+  put_varint(out, options.community_id_seed);
+  const auto header_bytes = header.asBytes();
+  put_varint(out, header_bytes.size());
+  out.insert(out.end(), header_bytes.begin(), header_bytes.end());
+  put_varint(out, batch.hasSignature() ? signature.size() + 1 : 0);
+  out.insert(out.end(), signature.begin(), signature.end());
+  for (const auto& column : columns) {
+    put_varint(out, column.size());
+    out.insert(out.end(), column.begin(), column.end());
+  }
+  return true;
+}
+
+std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stored,
+                                              std::uint32_t expected_records,
+                                              std::vector<std::uint64_t>& out,
+                                              std::size_t& bytes) {
+  if (stored.empty()) return "empty batch";
+  switch (static_cast<BatchEncoding>(stored[0])) {
+    case BatchEncoding::kColumns:
+      return state_->decode_columns(stored, expected_records, out, bytes);
+    case BatchEncoding::kCapnp: {
+      const std::size_t size = stored.size() - std::min<std::size_t>(stored.size(), 8);
+      if (stored.size() < 16 || size % 8 != 0 ||
+          std::any_of(stored.begin() + 1, stored.begin() + 8, [](auto b) { return b != 0; })) {
+        return fmt::format("a Cap'n Proto batch of {} bytes is not 8 bytes of encoding and "
+                           "whole 8-byte words",
+                           stored.size());
+      }
+      out.resize(size / 8);
+      std::memcpy(out.data(), stored.data() + 8, size);
+      bytes = size;
+      return std::nullopt;
+    }
+  }
+  return fmt::format("unknown batch encoding {}", stored[0]);
+}
+
+std::optional<std::string> BatchCodec::State::decode_columns(
+    std::span<const std::uint8_t> stored, std::uint32_t expected_records,
+    std::vector<std::uint64_t>& out, std::size_t& out_bytes) {
+  Cursor c(stored.subspan(1));
+  const std::uint64_t n = c.varint(std::min<std::uint64_t>(kMaxRecords, stored.size() / kMinRecordBytes));
+  const std::uint64_t scale = c.varint(kMaxTsScale);
+  const auto seed = static_cast<std::uint16_t>(c.varint(0xFFFF));
+  const auto header_bytes = c.bytes(c.varint(c.left()));
+  const std::uint64_t signature_size = c.varint(c.left() + 1);
+  const auto signature = c.bytes(signature_size == 0 ? 0 : signature_size - 1);
+  std::array<Cursor, kColumnCount> col;
+  for (std::size_t i = 0; i < kColumnCount && !c.error(); ++i) {
+    col[i] = Cursor(c.bytes(c.varint(c.left())));
+  }
+  if (c.error()) return fmt::format("batch prologue: {}", *c.error());
+  if (c.left() != 0) return fmt::format("{} bytes after the last column", c.left());
+  if (n != expected_records) {
+    return fmt::format("the batch holds {} records, its frame header says {}", n,
+                       expected_records);
+  }
+  if (header_bytes.empty() || header_bytes.size() % sizeof(capnp::word) != 0) {
+    return fmt::format("the signed header is {} bytes, not whole 8-byte words",
+                       header_bytes.size());
+  }
+  const std::vector<Entry> address_entries = read_dictionary(col[kAddresses]);
+  const std::vector<Entry> text_entries = read_dictionary(col[kTexts]);
+  std::vector<bool> address_used(address_entries.size()), text_used(text_entries.size());
+
+  const std::int64_t unit = kPow10[scale];
+  std::optional<std::string> problem;
+  std::uint64_t record = 0;
+  auto bad = [&](Column column, const std::string& what) {
+    if (!problem) problem = fmt::format("column {}, record {}: {}", kColumnNames[column], record, what);
+  };
+  try {
+    capnp::MallocMessageBuilder builder;
+    auto batch = builder.initRoot<schema::SealedBatch>();
+    {
+      std::vector<capnp::word> words(header_bytes.size() / sizeof(capnp::word));
+      std::memcpy(words.data(), header_bytes.data(), header_bytes.size());
+      kj::ArrayPtr<const capnp::word> segments[] = {kj::arrayPtr(words.data(), words.size())};
+      capnp::SegmentArrayMessageReader header(segments);
+      if (!header.isCanonical()) return "the signed header is not in canonical form";
+      batch.setHeader(header.getRoot<schema::BatchHeader>());
+    }
+    if (signature_size != 0) batch.setSignature({signature.data(), signature.size()});
+    auto records = batch.initRecords(static_cast<unsigned>(n));
+
+    auto index = [&](Column column, const std::vector<Entry>& entries,
+                     std::vector<bool>& used) -> const Entry* {
+      const std::uint64_t i = col[column].varint(entries.size() - (entries.empty() ? 0 : 1));
+      if (entries.empty()) {
+        bad(column, "refers to an empty dictionary");
+        return nullptr;
+      }
+      used[i] = true;
+      return &entries[i];
+    };
+    auto data = [](const Entry* e) {
+      return e ? std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(e->bytes.data()),
+                                               e->bytes.size())
+               : std::span<const std::uint8_t>();
+    };
+    std::uint64_t prev_first = 0;
+    for (record = 0; record < n && !problem; ++record) {
+      auto r = records[static_cast<unsigned>(record)];
+      const std::uint64_t flags = col[kFlags].varint(kAllFlags);
+      const std::uint64_t shard = flags & kUidDerived ? col[kShard].varint(0xFFFFFFFF) : 0;
+      const std::uint64_t stored_uid = flags & kUidDerived ? 0 : col[kUid].u64();
+      r.setKind(static_cast<schema::EventKind>(col[kKind].varint(0xFFFF)));
+      r.setEventNumber(static_cast<std::uint32_t>(col[kEventNumber].varint(0xFFFFFFFF)));
+      r.setEndReason(static_cast<schema::EndReason>(col[kEndReason].varint(0xFFFF)));
+      r.setSamplingRate(std::bit_cast<float>(
+          static_cast<std::uint32_t>(col[kSamplingRate].varint(0xFFFFFFFF)) ^ kOneBits));
+      const auto proto = static_cast<std::uint8_t>(col[kProto].varint(0xFF));
+      r.setProto(proto);
+      const Entry* orig = index(kOrigAddr, address_entries, address_used);
+      const Entry* resp = index(kRespAddr, address_entries, address_used);
+      if (orig && orig->present) r.setOrigAddr({data(orig).data(), data(orig).size()});
+      if (resp && resp->present) r.setRespAddr({data(resp).data(), data(resp).size()});
+      const auto orig_port = static_cast<std::uint16_t>(col[kOrigPort].varint(0xFFFF));
+      const auto resp_port = static_cast<std::uint16_t>(col[kRespPort].varint(0xFFFF));
+      const auto vlan = static_cast<std::uint16_t>(col[kVlan].varint(0xFFFF));
+      r.setOrigPort(orig_port);
+      r.setRespPort(resp_port);
+      r.setVlan(vlan);
+      const std::uint64_t first = prev_first + unzigzag(col[kFirstTs].varint(~0ull));
+      const std::uint64_t last = first + unzigzag(col[kDuration].varint(~0ull));
+      prev_first = first;
+      const auto first_ts = static_cast<std::int64_t>(first * static_cast<std::uint64_t>(unit));
+      r.setFirstTsNs(first_ts);
+      r.setLastTsNs(static_cast<std::int64_t>(last * static_cast<std::uint64_t>(unit)));
+      const std::uint64_t orig_pkts = col[kOrigPkts].varint(~0ull);
+      const std::uint64_t orig_overhead = unzigzag(col[kOrigIpOverhead].varint(~0ull));
+      const std::uint64_t orig_bytes = col[kOrigBytes].varint(~0ull);
+      const std::uint64_t resp_pkts = col[kRespPkts].varint(~0ull);
+      const std::uint64_t resp_overhead = unzigzag(col[kRespIpOverhead].varint(~0ull));
+      const std::uint64_t resp_bytes = col[kRespBytes].varint(~0ull);
+      r.setOrigPkts(orig_pkts);
+      r.setOrigIpBytes(orig_bytes + orig_overhead);
+      r.setOrigBytes(orig_bytes);
+      r.setRespPkts(resp_pkts);
+      r.setRespIpBytes(resp_bytes + resp_overhead);
+      r.setRespBytes(resp_bytes);
+      r.setOrigTcpFlags(static_cast<std::uint8_t>(col[kOrigTcpFlags].varint(0xFF)));
+      r.setRespTcpFlags(static_cast<std::uint8_t>(col[kRespTcpFlags].varint(0xFF)));
+      const Entry* state = index(kConnState, text_entries, text_used);
+      const Entry* history = index(kHistory, text_entries, text_used);
+      if (state && state->present) r.setConnState(state->text());
+      if (history && history->present) r.setHistory(history->text());
+      if (flags & kCommunityIdDerived) {
+        const packet::CommunityIdText id = packet::community_id(
+            sha1.get(), seed, proto, data(orig), data(resp), orig_port, resp_port);
+        if (!sha1) {
+          bad(kFlags, "a Community ID to derive, but OpenSSL has no SHA-1");
+        } else if (id.size == 0 || !orig->present || !resp->present) {
+          bad(kFlags, "a Community ID to derive, but there is no 5-tuple to derive it from");
+        } else {
+          r.setCommunityId({id.chars.data(), id.size});
+        }
+      } else {
+        const Entry* id = index(kCommunityId, text_entries, text_used);
+        if (id && id->present) r.setCommunityId(id->text());
+      }
+      r.setFlowCount(static_cast<std::uint32_t>(col[kFlowCount].varint(0xFFFFFFFF)));
+      std::uint64_t uid = stored_uid;
+      if (flags & kUidDerived) {
+        const auto hash = key_hash(proto, data(orig), data(resp), orig_port, resp_port, vlan);
+        if (!hash || !orig->present || !resp->present) {
+          bad(kFlags, "a uid to derive, but there is no flow key to derive it from");
+        } else {
+          uid = packet::flow_uid(*hash, first_ts, static_cast<std::uint32_t>(shard));
+        }
+      }
+      r.setUid(uid);
+      r.setFirstUid(flags & kFirstUidIsUid ? uid : col[kFirstUid].u64());
+      r.setLastUid(flags & kLastUidIsUid ? uid : col[kLastUid].u64());
+      for (std::size_t i = 0; i < kColumnCount && !problem; ++i) {
+        if (col[i].error()) bad(static_cast<Column>(i), *col[i].error());
+      }
+    }
+    if (problem) return problem;
+    for (std::size_t i = 0; i < kColumnCount; ++i) {
+      if (col[i].error()) return fmt::format("column {}: {}", kColumnNames[i], *col[i].error());
+      if (col[i].left() != 0) {
+        return fmt::format("column {}: {} bytes left after the last record", kColumnNames[i],
+                           col[i].left());
+      }
+    }
+    for (std::size_t i = 0; i < address_used.size(); ++i) {
+      if (!address_used[i]) return fmt::format("column addresses: entry {} is not used", i);
+    }
+    for (std::size_t i = 0; i < text_used.size(); ++i) {
+      if (!text_used[i]) return fmt::format("column texts: entry {} is not used", i);
+    }
+    const kj::Array<capnp::word> flat = capnp::messageToFlatArray(builder);
+    out.resize(flat.size());
+    std::memcpy(out.data(), flat.begin(), flat.asBytes().size());
+    out_bytes = flat.asBytes().size();
+    return std::nullopt;
+  } catch (const kj::Exception& e) {
+    return fmt::format("the batch cannot be rebuilt: {}", e.getDescription().cStr());
+  }
+}
+
+}  // namespace flowseal::segment
