@@ -19,11 +19,26 @@ std::atomic<int> g_signal_received{0};
 
 extern "C" void on_stop_signal(int signo) { g_signal_received.store(signo); }
 
+// How long a stage whose supervisor died may take to leave on its own. A stage blocked on a
+// full ring whose consumer died with the supervisor would wait for ever; past this the
+// default action of SIGALRM ends it. Nothing is lost either way: what it had not committed
+// stays in shared memory for the next run, which recovers or removes it.
+constexpr unsigned kOrphanGraceSeconds = 3;
+
+extern "C" void on_supervisor_death(int) {
+  g_signal_received.store(SIGHUP);
+  alarm(kOrphanGraceSeconds);  // async-signal-safe
+}
+
 void install_signal_handlers() {
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
+  struct sigaction orphaned {};
+  orphaned.sa_handler = on_supervisor_death;
+  sigemptyset(&orphaned.sa_mask);
+  sigaction(SIGHUP, &orphaned, nullptr);
   // Ctrl-C in the terminal goes to the whole process group; the supervisor decides when
   // each stage stops, so a stage ignores the terminal's SIGINT and waits for SIGTERM/flag.
   signal(SIGINT, SIG_IGN);
@@ -96,9 +111,11 @@ int run_stage(StageKind kind, int argc, char** argv,
   const std::string name = kind == StageKind::kFlowd ? fmt::format("flowd[{}]", shard) : stage;
   init_logging(name);
   // Die with the supervisor: an orphaned stage would hold shared memory nobody watches.
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (getppid() == 1) return exit_code::kTempFail;
+  // The handler goes in first, so a supervisor dying in between cannot kill the stage
+  // without it noticing.
   install_signal_handlers();
+  prctl(PR_SET_PDEATHSIG, SIGHUP);
+  if (getppid() == 1) return exit_code::kTempFail;
 
   Config config;
   try {

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "capnp_frame.h"
+#include "export_latency.h"
 #include "flowseal.capnp.h"
 #include "layout.h"
 #include "ring_io.h"
@@ -89,6 +90,9 @@ int run_writerd(StageRuntime& runtime) {
   RingInputs inputs(runtime, {std::string(kSealedEdge)});
   RingConsumer& in = inputs[0];
 
+  // Packet time is wall time only on a live capture: only there is export latency a delay.
+  const bool live = !runtime.config().capture.interface.empty();
+  ExportLatency latency(runtime.config().flowd);
   bool bad_frame_logged = false;
   bool write_error_logged = false;
   auto retry_delay = std::chrono::milliseconds(200);
@@ -126,6 +130,12 @@ int run_writerd(StageRuntime& runtime) {
       if (!batch) KJ_FAIL_REQUIRE(why.c_str());
       records = batch->meta.record_count;
       result = store.append(batch->stream, batch->key, batch->meta, *frame, realtime_ns());
+      if (live && result == segment::AppendResult::kStored) {
+        const std::int64_t stored = realtime_ns();
+        for (auto record : reader.getRoot<schema::SealedBatch>().getRecords()) {
+          latency.add(record, stored);
+        }
+      }
     } catch (const kj::Exception& e) {
       runtime.counter(rc::kBadFrames).fetch_add(1);
       if (!bad_frame_logged) {
@@ -180,6 +190,9 @@ int run_writerd(StageRuntime& runtime) {
   spdlog::info("drained: {} batches stored, {} bytes in {} segments this run",
                runtime.counter(rc::kBatchesOut).load(), store.bytes_stored(),
                store.segments_started());
+  if (latency.count() > 0) {
+    spdlog::info("export latency (flow end due -> stored): {}", latency.describe());
+  }
   return exit_code::kOk;
 }
 
