@@ -48,6 +48,10 @@ void fill(schema::FlowEvent::Builder e, std::mt19937_64& rng) {
   if (maybe()) e.setFlowCount(static_cast<std::uint32_t>(rng() % 3));
   if (maybe()) e.setFirstUid(rng());
   if (maybe()) e.setLastUid(rng());
+  if (maybe()) e.setOrigSizeMax(static_cast<std::uint32_t>(rng()));
+  if (maybe()) e.setOrigIatSumSqUs(static_cast<double>(rng() % 1000000));
+  if (maybe()) e.setRespIatMaxUs(rng());
+  if (maybe()) e.setRespRexmits(static_cast<std::uint32_t>(rng()));
 }
 
 }  // namespace

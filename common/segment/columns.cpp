@@ -28,14 +28,22 @@ enum Column : std::size_t {
   kAddresses, kOrigAddr, kRespAddr, kOrigPort, kRespPort, kVlan, kFirstTs, kDuration,
   kOrigPkts, kOrigIpOverhead, kOrigBytes, kRespPkts, kRespIpOverhead, kRespBytes,
   kOrigTcpFlags, kRespTcpFlags, kTexts, kConnState, kHistory, kCommunityId, kFlowCount,
-  kFirstUid, kLastUid, kColumnCount
+  kFirstUid, kLastUid,
+  // Per direction: size min, max - min, sum of squares; inter-arrival min, max - min, sum,
+  // sum of squares (the raw float64 bits); retransmissions.
+  kOrigSizeMin, kOrigSizeSpan, kOrigSizeSumSq, kOrigIatMin, kOrigIatSpan, kOrigIatSum,
+  kOrigIatSumSq, kOrigRexmits, kRespSizeMin, kRespSizeSpan, kRespSizeSumSq, kRespIatMin,
+  kRespIatSpan, kRespIatSum, kRespIatSumSq, kRespRexmits, kColumnCount
 };
 constexpr std::array<std::string_view, kColumnCount> kColumnNames = {
     "flags", "shard", "uid", "kind", "eventNumber", "endReason", "samplingRate", "proto",
     "addresses", "origAddr", "respAddr", "origPort", "respPort", "vlan", "firstTs",
     "duration", "origPkts", "origIpOverhead", "origBytes", "respPkts", "respIpOverhead",
     "respBytes", "origTcpFlags", "respTcpFlags", "texts", "connState", "history",
-    "communityId", "flowCount", "firstUid", "lastUid"};
+    "communityId", "flowCount", "firstUid", "lastUid", "origSizeMin", "origSizeSpan",
+    "origSizeSumSq", "origIatMin", "origIatSpan", "origIatSum", "origIatSumSq", "origRexmits",
+    "respSizeMin", "respSizeSpan", "respSizeSumSq", "respIatMin", "respIatSpan", "respIatSum",
+    "respIatSumSq", "respRexmits"};
 
 // Per-record flags.
 constexpr std::uint64_t kUidDerived = 1;          // uid = flow_uid(key hash, firstTs, shard)
@@ -51,7 +59,7 @@ constexpr std::uint64_t kMaxRecords = 1u << 20;  // seal.batch_records' maximum
 // Every record takes at least one byte in each of these many per-record columns, so a batch
 // of n records is at least n * kMinRecordBytes long: a forged count cannot make the decoder
 // allocate more than a few times the bytes it was given.
-constexpr std::size_t kMinRecordBytes = 23;
+constexpr std::size_t kMinRecordBytes = 39;
 
 constexpr std::array<std::int64_t, kMaxTsScale + 1> kPow10 = [] {
   std::array<std::int64_t, kMaxTsScale + 1> p{};
@@ -74,6 +82,19 @@ std::uint64_t zigzag(std::uint64_t v) {  // v: an int64 in two's complement
   return (v << 1) ^ (0 - (v >> 63));
 }
 std::uint64_t unzigzag(std::uint64_t v) { return (v >> 1) ^ (0 - (v & 1)); }
+
+// A 32-bit field stored as its signed distance from another: every value it can take maps
+// to exactly one stored number (below kSizeSpanLimit), so no damaged high bit can hide.
+constexpr std::uint64_t kSizeSpanLimit = (std::uint64_t{1} << 33) - 1;
+std::uint64_t size_span(std::uint32_t min, std::uint32_t max) {
+  return zigzag(static_cast<std::uint64_t>(std::int64_t{max} - std::int64_t{min}));
+}
+// nullopt if min + span leaves the 32-bit range.
+std::optional<std::uint32_t> size_from_span(std::uint64_t min, std::uint64_t stored) {
+  const std::int64_t v = static_cast<std::int64_t>(min) + static_cast<std::int64_t>(unzigzag(stored));
+  if (v < 0 || v > 0xFFFFFFFFll) return std::nullopt;
+  return static_cast<std::uint32_t>(v);
+}
 
 std::span<const std::uint8_t> bytes_of(capnp::Data::Reader d) { return {d.begin(), d.size()}; }
 std::span<const std::uint8_t> bytes_of(capnp::Text::Reader t) {
@@ -123,6 +144,22 @@ std::vector<std::uint8_t> known_field_bits() {
   e.setFlowCount(~1u);  // stored XOR the default 1: all ones
   e.setFirstUid(~0ull);
   e.setLastUid(~0ull);
+  e.setOrigSizeMin(~0u);
+  e.setOrigSizeMax(~0u);
+  e.setOrigSizeSumSq(~0ull);
+  e.setOrigIatMinUs(~0ull);
+  e.setOrigIatMaxUs(~0ull);
+  e.setOrigIatSumUs(~0ull);
+  e.setOrigIatSumSqUs(std::bit_cast<double>(~0ull));
+  e.setOrigRexmits(~0u);
+  e.setRespSizeMin(~0u);
+  e.setRespSizeMax(~0u);
+  e.setRespSizeSumSq(~0ull);
+  e.setRespIatMinUs(~0ull);
+  e.setRespIatMaxUs(~0ull);
+  e.setRespIatSumUs(~0ull);
+  e.setRespIatSumSqUs(std::bit_cast<double>(~0ull));
+  e.setRespRexmits(~0u);
   const auto data = capnp::AnyStruct::Reader(e.asReader()).getDataSection();
   return {data.begin(), data.end()};
 }
@@ -411,6 +448,23 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
     } else {
       put_u64(columns[kLastUid], r.getLastUid());
     }
+    // Spreads: max as its distance from min (zigzag: damaged data may have max < min).
+    varint(kOrigSizeMin, r.getOrigSizeMin());
+    varint(kOrigSizeSpan, size_span(r.getOrigSizeMin(), r.getOrigSizeMax()));
+    varint(kOrigSizeSumSq, r.getOrigSizeSumSq());
+    varint(kOrigIatMin, r.getOrigIatMinUs());
+    varint(kOrigIatSpan, zigzag(r.getOrigIatMaxUs() - r.getOrigIatMinUs()));
+    varint(kOrigIatSum, r.getOrigIatSumUs());
+    put_u64(columns[kOrigIatSumSq], std::bit_cast<std::uint64_t>(r.getOrigIatSumSqUs()));
+    varint(kOrigRexmits, r.getOrigRexmits());
+    varint(kRespSizeMin, r.getRespSizeMin());
+    varint(kRespSizeSpan, size_span(r.getRespSizeMin(), r.getRespSizeMax()));
+    varint(kRespSizeSumSq, r.getRespSizeSumSq());
+    varint(kRespIatMin, r.getRespIatMinUs());
+    varint(kRespIatSpan, zigzag(r.getRespIatMaxUs() - r.getRespIatMinUs()));
+    varint(kRespIatSum, r.getRespIatSumUs());
+    put_u64(columns[kRespIatSumSq], std::bit_cast<std::uint64_t>(r.getRespIatSumSqUs()));
+    varint(kRespRexmits, r.getRespRexmits());
     varint(kFlags, flags);
   }
   addresses.write(columns[kAddresses]);
@@ -595,6 +649,34 @@ std::optional<std::string> BatchCodec::State::decode_columns(
       r.setUid(uid);
       r.setFirstUid(flags & kFirstUidIsUid ? uid : col[kFirstUid].u64());
       r.setLastUid(flags & kLastUidIsUid ? uid : col[kLastUid].u64());
+      {
+        const std::uint64_t size_min = col[kOrigSizeMin].varint(0xFFFFFFFF);
+        r.setOrigSizeMin(static_cast<std::uint32_t>(size_min));
+        const auto size_max = size_from_span(size_min, col[kOrigSizeSpan].varint(kSizeSpanLimit));
+        if (!size_max) bad(kOrigSizeSpan, "the largest size leaves 32 bits");
+        r.setOrigSizeMax(size_max.value_or(0));
+        r.setOrigSizeSumSq(col[kOrigSizeSumSq].varint(~0ull));
+        const std::uint64_t iat_min = col[kOrigIatMin].varint(~0ull);
+        r.setOrigIatMinUs(iat_min);
+        r.setOrigIatMaxUs(iat_min + unzigzag(col[kOrigIatSpan].varint(~0ull)));
+        r.setOrigIatSumUs(col[kOrigIatSum].varint(~0ull));
+        r.setOrigIatSumSqUs(std::bit_cast<double>(col[kOrigIatSumSq].u64()));
+        r.setOrigRexmits(static_cast<std::uint32_t>(col[kOrigRexmits].varint(0xFFFFFFFF)));
+      }
+      {
+        const std::uint64_t size_min = col[kRespSizeMin].varint(0xFFFFFFFF);
+        r.setRespSizeMin(static_cast<std::uint32_t>(size_min));
+        const auto size_max = size_from_span(size_min, col[kRespSizeSpan].varint(kSizeSpanLimit));
+        if (!size_max) bad(kRespSizeSpan, "the largest size leaves 32 bits");
+        r.setRespSizeMax(size_max.value_or(0));
+        r.setRespSizeSumSq(col[kRespSizeSumSq].varint(~0ull));
+        const std::uint64_t iat_min = col[kRespIatMin].varint(~0ull);
+        r.setRespIatMinUs(iat_min);
+        r.setRespIatMaxUs(iat_min + unzigzag(col[kRespIatSpan].varint(~0ull)));
+        r.setRespIatSumUs(col[kRespIatSum].varint(~0ull));
+        r.setRespIatSumSqUs(std::bit_cast<double>(col[kRespIatSumSq].u64()));
+        r.setRespRexmits(static_cast<std::uint32_t>(col[kRespRexmits].varint(0xFFFFFFFF)));
+      }
       for (std::size_t i = 0; i < kColumnCount && !problem; ++i) {
         if (col[i].error()) bad(static_cast<Column>(i), *col[i].error());
       }

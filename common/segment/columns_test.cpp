@@ -141,6 +141,26 @@ class RecordMaker {
       e.setFirstUid(odd && pick(5) == 0 ? rng_() : uid);
       e.setLastUid(odd && pick(5) == 0 ? rng_() : uid);
     }
+    // Size and inter-arrival spreads: ordinary ones, and odd ones (max below min, extremes,
+    // NaN and negative bit patterns in the float sums).
+    auto wide = [&](std::uint64_t limit) { return odd && pick(3) == 0 ? rng_() : pick(limit); };
+    e.setOrigSizeMin(static_cast<std::uint32_t>(wide(1500)));
+    e.setOrigSizeMax(static_cast<std::uint32_t>(odd ? wide(70000) : e.getOrigSizeMin() + pick(1500)));
+    e.setOrigSizeSumSq(wide(1u << 30));
+    e.setOrigIatMinUs(wide(1000000));
+    e.setOrigIatMaxUs(odd ? wide(1000000) : e.getOrigIatMinUs() + pick(5000000));
+    e.setOrigIatSumUs(wide(100000000));
+    e.setOrigIatSumSqUs(odd && pick(2) == 0 ? std::bit_cast<double>(rng_())
+                                            : static_cast<double>(pick(1u << 30)) * 1e3);
+    e.setOrigRexmits(static_cast<std::uint32_t>(wide(5)));
+    e.setRespSizeMin(static_cast<std::uint32_t>(wide(1500)));
+    e.setRespSizeMax(static_cast<std::uint32_t>(wide(70000)));
+    e.setRespSizeSumSq(wide(1u << 30));
+    e.setRespIatMinUs(wide(1000000));
+    e.setRespIatMaxUs(wide(1000000));
+    e.setRespIatSumUs(wide(100000000));
+    e.setRespIatSumSqUs(std::bit_cast<double>(wide(~0ull)));
+    e.setRespRexmits(static_cast<std::uint32_t>(wide(5)));
   }
 
  private:
