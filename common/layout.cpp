@@ -11,6 +11,10 @@ namespace flowseal {
 namespace {
 
 constexpr std::size_t kMiB = 1024 * 1024;
+// What each stage process holds privately at rest (heap, stacks, libraries' data: measured
+// 1.3 MiB, docs/OPERATIONS.md), kept out of the shared segments so that the whole process set
+// stays inside the budget.
+constexpr std::size_t kStagePrivateBytes = 3 * kMiB / 2;
 
 // Largest power of two <= n, clamped to [lo, hi].
 std::size_t pow2_within(std::size_t n, std::size_t lo, std::size_t hi) {
@@ -33,7 +37,8 @@ MemoryPlan plan_memory(const Config& config) {
   plan.sealed_ring = pow2_within(budget / 32, 2 * kMiB, 32 * kMiB);
   const std::size_t rings = plan.packet_ring * shards + plan.event_ring * (shards + 1) +
                             plan.sealed_ring;
-  const std::size_t rest = budget > rings ? budget - rings : budget / 4;
+  const std::size_t reserved = rings + kStagePrivateBytes * (4 + shards);
+  const std::size_t rest = budget > reserved + budget / 4 ? budget - reserved : budget / 4;
   // Flow state is what grows with traffic; dedup keeps far fewer entries.
   plan.flow_table_bytes = rest * 3 / 4 / shards;
   plan.dedup_bytes = rest / 8;

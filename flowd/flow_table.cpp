@@ -866,6 +866,8 @@ void FlowTable::evict_oldest(EventSink& sink) {
 std::size_t FlowTable::evict_to(std::size_t target, EventSink& sink) {
   std::size_t ended = 0;
   while (header_->active > target) {
+    // Thousands of flows may go at once under pressure: cut the step before the journal fills.
+    checkpoint_if_full(sink);
     const std::uint64_t before = header_->active;
     evict_oldest(sink);
     if (header_->active == before) break;  // nothing left to evict (lists empty)

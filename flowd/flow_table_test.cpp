@@ -774,3 +774,25 @@ TEST_CASE("packet sizes and inter-arrival times are summed per direction") {
   CHECK(r.iat_min_us == 0);
   CHECK(r.iat_max_us == 0);
 }
+
+TEST_CASE("evicting thousands of flows in one journaled step cuts the step instead of overflowing") {
+  struct Syncing final : EventSink {
+    std::size_t ends = 0, syncs = 0;
+    void on_event(const FlowEventData& e) override { ends += e.kind == EventKind::END; }
+    void sync() override { ++syncs; }
+  };
+  TestTable t(8192, short_timeouts());
+  Syncing sink;
+  for (std::uint32_t i = 0; i < 6000; ++i) {
+    t.table.on_packet(v4(17, static_cast<std::uint8_t>(i), static_cast<std::uint16_t>(1000 + i / 256),
+                         200, 53, 0, 10),
+                      static_cast<std::int64_t>(i) * kMs, sink);
+  }
+  REQUIRE(t.table.active() == 6000);
+  t.table.begin_step();
+  CHECK(t.table.evict_to(100, sink) == 5900);  // used to abort: the journal holds 1024 entries
+  t.table.commit_step();
+  CHECK(sink.ends == 5900);
+  CHECK(sink.syncs > 0);
+  CHECK(t.table.active() == 100);
+}

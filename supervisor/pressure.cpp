@@ -61,7 +61,10 @@ Usage usage_of(const UsageSample& sample) {
     u.flow_table_fill = std::max(u.flow_table_fill, fill);
     table_in_use += fill * per_shard;
   }
-  u.budget_share = (double(sample.ring_bytes) + table_in_use + double(sample.private_bytes)) /
+  // Not the bytes waiting in the rings: the rings are reserved whole at start, and a full
+  // one is backpressure (an offline source waits), not memory growing. Counting them made a
+  // slow writerd sample an offline replay.
+  u.budget_share = (table_in_use + double(sample.private_bytes)) /
                    std::max<double>(double(sample.budget_bytes), 1.0);
   if (sample.system.total > 0) {
     u.system_share = 1.0 - share(std::min(sample.system.available, sample.system.total),

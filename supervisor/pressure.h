@@ -5,9 +5,10 @@
 //   - flow table fill: active flows / capacity of the fullest flowd shard. The table is
 //     allocated at full size up front, so its PSS only says how much of it was ever touched;
 //     its fill says how close it is to cutting flows short, which is what pressure is for.
-//   - budget share: (the bytes in the rings + the flow tables' bytes in proportion to their
-//     fill + the stages' private memory, i.e. the sum of their anonymous PSS, which holds
-//     dedupd's state) / memory.budget_mb.
+//   - budget share: (the flow tables' bytes in proportion to their fill + the stages'
+//     private memory, i.e. the sum of their anonymous PSS, which holds dedupd's state) /
+//     memory.budget_mb. The rings are left out: reserved whole at start, a full ring is
+//     backpressure, not growth.
 //   - system share: 1 - MemAvailable / MemTotal (only with memory.system_pressure).
 //
 // PressureGauge turns usage samples into a level with hysteresis: a level is entered on the
@@ -63,7 +64,7 @@ class PressureGauge {
 // What one sample measured, and the usage it gives.
 struct UsageSample {
   std::uint64_t budget_bytes = 0;
-  std::uint64_t ring_bytes = 0;             // bytes in all rings (head - tail)
+  std::uint64_t ring_bytes = 0;             // bytes in all rings (head - tail): shown, not usage
   std::uint64_t flow_table_bytes = 0;       // all shards' segments
   std::vector<double> flow_table_fill;      // per shard: active / capacity (0 before start)
   std::uint64_t private_bytes = 0;          // sum of the stages' anonymous PSS

@@ -35,6 +35,9 @@ ONLY = {a for i, a in enumerate(ARGS)
 CAPTURE = os.path.join(DATA, "sample.pcap")
 LOOP = 3000 if SOAK else 600  # passes over sample.pcap (500 packets each): ~3 s
 ROUNDS = 4 if SOAK else 2       # kills per stage in the chaos runs
+# Tests that need the run still busy after a sequence of steps (five restarts take ~0.7 s,
+# and LOOP passes can be over in half a second on an idle machine) use four times the input.
+LONG_LOOP = 4 * LOOP
 TIMEOUT = 240
 STAGES = ["capture", "flowd", "dedupd", "signerd", "writerd"]
 EXE = {s: "flowseal-" + s for s in STAGES}
@@ -325,11 +328,6 @@ def test_chaos_kills_dedup(tmp):
 
 # ---------------------------------------------------------------------------- restart
 
-# Five restarts one after the other take ~0.7 s on an idle machine, where LOOP passes are over
-# in less: this run is four times as long, so the last restart still meets a busy writerd.
-RESTART_LOOP = 4 * LOOP
-
-
 def test_operator_restart(tmp):
     tag = "restart"
     done = []
@@ -349,7 +347,7 @@ def test_operator_restart(tmp):
                 done.append(stage)
             print(f"   restart {stage}: {x.returncode} {x.stdout.strip()} {x.stderr.strip()}"
                   f" ({time.time() - t0:.2f} s)", flush=True)
-    out, r, code = disturbed_run(tmp, tag, NO_DEDUP, action, RESTART_LOOP)
+    out, r, code = disturbed_run(tmp, tag, NO_DEDUP, action, LONG_LOOP)
     print(f"   restarted: {done}", flush=True)
     check(set(done) == set(STAGES), f"every stage was restarted on request mid-run ({done})")
     check(code == 0, f"the run with operator restarts completes ({code}: {r.text()[-2000:]})")
@@ -359,7 +357,7 @@ def test_operator_restart(tmp):
         check(restarts.get(s, 0) == 1, f"the summary counts the restart of {s} ({restarts})")
         check(re.search(rf"{s}(\[\d+\])? \(pid \d+\): restart requested", text),
               f"the restart request of {s} is logged")
-    compare(tmp, out, "operator restarts", loop=RESTART_LOOP)
+    compare(tmp, out, "operator restarts", loop=LONG_LOOP)
 
 
 # ---------------------------------------------------------------------------- hung
@@ -383,7 +381,7 @@ def test_hung_stage(tmp):
                 if alive(pids[0]):
                     os.kill(pids[0], signal.SIGKILL)
     out, r, code = disturbed_run(
-        tmp, tag, NO_DEDUP + ["--set", "supervisor.heartbeat_timeout_ms=600"], action)
+        tmp, tag, NO_DEDUP + ["--set", "supervisor.heartbeat_timeout_ms=600"], action, LONG_LOOP)
     text = r.text()
     check(set(stopped) == {"flowd", "signerd"}, f"both stages were stopped mid-run ({stopped})")
     check(code == 0, f"the run with hung stages completes ({code}: {text[-2000:]})")
@@ -393,7 +391,7 @@ def test_hung_stage(tmp):
                         text), f"the supervisor says it killed the hung {stage} (pid {pid})")
         check(restarts.get(stage, 0) == 1,
               f"the summary counts one restart of the hung {stage} ({restarts})")
-    compare(tmp, out, "hung stages")
+    compare(tmp, out, "hung stages", loop=LONG_LOOP)
 
 
 # ---------------------------------------------------------------------------- supervisor
@@ -401,10 +399,12 @@ def test_hung_stage(tmp):
 def test_supervisor_killed(tmp):
     tag = "orphans"
     out = os.path.join(tmp, tag)
-    r = Run(out, tag, NO_DEDUP)
+    # The long input: the supervisor must die mid-run, and LOOP passes can be over in half a
+    # second on an idle machine.
+    r = Run(out, tag, NO_DEDUP, LONG_LOOP)
     try:
         check(wait_busy(r), "every stage starts")
-        time.sleep(rng.uniform(0.3, 0.8))
+        time.sleep(rng.uniform(0.1, 0.4))
         stages = all_stage_pids(r.p.pid)
         check(len(stages) == len(STAGES) and r.running(), f"the run is busy ({stages})")
         r.p.send_signal(signal.SIGKILL)
@@ -420,7 +420,7 @@ def test_supervisor_killed(tmp):
         r.kill()
     check(len(shm_objects(tag)) > 0, "the killed supervisor left its shared memory behind")
     again = os.path.join(tmp, tag + "-again")
-    r2 = Run(again, tag, NO_DEDUP)
+    r2 = Run(again, tag, NO_DEDUP, LONG_LOOP)
     try:
         code = r2.wait()
     finally:
@@ -430,13 +430,13 @@ def test_supervisor_killed(tmp):
     check("removed" in text and "left by a supervisor that is gone" in text,
           "the new run says it removed the dead instance's leftovers")
     check(not shm_objects(tag), f"no shared memory is left after the new run ({shm_objects(tag)})")
-    compare(tmp, again, "a run after a killed supervisor")
+    compare(tmp, again, "a run after a killed supervisor", loop=LONG_LOOP)
     cleanup_shm(tag)
 
 
 def test_second_instance(tmp):
     tag = "twice"
-    first = Run(os.path.join(tmp, tag), tag, NO_DEDUP)
+    first = Run(os.path.join(tmp, tag), tag, NO_DEDUP, LONG_LOOP)
     try:
         check(wait_busy(first), "the first instance starts")
         check(first.running(), "the first instance is busy")
@@ -454,7 +454,7 @@ def test_second_instance(tmp):
     finally:
         first.kill()
         cleanup_shm(tag)
-    compare(tmp, os.path.join(tmp, tag), "the first of two instances")
+    compare(tmp, os.path.join(tmp, tag), "the first of two instances", loop=LONG_LOOP)
 
 
 TESTS = [test_chaos_kills, test_chaos_kills_dedup, test_operator_restart, test_hung_stage,
