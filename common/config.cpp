@@ -196,6 +196,8 @@ const std::vector<KeySpec>& key_table() {
                         1 << 20, "records per signed batch"));
     t.push_back(int_key("seal.batch_ms", [](Config& c) -> auto& { return c.seal.batch_ms; }, 1, 3600000,
                         "ms after which a partial batch is sealed"));
+    t.push_back(int_key("seal.end_batch_ms", [](Config& c) -> auto& { return c.seal.end_batch_ms; }, 1,
+                        3600000, "ms after which a partial batch holding a flow end is sealed (export latency)"));
     t.push_back(string_key("seal.algorithm", [](Config& c) -> auto& { return c.seal.algorithm; },
                            {"ed25519", "ecdsa-p256", "rsa-4096"}, "signature algorithm"));
     t.push_back(string_key("seal.key_file", [](Config& c) -> auto& { return c.seal.key_file; }, {},
