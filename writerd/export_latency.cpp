@@ -96,3 +96,17 @@ std::string ExportLatency::describe() const {
 }
 
 }  // namespace flowseal::writerd
+
+namespace flowseal::writerd {
+
+std::string ExportLatency::histogram() const {
+  std::string out;
+  for (std::size_t b = 0; b < kBuckets; ++b) {
+    if (buckets_[b] == 0) continue;
+    if (!out.empty()) out += ' ';
+    out += fmt::format("{}:{}", upper_us(b), buckets_[b]);
+  }
+  return out;
+}
+
+}  // namespace flowseal::writerd

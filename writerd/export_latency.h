@@ -36,6 +36,8 @@ class ExportLatency {
   std::int64_t percentile_ns(double fraction) const;
   // "p50 1.2 ms, p99 8.0 ms, p99.9 15 ms, max 21 ms over 1234 flow ends", or "" if none.
   std::string describe() const;
+  // The non-empty buckets as "upper_us:count ..." in rising order (for a CDF plot).
+  std::string histogram() const;
 
  private:
   static constexpr std::size_t kSubBuckets = 16;

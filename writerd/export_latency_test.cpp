@@ -1,5 +1,7 @@
 #include "export_latency.h"
 
+#include <sstream>
+
 #include <capnp/message.h>
 #include <catch2/catch.hpp>
 
@@ -71,6 +73,11 @@ TEST_CASE("percentiles are within a sixteenth of the true value over the whole r
     CHECK(static_cast<double>(got) <= static_cast<double>(truth) * (1 + 1.0 / 16) + 1000);
   }
   latency.add_latency_ns(-5 * kMs);  // a clock that stepped back counts as no delay
+  CHECK(latency.histogram().substr(0, 4) == "0:1 ");  // it went to the zero bucket
+  std::uint64_t total = 0;
+  std::istringstream buckets(latency.histogram());
+  for (std::string entry; buckets >> entry;) total += std::stoull(entry.substr(entry.find(':') + 1));
+  CHECK(total == values.size() + 1);
   CHECK(latency.count() == values.size() + 1);
   CHECK(latency.describe().find("over " + std::to_string(values.size() + 1) + " flow ends") !=
         std::string::npos);

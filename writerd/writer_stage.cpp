@@ -192,6 +192,8 @@ int run_writerd(StageRuntime& runtime) {
                store.segments_started());
   if (latency.count() > 0) {
     spdlog::info("export latency (flow end due -> stored): {}", latency.describe());
+    spdlog::info("export latency histogram (bucket upper edge in us: flow ends): {}",
+                 latency.histogram());
   }
   return exit_code::kOk;
 }
