@@ -161,10 +161,6 @@ std::size_t capacity_for(std::size_t bytes) {
 int run_flowd(StageRuntime& runtime) {
   const FlowdConfig& config = runtime.config().flowd;
   const bool live = !runtime.config().capture.interface.empty();
-  // Live: wall time drives expiry, checked at least this often however busy the input is
-  // (part of the export latency budget: issue 4 wants ends out within 10 ms, p99).
-  constexpr std::int64_t kLiveExpireInterval = 2'000'000;  // 2 ms
-  std::int64_t last_live_expire = 0;
   RingInputs inputs(runtime, {packet_edge(runtime.shard())});
   RingConsumer& in = inputs[0];
   RingOutput output(runtime, flow_edge(runtime.shard()));
@@ -227,10 +223,7 @@ int run_flowd(StageRuntime& runtime) {
       if (inputs.drained()) break;
       if (runtime.signalled()) return exit_code::kTempFail;
       table.begin_step();
-      if (live) {
-        last_live_expire = realtime_ns();
-        table.expire(last_live_expire, writer);
-      }
+      if (live) table.expire(realtime_ns(), writer);
       pressure_evictions += pressure.apply(pressure_level(), writer);
       events_out += writer.flush() + writer.take_synced();
       table.commit_step();
@@ -271,13 +264,10 @@ int run_flowd(StageRuntime& runtime) {
         }
         table.set_next_seq(++seq);
       }
-      if (!live && last_ts != 0) {
-        table.expire(last_ts, writer);
-      } else if (live && realtime_ns() - last_live_expire >= kLiveExpireInterval) {
-        // A busy live input may never leave the ring empty: expiry cannot wait for idle.
-        last_live_expire = realtime_ns();
-        table.expire(last_live_expire, writer);
-      }
+      // Packet time drives expiry while packets come, live too: a live input that lags the
+      // wire (the kernel buffer absorbs bursts) must not end flows whose next packets are
+      // still queued. Wall time takes over only when the input is idle (below).
+      if (last_ts != 0) table.expire(last_ts, writer);
       pressure_evictions += pressure.apply(pressure_level(), writer);
       // Published before the commit: a kill in between replays the step, repeating (never
       // losing) its events.
