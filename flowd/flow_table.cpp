@@ -169,6 +169,10 @@ constexpr std::size_t kMaxCapacity = std::size_t{1} << 31;
 // A bucket chain longer than this evicts its oldest flow: lookups stay bounded even when
 // someone crafts colliding keys (the hash is unseeded so shards agree across processes).
 constexpr std::size_t kMaxChain = 16;
+// Timer lists (see FlowTable::apply() and settle_head()): how far behind its list's order a
+// touched flow may fall before it moves, and how far a lazy requeue walks to its place.
+constexpr std::int64_t kRequeueFraction = 256;
+constexpr std::size_t kMaxRequeueWalk = 64;
 
 constexpr std::uint8_t kProtoIcmp = 1;
 constexpr std::uint8_t kProtoTcp = 6;
@@ -213,6 +217,19 @@ struct List {
     if (l.prev != kNil) (slots[l.prev].*kLink).next = l.next; else ends.head = l.next;
     if (l.next != kNil) (slots[l.next].*kLink).prev = l.prev; else ends.tail = l.prev;
     l = Link{kNil, kNil};
+  }
+  // Inserts i after `at` (kNil: at the front).
+  void insert_after(std::uint32_t at, std::uint32_t i) {
+    if (at == ends.tail) {
+      push_back(i);
+      return;
+    }
+    Link& l = slots[i].*kLink;
+    const std::uint32_t next = at == kNil ? ends.head : (slots[at].*kLink).next;
+    l.prev = at;
+    l.next = next;
+    (slots[next].*kLink).prev = i;
+    if (at != kNil) (slots[at].*kLink).next = i; else ends.head = i;
   }
 };
 
@@ -761,11 +778,18 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
     add_history(s, from_orig, kHistData, 'd');  // Zeek's UDP analyzer: every datagram, even empty
   }
 
-  // A touched flow stays where it is in its timer list (moving it would cost two more cache
-  // misses per packet); expire() and eviction requeue it lazily when it reaches the head
-  // with last_ts past queued_ts. Only a change of class moves it now.
+  // A touched flow mostly stays where it is in its timer list (moving it costs two more
+  // cache misses per packet); settle_head() requeues it lazily, in order, when it reaches the
+  // head. So that lazy place is never far, a flow touched more than 1/kRequeueFraction of its
+  // timeout after it was queued moves to the tail now: at most that many moves per timeout.
   const std::uint8_t timer_class = timer_class_of(s);
-  if (timer_class != s.timer_class) {
+  if (timer_class == s.timer_class &&
+      s.last_ts - s.queued_ts > idle_timeout(timer_class) / kRequeueFraction) {
+    List<&FlowSlot::timer> list{slots_, header_->timer_lists[timer_class]};
+    list.remove(index);
+    s.queued_ts = s.last_ts;
+    list.push_back(index);
+  } else if (timer_class != s.timer_class) {
     List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
     s.timer_class = timer_class;
     s.queued_ts = s.last_ts;
@@ -904,7 +928,23 @@ void FlowTable::settle_head(std::uint8_t timer_class) {
     if (s.last_ts <= s.queued_ts) return;
     s.queued_ts = s.last_ts;
     list.remove(head);
-    list.push_back(head);
+    // Its place is among the flows queued when it was last touched, which apply() keeps
+    // within 1/kRequeueFraction of a timeout of its old place: near the head. At the tail
+    // it would wait behind every flow queued since and end up to a whole timeout late (seen
+    // live: FIN-closed flows ended 5-10 s after their last packet). The walk is bounded; past
+    // kMaxRequeueWalk (a dense list) it goes to the tail as before.
+    std::uint32_t at = kNil;
+    std::size_t steps = 0;
+    for (std::uint32_t i = list.ends.head; i != kNil && slots_[i].queued_ts <= s.queued_ts;
+         i = slots_[i].timer.next) {
+      at = i;
+      if (++steps > kMaxRequeueWalk) {
+        at = list.ends.tail;
+        break;
+      }
+    }
+    list.insert_after(at, head);
+    if (at == kNil) return;  // it is the head again, settled: nothing before it is due later
   }
 }
 

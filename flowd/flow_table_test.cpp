@@ -796,3 +796,26 @@ TEST_CASE("evicting thousands of flows in one journaled step cuts the step inste
   CHECK(sink.syncs > 0);
   CHECK(t.table.active() == 100);
 }
+
+TEST_CASE("a flow touched just after it was queued still ends when its timeout runs out") {
+  // Lazily requeued at the tail it would wait behind every flow queued since and end up to a
+  // whole timeout late (seen live: closed flows ended 10 s after their last packet, not 5).
+  TestTable t(256, short_timeouts());  // TCP attempt timeout 5 s
+  Recorder sink;
+  t.table.on_packet(v4(6, 1, 1000, 200, 80, kSyn), 0, sink);
+  t.table.on_packet(v4(6, 1, 1000, 200, 80, kSyn), 1 * kMs, sink);  // a SYN retransmitted
+  for (std::uint8_t i = 2; i < 42; ++i) {
+    t.table.on_packet(v4(6, i, 1000, 200, 80, kSyn), i * 100 * kMs, sink);
+  }
+  t.table.expire(5 * kSec + 2 * kMs, sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_addr[3] == 1);
+  CHECK(ends[0].end_reason == EndReason::IDLE);
+  CHECK(ends[0].orig_pkts == 2);
+  // The others follow, each when its own 5 s are over, in order.
+  t.table.expire(10 * kSec, sink);
+  const auto later = sink.of_kind(EventKind::END);
+  REQUIRE(later.size() == 1 + 40);
+  for (std::size_t k = 1; k < later.size(); ++k) CHECK(later[k].orig_addr[3] == k + 1);
+}
