@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "ring.h"
 
 namespace flowseal::supervisor {
 namespace {
@@ -81,23 +80,12 @@ std::string describe(const Usage& u) {
 }
 
 PressureMonitor::PressureMonitor(const Config& config, const MemoryPlan& plan,
-                                 ControlBlock& control,
-                                 const std::vector<Instance::RingView>& rings)
+                                 ControlBlock& control)
     : control_(control),
-      rings_(rings),
       gauge_(PressureThresholds::from(config.memory)),
       count_system_(config.memory.system_pressure),
       budget_bytes_(static_cast<std::uint64_t>(config.memory.budget_mb) << 20),
       flow_table_bytes_(plan.flow_table_bytes) {}
-
-std::uint64_t PressureMonitor::ring_bytes_in_use() const {
-  std::uint64_t bytes = 0;
-  for (const auto& ring : rings_) {
-    const RingHeader& header = ring_attach(ring.memory);
-    bytes += std::min<std::uint64_t>(header.head.load() - header.tail.load(), header.capacity);
-  }
-  return bytes;
-}
 
 void PressureMonitor::book_time(Clock::time_point now) {
   if (last_sample_) {
@@ -112,7 +100,6 @@ void PressureMonitor::sample(std::uint64_t private_bytes, Clock::time_point now)
   namespace fc = flowd_counter;
   UsageSample sample;
   sample.budget_bytes = budget_bytes_;
-  sample.ring_bytes = ring_bytes_in_use();
   sample.flow_table_bytes = flow_table_bytes_ * control_.shards;
   for (std::size_t s = 0; s < control_.shards; ++s) {
     const StageSlot& slot = control_.slots[slot_index(StageKind::kFlowd, s, control_.shards)];

@@ -27,7 +27,6 @@
 
 #include "config.h"
 #include "control_block.h"
-#include "instance.h"
 #include "layout.h"
 #include "pressure_level.h"
 #include "proc_stats.h"
@@ -64,7 +63,6 @@ class PressureGauge {
 // What one sample measured, and the usage it gives.
 struct UsageSample {
   std::uint64_t budget_bytes = 0;
-  std::uint64_t ring_bytes = 0;             // bytes in all rings (head - tail): shown, not usage
   std::uint64_t flow_table_bytes = 0;       // all shards' segments
   std::vector<double> flow_table_fill;      // per shard: active / capacity (0 before start)
   std::uint64_t private_bytes = 0;          // sum of the stages' anonymous PSS
@@ -88,8 +86,7 @@ std::string describe(const Usage& usage);
 class PressureMonitor {
  public:
   using Clock = std::chrono::steady_clock;
-  PressureMonitor(const Config& config, const MemoryPlan& plan, ControlBlock& control,
-                  const std::vector<Instance::RingView>& rings);
+  PressureMonitor(const Config& config, const MemoryPlan& plan, ControlBlock& control);
 
   // `private_bytes`: the sum of the stages' anonymous PSS measured for this sample.
   void sample(std::uint64_t private_bytes, Clock::time_point now);
@@ -99,10 +96,7 @@ class PressureMonitor {
  private:
   void book_time(Clock::time_point now);
 
-  std::uint64_t ring_bytes_in_use() const;
-
   ControlBlock& control_;
-  const std::vector<Instance::RingView>& rings_;
   PressureGauge gauge_;
   bool count_system_;
   std::uint64_t budget_bytes_;

@@ -94,14 +94,13 @@ TEST_CASE("thresholds come from the memory config in percent") {
 TEST_CASE("usage is the largest of flow table fill, budget share and system share") {
   UsageSample sample;
   sample.budget_bytes = 100 << 20;
-  sample.ring_bytes = 20 << 20;
   sample.flow_table_bytes = 60 << 20;  // two shards of 30 MiB
   sample.flow_table_fill = {0.9, 0.1};
   sample.private_bytes = 5 << 20;
 
   const auto u = usage_of(sample);
   CHECK(u.flow_table_fill == Approx(0.9));
-  // 0.9 * 30 + 0.1 * 30 + 5 = 35 MiB of 100; the 20 MiB waiting in the rings do not count
+  // 0.9 * 30 + 0.1 * 30 + 5 = 35 MiB of 100
   CHECK(u.budget_share == Approx(0.35));
   CHECK(u.system_share == 0);
   CHECK(u.value == Approx(0.9));

@@ -174,7 +174,7 @@ int run_pipeline(Config config) {
   std::uint64_t peak_total_pss = 0;
   std::uint64_t peak_held = 0;  // the same without mapped files
   const auto memory_sample_interval = std::chrono::milliseconds(config.memory.sample_ms);
-  PressureMonitor pressure(config, instance.plan(), control, instance.rings());
+  PressureMonitor pressure(config, instance.plan(), control);
   const auto heartbeat_timeout_ns = config.supervisor.heartbeat_timeout_ms * 1'000'000;
 
   for (;;) {
