@@ -4,7 +4,7 @@ hung (SIGSTOP) while a run is busy, the supervisor itself SIGKILLed, a second in
 same name. After each disturbed run the store must verify and hold exactly the records of an
 undisturbed run of the same input.
 
-usage: supervisor_test.py FLOWSEAL_BINARY TEST_DATA_DIR [--soak] [--seed N] [CHECK ...]
+usage: supervisor_test.py FLOWSEAL_BINARY TEST_DATA_DIR [--soak] [--sanitized] [--seed N] [CHECK ...]
 
 Every run uses loop mode over one capture (capture.loop rewrites addresses per pass, so
 flows stay unique) to be busy for a few seconds. Kill moments are random but seeded; the
@@ -29,6 +29,7 @@ FLOWSEAL = os.path.abspath(sys.argv[1])
 DATA = os.path.abspath(sys.argv[2])
 ARGS = sys.argv[3:]
 SOAK = "--soak" in ARGS
+SANITIZED = "--sanitized" in ARGS  # binaries built with ASan+UBSan: ~5x slower per packet
 SEED = int(ARGS[ARGS.index("--seed") + 1]) if "--seed" in ARGS else int(time.time()) % 100000
 ONLY = {a for i, a in enumerate(ARGS)
         if not a.startswith("--") and (i == 0 or ARGS[i - 1] != "--seed")}
@@ -37,7 +38,8 @@ LOOP = 3000 if SOAK else 600  # passes over sample.pcap (500 packets each): ~3 s
 ROUNDS = 4 if SOAK else 2       # kills per stage in the chaos runs
 # Tests that need the run still busy after a sequence of steps (five restarts take ~0.7 s,
 # and LOOP passes can be over in half a second on an idle machine) use four times the input.
-LONG_LOOP = 4 * LOOP
+# Sanitized stages take longer over LOOP (3.4 s) than plain ones over 4 x LOOP (2.5 s).
+LONG_LOOP = LOOP if SANITIZED else 4 * LOOP
 TIMEOUT = 240
 STAGES = ["capture", "flowd", "dedupd", "signerd", "writerd"]
 EXE = {s: "flowseal-" + s for s in STAGES}
