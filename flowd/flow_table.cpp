@@ -978,6 +978,21 @@ void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
   }
 }
 
+std::int64_t FlowTable::next_due_ns() const {
+  // A list is in order of queued_ts and a flow's last_ts is at least its queued_ts, so the
+  // head's queued_ts plus the timeout bounds every due time in the list from below.
+  std::int64_t due = std::numeric_limits<std::int64_t>::max();
+  for (std::uint8_t c = 0; c < kTimerClassCount; ++c) {
+    const std::uint32_t head = header_->timer_lists[c].head;
+    // expire() ends a flow once it has been idle for more than its timeout: 1 ns past.
+    if (head != kNil) due = std::min(due, slots_[head].queued_ts + idle_timeout(c) + 1);
+  }
+  const std::int64_t active = options_.timeouts.active_timeout_ns;
+  const std::uint32_t head = header_->active_list.head;
+  if (active > 0 && head != kNil) due = std::min(due, slots_[head].report_ts + active);
+  return due;
+}
+
 void FlowTable::flush(EventSink& sink) {
   for (ListEnds& ends : header_->timer_lists) {
     while (ends.head != kNil) {

@@ -108,6 +108,12 @@ class FlowTable {
   // Ends flows idle past their timeout and emits updates for flows past the active timeout,
   // as of `now_ns`. Costs O(1) plus the flows that are due.
   void expire(std::int64_t now_ns, EventSink& sink);
+  // The earliest time at which expire() may have something to do (it may be earlier than
+  // the first flow due: a head touched since it was queued is due later), or INT64_MAX if
+  // the table is empty. A live flowd sleeps until then rather than a fixed slice. Exact
+  // while the timer lists are in queue order; a requeue past the bounded walk (see
+  // settle_head) can make it late by less than 1/256 of a timeout.
+  std::int64_t next_due_ns() const;
   // Ends every flow (reason shutdown; a flow already closed by FIN/RST keeps that reason).
   void flush(EventSink& sink);
   // Counts a packet decode() rejected, by kind.

@@ -7,6 +7,7 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <limits>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -110,6 +111,42 @@ void full_tcp_conversation(FlowTable& table, Recorder& sink, std::int64_t t0 = 0
 }
 
 }  // namespace
+
+// A live flowd sleeps until next_due_ns() and then expires: each flow must end at the moment
+// it is due, within a few wakes, however its list was requeued.
+TEST_CASE("next_due_ns leads a sleeping flowd to each flow's end on time") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  CHECK(t.table.next_due_ns() == std::numeric_limits<std::int64_t>::max());
+
+  // Three UDP flows queued in order; the first is touched again later (its place in the
+  // list is stale until expire() settles it), the second and third are not.
+  t.table.on_packet(v4(17, 1, 1000, 2, 53), 0, sink);
+  t.table.on_packet(v4(17, 3, 1000, 2, 53), 10 * kMs, sink);
+  t.table.on_packet(v4(17, 4, 1000, 2, 53), 20 * kMs, sink);
+  t.table.on_packet(v4(17, 2, 53, 1, 1000), 30 * kMs, sink);  // reply on the first flow
+  full_tcp_conversation(t.table, sink, 40 * kMs);              // FIN-closed, lingers 5 s
+  const std::int64_t udp_timeout = 60 * kSec, linger = 5 * kSec;
+  // Each flow's due moment: last packet + its timeout + 1 ns.
+  std::vector<std::int64_t> due = {40 * kMs + 8 * kMs + linger + 1, 10 * kMs + udp_timeout + 1,
+                                   20 * kMs + udp_timeout + 1, 30 * kMs + udp_timeout + 1};
+
+  std::vector<std::int64_t> ended_at;
+  std::int64_t now = 0;
+  for (int wake = 0; wake < 20 && ended_at.size() < due.size(); ++wake) {
+    const std::int64_t next = t.table.next_due_ns();
+    REQUIRE(next != std::numeric_limits<std::int64_t>::max());
+    REQUIRE(next >= now);  // never a wake in the past: no busy loop
+    now = next;
+    const std::size_t before = sink.of_kind(EventKind::END).size();
+    t.table.expire(now, sink);
+    for (std::size_t i = before; i < sink.of_kind(EventKind::END).size(); ++i) {
+      ended_at.push_back(now);
+    }
+  }
+  CHECK(ended_at == due);
+  CHECK(t.table.next_due_ns() == std::numeric_limits<std::int64_t>::max());
+}
 
 TEST_CASE("a flow closed by FIN in both directions ends with reason fin after the linger") {
   TestTable t(64, short_timeouts());

@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-namespace flowseal::writerd {
+namespace flowseal {
 namespace {
 
 constexpr std::uint8_t kProtoTcp = 6, kProtoUdp = 17, kProtoIcmp = 1, kProtoIcmpv6 = 58;
@@ -37,6 +37,7 @@ std::uint64_t ExportLatency::upper_us(std::size_t bucket) {
 }
 
 std::int64_t ExportLatency::due_ns(schema::FlowEvent::Reader r) const {
+  if (r.getKind() != schema::EventKind::END) return -1;
   double timeout = 0;
   switch (r.getEndReason()) {
     case schema::EndReason::FIN:
@@ -62,7 +63,6 @@ std::int64_t ExportLatency::due_ns(schema::FlowEvent::Reader r) const {
 }
 
 void ExportLatency::add(schema::FlowEvent::Reader record, std::int64_t stored_ns) {
-  if (record.getKind() != schema::EventKind::END) return;
   const std::int64_t due = due_ns(record);
   if (due < 0) return;
   add_latency_ns(stored_ns - due);
@@ -95,10 +95,6 @@ std::string ExportLatency::describe() const {
                      milliseconds(percentile_ns(0.999)), milliseconds(max_ns_), count_);
 }
 
-}  // namespace flowseal::writerd
-
-namespace flowseal::writerd {
-
 std::string ExportLatency::histogram() const {
   std::string out;
   for (std::size_t b = 0; b < kBuckets; ++b) {
@@ -109,4 +105,4 @@ std::string ExportLatency::histogram() const {
   return out;
 }
 
-}  // namespace flowseal::writerd
+}  // namespace flowseal

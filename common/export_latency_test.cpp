@@ -8,7 +8,7 @@
 namespace {
 
 using namespace flowseal;
-using flowseal::writerd::ExportLatency;
+using flowseal::ExportLatency;
 
 constexpr std::int64_t kMs = 1'000'000;
 constexpr std::int64_t kSec = 1'000'000'000;

@@ -1,16 +1,17 @@
-// Export latency: how long after a flow ended its end record was stored.
+// Export latency: how long after a flow ended its end record got somewhere.
 //
 // A flow ends at a packet or a timer: flowd emits the end once the flow has been idle (or
 // closed and lingering) for its timeout, so the moment the end was due is the record's last
-// packet time plus that timeout. writerd adds (stored time - due time) for every end record
-// it stores; that spans flowd's expiry tick, the rings, dedupd, sealing and the write (durable
-// when writer.fsync is "batch"). Packet time is wall time only on a live capture, so the
-// figure means something only there; evictions and shutdown ends have no natural due time
-// and are left out.
+// packet time plus that timeout. Two stages measure (now - due) for every end record:
+// flowd when it has published the record to its output ring (issue 4's figure: flowd's
+// expiry tick and its batching), writerd when it has stored it (the whole path: also the
+// rings, dedupd, sealing and the write, durable when writer.fsync is "batch"). Packet time
+// is wall time only on a live capture, so the figure means something only there; evictions
+// and shutdown ends have no natural due time and are left out.
 //
 // The histogram has 16 sub-buckets per power of two of microseconds, so a percentile is
 // within 1/16 (6 %) of the true value, in constant memory and with no allocation per record.
-// Not thread-safe; one per writerd.
+// Not thread-safe; one per stage.
 #pragma once
 
 #include <array>
@@ -20,7 +21,7 @@
 #include "config.h"
 #include "flowseal.capnp.h"
 
-namespace flowseal::writerd {
+namespace flowseal {
 
 class ExportLatency {
  public:
@@ -28,6 +29,8 @@ class ExportLatency {
 
   // Accounts `record` if it is a flow end with a due time, stored at `stored_ns` (realtime).
   void add(schema::FlowEvent::Reader record, std::int64_t stored_ns);
+  // When `record`'s end was due (realtime ns), or -1 if it is not an end with a due time.
+  std::int64_t due_ns(schema::FlowEvent::Reader record) const;
   // Accounts one latency directly (negative: clock skew, counted as zero).
   void add_latency_ns(std::int64_t latency_ns);
 
@@ -45,12 +48,10 @@ class ExportLatency {
   static std::size_t bucket_of(std::uint64_t us);
   static std::uint64_t upper_us(std::size_t bucket);
 
-  std::int64_t due_ns(schema::FlowEvent::Reader record) const;
-
   FlowdConfig timeouts_;
   std::array<std::uint64_t, kBuckets> buckets_{};
   std::uint64_t count_ = 0;
   std::int64_t max_ns_ = 0;
 };
 
-}  // namespace flowseal::writerd
+}  // namespace flowseal
