@@ -22,7 +22,7 @@ struct CaptureConfig {
   std::string filter;              // BPF filter expression
   std::int64_t snaplen = 65535;
   bool promiscuous = true;
-  std::int64_t buffer_mb = 64;     // kernel capture buffer (live)
+  std::int64_t buffer_mb = 8;      // kernel capture buffer (live); see deploy/flowseal.yaml
   bool immediate = false;          // live: deliver packets without buffering delay
   std::int64_t batch_packets = 256;
   std::int64_t batch_timeout_ms = 10;  // live: publish a partial batch after this long
