@@ -110,7 +110,9 @@ class PcapSource {
 
   PcapHandle handle_;  // live
   bool live_ = false;
-  int poll_timeout_ms_ = 10;  // live: an idle read returns kIdle after this long
+  int poll_timeout_ms_ = 10;  // live: an idle read returns kIdle after this long...
+  int idle_poll_timeout_ms_ = 100;  // ...or this long if the previous read was idle too
+  bool was_idle_ = false;
   std::vector<std::string> files_;
   std::size_t file_index_ = 0;  // index of the file after the open one
   std::string filter_;

@@ -241,7 +241,7 @@ const std::vector<KeySpec>& key_table() {
     t.push_back(string_key("supervisor.instance", [](Config& c) -> auto& { return c.supervisor.instance; }, {},
                            "instance name: shared-memory names and the control socket derive from it"));
     t.push_back(int_key("supervisor.heartbeat_timeout_ms",
-                        [](Config& c) -> auto& { return c.supervisor.heartbeat_timeout_ms; }, 100, 3600000,
+                        [](Config& c) -> auto& { return c.supervisor.heartbeat_timeout_ms; }, 500, 3600000,
                         "a stage silent this long is killed and restarted"));
     t.push_back(int_key("supervisor.stats_interval_s",
                         [](Config& c) -> auto& { return c.supervisor.stats_interval_s; }, 0, 3600,

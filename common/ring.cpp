@@ -19,9 +19,12 @@ constexpr std::uint64_t frame_bytes(std::uint64_t payload) {
   return sizeof(FrameHeader) + pad8(payload);
 }
 
-// Sleep slices are short so a waiting side notices stop flags, closed rings and a peer that
-// died (whose wake would never come) within a few milliseconds.
-constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(20);
+// The longest single sleep, whatever the caller's timeout: a closed ring and a peer's
+// publish or commit wake a sleeper at once; the slice bounds how long a waiting side can
+// miss a wake from a peer that died mid-handshake. Stages wait with timeouts of at most
+// kIdleWait (ring_io.h) and look at stop flags between waits. Each wake costs CPU on an
+// idle probe (20 ms here once made 50 wakes a second per stage).
+constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(100);
 
 // Frame lengths are 32-bit and 0xFFFFFFFF marks a wrap, so a quarter of the ring must fit.
 constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;

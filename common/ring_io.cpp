@@ -13,6 +13,19 @@ RingInputs::RingInputs(const StageRuntime& runtime, const std::vector<std::strin
   }
 }
 
+std::chrono::milliseconds idle_wait_ns(std::int64_t due_ns, std::int64_t now_ns) {
+  if (due_ns <= now_ns) return std::chrono::milliseconds(1);
+  const std::int64_t ms = (due_ns - now_ns) / 1'000'000 + 1;  // rounded up: never early
+  return std::chrono::milliseconds(std::clamp<std::int64_t>(ms, 1, kIdleWait.count()));
+}
+
+std::chrono::milliseconds idle_wait(std::chrono::steady_clock::time_point due,
+                                    std::chrono::steady_clock::time_point now) {
+  if (due == std::chrono::steady_clock::time_point::max()) return kIdleWait;
+  return idle_wait_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(due.time_since_epoch()).count(),
+                      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count());
+}
+
 bool RingInputs::drained() const {
   return std::all_of(consumers_.begin(), consumers_.end(),
                      [](const RingConsumer& c) { return c.drained(); });

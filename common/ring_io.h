@@ -13,6 +13,18 @@
 
 namespace flowseal {
 
+// Longest sleep of a stage on idle input: it looks at signals, its heartbeat and its timers
+// at least this often. Each wake costs a few tens of microseconds; at this slice an idle
+// process set stays well under 1 % of a core.
+inline constexpr std::chrono::milliseconds kIdleWait{100};
+
+// How long a stage that has something due at `due` sleeps on idle input: until then, at
+// least 1 ms (a due time just past never spins), at most kIdleWait.
+std::chrono::milliseconds idle_wait(std::chrono::steady_clock::time_point due,
+                                    std::chrono::steady_clock::time_point now);
+// The same for a due time in nanoseconds of one clock (flowd: realtime, as packet times).
+std::chrono::milliseconds idle_wait_ns(std::int64_t due_ns, std::int64_t now_ns);
+
 // The input rings of a stage, read round-robin.
 class RingInputs {
  public:

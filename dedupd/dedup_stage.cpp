@@ -116,7 +116,7 @@ int pass_through(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
       if (inputs.drained()) break;
       if (runtime.signalled()) return exit_code::kTempFail;
       runtime.heartbeat();
-      inputs.wait(std::chrono::milliseconds(100));
+      inputs.wait(kIdleWait);
     }
   }
   output.producer().close();
@@ -241,7 +241,7 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
       last_input = std::chrono::steady_clock::now();
     }
     runtime.heartbeat();
-    inputs.wait(std::chrono::milliseconds(100));
+    inputs.wait(kIdleWait);
   }
   flush();
   store_counters();

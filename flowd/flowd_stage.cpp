@@ -172,18 +172,6 @@ std::size_t capacity_for(std::size_t bytes) {
   return lo;
 }
 
-// Longest sleep on an idle input: the heartbeat and signals are looked at this often.
-constexpr std::chrono::milliseconds kIdleSlice{100};
-
-// A live flowd on an idle input sleeps until the next flow is due (its end must reach the
-// output ring within milliseconds of that moment, issue 4), at most kIdleSlice, at least
-// 1 ms so that a due time just past never spins.
-std::chrono::milliseconds idle_wait(std::int64_t next_due_ns, std::int64_t now_ns) {
-  if (next_due_ns <= now_ns) return std::chrono::milliseconds(1);
-  const std::int64_t ms = (next_due_ns - now_ns + 999'999) / 1'000'000;  // round up
-  return std::chrono::milliseconds(std::clamp<std::int64_t>(ms, 1, kIdleSlice.count()));
-}
-
 }  // namespace
 
 int run_flowd(StageRuntime& runtime) {
@@ -259,7 +247,9 @@ int run_flowd(StageRuntime& runtime) {
       events_out += writer.flush() + writer.take_synced();
       table.commit_step();
       publish_counters();
-      in.wait(live ? idle_wait(table.next_due_ns(), realtime_ns()) : kIdleSlice);
+      // Live, the next flow end is due at a wall-clock moment: sleep until then, so the end
+      // reaches the output ring within milliseconds of it (issue 4), not a slice later.
+      in.wait(live ? idle_wait_ns(table.next_due_ns(), realtime_ns()) : kIdleWait);
       continue;
     }
     try {

@@ -141,7 +141,7 @@ int run_signerd(StageRuntime& runtime) {
       if (inputs.drained()) break;
       if (runtime.signalled()) return exit_code::kTempFail;
       runtime.heartbeat();
-      in.wait(sealer.size() > 0 ? std::chrono::milliseconds(1) : std::chrono::milliseconds(100));
+      in.wait(idle_wait(sealer.size() > 0 ? seal_due : Clock::time_point::max(), Clock::now()));
       continue;
     }
     try {

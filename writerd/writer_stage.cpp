@@ -118,7 +118,7 @@ int run_writerd(StageRuntime& runtime) {
       if (inputs.drained()) break;
       if (runtime.signalled()) return exit_code::kTempFail;
       runtime.heartbeat();
-      in.wait(std::chrono::milliseconds(100));
+      in.wait(kIdleWait);
       continue;
     }
     segment::AppendResult result = segment::AppendResult::kError;
