@@ -529,7 +529,7 @@ bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig
 
 FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
                      FlowTableOptions options)
-    : options_(options), sha1_(nullptr, EVP_MD_free) {
+    : options_(options), fragments_(options.fragments), sha1_(nullptr, EVP_MD_free) {
   if (capacity == 0 || capacity > kMaxCapacity) {
     throw std::invalid_argument("flow table: capacity " + std::to_string(capacity) +
                                 " is outside 1.." + std::to_string(kMaxCapacity));
@@ -728,8 +728,25 @@ void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_n
                           EventSink& sink) {
   checkpoint_if_full(sink);
   ++header_->stats.packets;
+  if (packet.fragment) {
+    // The tunnels around the fragmented layer carried this piece as a whole packet; the
+    // datagram itself counts once, when complete (fragment_table.h).
+    apply_layers(packet, 0, packet.frag.outer_before, ts_ns, sink);
+    packet::DecodedPacket datagram;
+    if (fragments_.add(packet, ts_ns, datagram)) {
+      apply_layers(datagram, datagram.frag.outer_before, datagram.outer_count, ts_ns, sink);
+      apply(datagram, ts_ns, sink);
+    }
+    return;
+  }
+  apply_layers(packet, 0, packet.outer_count, ts_ns, sink);
+  apply(packet, ts_ns, sink);
+}
+
+void FlowTable::apply_layers(const packet::DecodedPacket& packet, std::size_t from,
+                             std::size_t to, std::int64_t ts_ns, EventSink& sink) {
   // A UDP tunnel's own connection counts the whole outer packet, as Zeek's conn.log does.
-  for (std::size_t i = 0; i < packet.outer_count && i < packet.outer.size(); ++i) {
+  for (std::size_t i = from; i < to && i < packet.outer_count && i < packet.outer.size(); ++i) {
     packet::DecodedPacket outer;
     outer.key = packet.outer[i].key;
     outer.ip_bytes = packet.outer[i].ip_bytes;
@@ -737,7 +754,6 @@ void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_n
     outer.has_ports = true;
     apply(outer, ts_ns, sink);
   }
-  apply(packet, ts_ns, sink);
 }
 
 void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink) {
@@ -949,6 +965,7 @@ void FlowTable::settle_head(std::uint8_t timer_class) {
 }
 
 void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
+  fragments_.expire(now_ns);
   for (std::uint8_t c = 0; c < kTimerClassCount; ++c) {
     const std::int64_t timeout = idle_timeout(c);
     ListEnds& ends = header_->timer_lists[c];
@@ -979,6 +996,7 @@ void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
 }
 
 void FlowTable::flush(EventSink& sink) {
+  fragments_.clear();
   for (ListEnds& ends : header_->timer_lists) {
     while (ends.head != kNil) {
       checkpoint_if_full(sink);

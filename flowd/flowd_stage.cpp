@@ -294,6 +294,12 @@ int run_flowd(StageRuntime& runtime) {
   publish_counters();
   output.producer().close();
   spdlog::info("drained: {} events out", events_out);
+  if (const FragmentStats& f = table.fragment_stats(); f.fragments > 0) {
+    spdlog::info("IP fragments: {} pieces, {} datagrams counted; weird: {} incomplete, {} "
+                 "without first piece, {} evicted (table full), {} overlapping",
+                 f.fragments, f.datagrams, f.incomplete, f.without_first, f.evicted,
+                 f.overlapping);
+  }
   return exit_code::kOk;
 }
 

@@ -82,6 +82,8 @@ class Decoder {
   DecodeStatus null_family(std::size_t offset);
   DecodeStatus ip_by_version(std::size_t offset, DecodeStatus empty, DecodeStatus not_ip);
   DecodeStatus ipv4(std::size_t offset);
+  void note_fragment(const std::uint8_t* src, const std::uint8_t* dst, std::size_t addr_len,
+                     FragmentInfo info);
   DecodeStatus ipv6(std::size_t offset);
   DecodeStatus transport(const IpResult& ip);
   DecodeStatus ppp(std::size_t offset);
@@ -261,13 +263,37 @@ DecodeStatus Decoder::ipv4(std::size_t offset) {
   const std::uint16_t frag = be16(ip + 6);
   const bool more_fragments = (frag & 0x2000) != 0;
   const std::uint16_t frag_offset = frag & 0x1FFF;
-  out_.fragment = more_fragments || frag_offset != 0;
+  if (more_fragments || frag_offset != 0) {
+    FragmentInfo info;
+    info.id = be16(ip + 4);
+    info.offset = std::uint32_t{frag_offset} * 8;
+    info.length = total - static_cast<std::uint32_t>(header_len);
+    info.header_len = static_cast<std::uint16_t>(header_len);
+    info.proto = ip[9];
+    info.ip_version = 4;
+    info.more = more_fragments;
+    note_fragment(ip + 12, ip + 16, 4, info);
+  }
 
   IpResult result;
   result.transport_offset = offset + header_len;
   result.transport_len = total - static_cast<std::uint32_t>(header_len);
   result.first_fragment_or_whole = frag_offset == 0;
   return transport(result);
+}
+
+// Only the outermost fragmented layer is kept: it decides when the datagram is whole.
+void Decoder::note_fragment(const std::uint8_t* src, const std::uint8_t* dst,
+                            std::size_t addr_len, FragmentInfo info) {
+  if (out_.fragment) return;
+  std::memcpy(info.src.data(), src, addr_len);
+  std::memcpy(info.dst.data(), dst, addr_len);
+  info.vlan = out_.key.vlan;
+  info.layer = kKeyLayer;
+  info.outer_before = out_.outer_count;
+  info.depth = out_.tunnel_depth;
+  out_.fragment = true;
+  out_.frag = info;
 }
 
 DecodeStatus Decoder::ipv6(std::size_t offset) {
@@ -307,8 +333,19 @@ DecodeStatus Decoder::ipv6(std::size_t offset) {
         following = *at(pos);
         ext_len = 8;
         const std::uint16_t frag = be16(at(pos + 2));
-        out_.fragment = true;
+        const bool more = (frag & 0x0001) != 0;
+        // Offset 0 without M is an "atomic fragment" (RFC 6946): a whole packet.
+        if ((frag & 0xFFF8) == 0 && !more) break;
         if ((frag & 0xFFF8) != 0) result.first_fragment_or_whole = false;
+        FragmentInfo info;
+        info.id = be32(at(pos + 4));
+        info.offset = frag & 0xFFF8u;
+        info.length = remaining >= 8 ? remaining - 8 : 0;
+        info.header_len = static_cast<std::uint16_t>(pos - offset);
+        info.proto = following;
+        info.ip_version = 6;
+        info.more = more;
+        note_fragment(ip + 8, ip + 24, 16, info);
         break;
       }
       default:
@@ -362,12 +399,12 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
       header_len = 8;
       ports_len = 2;
       break;
+    // A first fragment is decapsulated like a whole packet (its inner headers are there);
+    // flowd holds the result until the rest of the datagram has arrived.
     case kProtoIpip:
     case kProtoIpv6InIp:
-      if (out_.fragment) return DecodeStatus::kOk;
       return decapsulate(false, pos, &Decoder::ip_any);
     case kProtoGre:
-      if (out_.fragment) return DecodeStatus::kOk;
       return gre(pos, pos + ip.transport_len);
     default:
       return DecodeStatus::kOk;  // no ports: the whole IP payload is payload
@@ -384,7 +421,7 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
   out_.payload_bytes = ip.transport_len - static_cast<std::uint32_t>(header_len);
   out_.has_ports = true;
   out_.ports_cut = !have(pos, header_len);
-  if (out_.key.proto == kProtoUdp && !out_.fragment && !out_.ports_cut) {
+  if (out_.key.proto == kProtoUdp && !out_.ports_cut) {
     return udp_tunnel(pos + 8, pos + ip.transport_len);
   }
   return DecodeStatus::kOk;
@@ -418,6 +455,13 @@ DecodeStatus Decoder::decapsulate(bool outer_is_flow, std::size_t offset,
   fresh.tunnel_depth = static_cast<std::uint8_t>(saved.tunnel_depth + 1);
   fresh.outer = saved.outer;
   fresh.outer_count = saved.outer_count;
+  fresh.fragment = saved.fragment;
+  fresh.frag = saved.frag;
+  if (saved.fragment && saved.frag.depth == saved.tunnel_depth) {
+    // The fragmented layer is the one decapsulated here: a UDP tunnel's own connection, or
+    // (GRE, IP-in-IP) no connection at all.
+    fresh.frag.layer = outer_is_flow ? saved.outer_count : kNoLayer;
+  }
   if (outer_is_flow) {
     fresh.outer[fresh.outer_count++] = OuterFlow{saved.key, saved.ip_bytes, saved.payload_bytes};
   }

@@ -593,3 +593,86 @@ TEST_CASE("real IPv6 captures with a routing header decode to ICMPv6 and UDP") {
   CHECK(p.key.src_port == 5645);
   CHECK(p.key.dst_port == 5642);
 }
+
+TEST_CASE("a fragment names its datagram: addresses, id, offset, length and what follows") {
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(17, udp(5000, 53, 100), {.more_fragments = true}), p) ==
+          DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  CHECK(p.frag.ip_version == 4);
+  CHECK(p.frag.id == 0x1234);
+  CHECK(p.frag.offset == 0);
+  CHECK(p.frag.length == 108);
+  CHECK(p.frag.header_len == 20);
+  CHECK(p.frag.proto == 17);
+  CHECK(p.frag.more);
+  CHECK(p.frag.src[3] == 1);
+  CHECK(p.frag.dst[3] == 2);
+  CHECK(p.frag.layer == kKeyLayer);
+  CHECK(p.frag.outer_before == 0);
+
+  REQUIRE(run(kDltRaw, ipv4(17, Bytes(64, 1), {.option_bytes = 4, .fragment_offset = 14}), p) ==
+          DecodeStatus::kOk);
+  CHECK(p.frag.offset == 112);
+  CHECK(p.frag.length == 64);
+  CHECK(p.frag.header_len == 24);
+  CHECK_FALSE(p.frag.more);
+
+  // IPv6: the unfragmentable part is the fixed header and the extensions before the
+  // fragment header; the 8-byte fragment header itself is not part of the datagram.
+  REQUIRE(run(kDltRaw, ipv6(17, Bytes(64, 1), {{0, 8}, {44, 8}}, 9), p) == DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  CHECK(p.frag.ip_version == 6);
+  CHECK(p.frag.id == 0xABCD);
+  CHECK(p.frag.offset == 72);
+  CHECK(p.frag.length == 64);
+  CHECK(p.frag.header_len == 48);
+  CHECK(p.frag.proto == 17);
+  CHECK(p.frag.more);
+  CHECK(p.ip_bytes == 40 + 8 + 8 + 64);
+}
+
+TEST_CASE("an IPv6 atomic fragment (offset 0, no more fragments) is a whole packet") {
+  Bytes b = ipv6(17, udp(5000, 53, 10), {{44, 8}}, 0);
+  b[40 + 3] = 0;  // clear the M flag the builder sets
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, b, p) == DecodeStatus::kOk);
+  CHECK_FALSE(p.fragment);
+  CHECK(p.has_ports);
+  CHECK(p.key.dst_port == 53);
+}
+
+TEST_CASE("a tunnel in the first fragment of an outer datagram is decapsulated") {
+  // GTP-U over UDP 2152, the outer datagram fragmented after 512 bytes of its payload.
+  const Bytes inner = ipv4(6, tcp(1923, 80, 0x10, 1000));
+  Bytes gtp{0x30, 0xFF};
+  put16(gtp, static_cast<std::uint16_t>(inner.size()));
+  put32(gtp, 1);
+  const Bytes datagram = cat(cat(udp(2152, 2152, 0), gtp), inner);
+  const Bytes first(datagram.begin(), datagram.begin() + 512);
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(17, first, {.more_fragments = true}), p) == DecodeStatus::kOk);
+  CHECK(p.key.proto == 6);
+  CHECK(p.key.dst_port == 80);
+  CHECK(p.ip_bytes == inner.size());  // the inner header's length: whole already
+  REQUIRE(p.outer_count == 1);
+  CHECK(p.outer[0].key.dst_port == 2152);
+  CHECK(p.outer[0].ip_bytes == 20 + 512);
+  REQUIRE(p.fragment);
+  CHECK(p.frag.layer == 0);  // the outer UDP connection gets the datagram's length
+  CHECK(p.frag.outer_before == 0);
+  CHECK(p.frag.length == 512);
+
+  // A whole tunnel packet around a fragmented inner packet: the tunnel counts now.
+  const Bytes inner_piece = ipv4(17, udp(5000, 53, 100), {.more_fragments = true});
+  Bytes gtp2{0x30, 0xFF};
+  put16(gtp2, static_cast<std::uint16_t>(inner_piece.size()));
+  put32(gtp2, 1);
+  REQUIRE(run(kDltRaw, ipv4(17, cat(cat(udp(2152, 2152, 0), gtp2), inner_piece)), p) ==
+          DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  CHECK(p.outer_count == 1);
+  CHECK(p.frag.outer_before == 1);
+  CHECK(p.frag.layer == kKeyLayer);
+  CHECK(p.key.dst_port == 53);
+}

@@ -53,9 +53,6 @@ RATE_FLOOR = 0.90
 # Zeek-specific differences. Their failures are printed as known gaps and do not fail the
 # test; a listed trace that passes fails the test, so the list only shrinks.
 KNOWN_GAPS = {
-    "core.tunnels.gtp.outer_ip_frag": "no IP fragment reassembly yet (Zeek reassembles the "
-        "outer fragments and counts one packet per datagram)",
-    "core.tunnels.gtp.different_dl_and_ul": "no IP fragment reassembly yet",
     "core.radiotap": "link type 127 (802.11 radiotap) not decoded yet",
     "core.wlanmon": "link type 105 (802.11) not decoded yet",
     "core.tunnels.gre-aruba-amsdu": "802.11 inside GRE not decoded yet",
