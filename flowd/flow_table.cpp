@@ -143,7 +143,7 @@ struct Journal {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 3;
+constexpr std::uint32_t kLayoutVersion = 4;  // 4: two more weird kinds (802.11) in the stats
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);

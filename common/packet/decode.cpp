@@ -87,6 +87,7 @@ class Decoder {
   DecodeStatus ipv6(std::size_t offset);
   DecodeStatus transport(const IpResult& ip);
   DecodeStatus ppp(std::size_t offset);
+  DecodeStatus wlan(std::size_t offset);
   DecodeStatus gre(std::size_t offset, std::size_t end);
   DecodeStatus udp_tunnel(std::size_t offset, std::size_t end);
   DecodeStatus decapsulate(bool outer_is_flow, std::size_t offset,
@@ -137,6 +138,16 @@ DecodeStatus Decoder::link(int link_type) {
       return null_family(0);
     case kDltPpp:
       return ppp(0);
+    case kDltIeee80211:
+      return wlan(0);
+    case kDltIeee80211Radio: {
+      // Radiotap: version, pad, then its whole length, little-endian; the fields inside
+      // (rates, channel, signal) say nothing about flows.
+      if (!have(0, 4)) return DecodeStatus::kTruncatedLink;
+      const std::size_t radiotap_len = std::size_t{*at(2)} | std::size_t{*at(3)} << 8;
+      if (radiotap_len < 8) return DecodeStatus::kTruncatedLink;
+      return wlan(radiotap_len);
+    }
     default:
       return DecodeStatus::kUnsupportedLink;
   }
@@ -427,6 +438,36 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
   return DecodeStatus::kOk;
 }
 
+// An 802.11 frame (as Zeek's IEEE802_11 analyzer reads it): only data frames carry IP.
+DecodeStatus Decoder::wlan(std::size_t offset) {
+  if (!have(offset, 24)) return DecodeStatus::kTruncatedLink;
+  const std::uint8_t fc = *at(offset), flags = *at(offset + 1);
+  const unsigned type = (fc >> 2) & 0x3, subtype = fc >> 4;
+  if (type != 2) return DecodeStatus::kNotIp;          // management, control, extension
+  if ((subtype & 0x4) != 0) return DecodeStatus::kNotIp;  // null data, QoS null: no body
+  std::size_t len = 24;
+  if ((flags & 0x03) == 0x03) len += 6;  // to and from the distribution system: address 4
+  bool amsdu = false;
+  if ((subtype & 0x8) != 0) {  // QoS data: a QoS control field
+    if (!have(offset + len, 2)) return DecodeStatus::kTruncatedLink;
+    amsdu = (*at(offset + len) & 0x80) != 0;
+    len += 2;
+    if ((flags & 0x80) != 0) len += 4;  // +HTC: "order" on a QoS frame means HT control
+  }
+  if ((flags & 0x40) != 0) return DecodeStatus::kEncrypted;  // WEP/TKIP/CCMP: no keys here
+  if (amsdu) return DecodeStatus::kUnsupportedAmsdu;
+  offset += len;
+  // LLC/SNAP with the encapsulated-Ethernet OUI 00-00-00, then an ethertype. Other LLC
+  // (spanning tree, bridge-tunnel OUIs) carries nothing we count.
+  if (!have(offset, 8)) return DecodeStatus::kTruncatedLink;
+  const std::uint8_t* llc = at(offset);
+  if (llc[0] != 0xAA || llc[1] != 0xAA || llc[2] != 0x03 || llc[3] != 0 || llc[4] != 0 ||
+      llc[5] != 0) {
+    return DecodeStatus::kNotIp;
+  }
+  return ethertype(be16(llc + 6), offset + 8);
+}
+
 DecodeStatus Decoder::ppp(std::size_t offset) {
   if (!have(offset, 2)) return DecodeStatus::kTruncatedLink;
   if (*at(offset) == 0xFF && *at(offset + 1) == 0x03) offset += 2;  // address and control
@@ -596,6 +637,8 @@ std::string_view to_string(DecodeStatus status) {
     case DecodeStatus::kBadIpHeader: return "bad_ip_header";
     case DecodeStatus::kTruncatedTransport: return "truncated_transport";
     case DecodeStatus::kBadTransport: return "bad_transport";
+    case DecodeStatus::kEncrypted: return "encrypted";
+    case DecodeStatus::kUnsupportedAmsdu: return "unsupported_amsdu";
     case DecodeStatus::kCount: break;
   }
   return "unknown";

@@ -25,6 +25,8 @@ namespace flowseal::packet {
 inline constexpr int kDltNull = 0;
 inline constexpr int kDltEn10mb = 1;
 inline constexpr int kDltPpp = 9;
+inline constexpr int kDltIeee80211 = 105;       // 802.11 frames without radio information
+inline constexpr int kDltIeee80211Radio = 127;  // radiotap header, then an 802.11 frame
 inline constexpr int kDltRaw = 12;
 inline constexpr int kDltRawOpenBsd = 14;
 inline constexpr int kLinktypeRaw = 101;
@@ -43,6 +45,10 @@ enum class DecodeStatus : std::uint8_t {
   kBadIpHeader,         // version, header length or total length inconsistent
   kTruncatedTransport,  // TCP/UDP/ICMP/SCTP header cut short (first fragment only)
   kBadTransport,        // e.g. TCP data offset < 5
+  // Appended (the order is the counters' order): 802.11 frames that carry IP but cannot be
+  // read. Management, control and empty (null) data frames are kNotIp.
+  kEncrypted,           // 802.11 protected frame: the payload is encrypted
+  kUnsupportedAmsdu,    // 802.11 A-MSDU: several packets in one frame, not split yet
   kCount
 };
 std::string_view to_string(DecodeStatus);

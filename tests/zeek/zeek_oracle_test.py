@@ -53,9 +53,7 @@ RATE_FLOOR = 0.90
 # Zeek-specific differences. Their failures are printed as known gaps and do not fail the
 # test; a listed trace that passes fails the test, so the list only shrinks.
 KNOWN_GAPS = {
-    "core.radiotap": "link type 127 (802.11 radiotap) not decoded yet",
-    "core.wlanmon": "link type 105 (802.11) not decoded yet",
-    "core.tunnels.gre-aruba-amsdu": "802.11 inside GRE not decoded yet",
+    "core.tunnels.gre-aruba-amsdu": "802.11 A-MSDU inside GRE not decoded yet",
     "core.cisco-fabric-path": "an unknown IPv6 next header: 86 IP bytes where Zeek counts 80, "
         "cause not found yet",
     "core.vntag-in-vlan": "orig packets/bytes differ, cause not found yet",
