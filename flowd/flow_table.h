@@ -140,10 +140,16 @@ class FlowTable {
  private:
   using Slot = detail::FlowSlot;
   // Accounts one flow's share of a packet (the inner flow, or one tunnel's outer flow).
-  void apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink);
-  // Accounts packet.outer[from..to): the UDP tunnel connections around the packet.
-  void apply_layers(const packet::DecodedPacket& packet, std::size_t from, std::size_t to,
-                    std::int64_t ts_ns, EventSink& sink);
+  // `parent`: the uid of the tunnel connection around it (0: none). Returns the flow's uid.
+  std::uint64_t apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink,
+                      std::uint64_t parent);
+  // Accounts packet.outer[from..to): the UDP tunnel connections around the packet, the first
+  // inside `parent`. Returns the uid of the innermost one applied (`parent` if none).
+  std::uint64_t apply_layers(const packet::DecodedPacket& packet, std::size_t from,
+                             std::size_t to, std::int64_t ts_ns, EventSink& sink,
+                             std::uint64_t parent);
+  std::uint64_t uid_of(const packet::FlowKey& key) const;  // 0: no such flow
+  void add_tunnel_parent(Slot& slot, std::uint64_t parent);
   std::uint32_t find(const packet::FlowKey& key, std::uint64_t hash, bool& from_orig) const;
   std::uint32_t create(const packet::DecodedPacket& packet, const packet::FlowKey& key,
                        std::uint64_t hash, std::int64_t ts_ns, EventSink& sink);

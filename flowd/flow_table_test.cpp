@@ -3,6 +3,7 @@
 #include <pcap/pcap.h>
 
 #include <fstream>
+#include <map>
 #include <memory>
 #include <regex>
 #include <sstream>
@@ -1032,4 +1033,97 @@ TEST_CASE("a repeated piece completes a datagram counted once and as overlapping
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].orig_pkts == 1);
   CHECK(t.table.fragment_stats().overlapping == 1);
+}
+
+// ------------------------------------------------------------------ tunnel parents
+
+TEST_CASE("a tunnelled flow names the tunnel connections around it, each once, at most two") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  auto in_tunnel = [](DecodedPacket inner, std::uint8_t tunnel_src, std::uint16_t sport) {
+    const DecodedPacket outer = v4(17, tunnel_src, sport, 8, 2152, 0, 8 + inner.ip_bytes);
+    inner.outer[0] = packet::OuterFlow{outer.key, outer.ip_bytes, outer.payload_bytes};
+    inner.outer_count = 1;
+    return inner;
+  };
+  // Uplink and downlink in two GTP-U tunnels (as core.tunnels.gtp.different_dl_and_ul).
+  t.table.on_packet(in_tunnel(c2s(kSyn), 7, 2152), 0, sink);
+  t.table.on_packet(in_tunnel(s2c(kSyn | kAck), 9, 5906), kMs, sink);
+  t.table.on_packet(in_tunnel(c2s(kAck), 7, 2152), 2 * kMs, sink);
+  t.table.on_packet(in_tunnel(c2s(kAck), 11, 2152), 3 * kMs, sink);  // a third: not kept
+  t.table.on_packet(c2s(kAck), 4 * kMs, sink);  // not in a tunnel: no parent added
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 4);
+  std::map<std::uint8_t, std::uint64_t> tunnel_uid;  // by tunnel source host
+  const FlowEventData* tcp = nullptr;
+  for (const auto& e : ends) {
+    if (e.proto == 17) {
+      tunnel_uid[e.orig_addr[3]] = e.uid;
+      CHECK(e.tunnel_parents == std::array<std::uint64_t, 2>{});  // not itself tunnelled
+    } else {
+      tcp = &e;
+    }
+  }
+  REQUIRE(tcp != nullptr);
+  REQUIRE(tunnel_uid.size() == 3);
+  CHECK(tcp->tunnel_parents[0] == tunnel_uid[7]);
+  CHECK(tcp->tunnel_parents[1] == tunnel_uid[9]);
+  // The start event already names the first parent.
+  const auto starts = sink.of_kind(EventKind::START);
+  for (const auto& s : starts) {
+    if (s.proto == 6) CHECK(s.tunnel_parents[0] == tunnel_uid[7]);
+  }
+
+  capnp::MallocMessageBuilder message;
+  auto r = message.initRoot<schema::FlowEvent>();
+  encode(*tcp, r);
+  REQUIRE(r.getTunnelParents().size() == 2);
+  CHECK(r.getTunnelParents()[0] == tunnel_uid[7]);
+  encode(ends[0].proto == 17 ? ends[0] : ends[1], message.initRoot<schema::FlowEvent>());
+  CHECK_FALSE(message.getRoot<schema::FlowEvent>().hasTunnelParents());  // null, not empty
+}
+
+TEST_CASE("a tunnel inside a tunnel is the parent of the flow inside it") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  DecodedPacket inner = v4(17, 1, 36872, 2, 53, 0, 40);
+  const DecodedPacket geneve = v4(17, 5, 11803, 6, 6081, 0, 200);
+  const DecodedPacket vxlan = v4(17, 3, 26383, 4, 4789, 0, 150);
+  inner.outer[0] = packet::OuterFlow{geneve.key, geneve.ip_bytes, geneve.payload_bytes};
+  inner.outer[1] = packet::OuterFlow{vxlan.key, vxlan.ip_bytes, vxlan.payload_bytes};
+  inner.outer_count = 2;
+  t.table.on_packet(inner, 0, sink);
+  t.table.flush(sink);
+  std::map<std::uint16_t, FlowEventData> by_port;
+  for (const auto& e : sink.of_kind(EventKind::END)) by_port[e.resp_port] = e;
+  REQUIRE(by_port.size() == 3);
+  CHECK(by_port[6081].tunnel_parents[0] == 0);
+  CHECK(by_port[4789].tunnel_parents[0] == by_port[6081].uid);
+  CHECK(by_port[53].tunnel_parents[0] == by_port[4789].uid);
+  CHECK(by_port[53].tunnel_parents[1] == 0);
+}
+
+TEST_CASE("a datagram fragmented inside a whole tunnel packet counts each piece to the tunnel") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 2000);
+  const DecodedPacket tunnel = v4(17, 7, 2152, 8, 2152, 0, 0);
+  auto through_tunnel = [&](DecodedPacket piece) {
+    piece.outer[0] = packet::OuterFlow{tunnel.key, 28 + 8 + piece.ip_bytes, 8 + piece.ip_bytes};
+    piece.outer_count = 1;
+    piece.frag.outer_before = 1;  // as decode() marks a fragment inside a whole tunnel packet
+    return piece;
+  };
+  t.table.on_packet(through_tunnel(v4_fragment(1, 2, 7, dns, 0, 1480)), 0, sink);
+  t.table.on_packet(through_tunnel(v4_fragment(1, 2, 7, dns, 1480, 528)), kMs, sink);
+  t.table.flush(sink);
+  std::map<std::uint16_t, FlowEventData> by_port;
+  for (const auto& e : sink.of_kind(EventKind::END)) by_port[e.resp_port] = e;
+  REQUIRE(by_port.size() == 2);
+  CHECK(by_port[2152].orig_pkts == 2);  // the tunnel carried two packets
+  CHECK(by_port[2152].orig_ip_bytes == (28 + 8 + 1500) + (28 + 8 + 548));
+  CHECK(by_port[53].orig_pkts == 1);    // the inner datagram is one
+  CHECK(by_port[53].orig_ip_bytes == 20 + 2008);
+  CHECK(by_port[53].tunnel_parents[0] == by_port[2152].uid);
 }
