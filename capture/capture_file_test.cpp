@@ -284,16 +284,16 @@ TEST_CASE("a file that is not a capture is reported at offset 0 with its magic n
 }
 
 TEST_CASE("an unsupported link type is named: a pcap file ends, a pcapng interface is skipped") {
-  Writer w = pcap_header(0xa1b2c3d4, false, 65535, 127);
+  Writer w = pcap_header(0xa1b2c3d4, false, 65535, 195);
   pcap_record(w, 1, 0, payload(60, 1));
   Result r = read_all(w.bytes);
   CHECK_FALSE(r.opened);
   REQUIRE(r.problems.size() == 1);
-  CHECK(r.problems[0].what == "link type 127 (IEEE802_11_RADIO) is not supported");
+  CHECK(r.problems[0].what == "link type 195 (IEEE802_15_4) is not supported");
 
   Writer ng;
   shb(ng);
-  idb(ng, 127, 0);
+  idb(ng, 195, 0);
   idb(ng, 1, 0);
   epb(ng, 0, 1, payload(60, 1));
   epb(ng, 1, 2, payload(60, 2));
@@ -302,7 +302,7 @@ TEST_CASE("an unsupported link type is named: a pcap file ends, a pcapng interfa
   REQUIRE(r.records.size() == 1);
   CHECK(r.records[0].bytes[0] == 2);
   REQUIRE(r.problems.size() == 1);  // once per interface, not per packet
-  CHECK(r.problems[0].what.find("interface 0: link type 127") != std::string::npos);
+  CHECK(r.problems[0].what.find("interface 0: link type 195") != std::string::npos);
 }
 
 TEST_CASE("pcapng packets on an undescribed interface or with a caplen over their block are skipped") {

@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "fragment_router.h"
 #include "layout.h"
 #include "packet/decode.h"
 #include "pressure_level.h"
@@ -175,6 +176,7 @@ int run_capture(StageRuntime& runtime) {
 
   Packet packet;
   packet::DecodedPacket decoded;
+  FragmentRouter router;  // all pieces of a datagram to its flow's shard
   // Loop mode rewrites addresses in a copy: the file mapping is read-only.
   std::vector<std::uint8_t> rewritten;
   if (config.loop > 1) rewritten.resize(kMaxCaplen);
@@ -207,7 +209,7 @@ int run_capture(StageRuntime& runtime) {
         const std::span<std::uint8_t> copy(rewritten.data(), packet.bytes.size());
         if (rewrite_for_pass(copy, decoded, packet.pass)) packet.bytes = copy;
       }
-      hash = packet::symmetric_hash(decoded.key);
+      hash = router.route(decoded, packet::symmetric_hash(decoded.key));
     }
     // Sample whole flows, not packets: a flow is kept or left out as a unit, so the flows
     // that are kept stay exact (and carry their sampling rate).

@@ -1,5 +1,7 @@
 #include "event_encode.h"
 
+#include <algorithm>
+
 #include <capnp/blob.h>
 
 namespace flowseal::flowd {
@@ -62,6 +64,12 @@ void encode(const FlowEventData& e, schema::FlowEvent::Builder out) {
   out.setRespIatSumUs(r.iat_sum_us);
   out.setRespIatSumSqUs(r.iat_sumsq_us);
   out.setRespRexmits(r.rexmits);
+  const auto parents = static_cast<unsigned>(
+      std::count_if(e.tunnel_parents.begin(), e.tunnel_parents.end(), [](auto u) { return u != 0; }));
+  if (parents > 0) {  // null, not an empty list, when there is none
+    auto list = out.initTunnelParents(parents);
+    for (unsigned i = 0; i < parents; ++i) list.set(i, e.tunnel_parents[i]);
+  }
 }
 
 }  // namespace flowseal::flowd

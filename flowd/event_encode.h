@@ -86,6 +86,10 @@ struct FlowEventData {
   };
   Spread orig_spread;
   Spread resp_spread;
+
+  // uids of the enclosing tunnel connections (schema: tunnelParents), 0 = none; a set.
+  static constexpr std::size_t kMaxTunnelParents = 2;
+  std::array<std::uint64_t, kMaxTunnelParents> tunnel_parents{};
 };
 
 // Receives the events the flow table emits, in order. Implementations must not throw for

@@ -107,6 +107,8 @@ struct FlowSlot {
 
   char history[24];
   char community_id[32];  // "1:" + 28 base64 characters, NUL-terminated
+  // uids of the enclosing tunnel connections, first seen first; 0 = none (FlowEventData).
+  std::uint64_t tunnel_parents[FlowEventData::kMaxTunnelParents];
 };
 
 struct TableHeader {
@@ -143,14 +145,14 @@ struct Journal {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 3;
+constexpr std::uint32_t kLayoutVersion = 5;  // 4: two more weird kinds (802.11); 5: tunnel parents
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
 static_assert(std::is_standard_layout_v<TableHeader> &&
               std::is_trivially_copyable_v<TableHeader>);
 static_assert(sizeof(Direction) == 88);
-static_assert(sizeof(FlowSlot) == 352 && alignof(FlowSlot) == 8);
+static_assert(sizeof(FlowSlot) == 368 && alignof(FlowSlot) == 8);  // 352 + two tunnel parents
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 static_assert(std::is_trivially_copyable_v<Journal> && sizeof(Journal) % 8 == 0);
 
@@ -529,7 +531,7 @@ bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig
 
 FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
                      FlowTableOptions options)
-    : options_(options), sha1_(nullptr, EVP_MD_free) {
+    : options_(options), fragments_(options.fragments), sha1_(nullptr, EVP_MD_free) {
   if (capacity == 0 || capacity > kMaxCapacity) {
     throw std::invalid_argument("flow table: capacity " + std::to_string(capacity) +
                                 " is outside 1.." + std::to_string(kMaxCapacity));
@@ -728,19 +730,60 @@ void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_n
                           EventSink& sink) {
   checkpoint_if_full(sink);
   ++header_->stats.packets;
-  // A UDP tunnel's own connection counts the whole outer packet, as Zeek's conn.log does.
-  for (std::size_t i = 0; i < packet.outer_count && i < packet.outer.size(); ++i) {
+  if (packet.fragment) {
+    // The tunnels around the fragmented layer carried this piece as a whole packet; the
+    // datagram itself counts once, when complete (fragment_table.h).
+    apply_layers(packet, 0, packet.frag.outer_before, ts_ns, sink, 0);
+    packet::DecodedPacket datagram;
+    if (fragments_.add(packet, ts_ns, datagram)) {
+      const std::size_t from = datagram.frag.outer_before;
+      // The tunnel around the datagram was applied with its pieces: find its uid again.
+      const std::uint64_t parent = from > 0 ? uid_of(datagram.outer[from - 1].key) : 0;
+      apply(datagram, ts_ns, sink,
+            apply_layers(datagram, from, datagram.outer_count, ts_ns, sink, parent));
+    }
+    return;
+  }
+  apply(packet, ts_ns, sink, apply_layers(packet, 0, packet.outer_count, ts_ns, sink, 0));
+}
+
+std::uint64_t FlowTable::uid_of(const packet::FlowKey& raw) const {
+  const packet::FlowKey key = packet::flow_key(raw);
+  bool from_orig = true;
+  const std::uint32_t index = find(key, packet::symmetric_hash64(key), from_orig);
+  return index == kNil ? 0 : slots_[index].uid;
+}
+
+void FlowTable::add_tunnel_parent(FlowSlot& s, std::uint64_t parent) {
+  if (parent == 0) return;
+  for (std::uint64_t& p : s.tunnel_parents) {
+    if (p == parent) return;
+    if (p == 0) {
+      p = parent;
+      return;
+    }
+  }
+  // A third distinct parent is not recorded: the set is capped (FlowEvent.tunnelParents).
+}
+
+std::uint64_t FlowTable::apply_layers(const packet::DecodedPacket& packet, std::size_t from,
+                                      std::size_t to, std::int64_t ts_ns, EventSink& sink,
+                                      std::uint64_t parent) {
+  // A UDP tunnel's own connection counts the whole outer packet, as Zeek's conn.log does;
+  // each layer's parent is the tunnel connection directly around it.
+  for (std::size_t i = from; i < to && i < packet.outer_count && i < packet.outer.size(); ++i) {
     packet::DecodedPacket outer;
     outer.key = packet.outer[i].key;
     outer.ip_bytes = packet.outer[i].ip_bytes;
     outer.payload_bytes = packet.outer[i].payload_bytes;
     outer.has_ports = true;
-    apply(outer, ts_ns, sink);
+    parent = apply(outer, ts_ns, sink, parent);
   }
-  apply(packet, ts_ns, sink);
+  return parent;
 }
 
-void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink) {
+std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns,
+                               EventSink& sink, std::uint64_t parent) {
   const packet::FlowKey key = packet::flow_key(packet.key);
   const std::uint64_t hash = packet::symmetric_hash64(key);
   bool from_orig = true;
@@ -777,6 +820,7 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
   } else if (s.proto == kProtoUdp) {
     add_history(s, from_orig, kHistData, 'd');  // Zeek's UDP analyzer: every datagram, even empty
   }
+  add_tunnel_parent(s, parent);
 
   // A touched flow mostly stays where it is in its timer list (moving it costs two more
   // cache misses per packet); settle_head() requeues it lazily, in order, when it reaches the
@@ -807,6 +851,7 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
     list.remove(index);
     list.push_back(index);
   }
+  return s.uid;
 }
 
 std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packet::FlowKey& key,
@@ -949,6 +994,7 @@ void FlowTable::settle_head(std::uint8_t timer_class) {
 }
 
 void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
+  fragments_.expire(now_ns);
   for (std::uint8_t c = 0; c < kTimerClassCount; ++c) {
     const std::int64_t timeout = idle_timeout(c);
     ListEnds& ends = header_->timer_lists[c];
@@ -994,6 +1040,7 @@ std::int64_t FlowTable::next_due_ns() const {
 }
 
 void FlowTable::flush(EventSink& sink) {
+  fragments_.clear();
   for (ListEnds& ends : header_->timer_lists) {
     while (ends.head != kNil) {
       checkpoint_if_full(sink);
@@ -1032,6 +1079,7 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   e.community_id.assign(s.community_id);
   e.first_uid = s.uid;
   e.last_uid = s.uid;
+  std::copy(std::begin(s.tunnel_parents), std::end(s.tunnel_parents), e.tunnel_parents.begin());
   e.orig_spread = spread_of(s.orig);
   e.resp_spread = spread_of(s.resp);
   sink.on_event(e);

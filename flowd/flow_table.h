@@ -43,6 +43,7 @@
 #include <openssl/types.h>
 
 #include "event_encode.h"
+#include "fragment_table.h"
 #include "packet/decode.h"
 
 namespace flowseal::flowd {
@@ -61,6 +62,7 @@ struct FlowTableOptions {
   FlowTimeouts timeouts;
   std::uint16_t community_id_seed = 0;
   std::uint32_t shard = 0;  // mixed into uids so two shards never share one
+  FragmentTableOptions fragments;
 };
 
 // Cumulative since the table was formatted (kept in the table's memory, so a restarted
@@ -118,6 +120,11 @@ class FlowTable {
   void flush(EventSink& sink);
   // Counts a packet decode() rejected, by kind.
   void count_weird(packet::DecodeStatus status);
+  // IP fragments: a datagram is accounted once, when all its pieces have come (see
+  // fragment_table.h). Kept in process memory, not in the table's: a restart loses at most
+  // the datagrams in flight.
+  const FragmentStats& fragment_stats() const { return fragments_.stats(); }
+  std::size_t fragments_in_flight() const { return fragments_.in_flight(); }
 
   // Sequence number of the next input packet to apply, kept (and journaled) in the table.
   std::uint64_t next_seq() const;
@@ -139,7 +146,16 @@ class FlowTable {
  private:
   using Slot = detail::FlowSlot;
   // Accounts one flow's share of a packet (the inner flow, or one tunnel's outer flow).
-  void apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink);
+  // `parent`: the uid of the tunnel connection around it (0: none). Returns the flow's uid.
+  std::uint64_t apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, EventSink& sink,
+                      std::uint64_t parent);
+  // Accounts packet.outer[from..to): the UDP tunnel connections around the packet, the first
+  // inside `parent`. Returns the uid of the innermost one applied (`parent` if none).
+  std::uint64_t apply_layers(const packet::DecodedPacket& packet, std::size_t from,
+                             std::size_t to, std::int64_t ts_ns, EventSink& sink,
+                             std::uint64_t parent);
+  std::uint64_t uid_of(const packet::FlowKey& key) const;  // 0: no such flow
+  void add_tunnel_parent(Slot& slot, std::uint64_t parent);
   std::uint32_t find(const packet::FlowKey& key, std::uint64_t hash, bool& from_orig) const;
   std::uint32_t create(const packet::DecodedPacket& packet, const packet::FlowKey& key,
                        std::uint64_t hash, std::int64_t ts_ns, EventSink& sink);
@@ -165,6 +181,7 @@ class FlowTable {
   std::uint32_t* buckets_ = nullptr;
   std::uint64_t bucket_mask_ = 0;
   FlowTableOptions options_;
+  FragmentTable fragments_;  // process memory: a restart loses the datagrams in flight
   bool resumed_ = false;
   bool rolled_back_ = false;
   std::unique_ptr<EVP_MD, void (*)(EVP_MD*)> sha1_;

@@ -3,6 +3,7 @@
 #include <pcap/pcap.h>
 
 #include <fstream>
+#include <map>
 #include <memory>
 #include <regex>
 #include <sstream>
@@ -855,4 +856,311 @@ TEST_CASE("a flow touched just after it was queued still ends when its timeout r
   const auto later = sink.of_kind(EventKind::END);
   REQUIRE(later.size() == 1 + 40);
   for (std::size_t k = 1; k < later.size(); ++k) CHECK(later[k].orig_addr[3] == k + 1);
+}
+
+// ------------------------------------------------------------------ IP fragments
+
+namespace {
+
+using Bytes = std::vector<std::uint8_t>;
+
+void put16(Bytes& b, std::uint16_t v) {
+  b.push_back(static_cast<std::uint8_t>(v >> 8));
+  b.push_back(static_cast<std::uint8_t>(v));
+}
+
+// A UDP datagram (header + `data` bytes) from port `sport` to `dport`.
+Bytes udp_datagram(std::uint16_t sport, std::uint16_t dport, std::size_t data) {
+  Bytes b;
+  put16(b, sport);
+  put16(b, dport);
+  put16(b, static_cast<std::uint16_t>(8 + data));
+  put16(b, 0);
+  b.resize(b.size() + data, 0x5A);
+  return b;
+}
+
+// Bytes [offset, offset + len) of `datagram` (an IP payload) as an IPv4 fragment from
+// 10.0.0.src to 10.0.0.dst, decoded as flowd would see it. "More fragments" is set unless
+// the piece ends the datagram.
+DecodedPacket v4_fragment(std::uint8_t src, std::uint8_t dst, std::uint16_t id,
+                          const Bytes& datagram, std::size_t offset, std::size_t len) {
+  REQUIRE(offset % 8 == 0);
+  Bytes b{0x45, 0};
+  put16(b, static_cast<std::uint16_t>(20 + len));
+  put16(b, id);
+  const bool more = offset + len < datagram.size();
+  put16(b, static_cast<std::uint16_t>((more ? 0x2000 : 0) | offset / 8));
+  b.insert(b.end(), {64, 17, 0, 0, 10, 0, 0, src, 10, 0, 0, dst});
+  b.insert(b.end(), datagram.begin() + static_cast<std::ptrdiff_t>(offset),
+           datagram.begin() + static_cast<std::ptrdiff_t>(offset + len));
+  DecodedPacket p;
+  REQUIRE(packet::decode(packet::kDltRaw, b, static_cast<std::uint32_t>(b.size()), p) ==
+          packet::DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  return p;
+}
+
+// The same as IPv6 (fe80::src -> fe80::dst, a fragment header, no other extension).
+DecodedPacket v6_fragment(std::uint8_t src, std::uint8_t dst, std::uint32_t id,
+                          const Bytes& datagram, std::size_t offset, std::size_t len) {
+  Bytes b{0x60, 0, 0, 0};
+  put16(b, static_cast<std::uint16_t>(8 + len));
+  b.insert(b.end(), {44, 64});
+  for (std::uint8_t host : {src, dst}) {
+    b.insert(b.end(), {0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host});
+  }
+  const bool more = offset + len < datagram.size();
+  b.insert(b.end(), {17, 0});
+  put16(b, static_cast<std::uint16_t>(offset | (more ? 1 : 0)));
+  put16(b, static_cast<std::uint16_t>(id >> 16));
+  put16(b, static_cast<std::uint16_t>(id));
+  b.insert(b.end(), datagram.begin() + static_cast<std::ptrdiff_t>(offset),
+           datagram.begin() + static_cast<std::ptrdiff_t>(offset + len));
+  DecodedPacket p;
+  REQUIRE(packet::decode(packet::kDltRaw, b, static_cast<std::uint32_t>(b.size()), p) ==
+          packet::DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("a fragmented datagram counts once to its flow, with its whole length, when complete") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);  // 3008 bytes: pieces of 1480, 1480, 48
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 1480, 1480), kMs, sink);
+  CHECK(sink.events.empty());  // nothing counted before the datagram is whole
+  CHECK(t.table.fragments_in_flight() == 1);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 2960, 48), 2 * kMs, sink);
+  CHECK(t.table.fragments_in_flight() == 0);
+  // The answer, in two pieces, counts to the same flow's responder.
+  const Bytes answer = udp_datagram(53, 5000, 1600);
+  t.table.on_packet(v4_fragment(2, 1, 9, answer, 0, 1480), 3 * kMs, sink);
+  t.table.on_packet(v4_fragment(2, 1, 9, answer, 1480, 128), 4 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_port == 5000);
+  CHECK(ends[0].resp_port == 53);
+  CHECK(ends[0].orig_pkts == 1);
+  CHECK(ends[0].orig_ip_bytes == 20 + 3008);
+  CHECK(ends[0].orig_bytes == 3000);
+  CHECK(ends[0].resp_pkts == 1);
+  CHECK(ends[0].resp_ip_bytes == 20 + 1608);
+  CHECK(ends[0].resp_bytes == 1600);
+  CHECK(ends[0].first_ts_ns == 2 * kMs);  // a datagram's time is its last piece's
+  CHECK(ends[0].last_ts_ns == 4 * kMs);
+  CHECK(t.table.stats().packets == 5);  // every piece was processed
+  CHECK(t.table.fragment_stats().fragments == 5);
+  CHECK(t.table.fragment_stats().datagrams == 2);
+}
+
+TEST_CASE("pieces that come before the first are held and counted when it arrives") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 2960, 48), 0, sink);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 1480, 1480), kMs, sink);
+  CHECK(sink.events.empty());
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 2 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_pkts == 1);
+  CHECK(ends[0].orig_ip_bytes == 20 + 3008);
+  CHECK(t.table.fragment_stats().datagrams == 1);
+}
+
+TEST_CASE("an IPv6 datagram counts without its fragment headers, as Zeek reassembles it") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5353, 5353, 2000);
+  t.table.on_packet(v6_fragment(1, 2, 0xC0FFEE, dns, 0, 1232), 0, sink);
+  t.table.on_packet(v6_fragment(1, 2, 0xC0FFEE, dns, 1232, 776), kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].ip_version == 6);
+  CHECK(ends[0].orig_pkts == 1);
+  CHECK(ends[0].orig_ip_bytes == 40 + 2008);
+  CHECK(ends[0].orig_bytes == 2000);
+}
+
+TEST_CASE("pieces of different datagrams are kept apart by addresses and IP id") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes a = udp_datagram(5000, 53, 2000), b = udp_datagram(5001, 53, 2000);
+  t.table.on_packet(v4_fragment(1, 2, 7, a, 0, 1480), 0, sink);
+  t.table.on_packet(v4_fragment(1, 2, 8, b, 0, 1480), 0, sink);
+  t.table.on_packet(v4_fragment(1, 3, 7, a, 1480, 528), 0, sink);  // other destination
+  CHECK(t.table.fragments_in_flight() == 3);
+  t.table.on_packet(v4_fragment(1, 2, 8, b, 1480, 528), kMs, sink);
+  t.table.on_packet(v4_fragment(1, 2, 7, a, 1480, 528), kMs, sink);
+  CHECK(t.table.fragments_in_flight() == 1);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  for (const auto& e : ends) {
+    CHECK(e.orig_pkts == 1);
+    CHECK(e.orig_ip_bytes == 20 + 2008);
+  }
+  CHECK(t.table.fragment_stats().without_first == 1);  // the stray piece to 10.0.0.3
+}
+
+TEST_CASE("a datagram that never completes is not counted and expires as a weird kind") {
+  FlowTableOptions o = short_timeouts();
+  o.fragments.timeout_ns = 30 * kSec;
+  TestTable t(64, o);
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);      // last piece lost
+  t.table.on_packet(v4_fragment(1, 2, 8, dns, 1480, 1480), 0, sink);   // first piece lost
+  t.table.expire(30 * kSec, sink);
+  CHECK(t.table.fragments_in_flight() == 2);  // not yet past the timeout
+  t.table.expire(30 * kSec + 1, sink);
+  CHECK(t.table.fragments_in_flight() == 0);
+  CHECK(t.table.fragment_stats().incomplete == 1);
+  CHECK(t.table.fragment_stats().without_first == 1);
+  // The rest of datagram 7 after its expiry starts over and cannot complete either.
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 2960, 48), 31 * kSec, sink);
+  t.table.flush(sink);
+  CHECK(sink.events.empty());
+  CHECK(t.table.fragment_stats().datagrams == 0);
+  CHECK(t.table.fragment_stats().without_first == 2);
+}
+
+TEST_CASE("a full fragment table evicts the least recently touched datagram and counts it") {
+  FlowTableOptions o = short_timeouts();
+  o.fragments.capacity = 2;
+  TestTable t(64, o);
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 2000);
+  t.table.on_packet(v4_fragment(1, 2, 1, dns, 0, 1480), 0, sink);
+  t.table.on_packet(v4_fragment(1, 2, 2, dns, 0, 1480), kMs, sink);
+  t.table.on_packet(v4_fragment(1, 2, 1, dns, 1480, 8), 2 * kMs, sink);  // 1 is touched (not whole)
+  t.table.on_packet(v4_fragment(1, 2, 3, dns, 0, 1480), 3 * kMs, sink);  // evicts 2
+  CHECK(t.table.fragment_stats().evicted == 1);
+  CHECK(t.table.fragments_in_flight() == 2);
+  t.table.on_packet(v4_fragment(1, 2, 1, dns, 1488, 520), 4 * kMs, sink);  // 1 is whole
+  CHECK(t.table.fragment_stats().datagrams == 1);
+  t.table.on_packet(v4_fragment(1, 2, 2, dns, 1480, 528), 5 * kMs, sink);  // 2 starts over
+  t.table.on_packet(v4_fragment(1, 2, 4, dns, 0, 1480), 6 * kMs, sink);    // evicts 3
+  CHECK(t.table.fragment_stats().evicted == 2);
+  t.table.flush(sink);
+  CHECK(t.table.fragment_stats().without_first == 1);  // 2's last piece, its first evicted
+  CHECK(t.table.fragment_stats().incomplete == 1);     // 4
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_pkts == 1);
+  CHECK(ends[0].orig_ip_bytes == 20 + 2008);
+}
+
+TEST_CASE("a repeated piece completes a datagram counted once and as overlapping") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 2000);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 1480, 528), 0, sink);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 1480, 528), 0, sink);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig_pkts == 1);
+  CHECK(t.table.fragment_stats().overlapping == 1);
+}
+
+// ------------------------------------------------------------------ tunnel parents
+
+TEST_CASE("a tunnelled flow names the tunnel connections around it, each once, at most two") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  auto in_tunnel = [](DecodedPacket inner, std::uint8_t tunnel_src, std::uint16_t sport) {
+    const DecodedPacket outer = v4(17, tunnel_src, sport, 8, 2152, 0, 8 + inner.ip_bytes);
+    inner.outer[0] = packet::OuterFlow{outer.key, outer.ip_bytes, outer.payload_bytes};
+    inner.outer_count = 1;
+    return inner;
+  };
+  // Uplink and downlink in two GTP-U tunnels (as core.tunnels.gtp.different_dl_and_ul).
+  t.table.on_packet(in_tunnel(c2s(kSyn), 7, 2152), 0, sink);
+  t.table.on_packet(in_tunnel(s2c(kSyn | kAck), 9, 5906), kMs, sink);
+  t.table.on_packet(in_tunnel(c2s(kAck), 7, 2152), 2 * kMs, sink);
+  t.table.on_packet(in_tunnel(c2s(kAck), 11, 2152), 3 * kMs, sink);  // a third: not kept
+  t.table.on_packet(c2s(kAck), 4 * kMs, sink);  // not in a tunnel: no parent added
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 4);
+  std::map<std::uint8_t, std::uint64_t> tunnel_uid;  // by tunnel source host
+  const FlowEventData* tcp = nullptr;
+  for (const auto& e : ends) {
+    if (e.proto == 17) {
+      tunnel_uid[e.orig_addr[3]] = e.uid;
+      CHECK(e.tunnel_parents == std::array<std::uint64_t, 2>{});  // not itself tunnelled
+    } else {
+      tcp = &e;
+    }
+  }
+  REQUIRE(tcp != nullptr);
+  REQUIRE(tunnel_uid.size() == 3);
+  CHECK(tcp->tunnel_parents[0] == tunnel_uid[7]);
+  CHECK(tcp->tunnel_parents[1] == tunnel_uid[9]);
+  // The start event already names the first parent.
+  const auto starts = sink.of_kind(EventKind::START);
+  for (const auto& s : starts) {
+    if (s.proto == 6) CHECK(s.tunnel_parents[0] == tunnel_uid[7]);
+  }
+
+  capnp::MallocMessageBuilder message;
+  auto r = message.initRoot<schema::FlowEvent>();
+  encode(*tcp, r);
+  REQUIRE(r.getTunnelParents().size() == 2);
+  CHECK(r.getTunnelParents()[0] == tunnel_uid[7]);
+  encode(ends[0].proto == 17 ? ends[0] : ends[1], message.initRoot<schema::FlowEvent>());
+  CHECK_FALSE(message.getRoot<schema::FlowEvent>().hasTunnelParents());  // null, not empty
+}
+
+TEST_CASE("a tunnel inside a tunnel is the parent of the flow inside it") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  DecodedPacket inner = v4(17, 1, 36872, 2, 53, 0, 40);
+  const DecodedPacket geneve = v4(17, 5, 11803, 6, 6081, 0, 200);
+  const DecodedPacket vxlan = v4(17, 3, 26383, 4, 4789, 0, 150);
+  inner.outer[0] = packet::OuterFlow{geneve.key, geneve.ip_bytes, geneve.payload_bytes};
+  inner.outer[1] = packet::OuterFlow{vxlan.key, vxlan.ip_bytes, vxlan.payload_bytes};
+  inner.outer_count = 2;
+  t.table.on_packet(inner, 0, sink);
+  t.table.flush(sink);
+  std::map<std::uint16_t, FlowEventData> by_port;
+  for (const auto& e : sink.of_kind(EventKind::END)) by_port[e.resp_port] = e;
+  REQUIRE(by_port.size() == 3);
+  CHECK(by_port[6081].tunnel_parents[0] == 0);
+  CHECK(by_port[4789].tunnel_parents[0] == by_port[6081].uid);
+  CHECK(by_port[53].tunnel_parents[0] == by_port[4789].uid);
+  CHECK(by_port[53].tunnel_parents[1] == 0);
+}
+
+TEST_CASE("a datagram fragmented inside a whole tunnel packet counts each piece to the tunnel") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 2000);
+  const DecodedPacket tunnel = v4(17, 7, 2152, 8, 2152, 0, 0);
+  auto through_tunnel = [&](DecodedPacket piece) {
+    piece.outer[0] = packet::OuterFlow{tunnel.key, 28 + 8 + piece.ip_bytes, 8 + piece.ip_bytes};
+    piece.outer_count = 1;
+    piece.frag.outer_before = 1;  // as decode() marks a fragment inside a whole tunnel packet
+    return piece;
+  };
+  t.table.on_packet(through_tunnel(v4_fragment(1, 2, 7, dns, 0, 1480)), 0, sink);
+  t.table.on_packet(through_tunnel(v4_fragment(1, 2, 7, dns, 1480, 528)), kMs, sink);
+  t.table.flush(sink);
+  std::map<std::uint16_t, FlowEventData> by_port;
+  for (const auto& e : sink.of_kind(EventKind::END)) by_port[e.resp_port] = e;
+  REQUIRE(by_port.size() == 2);
+  CHECK(by_port[2152].orig_pkts == 2);  // the tunnel carried two packets
+  CHECK(by_port[2152].orig_ip_bytes == (28 + 8 + 1500) + (28 + 8 + 548));
+  CHECK(by_port[53].orig_pkts == 1);    // the inner datagram is one
+  CHECK(by_port[53].orig_ip_bytes == 20 + 2008);
+  CHECK(by_port[53].tunnel_parents[0] == by_port[2152].uid);
 }

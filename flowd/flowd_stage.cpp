@@ -320,6 +320,12 @@ int run_flowd(StageRuntime& runtime) {
     spdlog::info("export latency to the output ring, histogram (bucket upper edge in us: flow "
                  "ends): {}", latency.histogram());
   }
+  if (const FragmentStats& f = table.fragment_stats(); f.fragments > 0) {
+    spdlog::info("IP fragments: {} pieces, {} datagrams counted; weird: {} incomplete, {} "
+                 "without first piece, {} evicted (table full), {} overlapping",
+                 f.fragments, f.datagrams, f.incomplete, f.without_first, f.evicted,
+                 f.overlapping);
+  }
   return exit_code::kOk;
 }
 

@@ -175,6 +175,19 @@ void append_tsv_value(std::string& out, std::string_view text) {
   }
 }
 
+// The parents' uid texts joined by `separator`, each wrapped in `quote`.
+std::string tunnel_parent_list(schema::FlowEvent::Reader e, std::string_view separator,
+                               std::string_view quote) {
+  std::string out;
+  for (const std::uint64_t parent : e.getTunnelParents()) {
+    if (!out.empty()) out += separator;
+    out += quote;
+    out += uid_text(parent);
+    out += quote;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string tsv_header(std::string_view open_time) {
@@ -184,10 +197,10 @@ std::string tsv_header(std::string_view open_time) {
       "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tduration\t"
       "orig_bytes\tresp_bytes\tconn_state\thistory\torig_pkts\torig_ip_bytes\tresp_pkts\t"
       "resp_ip_bytes\tcommunity_id\tvlan\tevent\tevent_number\tend_reason\tsampling_rate\t"
-      "flow_count\n"
+      "flow_count\ttunnel_parents\n"
       "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tinterval\tcount\tcount\t"
       "string\tstring\tcount\tcount\tcount\tcount\tstring\tcount\tstring\tcount\tstring\t"
-      "double\tcount\n",
+      "double\tcount\tset[string]\n",
       open_time);
 }
 
@@ -208,6 +221,9 @@ std::string to_tsv_line(schema::FlowEvent::Reader e) {
   out += fmt::format("\t{}\t{}\t{}\t{}\t{}\t{}", e.getVlan(), kind_name(e.getKind()),
                      e.getEventNumber(), reason_name(e.getEndReason()), e.getSamplingRate(),
                      e.getFlowCount());
+  // Zeek's set: comma-separated; unset ("-") when the flow was in no tunnel.
+  out += '\t';
+  out += e.getTunnelParents().size() > 0 ? tunnel_parent_list(e, ",", "") : "-";
   return out;
 }
 
@@ -244,6 +260,7 @@ std::string to_json_line(schema::FlowEvent::Reader e) {
                       e.getRespSizeSumSq(), e.getRespIatMinUs(), e.getRespIatMaxUs(),
                       e.getRespIatSumUs(), e.getRespIatSumSqUs(), e.getRespRexmits()},
                      e.getFlowCount());
+  out += ",\"tunnel_parents\":[" + tunnel_parent_list(e, ",", "\"") + "]";
   out += '}';
   return out;
 }

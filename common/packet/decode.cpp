@@ -82,9 +82,12 @@ class Decoder {
   DecodeStatus null_family(std::size_t offset);
   DecodeStatus ip_by_version(std::size_t offset, DecodeStatus empty, DecodeStatus not_ip);
   DecodeStatus ipv4(std::size_t offset);
+  void note_fragment(const std::uint8_t* src, const std::uint8_t* dst, std::size_t addr_len,
+                     FragmentInfo info);
   DecodeStatus ipv6(std::size_t offset);
   DecodeStatus transport(const IpResult& ip);
   DecodeStatus ppp(std::size_t offset);
+  DecodeStatus wlan(std::size_t offset);
   DecodeStatus gre(std::size_t offset, std::size_t end);
   DecodeStatus udp_tunnel(std::size_t offset, std::size_t end);
   DecodeStatus decapsulate(bool outer_is_flow, std::size_t offset,
@@ -135,6 +138,16 @@ DecodeStatus Decoder::link(int link_type) {
       return null_family(0);
     case kDltPpp:
       return ppp(0);
+    case kDltIeee80211:
+      return wlan(0);
+    case kDltIeee80211Radio: {
+      // Radiotap: version, pad, then its whole length, little-endian; the fields inside
+      // (rates, channel, signal) say nothing about flows.
+      if (!have(0, 4)) return DecodeStatus::kTruncatedLink;
+      const std::size_t radiotap_len = std::size_t{*at(2)} | std::size_t{*at(3)} << 8;
+      if (radiotap_len < 8) return DecodeStatus::kTruncatedLink;
+      return wlan(radiotap_len);
+    }
     default:
       return DecodeStatus::kUnsupportedLink;
   }
@@ -261,13 +274,37 @@ DecodeStatus Decoder::ipv4(std::size_t offset) {
   const std::uint16_t frag = be16(ip + 6);
   const bool more_fragments = (frag & 0x2000) != 0;
   const std::uint16_t frag_offset = frag & 0x1FFF;
-  out_.fragment = more_fragments || frag_offset != 0;
+  if (more_fragments || frag_offset != 0) {
+    FragmentInfo info;
+    info.id = be16(ip + 4);
+    info.offset = std::uint32_t{frag_offset} * 8;
+    info.length = total - static_cast<std::uint32_t>(header_len);
+    info.header_len = static_cast<std::uint16_t>(header_len);
+    info.proto = ip[9];
+    info.ip_version = 4;
+    info.more = more_fragments;
+    note_fragment(ip + 12, ip + 16, 4, info);
+  }
 
   IpResult result;
   result.transport_offset = offset + header_len;
   result.transport_len = total - static_cast<std::uint32_t>(header_len);
   result.first_fragment_or_whole = frag_offset == 0;
   return transport(result);
+}
+
+// Only the outermost fragmented layer is kept: it decides when the datagram is whole.
+void Decoder::note_fragment(const std::uint8_t* src, const std::uint8_t* dst,
+                            std::size_t addr_len, FragmentInfo info) {
+  if (out_.fragment) return;
+  std::memcpy(info.src.data(), src, addr_len);
+  std::memcpy(info.dst.data(), dst, addr_len);
+  info.vlan = out_.key.vlan;
+  info.layer = kKeyLayer;
+  info.outer_before = out_.outer_count;
+  info.depth = out_.tunnel_depth;
+  out_.fragment = true;
+  out_.frag = info;
 }
 
 DecodeStatus Decoder::ipv6(std::size_t offset) {
@@ -307,8 +344,19 @@ DecodeStatus Decoder::ipv6(std::size_t offset) {
         following = *at(pos);
         ext_len = 8;
         const std::uint16_t frag = be16(at(pos + 2));
-        out_.fragment = true;
+        const bool more = (frag & 0x0001) != 0;
+        // Offset 0 without M is an "atomic fragment" (RFC 6946): a whole packet.
+        if ((frag & 0xFFF8) == 0 && !more) break;
         if ((frag & 0xFFF8) != 0) result.first_fragment_or_whole = false;
+        FragmentInfo info;
+        info.id = be32(at(pos + 4));
+        info.offset = frag & 0xFFF8u;
+        info.length = remaining >= 8 ? remaining - 8 : 0;
+        info.header_len = static_cast<std::uint16_t>(pos - offset);
+        info.proto = following;
+        info.ip_version = 6;
+        info.more = more;
+        note_fragment(ip + 8, ip + 24, 16, info);
         break;
       }
       default:
@@ -362,12 +410,12 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
       header_len = 8;
       ports_len = 2;
       break;
+    // A first fragment is decapsulated like a whole packet (its inner headers are there);
+    // flowd holds the result until the rest of the datagram has arrived.
     case kProtoIpip:
     case kProtoIpv6InIp:
-      if (out_.fragment) return DecodeStatus::kOk;
       return decapsulate(false, pos, &Decoder::ip_any);
     case kProtoGre:
-      if (out_.fragment) return DecodeStatus::kOk;
       return gre(pos, pos + ip.transport_len);
     default:
       return DecodeStatus::kOk;  // no ports: the whole IP payload is payload
@@ -384,10 +432,40 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
   out_.payload_bytes = ip.transport_len - static_cast<std::uint32_t>(header_len);
   out_.has_ports = true;
   out_.ports_cut = !have(pos, header_len);
-  if (out_.key.proto == kProtoUdp && !out_.fragment && !out_.ports_cut) {
+  if (out_.key.proto == kProtoUdp && !out_.ports_cut) {
     return udp_tunnel(pos + 8, pos + ip.transport_len);
   }
   return DecodeStatus::kOk;
+}
+
+// An 802.11 frame (as Zeek's IEEE802_11 analyzer reads it): only data frames carry IP.
+DecodeStatus Decoder::wlan(std::size_t offset) {
+  if (!have(offset, 24)) return DecodeStatus::kTruncatedLink;
+  const std::uint8_t fc = *at(offset), flags = *at(offset + 1);
+  const unsigned type = (fc >> 2) & 0x3, subtype = fc >> 4;
+  if (type != 2) return DecodeStatus::kNotIp;          // management, control, extension
+  if ((subtype & 0x4) != 0) return DecodeStatus::kNotIp;  // null data, QoS null: no body
+  std::size_t len = 24;
+  if ((flags & 0x03) == 0x03) len += 6;  // to and from the distribution system: address 4
+  bool amsdu = false;
+  if ((subtype & 0x8) != 0) {  // QoS data: a QoS control field
+    if (!have(offset + len, 2)) return DecodeStatus::kTruncatedLink;
+    amsdu = (*at(offset + len) & 0x80) != 0;
+    len += 2;
+    if ((flags & 0x80) != 0) len += 4;  // +HTC: "order" on a QoS frame means HT control
+  }
+  if ((flags & 0x40) != 0) return DecodeStatus::kEncrypted;  // WEP/TKIP/CCMP: no keys here
+  if (amsdu) return DecodeStatus::kUnsupportedAmsdu;
+  offset += len;
+  // LLC/SNAP with the encapsulated-Ethernet OUI 00-00-00, then an ethertype. Other LLC
+  // (spanning tree, bridge-tunnel OUIs) carries nothing we count.
+  if (!have(offset, 8)) return DecodeStatus::kTruncatedLink;
+  const std::uint8_t* llc = at(offset);
+  if (llc[0] != 0xAA || llc[1] != 0xAA || llc[2] != 0x03 || llc[3] != 0 || llc[4] != 0 ||
+      llc[5] != 0) {
+    return DecodeStatus::kNotIp;
+  }
+  return ethertype(be16(llc + 6), offset + 8);
 }
 
 DecodeStatus Decoder::ppp(std::size_t offset) {
@@ -418,6 +496,13 @@ DecodeStatus Decoder::decapsulate(bool outer_is_flow, std::size_t offset,
   fresh.tunnel_depth = static_cast<std::uint8_t>(saved.tunnel_depth + 1);
   fresh.outer = saved.outer;
   fresh.outer_count = saved.outer_count;
+  fresh.fragment = saved.fragment;
+  fresh.frag = saved.frag;
+  if (saved.fragment && saved.frag.depth == saved.tunnel_depth) {
+    // The fragmented layer is the one decapsulated here: a UDP tunnel's own connection, or
+    // (GRE, IP-in-IP) no connection at all.
+    fresh.frag.layer = outer_is_flow ? saved.outer_count : kNoLayer;
+  }
   if (outer_is_flow) {
     fresh.outer[fresh.outer_count++] = OuterFlow{saved.key, saved.ip_bytes, saved.payload_bytes};
   }
@@ -552,6 +637,8 @@ std::string_view to_string(DecodeStatus status) {
     case DecodeStatus::kBadIpHeader: return "bad_ip_header";
     case DecodeStatus::kTruncatedTransport: return "truncated_transport";
     case DecodeStatus::kBadTransport: return "bad_transport";
+    case DecodeStatus::kEncrypted: return "encrypted";
+    case DecodeStatus::kUnsupportedAmsdu: return "unsupported_amsdu";
     case DecodeStatus::kCount: break;
   }
   return "unknown";

@@ -25,6 +25,8 @@ namespace flowseal::packet {
 inline constexpr int kDltNull = 0;
 inline constexpr int kDltEn10mb = 1;
 inline constexpr int kDltPpp = 9;
+inline constexpr int kDltIeee80211 = 105;       // 802.11 frames without radio information
+inline constexpr int kDltIeee80211Radio = 127;  // radiotap header, then an 802.11 frame
 inline constexpr int kDltRaw = 12;
 inline constexpr int kDltRawOpenBsd = 14;
 inline constexpr int kLinktypeRaw = 101;
@@ -43,6 +45,10 @@ enum class DecodeStatus : std::uint8_t {
   kBadIpHeader,         // version, header length or total length inconsistent
   kTruncatedTransport,  // TCP/UDP/ICMP/SCTP header cut short (first fragment only)
   kBadTransport,        // e.g. TCP data offset < 5
+  // Appended (the order is the counters' order): 802.11 frames that carry IP but cannot be
+  // read. Management, control and empty (null) data frames are kNotIp.
+  kEncrypted,           // 802.11 protected frame: the payload is encrypted
+  kUnsupportedAmsdu,    // 802.11 A-MSDU: several packets in one frame, not split yet
   kCount
 };
 std::string_view to_string(DecodeStatus);
@@ -67,6 +73,33 @@ struct OuterFlow {
 };
 inline constexpr std::size_t kMaxOuterFlows = 3;  // tunnel nesting decode() follows
 
+// The IP fragment a packet is (DecodedPacket::fragment), as flowd's fragment table needs it
+// to count a datagram once, when all of it has arrived, as Zeek does (it reassembles and
+// counts the datagram: one packet, its reassembled IP length). This is the outermost
+// fragmented IP layer: layers outside it are whole packets; it and everything inside it
+// (decoded from the first fragment only) belong to the datagram.
+struct FragmentInfo {
+  std::array<std::uint8_t, 16> src{};
+  std::array<std::uint8_t, 16> dst{};
+  std::uint32_t id = 0;          // IPv4 identification / IPv6 fragment header identification
+  std::uint32_t offset = 0;      // fragmentable bytes before this fragment's
+  std::uint32_t length = 0;      // fragmentable bytes this fragment carries
+  std::uint16_t header_len = 0;  // the unfragmentable part: IPv4 header, IPv6 40 + extensions
+  std::uint16_t vlan = 0;
+  std::uint8_t proto = 0;        // IPv4 protocol; IPv6 next header after the fragment header
+  std::uint8_t ip_version = 0;
+  bool more = false;             // more fragments follow (MF / M flag)
+  // Which accounted layer this IP layer is, so the datagram's length replaces its fragment
+  // length: outer[layer] when layer < outer_count and the layer was the UDP tunnel that
+  // became it, `key` when layer == kKeyLayer, none (GRE, IP-in-IP decapsulated) at kNoLayer.
+  std::uint8_t layer = 0;
+  // outer_count when this layer was decoded: outer[0..outer_before) enclose it and are whole.
+  std::uint8_t outer_before = 0;
+  std::uint8_t depth = 0;        // tunnel_depth when this layer was decoded
+};
+inline constexpr std::uint8_t kKeyLayer = 0xFE;
+inline constexpr std::uint8_t kNoLayer = 0xFF;
+
 // One packet as flows see it. For a tunnelled packet `key` and the fields below it describe
 // the innermost connection (the flow, as Zeek makes it), and outer[0..outer_count) the UDP
 // tunnel connections around it, outermost first. GRE and IP-in-IP have no connection of
@@ -79,11 +112,12 @@ struct DecodedPacket {
   std::uint32_t tcp_seq = 0;
   std::uint32_t tcp_ack = 0;
   bool has_ports = false;           // false for a non-first fragment and for "other" protos
-  bool fragment = false;            // any IP fragment (first or later)
+  bool fragment = false;            // any IP fragment (first or later): see `frag`
   bool ports_cut = false;           // the snaplen cut the transport header after the ports
   std::uint8_t tunnel_depth = 0;    // encapsulations decoded (GRE, IP-in-IP, UDP tunnels)
   std::uint8_t outer_count = 0;
   std::array<OuterFlow, kMaxOuterFlows> outer{};
+  FragmentInfo frag;                // valid when `fragment`
 };
 
 // Decodes one packet of link type `link_type` (DLT_*). `wire_len` is the packet's length on

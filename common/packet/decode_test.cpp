@@ -306,6 +306,8 @@ TEST_CASE("the link type constants agree with libpcap's") {
   CHECK(kDltIpv4 == DLT_IPV4);
   CHECK(kDltIpv6 == DLT_IPV6);
   CHECK(kDltLinuxSll2 == DLT_LINUX_SLL2);
+  CHECK(kDltIeee80211 == DLT_IEEE802_11);
+  CHECK(kDltIeee80211Radio == DLT_IEEE802_11_RADIO);
 }
 
 TEST_CASE("ICMP and ICMPv6 report type and code as ports, SCTP its ports") {
@@ -592,4 +594,174 @@ TEST_CASE("real IPv6 captures with a routing header decode to ICMPv6 and UDP") {
   CHECK(p.key.proto == 17);
   CHECK(p.key.src_port == 5645);
   CHECK(p.key.dst_port == 5642);
+}
+
+TEST_CASE("a fragment names its datagram: addresses, id, offset, length and what follows") {
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(17, udp(5000, 53, 100), {.more_fragments = true}), p) ==
+          DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  CHECK(p.frag.ip_version == 4);
+  CHECK(p.frag.id == 0x1234);
+  CHECK(p.frag.offset == 0);
+  CHECK(p.frag.length == 108);
+  CHECK(p.frag.header_len == 20);
+  CHECK(p.frag.proto == 17);
+  CHECK(p.frag.more);
+  CHECK(p.frag.src[3] == 1);
+  CHECK(p.frag.dst[3] == 2);
+  CHECK(p.frag.layer == kKeyLayer);
+  CHECK(p.frag.outer_before == 0);
+
+  REQUIRE(run(kDltRaw, ipv4(17, Bytes(64, 1), {.option_bytes = 4, .fragment_offset = 14}), p) ==
+          DecodeStatus::kOk);
+  CHECK(p.frag.offset == 112);
+  CHECK(p.frag.length == 64);
+  CHECK(p.frag.header_len == 24);
+  CHECK_FALSE(p.frag.more);
+
+  // IPv6: the unfragmentable part is the fixed header and the extensions before the
+  // fragment header; the 8-byte fragment header itself is not part of the datagram.
+  REQUIRE(run(kDltRaw, ipv6(17, Bytes(64, 1), {{0, 8}, {44, 8}}, 9), p) == DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  CHECK(p.frag.ip_version == 6);
+  CHECK(p.frag.id == 0xABCD);
+  CHECK(p.frag.offset == 72);
+  CHECK(p.frag.length == 64);
+  CHECK(p.frag.header_len == 48);
+  CHECK(p.frag.proto == 17);
+  CHECK(p.frag.more);
+  CHECK(p.ip_bytes == 40 + 8 + 8 + 64);
+}
+
+TEST_CASE("an IPv6 atomic fragment (offset 0, no more fragments) is a whole packet") {
+  Bytes b = ipv6(17, udp(5000, 53, 10), {{44, 8}}, 0);
+  b[40 + 3] = 0;  // clear the M flag the builder sets
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, b, p) == DecodeStatus::kOk);
+  CHECK_FALSE(p.fragment);
+  CHECK(p.has_ports);
+  CHECK(p.key.dst_port == 53);
+}
+
+TEST_CASE("a tunnel in the first fragment of an outer datagram is decapsulated") {
+  // GTP-U over UDP 2152, the outer datagram fragmented after 512 bytes of its payload.
+  const Bytes inner = ipv4(6, tcp(1923, 80, 0x10, 1000));
+  Bytes gtp{0x30, 0xFF};
+  put16(gtp, static_cast<std::uint16_t>(inner.size()));
+  put32(gtp, 1);
+  const Bytes datagram = cat(cat(udp(2152, 2152, 0), gtp), inner);
+  const Bytes first(datagram.begin(), datagram.begin() + 512);
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(17, first, {.more_fragments = true}), p) == DecodeStatus::kOk);
+  CHECK(p.key.proto == 6);
+  CHECK(p.key.dst_port == 80);
+  CHECK(p.ip_bytes == inner.size());  // the inner header's length: whole already
+  REQUIRE(p.outer_count == 1);
+  CHECK(p.outer[0].key.dst_port == 2152);
+  CHECK(p.outer[0].ip_bytes == 20 + 512);
+  REQUIRE(p.fragment);
+  CHECK(p.frag.layer == 0);  // the outer UDP connection gets the datagram's length
+  CHECK(p.frag.outer_before == 0);
+  CHECK(p.frag.length == 512);
+
+  // A whole tunnel packet around a fragmented inner packet: the tunnel counts now.
+  const Bytes inner_piece = ipv4(17, udp(5000, 53, 100), {.more_fragments = true});
+  Bytes gtp2{0x30, 0xFF};
+  put16(gtp2, static_cast<std::uint16_t>(inner_piece.size()));
+  put32(gtp2, 1);
+  REQUIRE(run(kDltRaw, ipv4(17, cat(cat(udp(2152, 2152, 0), gtp2), inner_piece)), p) ==
+          DecodeStatus::kOk);
+  REQUIRE(p.fragment);
+  CHECK(p.outer_count == 1);
+  CHECK(p.frag.outer_before == 1);
+  CHECK(p.frag.layer == kKeyLayer);
+  CHECK(p.key.dst_port == 53);
+}
+
+// ------------------------------------------------------------------ 802.11
+
+// An 802.11 frame: frame control (type/subtype byte, flags byte), duration, three addresses,
+// sequence control, then address 4 (to and from DS), QoS control (QoS subtypes), HT control
+// (QoS + order), then `body`.
+Bytes wlan_frame(std::uint8_t fc, std::uint8_t flags, const Bytes& body, std::uint8_t qos = 0) {
+  Bytes b{fc, flags, 0, 0};
+  b.resize(b.size() + 18, 0x11);  // addresses 1-3
+  put16(b, 0x1230);               // sequence control
+  if ((flags & 0x03) == 0x03) b.resize(b.size() + 6, 0x22);
+  const bool qos_data = ((fc >> 2) & 3) == 2 && (fc & 0x80) != 0;
+  if (qos_data) {
+    b.push_back(qos);
+    b.push_back(0);
+    if ((flags & 0x80) != 0) put32(b, 0xFFFFFFFF);  // HT control: would break the LLC check
+  }
+  return cat(b, body);
+}
+Bytes snap(std::uint16_t ethertype, const Bytes& payload) {
+  Bytes b{0xAA, 0xAA, 0x03, 0, 0, 0};
+  put16(b, ethertype);
+  return cat(b, payload);
+}
+// A radiotap header of `len` bytes (little-endian length; fields are skipped, not read).
+Bytes radiotap(std::uint16_t len, const Bytes& frame) {
+  Bytes b{0, 0, static_cast<std::uint8_t>(len), static_cast<std::uint8_t>(len >> 8)};
+  b.resize(len, 0);
+  return cat(b, frame);
+}
+
+TEST_CASE("802.11 data frames carry IP after LLC/SNAP, with or without radiotap") {
+  const Bytes dns = snap(0x0800, ipv4(17, udp(61738, 53, 35)));
+  struct Case {
+    const char* what;
+    int link;
+    Bytes bytes;
+  } cases[] = {
+      {"data", kDltIeee80211, wlan_frame(0x08, 0x01, dns)},
+      {"data, radiotap", kDltIeee80211Radio, radiotap(26, wlan_frame(0x08, 0x02, dns))},
+      {"data, four addresses", kDltIeee80211, wlan_frame(0x08, 0x03, dns)},
+      {"QoS data", kDltIeee80211Radio, radiotap(36, wlan_frame(0x88, 0x01, dns))},
+      {"QoS data, HT control", kDltIeee80211, wlan_frame(0x88, 0x81, dns)},
+      {"QoS data, four addresses", kDltIeee80211, wlan_frame(0x88, 0x03, dns)},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    DecodedPacket p;
+    REQUIRE(run(c.link, c.bytes, p) == DecodeStatus::kOk);
+    CHECK(p.key.proto == 17);
+    CHECK(p.key.src_port == 61738);
+    CHECK(p.key.dst_port == 53);
+    CHECK(p.ip_bytes == 63);
+    CHECK(p.payload_bytes == 35);
+  }
+  DecodedPacket p;
+  REQUIRE(run(kDltIeee80211, wlan_frame(0x88, 0x01, snap(0x86DD, ipv6(17, udp(5353, 5353, 280)))),
+              p) == DecodeStatus::kOk);
+  CHECK(p.key.ip_version == 6);
+  CHECK(p.ip_bytes == 328);
+}
+
+TEST_CASE("802.11 frames without an IP packet are named by kind, never decoded as flows") {
+  const Bytes dns = snap(0x0800, ipv4(17, udp(61738, 53, 35)));
+  DecodedPacket p;
+  CHECK(run(kDltIeee80211, wlan_frame(0x80, 0, Bytes(40, 0)), p) == DecodeStatus::kNotIp);  // beacon
+  CHECK(run(kDltIeee80211Radio, radiotap(8, wlan_frame(0xD4, 0, Bytes(4, 0))), p) ==
+        DecodeStatus::kNotIp);  // ACK (control): 10 bytes, under a data header's length
+  CHECK(run(kDltIeee80211, wlan_frame(0x48, 0x01, {}), p) == DecodeStatus::kNotIp);  // null
+  CHECK(run(kDltIeee80211, wlan_frame(0xC8, 0x01, {}), p) == DecodeStatus::kNotIp);  // QoS null
+  CHECK(run(kDltIeee80211, wlan_frame(0x08, 0x41, dns), p) == DecodeStatus::kEncrypted);
+  CHECK(run(kDltIeee80211, wlan_frame(0x88, 0x41, dns), p) == DecodeStatus::kEncrypted);
+  CHECK(run(kDltIeee80211, wlan_frame(0x88, 0x01, dns, 0x80), p) ==
+        DecodeStatus::kUnsupportedAmsdu);
+  CHECK(run(kDltIeee80211, wlan_frame(0x08, 0x01, Bytes{0x42, 0x42, 0x03, 0, 0, 0, 0, 0}), p) ==
+        DecodeStatus::kNotIp);  // spanning tree LLC
+  CHECK(run(kDltIeee80211, wlan_frame(0x08, 0x01, snap(0x0806, Bytes(28, 0))), p) ==
+        DecodeStatus::kNotIp);  // ARP
+  CHECK(run(kDltIeee80211, wlan_frame(0x08, 0x01, Bytes{0xAA, 0xAA, 0x03}), p) ==
+        DecodeStatus::kTruncatedLink);
+  Bytes long_radiotap = radiotap(26, wlan_frame(0x08, 0x01, dns));
+  long_radiotap[2] = 0xFF;  // it_len past the packet's end
+  CHECK(run(kDltIeee80211Radio, long_radiotap, p) == DecodeStatus::kTruncatedLink);
+  CHECK(run(kDltIeee80211Radio, Bytes{0, 0, 4, 0, 1, 2}, p) == DecodeStatus::kTruncatedLink);
+  CHECK(to_string(DecodeStatus::kEncrypted) == "encrypted");
+  CHECK(to_string(DecodeStatus::kUnsupportedAmsdu) == "unsupported_amsdu");
 }

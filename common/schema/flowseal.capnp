@@ -111,6 +111,12 @@ struct FlowEvent {
   # (Zeek's retransmission count behind the history letters t and T).
   origRexmits    @41 :UInt32;
   respRexmits    @42 :UInt32;
+  # The uids of the tunnel connections this flow's packets came through, as Zeek's conn.log
+  # tunnel_parents: for each packet the connection directly around it (a UDP tunnel flowseal
+  # logs as a flow of its own: VXLAN, Geneve, GTP-U, Teredo, AYIYA; GRE and IP-in-IP have
+  # none). A set, in order of first use, at most two (flowd keeps two per flow: uplink and
+  # downlink tunnels of GTP); null for a flow never seen in a tunnel.
+  tunnelParents  @43 :List(UInt64);
 }
 
 struct FlowEventBatch {

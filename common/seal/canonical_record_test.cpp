@@ -2,6 +2,7 @@
 #include <random>
 #include <vector>
 
+#include <capnp/any.h>
 #include <capnp/message.h>
 #include <catch2/catch.hpp>
 
@@ -52,6 +53,11 @@ void fill(schema::FlowEvent::Builder e, std::mt19937_64& rng) {
   if (maybe()) e.setOrigIatSumSqUs(static_cast<double>(rng() % 1000000));
   if (maybe()) e.setRespIatMaxUs(rng());
   if (maybe()) e.setRespRexmits(static_cast<std::uint32_t>(rng()));
+  if (maybe()) {
+    // Mostly one or two uids; an empty list (declined: zero-sized) now and then.
+    auto parents = e.initTunnelParents(rng() % 16 == 0 ? 0u : 1u + static_cast<unsigned>(rng() % 2));
+    for (unsigned i = 0; i < parents.size(); ++i) parents.set(i, rng());
+  }
 }
 
 }  // namespace
@@ -76,7 +82,7 @@ TEST_CASE("append_canonical writes what capnp::canonicalize writes, or declines"
       }
     }
   }
-  // Only the zero-sized shapes are declined: an all-default record, an empty Data.
+  // Only the zero-sized shapes are declined: an all-default record, an empty Data or list.
   CHECK(written > 9 * declined);
 }
 
@@ -96,4 +102,31 @@ TEST_CASE("a flowd-shaped record is encoded directly") {
   REQUIRE(seal::append_canonical(e.asReader(), out));
   const kj::Array<capnp::word> expect = capnp::canonicalize(e.asReader());
   CHECK(bytes_of(out.data(), out.size()) == bytes_of(expect.begin(), expect.size()));
+
+  // A flow inside a tunnel: its parents are part of the leaf, so changing one changes it.
+  auto parents = e.initTunnelParents(2);
+  parents.set(0, 0xAAAA);
+  parents.set(1, 0xBBBB);
+  out.clear();
+  REQUIRE(seal::append_canonical(e.asReader(), out));
+  const kj::Array<capnp::word> with_parents = capnp::canonicalize(e.asReader());
+  CHECK(bytes_of(out.data(), out.size()) == bytes_of(with_parents.begin(), with_parents.size()));
+  CHECK(with_parents.size() > expect.size());
+  parents.set(1, 0xBBBC);
+  std::vector<capnp::word> changed;
+  REQUIRE(seal::append_canonical(e.asReader(), changed));
+  CHECK(bytes_of(changed.data(), changed.size()) != bytes_of(out.data(), out.size()));
+}
+
+TEST_CASE("a tunnel parent list of another element size is left to capnp::canonicalize") {
+  capnp::MallocMessageBuilder message;
+  auto e = message.initRoot<schema::FlowEvent>();
+  e.setUid(1);
+  // Written as a list of 4-byte elements: readable as List(UInt64) only by upgrade rules,
+  // and canonicalize() keeps its shape, which the direct encoder does not write.
+  auto any = capnp::AnyStruct::Builder(kj::mv(e)).getPointerSection()[5];
+  any.initAsAnyList(capnp::ElementSize::FOUR_BYTES, 2);
+  std::vector<capnp::word> out;
+  CHECK_FALSE(seal::append_canonical(message.getRoot<schema::FlowEvent>().asReader(), out));
+  CHECK(out.empty());
 }

@@ -33,7 +33,9 @@ enum Column : std::size_t {
   // sum of squares (the raw float64 bits); retransmissions.
   kOrigSizeMin, kOrigSizeSpan, kOrigSizeSumSq, kOrigIatMin, kOrigIatSpan, kOrigIatSum,
   kOrigIatSumSq, kOrigRexmits, kRespSizeMin, kRespSizeSpan, kRespSizeSumSq, kRespIatMin,
-  kRespIatSpan, kRespIatSum, kRespIatSumSq, kRespRexmits, kColumnCount
+  kRespIatSpan, kRespIatSum, kRespIatSumSq, kRespRexmits,
+  // Appended: per record 0 (null) or 1 + the parent count, then each parent uid (8 bytes).
+  kTunnelParents, kColumnCount
 };
 constexpr std::array<std::string_view, kColumnCount> kColumnNames = {
     "flags", "shard", "uid", "kind", "eventNumber", "endReason", "samplingRate", "proto",
@@ -43,7 +45,7 @@ constexpr std::array<std::string_view, kColumnCount> kColumnNames = {
     "communityId", "flowCount", "firstUid", "lastUid", "origSizeMin", "origSizeSpan",
     "origSizeSumSq", "origIatMin", "origIatSpan", "origIatSum", "origIatSumSq", "origRexmits",
     "respSizeMin", "respSizeSpan", "respSizeSumSq", "respIatMin", "respIatSpan", "respIatSum",
-    "respIatSumSq", "respRexmits"};
+    "respIatSumSq", "respRexmits", "tunnelParents"};
 
 // Per-record flags.
 constexpr std::uint64_t kUidDerived = 1;          // uid = flow_uid(key hash, firstTs, shard)
@@ -163,7 +165,9 @@ std::vector<std::uint8_t> known_field_bits() {
   const auto data = capnp::AnyStruct::Reader(e.asReader()).getDataSection();
   return {data.begin(), data.end()};
 }
-constexpr unsigned kPointerFields = 5;  // origAddr, respAddr, connState, history, communityId
+// origAddr, respAddr, connState, history, communityId, tunnelParents
+constexpr unsigned kPointerFields = 6;
+constexpr unsigned kTunnelParentsPointer = 5;
 
 // A batch-wide dictionary of byte strings (addresses; texts), entry 0 first seen first.
 class Dictionary {
@@ -320,6 +324,12 @@ bool BatchCodec::State::fits_columns(FlowEvent::Reader record) const {
   record.getConnState();
   record.getHistory();
   record.getCommunityId();
+  // Parents are rebuilt as a list of 8-byte elements: any other shape stays a message.
+  if (!pointers[kTunnelParentsPointer].isNull() &&
+      pointers[kTunnelParentsPointer].getAs<capnp::AnyList>().getElementSize() !=
+          capnp::ElementSize::EIGHT_BYTES) {
+    return false;
+  }
   return true;
 }
 
@@ -465,6 +475,13 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
     varint(kRespIatSum, r.getRespIatSumUs());
     put_u64(columns[kRespIatSumSq], std::bit_cast<std::uint64_t>(r.getRespIatSumSqUs()));
     varint(kRespRexmits, r.getRespRexmits());
+    if (r.hasTunnelParents()) {
+      const auto parents = r.getTunnelParents();
+      varint(kTunnelParents, std::uint64_t{parents.size()} + 1);
+      for (const std::uint64_t parent : parents) put_u64(columns[kTunnelParents], parent);
+    } else {
+      varint(kTunnelParents, 0);
+    }
     varint(kFlags, flags);
   }
   addresses.write(columns[kAddresses]);
@@ -676,6 +693,14 @@ std::optional<std::string> BatchCodec::State::decode_columns(
         r.setRespIatSumUs(col[kRespIatSum].varint(~0ull));
         r.setRespIatSumSqUs(std::bit_cast<double>(col[kRespIatSumSq].u64()));
         r.setRespRexmits(static_cast<std::uint32_t>(col[kRespRexmits].varint(0xFFFFFFFF)));
+      }
+      {
+        Cursor& parents_col = col[kTunnelParents];
+        const std::uint64_t stored = parents_col.varint(parents_col.left() / 8 + 1);
+        if (stored > 0) {
+          auto parents = r.initTunnelParents(static_cast<unsigned>(stored - 1));
+          for (unsigned i = 0; i < parents.size(); ++i) parents.set(i, parents_col.u64());
+        }
       }
       for (std::size_t i = 0; i < kColumnCount && !problem; ++i) {
         if (col[i].error()) bad(static_cast<Column>(i), *col[i].error());

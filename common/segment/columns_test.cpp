@@ -39,7 +39,7 @@ struct Sha1 {
 // a NUL inside, dedupd summaries with uid ranges.
 class RecordMaker {
  public:
-  explicit RecordMaker(std::uint32_t seed) : rng_(seed) {}
+  explicit RecordMaker(std::uint32_t seed) : rng_(seed), parents_rng_(seed ^ 0x7A7Au) {}
 
   void fill(schema::FlowEvent::Builder e, bool odd) {
     auto pick = [&](std::uint64_t n) { return std::uniform_int_distribution<std::uint64_t>(0, n - 1)(rng_); };
@@ -161,10 +161,24 @@ class RecordMaker {
     e.setRespIatSumUs(wide(100000000));
     e.setRespIatSumSqUs(std::bit_cast<double>(wide(~0ull)));
     e.setRespRexmits(static_cast<std::uint32_t>(wide(5)));
+    // Tunnel parents: mostly none (null), some one or two uids, and (odd) an empty list.
+    // From their own generator, so the other fields stay what they were before the column.
+    switch (parents_rng_() % 6) {
+      case 0: e.initTunnelParents(1).set(0, parents_rng_()); break;
+      case 1: {
+        auto parents = e.initTunnelParents(2);
+        parents.set(0, parents_rng_());
+        parents.set(1, parents_rng_());
+        break;
+      }
+      case 2: if (odd) e.initTunnelParents(0); break;
+      default: break;
+    }
   }
 
  private:
   std::mt19937_64 rng_;
+  std::mt19937_64 parents_rng_;
   Sha1 sha1_;
 };
 
@@ -273,6 +287,43 @@ TEST_CASE("a flowd record's uid and Community ID are recomputed, not stored") {
   REQUIRE(!other.decode(c, 200, out, bytes));
   auto decoded = open(out, bytes);
   CHECK(sealed_content(decoded.getRoot<schema::SealedBatch>()) == sealed_content(derivable));
+}
+
+TEST_CASE("tunnel parents are stored in their own column, one null byte per record without") {
+  // Records without parents: the column holds one 0 per record, and nothing may be missing.
+  capnp::MallocMessageBuilder message;
+  auto batch = message.initRoot<schema::SealedBatch>();
+  batch.initHeader().setRecordCount(3);
+  auto records = batch.initRecords(3);
+  for (auto r : records) {
+    r.setUid(7);
+    r.setHistory("D");
+  }
+  records[1].initTunnelParents(2).set(1, 0x1122334455667788ull);
+  const auto flat = capnp::messageToFlatArray(message);
+  const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(flat.begin()),
+                                         flat.asBytes().size());
+  BatchCodec codec;
+  std::vector<std::uint8_t> stored;
+  REQUIRE(codec.encode(bytes, stored) == BatchEncoding::kColumns);
+  // The last column: length 19, then null, 3 + two u64 (little-endian), null.
+  std::vector<std::uint8_t> last_column{19, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0};
+  REQUIRE(stored.size() > last_column.size());
+  CHECK(std::equal(last_column.begin(), last_column.end(), stored.end() - 20));
+  std::vector<std::uint64_t> out;
+  std::size_t size = 0;
+  REQUIRE(!codec.decode(stored, 3, out, size));
+  auto reader = open(out, size);
+  CHECK(sealed_content(reader.getRoot<schema::SealedBatch>()) == sealed_content(bytes));
+  CHECK_FALSE(reader.getRoot<schema::SealedBatch>().getRecords()[0].hasTunnelParents());
+  CHECK(reader.getRoot<schema::SealedBatch>().getRecords()[1].getTunnelParents()[1] ==
+        0x1122334455667788ull);
+  // A batch that ends before the column (as one written before it existed would) is damage.
+  stored.resize(stored.size() - 20);
+  const auto why = codec.decode(stored, 3, out, size);
+  REQUIRE(why);
+  CHECK(why->find("batch prologue") != std::string::npos);
 }
 
 TEST_CASE("a record with bits outside every known field is stored as its Cap'n Proto message") {
