@@ -30,6 +30,7 @@
 #include "record_json.h"
 #include "seal/chain_verifier.h"
 #include "seal/keys.h"
+#include "seal/leaf_hints.h"
 #include "seal/merkle.h"
 #include "segment/format.h"
 #include "segment/reader.h"
@@ -838,6 +839,20 @@ int debug_rewrite_command(const DebugRewriteOptions& options) {
         if (i != index) list.setWithCaveats(j++, records[i]);
       }
       batch.setRecords(kept.asReader().getEvents());
+    });
+  }
+  // What a tamperer who knows the format does after editing records: rewrite the unsigned
+  // leaf hints to match them (verify must still fail, and say it cannot locate the record).
+  for (const std::uint64_t seq : options.rehint) {
+    rebuild(find(seq), [&](schema::SealedBatch::Builder batch) {
+      std::vector<seal::Digest> leaves;
+      for (const auto r : batch.asReader().getRecords()) {
+        leaves.push_back(seal::leaf_hash(seal::canonical_bytes(r)));
+      }
+      const auto old_hints = batch.asReader().getLeafHints();
+      const unsigned width = old_hints.size() > 0 ? old_hints[0] : seal::kDefaultLeafHintBytes;
+      const auto hints = seal::make_leaf_hints(leaves, width);
+      batch.setLeafHints({hints.data(), hints.size()});
     });
   }
   if (!options.reseal.empty()) {

@@ -287,7 +287,10 @@ struct BatchCodec::State {
 
   bool fits_columns(FlowEvent::Reader record) const;
   bool encode_columns(std::span<const std::byte> message, std::vector<std::uint8_t>& out);
-  std::optional<std::string> decode_columns(std::span<const std::uint8_t> stored,
+  // `body`: the stored batch after its encoding byte (and leaf hints). `hints`: the leaf
+  // hints to put back into the batch, nullopt if it had none.
+  std::optional<std::string> decode_columns(std::span<const std::uint8_t> body,
+                                            std::optional<std::span<const std::uint8_t>> hints,
                                             std::uint32_t expected_records,
                                             std::vector<std::uint64_t>& out, std::size_t& bytes);
 };
@@ -326,7 +329,7 @@ bool BatchCodec::State::fits_columns(FlowEvent::Reader record) const {
 BatchEncoding BatchCodec::encode(std::span<const std::byte> message,
                                  std::vector<std::uint8_t>& out) {
   try {
-    if (state_->encode_columns(message, out)) return BatchEncoding::kColumns;
+    if (state_->encode_columns(message, out)) return static_cast<BatchEncoding>(out[0]);
   } catch (const kj::Exception&) {
     // unreadable as a SealedBatch: stored as it came, verify will say what is wrong with it
   }
@@ -357,7 +360,8 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
   if (any_batch.getDataSection().size() != 0 || !batch.hasHeader() || !batch.hasRecords()) {
     return false;
   }
-  for (unsigned i = 3; i < any_batch.getPointerSection().size(); ++i) {
+  // Pointers 0..3: header, records, signature, leafHints.
+  for (unsigned i = 4; i < any_batch.getPointerSection().size(); ++i) {
     if (!any_batch.getPointerSection()[i].isNull()) return false;
   }
   const kj::Array<capnp::word> header = capnp::canonicalize(batch.getHeader());
@@ -471,7 +475,16 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
   texts.write(columns[kTexts]);
 
   out.clear();
-  out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumns));
+  if (batch.hasLeafHints()) {
+    // Unsigned hints (seal/leaf_hints.h), kept byte for byte: random hash bytes that zstd
+    // cannot shrink, so they cost their size.
+    const auto hints = batch.getLeafHints();
+    out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumnsWithHints));
+    put_varint(out, hints.size());
+    out.insert(out.end(), hints.begin(), hints.end());
+  } else {
+    out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumns));
+  }
   put_varint(out, records.size());
   put_varint(out, scale);
   put_varint(out, options.community_id_seed);
@@ -494,7 +507,15 @@ std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stor
   if (stored.empty()) return "empty batch";
   switch (static_cast<BatchEncoding>(stored[0])) {
     case BatchEncoding::kColumns:
-      return state_->decode_columns(stored, expected_records, out, bytes);
+      return state_->decode_columns(stored.subspan(1), std::nullopt, expected_records, out,
+                                    bytes);
+    case BatchEncoding::kColumnsWithHints: {
+      Cursor c(stored.subspan(1));
+      const auto hints = c.bytes(c.varint(c.left()));
+      if (c.error()) return fmt::format("leaf hints: {}", *c.error());
+      return state_->decode_columns(stored.subspan(stored.size() - c.left()), hints,
+                                    expected_records, out, bytes);
+    }
     case BatchEncoding::kCapnp: {
       const std::size_t size = stored.size() - std::min<std::size_t>(stored.size(), 8);
       if (stored.size() < 16 || size % 8 != 0 ||
@@ -513,10 +534,10 @@ std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stor
 }
 
 std::optional<std::string> BatchCodec::State::decode_columns(
-    std::span<const std::uint8_t> stored, std::uint32_t expected_records,
-    std::vector<std::uint64_t>& out, std::size_t& out_bytes) {
-  Cursor c(stored.subspan(1));
-  const std::uint64_t n = c.varint(std::min<std::uint64_t>(kMaxRecords, stored.size() / kMinRecordBytes));
+    std::span<const std::uint8_t> body, std::optional<std::span<const std::uint8_t>> hints,
+    std::uint32_t expected_records, std::vector<std::uint64_t>& out, std::size_t& out_bytes) {
+  Cursor c(body);
+  const std::uint64_t n = c.varint(std::min<std::uint64_t>(kMaxRecords, body.size() / kMinRecordBytes));
   const std::uint64_t scale = c.varint(kMaxTsScale);
   const auto seed = static_cast<std::uint16_t>(c.varint(0xFFFF));
   const auto header_bytes = c.bytes(c.varint(c.left()));
@@ -558,6 +579,7 @@ std::optional<std::string> BatchCodec::State::decode_columns(
       batch.setHeader(header.getRoot<schema::BatchHeader>());
     }
     if (signature_size != 0) batch.setSignature({signature.data(), signature.size()});
+    if (hints) batch.setLeafHints({hints->data(), hints->size()});
     auto records = batch.initRecords(static_cast<unsigned>(n));
 
     auto index = [&](Column column, const std::vector<Entry>& entries,

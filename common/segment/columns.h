@@ -36,6 +36,7 @@ namespace flowseal::segment {
 enum class BatchEncoding : std::uint8_t {
   kColumns = 1,  // columns, this header's layout
   kCapnp = 2,    // 7 zero bytes, then the SealedBatch flat-array message as signerd made it
+  kColumnsWithHints = 3,  // varint L, L bytes of SealedBatch.leafHints, then as kColumns
 };
 
 struct ColumnOptions {

@@ -134,13 +134,23 @@ def test_tampering(tmp):
             check(part in line, f"{name}: verify's verdict names '{part}': {line!r}")
         return line
 
-    # The signed Merkle root proves that some record of the batch changed, but not which one:
-    # naming the record index would need per-record hashes stored beside the batch (see
-    # docs/perf/store.md). A changed timestamp is named (it leaves the signed time range).
-    damaged("record-changed", ["--edit-record", f"{b}:5"], middle, f"batch seq {b}",
-            "Merkle root")
-    damaged("record-removed", ["--drop-record", f"{b}:7"], middle, f"batch seq {b}",
-            "recordCount")
+    # The signed Merkle root proves that some record of the batch changed; the unsigned leaf
+    # hints stored beside it (two bytes of each record's leaf hash) say which one.
+    for k in (0, 5, 40):
+        damaged(f"record-{k}-changed", ["--edit-record", f"{b}:{k}"], middle,
+                f"batch seq {b}, record {k}: Merkle root",
+                f"record {k} differs from the record that was sealed")
+    for k in (0, 7, 63):
+        damaged(f"record-{k}-removed", ["--drop-record", f"{b}:{k}"], middle,
+                f"batch seq {b}, record {k}: recordCount",
+                f"a record was removed at record index {k}")
+    # A tamperer who rewrites the hints to fit the changed record: still caught by the root,
+    # and verify says it cannot tell which record it was rather than naming a wrong one.
+    line = damaged("record-changed-hints-rewritten", ["--edit-record", f"{b}:5", "--rehint", str(b)],
+                   middle, f"batch seq {b}: Merkle root", "could not be located")
+    check(", record " not in line, f"no record is named when the hints were rewritten: {line!r}")
+    line = damaged("record-removed-hints-rewritten", ["--drop-record", f"{b}:7", "--rehint", str(b)],
+                   middle, f"batch seq {b}: recordCount", "could not be located")
     damaged("batch-removed", ["--drop-batch", str(b)], f"batch seq {b}", "missing")
     damaged("batches-swapped", ["--swap", f"{a}:{b}"], middle, f"batch seq {b}")
     damaged("other-key", ["--reseal", str(b), "--key", other_key], middle, f"batch seq {b}")
@@ -158,6 +168,38 @@ def test_tampering(tmp):
     v = verify(clean, "--pubkey", other_key.replace(".key", ".pub"))
     check(v.returncode == 65 and "not a trusted key" in v.stderr,
           f"verify --pubkey with a foreign key fails ({v.returncode})")
+
+
+def test_format2_store(tmp):
+    """A store written before leaf hints existed (segment batches of encoding 1, made by
+    commit 58474d0): it still verifies and reads, and damage to it is still found, only not
+    located."""
+    old = os.path.join(DATA, "store-format2")
+    v = verify(old)
+    check(v.returncode == 0 and "records:  3988" in v.stdout,
+          f"the format-2 store without leaf hints verifies ({v.returncode}: {v.stderr.strip()})")
+    r = run(["cat", old, "--events"])
+    check(r.returncode == 0 and len(r.stdout.splitlines()) == 3988,
+          f"cat reads every record of the format-2 store ({r.returncode})")
+    d = os.path.join(tmp, "format2-damaged")
+    shutil.copytree(old, d)
+    seg = os.path.join(d, segments(d)[0])
+    seq = batch_seqs(d, segments(d)[0])[3]
+    r = run(["debug", "rewrite", seg, "--edit-record", f"{seq}:5"])
+    check(r.returncode == 0, f"format-2 damage could be made ({r.stderr.strip()})")
+    v = verify(d)
+    line = next((l for l in v.stderr.splitlines() if "FAILED" in l), "")
+    check(v.returncode == 65 and f"batch seq {seq}: Merkle root" in line and
+          "carries no leaf hints" in line,
+          f"a changed record of a format-2 store fails, unlocated: {v.returncode} {line!r}")
+    r = run(["verify", old, "--proof", first_event(old)])
+    check(r.returncode == 0 and json.loads(r.stdout)["leaf_count"] > 0,
+          f"verify --proof works on the format-2 store ({r.stderr.strip()})")
+
+
+def first_event(d):
+    ids = event_ids(d)
+    return ids[0] if ids else "Cnone:end:1"
 
 
 # ---------------------------------------------------------------------------- proofs
@@ -381,7 +423,7 @@ def test_disk_full(tmp):
         subprocess.run(["umount", mnt], capture_output=True)
 
 
-TESTS = [test_tampering, test_proof, test_cat, test_writerd_killed,
+TESTS = [test_tampering, test_format2_store, test_proof, test_cat, test_writerd_killed,
          test_disk_full]
 
 if __name__ == "__main__":
