@@ -68,12 +68,19 @@ capnp::FlatArrayMessageReader open_batch(const segment::SegmentReader& reader) {
 }
 
 std::string utc(std::int64_t ns) {
-  const std::time_t seconds = static_cast<std::time_t>(ns / 1'000'000'000);
+  // Floor, so a time before 1970 keeps a fraction in 0..999999 (not "-00500").
+  std::int64_t whole = ns / 1'000'000'000;
+  std::int64_t fraction = ns % 1'000'000'000;
+  if (fraction < 0) {
+    fraction += 1'000'000'000;
+    --whole;
+  }
+  const std::time_t seconds = static_cast<std::time_t>(whole);
   std::tm tm{};
   gmtime_r(&seconds, &tm);
   char text[32];
   std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
-  return fmt::format("{}.{:06}Z", text, (ns % 1'000'000'000) / 1000);
+  return fmt::format("{}.{:06}Z", text, fraction / 1000);
 }
 
 // First seq from a segment's name ("seg-<20 digits>.fsg[.part]").

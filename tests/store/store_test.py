@@ -305,6 +305,40 @@ def test_cat(tmp):
           "cat drops repeated event ids")
 
 
+def test_cat_loop_times(tmp):
+    """Loop mode over all of tests/data (packet times 2000..2024) twenty times: every pass is
+    moved past the one before by the whole span, and passes past the year 2262 once wrapped
+    around int64 and gave records times near -9.2e9 s, which cat printed as invalid JSON
+    ("ts":-9223372036.-854775). Capture now stops at the last pass that fits and says so."""
+    out = os.path.join(tmp, "loop20")
+    r = subprocess.run(run_args(big_input(), out, "loop20", ["--set", "capture.loop=20"]),
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    check(r.returncode == 65 and "loop mode: stopped after 10 of 20 passes" in r.stderr,
+          f"capture says it stopped looping before times overflow ({r.returncode}: {r.stderr[-800:]})")
+    v = verify(out)
+    check(v.returncode == 0, f"the looped store verifies ({v.stderr.strip()})")
+    c = run(["cat", out, "--events"])
+    check(c.returncode == 0, f"cat of the looped store exits 0 ({c.stderr.strip()})")
+    lines = c.stdout.splitlines()
+    bad, insane = [], []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad.append(line)
+            continue
+        # 2000-01-01 .. 2262-04-11: the inputs' first time to the end of int64 nanoseconds.
+        if not (946684800 <= row["ts"] <= 9223372036 and 0 <= row["duration"] < 86400 * 366):
+            insane.append(line)
+    check(len(lines) > 10000, f"the looped store holds its records ({len(lines)})")
+    check(not bad, f"every line cat prints is JSON ({len(bad)} are not, e.g. {bad[:1]})")
+    check(not insane, f"every ts lies within the looped input's time ({len(insane)} do not, e.g. {insane[:1]})")
+    t = run(["cat", out, "--events", "--format", "tsv"])
+    rows = [l.split("\t") for l in t.stdout.splitlines() if not l.startswith("#")]
+    check(len(rows) == len(lines) and all(float(r[0]) >= 946684800 for r in rows),
+          "tsv rows carry the same sane times")
+
+
 # ---------------------------------------------------------------------------- writerd
 
 def child_pids(parent, exe_name):
@@ -423,7 +457,8 @@ def test_disk_full(tmp):
         subprocess.run(["umount", mnt], capture_output=True)
 
 
-TESTS = [test_tampering, test_format2_store, test_proof, test_cat, test_writerd_killed,
+TESTS = [test_tampering, test_format2_store, test_proof, test_cat, test_cat_loop_times,
+         test_writerd_killed,
          test_disk_full]
 
 if __name__ == "__main__":
