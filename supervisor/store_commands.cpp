@@ -260,9 +260,14 @@ EventKey event_key(schema::FlowEvent::Reader record) {
                                record.getEventNumber()};
 }
 
-std::string now_text() {
-  const auto now = std::chrono::system_clock::now().time_since_epoch();
-  return utc(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
+// Zeek's #open/#close stamp: local time as YYYY-MM-DD-HH-MM-SS.
+std::string zeek_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d-%H-%M-%S", &tm);
+  return text;
 }
 
 std::optional<std::int64_t> parse_time_ns(std::string_view text) {
@@ -593,7 +598,7 @@ int cat_command(const CatOptions& options) {
     std::fwrite(out.data(), 1, out.size(), stdout);
     out.clear();
   };
-  if (tsv) out += tsv_header(now_text());
+  if (tsv) out += tsv_header(zeek_now());
   std::unordered_set<EventKey, EventKeyHash> seen;
   for (const fs::path& file : *files) {
     segment::SegmentReader reader(file);
@@ -626,7 +631,7 @@ int cat_command(const CatOptions& options) {
       status = exit_code::kDataError;
     }
   }
-  if (tsv) out += fmt::format("#close\t{}\n", now_text());
+  if (tsv) out += fmt::format("#close\t{}\n", zeek_now());
   flush();
   std::fflush(stdout);
   return status;

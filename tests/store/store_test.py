@@ -12,6 +12,7 @@ Every process a check starts is bounded in time; only processes this test starte
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -271,6 +272,26 @@ def test_cat(tmp):
               int(first.get("orig_pkts", -1)) == rows[0]["orig_pkts"],
               "the first tsv row says what the first json line says")
     check(lines[-1].startswith("#close"), "tsv ends with #close")
+    # Zeek's header, line by line, and rows that fit it (zeek-cut and Zeek's readers rely on it).
+    head = [l for l in lines if l.startswith("#")]
+    check(head[:5] == ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)",
+                       "#unset_field\t-", "#path\tconn"], f"tsv opens with Zeek's header: {head[:5]}")
+    stamp = re.compile(r"^#(open|close)\t\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d$")
+    check(stamp.match(head[5] if len(head) > 5 else "") and stamp.match(lines[-1]),
+          f"#open and #close carry Zeek's YYYY-MM-DD-HH-MM-SS stamp ({head[5:6]}, {lines[-1]})")
+    types = [l for l in lines if l.startswith("#types\t")]
+    zeek_types = {"time", "string", "addr", "port", "enum", "interval", "count", "int", "double",
+                  "bool", "set[string]"}
+    if fields and types:
+        names, kinds = fields[0].split("\t")[1:], types[0].split("\t")[1:]
+        check(len(names) == len(kinds) and set(kinds) <= zeek_types,
+              f"#types names a Zeek type for each of the {len(names)} fields ({kinds})")
+        check(all(len(r.split("\t")) == len(names) for r in data),
+              "every tsv row has a value for each field")
+        col = dict(zip(names, range(len(names))))
+        check(all(float(r.split("\t")[col["ts"]]) > 1e9 and
+                  0 <= int(r.split("\t")[col["id.orig_p"]]) <= 65535 for r in data),
+              "ts and port columns hold what their types say")
 
     def subset(args, keep, what):
         r = run(["cat", out] + args)
@@ -292,6 +313,19 @@ def test_cat(tmp):
     subset(["--since", str(mid)], lambda x: x["ts"] + x["duration"] >= mid - 1e-6, "--since epoch")
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(mid)))
     subset(["--until", iso], lambda x: x["ts"] < int(mid), "--until RFC 3339")
+    # Filters together: both must hold; a port on either side matches.
+    subset(["--host", host, "--port", str(port)],
+           lambda x: host in (x["id.orig_h"], x["id.resp_h"]) and port in (x["id.orig_p"], x["id.resp_p"]),
+           "--host with --port")
+    subset(["--since", str(ts[len(ts) // 4]), "--until", str(mid)],
+           lambda x: x["ts"] + x["duration"] >= ts[len(ts) // 4] - 1e-6 and x["ts"] < mid,
+           "--since with --until")
+    r = run(["cat", out, "--host", "10.0.0.0/99"])
+    check(r.returncode == 64 and "--host 10.0.0.0/99" in r.stderr, "cat --host with a bad prefix exits 64")
+    r = run(["cat", out, "--port", "70000"])
+    check(r.returncode == 64 and "out of range" in r.stderr, "cat --port 70000 exits 64")
+    r = run(["cat", out, "--host", "10.255.255.254"])
+    check(r.returncode == 0 and r.stdout == "", "cat --host of an absent address prints nothing")
     r = run(["cat", out, "--since", "yesterday"])
     check(r.returncode == 64, "cat --since with a bad time exits 64")
 
