@@ -137,6 +137,14 @@ int run_capture(StageRuntime& runtime) {
   }
   // Only packets read in this run that are past the resume point are counted.
   std::uint64_t received = 0, sampled_out = 0, truncated = 0, ring_dropped = 0;
+  std::uint64_t stalled_dropped = 0;  // of ring_dropped: while writerd could not write
+  // writerd says when its writes fail (a full disk): every ring behind it fills and a live
+  // capture drops; the drops are counted and logged with that cause.
+  const auto& writer_stalled_since =
+      runtime.control()
+          .slots[slot_index(StageKind::kWriterd, 0, shards)]
+          .counters[record_counter::kStalledSinceNs];
+  bool stall_logged = false;
   std::uint64_t published = already_published;
 
   const bool live = source.is_live();
@@ -145,6 +153,7 @@ int run_capture(StageRuntime& runtime) {
     counter(cc::kSampledOut).fetch_add(std::exchange(sampled_out, 0));
     counter(cc::kTruncated).fetch_add(std::exchange(truncated, 0));
     counter(cc::kRingFullDropped).fetch_add(std::exchange(ring_dropped, 0));
+    counter(cc::kWriterStalledDropped).fetch_add(std::exchange(stalled_dropped, 0));
     counter(cc::kBytesRead).store(source.bytes_read());
     if (live) {
       const KernelStats k = source.kernel_stats();
@@ -160,9 +169,22 @@ int run_capture(StageRuntime& runtime) {
       runtime.heartbeat();  // waiting on a full ring is alive, not hung
       return live;
     };
-    if (!batcher.flush(rings, rate, give_up)) {
+    // Live: not a moment's sleep on a full ring, or the kernel's buffer overflows meanwhile.
+    if (!batcher.flush(rings, rate, give_up,
+                       live ? std::chrono::milliseconds(0) : std::chrono::milliseconds(50))) {
       const std::size_t lost = batcher.discard();
       ring_dropped += lost;
+      if (writer_stalled_since.load(std::memory_order_relaxed) != 0) {
+        stalled_dropped += lost;
+        if (!stall_logged) {
+          spdlog::warn("dropping packets: the rings are full because writerd cannot write "
+                       "(its log says why); counted as dropped, ring full (writer stalled), "
+                       "until writing works again");
+          stall_logged = true;
+        }
+      } else if (stall_logged) {
+        stall_logged = false;  // the next stall is logged again
+      }
       for (auto* ring : rings) ring->count_drop();
       published += pending - lost;
     } else {

@@ -35,7 +35,8 @@ bool PacketBatcher::add(std::size_t shard_index, const Packet& packet, std::uint
 }
 
 bool PacketBatcher::flush(std::span<RingProducer* const> rings, float sampling_rate,
-                          const std::function<bool()>& give_up) {
+                          const std::function<bool()>& give_up,
+                          std::chrono::milliseconds wait) {
   for (std::size_t s = 0; s < shards_.size(); ++s) {
     Shard& shard = shards_[s];
     if (shard.refs.empty()) continue;
@@ -57,7 +58,7 @@ bool PacketBatcher::flush(std::span<RingProducer* const> rings, float sampling_r
       entry.setTsNs(ref.ts_ns);
       entry.setLinkType(ref.link_type);
     }
-    if (!write_message(*rings[s], message, give_up)) return false;
+    if (!write_message(*rings[s], message, give_up, wait)) return false;
     rings[s]->publish();
     pending_ -= shard.refs.size();
     shard.next_seq += shard.refs.size();

@@ -10,6 +10,7 @@
 // drop what it already applied.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -33,10 +34,11 @@ class PacketBatcher {
   std::size_t pending_packets() const { return pending_; }
 
   // Writes each shard's pending batch to rings[shard] and publishes. Waits while a ring is
-  // full, asking give_up() between waits; false if it gave up (nothing is lost from the
-  // batcher: unwritten batches stay staged).
+  // full (up to `wait` at a time: zero for a live capture), asking give_up() between waits;
+  // false if it gave up (nothing is lost from the batcher: unwritten batches stay staged).
   bool flush(std::span<RingProducer* const> rings, float sampling_rate,
-             const std::function<bool()>& give_up);
+             const std::function<bool()>& give_up,
+             std::chrono::milliseconds wait = std::chrono::milliseconds(50));
 
   // Live capture with a full ring: forgets what is staged and returns how many packets.
   std::size_t discard();

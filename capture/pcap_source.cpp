@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -171,9 +172,23 @@ bool PcapSource::open_next_file() {
     if (file_index_ == files_.size()) {
       // Another pass only if the last one delivered something: a loop over nothing ends.
       if (pass_ + 1 >= static_cast<std::uint64_t>(loop_) || !have_ts_) return false;
+      // Each pass is moved past the one before by the input's span of packet time (+1 s).
+      // Inputs years apart (tests/data spans 2000..2024) fit only a few passes into int64
+      // nanoseconds, which end in April 2262: a shift past that wrapped around and gave
+      // records times near -9.2e9 s. Looping stops at the last pass that fits, and says so.
+      const __int128 shift = static_cast<__int128>(pass_ + 1) *
+                             (static_cast<__int128>(last_ts_ns_) - first_ts_ns_ + 1'000'000'000);
+      if (shift + last_ts_ns_ > std::numeric_limits<std::int64_t>::max()) {
+        errors_.push_back({fmt::format(
+            "capture: loop mode: stopped after {} of {} passes: the input's packet times span "
+            "{:.1f} days, and pass {} would move them past 2262-04-11, the end of 64-bit "
+            "nanosecond time (loop over captures closer together in time, or fewer times)",
+            pass_ + 1, loop_, static_cast<double>(last_ts_ns_ - first_ts_ns_) / 86400e9,
+            pass_ + 2)});
+        return false;
+      }
       ++pass_;
-      pass_shift_ns_ = static_cast<std::int64_t>(pass_) *
-                       (last_ts_ns_ - first_ts_ns_ + 1'000'000'000);
+      pass_shift_ns_ = static_cast<std::int64_t>(shift);
       file_index_ = 0;
     }
     const std::string& file = files_[file_index_++];

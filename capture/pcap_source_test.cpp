@@ -2,7 +2,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -70,6 +75,43 @@ TEST_CASE("loop mode reads the files again, each pass later in time than the one
             first.packets[i % n].ts_ns + pass * (span + 1'000'000'000));
   }
   CHECK(looped.bytes_read() == looped.bytes_total());
+}
+
+TEST_CASE("loop mode stops, saying why, at the last pass whose times fit 64-bit nanoseconds") {
+  // Two packets 136 years apart (1970 and 2106, the ends of pcap's 32-bit seconds): pass 1
+  // reaches 2242, pass 2 would pass 2262 and wrap to times near -9.2e9 s.
+  const std::string path = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") +
+                           "/pcap_source_test_span_" + std::to_string(::getpid()) + ".pcap";
+  {
+    std::ofstream out(path, std::ios::binary);
+    auto u32 = [&](std::uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
+    auto u16 = [&](std::uint16_t v) { out.write(reinterpret_cast<const char*>(&v), 2); };
+    u32(0xa1b2c3d4);  // microsecond pcap, little-endian
+    u16(2);
+    u16(4);
+    u32(0);
+    u32(0);
+    u32(65535);
+    u32(1);  // Ethernet
+    const std::string frame(60, '\0');
+    for (const std::uint32_t seconds : {1u, 0xFFFFFFF0u}) {
+      u32(seconds);
+      u32(0);
+      u32(static_cast<std::uint32_t>(frame.size()));
+      u32(static_cast<std::uint32_t>(frame.size()));
+      out.write(frame.data(), static_cast<std::streamsize>(frame.size()));
+    }
+  }
+  auto looped = PcapSource::offline({path}, "", 5);
+  const Read all = read_all(looped);
+  std::remove(path.c_str());
+  REQUIRE(all.packets.size() == 4);
+  for (const auto& p : all.packets) CHECK(p.ts_ns > 0);
+  CHECK(all.packets[3].pass == 1);
+  REQUIRE(looped.errors().size() == 1);
+  CHECK_THAT(looped.errors()[0].message,
+             Catch::Contains("loop mode: stopped after 2 of 5 passes") &&
+                 Catch::Contains("past 2262-04-11"));
 }
 
 TEST_CASE("a BPF filter keeps only the packets it matches") {

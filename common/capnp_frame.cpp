@@ -19,11 +19,11 @@ kj::ArrayPtr<const capnp::word> as_words(std::span<const std::byte> frame) {
 }
 
 bool write_message(RingProducer& producer, capnp::MessageBuilder& message,
-                   const std::function<bool()>& give_up) {
+                   const std::function<bool()>& give_up, std::chrono::milliseconds wait) {
   const std::size_t bytes = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
   if (bytes > producer.max_frame()) return false;
   std::span<std::byte> slot;
-  while ((slot = producer.reserve(bytes, std::chrono::milliseconds(50))).empty()) {
+  while ((slot = producer.reserve(bytes, wait)).empty()) {
     if (give_up()) return false;
   }
   kj::ArrayOutputStream stream(

@@ -28,10 +28,13 @@ capnp::ReaderOptions frame_reader_options();
 // Views a frame's payload as Cap'n Proto words (requires the ring's 8-byte alignment).
 kj::ArrayPtr<const capnp::word> as_words(std::span<const std::byte> frame);
 
-// Writes `message` as one frame. Waits while the ring is full, checking `give_up` between
-// waits; returns false only if give_up() said so (or the message exceeds max_frame).
-// Does not publish: call producer.publish() once per batch of frames.
+// Writes `message` as one frame. Waits while the ring is full, up to `wait` at a time,
+// checking `give_up` between waits; returns false only if give_up() said so (or the message
+// exceeds max_frame). A live capture passes a zero wait: it must never sleep on a full ring
+// while packets pile up in the kernel. Does not publish: call producer.publish() once per
+// batch of frames.
 bool write_message(RingProducer& producer, capnp::MessageBuilder& message,
-                   const std::function<bool()>& give_up);
+                   const std::function<bool()>& give_up,
+                   std::chrono::milliseconds wait = std::chrono::milliseconds(50));
 
 }  // namespace flowseal

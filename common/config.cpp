@@ -198,6 +198,8 @@ const std::vector<KeySpec>& key_table() {
                         "ms after which a partial batch is sealed"));
     t.push_back(int_key("seal.end_batch_ms", [](Config& c) -> auto& { return c.seal.end_batch_ms; }, 1,
                         3600000, "ms after which a partial batch holding a flow end is sealed (export latency)"));
+    t.push_back(int_key("seal.leaf_hint_bytes", [](Config& c) -> auto& { return c.seal.leaf_hint_bytes; }, 0,
+                        32, "bytes of each record's leaf hash stored unsigned beside its batch, so verify can name a damaged record (0: none)"));
     t.push_back(string_key("seal.algorithm", [](Config& c) -> auto& { return c.seal.algorithm; },
                            {"ed25519", "ecdsa-p256", "rsa-4096"}, "signature algorithm"));
     t.push_back(string_key("seal.key_file", [](Config& c) -> auto& { return c.seal.key_file; }, {},

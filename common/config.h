@@ -56,6 +56,8 @@ struct SealConfig {
   std::int64_t batch_records = 1024;
   std::int64_t batch_ms = 100;
   std::int64_t end_batch_ms = 10;  // a batch holding a flow's end is sealed within this long
+  std::int64_t leaf_hint_bytes = 2;  // 0..32: unsigned leaf-hash prefixes per record, so verify
+                                     // can name a damaged record (seal/leaf_hints.h); 0: none
   std::string algorithm = "ed25519";  // ed25519 | ecdsa-p256 | rsa-4096
   std::string key_file;               // empty: <output>/keys/flowseal.key (made if missing)
 };

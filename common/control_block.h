@@ -43,6 +43,7 @@ enum : std::size_t {
   kBytesRead,        // file bytes consumed (progress)
   kBytesTotal,       // file bytes in all inputs
   kBadRecords,       // capture-file records skipped (each reported with file and offset)
+  kWriterStalledDropped,  // of kRingFullDropped: those while writerd could not write (disk full)
   kCount
 };
 }
@@ -76,6 +77,8 @@ enum : std::size_t {
   kWriteErrors,  // writerd: failed appends (e.g. disk full), retried
   kEntries,      // dedupd: entries held now
   kEntryCap,     // dedupd: entry cap in force (smaller under pressure)
+  kStalledSinceNs,  // writerd: CLOCK_MONOTONIC when its writes began to fail (disk full), 0
+                    // while they work: live capture then counts its drops as writer-stalled
   kCount
 };
 }
@@ -94,7 +97,7 @@ struct alignas(64) StageSlot {
 
 struct alignas(64) ControlBlock {
   static constexpr std::uint64_t kMagic = 0x314C5443'53574C46ULL;  // "FLWSCTL1"
-  static constexpr std::uint32_t kLayoutVersion = 3;
+  static constexpr std::uint32_t kLayoutVersion = 4;  // 4: writer-stalled counters
 
   std::uint64_t magic;
   std::uint32_t layout_version;

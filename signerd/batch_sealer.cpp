@@ -43,8 +43,13 @@ kj::Array<capnp::word> canonical_as_stored(schema::FlowEvent::Reader record) {
 }  // namespace
 
 BatchSealer::BatchSealer(const seal::PrivateKey& key, std::array<std::uint8_t, 16> stream_id,
-                         std::uint64_t next_seq, seal::Digest prev_root)
-    : key_(&key), stream_id_(stream_id), next_seq_(next_seq), prev_root_(prev_root) {}
+                         std::uint64_t next_seq, seal::Digest prev_root,
+                         unsigned leaf_hint_bytes)
+    : key_(&key),
+      stream_id_(stream_id),
+      next_seq_(next_seq),
+      prev_root_(prev_root),
+      leaf_hint_bytes_(std::min(leaf_hint_bytes, seal::kMaxLeafHintBytes)) {}
 
 void BatchSealer::add(schema::FlowEvent::Reader record) {
   const std::size_t start = canonical_.size();
@@ -93,6 +98,9 @@ void BatchSealer::seal(capnp::MessageBuilder& message) {
   const auto bytes = signed_bytes.asBytes();
   const std::vector<std::uint8_t> signature = key_->sign({bytes.begin(), bytes.size()});
   batch.setSignature(as_data(signature));
+  // Outside the signature on purpose: verify uses them only to say which record a root
+  // mismatch comes from (seal/leaf_hints.h).
+  if (leaf_hint_bytes_ > 0) batch.setLeafHints(as_data(seal::make_leaf_hints(leaves_, leaf_hint_bytes_)));
 
   ++next_seq_;
   prev_root_ = root;

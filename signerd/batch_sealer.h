@@ -22,14 +22,18 @@
 
 #include "flowseal.capnp.h"
 #include "seal/keys.h"
+#include "seal/leaf_hints.h"
 #include "seal/merkle.h"
 
 namespace flowseal::signerd {
 
 class BatchSealer {
  public:
+  // `leaf_hint_bytes`: width of the unsigned leaf hints put beside each batch
+  // (seal/leaf_hints.h, seal.leaf_hint_bytes); 0 puts none.
   BatchSealer(const seal::PrivateKey& key, std::array<std::uint8_t, 16> stream_id,
-              std::uint64_t next_seq, seal::Digest prev_root);
+              std::uint64_t next_seq, seal::Digest prev_root,
+              unsigned leaf_hint_bytes = seal::kDefaultLeafHintBytes);
 
   // Copies and hashes one record into the open batch.
   void add(schema::FlowEvent::Reader record);
@@ -47,6 +51,7 @@ class BatchSealer {
   std::array<std::uint8_t, 16> stream_id_;
   std::uint64_t next_seq_;
   seal::Digest prev_root_;
+  unsigned leaf_hint_bytes_;
   seal::MerkleHasher hasher_;
   // Each record kept in its canonical form, one after another in one reused buffer (no
   // allocation per record): it is what the leaf hashes, and a single-segment message seal()

@@ -2,6 +2,7 @@
 // live here because real SealedBatch messages come from the sealer, and common/ must not
 // depend on a stage.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include <stdlib.h>
 
@@ -22,6 +23,7 @@
 #include "flowseal.capnp.h"
 #include "seal/chain_verifier.h"
 #include "seal/keys.h"
+#include "seal/leaf_hints.h"
 #include "seal/merkle.h"
 
 namespace seal = flowseal::seal;
@@ -161,6 +163,7 @@ Batch without_record(const Batch& batch, unsigned index) {
     if (i != index) records.setWithCaveats(j++, in.getRecords()[i]);
   }
   root.setSignature(in.getSignature());
+  root.setLeafHints(in.getLeafHints());  // as a tamperer who leaves them alone would
   return out;
 }
 
@@ -312,22 +315,77 @@ TEST_CASE("one byte changed in a record is found in that batch") {
   TempDir dir;
   const auto key = make_key(dir, "k");
   auto chain = make_chain(key.priv, 5);
+  std::uint32_t changed = 0;
   SECTION("a number") {
     auto record = chain[2]->getRoot<schema::SealedBatch>().getRecords()[3];
     record.setRespPort(static_cast<std::uint16_t>(record.getRespPort() ^ 0x01));
+    changed = 3;
   }
   SECTION("a byte of text") {
     auto history = chain[2]->getRoot<schema::SealedBatch>().getRecords()[1].getHistory();
     history[2] = 'X';
+    changed = 1;
   }
   SECTION("a byte of an address") {
     chain[2]->getRoot<schema::SealedBatch>().getRecords()[0].getOrigAddr()[3] ^= 0x80;
+    changed = 0;
   }
   const auto problems = verify(key, chain, in_order(5));
   INFO(describe(problems));
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].seq == 2);
-  CHECK(problems[0].what == "Merkle root does not match the records");
+  CHECK(problems[0].record == std::optional<std::uint32_t>(changed));
+  CHECK(problems[0].what ==
+        fmt::format("Merkle root does not match the records: record {} differs from the record "
+                    "that was sealed (located by the batch's unsigned leaf hints)",
+                    changed));
+}
+
+TEST_CASE("a changed record is still found when its leaf hints were rewritten or are absent") {
+  TempDir dir;
+  const auto key = make_key(dir, "k");
+  auto chain = make_chain(key.priv, 3);
+  auto batch = chain[1]->getRoot<schema::SealedBatch>();
+  batch.getRecords()[2].setOrigPkts(999);
+  std::string expected;
+  SECTION("hints recomputed by the tamperer") {
+    std::vector<seal::Digest> leaves;
+    for (auto e : batch.asReader().getRecords()) leaves.push_back(seal::leaf_hash(seal::canonical_bytes(e)));
+    const auto hints = seal::make_leaf_hints(leaves, 2);
+    batch.setLeafHints(capnp::Data::Reader(hints.data(), hints.size()));
+    expected = "every stored record matches its leaf hint, so the hints were changed too";
+  }
+  SECTION("no hints (a batch stored before they existed)") {
+    batch.disownLeafHints();
+    expected = "the batch carries no leaf hints";
+  }
+  SECTION("hints of the wrong length") {
+    const std::uint8_t hints[] = {2, 0, 0, 0};
+    batch.setLeafHints(capnp::Data::Reader(hints, sizeof hints));
+    expected = "3 bytes of 2-byte leaf hints for 5 sealed records";
+  }
+  const auto problems = verify(key, chain, in_order(3));
+  INFO(describe(problems));
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].seq == 1);
+  CHECK(!problems[0].record);
+  CHECK_THAT(problems[0].what, Catch::StartsWith("Merkle root does not match the records: the "
+                                                 "damaged record could not be located") &&
+                                   Catch::Contains(expected));
+}
+
+TEST_CASE("a sealed batch carries two-byte leaf hints of its records, or none if asked") {
+  TempDir dir;
+  const auto key = make_key(dir, "k");
+  Records records(0, 7);
+  std::vector<seal::Digest> leaves;
+  for (auto e : records.events) leaves.push_back(seal::leaf_hash(seal::canonical_bytes(e)));
+  BatchSealer hinted(key.priv, kStream, 0, seal::Digest{});
+  const auto batch = seal_records(hinted, records);
+  const auto hints = reader_of(batch).getLeafHints();
+  CHECK(std::vector<std::uint8_t>(hints.begin(), hints.end()) == seal::make_leaf_hints(leaves, 2));
+  BatchSealer bare(key.priv, kStream, 0, seal::Digest{}, 0);
+  CHECK(!reader_of(seal_records(bare, records)).hasLeafHints());
 }
 
 TEST_CASE("a record removed from a batch is found in that batch") {
@@ -339,8 +397,10 @@ TEST_CASE("a record removed from a batch is found in that batch") {
   INFO(describe(problems));
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].seq == 1);
+  CHECK(problems[0].record == std::optional<std::uint32_t>(2));
   CHECK_THAT(problems[0].what, Catch::Contains("recordCount is 5 but the batch holds 4 records") &&
-                                   Catch::Contains("Merkle root does not match"));
+                                   Catch::Contains("Merkle root does not match") &&
+                                   Catch::Contains("a record was removed at record index 2"));
 }
 
 TEST_CASE("a batch removed from the chain is named as missing") {
@@ -500,7 +560,15 @@ TEST_CASE("a flipped byte anywhere in a stored batch is found unless it changes 
   const auto key = make_key(dir, "k");
   const auto chain = make_chain(key.priv, 1);
   const kj::Array<capnp::word> original = flat(*chain[0]);
-  const auto original_canonical = capnp::canonicalize(reader_of(chain[0]));
+  // What the seal covers: everything but the unsigned leaf hints, which a flip may change
+  // harmlessly (they only locate damage the root proves).
+  const auto sealed_part = [](schema::SealedBatch::Reader batch) {
+    capnp::MallocMessageBuilder copy;
+    copy.setRoot(batch);
+    copy.getRoot<schema::SealedBatch>().disownLeafHints();
+    return capnp::canonicalize(copy.getRoot<schema::SealedBatch>().asReader());
+  };
+  const auto original_canonical = sealed_part(reader_of(chain[0]));
   std::size_t detected = 0, harmless = 0;
   for (std::size_t i = 0; i < original.asBytes().size(); ++i) {
     auto copy = kj::heapArray<capnp::word>(original.asPtr());
@@ -512,7 +580,7 @@ TEST_CASE("a flipped byte anywhere in a stored batch is found unless it changes 
       const auto batch = message.getRoot<schema::SealedBatch>();
       seal::ChainVerifier verifier(trusting(key));
       found = verifier.check(batch).has_value();
-      if (!found) same = capnp::canonicalize(batch).asBytes() == original_canonical.asBytes();
+      if (!found) same = sealed_part(batch).asBytes() == original_canonical.asBytes();
     } catch (const kj::Exception&) {
       found = true;  // the message itself is unreadable: nothing can be accepted
     }

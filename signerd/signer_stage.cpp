@@ -86,7 +86,8 @@ int run_signerd(StageRuntime& runtime) {
   if (position.next_seq > 0) {
     spdlog::info("continuing the chain at batch {}", position.next_seq);
   }
-  BatchSealer sealer(key, position.stream_id, position.next_seq, position.prev_root);
+  BatchSealer sealer(key, position.stream_id, position.next_seq, position.prev_root,
+                     static_cast<unsigned>(config.leaf_hint_bytes));
 
   const auto batch_records = static_cast<std::size_t>(config.batch_records);
   using Clock = std::chrono::steady_clock;

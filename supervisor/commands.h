@@ -55,6 +55,7 @@ struct DebugRewriteOptions {
   std::vector<std::uint64_t> drop_batches;
   std::string swap;                       // SEQ:SEQ
   std::vector<std::uint64_t> reseal;      // re-signed with `key`
+  std::vector<std::uint64_t> rehint;      // leaf hints recomputed from the records as they are
   std::string key;
   std::size_t split = 0;                  // > 0: write segments of this many batches
 };

@@ -138,18 +138,25 @@ int status_command(const StatusOptions& options) {
   const std::uint64_t ring_dropped = capture.counters[cc::kRingFullDropped].load();
   const std::uint64_t kernel_dropped = capture.counters[cc::kKernelDropped].load();
   const std::uint64_t sampled = capture.counters[cc::kSampledOut].load();
+  const std::uint64_t stalled_dropped = capture.counters[cc::kWriterStalledDropped].load();
+  const StageSlot& writer = control.slots[slot_index(StageKind::kWriterd, 0, control.shards)];
+  const std::int64_t stalled_since = static_cast<std::int64_t>(
+      writer.counters[record_counter::kStalledSinceNs].load());
+  const double stalled_s = stalled_since > 0 ? double(monotonic_ns() - stalled_since) / 1e9 : 0;
+  const std::uint64_t write_errors = writer.counters[record_counter::kWriteErrors].load();
 
   if (options.json) {
     std::string out = fmt::format(
         "{{\"instance\":\"{}\",\"supervisor_pid\":{},\"supervisor_alive\":{},\"pressure\":\"{}\","
         "\"pressure_usage_pct\":{:.1f},\"pressure_changes\":{},\"pressure_peak\":\"{}\","
-        "\"stop_requested\":{},\"drops\":{{\"ring_full\":{},\"kernel\":{},\"sampled_out\":{}}},"
-        "\"stages\":[",
+        "\"stop_requested\":{},\"drops\":{{\"ring_full\":{},\"kernel\":{},\"sampled_out\":{},"
+        "\"writer_stalled\":{}}},\"writer\":{{\"stalled\":{},\"stalled_s\":{:.1f},"
+        "\"write_errors\":{}}},\"stages\":[",
         options.instance, supervisor, process_alive(supervisor) ? "true" : "false",
         to_string(level), usage_pct, level_changes,
         to_string(pressure_level_from(control.pressure_peak_level.load())),
         control.stop_requested.load() != 0 ? "true" : "false", ring_dropped, kernel_dropped,
-        sampled);
+        sampled, stalled_dropped, stalled_since > 0 ? "true" : "false", stalled_s, write_errors);
     for (std::size_t i = 0; i < slots; ++i) {
       const auto& a = after[i];
       out += fmt::format(
@@ -187,8 +194,15 @@ int status_command(const StatusOptions& options) {
   }
   out += fmt::format("total PSS {:.1f} MiB\nrings:", double(total_pss) / (1 << 20));
   for (const auto& [edge, percent] : fill) out += fmt::format(" {}={:.0f}%", edge, percent);
-  out += fmt::format("\npackets: received {}, dropped ring-full {}, kernel {}, sampled out {}\n",
-                     capture.counters[cc::kReceived].load(), ring_dropped, kernel_dropped, sampled);
+  out += fmt::format("\npackets: received {}, dropped ring-full {} ({} while writerd could not "
+                     "write), kernel {}, sampled out {}\n",
+                     capture.counters[cc::kReceived].load(), ring_dropped, stalled_dropped,
+                     kernel_dropped, sampled);
+  if (stalled_since > 0) {
+    out += fmt::format("writer: STALLED for {:.0f} s, {} failed writes (disk full? its log says "
+                       "why): live capture drops, offline input waits\n",
+                       stalled_s, write_errors);
+  }
   std::fputs(out.c_str(), stdout);
   return exit_code::kOk;
 }

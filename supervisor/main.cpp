@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
   rewrite_cmd->add_option("--drop-batch", rewrite.drop_batches);
   rewrite_cmd->add_option("--swap", rewrite.swap);
   rewrite_cmd->add_option("--reseal", rewrite.reseal);
+  rewrite_cmd->add_option("--rehint", rewrite.rehint);
   rewrite_cmd->add_option("--key", rewrite.key);
   rewrite_cmd->add_option("--split", rewrite.split);
   rewrite_cmd->callback([&] { action = [&] { return debug_rewrite_command(rewrite); }; });

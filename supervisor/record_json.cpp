@@ -55,15 +55,29 @@ std::string_view reason_name(schema::EndReason reason) {
   return "unknown";
 }
 
-std::string seconds(std::int64_t ns) {
-  return fmt::format("{}.{:06}", ns / 1'000'000'000, (ns % 1'000'000'000) / 1000);
+// Seconds with microseconds, for any nanosecond count: a record may hold any int64 (and a
+// difference of two even more), and a negative one must read "-0.500000", not "0.-500000".
+std::string seconds(__int128 ns) {
+  const bool negative = ns < 0;
+  const auto magnitude = static_cast<unsigned __int128>(negative ? -ns : ns);
+  const auto whole = static_cast<std::uint64_t>(magnitude / 1'000'000'000);
+  const auto micros = static_cast<std::uint64_t>(magnitude % 1'000'000'000 / 1000);
+  return fmt::format("{}{}.{:06}", negative ? "-" : "", whole, micros);
+}
+std::string duration(schema::FlowEvent::Reader e) {
+  return seconds(static_cast<__int128>(e.getLastTsNs()) - e.getFirstTsNs());
+}
+// JSON has no NaN or infinity; TSV's unset field is "-".
+std::string number(float v, std::string_view unset) {
+  return std::isfinite(v) ? fmt::format("{}", v) : std::string(unset);
 }
 
 double stddev(double sum, double sumsq, double n) {
   if (n <= 0) return 0;
   const double mean = sum / n;
   const double variance = sumsq / n - mean * mean;
-  return variance > 0 ? std::sqrt(variance) : 0;  // rounding can make a zero variance negative
+  // Rounding can make a zero variance negative; a stored sum of squares can be anything.
+  return std::isfinite(variance) && variance > 0 ? std::sqrt(variance) : 0;
 }
 
 struct SpreadView {
@@ -210,8 +224,7 @@ std::string to_tsv_line(schema::FlowEvent::Reader e) {
   out += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t", seconds(e.getFirstTsNs()),
                      uid_text(e.getUid()), address_to_string(e.getOrigAddr()), e.getOrigPort(),
                      address_to_string(e.getRespAddr()), e.getRespPort(),
-                     proto_name(e.getProto()), seconds(e.getLastTsNs() - e.getFirstTsNs()),
-                     e.getOrigBytes(), e.getRespBytes());
+                     proto_name(e.getProto()), duration(e), e.getOrigBytes(), e.getRespBytes());
   append_tsv_value(out, e.getConnState().cStr());
   out += '\t';
   append_tsv_value(out, e.getHistory().cStr());
@@ -219,8 +232,8 @@ std::string to_tsv_line(schema::FlowEvent::Reader e) {
                      e.getRespIpBytes());
   append_tsv_value(out, e.getCommunityId().cStr());
   out += fmt::format("\t{}\t{}\t{}\t{}\t{}\t{}", e.getVlan(), kind_name(e.getKind()),
-                     e.getEventNumber(), reason_name(e.getEndReason()), e.getSamplingRate(),
-                     e.getFlowCount());
+                     e.getEventNumber(), reason_name(e.getEndReason()),
+                     number(e.getSamplingRate(), "-"), e.getFlowCount());
   // Zeek's set: comma-separated; unset ("-") when the flow was in no tunnel.
   out += '\t';
   out += e.getTunnelParents().size() > 0 ? tunnel_parent_list(e, ",", "") : "-";
@@ -237,8 +250,7 @@ std::string to_json_line(schema::FlowEvent::Reader e) {
                      seconds(e.getFirstTsNs()), uid_text(e.getUid()), orig_h, e.getOrigPort(),
                      resp_h, e.getRespPort(), proto_name(e.getProto()));
   out += fmt::format("\"duration\":{},\"orig_bytes\":{},\"resp_bytes\":{},\"conn_state\":",
-                     seconds(e.getLastTsNs() - e.getFirstTsNs()), e.getOrigBytes(),
-                     e.getRespBytes());
+                     duration(e), e.getOrigBytes(), e.getRespBytes());
   append_json_string(out, e.getConnState().cStr());
   out += ",\"history\":";
   append_json_string(out, e.getHistory().cStr());
@@ -249,7 +261,8 @@ std::string to_json_line(schema::FlowEvent::Reader e) {
   out += fmt::format(",\"vlan\":{},\"event\":\"{}\",\"event_number\":{},\"end_reason\":\"{}\","
                      "\"sampling_rate\":{},\"flow_count\":{}",
                      e.getVlan(), kind_name(e.getKind()), e.getEventNumber(),
-                     reason_name(e.getEndReason()), e.getSamplingRate(), e.getFlowCount());
+                     reason_name(e.getEndReason()), number(e.getSamplingRate(), "null"),
+                     e.getFlowCount());
   append_spread_json(out, "orig",
                      {e.getOrigPkts(), e.getOrigIpBytes(), e.getOrigSizeMin(), e.getOrigSizeMax(),
                       e.getOrigSizeSumSq(), e.getOrigIatMinUs(), e.getOrigIatMaxUs(),

@@ -30,6 +30,7 @@
 #include "record_json.h"
 #include "seal/chain_verifier.h"
 #include "seal/keys.h"
+#include "seal/leaf_hints.h"
 #include "seal/merkle.h"
 #include "segment/format.h"
 #include "segment/reader.h"
@@ -67,12 +68,19 @@ capnp::FlatArrayMessageReader open_batch(const segment::SegmentReader& reader) {
 }
 
 std::string utc(std::int64_t ns) {
-  const std::time_t seconds = static_cast<std::time_t>(ns / 1'000'000'000);
+  // Floor, so a time before 1970 keeps a fraction in 0..999999 (not "-00500").
+  std::int64_t whole = ns / 1'000'000'000;
+  std::int64_t fraction = ns % 1'000'000'000;
+  if (fraction < 0) {
+    fraction += 1'000'000'000;
+    --whole;
+  }
+  const std::time_t seconds = static_cast<std::time_t>(whole);
   std::tm tm{};
   gmtime_r(&seconds, &tm);
   char text[32];
   std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
-  return fmt::format("{}.{:06}Z", text, (ns % 1'000'000'000) / 1000);
+  return fmt::format("{}.{:06}Z", text, fraction / 1000);
 }
 
 // First seq from a segment's name ("seg-<20 digits>.fsg[.part]").
@@ -252,9 +260,14 @@ EventKey event_key(schema::FlowEvent::Reader record) {
                                record.getEventNumber()};
 }
 
-std::string now_text() {
-  const auto now = std::chrono::system_clock::now().time_since_epoch();
-  return utc(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
+// Zeek's #open/#close stamp: local time as YYYY-MM-DD-HH-MM-SS.
+std::string zeek_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d-%H-%M-%S", &tm);
+  return text;
 }
 
 std::optional<std::int64_t> parse_time_ns(std::string_view text) {
@@ -585,7 +598,7 @@ int cat_command(const CatOptions& options) {
     std::fwrite(out.data(), 1, out.size(), stdout);
     out.clear();
   };
-  if (tsv) out += tsv_header(now_text());
+  if (tsv) out += tsv_header(zeek_now());
   std::unordered_set<EventKey, EventKeyHash> seen;
   for (const fs::path& file : *files) {
     segment::SegmentReader reader(file);
@@ -618,7 +631,7 @@ int cat_command(const CatOptions& options) {
       status = exit_code::kDataError;
     }
   }
-  if (tsv) out += fmt::format("#close\t{}\n", now_text());
+  if (tsv) out += fmt::format("#close\t{}\n", zeek_now());
   flush();
   std::fflush(stdout);
   return status;
@@ -838,6 +851,20 @@ int debug_rewrite_command(const DebugRewriteOptions& options) {
         if (i != index) list.setWithCaveats(j++, records[i]);
       }
       batch.setRecords(kept.asReader().getEvents());
+    });
+  }
+  // What a tamperer who knows the format does after editing records: rewrite the unsigned
+  // leaf hints to match them (verify must still fail, and say it cannot locate the record).
+  for (const std::uint64_t seq : options.rehint) {
+    rebuild(find(seq), [&](schema::SealedBatch::Builder batch) {
+      std::vector<seal::Digest> leaves;
+      for (const auto r : batch.asReader().getRecords()) {
+        leaves.push_back(seal::leaf_hash(seal::canonical_bytes(r)));
+      }
+      const auto old_hints = batch.asReader().getLeafHints();
+      const unsigned width = old_hints.size() > 0 ? old_hints[0] : seal::kDefaultLeafHintBytes;
+      const auto hints = seal::make_leaf_hints(leaves, width);
+      batch.setLeafHints({hints.data(), hints.size()});
     });
   }
   if (!options.reseal.empty()) {

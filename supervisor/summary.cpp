@@ -69,12 +69,18 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
   const auto ring_dropped = counter(control, StageKind::kCapture, cc::kRingFullDropped);
   const auto kernel_dropped = counter(control, StageKind::kCapture, cc::kKernelDropped);
   const auto sampled = counter(control, StageKind::kCapture, cc::kSampledOut);
+  const auto stalled_dropped = counter(control, StageKind::kCapture, cc::kWriterStalledDropped);
   std::string out;
   out += fmt::format("flowseal run summary ({:.2f} s)\n", seconds);
   out += fmt::format("  packets   received {}  processed {} ({} in flows, {} not IP, {} malformed)  "
-                     "sampled out {}  dropped: ring full {}, kernel {}\n",
+                     "sampled out {}  dropped: ring full {}, kernel {}{}\n",
                      received, processed, flow_packets, not_ip, malformed, sampled, ring_dropped,
-                     kernel_dropped);
+                     kernel_dropped,
+                     stalled_dropped > 0
+                         ? fmt::format(" (of the ring-full drops, {} while writerd could not "
+                                       "write: writer stalled)",
+                                       stalled_dropped)
+                         : std::string());
   out += fmt::format("  flows     started {}  ended {}  evicted {}\n",
                      flowd_total(control, fc::kFlowsStarted), flowd_total(control, fc::kFlowsEnded),
                      flowd_total(control, fc::kEvictions));
@@ -83,10 +89,14 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
                      counter(control, StageKind::kDedupd, rc::kRecordsOut),
                      counter(control, StageKind::kSignerd, rc::kRecordsIn),
                      counter(control, StageKind::kSignerd, rc::kBatchesOut));
-  out += fmt::format("  stored    {} batches, {} in {} segment(s) under {}\n",
+  out += fmt::format("  stored    {} batches, {} in {} segment(s) under {}{}\n",
                      counter(control, StageKind::kWriterd, rc::kBatchesOut),
                      human_bytes(counter(control, StageKind::kWriterd, rc::kBytesStored)),
-                     counter(control, StageKind::kWriterd, rc::kSegments), config.writer.dir);
+                     counter(control, StageKind::kWriterd, rc::kSegments), config.writer.dir,
+                     counter(control, StageKind::kWriterd, rc::kWriteErrors) > 0
+                         ? fmt::format("; {} failed writes retried (see the log)",
+                                       counter(control, StageKind::kWriterd, rc::kWriteErrors))
+                         : std::string());
   if (seconds > 0) {
     out += fmt::format("  rate      {:.0f} packets/s\n", double(received) / seconds);
   }

@@ -99,6 +99,10 @@ int run_writerd(StageRuntime& runtime) {
   auto report_io = [&](const segment::IoStatus& status) {
     if (status.ok()) return;
     runtime.counter(rc::kWriteErrors).fetch_add(1);
+    // Published so that a live capture, whose rings fill behind us, can say why it drops.
+    if (runtime.counter(rc::kStalledSinceNs).load() == 0) {
+      runtime.counter(rc::kStalledSinceNs).store(monotonic_ns());
+    }
     if (!write_error_logged) {
       spdlog::error("{} (retrying; the ring holds the batches meanwhile)", status.what);
       write_error_logged = true;
@@ -155,10 +159,15 @@ int run_writerd(StageRuntime& runtime) {
         runtime.counter(rc::kBytesStored).store(store.bytes_stored());
         runtime.counter(rc::kSegments).store(store.segments_started());
         report_io(store.last_error());  // a failed rotation after the batch was stored
-        if (write_error_logged && store.last_error().ok()) {
-          spdlog::info("writing works again");
-          write_error_logged = false;
-          retry_delay = std::chrono::milliseconds(200);
+        if (store.last_error().ok()) {
+          // Also clears what a writerd killed while stalled left in the counter.
+          const std::int64_t since = runtime.counter(rc::kStalledSinceNs).exchange(0);
+          if (write_error_logged) {
+            spdlog::info("writing works again (after {:.1f} s of failed writes)",
+                         since > 0 ? double(monotonic_ns() - since) / 1e9 : 0.0);
+            write_error_logged = false;
+            retry_delay = std::chrono::milliseconds(200);
+          }
         }
         break;
       case segment::AppendResult::kDuplicate:

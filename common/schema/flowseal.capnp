@@ -148,4 +148,8 @@ struct SealedBatch {
   header    @0 :BatchHeader;
   records   @1 :List(FlowEvent);   # leaf i = SHA-256(0x00 || canonical(records[i]))
   signature @2 :Data;
+  leafHints @3 :Data;
+  # NOT signed, an untrusted hint (common/seal/leaf_hints.h): byte 0 the width w (1..32), then
+  # the first w bytes of each record's leaf hash, in record order. It lets `flowseal verify`
+  # name the record behind a Merkle root mismatch; it never decides whether a batch verifies.
 }

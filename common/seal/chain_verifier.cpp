@@ -10,6 +10,7 @@
 #include <kj/exception.h>
 
 #include "seal/canonical_record.h"
+#include "seal/leaf_hints.h"
 #include "seal/merkle.h"
 
 namespace flowseal::seal {
@@ -126,7 +127,13 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
                                     header.getRecordCount(), records.size()));
     }
     if (leaves.size() == records.size() && hasher.root(leaves) != merkle_root) {
-      content.push_back("Merkle root does not match the records");
+      // The root proves the damage; the unsigned leaf hints, if any, say where it is.
+      const auto hints = batch.getLeafHints();
+      const DamageLocation where = locate_damage({hints.begin(), hints.size()},
+                                                 header.getRecordCount(), leaves);
+      if (where.located()) problem.record = where.first;
+      content.push_back("Merkle root does not match the records: " + where.describe() +
+                        (where.located() ? " (located by the batch's unsigned leaf hints)" : ""));
     }
     // A record outside the header's time range is the one that changed (if the header is
     // authentic): it can be named, where a Merkle mismatch alone cannot say which.

@@ -3,7 +3,9 @@
 // key, its seq and prevRoot against the batch before it, and one stream id throughout.
 //
 // It knows nothing of files: the caller (segment reading) feeds batches and says where each
-// came from, so a problem is reported as "segment S, batch seq N, record i: what".
+// came from, so a problem is reported as "segment S, batch seq N, record i: what". The
+// record is named from the batch's unsigned leaf hints (leaf_hints.h) when it has them: they
+// only ever locate a mismatch the signed root proves, they never make a batch pass.
 #pragma once
 
 #include <array>

@@ -291,9 +291,14 @@ struct BatchCodec::State {
 
   bool fits_columns(FlowEvent::Reader record) const;
   bool encode_columns(std::span<const std::byte> message, std::vector<std::uint8_t>& out);
-  std::optional<std::string> decode_columns(std::span<const std::uint8_t> stored,
+  // `body`: the stored batch after its encoding byte (and leaf hints). `hints`: the leaf
+  // hints to put back into the batch, nullopt if it had none. `stored_columns`: how many of
+  // the columns the batch's encoding holds (older encodings lack the last ones).
+  std::optional<std::string> decode_columns(std::span<const std::uint8_t> body,
+                                            std::optional<std::span<const std::uint8_t>> hints,
                                             std::uint32_t expected_records,
-                                            std::vector<std::uint64_t>& out, std::size_t& bytes);
+                                            std::vector<std::uint64_t>& out, std::size_t& bytes,
+                                            std::size_t stored_columns);
 };
 
 BatchCodec::BatchCodec(ColumnOptions options) : state_(std::make_unique<State>()) {
@@ -336,7 +341,7 @@ bool BatchCodec::State::fits_columns(FlowEvent::Reader record) const {
 BatchEncoding BatchCodec::encode(std::span<const std::byte> message,
                                  std::vector<std::uint8_t>& out) {
   try {
-    if (state_->encode_columns(message, out)) return BatchEncoding::kColumns;
+    if (state_->encode_columns(message, out)) return static_cast<BatchEncoding>(out[0]);
   } catch (const kj::Exception&) {
     // unreadable as a SealedBatch: stored as it came, verify will say what is wrong with it
   }
@@ -367,7 +372,8 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
   if (any_batch.getDataSection().size() != 0 || !batch.hasHeader() || !batch.hasRecords()) {
     return false;
   }
-  for (unsigned i = 3; i < any_batch.getPointerSection().size(); ++i) {
+  // Pointers 0..3: header, records, signature, leafHints.
+  for (unsigned i = 4; i < any_batch.getPointerSection().size(); ++i) {
     if (!any_batch.getPointerSection()[i].isNull()) return false;
   }
   const kj::Array<capnp::word> header = capnp::canonicalize(batch.getHeader());
@@ -488,7 +494,16 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
   texts.write(columns[kTexts]);
 
   out.clear();
-  out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumns));
+  if (batch.hasLeafHints()) {
+    // Unsigned hints (seal/leaf_hints.h), kept byte for byte: random hash bytes that zstd
+    // cannot shrink, so they cost their size.
+    const auto hints = batch.getLeafHints();
+    out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumnsWithHints));
+    put_varint(out, hints.size());
+    out.insert(out.end(), hints.begin(), hints.end());
+  } else {
+    out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumns));
+  }
   put_varint(out, records.size());
   put_varint(out, scale);
   put_varint(out, options.community_id_seed);
@@ -511,7 +526,18 @@ std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stor
   if (stored.empty()) return "empty batch";
   switch (static_cast<BatchEncoding>(stored[0])) {
     case BatchEncoding::kColumns:
-      return state_->decode_columns(stored, expected_records, out, bytes);
+      return state_->decode_columns(stored.subspan(1), std::nullopt, expected_records, out,
+                                    bytes, kColumnCount);
+    case BatchEncoding::kColumnsNoParents:  // written before tunnelParents: none in them
+      return state_->decode_columns(stored.subspan(1), std::nullopt, expected_records, out,
+                                    bytes, kTunnelParents);
+    case BatchEncoding::kColumnsWithHints: {
+      Cursor c(stored.subspan(1));
+      const auto hints = c.bytes(c.varint(c.left()));
+      if (c.error()) return fmt::format("leaf hints: {}", *c.error());
+      return state_->decode_columns(stored.subspan(stored.size() - c.left()), hints,
+                                    expected_records, out, bytes, kColumnCount);
+    }
     case BatchEncoding::kCapnp: {
       const std::size_t size = stored.size() - std::min<std::size_t>(stored.size(), 8);
       if (stored.size() < 16 || size % 8 != 0 ||
@@ -530,17 +556,18 @@ std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stor
 }
 
 std::optional<std::string> BatchCodec::State::decode_columns(
-    std::span<const std::uint8_t> stored, std::uint32_t expected_records,
-    std::vector<std::uint64_t>& out, std::size_t& out_bytes) {
-  Cursor c(stored.subspan(1));
-  const std::uint64_t n = c.varint(std::min<std::uint64_t>(kMaxRecords, stored.size() / kMinRecordBytes));
+    std::span<const std::uint8_t> body, std::optional<std::span<const std::uint8_t>> hints,
+    std::uint32_t expected_records, std::vector<std::uint64_t>& out, std::size_t& out_bytes,
+    std::size_t stored_columns) {
+  Cursor c(body);
+  const std::uint64_t n = c.varint(std::min<std::uint64_t>(kMaxRecords, body.size() / kMinRecordBytes));
   const std::uint64_t scale = c.varint(kMaxTsScale);
   const auto seed = static_cast<std::uint16_t>(c.varint(0xFFFF));
   const auto header_bytes = c.bytes(c.varint(c.left()));
   const std::uint64_t signature_size = c.varint(c.left() + 1);
   const auto signature = c.bytes(signature_size == 0 ? 0 : signature_size - 1);
   std::array<Cursor, kColumnCount> col;
-  for (std::size_t i = 0; i < kColumnCount && !c.error(); ++i) {
+  for (std::size_t i = 0; i < stored_columns && !c.error(); ++i) {
     col[i] = Cursor(c.bytes(c.varint(c.left())));
   }
   if (c.error()) return fmt::format("batch prologue: {}", *c.error());
@@ -575,6 +602,7 @@ std::optional<std::string> BatchCodec::State::decode_columns(
       batch.setHeader(header.getRoot<schema::BatchHeader>());
     }
     if (signature_size != 0) batch.setSignature({signature.data(), signature.size()});
+    if (hints) batch.setLeafHints({hints->data(), hints->size()});
     auto records = batch.initRecords(static_cast<unsigned>(n));
 
     auto index = [&](Column column, const std::vector<Entry>& entries,
@@ -694,7 +722,7 @@ std::optional<std::string> BatchCodec::State::decode_columns(
         r.setRespIatSumSqUs(std::bit_cast<double>(col[kRespIatSumSq].u64()));
         r.setRespRexmits(static_cast<std::uint32_t>(col[kRespRexmits].varint(0xFFFFFFFF)));
       }
-      {
+      if (stored_columns > kTunnelParents) {
         Cursor& parents_col = col[kTunnelParents];
         const std::uint64_t stored = parents_col.varint(parents_col.left() / 8 + 1);
         if (stored > 0) {

@@ -34,8 +34,10 @@ namespace flowseal::segment {
 
 // The first byte of a stored batch.
 enum class BatchEncoding : std::uint8_t {
-  kColumns = 1,  // columns, this header's layout
+  kColumnsNoParents = 1,  // columns without tunnelParents (the last column): read, not written
   kCapnp = 2,    // 7 zero bytes, then the SealedBatch flat-array message as signerd made it
+  kColumnsWithHints = 3,  // varint L, L bytes of SealedBatch.leafHints, then as kColumns
+  kColumns = 4,  // columns, this header's layout (every column, tunnelParents included)
 };
 
 struct ColumnOptions {

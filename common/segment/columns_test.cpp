@@ -359,18 +359,73 @@ TEST_CASE("a record with bits outside every known field is stored as its Cap'n P
   CHECK(std::memcmp(out.data(), message.data(), bytes) == 0);
 }
 
+namespace {
+
+std::vector<std::byte> with_leaf_hints(const std::vector<std::byte>& message,
+                                       const std::vector<std::uint8_t>& hints) {
+  std::vector<std::uint64_t> words(message.size() / 8);
+  std::memcpy(words.data(), message.data(), message.size());
+  auto reader = open(words, message.size());
+  capnp::MallocMessageBuilder copy;
+  copy.setRoot(reader.getRoot<schema::SealedBatch>());
+  copy.getRoot<schema::SealedBatch>().setLeafHints({hints.data(), hints.size()});
+  const auto flat = capnp::messageToFlatArray(copy);
+  return {reinterpret_cast<const std::byte*>(flat.asBytes().begin()),
+          reinterpret_cast<const std::byte*>(flat.asBytes().end())};
+}
+
+std::vector<std::uint8_t> leaf_hints_of(schema::SealedBatch::Reader batch) {
+  const auto hints = batch.getLeafHints();
+  return {hints.begin(), hints.end()};
+}
+
+}  // namespace
+
+TEST_CASE("leaf hints are stored byte for byte beside the columns, and cost their size") {
+  BatchCodec codec(ColumnOptions{kSeed});
+  const auto plain = sealed_batch(21, 100, false);
+  std::vector<std::uint8_t> hints = {2};
+  for (int i = 0; i < 200; ++i) hints.push_back(static_cast<std::uint8_t>(i * 37 + 11));
+  const auto hinted = with_leaf_hints(plain, hints);
+  std::vector<std::uint8_t> stored_plain, stored_hinted;
+  REQUIRE(codec.encode(plain, stored_plain) == BatchEncoding::kColumns);
+  REQUIRE(codec.encode(hinted, stored_hinted) == BatchEncoding::kColumnsWithHints);
+  // Byte 0, a 2-byte varint length, the hints: nothing else changes.
+  CHECK(stored_hinted.size() == stored_plain.size() + 2 + hints.size());
+  CHECK(std::equal(stored_plain.begin() + 1, stored_plain.end(),
+                   stored_hinted.end() - static_cast<std::ptrdiff_t>(stored_plain.size() - 1)));
+  std::vector<std::uint64_t> out;
+  std::size_t bytes = 0;
+  REQUIRE(!codec.decode(stored_hinted, 100, out, bytes));
+  auto reader = open(out, bytes);
+  CHECK(sealed_content(reader.getRoot<schema::SealedBatch>()) == sealed_content(plain));
+  CHECK(leaf_hints_of(reader.getRoot<schema::SealedBatch>()) == hints);
+  // A batch stored without hints (every segment before encoding 3) decodes without them.
+  REQUIRE(!codec.decode(stored_plain, 100, out, bytes));
+  auto old = open(out, bytes);
+  CHECK(!old.getRoot<schema::SealedBatch>().hasLeafHints());
+  CHECK(sealed_content(old.getRoot<schema::SealedBatch>()) == sealed_content(plain));
+}
+
 TEST_CASE("every single-bit flip and every truncation of a stored batch is damage, never a crash") {
   // Without the frame CRC in front: each flip either fails to decode, or decodes to a batch
-  // whose sealed content differs (which the Merkle root or signature then catch).
+  // whose sealed content differs (which the Merkle root or signature then catch), or (in a
+  // hinted batch) to other leaf hints, which are not sealed: all they can do is make verify
+  // name a wrong record, and only for a batch already failing.
   BatchCodec codec(ColumnOptions{kSeed});
-  for (const bool odd : {false, true}) {
-    const auto message = sealed_batch(odd ? 11 : 12, 12, odd);
+  std::vector<std::uint8_t> hints = {2};
+  for (int i = 0; i < 24; ++i) hints.push_back(static_cast<std::uint8_t>(i * 91 + 5));
+  for (const auto& [odd, hinted] : {std::pair{false, false}, {true, false}, {true, true}}) {
+    INFO("odd values " << odd << ", leaf hints " << hinted);
+    const auto plain = sealed_batch(odd ? 11 : 12, 12, odd);
+    const auto message = hinted ? with_leaf_hints(plain, hints) : plain;
     const auto original = sealed_content(message);
     std::vector<std::uint8_t> stored;
-    REQUIRE(codec.encode(message, stored) == BatchEncoding::kColumns);
+    REQUIRE(codec.encode(message, stored) ==
+            (hinted ? BatchEncoding::kColumnsWithHints : BatchEncoding::kColumns));
     std::vector<std::uint64_t> out;
     std::size_t bytes = 0;
-    std::size_t rejected = 0, changed = 0;
+    std::size_t rejected = 0, changed = 0, hints_changed = 0;
     for (std::size_t bit = 0; bit < stored.size() * 8; ++bit) {
       std::vector<std::uint8_t> damaged = stored;
       damaged[bit / 8] ^= static_cast<std::uint8_t>(1u << (bit % 8));
@@ -381,14 +436,21 @@ TEST_CASE("every single-bit flip and every truncation of a stored batch is damag
       auto reader = open(out, bytes);
       INFO("bit " << bit << " of " << stored.size() * 8);
       try {
-        REQUIRE(sealed_content(reader.getRoot<schema::SealedBatch>()) != original);
+        const auto batch = reader.getRoot<schema::SealedBatch>();
+        if (sealed_content(batch) != original) {
+          ++changed;
+        } else {
+          REQUIRE(hinted);
+          REQUIRE(leaf_hints_of(batch) != hints);
+          ++hints_changed;
+        }
       } catch (const kj::Exception&) {
-        // unreadable content is damage too
+        ++changed;  // unreadable content is damage too
       }
-      ++changed;
     }
-    CHECK(rejected + changed == stored.size() * 8);
+    CHECK(rejected + changed + hints_changed == stored.size() * 8);
     CHECK(rejected > 0);
+    CHECK(hints_changed <= hints.size() * 8);
     for (std::size_t n = 0; n < stored.size(); ++n) {
       INFO("truncated to " << n << " of " << stored.size() << " bytes");
       CHECK(codec.decode(std::span(stored).first(n), 12, out, bytes));

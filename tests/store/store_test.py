@@ -12,6 +12,7 @@ Every process a check starts is bounded in time; only processes this test starte
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -134,13 +135,23 @@ def test_tampering(tmp):
             check(part in line, f"{name}: verify's verdict names '{part}': {line!r}")
         return line
 
-    # The signed Merkle root proves that some record of the batch changed, but not which one:
-    # naming the record index would need per-record hashes stored beside the batch (see
-    # docs/perf/store.md). A changed timestamp is named (it leaves the signed time range).
-    damaged("record-changed", ["--edit-record", f"{b}:5"], middle, f"batch seq {b}",
-            "Merkle root")
-    damaged("record-removed", ["--drop-record", f"{b}:7"], middle, f"batch seq {b}",
-            "recordCount")
+    # The signed Merkle root proves that some record of the batch changed; the unsigned leaf
+    # hints stored beside it (two bytes of each record's leaf hash) say which one.
+    for k in (0, 5, 40):
+        damaged(f"record-{k}-changed", ["--edit-record", f"{b}:{k}"], middle,
+                f"batch seq {b}, record {k}: Merkle root",
+                f"record {k} differs from the record that was sealed")
+    for k in (0, 7, 63):
+        damaged(f"record-{k}-removed", ["--drop-record", f"{b}:{k}"], middle,
+                f"batch seq {b}, record {k}: recordCount",
+                f"a record was removed at record index {k}")
+    # A tamperer who rewrites the hints to fit the changed record: still caught by the root,
+    # and verify says it cannot tell which record it was rather than naming a wrong one.
+    line = damaged("record-changed-hints-rewritten", ["--edit-record", f"{b}:5", "--rehint", str(b)],
+                   middle, f"batch seq {b}: Merkle root", "could not be located")
+    check(", record " not in line, f"no record is named when the hints were rewritten: {line!r}")
+    line = damaged("record-removed-hints-rewritten", ["--drop-record", f"{b}:7", "--rehint", str(b)],
+                   middle, f"batch seq {b}: recordCount", "could not be located")
     damaged("batch-removed", ["--drop-batch", str(b)], f"batch seq {b}", "missing")
     damaged("batches-swapped", ["--swap", f"{a}:{b}"], middle, f"batch seq {b}")
     damaged("other-key", ["--reseal", str(b), "--key", other_key], middle, f"batch seq {b}")
@@ -158,6 +169,38 @@ def test_tampering(tmp):
     v = verify(clean, "--pubkey", other_key.replace(".key", ".pub"))
     check(v.returncode == 65 and "not a trusted key" in v.stderr,
           f"verify --pubkey with a foreign key fails ({v.returncode})")
+
+
+def test_format2_store(tmp):
+    """A store written before leaf hints existed (segment batches of encoding 1, made by
+    commit 58474d0): it still verifies and reads, and damage to it is still found, only not
+    located."""
+    old = os.path.join(DATA, "store-format2")
+    v = verify(old)
+    check(v.returncode == 0 and "records:  3988" in v.stdout,
+          f"the format-2 store without leaf hints verifies ({v.returncode}: {v.stderr.strip()})")
+    r = run(["cat", old, "--events"])
+    check(r.returncode == 0 and len(r.stdout.splitlines()) == 3988,
+          f"cat reads every record of the format-2 store ({r.returncode})")
+    d = os.path.join(tmp, "format2-damaged")
+    shutil.copytree(old, d)
+    seg = os.path.join(d, segments(d)[0])
+    seq = batch_seqs(d, segments(d)[0])[3]
+    r = run(["debug", "rewrite", seg, "--edit-record", f"{seq}:5"])
+    check(r.returncode == 0, f"format-2 damage could be made ({r.stderr.strip()})")
+    v = verify(d)
+    line = next((l for l in v.stderr.splitlines() if "FAILED" in l), "")
+    check(v.returncode == 65 and f"batch seq {seq}: Merkle root" in line and
+          "carries no leaf hints" in line,
+          f"a changed record of a format-2 store fails, unlocated: {v.returncode} {line!r}")
+    r = run(["verify", old, "--proof", first_event(old)])
+    check(r.returncode == 0 and json.loads(r.stdout)["leaf_count"] > 0,
+          f"verify --proof works on the format-2 store ({r.stderr.strip()})")
+
+
+def first_event(d):
+    ids = event_ids(d)
+    return ids[0] if ids else "Cnone:end:1"
 
 
 # ---------------------------------------------------------------------------- proofs
@@ -229,6 +272,26 @@ def test_cat(tmp):
               int(first.get("orig_pkts", -1)) == rows[0]["orig_pkts"],
               "the first tsv row says what the first json line says")
     check(lines[-1].startswith("#close"), "tsv ends with #close")
+    # Zeek's header, line by line, and rows that fit it (zeek-cut and Zeek's readers rely on it).
+    head = [l for l in lines if l.startswith("#")]
+    check(head[:5] == ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)",
+                       "#unset_field\t-", "#path\tconn"], f"tsv opens with Zeek's header: {head[:5]}")
+    stamp = re.compile(r"^#(open|close)\t\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d$")
+    check(stamp.match(head[5] if len(head) > 5 else "") and stamp.match(lines[-1]),
+          f"#open and #close carry Zeek's YYYY-MM-DD-HH-MM-SS stamp ({head[5:6]}, {lines[-1]})")
+    types = [l for l in lines if l.startswith("#types\t")]
+    zeek_types = {"time", "string", "addr", "port", "enum", "interval", "count", "int", "double",
+                  "bool", "set[string]"}
+    if fields and types:
+        names, kinds = fields[0].split("\t")[1:], types[0].split("\t")[1:]
+        check(len(names) == len(kinds) and set(kinds) <= zeek_types,
+              f"#types names a Zeek type for each of the {len(names)} fields ({kinds})")
+        check(all(len(r.split("\t")) == len(names) for r in data),
+              "every tsv row has a value for each field")
+        col = dict(zip(names, range(len(names))))
+        check(all(float(r.split("\t")[col["ts"]]) > 1e9 and
+                  0 <= int(r.split("\t")[col["id.orig_p"]]) <= 65535 for r in data),
+              "ts and port columns hold what their types say")
 
     def subset(args, keep, what):
         r = run(["cat", out] + args)
@@ -250,6 +313,19 @@ def test_cat(tmp):
     subset(["--since", str(mid)], lambda x: x["ts"] + x["duration"] >= mid - 1e-6, "--since epoch")
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(mid)))
     subset(["--until", iso], lambda x: x["ts"] < int(mid), "--until RFC 3339")
+    # Filters together: both must hold; a port on either side matches.
+    subset(["--host", host, "--port", str(port)],
+           lambda x: host in (x["id.orig_h"], x["id.resp_h"]) and port in (x["id.orig_p"], x["id.resp_p"]),
+           "--host with --port")
+    subset(["--since", str(ts[len(ts) // 4]), "--until", str(mid)],
+           lambda x: x["ts"] + x["duration"] >= ts[len(ts) // 4] - 1e-6 and x["ts"] < mid,
+           "--since with --until")
+    r = run(["cat", out, "--host", "10.0.0.0/99"])
+    check(r.returncode == 64 and "--host 10.0.0.0/99" in r.stderr, "cat --host with a bad prefix exits 64")
+    r = run(["cat", out, "--port", "70000"])
+    check(r.returncode == 64 and "out of range" in r.stderr, "cat --port 70000 exits 64")
+    r = run(["cat", out, "--host", "10.255.255.254"])
+    check(r.returncode == 0 and r.stdout == "", "cat --host of an absent address prints nothing")
     r = run(["cat", out, "--since", "yesterday"])
     check(r.returncode == 64, "cat --since with a bad time exits 64")
 
@@ -261,6 +337,40 @@ def test_cat(tmp):
     ids = event_ids(dup)
     check(len(ids) == len(set(ids)) and set(ids) == set(event_ids(out)),
           "cat drops repeated event ids")
+
+
+def test_cat_loop_times(tmp):
+    """Loop mode over all of tests/data (packet times 2000..2024) twenty times: every pass is
+    moved past the one before by the whole span, and passes past the year 2262 once wrapped
+    around int64 and gave records times near -9.2e9 s, which cat printed as invalid JSON
+    ("ts":-9223372036.-854775). Capture now stops at the last pass that fits and says so."""
+    out = os.path.join(tmp, "loop20")
+    r = subprocess.run(run_args(big_input(), out, "loop20", ["--set", "capture.loop=20"]),
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    check(r.returncode == 65 and "loop mode: stopped after 10 of 20 passes" in r.stderr,
+          f"capture says it stopped looping before times overflow ({r.returncode}: {r.stderr[-800:]})")
+    v = verify(out)
+    check(v.returncode == 0, f"the looped store verifies ({v.stderr.strip()})")
+    c = run(["cat", out, "--events"])
+    check(c.returncode == 0, f"cat of the looped store exits 0 ({c.stderr.strip()})")
+    lines = c.stdout.splitlines()
+    bad, insane = [], []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad.append(line)
+            continue
+        # 2000-01-01 .. 2262-04-11: the inputs' first time to the end of int64 nanoseconds.
+        if not (946684800 <= row["ts"] <= 9223372036 and 0 <= row["duration"] < 86400 * 366):
+            insane.append(line)
+    check(len(lines) > 10000, f"the looped store holds its records ({len(lines)})")
+    check(not bad, f"every line cat prints is JSON ({len(bad)} are not, e.g. {bad[:1]})")
+    check(not insane, f"every ts lies within the looped input's time ({len(insane)} do not, e.g. {insane[:1]})")
+    t = run(["cat", out, "--events", "--format", "tsv"])
+    rows = [l.split("\t") for l in t.stdout.splitlines() if not l.startswith("#")]
+    check(len(rows) == len(lines) and all(float(r[0]) >= 946684800 for r in rows),
+          "tsv rows carry the same sane times")
 
 
 # ---------------------------------------------------------------------------- writerd
@@ -381,7 +491,8 @@ def test_disk_full(tmp):
         subprocess.run(["umount", mnt], capture_output=True)
 
 
-TESTS = [test_tampering, test_proof, test_cat, test_writerd_killed,
+TESTS = [test_tampering, test_format2_store, test_proof, test_cat, test_cat_loop_times,
+         test_writerd_killed,
          test_disk_full]
 
 if __name__ == "__main__":
