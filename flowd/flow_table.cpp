@@ -88,7 +88,12 @@ struct FlowSlot {
   std::uint8_t in_use;
   std::uint8_t timer_class;  // TimerClass
   std::uint8_t history_len;
-  std::uint8_t pad0[5];
+  // Zeek's TCP_Endpoint::prev_state of each side (a FIN or RST is judged by what came before).
+  std::uint8_t orig_prev_state;
+  std::uint8_t resp_prev_state;
+  // 1: the originator opened with a SYN, so Zeek's attempt timer runs (see attempt_over()).
+  std::uint8_t attempt_timer;
+  std::uint8_t pad0[2];
 
   std::uint64_t hash;
   std::uint64_t uid;
@@ -143,7 +148,7 @@ struct Journal {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 3;
+constexpr std::uint32_t kLayoutVersion = 4;  // 4: prev states, attempt timer, history bits
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
@@ -233,10 +238,20 @@ struct List {
   }
 };
 
+// Zeek's view of a finished TCP connection (TCPSessionAdapter::ConnectionClosed's
+// close_complete and ExpireTimer): a side reset, both sides closed, or one side closed while
+// the other never sent anything. Such a connection lingers tcp_closed_linger_ns, then ends.
 bool is_closed(const FlowSlot& s) {
   if (s.proto != kProtoTcp) return false;
   const auto o = s.orig.tcp_state, r = s.resp.tcp_state;
-  return o == kReset || r == kReset || (o == kClosed && r == kClosed);
+  return o == kReset || r == kReset || (o == kClosed && (r == kClosed || r == kInactive)) ||
+         (r == kClosed && o == kInactive);
+}
+
+// Either side sent a FIN or RST (Zeek's IsClosed(): a new SYN then starts a new connection).
+bool either_closed(const FlowSlot& s) {
+  const auto o = s.orig.tcp_state, r = s.resp.tcp_state;
+  return o == kClosed || o == kReset || r == kClosed || r == kReset;
 }
 
 schema::EndReason closed_reason(const FlowSlot& s) {
@@ -244,11 +259,23 @@ schema::EndReason closed_reason(const FlowSlot& s) {
                                                                    : schema::EndReason::FIN;
 }
 
+// Zeek's connection attempt (TCPSessionAdapter::AttemptTimer): the originator opened with a
+// SYN and the responder has not answered. Zeek gives it tcp_attempt_delay from that SYN —
+// from the SYN, not from the last packet, so a client that goes on sending into the void
+// (half-duplex capture) still has its attempt ended and the rest is a new connection.
+bool is_attempt(const FlowSlot& s) {
+  return s.proto == kProtoTcp && s.attempt_timer != 0 &&
+         (s.orig.tcp_state == kSynSent || s.orig.tcp_state == kSynAckSent) &&
+         s.resp.tcp_state == kInactive;
+}
+
 std::uint8_t timer_class_of(const FlowSlot& s) {
   switch (s.proto) {
     case kProtoTcp:
       if (is_closed(s)) return kTcpClosed;
-      return s.orig.pkts > 0 && s.resp.pkts > 0 ? kTcpEstablished : kTcpAttempt;
+      // Anything else, one-sided or not, stays for Zeek's tcp_inactivity_timeout: a capture
+      // that sees one direction only (asymmetric routing) must not cut its flows at 5 s gaps.
+      return is_attempt(s) ? kTcpAttempt : kTcpEstablished;
     case kProtoUdp: return kUdp;
     case kProtoIcmp:
     case kProtoIcmpv6: return kIcmp;
@@ -256,10 +283,11 @@ std::uint8_t timer_class_of(const FlowSlot& s) {
   }
 }
 
-// History letters as Zeek records them: each at most once per direction, upper case for
-// the originator.
+// History letters as Zeek records them (TCP_Endpoint::CheckHistory): each at most once per
+// direction, upper case for the originator. S and H share one flag, as in Zeek.
 enum HistoryBit : std::uint8_t {
-  kHistSyn = 1, kHistSynAck = 2, kHistAck = 4, kHistData = 8, kHistFin = 16, kHistRst = 32,
+  kHistSyn = 1, kHistAck = 2, kHistData = 4, kHistFin = 8, kHistRst = 16, kHistMultiFlag = 32,
+  kHistFinRst = 64,
 };
 
 void append_history(FlowSlot& s, bool from_orig, char letter) {
@@ -334,6 +362,20 @@ std::uint64_t sequence_bytes(const Direction& d) {
   return size;
 }
 
+// orig_bytes / resp_bytes as Zeek's conn.log has them: TCP by sequence numbers, UDP, ICMP
+// and SCTP by the payload lengths; a transport neither knows (Zeek's unknown_transport) 0,
+// since no analyzer there knows where its payload starts.
+std::uint64_t payload_size(const FlowSlot& s, const Direction& d) {
+  switch (s.proto) {
+    case kProtoTcp: return sequence_bytes(d);
+    case kProtoUdp:
+    case kProtoIcmp:
+    case kProtoIcmpv6:
+    case kProtoSctp: return d.payload_bytes;
+    default: return 0;
+  }
+}
+
 // Packet-size and inter-arrival figures of one side, before the packet is counted.
 void record_spread(Direction& d, std::uint32_t ip_bytes, std::int64_t ts_ns) {
   const auto size = static_cast<std::uint16_t>(std::min<std::uint32_t>(ip_bytes, 0xFFFF));
@@ -372,55 +414,104 @@ FlowEventData::Spread spread_of(const Direction& d) {
   return out;
 }
 
-// A simplified form of Zeek's TCP endpoint state machine (TCP_Analyzer::UpdateStateMachine):
-// enough to give the same conn_state on ordinary and on broken connections.
-void update_tcp(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t payload) {
-  Direction& me = from_orig ? s.orig : s.resp;
-  Direction& peer = from_orig ? s.resp : s.orig;
-  me.tcp_flags |= flags;
-
-  if ((flags & kSyn) != 0) {
-    if ((flags & kAck) != 0) {
-      add_history(s, from_orig, kHistSynAck, 'h');
-      if (me.tcp_state == kInactive || me.tcp_state == kSynSent) me.tcp_state = kSynAckSent;
+// Zeek's history letters for one TCP segment (update_history in TCPSessionAdapter.cc): a
+// segment with two or more of SYN/FIN/RST is only q (or i for FIN+RST), one with one of them
+// only its letter (a FIN carrying data is f, not d), and the rest d or a.
+void tcp_history(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t payload) {
+  const bool syn = (flags & kSyn) != 0, fin = (flags & kFin) != 0, rst = (flags & kRst) != 0;
+  const int control = int{syn} + int{fin} + int{rst};
+  if (control > 1) {
+    if (fin && rst) {
+      add_history(s, from_orig, kHistFinRst, 'i');
     } else {
-      add_history(s, from_orig, kHistSyn, 's');
-      if (me.tcp_state == kInactive) me.tcp_state = kSynSent;
+      add_history(s, from_orig, kHistMultiFlag, 'q');
     }
-  }
-  if (payload > 0) {
+  } else if (syn) {
+    add_history(s, from_orig, kHistSyn, (flags & kAck) != 0 ? 'h' : 's');
+  } else if (fin) {
+    add_history(s, from_orig, kHistFin, 'f');
+  } else if (rst) {
+    add_history(s, from_orig, kHistRst, 'r');
+  } else if (payload > 0) {
     add_history(s, from_orig, kHistData, 'd');
-  } else if ((flags & (kAck | kSyn | kFin | kRst)) == kAck) {
+  } else if ((flags & kAck) != 0) {
     add_history(s, from_orig, kHistAck, 'a');
   }
-  if ((flags & kFin) != 0) add_history(s, from_orig, kHistFin, 'f');
-  if ((flags & kRst) != 0) add_history(s, from_orig, kHistRst, 'r');
+}
 
-  if ((flags & kRst) != 0) {
-    me.tcp_state = kReset;
-    return;
+// One side of a TCP connection as Zeek's state machine sees it: its state and the state
+// before the last change (TCP_Endpoint::SetState keeps both).
+struct Endpoint {
+  Direction& d;
+  std::uint8_t& prev_state;
+  TcpState state() const { return static_cast<TcpState>(d.tcp_state); }
+  void set(TcpState next) {
+    if (d.tcp_state == next) return;
+    prev_state = d.tcp_state;
+    d.tcp_state = next;
   }
-  if ((flags & kFin) != 0) {
-    if (me.tcp_state != kReset) me.tcp_state = kClosed;
-    return;
-  }
-  if ((flags & kSyn) != 0) return;
-  // An ACK or data without SYN/FIN/RST.
-  switch (me.tcp_state) {
+};
+
+// Zeek's TCP endpoint state machine (TCPSessionAdapter::UpdateStateMachine and its
+// Update*State helpers), the transitions only. Where Zeek flips the roles on a SYN answering
+// the originator's SYN-ACK, flowseal keeps them (it already made a SYN-ACK seen first
+// flip at the start) and only establishes both sides.
+void update_tcp(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t payload) {
+  Endpoint me{from_orig ? s.orig : s.resp, from_orig ? s.orig_prev_state : s.resp_prev_state};
+  Endpoint peer{from_orig ? s.resp : s.orig, from_orig ? s.resp_prev_state : s.orig_prev_state};
+  me.d.tcp_flags |= flags;
+  tcp_history(s, from_orig, flags, payload);
+  const bool syn = (flags & kSyn) != 0, fin = (flags & kFin) != 0, rst = (flags & kRst) != 0;
+  const bool ack = (flags & kAck) != 0;
+
+  switch (me.state()) {
     case kInactive:
-      me.tcp_state = kPartial;  // picked up mid-stream
-      break;
-    case kSynSent:
-    case kSynAckSent:
-      if ((flags & kAck) != 0 && peer.tcp_state != kInactive) {
-        me.tcp_state = kEstablished;
-        if (peer.tcp_state == kSynAckSent || peer.tcp_state == kSynSent) {
-          peer.tcp_state = kEstablished;
+      if (syn) {
+        if (from_orig) {
+          me.set(ack ? kSynAckSent : kSynSent);
+          s.attempt_timer = 1;
+        } else {
+          // The responder's SYN-ACK (or SYN) establishes both sides at once.
+          if (peer.state() == kSynSent || (!ack && peer.state() == kSynAckSent)) {
+            peer.set(kEstablished);
+          }
+          me.set(kEstablished);
+        }
+      }
+      if (fin) me.set(kClosed);
+      if (rst) me.set(kReset);
+      if (me.state() == kInactive) {
+        if (!from_orig && payload == 0 && peer.state() == kSynSent) {
+          // A responder that acks the SYN before its SYN-ACK: not yet a partial connection.
+        } else if (ack && peer.state() == kEstablished) {
+          me.set(kEstablished);  // the SYN was missed, the SYN-ACK was not
+        } else {
+          me.set(kPartial);  // picked up mid-stream
         }
       }
       break;
-    default:
+    case kSynSent:
+    case kSynAckSent:
+      // Only the peer's SYN-ACK establishes a side that sent a SYN.
+      if (fin) me.set(kClosed);
+      if (rst) me.set(kReset);
       break;
+    case kEstablished:
+    case kPartial:
+      if (syn && !ack && me.state() == kPartial && peer.state() == kInactive) me.set(kSynSent);
+      if (fin && !rst) {
+        me.set(kClosed);
+        // The peer's FIN then RST was a normal close after all.
+        if (peer.state() == kReset && peer.prev_state == kClosed) peer.set(kClosed);
+      }
+      if (rst) me.set(kReset);
+      break;
+    case kClosed:
+      // A RST after both sides' FINs does not undo the orderly close (Zeek: SF, not RSTR).
+      if (rst && peer.state() != kClosed) me.set(kReset);
+      break;
+    default:
+      break;  // reset: nothing changes it
   }
 }
 
@@ -444,7 +535,7 @@ std::string_view conn_state(const FlowSlot& s) {
     const bool r_inactive = rs == kInactive || rs == kPartial;
     if (rs == kReset) {
       if (os == kSynSent || os == kSynAckSent ||
-          (os == kReset && s.orig.payload_bytes == 0 && s.resp.payload_bytes == 0)) {
+          (os == kReset && sequence_bytes(s.orig) == 0 && sequence_bytes(s.resp) == 0)) {
         return "REJ";
       }
       return o_inactive ? "RSTRH" : "RSTR";
@@ -491,8 +582,14 @@ bool likely_server_port(std::uint8_t proto, std::uint16_t port) {
 // UDP datagram from a likely server port to a port that is not one came from the server
 // (TCPAnalyzer/UDPAnalyzer::WantConnection). When both ports look like servers, TCP flips
 // only if the destination port is the larger.
+// Zeek never flips a connection to the IPv4 broadcast address (IPAddr::IsBroadcast): a DHCP
+// server's broadcast reply stays its own originator.
 bool flip_roles(const packet::DecodedPacket& p, const packet::FlowKey& key) {
   if (!p.has_ports) return false;
+  if (key.ip_version == 4 && key.dst[0] == 0xFF && key.dst[1] == 0xFF && key.dst[2] == 0xFF &&
+      key.dst[3] == 0xFF) {
+    return false;
+  }
   if (key.proto == kProtoTcp) {
     if (p.ports_cut) return false;
     if ((p.tcp_flags & (kSyn | kAck)) == (kSyn | kAck)) return true;
@@ -753,7 +850,12 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
       // Idle past its timeout between two expire() calls: that flow is over.
       end_flow(index, is_closed(s) ? closed_reason(s) : schema::EndReason::IDLE, sink);
       index = kNil;
-    } else if (s.proto == kProtoTcp && is_closed(s) && new_syn) {
+    } else if (is_attempt(s) && ts_ns - s.first_ts > idle_timeout(kTcpAttempt)) {
+      // Zeek's attempt timer ran out since the SYN (see is_attempt()), however busy the
+      // originator was since: the attempt ends and this packet starts a new connection.
+      end_flow(index, schema::EndReason::IDLE, sink);
+      index = kNil;
+    } else if (s.proto == kProtoTcp && either_closed(s) && new_syn) {
       end_flow(index, closed_reason(s), sink);  // the port pair is reused by a new connection
       index = kNil;
     }
@@ -1006,10 +1108,10 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   e.last_ts_ns = s.last_ts;
   e.orig_pkts = s.orig.pkts;
   e.orig_ip_bytes = s.orig.ip_bytes;
-  e.orig_bytes = s.proto == kProtoTcp ? sequence_bytes(s.orig) : s.orig.payload_bytes;
+  e.orig_bytes = payload_size(s, s.orig);
   e.resp_pkts = s.resp.pkts;
   e.resp_ip_bytes = s.resp.ip_bytes;
-  e.resp_bytes = s.proto == kProtoTcp ? sequence_bytes(s.resp) : s.resp.payload_bytes;
+  e.resp_bytes = payload_size(s, s.resp);
   e.orig_tcp_flags = s.orig.tcp_flags;
   e.resp_tcp_flags = s.resp.tcp_flags;
   e.conn_state.assign(conn_state(s));
