@@ -850,9 +850,10 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
       // Idle past its timeout between two expire() calls: that flow is over.
       end_flow(index, is_closed(s) ? closed_reason(s) : schema::EndReason::IDLE, sink);
       index = kNil;
-    } else if (is_attempt(s) && ts_ns - s.first_ts > idle_timeout(kTcpAttempt)) {
-      // Zeek's attempt timer ran out since the SYN (see is_attempt()), however busy the
-      // originator was since: the attempt ends and this packet starts a new connection.
+    } else if (s.timer_class == kTcpAttempt && ts_ns - s.first_ts > idle_timeout(kTcpAttempt)) {
+      // Zeek's attempt timer ran out since the SYN (see is_attempt(); the class is kept up to
+      // date after every packet), however busy the originator was since: the attempt ends
+      // and this packet starts a new connection.
       end_flow(index, schema::EndReason::IDLE, sink);
       index = kNil;
     } else if (s.proto == kProtoTcp && either_closed(s) && new_syn) {
