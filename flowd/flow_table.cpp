@@ -74,6 +74,14 @@ struct Direction {
   std::uint8_t tcp_state;  // TcpState
   std::uint8_t history_seen;  // one bit per history letter already recorded
   std::uint8_t seq_known;     // 1: seq_base is set
+  // Zeek's hist_last_RST: the relative sequence number of this side's last RST (a RST at
+  // another one is marked again).
+  std::uint32_t last_rst_seq;
+  // Zero-window advertisements (w/W at the 1st, 10th, 100th, ...); saturating, so past
+  // 65535 no more letters (Zeek would add one at the 100000th).
+  std::uint16_t zero_windows;
+  std::uint8_t prev_state;    // Zeek's TCP_Endpoint::prev_state: the state before the last change
+  std::uint8_t pad;
 };
 
 struct FlowSlot {
@@ -88,12 +96,9 @@ struct FlowSlot {
   std::uint8_t in_use;
   std::uint8_t timer_class;  // TimerClass
   std::uint8_t history_len;
-  // Zeek's TCP_Endpoint::prev_state of each side (a FIN or RST is judged by what came before).
-  std::uint8_t orig_prev_state;
-  std::uint8_t resp_prev_state;
-  // 1: the originator opened with a SYN, so Zeek's attempt timer runs (see attempt_over()).
+  // 1: the originator opened with a SYN, so Zeek's attempt timer runs (see is_attempt()).
   std::uint8_t attempt_timer;
-  std::uint8_t pad0[2];
+  std::uint8_t pad0[4];
 
   std::uint64_t hash;
   std::uint64_t uid;
@@ -148,14 +153,14 @@ struct Journal {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 4;  // 4: prev states, attempt timer, history bits
+constexpr std::uint32_t kLayoutVersion = 4;  // 4: Zeek's TCP states (prev state, attempt, letters)
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
 static_assert(std::is_standard_layout_v<TableHeader> &&
               std::is_trivially_copyable_v<TableHeader>);
-static_assert(sizeof(Direction) == 88);
-static_assert(sizeof(FlowSlot) == 352 && alignof(FlowSlot) == 8);
+static_assert(sizeof(Direction) == 96);
+static_assert(sizeof(FlowSlot) == 368 && alignof(FlowSlot) == 8);
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 static_assert(std::is_trivially_copyable_v<Journal> && sizeof(Journal) % 8 == 0);
 
@@ -318,6 +323,15 @@ bool is_power_of_ten(std::uint32_t n) {
 // retransmission.
 constexpr std::int32_t kMaxSeqJump = 16384;
 
+// A side's sequence base, set by its first segment (Zeek's init_endpoint) before anything
+// that numbers relative to it.
+void init_sequence(Direction& me, const packet::DecodedPacket& p) {
+  if (me.seq_known != 0) return;
+  me.seq_base = (p.tcp_flags & kSyn) != 0 ? p.tcp_seq : p.tcp_seq - 1;
+  me.seq_end = 0;
+  me.seq_known = 1;
+}
+
 // Sequence-number accounting, as Zeek's TCP analyzer keeps it: the highest segment end each
 // side sent, the highest ack its peer sent for it, and the segments with payload that did
 // not advance it (retransmissions: history letter t/T, scaled).
@@ -327,11 +341,6 @@ void track_sequence(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p)
   const bool syn = (p.tcp_flags & kSyn) != 0;
   const bool fin = (p.tcp_flags & kFin) != 0;
   const bool rst = (p.tcp_flags & kRst) != 0;
-  if (me.seq_known == 0) {
-    me.seq_base = syn ? p.tcp_seq : p.tcp_seq - 1;
-    me.seq_end = 0;
-    me.seq_known = 1;
-  }
   const std::uint32_t end = p.tcp_seq - me.seq_base + p.payload_bytes + (syn ? 1u : 0u) +
                             (fin ? 1u : 0u);
   const auto delta = static_cast<std::int32_t>(end - me.seq_end);
@@ -417,7 +426,9 @@ FlowEventData::Spread spread_of(const Direction& d) {
 // Zeek's history letters for one TCP segment (update_history in TCPSessionAdapter.cc): a
 // segment with two or more of SYN/FIN/RST is only q (or i for FIN+RST), one with one of them
 // only its letter (a FIN carrying data is f, not d), and the rest d or a.
-void tcp_history(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t payload) {
+void tcp_history(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p) {
+  const std::uint8_t flags = p.tcp_flags;
+  const std::uint32_t payload = p.payload_bytes;
   const bool syn = (flags & kSyn) != 0, fin = (flags & kFin) != 0, rst = (flags & kRst) != 0;
   const int control = int{syn} + int{fin} + int{rst};
   if (control > 1) {
@@ -431,7 +442,15 @@ void tcp_history(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t 
   } else if (fin) {
     add_history(s, from_orig, kHistFin, 'f');
   } else if (rst) {
-    add_history(s, from_orig, kHistRst, 'r');
+    // Marked again for a RST at another sequence number than this side's last one.
+    Direction& me = from_orig ? s.orig : s.resp;
+    const std::uint32_t rel_seq = p.tcp_seq - me.seq_base;
+    if ((me.history_seen & kHistRst) != 0 && rel_seq != me.last_rst_seq) {
+      append_history(s, from_orig, 'r');
+    } else {
+      add_history(s, from_orig, kHistRst, 'r');
+    }
+    me.last_rst_seq = rel_seq;
   } else if (payload > 0) {
     add_history(s, from_orig, kHistData, 'd');
   } else if ((flags & kAck) != 0) {
@@ -443,11 +462,11 @@ void tcp_history(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t 
 // before the last change (TCP_Endpoint::SetState keeps both).
 struct Endpoint {
   Direction& d;
-  std::uint8_t& prev_state;
   TcpState state() const { return static_cast<TcpState>(d.tcp_state); }
+  std::uint8_t prev_state() const { return d.prev_state; }
   void set(TcpState next) {
     if (d.tcp_state == next) return;
-    prev_state = d.tcp_state;
+    d.prev_state = d.tcp_state;
     d.tcp_state = next;
   }
 };
@@ -456,13 +475,22 @@ struct Endpoint {
 // Update*State helpers), the transitions only. Where Zeek flips the roles on a SYN answering
 // the originator's SYN-ACK, flowseal keeps them (it already made a SYN-ACK seen first
 // flip at the start) and only establishes both sides.
-void update_tcp(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t payload) {
-  Endpoint me{from_orig ? s.orig : s.resp, from_orig ? s.orig_prev_state : s.resp_prev_state};
-  Endpoint peer{from_orig ? s.resp : s.orig, from_orig ? s.resp_prev_state : s.orig_prev_state};
+void update_tcp(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p) {
+  const std::uint8_t flags = p.tcp_flags;
+  const std::uint32_t payload = p.payload_bytes;
+  Endpoint me{from_orig ? s.orig : s.resp};
+  Endpoint peer{from_orig ? s.resp : s.orig};
   me.d.tcp_flags |= flags;
-  tcp_history(s, from_orig, flags, payload);
+  tcp_history(s, from_orig, p);
   const bool syn = (flags & kSyn) != 0, fin = (flags & kFin) != 0, rst = (flags & kRst) != 0;
   const bool ack = (flags & kAck) != 0;
+  // Zeek's update_window, before the states change: a zero window is news unless it comes
+  // with or after this side's RST, or after the peer's FIN (no window matters then).
+  if (p.tcp_window == 0 && !rst && peer.state() != kClosed && me.state() != kReset) {
+    if (me.d.zero_windows < UINT16_MAX && is_power_of_ten(++me.d.zero_windows)) {
+      append_history(s, from_orig, 'w');
+    }
+  }
 
   switch (me.state()) {
     case kInactive:
@@ -502,7 +530,7 @@ void update_tcp(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t p
       if (fin && !rst) {
         me.set(kClosed);
         // The peer's FIN then RST was a normal close after all.
-        if (peer.state() == kReset && peer.prev_state == kClosed) peer.set(kClosed);
+        if (peer.state() == kReset && peer.prev_state() == kClosed) peer.set(kClosed);
       }
       if (rst) me.set(kReset);
       break;
@@ -875,7 +903,8 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
   d.payload_bytes += packet.payload_bytes;
   s.last_ts = std::max(s.last_ts, ts_ns);
   if (s.proto == kProtoTcp && packet.has_ports && !packet.ports_cut) {
-    update_tcp(s, from_orig, packet.tcp_flags, packet.payload_bytes);
+    init_sequence(d, packet);
+    update_tcp(s, from_orig, packet);
     track_sequence(s, from_orig, packet);
   } else if (s.proto == kProtoUdp) {
     add_history(s, from_orig, kHistData, 'd');  // Zeek's UDP analyzer: every datagram, even empty

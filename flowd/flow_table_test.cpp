@@ -57,6 +57,7 @@ DecodedPacket v4(std::uint8_t proto, std::uint8_t src, std::uint16_t sport, std:
   p.key.dst_port = dport;
   p.has_ports = true;
   p.tcp_flags = flags;
+  p.tcp_window = proto == 6 ? 29200 : 0;  // an open window (0 would be history w)
   const std::uint32_t header = proto == 6 ? 20 : 8;
   p.ip_bytes = 20 + header + payload;
   p.payload_bytes = payload;
@@ -1044,4 +1045,46 @@ TEST_CASE("the TCP states and attempt timer survive a restart and a rolled-back 
     if (e.orig_addr[3] == 5 && e.history.view() == "S") CHECK(e.conn_state.view() == "S0");
     if (e.orig_addr[3] == 5 && e.history.view() != "S") CHECK(e.history.view() == "D");
   }
+}
+
+TEST_CASE("zero windows are marked w/W at the 1st, 10th and 100th, not after a FIN or RST") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  std::int64_t now = 3 * kMs;
+  for (int i = 0; i < 100; ++i) {  // the client's receive buffer is full: window 0
+    DecodedPacket full = c2s(kAck);
+    full.tcp_window = 0;
+    t.table.on_packet(full, now += kMs, sink);
+  }
+  t.table.on_packet(s2c(kFin | kAck), now += kMs, sink);
+  DecodedPacket after_fin = c2s(kAck);  // after the peer's FIN: no window matters
+  after_fin.tcp_window = 0;
+  t.table.on_packet(after_fin, now += kMs, sink);
+  DecodedPacket rst = s2c(kRst);  // with a RST: not news either
+  rst.tcp_window = 0;
+  t.table.on_packet(rst, now += kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].history.view() == "ShAWWWfr");
+}
+
+TEST_CASE("a RST at another sequence number than the side's last one is marked again") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  t.table.on_packet(s2c(kRst | kAck), 3 * kMs, sink);
+  t.table.on_packet(s2c(kRst | kAck), 4 * kMs, sink);  // the same seq: not again
+  g_next_seq[1] += 1000;
+  t.table.on_packet(s2c(kRst), 5 * kMs, sink);         // another seq: r again
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].history.view() == "ShArr");
+  CHECK(ends[0].conn_state.view() == "RSTR");
 }
