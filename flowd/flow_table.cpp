@@ -259,6 +259,13 @@ bool either_closed(const FlowSlot& s) {
   return o == kClosed || o == kReset || r == kClosed || r == kReset;
 }
 
+// Zeek's IsReuse on a connection neither side closed: a SYN whose sequence number is not the
+// originator's initial one (its ISN, or where its numbering started) opens a new connection,
+// as a client that reuses its port does; a retransmitted SYN does not.
+bool syn_seq_jump(const FlowSlot& s, const packet::DecodedPacket& p) {
+  return s.orig.seq_known != 0 && p.tcp_seq != s.orig.seq_base;
+}
+
 schema::EndReason closed_reason(const FlowSlot& s) {
   return s.orig.tcp_state == kReset || s.resp.tcp_state == kReset ? schema::EndReason::RST
                                                                    : schema::EndReason::FIN;
@@ -884,7 +891,7 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
       // and this packet starts a new connection.
       end_flow(index, schema::EndReason::IDLE, sink);
       index = kNil;
-    } else if (s.proto == kProtoTcp && either_closed(s) && new_syn) {
+    } else if (s.proto == kProtoTcp && new_syn && (either_closed(s) || syn_seq_jump(s, packet))) {
       end_flow(index, closed_reason(s), sink);  // the port pair is reused by a new connection
       index = kNil;
     }

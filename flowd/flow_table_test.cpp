@@ -1088,3 +1088,22 @@ TEST_CASE("a RST at another sequence number than the side's last one is marked a
   CHECK(ends[0].history.view() == "ShArr");
   CHECK(ends[0].conn_state.view() == "RSTR");
 }
+
+TEST_CASE("a SYN with another initial sequence number on an open connection starts a new one") {
+  // Zeek's IsReuse: the client reused its port for a new connection; a retransmitted SYN
+  // (the same ISN) is the same attempt.
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(c2s(kSyn), 1 * kSec, sink);  // retransmitted: the same ISN
+  DecodedPacket again = c2s(kSyn);
+  again.tcp_seq += 123456;
+  t.table.on_packet(again, 2 * kSec, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0].orig_pkts == 2);
+  CHECK(ends[0].history.view() == "S");
+  CHECK(ends[1].orig_pkts == 1);
+  CHECK(ends[1].conn_state.view() == "S0");
+}
