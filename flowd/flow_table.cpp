@@ -892,7 +892,10 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
       end_flow(index, schema::EndReason::IDLE, sink);
       index = kNil;
     } else if (s.proto == kProtoTcp && new_syn && (either_closed(s) || syn_seq_jump(s, packet))) {
-      end_flow(index, closed_reason(s), sink);  // the port pair is reused by a new connection
+      // The port pair is reused by a new connection. The old one ends with the reason its
+      // timer would have given it: FIN or RST if it is closed, idle if it was not (a
+      // half-closed or never-closed connection has no FIN both ways to report).
+      end_flow(index, is_closed(s) ? closed_reason(s) : schema::EndReason::IDLE, sink);
       index = kNil;
     }
   }

@@ -949,6 +949,7 @@ TEST_CASE("a new SYN after one side's FIN starts a new connection") {
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].conn_state.view() == "S2");
+  CHECK(ends[0].end_reason == EndReason::IDLE);  // half-closed: no FIN both ways to report
   CHECK(sink.of_kind(EventKind::START).size() == 2);
 }
 
@@ -1104,6 +1105,7 @@ TEST_CASE("a SYN with another initial sequence number on an open connection star
   REQUIRE(ends.size() == 2);
   CHECK(ends[0].orig_pkts == 2);
   CHECK(ends[0].history.view() == "S");
+  CHECK(ends[0].end_reason == EndReason::IDLE);
   CHECK(ends[1].orig_pkts == 1);
   CHECK(ends[1].conn_state.view() == "S0");
 }
