@@ -89,11 +89,13 @@ ALLOWED = {
         "counts segments with bad checksums",
     ("core.vntag-in-vlan", "orig_ip_bytes"): "as orig_pkts",
     ("scripts.base.protocols.http.deeply-nested-mime", "history"):
-        "the X in Zeek's history is not from TCP: Zeek's application-layer analysis (here "
-        "HTTP/MIME, nested too deep) marks the connection; flowseal has no application analyzers",
+        "Zeek's X is 'connection analysis partial (e.g. limits exceeded)', set by its "
+        "application-layer analysis (here HTTP/MIME nested too deep), not by TCP; flowseal "
+        "has no application analyzers",
     ("core.tunnels.gtp.different_dl_and_ul", "history"):
-        "the X in Zeek's history is not from TCP: Zeek's application-layer analysis (HTTP in "
-        "the GTP tunnel) marks the connection; flowseal has no application analyzers",
+        "Zeek's X is 'connection analysis partial (e.g. limits exceeded)', set by its "
+        "application-layer analysis (HTTP in the GTP tunnel), not by TCP; flowseal has no "
+        "application analyzers",
 }
 
 
