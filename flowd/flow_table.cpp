@@ -259,6 +259,12 @@ bool either_closed(const FlowSlot& s) {
   return o == kClosed || o == kReset || r == kClosed || r == kReset;
 }
 
+// Both sides sent a FIN or RST (Zeek: both endpoints did_close).
+bool both_closed(const FlowSlot& s) {
+  const auto o = s.orig.tcp_state, r = s.resp.tcp_state;
+  return (o == kClosed || o == kReset) && (r == kClosed || r == kReset);
+}
+
 // Zeek's IsReuse on a connection neither side closed: a SYN whose sequence number is not the
 // originator's initial one (its ISN, or where its numbering started) opens a new connection,
 // as a client that reuses its port does; a retransmitted SYN does not.
@@ -911,7 +917,9 @@ void FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t ts_ns, E
   ++d.pkts;
   d.ip_bytes += packet.ip_bytes;
   d.payload_bytes += packet.payload_bytes;
-  s.last_ts = std::max(s.last_ts, ts_ns);
+  // Zeek stops a TCP connection's clock once both sides have closed (each sent a FIN or a
+  // RST): the last ACK and a RST after the FINs lengthen neither its duration nor its linger.
+  if (s.proto != kProtoTcp || !both_closed(s)) s.last_ts = std::max(s.last_ts, ts_ns);
   if (s.proto == kProtoTcp && packet.has_ports && !packet.ports_cut) {
     init_sequence(d, packet);
     update_tcp(s, from_orig, packet);

@@ -120,9 +120,11 @@ TEST_CASE("a flow closed by FIN in both directions ends with reason fin after th
   CHECK(sink.events[0].kind == EventKind::START);
   CHECK(sink.events[0].event_number == 0);
 
-  t.table.expire(8 * kMs + 5 * kSec, sink);  // still lingering for the last ACKs
+  // Both sides closed at the second FIN (7 ms): as in Zeek the last ACK is counted but does
+  // not move the flow's last time, and the linger runs from there.
+  t.table.expire(7 * kMs + 5 * kSec, sink);
   REQUIRE(sink.events.size() == 1);
-  t.table.expire(8 * kMs + 5 * kSec + 1, sink);
+  t.table.expire(7 * kMs + 5 * kSec + 1, sink);
   REQUIRE(sink.events.size() == 2);
   const FlowEventData& end = sink.events[1];
   CHECK(end.kind == EventKind::END);
@@ -142,7 +144,7 @@ TEST_CASE("a flow closed by FIN in both directions ends with reason fin after th
   CHECK(end.orig_tcp_flags == (kSyn | kAck | kPsh | kFin));
   CHECK(end.resp_tcp_flags == (kSyn | kAck | kPsh | kFin));
   CHECK(end.first_ts_ns == 0);
-  CHECK(end.last_ts_ns == 8 * kMs);
+  CHECK(end.last_ts_ns == 7 * kMs);
   CHECK(end.conn_state.view() == "SF");
   CHECK(end.history.view() == "ShADadFf");
   CHECK(end.community_id.view().substr(0, 2) == "1:");
@@ -540,7 +542,7 @@ TEST_CASE("an event encodes into a FlowEvent with every field") {
   CHECK(r.getRespPort() == 80);
   CHECK(r.getOrigPkts() == 5);
   CHECK(r.getRespBytes() == 200);
-  CHECK(r.getLastTsNs() == 8 * kMs);
+  CHECK(r.getLastTsNs() == 7 * kMs);  // the second FIN: Zeek's clock stops there
   CHECK(std::string(r.getConnState().cStr()) == "SF");
   CHECK(std::string(r.getHistory().cStr()) == "ShADadFf");
   CHECK(std::string(r.getCommunityId().cStr()) == std::string(e.community_id.view()));
@@ -1108,4 +1110,33 @@ TEST_CASE("a SYN with another initial sequence number on an open connection star
   CHECK(ends[0].end_reason == EndReason::IDLE);
   CHECK(ends[1].orig_pkts == 1);
   CHECK(ends[1].conn_state.view() == "S0");
+}
+
+TEST_CASE("once both sides have closed, later packets count but do not extend the flow's time") {
+  // Zeek's duration ends at the last packet before both sides had sent a FIN or RST; a late
+  // ACK or RST is counted, and a packet after the linger starts a new flow.
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);      // second FIN at 7 ms, last ACK at 8 ms
+  t.table.on_packet(s2c(kRst), 3 * kSec, sink);  // a late RST: counted, time unchanged
+  t.table.on_packet(c2s(kAck), 7 * kMs + 5 * kSec + 1, sink);  // past the linger: a new flow
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0].last_ts_ns == 7 * kMs);
+  CHECK(ends[0].orig_pkts == 5);
+  CHECK(ends[0].resp_pkts == 5);
+  CHECK(ends[0].conn_state.view() == "SF");
+  CHECK(ends[0].history.view() == "ShADadFfr");
+  CHECK(ends[1].history.view() == "A");
+  // A flow with only one side closed keeps its clock running.
+  TestTable u(64, short_timeouts());
+  Recorder half;
+  u.table.on_packet(c2s(kSyn), 0, half);
+  u.table.on_packet(s2c(kSyn | kAck), 1 * kMs, half);
+  u.table.on_packet(c2s(kFin | kAck), 2 * kMs, half);
+  u.table.on_packet(s2c(kPsh | kAck, 10), 3 * kMs, half);
+  u.table.flush(half);
+  REQUIRE(half.of_kind(EventKind::END).size() == 1);
+  CHECK(half.of_kind(EventKind::END)[0].last_ts_ns == 3 * kMs);
 }
