@@ -160,7 +160,7 @@ const std::vector<KeySpec>& key_table() {
                            0.001, kYear, "s of inactivity that end an established TCP flow"));
     t.push_back(double_key("flowd.tcp_attempt_timeout",
                            [](Config& c) -> auto& { return c.flowd.tcp_attempt_timeout; }, 0.001, kYear,
-                           "s of inactivity that end a TCP flow never established"));
+                           "s after its SYN that end an unanswered TCP connection attempt"));
     t.push_back(double_key("flowd.tcp_closed_timeout",
                            [](Config& c) -> auto& { return c.flowd.tcp_closed_timeout; }, 0.0, kYear,
                            "s a closed TCP flow lingers for late packets"));

@@ -74,6 +74,14 @@ struct Direction {
   std::uint8_t tcp_state;  // TcpState
   std::uint8_t history_seen;  // one bit per history letter already recorded
   std::uint8_t seq_known;     // 1: seq_base is set
+  // Zeek's hist_last_RST: the relative sequence number of this side's last RST (a RST at
+  // another one is marked again).
+  std::uint32_t last_rst_seq;
+  // Zero-window advertisements (w/W at the 1st, 10th, 100th, ...); saturating, so past
+  // 65535 no more letters (Zeek would add one at the 100000th).
+  std::uint16_t zero_windows;
+  std::uint8_t prev_state;    // Zeek's TCP_Endpoint::prev_state: the state before the last change
+  std::uint8_t pad;
 };
 
 struct FlowSlot {
@@ -88,7 +96,9 @@ struct FlowSlot {
   std::uint8_t in_use;
   std::uint8_t timer_class;  // TimerClass
   std::uint8_t history_len;
-  std::uint8_t pad0[5];
+  // 1: the originator opened with a SYN, so Zeek's attempt timer runs (see is_attempt()).
+  std::uint8_t attempt_timer;
+  std::uint8_t pad0[4];
 
   std::uint64_t hash;
   std::uint64_t uid;
@@ -145,14 +155,14 @@ struct Journal {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 5;  // 4: two more weird kinds (802.11); 5: tunnel parents
+constexpr std::uint32_t kLayoutVersion = 6;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state, attempt, letters)
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
 static_assert(std::is_standard_layout_v<TableHeader> &&
               std::is_trivially_copyable_v<TableHeader>);
-static_assert(sizeof(Direction) == 88);
-static_assert(sizeof(FlowSlot) == 368 && alignof(FlowSlot) == 8);  // 352 + two tunnel parents
+static_assert(sizeof(Direction) == 96);
+static_assert(sizeof(FlowSlot) == 384 && alignof(FlowSlot) == 8);  // 352 + two tunnel parents + Zeek's TCP state
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 static_assert(std::is_trivially_copyable_v<Journal> && sizeof(Journal) % 8 == 0);
 
@@ -235,10 +245,33 @@ struct List {
   }
 };
 
+// Zeek's view of a finished TCP connection (TCPSessionAdapter::ConnectionClosed's
+// close_complete and ExpireTimer): a side reset, both sides closed, or one side closed while
+// the other never sent anything. Such a connection lingers tcp_closed_linger_ns, then ends.
 bool is_closed(const FlowSlot& s) {
   if (s.proto != kProtoTcp) return false;
   const auto o = s.orig.tcp_state, r = s.resp.tcp_state;
-  return o == kReset || r == kReset || (o == kClosed && r == kClosed);
+  return o == kReset || r == kReset || (o == kClosed && (r == kClosed || r == kInactive)) ||
+         (r == kClosed && o == kInactive);
+}
+
+// Either side sent a FIN or RST (Zeek's IsClosed(): a new SYN then starts a new connection).
+bool either_closed(const FlowSlot& s) {
+  const auto o = s.orig.tcp_state, r = s.resp.tcp_state;
+  return o == kClosed || o == kReset || r == kClosed || r == kReset;
+}
+
+// Both sides sent a FIN or RST (Zeek: both endpoints did_close).
+bool both_closed(const FlowSlot& s) {
+  const auto o = s.orig.tcp_state, r = s.resp.tcp_state;
+  return (o == kClosed || o == kReset) && (r == kClosed || r == kReset);
+}
+
+// Zeek's IsReuse on a connection neither side closed: a SYN whose sequence number is not the
+// originator's initial one (its ISN, or where its numbering started) opens a new connection,
+// as a client that reuses its port does; a retransmitted SYN does not.
+bool syn_seq_jump(const FlowSlot& s, const packet::DecodedPacket& p) {
+  return s.orig.seq_known != 0 && p.tcp_seq != s.orig.seq_base;
 }
 
 schema::EndReason closed_reason(const FlowSlot& s) {
@@ -246,11 +279,23 @@ schema::EndReason closed_reason(const FlowSlot& s) {
                                                                    : schema::EndReason::FIN;
 }
 
+// Zeek's connection attempt (TCPSessionAdapter::AttemptTimer): the originator opened with a
+// SYN and the responder has not answered. Zeek gives it tcp_attempt_delay from that SYN —
+// from the SYN, not from the last packet, so a client that goes on sending into the void
+// (half-duplex capture) still has its attempt ended and the rest is a new connection.
+bool is_attempt(const FlowSlot& s) {
+  return s.proto == kProtoTcp && s.attempt_timer != 0 &&
+         (s.orig.tcp_state == kSynSent || s.orig.tcp_state == kSynAckSent) &&
+         s.resp.tcp_state == kInactive;
+}
+
 std::uint8_t timer_class_of(const FlowSlot& s) {
   switch (s.proto) {
     case kProtoTcp:
       if (is_closed(s)) return kTcpClosed;
-      return s.orig.pkts > 0 && s.resp.pkts > 0 ? kTcpEstablished : kTcpAttempt;
+      // Anything else, one-sided or not, stays for Zeek's tcp_inactivity_timeout: a capture
+      // that sees one direction only (asymmetric routing) must not cut its flows at 5 s gaps.
+      return is_attempt(s) ? kTcpAttempt : kTcpEstablished;
     case kProtoUdp: return kUdp;
     case kProtoIcmp:
     case kProtoIcmpv6: return kIcmp;
@@ -258,10 +303,11 @@ std::uint8_t timer_class_of(const FlowSlot& s) {
   }
 }
 
-// History letters as Zeek records them: each at most once per direction, upper case for
-// the originator.
+// History letters as Zeek records them (TCP_Endpoint::CheckHistory): each at most once per
+// direction, upper case for the originator. S and H share one flag, as in Zeek.
 enum HistoryBit : std::uint8_t {
-  kHistSyn = 1, kHistSynAck = 2, kHistAck = 4, kHistData = 8, kHistFin = 16, kHistRst = 32,
+  kHistSyn = 1, kHistAck = 2, kHistData = 4, kHistFin = 8, kHistRst = 16, kHistMultiFlag = 32,
+  kHistFinRst = 64,
 };
 
 void append_history(FlowSlot& s, bool from_orig, char letter) {
@@ -292,6 +338,15 @@ bool is_power_of_ten(std::uint32_t n) {
 // retransmission.
 constexpr std::int32_t kMaxSeqJump = 16384;
 
+// A side's sequence base, set by its first segment (Zeek's init_endpoint) before anything
+// that numbers relative to it.
+void init_sequence(Direction& me, const packet::DecodedPacket& p) {
+  if (me.seq_known != 0) return;
+  me.seq_base = (p.tcp_flags & kSyn) != 0 ? p.tcp_seq : p.tcp_seq - 1;
+  me.seq_end = 0;
+  me.seq_known = 1;
+}
+
 // Sequence-number accounting, as Zeek's TCP analyzer keeps it: the highest segment end each
 // side sent, the highest ack its peer sent for it, and the segments with payload that did
 // not advance it (retransmissions: history letter t/T, scaled).
@@ -301,11 +356,6 @@ void track_sequence(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p)
   const bool syn = (p.tcp_flags & kSyn) != 0;
   const bool fin = (p.tcp_flags & kFin) != 0;
   const bool rst = (p.tcp_flags & kRst) != 0;
-  if (me.seq_known == 0) {
-    me.seq_base = syn ? p.tcp_seq : p.tcp_seq - 1;
-    me.seq_end = 0;
-    me.seq_known = 1;
-  }
   const std::uint32_t end = p.tcp_seq - me.seq_base + p.payload_bytes + (syn ? 1u : 0u) +
                             (fin ? 1u : 0u);
   const auto delta = static_cast<std::int32_t>(end - me.seq_end);
@@ -334,6 +384,20 @@ std::uint64_t sequence_bytes(const Direction& d) {
   if (size > 0) --size;                                  // the SYN octet (or Zeek's stand-in)
   if ((d.tcp_flags & kFin) != 0 && size > 0) --size;     // the FIN octet
   return size;
+}
+
+// orig_bytes / resp_bytes as Zeek's conn.log has them: TCP by sequence numbers, UDP, ICMP
+// and SCTP by the payload lengths; a transport neither knows (Zeek's unknown_transport) 0,
+// since no analyzer there knows where its payload starts.
+std::uint64_t payload_size(const FlowSlot& s, const Direction& d) {
+  switch (s.proto) {
+    case kProtoTcp: return sequence_bytes(d);
+    case kProtoUdp:
+    case kProtoIcmp:
+    case kProtoIcmpv6:
+    case kProtoSctp: return d.payload_bytes;
+    default: return 0;
+  }
 }
 
 // Packet-size and inter-arrival figures of one side, before the packet is counted.
@@ -374,55 +438,123 @@ FlowEventData::Spread spread_of(const Direction& d) {
   return out;
 }
 
-// A simplified form of Zeek's TCP endpoint state machine (TCP_Analyzer::UpdateStateMachine):
-// enough to give the same conn_state on ordinary and on broken connections.
-void update_tcp(FlowSlot& s, bool from_orig, std::uint8_t flags, std::uint32_t payload) {
-  Direction& me = from_orig ? s.orig : s.resp;
-  Direction& peer = from_orig ? s.resp : s.orig;
-  me.tcp_flags |= flags;
-
-  if ((flags & kSyn) != 0) {
-    if ((flags & kAck) != 0) {
-      add_history(s, from_orig, kHistSynAck, 'h');
-      if (me.tcp_state == kInactive || me.tcp_state == kSynSent) me.tcp_state = kSynAckSent;
+// Zeek's history letters for one TCP segment (update_history in TCPSessionAdapter.cc): a
+// segment with two or more of SYN/FIN/RST is only q (or i for FIN+RST), one with one of them
+// only its letter (a FIN carrying data is f, not d), and the rest d or a.
+void tcp_history(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p) {
+  const std::uint8_t flags = p.tcp_flags;
+  const std::uint32_t payload = p.payload_bytes;
+  const bool syn = (flags & kSyn) != 0, fin = (flags & kFin) != 0, rst = (flags & kRst) != 0;
+  const int control = int{syn} + int{fin} + int{rst};
+  if (control > 1) {
+    if (fin && rst) {
+      add_history(s, from_orig, kHistFinRst, 'i');
     } else {
-      add_history(s, from_orig, kHistSyn, 's');
-      if (me.tcp_state == kInactive) me.tcp_state = kSynSent;
+      add_history(s, from_orig, kHistMultiFlag, 'q');
     }
-  }
-  if (payload > 0) {
+  } else if (syn) {
+    add_history(s, from_orig, kHistSyn, (flags & kAck) != 0 ? 'h' : 's');
+  } else if (fin) {
+    add_history(s, from_orig, kHistFin, 'f');
+  } else if (rst) {
+    // Marked again for a RST at another sequence number than this side's last one.
+    Direction& me = from_orig ? s.orig : s.resp;
+    const std::uint32_t rel_seq = p.tcp_seq - me.seq_base;
+    if ((me.history_seen & kHistRst) != 0 && rel_seq != me.last_rst_seq) {
+      append_history(s, from_orig, 'r');
+    } else {
+      add_history(s, from_orig, kHistRst, 'r');
+    }
+    me.last_rst_seq = rel_seq;
+  } else if (payload > 0) {
     add_history(s, from_orig, kHistData, 'd');
-  } else if ((flags & (kAck | kSyn | kFin | kRst)) == kAck) {
+  } else if ((flags & kAck) != 0) {
     add_history(s, from_orig, kHistAck, 'a');
   }
-  if ((flags & kFin) != 0) add_history(s, from_orig, kHistFin, 'f');
-  if ((flags & kRst) != 0) add_history(s, from_orig, kHistRst, 'r');
+}
 
-  if ((flags & kRst) != 0) {
-    me.tcp_state = kReset;
-    return;
+// One side of a TCP connection as Zeek's state machine sees it: its state and the state
+// before the last change (TCP_Endpoint::SetState keeps both).
+struct Endpoint {
+  Direction& d;
+  TcpState state() const { return static_cast<TcpState>(d.tcp_state); }
+  std::uint8_t prev_state() const { return d.prev_state; }
+  void set(TcpState next) {
+    if (d.tcp_state == next) return;
+    d.prev_state = d.tcp_state;
+    d.tcp_state = next;
   }
-  if ((flags & kFin) != 0) {
-    if (me.tcp_state != kReset) me.tcp_state = kClosed;
-    return;
+};
+
+// Zeek's TCP endpoint state machine (TCPSessionAdapter::UpdateStateMachine and its
+// Update*State helpers), the transitions only. Where Zeek flips the roles on a SYN answering
+// the originator's SYN-ACK, flowseal keeps them (it already made a SYN-ACK seen first
+// flip at the start) and only establishes both sides.
+void update_tcp(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p) {
+  const std::uint8_t flags = p.tcp_flags;
+  const std::uint32_t payload = p.payload_bytes;
+  Endpoint me{from_orig ? s.orig : s.resp};
+  Endpoint peer{from_orig ? s.resp : s.orig};
+  me.d.tcp_flags |= flags;
+  tcp_history(s, from_orig, p);
+  const bool syn = (flags & kSyn) != 0, fin = (flags & kFin) != 0, rst = (flags & kRst) != 0;
+  const bool ack = (flags & kAck) != 0;
+  // Zeek's update_window, before the states change: a zero window is news unless it comes
+  // with or after this side's RST, or after the peer's FIN (no window matters then).
+  if (p.tcp_window == 0 && !rst && peer.state() != kClosed && me.state() != kReset) {
+    if (me.d.zero_windows < UINT16_MAX && is_power_of_ten(++me.d.zero_windows)) {
+      append_history(s, from_orig, 'w');
+    }
   }
-  if ((flags & kSyn) != 0) return;
-  // An ACK or data without SYN/FIN/RST.
-  switch (me.tcp_state) {
+
+  switch (me.state()) {
     case kInactive:
-      me.tcp_state = kPartial;  // picked up mid-stream
-      break;
-    case kSynSent:
-    case kSynAckSent:
-      if ((flags & kAck) != 0 && peer.tcp_state != kInactive) {
-        me.tcp_state = kEstablished;
-        if (peer.tcp_state == kSynAckSent || peer.tcp_state == kSynSent) {
-          peer.tcp_state = kEstablished;
+      if (syn) {
+        if (from_orig) {
+          me.set(ack ? kSynAckSent : kSynSent);
+          s.attempt_timer = 1;
+        } else {
+          // The responder's SYN-ACK (or SYN) establishes both sides at once.
+          if (peer.state() == kSynSent || (!ack && peer.state() == kSynAckSent)) {
+            peer.set(kEstablished);
+          }
+          me.set(kEstablished);
+        }
+      }
+      if (fin) me.set(kClosed);
+      if (rst) me.set(kReset);
+      if (me.state() == kInactive) {
+        if (!from_orig && payload == 0 && peer.state() == kSynSent) {
+          // A responder that acks the SYN before its SYN-ACK: not yet a partial connection.
+        } else if (ack && peer.state() == kEstablished) {
+          me.set(kEstablished);  // the SYN was missed, the SYN-ACK was not
+        } else {
+          me.set(kPartial);  // picked up mid-stream
         }
       }
       break;
-    default:
+    case kSynSent:
+    case kSynAckSent:
+      // Only the peer's SYN-ACK establishes a side that sent a SYN.
+      if (fin) me.set(kClosed);
+      if (rst) me.set(kReset);
       break;
+    case kEstablished:
+    case kPartial:
+      if (syn && !ack && me.state() == kPartial && peer.state() == kInactive) me.set(kSynSent);
+      if (fin && !rst) {
+        me.set(kClosed);
+        // The peer's FIN then RST was a normal close after all.
+        if (peer.state() == kReset && peer.prev_state() == kClosed) peer.set(kClosed);
+      }
+      if (rst) me.set(kReset);
+      break;
+    case kClosed:
+      // A RST after both sides' FINs does not undo the orderly close (Zeek: SF, not RSTR).
+      if (rst && peer.state() != kClosed) me.set(kReset);
+      break;
+    default:
+      break;  // reset: nothing changes it
   }
 }
 
@@ -446,7 +578,7 @@ std::string_view conn_state(const FlowSlot& s) {
     const bool r_inactive = rs == kInactive || rs == kPartial;
     if (rs == kReset) {
       if (os == kSynSent || os == kSynAckSent ||
-          (os == kReset && s.orig.payload_bytes == 0 && s.resp.payload_bytes == 0)) {
+          (os == kReset && sequence_bytes(s.orig) == 0 && sequence_bytes(s.resp) == 0)) {
         return "REJ";
       }
       return o_inactive ? "RSTRH" : "RSTR";
@@ -493,8 +625,14 @@ bool likely_server_port(std::uint8_t proto, std::uint16_t port) {
 // UDP datagram from a likely server port to a port that is not one came from the server
 // (TCPAnalyzer/UDPAnalyzer::WantConnection). When both ports look like servers, TCP flips
 // only if the destination port is the larger.
+// Zeek never flips a connection to the IPv4 broadcast address (IPAddr::IsBroadcast): a DHCP
+// server's broadcast reply stays its own originator.
 bool flip_roles(const packet::DecodedPacket& p, const packet::FlowKey& key) {
   if (!p.has_ports) return false;
+  if (key.ip_version == 4 && key.dst[0] == 0xFF && key.dst[1] == 0xFF && key.dst[2] == 0xFF &&
+      key.dst[3] == 0xFF) {
+    return false;
+  }
   if (key.proto == kProtoTcp) {
     if (p.ports_cut) return false;
     if ((p.tcp_flags & (kSyn | kAck)) == (kSyn | kAck)) return true;
@@ -796,8 +934,17 @@ std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t
       // Idle past its timeout between two expire() calls: that flow is over.
       end_flow(index, is_closed(s) ? closed_reason(s) : schema::EndReason::IDLE, sink);
       index = kNil;
-    } else if (s.proto == kProtoTcp && is_closed(s) && new_syn) {
-      end_flow(index, closed_reason(s), sink);  // the port pair is reused by a new connection
+    } else if (s.timer_class == kTcpAttempt && ts_ns - s.first_ts > idle_timeout(kTcpAttempt)) {
+      // Zeek's attempt timer ran out since the SYN (see is_attempt(); the class is kept up to
+      // date after every packet), however busy the originator was since: the attempt ends
+      // and this packet starts a new connection.
+      end_flow(index, schema::EndReason::IDLE, sink);
+      index = kNil;
+    } else if (s.proto == kProtoTcp && new_syn && (either_closed(s) || syn_seq_jump(s, packet))) {
+      // The port pair is reused by a new connection. The old one ends with the reason its
+      // timer would have given it: FIN or RST if it is closed, idle if it was not (a
+      // half-closed or never-closed connection has no FIN both ways to report).
+      end_flow(index, is_closed(s) ? closed_reason(s) : schema::EndReason::IDLE, sink);
       index = kNil;
     }
   }
@@ -813,9 +960,12 @@ std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t
   ++d.pkts;
   d.ip_bytes += packet.ip_bytes;
   d.payload_bytes += packet.payload_bytes;
-  s.last_ts = std::max(s.last_ts, ts_ns);
+  // Zeek stops a TCP connection's clock once both sides have closed (each sent a FIN or a
+  // RST): the last ACK and a RST after the FINs lengthen neither its duration nor its linger.
+  if (s.proto != kProtoTcp || !both_closed(s)) s.last_ts = std::max(s.last_ts, ts_ns);
   if (s.proto == kProtoTcp && packet.has_ports && !packet.ports_cut) {
-    update_tcp(s, from_orig, packet.tcp_flags, packet.payload_bytes);
+    init_sequence(d, packet);
+    update_tcp(s, from_orig, packet);
     track_sequence(s, from_orig, packet);
   } else if (s.proto == kProtoUdp) {
     add_history(s, from_orig, kHistData, 'd');  // Zeek's UDP analyzer: every datagram, even empty
@@ -1068,10 +1218,10 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   e.last_ts_ns = s.last_ts;
   e.orig_pkts = s.orig.pkts;
   e.orig_ip_bytes = s.orig.ip_bytes;
-  e.orig_bytes = s.proto == kProtoTcp ? sequence_bytes(s.orig) : s.orig.payload_bytes;
+  e.orig_bytes = payload_size(s, s.orig);
   e.resp_pkts = s.resp.pkts;
   e.resp_ip_bytes = s.resp.ip_bytes;
-  e.resp_bytes = s.proto == kProtoTcp ? sequence_bytes(s.resp) : s.resp.payload_bytes;
+  e.resp_bytes = payload_size(s, s.resp);
   e.orig_tcp_flags = s.orig.tcp_flags;
   e.resp_tcp_flags = s.resp.tcp_flags;
   e.conn_state.assign(conn_state(s));

@@ -2,9 +2,11 @@
 //
 // One bidirectional flow per 5-tuple plus VLAN (ICMP request/reply types pair up as in
 // Zeek). The originator is the side that sent first, except that a SYN-ACK seen first makes
-// its receiver the originator. Per flow the table keeps both directions' packets, IP bytes
-// and payload bytes, TCP flags, Zeek's endpoint states (-> conn_state) and history letters,
-// and the Community ID v1 computed once at the start.
+// its receiver the originator, and a first packet from a likely server port to another port
+// makes it the responder (never towards 255.255.255.255). Per flow the table keeps both
+// directions' packets, IP bytes and payload bytes, TCP flags, Zeek's endpoint states and
+// prev states (its UpdateStateMachine -> conn_state) and history letters, and the
+// Community ID v1 computed once at the start.
 //
 // Memory: the whole table lives in the span it is given (a shared-memory segment): a header
 // (magic, layout version, capacity, list ends, stats) then capacity fixed-size slots then the
@@ -49,9 +51,14 @@
 namespace flowseal::flowd {
 
 struct FlowTimeouts {
-  std::int64_t tcp_established_idle_ns = 300'000'000'000;  // Zeek: tcp_inactivity_timeout
-  std::int64_t tcp_attempt_idle_ns = 5'000'000'000;        // no answer yet (Zeek: 5 s)
-  std::int64_t tcp_closed_linger_ns = 5'000'000'000;       // after FIN both ways or RST
+  // Any TCP flow not an attempt and not closed, one-sided ones too (Zeek:
+  // tcp_inactivity_timeout).
+  std::int64_t tcp_established_idle_ns = 300'000'000'000;
+  // A SYN not answered: counted from the SYN, not from the last packet (Zeek's
+  // tcp_attempt_delay, 5 s).
+  std::int64_t tcp_attempt_idle_ns = 5'000'000'000;
+  // After FIN both ways, a RST, or a FIN from a side whose peer never sent.
+  std::int64_t tcp_closed_linger_ns = 5'000'000'000;
   std::int64_t udp_idle_ns = 60'000'000'000;
   std::int64_t icmp_idle_ns = 60'000'000'000;
   std::int64_t other_idle_ns = 60'000'000'000;

@@ -59,6 +59,7 @@ DecodedPacket v4(std::uint8_t proto, std::uint8_t src, std::uint16_t sport, std:
   p.key.dst_port = dport;
   p.has_ports = true;
   p.tcp_flags = flags;
+  p.tcp_window = proto == 6 ? 29200 : 0;  // an open window (0 would be history w)
   const std::uint32_t header = proto == 6 ? 20 : 8;
   p.ip_bytes = 20 + header + payload;
   p.payload_bytes = payload;
@@ -128,8 +129,9 @@ TEST_CASE("next_due_ns leads a sleeping flowd to each flow's end on time") {
   t.table.on_packet(v4(17, 2, 53, 1, 1000), 30 * kMs, sink);  // reply on the first flow
   full_tcp_conversation(t.table, sink, 40 * kMs);              // FIN-closed, lingers 5 s
   const std::int64_t udp_timeout = 60 * kSec, linger = 5 * kSec;
-  // Each flow's due moment: last packet + its timeout + 1 ns.
-  std::vector<std::int64_t> due = {40 * kMs + 8 * kMs + linger + 1, 10 * kMs + udp_timeout + 1,
+  // Each flow's due moment: last packet + its timeout + 1 ns (a closed TCP flow's last time
+  // is its second FIN, 7 ms into the conversation, as Zeek's).
+  std::vector<std::int64_t> due = {40 * kMs + 7 * kMs + linger + 1, 10 * kMs + udp_timeout + 1,
                                    20 * kMs + udp_timeout + 1, 30 * kMs + udp_timeout + 1};
 
   std::vector<std::int64_t> ended_at;
@@ -157,9 +159,11 @@ TEST_CASE("a flow closed by FIN in both directions ends with reason fin after th
   CHECK(sink.events[0].kind == EventKind::START);
   CHECK(sink.events[0].event_number == 0);
 
-  t.table.expire(8 * kMs + 5 * kSec, sink);  // still lingering for the last ACKs
+  // Both sides closed at the second FIN (7 ms): as in Zeek the last ACK is counted but does
+  // not move the flow's last time, and the linger runs from there.
+  t.table.expire(7 * kMs + 5 * kSec, sink);
   REQUIRE(sink.events.size() == 1);
-  t.table.expire(8 * kMs + 5 * kSec + 1, sink);
+  t.table.expire(7 * kMs + 5 * kSec + 1, sink);
   REQUIRE(sink.events.size() == 2);
   const FlowEventData& end = sink.events[1];
   CHECK(end.kind == EventKind::END);
@@ -179,7 +183,7 @@ TEST_CASE("a flow closed by FIN in both directions ends with reason fin after th
   CHECK(end.orig_tcp_flags == (kSyn | kAck | kPsh | kFin));
   CHECK(end.resp_tcp_flags == (kSyn | kAck | kPsh | kFin));
   CHECK(end.first_ts_ns == 0);
-  CHECK(end.last_ts_ns == 8 * kMs);
+  CHECK(end.last_ts_ns == 7 * kMs);
   CHECK(end.conn_state.view() == "SF");
   CHECK(end.history.view() == "ShADadFf");
   CHECK(end.community_id.view().substr(0, 2) == "1:");
@@ -577,7 +581,7 @@ TEST_CASE("an event encodes into a FlowEvent with every field") {
   CHECK(r.getRespPort() == 80);
   CHECK(r.getOrigPkts() == 5);
   CHECK(r.getRespBytes() == 200);
-  CHECK(r.getLastTsNs() == 8 * kMs);
+  CHECK(r.getLastTsNs() == 7 * kMs);  // the second FIN: Zeek's clock stops there
   CHECK(std::string(r.getConnState().cStr()) == "SF");
   CHECK(std::string(r.getHistory().cStr()) == "ShADadFf");
   CHECK(std::string(r.getCommunityId().cStr()) == std::string(e.community_id.view()));
@@ -1163,4 +1167,322 @@ TEST_CASE("a datagram fragmented inside a whole tunnel packet counts each piece 
   CHECK(by_port[53].orig_pkts == 1);    // the inner datagram is one
   CHECK(by_port[53].orig_ip_bytes == 20 + 2008);
   CHECK(by_port[53].tunnel_parents[0] == by_port[2152].uid);
+}
+
+// --- Zeek's TCP state machine, originator choice and history (issue 4) ---
+
+TEST_CASE("a connection attempt ends 5 s after its SYN however busy the originator is") {
+  // Zeek's attempt timer counts from the SYN: a client seen alone (half-duplex capture) that
+  // goes on sending is an attempt (S0) for 5 s, and what it sends later a new connection.
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(c2s(kAck), 1 * kSec, sink);
+  t.table.on_packet(c2s(kPsh | kAck, 20), 2 * kSec, sink);
+  t.table.on_packet(c2s(kPsh | kAck, 20), 4 * kSec, sink);  // under 5 s since the last: no
+  t.table.on_packet(c2s(kPsh | kAck, 20), 6 * kSec, sink);  // idle timeout, but 6 s since SYN
+  t.table.on_packet(c2s(kFin | kAck), 7 * kSec, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0].end_reason == EndReason::IDLE);
+  CHECK(ends[0].conn_state.view() == "S0");
+  CHECK(ends[0].history.view() == "SAD");
+  CHECK(ends[0].orig_pkts == 4);
+  CHECK(ends[0].last_ts_ns == 4 * kSec);
+  CHECK(ends[1].uid != ends[0].uid);
+  CHECK(ends[1].orig_port == 40000);  // still the client: the server port decides
+  CHECK(ends[1].conn_state.view() == "SH");
+  CHECK(ends[1].history.view() == "DF");
+  CHECK(ends[1].orig_pkts == 2);
+}
+
+TEST_CASE("a flow seen from one side only, not an attempt, waits for the established timeout") {
+  // Zeek times out only attempts (and closed connections) early: a server seen alone
+  // (half-duplex capture) keeps its one connection across gaps of over 5 s.
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(s2c(kSyn | kAck), 0, sink);
+  t.table.on_packet(s2c(kPsh | kAck, 100), 1 * kSec, sink);
+  t.table.expire(7 * kSec, sink);
+  t.table.on_packet(s2c(kPsh | kAck, 100), 8 * kSec, sink);
+  t.table.expire(8 * kSec + 300 * kSec, sink);
+  CHECK(sink.of_kind(EventKind::END).empty());
+  t.table.expire(8 * kSec + 300 * kSec + 1, sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].end_reason == EndReason::IDLE);
+  CHECK(ends[0].resp_pkts == 3);
+  CHECK(ends[0].history.view() == "^hd");
+  CHECK(ends[0].conn_state.view() == "OTH");
+}
+
+TEST_CASE("the responder's SYN-ACK establishes it, so a missed SYN still gives S1") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(s2c(kSyn | kAck), 0, sink);
+  t.table.on_packet(c2s(kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kPsh | kAck, 110), 2 * kMs, sink);
+  t.table.on_packet(s2c(kPsh | kAck, 90), 3 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].conn_state.view() == "S1");
+  CHECK(ends[0].history.view() == "^hADd");
+}
+
+TEST_CASE("a RST after both sides' FINs leaves the close orderly: SF") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);
+  t.table.on_packet(s2c(kRst), 9 * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].conn_state.view() == "SF");
+  CHECK(ends[0].history.view() == "ShADadFfr");
+  CHECK(ends[0].end_reason == EndReason::FIN);
+}
+
+TEST_CASE("a FIN answering the peer's FIN and RST turns that RST back into a close: SF") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  t.table.on_packet(s2c(kFin | kAck), 3 * kMs, sink);
+  t.table.on_packet(s2c(kRst), 4 * kMs, sink);         // the server: FIN, then RST
+  t.table.on_packet(c2s(kFin | kAck), 5 * kMs, sink);  // the client closes too
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].conn_state.view() == "SF");
+  CHECK(ends[0].history.view() == "ShAfrF");
+}
+
+TEST_CASE("history: SYN with FIN or RST is q, FIN with RST is i, a FIN carrying data is f") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(v4(6, 3, 1000, 9, 80, kSyn | kFin), 0, sink);
+  t.table.on_packet(v4(6, 2, 1000, 9, 80, kSyn), 0, sink);
+  t.table.on_packet(v4(6, 9, 80, 2, 1000, kSyn | kAck), 1, sink);
+  t.table.on_packet(v4(6, 2, 1000, 9, 80, kFin | kRst | kAck), 2, sink);
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1, sink);
+  t.table.on_packet(c2s(kAck), 2, sink);
+  t.table.on_packet(c2s(kFin | kPsh | kAck, 10), 3, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 3);
+  for (const auto& e : ends) {
+    INFO("orig " << int(e.orig_addr[3]) << " history " << e.history.view());
+    if (e.orig_addr[3] == 3) CHECK(e.history.view() == "Q");
+    if (e.orig_addr[3] == 2) CHECK(e.history.view() == "ShI");
+    if (e.orig_port == 40000) {
+      CHECK(e.history.view() == "ShAF");
+      CHECK(e.orig_bytes == 10);
+    }
+  }
+}
+
+TEST_CASE("a new SYN after one side's FIN starts a new connection") {
+  // Zeek: a SYN on a connection either side has closed is a reuse of the port pair.
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  t.table.on_packet(c2s(kFin | kAck), 3 * kMs, sink);
+  t.table.on_packet(c2s(kSyn), 1 * kSec, sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].conn_state.view() == "S2");
+  CHECK(ends[0].end_reason == EndReason::IDLE);  // half-closed: no FIN both ways to report
+  CHECK(sink.of_kind(EventKind::START).size() == 2);
+}
+
+TEST_CASE("a FIN from one side with nothing from the other lingers as closed: SH") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kPsh | kAck, 10), 0, sink);
+  t.table.on_packet(c2s(kFin | kAck), 1 * kMs, sink);
+  t.table.expire(1 * kMs + 5 * kSec, sink);
+  CHECK(sink.of_kind(EventKind::END).empty());
+  t.table.expire(1 * kMs + 5 * kSec + 1, sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].end_reason == EndReason::FIN);
+  CHECK(ends[0].conn_state.view() == "SH");
+  CHECK(ends[0].history.view() == "DF");
+}
+
+TEST_CASE("a datagram to the IPv4 broadcast address keeps its sender as originator") {
+  // Zeek does not flip a connection to 255.255.255.255 (a DHCP server's broadcast reply).
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  DecodedPacket offer = v4(17, 2, 67, 0, 68, 0, 300);
+  offer.key.dst = {255, 255, 255, 255};
+  t.table.on_packet(offer, 0, sink);
+  t.table.on_packet(v4(17, 2, 67, 1, 68, 0, 300), 0, sink);  // unicast: flipped as before
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  for (const auto& e : ends) {
+    if (e.resp_addr[0] == 255 || e.orig_addr[0] == 255) {
+      CHECK(e.resp_addr[0] == 255);
+      CHECK(e.orig_port == 67);
+      CHECK(e.history.view() == "D");
+      CHECK(e.conn_state.view() == "S0");
+    } else {
+      CHECK(e.orig_port == 68);
+      CHECK(e.history.view() == "^d");
+    }
+  }
+}
+
+TEST_CASE("a transport flowseal does not know reports no payload bytes, as Zeek") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const DecodedPacket unknown = v4(99, 1, 0, 2, 0, 0, 6);
+  t.table.on_packet(unknown, 0, sink);
+  t.table.on_packet(v4(132, 1, 5000, 2, 5001, 0, 16), 0, sink);  // SCTP: known, counted
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  for (const auto& e : ends) {
+    if (e.proto == 99) {
+      CHECK(e.orig_bytes == 0);
+      CHECK(e.orig_ip_bytes == unknown.ip_bytes);
+    } else {
+      CHECK(e.orig_bytes == 16);
+    }
+  }
+}
+
+TEST_CASE("the TCP states and attempt timer survive a restart and a rolled-back step") {
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(16));
+  Recorder sink;
+  {
+    FlowTable first(memory, 16, o);
+    first.on_packet(c2s(kSyn), 0, sink);
+    first.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+    first.on_packet(c2s(kAck), 2 * kMs, sink);
+    first.on_packet(s2c(kFin | kAck), 3 * kMs, sink);
+    first.on_packet(v4(6, 5, 1000, 6, 22, kSyn), 0, sink);  // an attempt
+    // Killed in the middle of a step: the server's RST (FIN then RST) is undone.
+    first.begin_step();
+    first.on_packet(s2c(kRst), 4 * kMs, sink);
+  }
+  {
+    FlowTable second(memory, 16, o);
+    CHECK(second.rolled_back());
+    second.begin_step();
+    second.on_packet(s2c(kRst), 4 * kMs, sink);  // replayed: prev state closed again
+    second.on_packet(c2s(kFin | kAck), 5 * kMs, sink);
+    second.commit_step();
+  }
+  FlowTable third(memory, 16, o);
+  CHECK_FALSE(third.rolled_back());
+  third.on_packet(v4(6, 5, 1000, 6, 22, kAck, 10), 6 * kSec, sink);  // past the attempt
+  third.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 3);
+  for (const auto& e : ends) {
+    INFO("orig " << int(e.orig_addr[3]) << " history " << e.history.view());
+    if (e.orig_port == 40000) CHECK(e.conn_state.view() == "SF");
+    if (e.orig_addr[3] == 5 && e.history.view() == "S") CHECK(e.conn_state.view() == "S0");
+    if (e.orig_addr[3] == 5 && e.history.view() != "S") CHECK(e.history.view() == "D");
+  }
+}
+
+TEST_CASE("zero windows are marked w/W at the 1st, 10th and 100th, not after a FIN or RST") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  std::int64_t now = 3 * kMs;
+  for (int i = 0; i < 100; ++i) {  // the client's receive buffer is full: window 0
+    DecodedPacket full = c2s(kAck);
+    full.tcp_window = 0;
+    t.table.on_packet(full, now += kMs, sink);
+  }
+  t.table.on_packet(s2c(kFin | kAck), now += kMs, sink);
+  DecodedPacket after_fin = c2s(kAck);  // after the peer's FIN: no window matters
+  after_fin.tcp_window = 0;
+  t.table.on_packet(after_fin, now += kMs, sink);
+  DecodedPacket rst = s2c(kRst);  // with a RST: not news either
+  rst.tcp_window = 0;
+  t.table.on_packet(rst, now += kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].history.view() == "ShAWWWfr");
+}
+
+TEST_CASE("a RST at another sequence number than the side's last one is marked again") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(s2c(kSyn | kAck), 1 * kMs, sink);
+  t.table.on_packet(c2s(kAck), 2 * kMs, sink);
+  t.table.on_packet(s2c(kRst | kAck), 3 * kMs, sink);
+  t.table.on_packet(s2c(kRst | kAck), 4 * kMs, sink);  // the same seq: not again
+  g_next_seq[1] += 1000;
+  t.table.on_packet(s2c(kRst), 5 * kMs, sink);         // another seq: r again
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].history.view() == "ShArr");
+  CHECK(ends[0].conn_state.view() == "RSTR");
+}
+
+TEST_CASE("a SYN with another initial sequence number on an open connection starts a new one") {
+  // Zeek's IsReuse: the client reused its port for a new connection; a retransmitted SYN
+  // (the same ISN) is the same attempt.
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  t.table.on_packet(c2s(kSyn), 1 * kSec, sink);  // retransmitted: the same ISN
+  DecodedPacket again = c2s(kSyn);
+  again.tcp_seq += 123456;
+  t.table.on_packet(again, 2 * kSec, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0].orig_pkts == 2);
+  CHECK(ends[0].history.view() == "S");
+  CHECK(ends[0].end_reason == EndReason::IDLE);
+  CHECK(ends[1].orig_pkts == 1);
+  CHECK(ends[1].conn_state.view() == "S0");
+}
+
+TEST_CASE("once both sides have closed, later packets count but do not extend the flow's time") {
+  // Zeek's duration ends at the last packet before both sides had sent a FIN or RST; a late
+  // ACK or RST is counted, and a packet after the linger starts a new flow.
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);      // second FIN at 7 ms, last ACK at 8 ms
+  t.table.on_packet(s2c(kRst), 3 * kSec, sink);  // a late RST: counted, time unchanged
+  t.table.on_packet(c2s(kAck), 7 * kMs + 5 * kSec + 1, sink);  // past the linger: a new flow
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0].last_ts_ns == 7 * kMs);
+  CHECK(ends[0].orig_pkts == 5);
+  CHECK(ends[0].resp_pkts == 5);
+  CHECK(ends[0].conn_state.view() == "SF");
+  CHECK(ends[0].history.view() == "ShADadFfr");
+  CHECK(ends[1].history.view() == "A");
+  // A flow with only one side closed keeps its clock running.
+  TestTable u(64, short_timeouts());
+  Recorder half;
+  u.table.on_packet(c2s(kSyn), 0, half);
+  u.table.on_packet(s2c(kSyn | kAck), 1 * kMs, half);
+  u.table.on_packet(c2s(kFin | kAck), 2 * kMs, half);
+  u.table.on_packet(s2c(kPsh | kAck, 10), 3 * kMs, half);
+  u.table.flush(half);
+  REQUIRE(half.of_kind(EventKind::END).size() == 1);
+  CHECK(half.of_kind(EventKind::END)[0].last_ts_ns == 3 * kMs);
 }

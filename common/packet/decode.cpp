@@ -398,6 +398,7 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
         out_.tcp_seq = be32(tcp + 4);
         out_.tcp_ack = be32(tcp + 8);
         out_.tcp_flags = tcp[13];
+        out_.tcp_window = be16(tcp + 14);
       }
       break;
     case kProtoUdp:

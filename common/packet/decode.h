@@ -111,6 +111,7 @@ struct DecodedPacket {
   std::uint8_t tcp_flags = 0;       // FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20
   std::uint32_t tcp_seq = 0;
   std::uint32_t tcp_ack = 0;
+  std::uint16_t tcp_window = 0;     // as sent, unscaled (flowd: Zeek's zero-window letter)
   bool has_ports = false;           // false for a non-first fragment and for "other" protos
   bool fragment = false;            // any IP fragment (first or later): see `frag`
   bool ports_cut = false;           // the snaplen cut the transport header after the ports

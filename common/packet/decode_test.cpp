@@ -242,6 +242,7 @@ TEST_CASE("an Ethernet IPv4 TCP packet gives its 5-tuple, flags and lengths") {
   CHECK(p.tcp_flags == 0x18);
   CHECK(p.tcp_seq == 1000);
   CHECK(p.tcp_ack == 2000);
+  CHECK(p.tcp_window == 65535);
   CHECK(p.ip_bytes == 20 + 32 + 10);
   CHECK(p.payload_bytes == 10);
   CHECK(p.has_ports);
