@@ -116,6 +116,7 @@ int run_capture(StageRuntime& runtime) {
 
   auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
   counter(cc::kBytesTotal).store(source.bytes_total());
+  runtime.heartbeat();  // the first from here on marks capture ready: its source is open
 
   const std::size_t max_frame = producers.front().max_frame();
   PacketBatcher batcher(shards, static_cast<std::size_t>(config.batch_packets),
