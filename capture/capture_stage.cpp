@@ -28,6 +28,10 @@ namespace flowseal::capture {
 namespace {
 
 namespace cc = capture_counter;
+// Live, nothing waiting to be published: how long a read waits for the next packet. Also how
+// soon the stop flag and pressure level are seen when no traffic comes (signals interrupt it).
+constexpr auto kIdleWait = std::chrono::milliseconds(100);
+
 // Per-shard next sequence numbers sit after the named capture counters.
 constexpr std::size_t kShardSeqCounter = cc::kCount;
 static_assert(kShardSeqCounter + kMaxShards <= kStageCounters);
@@ -192,6 +196,9 @@ int run_capture(StageRuntime& runtime) {
       keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
       if (runtime.stop_requested()) break;
     }
+    // The kernel's block timeout wakes the poll as soon as packets arrive, so a long wait
+    // with nothing pending delays no packet.
+    if (live) source.set_idle_wait(batcher.pending_packets() > 0 ? source.batch_wait() : kIdleWait);
     const auto status = source.next(packet);
     if (status == PcapSource::Status::kEnd) break;
     if (status == PcapSource::Status::kIdle) {

@@ -134,6 +134,7 @@ PcapSource PcapSource::live(const CaptureConfig& config) {
   }
   PcapSource source;
   source.poll_timeout_ms_ = static_cast<int>(std::max<std::int64_t>(config.batch_timeout_ms, 1));
+  source.batch_timeout_ms_ = source.poll_timeout_ms_;
   source.handle_ = std::move(handle);
   source.live_ = true;
   source.files_ = {name};

@@ -81,7 +81,7 @@ struct MemoryConfig {
   double critical_pct = 95;
   double hysteresis_pct = 5;
   std::int64_t down_samples = 4;
-  std::int64_t sample_ms = 250;   // the supervisor samples memory this often
+  std::int64_t sample_ms = 1000;  // the supervisor samples memory this often
   bool system_pressure = true;    // system memory in use (MemAvailable) raises the level too
   // Hard limits of each stage's private memory (anonymous PSS) in MiB, flowd's per shard:
   // a stage over its limit is restarted (it resumes from the rings, as after a crash).

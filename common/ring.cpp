@@ -19,9 +19,12 @@ constexpr std::uint64_t frame_bytes(std::uint64_t payload) {
   return sizeof(FrameHeader) + pad8(payload);
 }
 
-// Sleep slices are short so a waiting side notices stop flags, closed rings and a peer that
-// died (whose wake would never come) within a few milliseconds.
-constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(20);
+// A sleeper is woken by its peer's futex wake, by close(), or by a signal (a stage's stop);
+// the slice only bounds how long it sleeps if a peer died between announcing and delivering
+// a wake. Stages wait 100 ms at a time anyway (their heartbeat), so a longer slice costs no
+// latency, and a shorter one woke every idle stage 50 times a second (each wake a membarrier
+// IPI to every CPU), most of an idle pipeline's CPU.
+constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(250);
 
 // Frame lengths are 32-bit and 0xFFFFFFFF marks a wrap, so a quarter of the ring must fit.
 constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;

@@ -38,7 +38,73 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 std::atomic<int> g_stop_signals{0};
-extern "C" void on_supervisor_signal(int) { g_stop_signals.fetch_add(1); }
+// The write end of the supervisor's self-pipe: a stop signal or a stage's exit writes a byte
+// so that the loop's poll() returns at once (a flag alone could be set just after the loop
+// looked at it, and would then wait for the whole tick). -1 outside run_pipeline.
+std::atomic<int> g_wake_fd{-1};
+void wake_loop() {
+  const int fd = g_wake_fd.load();
+  if (fd >= 0) {
+    const char byte = 0;
+    [[maybe_unused]] const ssize_t n = ::write(fd, &byte, 1);  // full pipe: already woken
+  }
+}
+extern "C" void on_supervisor_signal(int) {
+  g_stop_signals.fetch_add(1);
+  wake_loop();
+}
+extern "C" void on_child_exit(int) { wake_loop(); }
+
+// The self-pipe and the handlers that write to it, for one run.
+class LoopWakeup {
+ public:
+  LoopWakeup() {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+      throw std::runtime_error(fmt::format("cannot create the supervisor's wake-up pipe: {}",
+                                           std::strerror(errno)));
+    }
+    read_end_.reset(fds[0]);
+    write_end_.reset(fds[1]);
+    g_wake_fd.store(fds[1]);
+    struct sigaction stop {};
+    stop.sa_handler = on_supervisor_signal;
+    sigemptyset(&stop.sa_mask);
+    sigaction(SIGINT, &stop, nullptr);
+    sigaction(SIGTERM, &stop, nullptr);
+    struct sigaction child {};
+    child.sa_handler = on_child_exit;
+    child.sa_flags = SA_NOCLDSTOP | SA_RESTART;
+    sigemptyset(&child.sa_mask);
+    sigaction(SIGCHLD, &child, nullptr);
+  }
+  ~LoopWakeup() {
+    signal(SIGCHLD, SIG_DFL);
+    g_wake_fd.store(-1);
+  }
+  LoopWakeup(const LoopWakeup&) = delete;
+  LoopWakeup& operator=(const LoopWakeup&) = delete;
+
+  // Sleeps until a signal, a stage's exit, `also` readable (if >= 0) or the timeout.
+  void wait(std::chrono::milliseconds timeout, int also) {
+    pollfd fds[2] = {{read_end_.get(), POLLIN, 0}, {also, POLLIN, 0}};  // poll skips fd -1
+    ::poll(fds, 2, static_cast<int>(std::max<std::int64_t>(timeout.count(), 0)));
+    char buf[64];
+    while (::read(read_end_.get(), buf, sizeof buf) > 0) {
+    }
+  }
+
+ private:
+  segment::UniqueFd read_end_;
+  segment::UniqueFd write_end_;
+};
+
+// The supervisor's longest sleep once the run is up: what it only polls (restart requests
+// of `flowseal restart`, heartbeat ages) is seen within this. Exits and signals wake it at
+// once; timed work (restart backoff, memory samples, the watchdog) sets its own deadline.
+constexpr auto kIdleTick = std::chrono::milliseconds(250);
+// Until every stage is ready: readiness is reported within this of happening.
+constexpr auto kStartTick = std::chrono::milliseconds(5);
 
 // A private directory for the effective config, removed at the end of the run.
 class RunDirectory {
@@ -207,11 +273,7 @@ int run_pipeline(Config config) {
   for (std::size_t s = 0; s < shards; ++s) add_stage(StageKind::kFlowd, s);
   add_stage(StageKind::kCapture, 0);
 
-  struct sigaction action {};
-  action.sa_handler = on_supervisor_signal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
+  LoopWakeup wakeup;
 
   // A file run on a terminal shows the progress bar; the stages' log lines then come
   // through the supervisor so that none lands on the bar's row.
@@ -270,11 +332,12 @@ int run_pipeline(Config config) {
     return control.slots[slot_index(s.kind, s.shard, shards)];
   };
   auto last_stats = Clock::now();
+  const auto memory_sample_interval = std::chrono::milliseconds(config.memory.sample_ms);
   // The first memory sample comes a moment after start, when every stage has mapped its rings.
-  auto last_memory_sample = Clock::now() - std::chrono::milliseconds(200);
+  auto last_memory_sample = Clock::now() - memory_sample_interval +
+                            std::min<Clock::duration>(memory_sample_interval, std::chrono::milliseconds(200));
   std::uint64_t peak_total_pss = 0;
   std::uint64_t peak_held = 0;  // the same without mapped files
-  const auto memory_sample_interval = std::chrono::milliseconds(config.memory.sample_ms);
   PressureMonitor pressure(config, instance.plan(), control);
   const auto heartbeat_timeout_ns = config.supervisor.heartbeat_timeout_ms * 1'000'000;
 
@@ -435,8 +498,8 @@ int run_pipeline(Config config) {
       notifier.notify("WATCHDOG=1");
     }
 
-    // memory.sample_ms (4 a second by default): cheap (one small /proc read per stage), and
-    // short runs get one. Each sample also sets the pressure level and holds every stage to
+    // memory.sample_ms (once a second by default, as issue 6 asks: smaps_rollup walks every
+    // mapping of a stage, the rings' too), and short runs get one. Each sample also sets the pressure level and holds every stage to
     // its private-memory limit.
     if (Clock::now() - last_memory_sample >= memory_sample_interval) {
       last_memory_sample = Clock::now();
@@ -487,11 +550,19 @@ int run_pipeline(Config config) {
       stage_output->pump(bar);
       bar.update(capture.counters[cc::kBytesRead].load(), capture.counters[cc::kBytesTotal].load(),
                  capture.counters[cc::kReceived].load(), Clock::now());
-      pollfd output{stage_output->read_fd(), POLLIN, 0};
-      ::poll(&output, 1, 20);
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
+
+    // Sleep until the next thing that is due; an idle run wakes 4 times a second.
+    const auto now = Clock::now();
+    auto next = now + (ready_reported ? std::chrono::duration_cast<Clock::duration>(kIdleTick)
+                                      : std::chrono::duration_cast<Clock::duration>(kStartTick));
+    next = std::min(next, last_memory_sample + memory_sample_interval);
+    if (const auto interval = notifier.watchdog_interval()) next = std::min(next, last_watchdog + *interval);
+    for (const auto& stage : stages) {
+      if (stage.waiting_restart) next = std::min(next, stage.restart_at);
+    }
+    wakeup.wait(std::chrono::ceil<std::chrono::milliseconds>(next - now),
+                stage_output ? stage_output->read_fd() : -1);
   }
   report_stopping("exiting");
   if (stage_output) stage_output->finish(bar);
