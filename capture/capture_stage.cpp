@@ -29,6 +29,10 @@ namespace flowseal::capture {
 namespace {
 
 namespace cc = capture_counter;
+// Live, nothing waiting to be published: how long a read waits for the next packet. Also how
+// soon the stop flag and pressure level are seen when no traffic comes (signals interrupt it).
+constexpr auto kIdleWait = std::chrono::milliseconds(100);
+
 // Per-shard next sequence numbers sit after the named capture counters.
 constexpr std::size_t kShardSeqCounter = cc::kCount;
 static_assert(kShardSeqCounter + kMaxShards <= kStageCounters);
@@ -117,6 +121,7 @@ int run_capture(StageRuntime& runtime) {
 
   auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
   counter(cc::kBytesTotal).store(source.bytes_total());
+  runtime.heartbeat();  // the first from here on marks capture ready: its source is open
 
   const std::size_t max_frame = producers.front().max_frame();
   PacketBatcher batcher(shards, static_cast<std::size_t>(config.batch_packets),
@@ -215,6 +220,9 @@ int run_capture(StageRuntime& runtime) {
       keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
       if (runtime.stop_requested()) break;
     }
+    // The kernel's block timeout wakes the poll as soon as packets arrive, so a long wait
+    // with nothing pending delays no packet.
+    if (live) source.set_idle_wait(batcher.pending_packets() > 0 ? source.batch_wait() : kIdleWait);
     const auto status = source.next(packet);
     if (status == PcapSource::Status::kEnd) break;
     if (status == PcapSource::Status::kIdle) {

@@ -135,6 +135,7 @@ PcapSource PcapSource::live(const CaptureConfig& config) {
   }
   PcapSource source;
   source.poll_timeout_ms_ = static_cast<int>(std::max<std::int64_t>(config.batch_timeout_ms, 1));
+  source.batch_timeout_ms_ = source.poll_timeout_ms_;
   source.handle_ = std::move(handle);
   source.live_ = true;
   source.files_ = {name};
@@ -249,23 +250,11 @@ PcapSource::Status PcapSource::next(Packet& packet) {
     const u_char* data = nullptr;
     int rc = pcap_next_ex(handle_.get(), &header, &data);
     if (rc == 0) {
-      // The first idle read after packets returns after the batch timeout, so the caller
-      // publishes its partial batch; later ones (nothing pending, a quiet link) sleep longer.
-      // Packets are not delayed by it: the kernel hands over a block within the batch
-      // timeout of its first packet (pcap_set_timeout), and that wakes the poll.
       pollfd fd{pcap_get_selectable_fd(handle_.get()), POLLIN, 0};
-      const int timeout = was_idle_ ? idle_poll_timeout_ms_ : poll_timeout_ms_;
-      if (::poll(&fd, 1, timeout) <= 0) {
-        was_idle_ = true;
-        return Status::kIdle;
-      }
+      if (::poll(&fd, 1, poll_timeout_ms_) <= 0) return Status::kIdle;
       rc = pcap_next_ex(handle_.get(), &header, &data);
-      if (rc == 0) {
-        was_idle_ = true;
-        return Status::kIdle;
-      }
+      if (rc == 0) return Status::kIdle;
     }
-    was_idle_ = false;
     if (rc != 1) {
       errors_.push_back({fmt::format("capture: interface {}: {}", files_.front(),
                                      pcap_geterr(handle_.get()))});

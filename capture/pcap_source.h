@@ -21,6 +21,7 @@
 
 #include <pcap/pcap.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -98,6 +99,11 @@ class PcapSource {
 
   // Live: the file descriptor to poll (libpcap's selectable fd), -1 offline.
   int selectable_fd() const;
+  // Live: how long an idle next() waits for a packet before it returns kIdle. A short wait
+  // (capture.batch_timeout_ms) while a partial batch waits to be published; a long one
+  // when nothing is pending, so that an idle capture wakes ten times a second, not a hundred.
+  void set_idle_wait(std::chrono::milliseconds wait) { poll_timeout_ms_ = static_cast<int>(wait.count()); }
+  std::chrono::milliseconds batch_wait() const { return std::chrono::milliseconds(batch_timeout_ms_); }
 
  private:
   struct Filter;  // a BPF program compiled for one link type
@@ -110,9 +116,8 @@ class PcapSource {
 
   PcapHandle handle_;  // live
   bool live_ = false;
-  int poll_timeout_ms_ = 10;  // live: an idle read returns kIdle after this long...
-  int idle_poll_timeout_ms_ = 100;  // ...or this long if the previous read was idle too
-  bool was_idle_ = false;
+  int poll_timeout_ms_ = 10;  // live: an idle read returns kIdle after this long
+  int batch_timeout_ms_ = 10;
   std::vector<std::string> files_;
   std::size_t file_index_ = 0;  // index of the file after the open one
   std::string filter_;

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <pwd.h>
 #include <yaml-cpp/yaml.h>
 
 namespace flowseal {
@@ -98,6 +99,22 @@ KeySpec string_key(std::string path, std::function<std::string&(Config&)> field,
     YAML::Emitter out;
     out << YAML::DoubleQuoted << field(const_cast<Config&>(c));
     return std::string(out.c_str());
+  };
+  return spec;
+}
+
+// A user name that must exist on this host (empty: none), checked where it is set so that
+// the message carries the file and line.
+KeySpec user_key(std::string path, std::function<std::string&(Config&)> field, std::string doc) {
+  KeySpec spec = string_key(path, field, {}, std::move(doc));
+  auto set_string = spec.set;
+  spec.set = [path, field, set_string](Config& c, const YAML::Node& n, const std::string& where) {
+    set_string(c, n, where);
+    const std::string& user = field(c);
+    if (!user.empty() && getpwnam(user.c_str()) == nullptr) {
+      throw ConfigError(fmt::format("{}: key '{}' = '{}': no such user on this host", where,
+                                    path, user));
+    }
   };
   return spec;
 }
@@ -239,6 +256,16 @@ const std::vector<KeySpec>& key_table() {
                         "ms between the supervisor's memory samples (PSS, MemAvailable, fill)"));
     t.push_back(bool_key("memory.system_pressure", [](Config& c) -> auto& { return c.memory.system_pressure; },
                          "system memory in use (1 - MemAvailable/MemTotal) also raises the level"));
+    t.push_back(double_key("memory.capture_limit_mb", [](Config& c) -> auto& { return c.memory.capture_limit_mb; },
+                           0, 1 << 20, "hard limit of capture's private memory (MiB); over it the stage is restarted (0: from budget_mb)"));
+    t.push_back(double_key("memory.flowd_limit_mb", [](Config& c) -> auto& { return c.memory.flowd_limit_mb; },
+                           0, 1 << 20, "the same for each flowd shard (the flow table is shared memory, not counted)"));
+    t.push_back(double_key("memory.dedupd_limit_mb", [](Config& c) -> auto& { return c.memory.dedupd_limit_mb; },
+                           0, 1 << 20, "the same for dedupd (its state is private memory)"));
+    t.push_back(double_key("memory.signerd_limit_mb", [](Config& c) -> auto& { return c.memory.signerd_limit_mb; },
+                           0, 1 << 20, "the same for signerd"));
+    t.push_back(double_key("memory.writerd_limit_mb", [](Config& c) -> auto& { return c.memory.writerd_limit_mb; },
+                           0, 1 << 20, "the same for writerd"));
     // supervisor
     t.push_back(string_key("supervisor.instance", [](Config& c) -> auto& { return c.supervisor.instance; }, {},
                            "instance name: shared-memory names and the control socket derive from it"));
@@ -250,6 +277,8 @@ const std::vector<KeySpec>& key_table() {
                         "s between stats lines (0: none)"));
     t.push_back(int_key("supervisor.max_restarts", [](Config& c) -> auto& { return c.supervisor.max_restarts; },
                         0, 1000000, "restarts of one stage before the run gives up"));
+    t.push_back(user_key("supervisor.user", [](Config& c) -> auto& { return c.supervisor.user; },
+                         "run as root: flowd, dedupd, signerd and writerd run as this user (empty: as the supervisor)"));
     return t;
   }();
   return table;

@@ -83,8 +83,16 @@ struct MemoryConfig {
   double critical_pct = 95;
   double hysteresis_pct = 5;
   std::int64_t down_samples = 4;
-  std::int64_t sample_ms = 250;   // the supervisor samples memory this often
+  std::int64_t sample_ms = 1000;  // the supervisor samples memory this often
   bool system_pressure = true;    // system memory in use (MemAvailable) raises the level too
+  // Hard limits of each stage's private memory (anonymous PSS) in MiB, flowd's per shard:
+  // a stage over its limit is restarted (it resumes from the rings, as after a crash).
+  // 0: derived from budget_mb (supervisor/memory_limits.h).
+  double capture_limit_mb = 0;
+  double flowd_limit_mb = 0;
+  double dedupd_limit_mb = 0;
+  double signerd_limit_mb = 0;
+  double writerd_limit_mb = 0;
 };
 
 struct SupervisorConfig {
@@ -92,6 +100,10 @@ struct SupervisorConfig {
   std::int64_t heartbeat_timeout_ms = 5000;
   std::int64_t stats_interval_s = 5;
   std::int64_t max_restarts = 10;
+  // Run as root with this set: flowd, dedupd, signerd and writerd run as this user (capture
+  // starts as root and drops to capture.user once its handle is open). Empty: stages run as
+  // the supervisor does.
+  std::string user;
 };
 
 struct Config {

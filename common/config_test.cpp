@@ -128,3 +128,24 @@ TEST_CASE("the dumped config loads back to the same config") {
   flowseal::load_config_file(loaded, file.path());
   CHECK(flowseal::dump_config(loaded) == flowseal::dump_config(config));
 }
+
+TEST_CASE("supervisor.user must name a user of this host; the error names the key and line") {
+  TempYaml file("supervisor:\n  instance: x\n  user: no-such-user-flowseal-test\n");
+  Config config;
+  const std::string message = error_of([&] { flowseal::load_config_file(config, file.path()); });
+  CHECK_THAT(message, Catch::Contains("supervisor.user") && Catch::Contains("no such user"));
+  CHECK_THAT(message, Catch::Contains(file.path().string() + ":3"));
+  Config root;
+  flowseal::apply_override(root, "supervisor.user=root");  // every host has root
+  CHECK(root.supervisor.user == "root");
+  flowseal::apply_override(root, "supervisor.user=");
+  CHECK(root.supervisor.user.empty());
+}
+
+TEST_CASE("a stage's memory limit is a non-negative number of MiB") {
+  Config config;
+  flowseal::apply_override(config, "memory.dedupd_limit_mb=2.5");
+  CHECK(config.memory.dedupd_limit_mb == 2.5);
+  CHECK_THAT(error_of([&] { flowseal::apply_override(config, "memory.flowd_limit_mb=-1"); }),
+             Catch::Contains("memory.flowd_limit_mb") && Catch::Contains("out of range"));
+}

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -93,11 +94,18 @@ struct alignas(64) StageSlot {
   std::atomic<std::uint32_t> restarts;
   std::atomic<std::uint32_t> exit_status;
   std::atomic<std::uint64_t> counters[kStageCounters];
+  // CLOCK_MONOTONIC of the stage's first heartbeat from its own loop (0 until then): it has
+  // opened its rings and inputs. The supervisor reports readiness once every slot has one.
+  std::atomic<std::int64_t> ready_ns;
+  // Restarts the supervisor made because the stage's private memory passed its hard limit
+  // (also counted in `restarts`).
+  std::atomic<std::uint32_t> memory_restarts;
 };
+static_assert(sizeof(StageSlot) == 256, "harnesses read slots as 256 bytes");
 
 struct alignas(64) ControlBlock {
   static constexpr std::uint64_t kMagic = 0x314C5443'53574C46ULL;  // "FLWSCTL1"
-  static constexpr std::uint32_t kLayoutVersion = 4;  // 4: writer-stalled counters
+  static constexpr std::uint32_t kLayoutVersion = 5;  // 4: writer-stalled counters; 5: ready_ns, memory_restarts
 
   std::uint64_t magic;
   std::uint32_t layout_version;
@@ -105,7 +113,7 @@ struct alignas(64) ControlBlock {
   std::atomic<std::int32_t> supervisor_pid;
   std::atomic<std::uint32_t> stop_requested;  // 1: capture stops reading; the rest drains
   std::atomic<std::uint32_t> pressure_level;  // 0 LOW .. 3 CRITICAL
-  std::atomic<std::uint32_t> ready;           // all stages started
+  std::atomic<std::uint32_t> ready;           // every stage has a ready_ns
   std::atomic<std::int64_t> created_ns;       // CLOCK_REALTIME at creation
   // `flowseal restart STAGE` sets bit i to ask the supervisor to restart slot i; the
   // supervisor clears the bits it has acted on.
@@ -125,6 +133,9 @@ struct alignas(64) ControlBlock {
   std::size_t slot_count() const { return 4 + shards; }
 };
 static_assert(std::is_standard_layout_v<ControlBlock>);
+// benchmarks/run-pipeline and the python tests read the block at these offsets.
+static_assert(offsetof(ControlBlock, ready) == 28 && offsetof(ControlBlock, slots) == 128);
+static_assert(offsetof(StageSlot, counters) == 40 && offsetof(StageSlot, ready_ns) == 232);
 
 // Slot index of a stage (shard only for flowd).
 std::size_t slot_index(StageKind kind, std::size_t shard, std::size_t shards);

@@ -19,12 +19,12 @@ constexpr std::uint64_t frame_bytes(std::uint64_t payload) {
   return sizeof(FrameHeader) + pad8(payload);
 }
 
-// The longest single sleep, whatever the caller's timeout: a closed ring and a peer's
-// publish or commit wake a sleeper at once; the slice bounds how long a waiting side can
-// miss a wake from a peer that died mid-handshake. Stages wait with timeouts of at most
-// kIdleWait (ring_io.h) and look at stop flags between waits. Each wake costs CPU on an
-// idle probe (20 ms here once made 50 wakes a second per stage).
-constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(100);
+// A sleeper is woken by its peer's futex wake, by close(), or by a signal (a stage's stop);
+// the slice only bounds how long it sleeps if a peer died between announcing and delivering
+// a wake. Stages wait 100 ms at a time anyway (their heartbeat), so a longer slice costs no
+// latency, and a shorter one woke every idle stage 50 times a second (each wake a membarrier
+// IPI to every CPU), most of an idle pipeline's CPU.
+constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(250);
 
 // Frame lengths are 32-bit and 0xFFFFFFFF marks a wrap, so a quarter of the ring must fit.
 constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;

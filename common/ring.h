@@ -30,7 +30,7 @@
 // RingConsumer registers the process that constructs it for that fence: construct it in the
 // process that uses it, not before a fork().
 // Every wait takes a timeout so callers can also watch stop flags and heartbeats, and a
-// sleeper re-checks at least every sleep slice (20 ms by default) so that it notices a peer
+// sleeper re-checks at least every sleep slice (250 ms by default) so that it notices a peer
 // that died between announcing and delivering a wake. Tests set a long slice to prove that
 // no wake is ever lost (a lost wake then shows as a timeout, not as a short delay).
 #pragma once

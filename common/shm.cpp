@@ -1,5 +1,8 @@
 #include "shm.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
@@ -32,11 +35,18 @@ ShmSegment::~ShmSegment() {
   if (owns_name_) bip::shared_memory_object::remove(name_.c_str());
 }
 
-ShmSegment ShmSegment::create(const std::string& name, std::size_t bytes) {
+ShmSegment ShmSegment::create(const std::string& name, std::size_t bytes,
+                              std::optional<FileOwner> owner) {
   try {
     bip::permissions owner_only(0600);
     bip::shared_memory_object object(bip::create_only, name.c_str(), bip::read_write,
                                      owner_only);
+    if (owner && ::fchown(object.get_mapping_handle().handle, owner->uid, owner->gid) != 0) {
+      const int err = errno;
+      bip::shared_memory_object::remove(name.c_str());
+      throw std::runtime_error(fmt::format("cannot give shared memory {} to uid {} gid {}: {}",
+                                           name, owner->uid, owner->gid, std::strerror(err)));
+    }
     object.truncate(static_cast<bip::offset_t>(bytes));
     bip::mapped_region region(object, bip::read_write);
     // ftruncate gives zero pages already; this only documents that layouts start zeroed.

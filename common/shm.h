@@ -7,7 +7,10 @@
 // pointer: every process maps it at its own address.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -16,11 +19,19 @@
 
 namespace flowseal {
 
+// Who owns a segment's name when that is not its creator (stages running as supervisor.user).
+struct FileOwner {
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
 class ShmSegment {
  public:
-  // Creates `name` with `bytes` zero-filled bytes and mode 0600. Throws std::runtime_error
-  // naming the segment if it exists already or cannot be created.
-  static ShmSegment create(const std::string& name, std::size_t bytes);
+  // Creates `name` with `bytes` zero-filled bytes and mode 0600, owned by `owner` if given
+  // (the mode stays 0600: only that user and root open it). Throws std::runtime_error naming
+  // the segment if it exists already or cannot be created.
+  static ShmSegment create(const std::string& name, std::size_t bytes,
+                           std::optional<FileOwner> owner = std::nullopt);
   // Opens an existing segment read-write. Throws naming the segment if it is missing.
   static ShmSegment open(const std::string& name);
   // Removes a name left behind by a crashed instance; false if there was none.

@@ -64,7 +64,8 @@ StageRuntime::StageRuntime(StageKind kind, std::string instance, Config config,
   // Heartbeat first: the supervisor judges a stage hung once the slot's pid is this
   // process's, so the pid is published last.
   slot_->started_ns.store(monotonic_ns());
-  heartbeat();
+  slot_->ready_ns.store(0);
+  slot_->heartbeat_ns.store(monotonic_ns(), std::memory_order_relaxed);  // not ready yet
   slot_->pid.store(static_cast<std::int32_t>(getpid()), std::memory_order_release);
   set_state(StageState::kRunning);
 }
@@ -103,6 +104,8 @@ int run_stage(StageKind kind, int argc, char** argv,
   app.add_option("--config", config_file, "effective config written by the supervisor")
       ->required();
   app.add_option("--shard", shard, "flowd shard number");
+  int key_fd = -1;
+  app.add_option("--key-fd", key_fd, "signerd: the private key on this inherited fd (supervisor.user)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -127,6 +130,7 @@ int run_stage(StageKind kind, int argc, char** argv,
   }
   try {
     StageRuntime runtime(kind, instance, std::move(config), shard);
+    runtime.set_key_fd(key_fd);
     const int code = body(runtime);
     runtime.set_state(code == 0 ? StageState::kDone : StageState::kFailed);
     return code;

@@ -12,6 +12,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "config.h"
 #include "control_block.h"
@@ -45,7 +46,16 @@ class StageRuntime {
   // Stage name for logs: "capture", "flowd[1]", ...
   const std::string& name() const { return name_; }
 
-  void heartbeat() { slot_->heartbeat_ns.store(monotonic_ns(), std::memory_order_relaxed); }
+  // The first heartbeat after start-up also marks the stage ready (StageSlot::ready_ns):
+  // stages heartbeat only from their loops, once their rings and inputs are open.
+  void heartbeat() {
+    const std::int64_t now = monotonic_ns();
+    slot_->heartbeat_ns.store(now, std::memory_order_relaxed);
+    if (!ready_) [[unlikely]] {
+      ready_ = true;
+      slot_->ready_ns.store(now, std::memory_order_release);
+    }
+  }
   void set_state(StageState state) {
     slot_->state.store(static_cast<std::uint32_t>(state), std::memory_order_release);
   }
@@ -59,6 +69,11 @@ class StageRuntime {
   // Maps an existing ring segment of this instance (created by the supervisor).
   ShmSegment open_ring(std::string_view edge) const;
 
+  // signerd under supervisor.user: the private key, opened by the supervisor and inherited
+  // (--key-fd); -1 when the stage opens seal.key_file itself. Taken once.
+  int take_key_fd() { return std::exchange(key_fd_, -1); }
+  void set_key_fd(int fd) { key_fd_ = fd; }
+
  private:
   std::string instance_;
   Config config_;
@@ -67,6 +82,8 @@ class StageRuntime {
   ShmSegment control_segment_;
   ControlBlock* control_;
   StageSlot* slot_;
+  bool ready_ = false;
+  int key_fd_ = -1;
 };
 
 // Parses the stage command line, builds the runtime and calls body; returns the exit code.

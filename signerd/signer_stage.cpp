@@ -76,7 +76,9 @@ void store_position(StageRuntime& runtime, const ChainPosition& pos) {
 
 int run_signerd(StageRuntime& runtime) {
   const SealConfig& config = runtime.config().seal;
-  seal::PrivateKey key = seal::PrivateKey::load(config.key_file);
+  const int key_fd = runtime.take_key_fd();
+  seal::PrivateKey key = key_fd >= 0 ? seal::PrivateKey::load(key_fd, config.key_file)
+                                     : seal::PrivateKey::load(config.key_file);
   RingInputs inputs(runtime, {std::string(kDedupEdge)});
   RingConsumer& in = inputs[0];
   RingOutput output(runtime, kSealedEdge);

@@ -20,12 +20,33 @@ struct ExitInfo {
   std::string describe() const;  // "exit 0", "killed by SIGKILL"
 };
 
+// An unprivileged user a stage runs as (supervisor.user), resolved once at start.
+struct Credentials {
+  std::string user;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+// Looks `user` up in the user database; throws ConfigError naming `key` if there is none.
+Credentials resolve_user(const std::string& user, const std::string& key);
+
+// The fd a stage finds the descriptor of SpawnOptions::pass_fd on.
+inline constexpr int kPassedFd = 3;
+
+struct SpawnOptions {
+  int stderr_fd = -1;  // >= 0: the child's stderr (the supervisor's stage-output pipe)
+  int pass_fd = -1;    // >= 0: inherited by the child as kPassedFd (signerd's key)
+  // Set: the child switches to this user before exec: no supplementary groups, the user's
+  // gid and uid, no capabilities left in any set, PR_SET_NO_NEW_PRIVS.
+  std::optional<Credentials> credentials;
+};
+
 class ChildProcess {
  public:
   ChildProcess() = default;
   // fork + exec argv[0] (a path) with argv; throws std::runtime_error if fork fails. An exec
-  // failure shows up as exit code 127.
-  static ChildProcess spawn(const std::vector<std::string>& argv);
+  // failure shows up as exit code 127, a failure to switch users as 78 (permanent: the same
+  // start would fail again), each with a line on the child's stderr.
+  static ChildProcess spawn(const std::vector<std::string>& argv, const SpawnOptions& options = {});
 
   ChildProcess(ChildProcess&&) noexcept;
   ChildProcess& operator=(ChildProcess&&) noexcept;
@@ -43,5 +64,10 @@ class ChildProcess {
   explicit ChildProcess(pid_t pid) : pid_(pid) {}
   pid_t pid_ = -1;
 };
+
+// Whether `credentials` may access `path` with `mode` (access(2) R_OK/W_OK/X_OK), checked
+// in a short-lived child that switches to the user first (the kernel's answer, parents'
+// search permission included). 0 if so, else the errno.
+int access_as(const Credentials& credentials, const std::string& path, int mode);
 
 }  // namespace flowseal::supervisor

@@ -52,6 +52,7 @@ struct SlotSample {
   pid_t pid = 0;
   StageState state = StageState::kNotStarted;
   std::uint32_t restarts = 0;
+  std::uint32_t memory_restarts = 0;  // of restarts: over the stage's memory limit
   double uptime_s = 0;
   double heartbeat_age_ms = 0;
   std::uint64_t pss = 0;
@@ -69,6 +70,7 @@ SlotSample sample_slot(const ControlBlock& control, std::size_t index) {
   s.pid = slot.pid.load();
   s.state = static_cast<StageState>(slot.state.load());
   s.restarts = slot.restarts.load();
+  s.memory_restarts = slot.memory_restarts.load();
   const std::int64_t now = monotonic_ns();
   if (slot.started_ns.load() != 0) s.uptime_s = double(now - slot.started_ns.load()) / 1e9;
   if (slot.heartbeat_ns.load() != 0) s.heartbeat_age_ms = double(now - slot.heartbeat_ns.load()) / 1e6;
@@ -161,10 +163,10 @@ int status_command(const StatusOptions& options) {
       const auto& a = after[i];
       out += fmt::format(
           "{}{{\"stage\":\"{}\",\"pid\":{},\"state\":\"{}\",\"uptime_s\":{:.1f},\"restarts\":{},"
-          "\"heartbeat_age_ms\":{:.0f},\"pss_bytes\":{},\"in_per_s\":{:.0f},\"out_per_s\":{:.0f},"
+          "\"memory_limit_restarts\":{},\"heartbeat_age_ms\":{:.0f},\"pss_bytes\":{},\"in_per_s\":{:.0f},\"out_per_s\":{:.0f},"
           "\"in_total\":{},\"out_total\":{}}}",
           i ? "," : "", a.name, a.pid, to_string(a.state), a.uptime_s, a.restarts,
-          a.heartbeat_age_ms, a.pss, double(a.in - before[i].in) / dt,
+          a.memory_restarts, a.heartbeat_age_ms, a.pss, double(a.in - before[i].in) / dt,
           double(a.out - before[i].out) / dt, a.in, a.out);
     }
     out += "],\"rings\":{";
@@ -187,8 +189,12 @@ int status_command(const StatusOptions& options) {
   for (std::size_t i = 0; i < slots; ++i) {
     const auto& a = after[i];
     total_pss += a.pss;
+    // "3 (1m)": three restarts, one of them for the memory limit.
+    const std::string restarts = a.memory_restarts
+                                     ? fmt::format("{} ({}m)", a.restarts, a.memory_restarts)
+                                     : std::to_string(a.restarts);
     out += fmt::format("{:<10} {:>8} {:<9} {:>8.1f}s {:>8} {:>8.0f}ms {:>7.1f}Mi {:>12.0f} {:>12.0f}\n",
-                       a.name, a.pid, to_string(a.state), a.uptime_s, a.restarts,
+                       a.name, a.pid, to_string(a.state), a.uptime_s, restarts,
                        a.heartbeat_age_ms, double(a.pss) / (1 << 20),
                        double(a.in - before[i].in) / dt, double(a.out - before[i].out) / dt);
   }

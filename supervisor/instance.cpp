@@ -35,8 +35,8 @@ int Instance::remove_leftovers(const std::string& instance, std::size_t max_shar
   return removed;
 }
 
-Instance::Instance(const Config& config)
-    : instance_(config.supervisor.instance), plan_(plan_memory(config)) {
+Instance::Instance(const Config& config, std::optional<FileOwner> owner)
+    : instance_(config.supervisor.instance), owner_(owner), plan_(plan_memory(config)) {
   const std::size_t shards = static_cast<std::size_t>(config.flowd.shards);
   const std::string control_name = control_block_name(instance_);
   if (ShmSegment::exists(control_name)) {
@@ -59,21 +59,21 @@ Instance::Instance(const Config& config)
                  instance_, removed);
   }
 
-  segments_.push_back(ShmSegment::create(control_name, sizeof(ControlBlock)));
+  segments_.push_back(ShmSegment::create(control_name, sizeof(ControlBlock), owner_));
   control_ = &control_block_format(segments_.back().bytes(), shards);
   control_->supervisor_pid.store(getpid());
 
   for (std::size_t s = 0; s < shards; ++s) {
     create_ring(packet_edge(s), plan_.packet_ring);
     create_ring(flow_edge(s), plan_.event_ring);
-    segments_.push_back(ShmSegment::create(flow_table_name(instance_, s), plan_.flow_table_bytes));
+    segments_.push_back(ShmSegment::create(flow_table_name(instance_, s), plan_.flow_table_bytes, owner_));
   }
   create_ring(std::string(kDedupEdge), plan_.event_ring);
   create_ring(std::string(kSealedEdge), plan_.sealed_ring);
 }
 
 void Instance::create_ring(const std::string& edge, std::size_t capacity) {
-  segments_.push_back(ShmSegment::create(ring_name(instance_, edge), ring_bytes(capacity)));
+  segments_.push_back(ShmSegment::create(ring_name(instance_, edge), ring_bytes(capacity), owner_));
   ring_format(segments_.back().bytes(), capacity);
   rings_.push_back({edge, segments_.back().bytes()});
 }

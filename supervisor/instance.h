@@ -7,6 +7,7 @@
 // removes them when destroyed.
 #pragma once
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -25,7 +26,8 @@ struct InstanceRunning : std::runtime_error {
 
 class Instance {
  public:
-  explicit Instance(const Config& config);
+  // `owner`: the user the stages run as (supervisor.user), given every segment's name.
+  explicit Instance(const Config& config, std::optional<FileOwner> owner = std::nullopt);
 
   ControlBlock& control() { return *control_; }
   const MemoryPlan& plan() const { return plan_; }
@@ -43,6 +45,7 @@ class Instance {
   void create_ring(const std::string& edge, std::size_t capacity);
 
   std::string instance_;
+  std::optional<FileOwner> owner_;
   MemoryPlan plan_;
   std::vector<ShmSegment> segments_;
   ControlBlock* control_ = nullptr;

@@ -15,6 +15,26 @@ double share(std::uint64_t part, std::uint64_t whole) {
 
 }  // namespace
 
+std::uint64_t private_limit(const Config& config, const MemoryPlan& plan, StageKind kind) {
+  const MemoryConfig& m = config.memory;
+  const double explicit_mb = kind == StageKind::kCapture   ? m.capture_limit_mb
+                             : kind == StageKind::kFlowd   ? m.flowd_limit_mb
+                             : kind == StageKind::kDedupd  ? m.dedupd_limit_mb
+                             : kind == StageKind::kSignerd ? m.signerd_limit_mb
+                                                           : m.writerd_limit_mb;
+  if (explicit_mb > 0) return static_cast<std::uint64_t>(explicit_mb * double(1 << 20));
+#if defined(__SANITIZE_ADDRESS__)
+  static_cast<void>(plan);
+  return 0;
+#else
+  // Every stage: a quarter of the budget, at least 64 MiB (a stage holds 1.3-6 MiB at work,
+  // docs/OPERATIONS.md); dedupd on top its state's share, which it fills under load.
+  const std::uint64_t budget = static_cast<std::uint64_t>(m.budget_mb) << 20;
+  const std::uint64_t base = std::max<std::uint64_t>(budget / 4, std::uint64_t{64} << 20);
+  return kind == StageKind::kDedupd ? base + 2 * plan.dedup_bytes : base;
+#endif
+}
+
 PressureThresholds PressureThresholds::from(const MemoryConfig& memory) {
   PressureThresholds t;
   t.medium = memory.medium_pct / 100;

@@ -80,6 +80,13 @@ Usage usage_of(const UsageSample& sample);
 // "usage 87% (flow table 87%, budget 64%, system 19%)": the figure the log lines carry.
 std::string describe(const Usage& usage);
 
+// The hard limit of one stage's private memory (anonymous PSS, what the pressure usage
+// counts for it) in bytes: memory.<stage>_limit_mb, or, when that is 0, a default from the
+// budget well above what the stage holds in normal work (a limit is for a stage that leaks
+// or runs away, not for the pressure levels' job). A sanitizer build has no default limits:
+// there the private memory is mostly the sanitizer's. 0 means no limit.
+std::uint64_t private_limit(const Config& config, const MemoryPlan& plan, StageKind kind);
+
 // The supervisor's pressure loop body: one call per memory sample reads the flow tables'
 // fill from the control block, measures system memory, updates the gauge, publishes the
 // level and its counters to the control block, and logs a change in one line.

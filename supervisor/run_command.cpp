@@ -1,5 +1,7 @@
 #include "run_command.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
 #include "child_process.h"
@@ -19,10 +22,14 @@
 #include "instance.h"
 #include "pressure.h"
 #include "proc_stats.h"
+#include "progress.h"
 #include "ring.h"
 #include "seal/keys.h"
+#include "stage_output.h"
 #include "stage_runtime.h"
+#include "stage_user.h"
 #include "summary.h"
+#include "systemd_notify.h"
 
 namespace flowseal::supervisor {
 namespace {
@@ -31,7 +38,73 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 std::atomic<int> g_stop_signals{0};
-extern "C" void on_supervisor_signal(int) { g_stop_signals.fetch_add(1); }
+// The write end of the supervisor's self-pipe: a stop signal or a stage's exit writes a byte
+// so that the loop's poll() returns at once (a flag alone could be set just after the loop
+// looked at it, and would then wait for the whole tick). -1 outside run_pipeline.
+std::atomic<int> g_wake_fd{-1};
+void wake_loop() {
+  const int fd = g_wake_fd.load();
+  if (fd >= 0) {
+    const char byte = 0;
+    [[maybe_unused]] const ssize_t n = ::write(fd, &byte, 1);  // full pipe: already woken
+  }
+}
+extern "C" void on_supervisor_signal(int) {
+  g_stop_signals.fetch_add(1);
+  wake_loop();
+}
+extern "C" void on_child_exit(int) { wake_loop(); }
+
+// The self-pipe and the handlers that write to it, for one run.
+class LoopWakeup {
+ public:
+  LoopWakeup() {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+      throw std::runtime_error(fmt::format("cannot create the supervisor's wake-up pipe: {}",
+                                           std::strerror(errno)));
+    }
+    read_end_.reset(fds[0]);
+    write_end_.reset(fds[1]);
+    g_wake_fd.store(fds[1]);
+    struct sigaction stop {};
+    stop.sa_handler = on_supervisor_signal;
+    sigemptyset(&stop.sa_mask);
+    sigaction(SIGINT, &stop, nullptr);
+    sigaction(SIGTERM, &stop, nullptr);
+    struct sigaction child {};
+    child.sa_handler = on_child_exit;
+    child.sa_flags = SA_NOCLDSTOP | SA_RESTART;
+    sigemptyset(&child.sa_mask);
+    sigaction(SIGCHLD, &child, nullptr);
+  }
+  ~LoopWakeup() {
+    signal(SIGCHLD, SIG_DFL);
+    g_wake_fd.store(-1);
+  }
+  LoopWakeup(const LoopWakeup&) = delete;
+  LoopWakeup& operator=(const LoopWakeup&) = delete;
+
+  // Sleeps until a signal, a stage's exit, `also` readable (if >= 0) or the timeout.
+  void wait(std::chrono::milliseconds timeout, int also) {
+    pollfd fds[2] = {{read_end_.get(), POLLIN, 0}, {also, POLLIN, 0}};  // poll skips fd -1
+    ::poll(fds, 2, static_cast<int>(std::max<std::int64_t>(timeout.count(), 0)));
+    char buf[64];
+    while (::read(read_end_.get(), buf, sizeof buf) > 0) {
+    }
+  }
+
+ private:
+  segment::UniqueFd read_end_;
+  segment::UniqueFd write_end_;
+};
+
+// The supervisor's longest sleep once the run is up: what it only polls (restart requests
+// of `flowseal restart`, heartbeat ages) is seen within this. Exits and signals wake it at
+// once; timed work (restart backoff, memory samples, the watchdog) sets its own deadline.
+constexpr auto kIdleTick = std::chrono::milliseconds(250);
+// Until every stage is ready: readiness is reported within this of happening.
+constexpr auto kStartTick = std::chrono::milliseconds(5);
 
 // A private directory for the effective config, removed at the end of the run.
 class RunDirectory {
@@ -73,12 +146,50 @@ struct Stage {
   std::uint32_t restarts = 0;
   Clock::time_point restart_at{};
   bool waiting_restart = false;
-  // `flowseal restart`: the stage was asked to leave and is replaced at once when it exits.
+  // `flowseal restart`, or over its memory limit: the stage was asked to leave and is
+  // replaced at once when it exits.
   bool operator_restart = false;
+  bool memory_restart = false;  // the request came from its memory limit
   double cpu_seconds = 0;     // of the processes that ended
   std::uint64_t peak_pss = 0;
+  std::uint64_t peak_private = 0;
+  std::uint64_t private_limit = 0;  // bytes; 0: none
+  std::uint32_t memory_restarts = 0;
   Clock::time_point operator_restart_deadline{};
 };
+
+// While the progress bar is on the terminal, every log line of the supervisor erases it
+// first: a sink placed before the real one in the default logger, for the guard's lifetime.
+class LogClearsBar {
+ public:
+  explicit LogClearsBar(ProgressBar& bar) : sink_(std::make_shared<ClearingSink>(bar)) {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.insert(sinks.begin(), sink_);
+  }
+  ~LogClearsBar() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
+  LogClearsBar(const LogClearsBar&) = delete;
+  LogClearsBar& operator=(const LogClearsBar&) = delete;
+
+ private:
+  // The supervisor logs from its one thread: no mutex.
+  class ClearingSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+   public:
+    explicit ClearingSink(ProgressBar& bar) : bar_(bar) {}
+
+   protected:
+    void sink_it_(const spdlog::details::log_msg&) override { bar_.clear(); }
+    void flush_() override {}
+
+   private:
+    ProgressBar& bar_;
+  };
+  std::shared_ptr<spdlog::sinks::sink> sink_;
+};
+
+double mib(std::uint64_t bytes) { return double(bytes) / double(1 << 20); }
 
 // How long a stage asked to leave for a restart may take before it is killed.
 constexpr auto kRestartGrace = std::chrono::seconds(5);
@@ -114,7 +225,9 @@ fs::path stage_binary(const std::string& stage) {
 
 int run_pipeline(Config config) {
   const auto started = Clock::now();
-  fs::create_directories(config.writer.dir);
+  SystemdNotifier notifier = SystemdNotifier::from_environment();
+  const std::optional<Credentials> user = stage_credentials(config);
+  prepare_output_dir(config, user);
   ensure_key(config);
 
   RunDirectory run_dir(config.supervisor.instance);
@@ -124,8 +237,14 @@ int run_pipeline(Config config) {
     out << dump_config(config);
     if (!out) throw std::runtime_error(fmt::format("cannot write {}", config_file.string()));
   }
+  if (user) {
+    give_to(*user, run_dir.path());
+    require_access(*user, config_file, R_OK, "the effective config");
+    spdlog::info("flowd, dedupd, signerd and writerd run as {} (uid {}, gid {}, no capabilities)",
+                 user->user, user->uid, user->gid);
+  }
 
-  Instance instance(config);
+  Instance instance(config, owner_of(user));
   ControlBlock& control = instance.control();
   const std::size_t shards = static_cast<std::size_t>(config.flowd.shards);
 
@@ -141,6 +260,11 @@ int run_pipeline(Config config) {
       stage.argv.push_back("--shard");
       stage.argv.push_back(std::to_string(shard));
     }
+    if (kind == StageKind::kSignerd && user) {
+      stage.argv.push_back("--key-fd");
+      stage.argv.push_back(std::to_string(kPassedFd));
+    }
+    stage.private_limit = private_limit(config, instance.plan(), kind);
     stages.push_back(std::move(stage));
   };
   add_stage(StageKind::kWriterd, 0);
@@ -149,16 +273,55 @@ int run_pipeline(Config config) {
   for (std::size_t s = 0; s < shards; ++s) add_stage(StageKind::kFlowd, s);
   add_stage(StageKind::kCapture, 0);
 
-  struct sigaction action {};
-  action.sa_handler = on_supervisor_signal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
+  LoopWakeup wakeup;
 
-  for (auto& stage : stages) stage.process = ChildProcess::spawn(stage.argv);
-  control.ready.store(1);
+  // A file run on a terminal shows the progress bar; the stages' log lines then come
+  // through the supervisor so that none lands on the bar's row.
+  ProgressBar bar(STDERR_FILENO);
+  const bool show_progress = bar.enabled() && !config.capture.files.empty();
+  std::optional<StageOutput> stage_output;
+  std::optional<LogClearsBar> log_clears_bar;
+  if (show_progress) {
+    stage_output.emplace();
+    log_clears_bar.emplace(bar);
+  }
+
+  auto spawn = [&](Stage& stage) {
+    SpawnOptions options;
+    if (stage_output) options.stderr_fd = stage_output->stage_fd();
+    if (stage.kind != StageKind::kCapture) options.credentials = user;
+    // Opened for each signerd on its own: the file stays root's and 0600.
+    segment::UniqueFd key;
+    if (user && stage.kind == StageKind::kSignerd) {
+      key.reset(::open(config.seal.key_file.c_str(), O_RDONLY | O_CLOEXEC));
+      if (key.get() < 0) {
+        throw std::runtime_error(fmt::format("cannot open the signing key {} for signerd: {}",
+                                             config.seal.key_file, std::strerror(errno)));
+      }
+      options.pass_fd = key.get();
+    }
+    stage.process = ChildProcess::spawn(stage.argv, options);
+  };
+  for (auto& stage : stages) spawn(stage);
   spdlog::info("instance '{}' running: {} stage processes, {} MiB of shared memory", config.supervisor.instance,
                stages.size(), instance.plan().total() >> 20);
+
+  // systemd (Type=notify): ready once every stage is, stopping at the drain.
+  bool ready_reported = false;
+  bool stopping_reported = false;
+  auto report_stopping = [&](std::string_view why) {
+    if (stopping_reported) return;
+    stopping_reported = true;
+    notifier.notify(fmt::format("STOPPING=1\nSTATUS=draining: {}", why));
+  };
+  auto last_watchdog = Clock::now();
+  auto ask_to_restart = [&](Stage& stage) {
+    stage.operator_restart = true;
+    stage.operator_restart_deadline = Clock::now() + kRestartGrace;
+    // capture takes SIGTERM as the end of its input and would close its rings; it is
+    // replaced the way a crash is, which resumes after the packets it published.
+    stage.process.signal(stage.kind == StageKind::kCapture ? SIGKILL : SIGTERM);
+  };
 
   int result = exit_code::kOk;
   bool aborting = false;
@@ -169,11 +332,12 @@ int run_pipeline(Config config) {
     return control.slots[slot_index(s.kind, s.shard, shards)];
   };
   auto last_stats = Clock::now();
+  const auto memory_sample_interval = std::chrono::milliseconds(config.memory.sample_ms);
   // The first memory sample comes a moment after start, when every stage has mapped its rings.
-  auto last_memory_sample = Clock::now() - std::chrono::milliseconds(200);
+  auto last_memory_sample = Clock::now() - memory_sample_interval +
+                            std::min<Clock::duration>(memory_sample_interval, std::chrono::milliseconds(200));
   std::uint64_t peak_total_pss = 0;
   std::uint64_t peak_held = 0;  // the same without mapped files
-  const auto memory_sample_interval = std::chrono::milliseconds(config.memory.sample_ms);
   PressureMonitor pressure(config, instance.plan(), control);
   const auto heartbeat_timeout_ns = config.supervisor.heartbeat_timeout_ms * 1'000'000;
 
@@ -182,8 +346,10 @@ int run_pipeline(Config config) {
     if (signals == 1 && control.stop_requested.load() == 0) {
       spdlog::info("stop requested: draining (send the signal again to abort)");
       control.stop_requested.store(1);
+      report_stopping("stop requested");
     } else if (signals >= 2 && !aborting) {
       spdlog::warn("second stop signal: aborting without drain");
+      report_stopping("aborting");
       aborting = true;
       result = exit_code::kTempFail;
       for (auto& s : stages) s.process.signal(SIGKILL);
@@ -194,12 +360,9 @@ int run_pipeline(Config config) {
       for (auto& stage : stages) {
         const std::size_t index = slot_index(stage.kind, stage.shard, shards);
         if (((requests >> index) & 1) == 0 || stage.finished || stage.waiting_restart) continue;
-        stage.operator_restart = true;
-        stage.operator_restart_deadline = Clock::now() + kRestartGrace;
-        // capture takes SIGTERM as the end of its input and would close its rings; it is
-        // replaced the way a crash is, which resumes after the packets it published.
-        stage.process.signal(stage.kind == StageKind::kCapture ? SIGKILL : SIGTERM);
+        stage.memory_restart = false;
         spdlog::info("{} (pid {}): restart requested", stage.name, stage.process.pid());
+        ask_to_restart(stage);
       }
     }
 
@@ -228,7 +391,7 @@ int run_pipeline(Config config) {
       if (stage.waiting_restart) {
         if (Clock::now() >= stage.restart_at && !aborting) {
           stage.waiting_restart = false;
-          stage.process = ChildProcess::spawn(stage.argv);
+          spawn(stage);
           spdlog::info("{} restarted (restart {})", stage.name, stage.restarts);
         }
         continue;
@@ -240,12 +403,18 @@ int run_pipeline(Config config) {
           stage.operator_restart = false;
           ++stage.restarts;
           slot.restarts.store(stage.restarts);
-          stage.process = ChildProcess::spawn(stage.argv);
-          spdlog::info("{} restarted on request (pid {}, {})", stage.name, stage.process.pid(),
-                       exit->describe());
+          if (stage.memory_restart) {
+            ++stage.memory_restarts;
+            slot.memory_restarts.store(stage.memory_restarts);
+          }
+          spawn(stage);
+          spdlog::info("{} restarted {} (pid {}, {})", stage.name,
+                       stage.memory_restart ? "after going over its memory limit" : "on request",
+                       stage.process.pid(), exit->describe());
           continue;
         }
         stage.operator_restart = false;
+        if (stage.kind == StageKind::kCapture && exit->code == 0) report_stopping("end of input");
         if (exit->code == 0 || aborting) {
           stage.finished = true;
           if (exit->code != 0) slot.state.store(static_cast<std::uint32_t>(StageState::kFailed));
@@ -261,6 +430,7 @@ int run_pipeline(Config config) {
             continue;
           }
           spdlog::error("{} failed ({}): stopping", stage.name, exit->describe());
+          report_stopping(fmt::format("{} failed", stage.name));
           result = exit->code;
           aborting = true;
           for (auto& s : stages) s.process.signal(SIGTERM);
@@ -269,6 +439,7 @@ int run_pipeline(Config config) {
         if (stage.restarts >= static_cast<std::uint32_t>(config.supervisor.max_restarts)) {
           spdlog::error("{} failed ({}) after {} restarts: giving up", stage.name,
                         exit->describe(), stage.restarts);
+          report_stopping(fmt::format("{} keeps failing", stage.name));
           stage.finished = true;
           result = exit_code::kSoftware;
           aborting = true;
@@ -303,8 +474,33 @@ int run_pipeline(Config config) {
     }
     if (all_finished) break;
 
-    // memory.sample_ms (4 a second by default): cheap (one small /proc read per stage), and
-    // short runs get one. Each sample also sets the pressure level.
+    if (!ready_reported) {
+      // Ready: every stage that has not already finished runs and has heartbeaten from its
+      // loop (its rings and inputs are open; capture's handle too).
+      const bool ready = std::all_of(stages.begin(), stages.end(), [&](const Stage& s) {
+        if (s.finished) return true;
+        const StageSlot& slot = slot_of(s);
+        return s.process.running() && slot.pid.load(std::memory_order_acquire) == s.process.pid() &&
+               slot.ready_ns.load(std::memory_order_acquire) != 0;
+      });
+      if (ready) {
+        ready_reported = true;
+        control.ready.store(1);
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
+        spdlog::info("ready: every stage is up ({} ms after start)", ms.count());
+        notifier.notify(fmt::format("READY=1\nSTATUS=running: {} stage processes, instance '{}'\nMAINPID={}",
+                                    stages.size(), config.supervisor.instance, getpid()));
+      }
+    }
+    if (const auto interval = notifier.watchdog_interval();
+        interval && Clock::now() - last_watchdog >= *interval) {
+      last_watchdog = Clock::now();
+      notifier.notify("WATCHDOG=1");
+    }
+
+    // memory.sample_ms (once a second by default, as issue 6 asks: smaps_rollup walks every
+    // mapping of a stage, the rings' too), and short runs get one. Each sample also sets the pressure level and holds every stage to
+    // its private-memory limit.
     if (Clock::now() - last_memory_sample >= memory_sample_interval) {
       last_memory_sample = Clock::now();
       std::uint64_t total = 0, held = 0, private_total = 0;
@@ -312,9 +508,31 @@ int run_pipeline(Config config) {
         if (!stage.process.running()) continue;
         const ProcessMemory memory = process_memory(stage.process.pid());
         stage.peak_pss = std::max(stage.peak_pss, memory.pss);
+        stage.peak_private = std::max(stage.peak_private, memory.pss_anon);
         total += memory.pss;
         held += memory.held();
         private_total += memory.pss_anon;
+        // Over its limit: replaced the way `flowseal restart` does it (asked to leave, its
+        // successor resumes from the rings); a stage already leaving is left to it.
+        if (stage.private_limit > 0 && memory.pss_anon > stage.private_limit &&
+            !stage.operator_restart && !aborting &&
+            slot_of(stage).pid.load(std::memory_order_acquire) == stage.process.pid()) {
+          spdlog::warn("{} (pid {}) holds {:.1f} MiB of private memory, over its limit of {:.1f} "
+                       "MiB (memory.{}_limit_mb; PSS {:.1f} MiB): restarting it",
+                       stage.name, stage.process.pid(), mib(memory.pss_anon),
+                       mib(stage.private_limit), to_string(stage.kind), mib(memory.pss));
+          if (stage.restarts >= static_cast<std::uint32_t>(config.supervisor.max_restarts)) {
+            spdlog::error("{} over its memory limit after {} restarts: giving up", stage.name,
+                          stage.restarts);
+            report_stopping(fmt::format("{} keeps going over its memory limit", stage.name));
+            result = exit_code::kSoftware;
+            aborting = true;
+            for (auto& s : stages) s.process.signal(SIGTERM);
+            continue;
+          }
+          stage.memory_restart = true;
+          ask_to_restart(stage);
+        }
       }
       peak_total_pss = std::max(peak_total_pss, total);
       peak_held = std::max(peak_held, held);
@@ -323,16 +541,39 @@ int run_pipeline(Config config) {
     if (config.supervisor.stats_interval_s > 0 &&
         Clock::now() - last_stats >= std::chrono::seconds(config.supervisor.stats_interval_s)) {
       last_stats = Clock::now();
+      bar.clear();
       print_stats_line(control, instance.rings());
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (show_progress) {
+      namespace cc = capture_counter;
+      const StageSlot& capture = control.slots[slot_index(StageKind::kCapture, 0, shards)];
+      stage_output->pump(bar);
+      bar.update(capture.counters[cc::kBytesRead].load(), capture.counters[cc::kBytesTotal].load(),
+                 capture.counters[cc::kReceived].load(), Clock::now());
+    }
+
+    // Sleep until the next thing that is due; an idle run wakes 4 times a second.
+    const auto now = Clock::now();
+    auto next = now + (ready_reported ? std::chrono::duration_cast<Clock::duration>(kIdleTick)
+                                      : std::chrono::duration_cast<Clock::duration>(kStartTick));
+    next = std::min(next, last_memory_sample + memory_sample_interval);
+    if (const auto interval = notifier.watchdog_interval()) next = std::min(next, last_watchdog + *interval);
+    for (const auto& stage : stages) {
+      if (stage.waiting_restart) next = std::min(next, stage.restart_at);
+    }
+    wakeup.wait(std::chrono::ceil<std::chrono::milliseconds>(next - now),
+                stage_output ? stage_output->read_fd() : -1);
   }
+  report_stopping("exiting");
+  if (stage_output) stage_output->finish(bar);
+  bar.clear();
 
   pressure.finish(Clock::now());
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   std::vector<StageUsage> usage;
   for (auto it = stages.rbegin(); it != stages.rend(); ++it) {  // capture first, as data flows
-    usage.push_back({it->name, it->cpu_seconds, it->peak_pss, it->restarts});
+    usage.push_back({it->name, it->cpu_seconds, it->peak_pss, it->peak_private, it->restarts,
+                     it->memory_restarts});
   }
   print_run_summary(config, control, seconds, usage, {peak_total_pss, peak_held});
   return result;

@@ -102,8 +102,12 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
   }
   out += "  stages   ";
   for (const auto& stage : usage) {
-    out += fmt::format(" {} cpu {:.2f} s pss {}{};", stage.name, stage.cpu_seconds,
-                       human_bytes(stage.peak_pss),
+    // "restarts N" stays last: scripts read it there.
+    out += fmt::format(" {} cpu {:.2f} s pss {} private {}{}{};", stage.name, stage.cpu_seconds,
+                       human_bytes(stage.peak_pss), human_bytes(stage.peak_private),
+                       stage.memory_restarts
+                           ? fmt::format(" memory-limit restarts {}", stage.memory_restarts)
+                           : "",
                        stage.restarts ? fmt::format(" restarts {}", stage.restarts) : "");
   }
   out += fmt::format("\n  memory    peak total PSS {} (budget {} MiB); peak held {} (shared memory and "

@@ -284,8 +284,13 @@ PrivateKey& PrivateKey::operator=(PrivateKey&&) noexcept = default;
 PrivateKey::~PrivateKey() = default;
 
 PrivateKey PrivateKey::load(const std::filesystem::path& file) {
-  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) fail_errno(file, "cannot open the private key");
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail_errno(file, "cannot open the private key");
+  return load(fd, file);
+}
+
+PrivateKey PrivateKey::load(int raw_fd, const std::filesystem::path& file) {
+  UniqueFd fd(raw_fd);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) fail_errno(file, "cannot stat the private key");
   if (!S_ISREG(st.st_mode)) {

@@ -40,6 +40,10 @@ class PrivateKey {
   // Throws std::runtime_error naming the file if it is missing, unreadable, not a key, or
   // readable by group/others ("... has mode 0644; chmod 600 it").
   static PrivateKey load(const std::filesystem::path& file);
+  // The same from a descriptor already open on the key file, closed here; `file` names it in
+  // messages. The 0600 check is the same: it is the file's mode, whoever opened it (signerd
+  // as supervisor.user gets the descriptor from the supervisor, the file stays root's).
+  static PrivateKey load(int fd, const std::filesystem::path& file);
   PrivateKey(PrivateKey&&) noexcept;
   PrivateKey& operator=(PrivateKey&&) noexcept;
   ~PrivateKey();
