@@ -31,8 +31,9 @@ FLOWSEAL = os.path.abspath(sys.argv[1])
 DATA = os.path.abspath(sys.argv[2])
 SANITIZED = "--sanitized" in sys.argv[3:]
 CAPTURE = os.path.join(DATA, "sample.pcap")
-# About 3 s of input on an idle machine (sample.pcap is 500 packets): a dozen redraws.
-LOOP = 300 if SANITIZED else 1200
+# Passes over sample.pcap: long enough (~3 s on an idle machine) for several redraws at 4 Hz
+# and a stats line every second; 1200 passes were over in under a second once the machine was idle.
+LOOP = 1500 if SANITIZED else 6000
 TIMEOUT = 240
 BAR = re.compile(r"(\d+\.\d)% \[[#.]*\]  ([\d.]+(?: [kM])?) packets/s  (\d+:\d\d(?::\d\d)? left|--:-- left|draining)")
 LOG_ROW = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} \w+ [a-z]+(\[\d+\])?: ")
