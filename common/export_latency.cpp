@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -16,6 +17,15 @@ std::int64_t seconds_to_ns(double s) { return static_cast<std::int64_t>(s * 1e9)
 std::string milliseconds(std::int64_t ns) {
   const double ms = static_cast<double>(ns) / 1e6;
   return ms < 10 ? fmt::format("{:.2f} ms", ms) : fmt::format("{:.0f} ms", ms);
+}
+
+// flowd's attempt timer class (flowd/flow_table.cpp is_attempt): the originator opened with
+// a SYN (history S, or H for its SYN-ACK) and the responder sent nothing. Every other open
+// TCP flow, one-sided or not, waits for the established timeout, as in Zeek.
+bool is_attempt(schema::FlowEvent::Reader r) {
+  if (r.getRespPkts() != 0) return false;
+  const std::string_view history = r.getHistory().cStr();
+  return history.find_first_of("SH") != std::string_view::npos;
 }
 
 }  // namespace
@@ -47,8 +57,7 @@ std::int64_t ExportLatency::due_ns(schema::FlowEvent::Reader r) const {
     case schema::EndReason::IDLE:
       switch (r.getProto()) {
         case kProtoTcp:
-          timeout = r.getOrigPkts() > 0 && r.getRespPkts() > 0 ? timeouts_.tcp_idle_timeout
-                                                               : timeouts_.tcp_attempt_timeout;
+          timeout = is_attempt(r) ? timeouts_.tcp_attempt_timeout : timeouts_.tcp_idle_timeout;
           break;
         case kProtoUdp: timeout = timeouts_.udp_idle_timeout; break;
         case kProtoIcmp:

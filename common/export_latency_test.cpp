@@ -42,11 +42,26 @@ TEST_CASE("an end's latency counts from its last packet plus the timeout that en
   Record udp(schema::EventKind::END, schema::EndReason::IDLE, 17, t);
   latency.add(udp.e.asReader(), t + 60 * kSec + 40 * kMs);
   Record attempt(schema::EventKind::END, schema::EndReason::IDLE, 6, t, 0);
+  attempt.e.setHistory("S");
   latency.add(attempt.e.asReader(), t + 5 * kSec + 20 * kMs);
   REQUIRE(latency.count() == 3);
   CHECK(latency.percentile_ns(1.0) == 40 * kMs);  // the maximum, exactly
   CHECK(latency.percentile_ns(0.6) >= 20 * kMs);
   CHECK(latency.percentile_ns(0.6) < 40 * kMs);
+}
+
+TEST_CASE("a one-sided TCP flow that is no attempt waits for the established timeout") {
+  // flowd gives a flow seen from one side without a SYN (mid-stream pickup, asymmetric
+  // routing) the established timeout, as Zeek does; its due time is not 5 s after it.
+  FlowdConfig timeouts;  // TCP established idle 300 s
+  ExportLatency latency(timeouts);
+  const std::int64_t t = 1'700'000'000 * kSec;
+  Record midstream(schema::EventKind::END, schema::EndReason::IDLE, 6, t, 0);
+  midstream.e.setHistory("D");
+  CHECK(latency.due_ns(midstream.e.asReader()) == t + 300 * kSec);
+  Record attempt(schema::EventKind::END, schema::EndReason::IDLE, 6, t, 0);
+  attempt.e.setHistory("S");
+  CHECK(latency.due_ns(attempt.e.asReader()) == t + 5 * kSec);
 }
 
 TEST_CASE("starts, updates, evictions and shutdown ends are not export latencies") {

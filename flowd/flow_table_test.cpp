@@ -962,6 +962,20 @@ TEST_CASE("a fragmented datagram counts once to its flow, with its whole length,
   CHECK(t.table.fragment_stats().datagrams == 2);
 }
 
+TEST_CASE("a forged last piece ending inside the first makes no datagram and no huge count") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);     // more fragments set
+  const Bytes stub = udp_datagram(5000, 53, 8);                       // 16 bytes
+  t.table.on_packet(v4_fragment(1, 2, 7, stub, 8, 8), kMs, sink);     // "last": ends at 16
+  t.table.flush(sink);
+  CHECK(sink.of_kind(EventKind::END).empty());  // no flow was made of it
+  CHECK(t.table.fragment_stats().datagrams == 0);
+  CHECK(t.table.fragment_stats().overlapping == 1);
+  CHECK(t.table.fragments_in_flight() == 0);
+}
+
 TEST_CASE("pieces that come before the first are held and counted when it arrives") {
   TestTable t(64, short_timeouts());
   Recorder sink;

@@ -131,6 +131,13 @@ bool FragmentTable::add(const packet::DecodedPacket& packet, std::int64_t ts_ns,
   }
   if (!e.have_first || !e.have_total || e.received < e.total) return false;
 
+  // A last piece that ends inside the first one (forged, or a wrong length) cannot make a
+  // datagram: taken whole, the rest of its length would be negative. Dropped as overlapping.
+  if (e.total < std::uint64_t{e.first.frag.length}) {
+    ++stats_.overlapping;
+    remove(index);
+    return false;
+  }
   if (e.received > e.total) ++stats_.overlapping;
   datagram = e.first;
   const std::uint32_t ip_bytes = std::uint32_t{datagram.frag.header_len} + e.total;
