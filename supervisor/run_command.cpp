@@ -194,19 +194,54 @@ double mib(std::uint64_t bytes) { return double(bytes) / double(1 << 20); }
 // How long a stage asked to leave for a restart may take before it is killed.
 constexpr auto kRestartGrace = std::chrono::seconds(5);
 
-void ensure_key(Config& config) {
+void publish_public_key(const Config& config, const fs::path& key);
+
+void ensure_key(Config& config, const std::optional<Credentials>& user) {
   if (config.seal.key_file.empty()) {
-    config.seal.key_file = (fs::path(config.writer.dir) / "keys" / "flowseal.key").string();
+    config.seal.key_file = default_key_file(config, user.has_value()).string();
   }
   const fs::path key(config.seal.key_file);
-  if (fs::exists(key)) return;
-  fs::create_directories(key.parent_path());
-  ::chmod(key.parent_path().c_str(), 0700);
+  if (!fs::exists(key)) {
+    fs::create_directories(key.parent_path());
+    ::chmod(key.parent_path().c_str(), 0700);
+  }
+  if (user) require_key_out_of_reach(*user, key);
+  if (!fs::exists(key)) {
+    fs::path pub = key;
+    pub.replace_extension(".pub");
+    seal::generate_key_pair(seal::parse_algorithm(config.seal.algorithm), key, pub);
+    spdlog::info("no signing key: made a new {} key pair {} (private, 0600) and {}",
+                 config.seal.algorithm, key.string(), pub.string());
+  }
+  if (user) publish_public_key(config, key);
+}
+
+// With a user the key lives outside writer.dir; `flowseal verify DIR` looks for DIR/keys/
+// *.pub, so the public half is copied there. writer.dir is the user's: every step refuses a
+// symbolic link and the file is made afresh (O_EXCL), so root never writes through one.
+void publish_public_key(const Config& config, const fs::path& key) {
   fs::path pub = key;
   pub.replace_extension(".pub");
-  seal::generate_key_pair(seal::parse_algorithm(config.seal.algorithm), key, pub);
-  spdlog::info("no signing key: made a new {} key pair {} (private, 0600) and {}",
-               config.seal.algorithm, key.string(), pub.string());
+  std::ifstream in(pub, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in && !in.eof()) throw std::runtime_error(fmt::format("cannot read {}", pub.string()));
+  auto fail = [&](const char* step) {
+    return std::runtime_error(fmt::format("cannot copy the public key into {}/keys ({}): {}",
+                                          config.writer.dir, step, std::strerror(errno)));
+  };
+  segment::UniqueFd dir(::open(config.writer.dir.c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (dir.get() < 0) throw fail("open writer.dir");
+  if (::mkdirat(dir.get(), "keys", 0755) != 0 && errno != EEXIST) throw fail("mkdir keys");
+  segment::UniqueFd keys(::openat(dir.get(), "keys", O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (keys.get() < 0) throw fail("open keys");
+  const std::string name = pub.filename().string();
+  if (::unlinkat(keys.get(), name.c_str(), 0) != 0 && errno != ENOENT) throw fail("unlink");
+  segment::UniqueFd out(::openat(keys.get(), name.c_str(),
+                                 O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (out.get() < 0) throw fail("create");
+  if (::write(out.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    throw fail("write");
+  }
 }
 
 }  // namespace
@@ -228,7 +263,7 @@ int run_pipeline(Config config) {
   SystemdNotifier notifier = SystemdNotifier::from_environment();
   const std::optional<Credentials> user = stage_credentials(config);
   prepare_output_dir(config, user);
-  ensure_key(config);
+  ensure_key(config, user);
 
   RunDirectory run_dir(config.supervisor.instance);
   const fs::path config_file = run_dir.path() / "config.yaml";
@@ -238,7 +273,7 @@ int run_pipeline(Config config) {
     if (!out) throw std::runtime_error(fmt::format("cannot write {}", config_file.string()));
   }
   if (user) {
-    give_to(*user, run_dir.path());
+    share_read_only(*user, run_dir.path(), config_file);
     require_access(*user, config_file, R_OK, "the effective config");
     spdlog::info("flowd, dedupd, signerd and writerd run as {} (uid {}, gid {}, no capabilities)",
                  user->user, user->uid, user->gid);
@@ -293,10 +328,18 @@ int run_pipeline(Config config) {
     // Opened for each signerd on its own: the file stays root's and 0600.
     segment::UniqueFd key;
     if (user && stage.kind == StageKind::kSignerd) {
-      key.reset(::open(config.seal.key_file.c_str(), O_RDONLY | O_CLOEXEC));
+      key.reset(::open(config.seal.key_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
       if (key.get() < 0) {
         throw std::runtime_error(fmt::format("cannot open the signing key {} for signerd: {}",
                                              config.seal.key_file, std::strerror(errno)));
+      }
+      // Only a key of the supervisor's own is handed on: never one someone else put there.
+      struct stat st {};
+      if (::fstat(key.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+          (st.st_mode & 077) != 0) {
+        throw ConfigError(fmt::format(
+            "seal.key_file {}: not a regular file of uid {} with mode 0600; signerd is not "
+            "given it", config.seal.key_file, geteuid()));
       }
       options.pass_fd = key.get();
     }

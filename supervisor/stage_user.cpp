@@ -1,5 +1,6 @@
 #include "stage_user.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,6 +35,48 @@ void give_to(const Credentials& user, const fs::path& path) {
     throw std::runtime_error(fmt::format("cannot give {} to supervisor.user '{}' (uid {}): {}",
                                          path.string(), user.user, user.uid,
                                          std::strerror(errno)));
+  }
+}
+
+void share_read_only(const Credentials& user, const fs::path& dir, const fs::path& file) {
+  auto fail = [&](const fs::path& what) {
+    return std::runtime_error(fmt::format("cannot share {} with supervisor.user '{}': {}",
+                                          what.string(), user.user, std::strerror(errno)));
+  };
+  if (::chmod(dir.c_str(), 0711) != 0) throw fail(dir);
+  if (::chown(file.c_str(), geteuid(), user.gid) != 0) throw fail(file);
+  if (::chmod(file.c_str(), 0640) != 0) throw fail(file);
+}
+
+fs::path default_key_file(const Config& config, bool with_user) {
+  const fs::path dir(config.writer.dir);
+  if (!with_user) return dir / "keys" / "flowseal.key";
+  fs::path beside = dir.lexically_normal();
+  if (beside.filename().empty()) beside = beside.parent_path();  // "out/" -> "out"
+  return fs::path(beside.string() + ".keys") / "flowseal.key";
+}
+
+void require_key_out_of_reach(const Credentials& user, const fs::path& key) {
+  for (fs::path dir = fs::absolute(key).parent_path();; dir = dir.parent_path()) {
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0) {
+      throw ConfigError(fmt::format("seal.key_file {}: {}: {}", key.string(), dir.string(),
+                                    std::strerror(errno)));
+    }
+    if (S_ISLNK(st.st_mode)) {
+      throw ConfigError(fmt::format(
+          "seal.key_file {}: {} is a symbolic link; with supervisor.user set the key's "
+          "directories must be real ones that only root can change",
+          key.string(), dir.string()));
+    }
+    const bool sticky_root = (st.st_mode & S_ISVTX) != 0 && st.st_uid == 0;
+    if (!sticky_root && access_as(user, dir.string(), W_OK) == 0) {
+      throw ConfigError(fmt::format(
+          "seal.key_file {}: {} is writable by supervisor.user '{}' (uid {}), which could "
+          "swap the signing key; keep the key in a directory only root can change",
+          key.string(), dir.string(), user.user, user.uid));
+    }
+    if (dir == dir.root_path() || dir.parent_path() == dir) break;
   }
 }
 

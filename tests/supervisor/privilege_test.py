@@ -158,7 +158,11 @@ def test_unprivileged_run(tmp, user):
             check(int(st[caps][0], 16) == 0, f"{s} has no capabilities in {caps} ({st[caps][0]})")
         check(st["NoNewPrivs"] == ["1"], f"{s} cannot gain privileges by exec (NoNewPrivs)")
     check(seen["capture"][1]["Uid"][0] == "0", "capture (offline: no capture.user) still starts as root")
-    key = os.path.join(out, "keys", "flowseal.key")
+    # With a user the key lives in a root directory beside writer.dir (writer.dir is the
+    # user's, who could otherwise swap the key); its public half is copied into out/keys.
+    key = out.rstrip("/") + ".keys/flowseal.key"
+    check(os.path.isfile(os.path.join(out, "keys", "flowseal.pub")),
+          "the public key is copied into writer.dir/keys for verify")
     check(not [l for l in seen["fds:signerd"] if l == key],
           f"signerd holds no descriptor of the key file once it has read it ({seen['fds:signerd']})")
     check(len(seen["shm"]) >= 6, f"the instance's shared memory was seen ({sorted(seen['shm'])})")
@@ -203,6 +207,24 @@ def test_unwritable_output(tmp, user):
     check(not glob.glob(f"/dev/shm/flowseal.{instance('rootonly')}.*"), "no shared memory was created")
 
 
+def test_key_within_reach(tmp, user):
+    # A key the user could swap (its directory is the user's) is refused before any stage
+    # starts: with the user owning the directory it could replace the key, or plant a link
+    # that root would write through when it makes a new one.
+    out = os.path.join(tmp, "reach")
+    keydir = os.path.join(tmp, "userkeys")
+    os.mkdir(keydir, 0o700)
+    os.chown(keydir, user.pw_uid, user.pw_gid)
+    r = subprocess.run(run_args(out, "reach", ["--set", f"supervisor.user={user.pw_name}",
+                                               "--set", f"seal.key_file={keydir}/k.key"]),
+                       capture_output=True, text=True, timeout=60)
+    check(r.returncode == 78, f"a signing key in a directory the user can write is refused, exit 78 ({r.returncode})")
+    check("seal.key_file" in r.stderr and keydir in r.stderr and user.pw_name in r.stderr,
+          f"the message names seal.key_file, the directory and the user: {r.stderr.strip()!r}")
+    check(not os.path.exists(os.path.join(keydir, "k.key")), "no key was made there")
+    check(not glob.glob(f"/dev/shm/flowseal.{instance('reach')}.*"), "no shared memory was created")
+
+
 if __name__ == "__main__":
     if os.geteuid() != 0:
         print("skipped: needs root (switching users)")
@@ -215,7 +237,7 @@ if __name__ == "__main__":
           flush=True)
     try:
         for test, args in ((test_unprivileged_run, (tmp, user)), (test_unknown_user, (tmp,)),
-                           (test_unwritable_output, (tmp, user))):
+                           (test_unwritable_output, (tmp, user)), (test_key_within_reach, (tmp, user))):
             print(f"-- {test.__name__}", flush=True)
             before = len(failures)
             t0 = time.time()
