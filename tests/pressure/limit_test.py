@@ -33,7 +33,7 @@ FLOWSEAL = os.path.abspath(sys.argv[1])
 DATA = os.path.abspath(sys.argv[2])
 SANITIZED = "--sanitized" in sys.argv[3:]
 CAPTURE = os.path.join(DATA, "sample.pcap")
-LOOP = 300 if SANITIZED else 4000  # about 2 s of work on an idle machine: a dozen samples or more
+LOOP = 300 if SANITIZED else 2500  # 1-2 s of work on an idle machine: a dozen samples or more
 TIMEOUT = 240
 
 failures = []
