@@ -24,14 +24,12 @@
 #include "pass_rewrite.h"
 #include "pcap_source.h"
 #include "ring.h"
+#include "ring_io.h"
 
 namespace flowseal::capture {
 namespace {
 
 namespace cc = capture_counter;
-// Live, nothing waiting to be published: how long a read waits for the next packet. Also how
-// soon the stop flag and pressure level are seen when no traffic comes (signals interrupt it).
-constexpr auto kIdleWait = std::chrono::milliseconds(100);
 
 // Per-shard next sequence numbers sit after the named capture counters.
 constexpr std::size_t kShardSeqCounter = cc::kCount;
@@ -222,6 +220,8 @@ int run_capture(StageRuntime& runtime) {
     }
     // The kernel's block timeout wakes the poll as soon as packets arrive, so a long wait
     // with nothing pending delays no packet.
+    // Live, nothing waiting to be published: a read waits kIdleWait (every stage's idle slice,
+    // ring_io.h) for the next packet; the stop flag and pressure level are seen that often.
     if (live) source.set_idle_wait(batcher.pending_packets() > 0 ? source.batch_wait() : kIdleWait);
     const auto status = source.next(packet);
     if (status == PcapSource::Status::kEnd) break;
