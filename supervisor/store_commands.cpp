@@ -27,7 +27,7 @@
 #include "capnp_frame.h"
 #include "commands.h"
 #include "flowseal.capnp.h"
-#include "record_json.h"
+#include "record/record_json.h"
 #include "seal/chain_verifier.h"
 #include "seal/keys.h"
 #include "seal/leaf_hints.h"
@@ -38,6 +38,14 @@
 #include "stage_runtime.h"
 
 namespace flowseal::supervisor {
+
+using record::event_id_text;
+using record::kind_name;
+using record::parse_uid_text;
+using record::to_json_line;
+using record::to_tsv_line;
+using record::tsv_header;
+
 namespace {
 
 namespace fs = std::filesystem;

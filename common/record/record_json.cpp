@@ -1,4 +1,4 @@
-#include "record_json.h"
+#include "record/record_json.h"
 
 #include <arpa/inet.h>
 
@@ -6,29 +6,67 @@
 
 #include <fmt/format.h>
 
-namespace flowseal::supervisor {
+namespace flowseal::record {
 namespace {
 
-void append_json_string(std::string& out, std::string_view text) {
+// The length of the well-formed UTF-8 sequence at the start of `s` (RFC 3629: no overlong
+// form, no surrogate, nothing above U+10FFFF), or 0 if it does not start with one.
+std::size_t utf8_sequence(std::string_view s) {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const auto cont = [&](std::size_t i) { return i < s.size() && (b(i) & 0xC0) == 0x80; };
+  const unsigned char lead = b(0);
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return cont(1) ? 2 : 0;
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (lead == 0xE0 && b(1) < 0xA0) return 0;   // overlong
+    if (lead == 0xED && b(1) >= 0xA0) return 0;  // UTF-16 surrogate
+    return 3;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (lead == 0xF0 && b(1) < 0x90) return 0;   // overlong
+    if (lead == 0xF4 && b(1) >= 0x90) return 0;  // above U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void append_json_string(std::string& out, std::string_view bytes) {
   out += '"';
-  for (const char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<unsigned char>(c));
-        } else {
-          out += c;
-        }
+  while (!bytes.empty()) {
+    const std::size_t n = utf8_sequence(bytes);
+    const auto c = static_cast<unsigned char>(bytes[0]);
+    if (n == 0) {
+      // Not UTF-8: the byte as the four characters \xNN (in JSON "\\xNN"), as Zeek's JSON
+      // writer does, so the line stays valid UTF-8 and the byte stays readable.
+      out += fmt::format("\\\\x{:02x}", c);
+      bytes.remove_prefix(1);
+      continue;
     }
+    if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if (c < 0x20 || c == 0x7F) {
+      out += fmt::format("\\u{:04x}", c);  // C0 controls and DEL
+    } else if (n == 2 && c == 0xC2 && static_cast<unsigned char>(bytes[1]) < 0xA0) {
+      out += fmt::format("\\u{:04x}", static_cast<unsigned char>(bytes[1]));  // C1 controls
+    } else {
+      out.append(bytes.data(), n);
+    }
+    bytes.remove_prefix(n);
   }
   out += '"';
 }
 
-}  // namespace
+std::string json_string(std::string_view bytes) {
+  std::string out;
+  append_json_string(out, bytes);
+  return out;
+}
 
 std::string_view kind_name(schema::EventKind kind) {
   switch (kind) {
@@ -41,6 +79,9 @@ std::string_view kind_name(schema::EventKind kind) {
 }
 
 namespace {
+
+// A Text's bytes, all of them (cStr() would stop at a NUL inside).
+std::string_view text(capnp::Text::Reader t) { return {t.begin(), t.size()}; }
 
 std::string_view reason_name(schema::EndReason reason) {
   switch (reason) {
@@ -225,12 +266,12 @@ std::string to_tsv_line(schema::FlowEvent::Reader e) {
                      uid_text(e.getUid()), address_to_string(e.getOrigAddr()), e.getOrigPort(),
                      address_to_string(e.getRespAddr()), e.getRespPort(),
                      proto_name(e.getProto()), duration(e), e.getOrigBytes(), e.getRespBytes());
-  append_tsv_value(out, e.getConnState().cStr());
+  append_tsv_value(out, text(e.getConnState()));
   out += '\t';
-  append_tsv_value(out, e.getHistory().cStr());
+  append_tsv_value(out, text(e.getHistory()));
   out += fmt::format("\t{}\t{}\t{}\t{}\t", e.getOrigPkts(), e.getOrigIpBytes(), e.getRespPkts(),
                      e.getRespIpBytes());
-  append_tsv_value(out, e.getCommunityId().cStr());
+  append_tsv_value(out, text(e.getCommunityId()));
   out += fmt::format("\t{}\t{}\t{}\t{}\t{}\t{}", e.getVlan(), kind_name(e.getKind()),
                      e.getEventNumber(), reason_name(e.getEndReason()),
                      number(e.getSamplingRate(), "-"), e.getFlowCount());
@@ -251,13 +292,13 @@ std::string to_json_line(schema::FlowEvent::Reader e) {
                      resp_h, e.getRespPort(), proto_name(e.getProto()));
   out += fmt::format("\"duration\":{},\"orig_bytes\":{},\"resp_bytes\":{},\"conn_state\":",
                      duration(e), e.getOrigBytes(), e.getRespBytes());
-  append_json_string(out, e.getConnState().cStr());
+  append_json_string(out, text(e.getConnState()));
   out += ",\"history\":";
-  append_json_string(out, e.getHistory().cStr());
+  append_json_string(out, text(e.getHistory()));
   out += fmt::format(",\"orig_pkts\":{},\"orig_ip_bytes\":{},\"resp_pkts\":{},"
                      "\"resp_ip_bytes\":{},\"community_id\":",
                      e.getOrigPkts(), e.getOrigIpBytes(), e.getRespPkts(), e.getRespIpBytes());
-  append_json_string(out, e.getCommunityId().cStr());
+  append_json_string(out, text(e.getCommunityId()));
   out += fmt::format(",\"vlan\":{},\"event\":\"{}\",\"event_number\":{},\"end_reason\":\"{}\","
                      "\"sampling_rate\":{},\"flow_count\":{}",
                      e.getVlan(), kind_name(e.getKind()), e.getEventNumber(),
@@ -278,4 +319,4 @@ std::string to_json_line(schema::FlowEvent::Reader e) {
   return out;
 }
 
-}  // namespace flowseal::supervisor
+}  // namespace flowseal::record

@@ -1,0 +1,156 @@
+// cat's record formatting at the edges of what a stored (and signed) record can hold: times
+// before 1970 and at both ends of int64, durations wider than int64, non-finite floats. Each
+// line must stay valid JSON (a loop-mode overflow once printed "ts":-9223372036.-854775).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+
+#include <capnp/message.h>
+#include <nlohmann/json.hpp>
+
+#include "flowseal.capnp.h"
+#include "record/record_json.h"
+
+namespace schema = flowseal::schema;
+using flowseal::record::json_string;
+using flowseal::record::to_json_line;
+using flowseal::record::to_tsv_line;
+
+namespace {
+
+// The value of `"name":` in a JSON line, as printed.
+std::string member(const std::string& line, const std::string& name) {
+  const auto at = line.find("\"" + name + "\":");
+  if (at == std::string::npos) return "<missing>";
+  const auto from = at + name.size() + 3;
+  return line.substr(from, line.find_first_of(",}", from) - from);
+}
+
+struct Record {
+  capnp::MallocMessageBuilder message;
+  schema::FlowEvent::Builder e = message.initRoot<schema::FlowEvent>();
+  Record(std::int64_t first, std::int64_t last) {
+    e.setFirstTsNs(first);
+    e.setLastTsNs(last);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a time before 1970 prints as a negative number of seconds") {
+  Record r(-1'500'000'000, -500'000'000);
+  const std::string line = to_json_line(r.e.asReader());
+  CHECK(member(line, "ts") == "-1.500000");
+  CHECK(member(line, "duration") == "1.000000");
+  Record half(-500'000, 0);
+  CHECK(member(to_json_line(half.e.asReader()), "ts") == "-0.000500");
+}
+
+TEST_CASE("the ends of int64 and a duration between them print as plain numbers") {
+  constexpr auto kMin = std::numeric_limits<std::int64_t>::min();
+  constexpr auto kMax = std::numeric_limits<std::int64_t>::max();
+  Record r(kMin, kMax);
+  const std::string line = to_json_line(r.e.asReader());
+  CHECK(member(line, "ts") == "-9223372036.854775");
+  CHECK(member(line, "duration") == "18446744073.709551");
+  Record back(kMax, kMin);
+  CHECK(member(to_json_line(back.e.asReader()), "duration") == "-18446744073.709551");
+  CHECK(to_tsv_line(back.e.asReader()).find("\t-18446744073.709551\t") != std::string::npos);
+}
+
+TEST_CASE("a sampling rate that is not a number prints as null, or unset in TSV") {
+  Record r(0, 0);
+  r.e.setSamplingRate(std::numeric_limits<float>::quiet_NaN());
+  r.e.setOrigPkts(3);
+  r.e.setOrigIatSumSqUs(std::numeric_limits<double>::infinity());
+  const std::string line = to_json_line(r.e.asReader());
+  CHECK(member(line, "sampling_rate") == "null");
+  CHECK(line.find("nan") == std::string::npos);
+  CHECK(line.find("inf") == std::string::npos);
+  const std::string tsv = to_tsv_line(r.e.asReader());
+  CHECK(tsv.find("\t-\t") != std::string::npos);
+  r.e.setSamplingRate(0.5f);
+  CHECK(member(to_json_line(r.e.asReader()), "sampling_rate") == "0.5");
+}
+
+namespace {
+
+// No raw control byte (C0, DEL) and no raw C1 control (UTF-8 C2 80..C2 9F) in `text`.
+bool no_raw_control(const std::string& text) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto b = static_cast<unsigned char>(text[i]);
+    if (b < 0x20 || b == 0x7F) return false;
+    if (b == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) < 0xA0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// What the JSON string literal `literal` says, as a strict parser reads it (it refuses
+// invalid UTF-8 and raw control bytes).
+std::string parsed(const std::string& literal) {
+  return nlohmann::json::parse(literal).get<std::string>();
+}
+
+}  // namespace
+
+TEST_CASE("a JSON string is valid UTF-8 with every control byte escaped, whatever the bytes") {
+  for (int b = 0; b < 256; ++b) {
+    const std::string bytes = "a" + std::string(1, static_cast<char>(b)) + "z";
+    const std::string literal = json_string(bytes);
+    INFO("byte " << b << ": " << literal);
+    CHECK(no_raw_control(literal));
+    REQUIRE_NOTHROW(parsed(literal));
+    if (b < 0x80) {
+      CHECK(parsed(literal) == bytes);  // ASCII, controls included, says what it held
+    } else {
+      // A lone byte >= 0x80 is never UTF-8: written as the text \xNN.
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned>(b));
+      CHECK(parsed(literal) == "a" + std::string(hex) + "z");
+    }
+  }
+  // Random bytes, weighted to the high half where UTF-8 goes wrong.
+  std::mt19937 random(20261205);
+  for (int i = 0; i < 50000; ++i) {
+    std::string bytes(random() % 12, '\0');
+    for (auto& c : bytes) c = static_cast<char>(random() % 2 ? random() % 256 : 0x80 + random() % 64);
+    const std::string literal = json_string(bytes);
+    INFO("input of " << bytes.size() << " bytes: " << literal);
+    REQUIRE(no_raw_control(literal));
+    REQUIRE_NOTHROW(parsed(literal));
+  }
+}
+
+TEST_CASE("well-formed UTF-8 passes unchanged, malformed sequences are escaped byte by byte") {
+  CHECK(parsed(json_string("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80")) ==
+        "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+  CHECK(json_string("\"\\/") == R"("\"\\/")");
+  CHECK(json_string("\x7f\xc2\x85\xc2\xa0") == "\"\\u007f\\u0085\xc2\xa0\"");  // DEL, NEL; NBSP passes
+  CHECK(json_string(std::string("\0\n", 2)) == R"("\u0000\u000a")");
+  CHECK(parsed(json_string("\xc0\x80")) == R"(\xc0\x80)");              // overlong NUL
+  CHECK(parsed(json_string("\xe0\x80\x80")) == R"(\xe0\x80\x80)");      // overlong
+  CHECK(parsed(json_string("\xed\xa0\x80")) == R"(\xed\xa0\x80)");      // a surrogate
+  CHECK(parsed(json_string("\xf4\x90\x80\x80")) == R"(\xf4\x90\x80\x80)");  // > U+10FFFF
+  CHECK(parsed(json_string("\xe2\x82")) == R"(\xe2\x82)");              // cut short
+  CHECK(parsed(json_string("\xe2\x82z")) == R"(\xe2\x82z)");
+}
+
+TEST_CASE("a record whose texts hold any bytes still prints as one valid JSON line") {
+  Record r(0, 0);
+  const std::string state("S\x01\n\xff\"", 5);
+  r.e.setConnState(capnp::Text::Reader(state.data(), state.size()));
+  r.e.setHistory(capnp::Text::Reader("\xc3\xa9\x7f", 3));
+  r.e.setCommunityId(capnp::Text::Reader("1:\0x", 4));
+  const std::string line = to_json_line(r.e.asReader());
+  CHECK(line.find('\n') == std::string::npos);
+  CHECK(no_raw_control(line));
+  const auto json = nlohmann::json::parse(line);
+  CHECK(json["conn_state"] == "S\x01\n\\xff\"");
+  CHECK(json["history"] == "\xc3\xa9\x7f");
+  CHECK(json["community_id"] == std::string("1:\0x", 4));
+}
