@@ -177,8 +177,9 @@ bool PcapSource::open_next_file() {
       // Inputs years apart (tests/data spans 2000..2024) fit only a few passes into int64
       // nanoseconds, which end in April 2262: a shift past that wrapped around and gave
       // records times near -9.2e9 s. Looping stops at the last pass that fits, and says so.
-      const __int128 shift = static_cast<__int128>(pass_ + 1) *
-                             (static_cast<__int128>(last_ts_ns_) - first_ts_ns_ + 1'000'000'000);
+      __extension__ using Wide = __int128;  // GCC's 128-bit integer, not ISO C++
+      const Wide shift = static_cast<Wide>(pass_ + 1) *
+                         (static_cast<Wide>(last_ts_ns_) - first_ts_ns_ + 1'000'000'000);
       if (shift + last_ts_ns_ > std::numeric_limits<std::int64_t>::max()) {
         errors_.push_back({fmt::format(
             "capture: loop mode: stopped after {} of {} passes: the input's packet times span "

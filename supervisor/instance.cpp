@@ -40,18 +40,18 @@ Instance::Instance(const Config& config, std::optional<FileOwner> owner)
   const std::size_t shards = static_cast<std::size_t>(config.flowd.shards);
   const std::string control_name = control_block_name(instance_);
   if (ShmSegment::exists(control_name)) {
-    pid_t owner = -1;
+    pid_t running_pid = -1;
     try {
       ShmSegment existing = ShmSegment::open(control_name);
-      owner = control_block_attach(existing.bytes()).supervisor_pid.load();
+      running_pid = control_block_attach(existing.bytes()).supervisor_pid.load();
     } catch (const std::exception&) {
       // half-initialised: its creator died before formatting it
     }
-    if (process_alive(owner)) {
+    if (process_alive(running_pid)) {
       throw InstanceRunning(fmt::format(
           "instance '{}' is already running (supervisor pid {}); stop it with "
           "`flowseal stop --instance {}` or choose another --instance",
-          instance_, owner, instance_));
+          instance_, running_pid, instance_));
     }
     const int removed = remove_leftovers(instance_, kMaxShards);
     spdlog::warn("instance '{}': removed {} shared-memory objects left by a supervisor that "

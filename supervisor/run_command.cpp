@@ -507,9 +507,9 @@ int run_pipeline(Config config) {
         stage.operator_restart_deadline = Clock::time_point::max();
       }
       // Hung: alive but silent. Kill it; the exit above then restarts it.
-      const bool started = slot.pid.load(std::memory_order_acquire) == stage.process.pid();
+      const bool in_slot = slot.pid.load(std::memory_order_acquire) == stage.process.pid();
       const std::int64_t silent = monotonic_ns() - slot.heartbeat_ns.load();
-      if (started && slot.heartbeat_ns.load() != 0 && silent > heartbeat_timeout_ns) {
+      if (in_slot && slot.heartbeat_ns.load() != 0 && silent > heartbeat_timeout_ns) {
         spdlog::warn("{} (pid {}) sent no heartbeat for {} ms: killing it", stage.name,
                      stage.process.pid(), silent / 1'000'000);
         stage.process.signal(SIGKILL);

@@ -98,15 +98,18 @@ std::string_view reason_name(schema::EndReason reason) {
 
 // Seconds with microseconds, for any nanosecond count: a record may hold any int64 (and a
 // difference of two even more), and a negative one must read "-0.500000", not "0.-500000".
-std::string seconds(__int128 ns) {
+__extension__ using Int128 = __int128;  // GCC's 128-bit integers, not ISO C++
+__extension__ using UInt128 = unsigned __int128;
+
+std::string seconds(Int128 ns) {
   const bool negative = ns < 0;
-  const auto magnitude = static_cast<unsigned __int128>(negative ? -ns : ns);
+  const auto magnitude = static_cast<UInt128>(negative ? -ns : ns);
   const auto whole = static_cast<std::uint64_t>(magnitude / 1'000'000'000);
   const auto micros = static_cast<std::uint64_t>(magnitude % 1'000'000'000 / 1000);
   return fmt::format("{}{}.{:06}", negative ? "-" : "", whole, micros);
 }
 std::string duration(schema::FlowEvent::Reader e) {
-  return seconds(static_cast<__int128>(e.getLastTsNs()) - e.getFirstTsNs());
+  return seconds(static_cast<Int128>(e.getLastTsNs()) - e.getFirstTsNs());
 }
 // JSON has no NaN or infinity; TSV's unset field is "-".
 std::string number(float v, std::string_view unset) {

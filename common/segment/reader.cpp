@@ -181,10 +181,10 @@ SegmentReader::Next SegmentReader::next() {
                 fmt::format("decompressed to {} bytes, header says {}", n,
                             header->uncompressed_bytes));
   }
-  if (auto why = zstd_->codec.decode(stored_, header->batch.record_count, message_,
+  if (auto bad = zstd_->codec.decode(stored_, header->batch.record_count, message_,
                                      message_bytes_)) {
     return fail(Damage::kBadBatch, data_at,
-                fmt::format("batch seq {}: {}", header->batch.seq, *why));
+                fmt::format("batch seq {}: {}", header->batch.seq, *bad));
   }
   frame_ = *header;
   frame_offset_ = at;
