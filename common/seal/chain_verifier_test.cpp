@@ -211,8 +211,8 @@ TEST_CASE("a header changed after signing fails its signature") {
   const auto problem = ChainVerifier(signer.trusted()).check(batch.reader());
   REQUIRE(problem);
   CHECK_THAT(problem->what, Catch::Contains("recordCount is 2 but the batch holds 3 records"));
-  CHECK_THAT(problem->what, Catch::Contains("signature does not verify with key " +
-                                            to_hex(signer.key.key_id())));
+  CHECK_THAT(problem->what,
+             Catch::Contains("signature does not verify with key " + to_hex(signer.key.key_id())));
 }
 
 TEST_CASE("a batch signed with a key that is not trusted is refused, naming the key") {
@@ -222,8 +222,8 @@ TEST_CASE("a batch signed with a key that is not trusted is refused, naming the 
   Batch batch(other, BatchSpec{});
   const auto problem = ChainVerifier(trusted.trusted()).check(batch.reader());
   REQUIRE(problem);
-  CHECK(problem->what == "signed with key " + to_hex(other.key.key_id()) +
-                             ", which is not a trusted key");
+  CHECK(problem->what ==
+        "signed with key " + to_hex(other.key.key_id()) + ", which is not a trusted key");
 }
 
 TEST_CASE("a header naming another algorithm than its key's is refused") {
@@ -279,8 +279,7 @@ TEST_CASE("a prevRoot that is not the previous batch's root breaks the chain at 
   const auto problem = verifier.check(wrong.reader());
   REQUIRE(problem);
   CHECK(problem->seq == 1);
-  CHECK_THAT(problem->what, Catch::StartsWith("prevRoot ") &&
-                                Catch::Contains("of batch seq 0"));
+  CHECK_THAT(problem->what, Catch::StartsWith("prevRoot ") && Catch::Contains("of batch seq 0"));
 }
 
 TEST_CASE("after a batch that is not authentic, the next batch's prevRoot is not reported again") {
