@@ -1,185 +1,158 @@
-#!/usr/bin/env python3
 """End-to-end tests of the whole process set: real processes, real shared memory, real files.
 
-usage: pipeline_test.py FLOWSEAL_BINARY TEST_DATA_DIR
+Run by meson: python3 -m pytest -q tests/pipeline/pipeline_test.py (FLOWSEAL and
+FLOWSEAL_TEST_DATA in the environment, see tests/conftest.py).
 
-Each check runs `flowseal` as a user would and looks only at what a user sees: exit codes,
-messages, `flowseal cat` output and `flowseal verify`. Every process a check starts is
-waited for (bounded); shared memory uses a per-test instance name so parallel test runs do not
+Each test runs `flowseal` as a user would and looks only at what a user sees: exit codes,
+messages, `flowseal cat` output and `flowseal verify`. Every process a test starts is waited
+for (bounded); shared memory uses a per-test instance name so parallel test runs do not
 collide.
 """
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 
-FLOWSEAL = os.path.abspath(sys.argv[1])
-DATA = os.path.abspath(sys.argv[2])
-SAMPLE = os.path.join(DATA, "sample.pcap")
-TIMEOUT = 120
+import pytest
 
-failures = []
-checks = 0
+ZEEK_FIELDS = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto",
+               "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes", "conn_state",
+               "history", "community_id")
 
 
-def check(condition, what):
-    global checks
-    checks += 1
-    if not condition:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
+@pytest.fixture(scope="module")
+def sample(data_dir):
+    return os.path.join(data_dir, "sample.pcap")
 
 
-def instance(tag):
-    return f"t{os.getpid()}-{tag}"
+@pytest.fixture(scope="module")
+def run_pipeline(run_flowseal, instance):
+    def run(pcaps, out, tag, extra=()):
+        args = ["run", "-o", out, "--instance", instance(tag),
+                "--set", "supervisor.stats_interval_s=0"]
+        for p in pcaps:
+            args += ["-r", p]
+        return run_flowseal(args + list(extra))
+    return run
 
 
-def run(args, **kw):
-    return subprocess.run([FLOWSEAL] + args, capture_output=True, text=True, timeout=TIMEOUT, **kw)
+@pytest.fixture(scope="module")
+def cat(run_flowseal):
+    def cat_(out, *extra):
+        r = run_flowseal(["cat", out] + list(extra))
+        assert r.returncode == 0, f"cat {out} exits 0 (got {r.returncode}: {r.stderr.strip()})"
+        return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return cat_
 
 
-def run_pipeline(pcaps, out, tag, extra=()):
-    args = ["run", "-o", out, "--instance", instance(tag), "--set", "supervisor.stats_interval_s=0"]
-    for p in pcaps:
-        args += ["-r", p]
-    return run(args + list(extra))
+@pytest.fixture(scope="module")
+def sample_run(module_tmp, sample, run_pipeline):
+    """The sample capture run once: its output directory and the run's result."""
+    out = os.path.join(module_tmp, "sample")
+    return out, run_pipeline([sample], out, "sample")
 
 
-def cat(out, *extra):
-    r = run(["cat", out] + list(extra))
-    check(r.returncode == 0, f"cat {out} exits 0 (got {r.returncode}: {r.stderr.strip()})")
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-
-
-def test_sample_runs_seals_and_verifies(tmp):
-    out = os.path.join(tmp, "sample")
-    r = run_pipeline([SAMPLE], out, "sample")
-    check(r.returncode == 0, f"run on the sample exits 0 (got {r.returncode}: {r.stderr[-2000:]})")
-    check("accounting received = processed + sampled out + dropped: yes" in r.stderr,
-          "the run summary says every packet is accounted for")
-    v = run(["verify", out])
-    check(v.returncode == 0, f"verify of a fresh run exits 0 (got {v.returncode}: {v.stdout} {v.stderr})")
+def test_the_sample_runs_seals_and_verifies(sample_run, run_flowseal, cat):
+    out, r = sample_run
+    assert r.returncode == 0, f"run on the sample exits 0 (got {r.returncode}: {r.stderr[-2000:]})"
+    assert "accounting received = processed + sampled out + dropped: yes" in r.stderr, \
+        "the run summary says every packet is accounted for"
+    v = run_flowseal(["verify", out])
+    assert v.returncode == 0, f"verify of a fresh run exits 0 (got {v.returncode}: {v.stdout} {v.stderr})"
     flows = cat(out)
-    check(len(flows) > 0, "cat prints flows for the sample")
+    assert len(flows) > 0, "cat prints flows for the sample"
     for f in flows[:50]:
-        for field in ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto",
-                      "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes", "conn_state",
-                      "history", "community_id"):
-            check(field in f, f"cat line has Zeek field {field}")
+        for field in ZEEK_FIELDS:
+            assert field in f, f"cat line has Zeek field {field}"
     events = cat(out, "--events")
-    check(len(events) >= len(flows), "--events prints at least every end event")
+    assert len(events) >= len(flows), "--events prints at least every end event"
     ends = [e for e in events if e["event"] == "end"]
-    check(len(ends) == len(flows), "cat without --events prints exactly the end events")
+    assert len(ends) == len(flows), "cat without --events prints exactly the end events"
     uids = [f["uid"] for f in flows]
-    check(len(uids) == len(set(uids)), "every finished flow has its own uid")
-    return out, flows
+    assert len(uids) == len(set(uids)), "every finished flow has its own uid"
 
 
-def test_same_input_gives_same_records(tmp, first_flows):
-    out = os.path.join(tmp, "again")
-    r = run_pipeline([SAMPLE], out, "again")
-    check(r.returncode == 0, "a second run exits 0")
+def test_the_same_input_gives_the_same_records(sample_run, module_tmp, sample, run_pipeline, cat):
+    out = os.path.join(module_tmp, "again")
+    r = run_pipeline([sample], out, "again")
+    assert r.returncode == 0, "a second run exits 0"
     strip = lambda fs: sorted(json.dumps(f, sort_keys=True) for f in fs)
-    check(strip(cat(out)) == strip(first_flows), "a replay of the same capture gives the same records")
+    assert strip(cat(out)) == strip(cat(sample_run[0])), \
+        "a replay of the same capture gives the same records"
 
 
-def test_tampering_is_named(tmp, out):
-    segs = sorted(f for f in os.listdir(out) if not f.startswith(".") and os.path.isfile(os.path.join(out, f)))
-    check(len(segs) > 0, "the run wrote at least one segment file")
-    if not segs:
-        return
-    bad = os.path.join(tmp, "tampered")
+def test_tampering_is_found_and_the_segment_named(sample_run, module_tmp, run_flowseal):
+    out = sample_run[0]
+    segs = sorted(f for f in os.listdir(out)
+                  if not f.startswith(".") and os.path.isfile(os.path.join(out, f)))
+    assert len(segs) > 0, "the run wrote at least one segment file"
+    bad = os.path.join(module_tmp, "tampered")
     shutil.copytree(out, bad)
     path = os.path.join(bad, segs[0])
     data = bytearray(open(path, "rb").read())
     # Flip one byte in the middle of the file: inside a compressed frame.
     data[len(data) // 2] ^= 0x40
     open(path, "wb").write(bytes(data))
-    v = run(["verify", bad])
-    check(v.returncode != 0, "verify fails on a segment with one byte changed")
-    check(segs[0] in (v.stdout + v.stderr), f"verify names the damaged segment {segs[0]}")
+    v = run_flowseal(["verify", bad])
+    assert v.returncode != 0, "verify fails on a segment with one byte changed"
+    assert segs[0] in (v.stdout + v.stderr), f"verify names the damaged segment {segs[0]}"
 
 
-def test_not_a_capture(tmp):
-    junk = os.path.join(tmp, "junk.pcap")
-    with open(junk, "wb") as f:
-        f.write(b"this is not a capture file\n" * 10)
-    r = run_pipeline([junk], os.path.join(tmp, "junk-out"), "junk")
-    check(r.returncode == 65, f"a file that is not a capture exits 65 (got {r.returncode})")
-    check("junk.pcap" in r.stderr, "the message names the file")
-
-
-def test_truncated_capture_keeps_good_packets(tmp):
-    data = open(SAMPLE, "rb").read()
-    cut = os.path.join(tmp, "cut.pcap")
-    with open(cut, "wb") as f:
-        f.write(data[: len(data) * 2 // 3 + 7])  # stops mid-record
-    out = os.path.join(tmp, "cut-out")
-    r = run_pipeline([cut], out, "cut")
-    check(r.returncode == 65, f"a capture that stops mid-record exits 65 (got {r.returncode})")
-    check("cut.pcap" in r.stderr and "offset" in r.stderr,
-          "the message names the file and the offset of the damaged record")
-    v = run(["verify", out])
-    check(v.returncode == 0, "what was read before the damage is sealed and verifies")
-    check(len(cat(out)) > 0, "the good packets before the damage became flows")
-
-
-def test_missing_file(tmp):
-    r = run_pipeline([os.path.join(tmp, "nope.pcap")], os.path.join(tmp, "nope-out"), "nope")
-    check(r.returncode == 66, f"a missing capture file exits 66 (got {r.returncode})")
-    check("nope.pcap" in r.stderr, "the message names the missing file")
-
-
-def test_bad_config(tmp):
-    conf = os.path.join(tmp, "bad.yaml")
-    with open(conf, "w") as f:
-        f.write("flowd:\n  shards: 1\n  udp_idle_timeot: 5\n")
-    r = run(["run", "-c", conf, "-r", SAMPLE, "-o", os.path.join(tmp, "bad-out")])
-    check(r.returncode == 78, f"an unknown config key exits 78 (got {r.returncode})")
-    check("udp_idle_timeot" in r.stderr and "bad.yaml:3" in r.stderr,
-          f"the message names the key and file:line ({r.stderr.strip()})")
-    r = run(["run", "-r", SAMPLE, "-o", os.path.join(tmp, "bad-out"), "--set", "flowd.shards=99"])
-    check(r.returncode == 78 and "flowd.shards" in r.stderr, "an out-of-range --set exits 78 naming the key")
-    r = run(["run", "-r", SAMPLE, "-o", os.path.join(tmp, "bad-out"), "--set", "dedup.enabled=maybe"])
-    check(r.returncode == 78 and "dedup.enabled" in r.stderr, "a wrongly typed --set exits 78 naming the key")
-
-
-def test_two_shards_give_the_same_flows(tmp):
+def test_two_flowd_shards_give_the_same_flows_as_one(tmp_path, sample, run_pipeline, cat):
     # dedupd sees the shards' records interleaved in arrival order, so which short flows it
     # folds into summaries may differ between runs; the flows themselves must not.
     no_dedup = ["--set", "dedup.enabled=false"]
-    one = os.path.join(tmp, "one-shard")
-    r = run_pipeline([SAMPLE], one, "one-shard", no_dedup)
-    check(r.returncode == 0, f"a one-shard run exits 0 ({r.stderr[-1000:]})")
-    out = os.path.join(tmp, "shards")
-    r = run_pipeline([SAMPLE], out, "shards", no_dedup + ["--set", "flowd.shards=2"])
-    check(r.returncode == 0, f"a two-shard run exits 0 ({r.stderr[-1000:]})")
+    one = str(tmp_path / "one-shard")
+    r = run_pipeline([sample], one, "one-shard", no_dedup)
+    assert r.returncode == 0, f"a one-shard run exits 0 ({r.stderr[-1000:]})"
+    out = str(tmp_path / "shards")
+    r = run_pipeline([sample], out, "shards", no_dedup + ["--set", "flowd.shards=2"])
+    assert r.returncode == 0, f"a two-shard run exits 0 ({r.stderr[-1000:]})"
     key = lambda f: (f["id.orig_h"], f["id.orig_p"], f["id.resp_h"], f["id.resp_p"], f["proto"],
                      f["orig_pkts"], f["resp_pkts"], f["orig_ip_bytes"], f["resp_ip_bytes"])
-    check(sorted(map(key, cat(out))) == sorted(map(key, cat(one))),
-          "two flowd shards produce the same flows as one")
+    assert sorted(map(key, cat(out))) == sorted(map(key, cat(one))), \
+        "two flowd shards produce the same flows as one"
 
 
-def main():
-    tmp = tempfile.mkdtemp(prefix="flowseal-pipeline-")
-    try:
-        out, flows = test_sample_runs_seals_and_verifies(tmp)
-        test_same_input_gives_same_records(tmp, flows)
-        test_tampering_is_named(tmp, out)
-        test_two_shards_give_the_same_flows(tmp)
-        test_not_a_capture(tmp)
-        test_truncated_capture_keeps_good_packets(tmp)
-        test_missing_file(tmp)
-        test_bad_config(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{checks - len(failures)} of {checks} checks passed")
-    sys.exit(1 if failures else 0)
+def test_a_file_that_is_not_a_capture_exits_65_naming_it(tmp_path, run_pipeline):
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"this is not a capture file\n" * 10)
+    r = run_pipeline([str(junk)], str(tmp_path / "junk-out"), "junk")
+    assert r.returncode == 65, f"a file that is not a capture exits 65 (got {r.returncode})"
+    assert "junk.pcap" in r.stderr, "the message names the file"
 
 
-if __name__ == "__main__":
-    main()
+def test_a_truncated_capture_exits_65_and_keeps_the_good_packets(tmp_path, sample, run_pipeline,
+                                                                 run_flowseal, cat):
+    data = open(sample, "rb").read()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) * 2 // 3 + 7])  # stops mid-record
+    out = str(tmp_path / "cut-out")
+    r = run_pipeline([str(cut)], out, "cut")
+    assert r.returncode == 65, f"a capture that stops mid-record exits 65 (got {r.returncode})"
+    assert "cut.pcap" in r.stderr and "offset" in r.stderr, \
+        "the message names the file and the offset of the damaged record"
+    v = run_flowseal(["verify", out])
+    assert v.returncode == 0, "what was read before the damage is sealed and verifies"
+    assert len(cat(out)) > 0, "the good packets before the damage became flows"
+
+
+def test_a_missing_capture_file_exits_66_naming_it(tmp_path, run_pipeline):
+    r = run_pipeline([str(tmp_path / "nope.pcap")], str(tmp_path / "nope-out"), "nope")
+    assert r.returncode == 66, f"a missing capture file exits 66 (got {r.returncode})"
+    assert "nope.pcap" in r.stderr, "the message names the missing file"
+
+
+def test_a_bad_config_exits_78_naming_the_key(tmp_path, sample, run_flowseal):
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("flowd:\n  shards: 1\n  udp_idle_timeot: 5\n")
+    out = str(tmp_path / "bad-out")
+    r = run_flowseal(["run", "-c", str(conf), "-r", sample, "-o", out])
+    assert r.returncode == 78, f"an unknown config key exits 78 (got {r.returncode})"
+    assert "udp_idle_timeot" in r.stderr and "bad.yaml:3" in r.stderr, \
+        f"the message names the key and file:line ({r.stderr.strip()})"
+    r = run_flowseal(["run", "-r", sample, "-o", out, "--set", "flowd.shards=99"])
+    assert r.returncode == 78 and "flowd.shards" in r.stderr, \
+        "an out-of-range --set exits 78 naming the key"
+    r = run_flowseal(["run", "-r", sample, "-o", out, "--set", "dedup.enabled=maybe"])
+    assert r.returncode == 78 and "dedup.enabled" in r.stderr, \
+        "a wrongly typed --set exits 78 naming the key"
