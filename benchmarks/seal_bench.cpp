@@ -1,6 +1,6 @@
 // Sealing throughput: records/s through BatchSealer (canonical encoding, RFC 6962 leaf hash,
 // Merkle root, one Ed25519 signature per batch) on one core, and the verifier's rate.
-// Target (issue 5): >= 1,000,000 records/s sealed with 1024-record batches.
+// Target: >= 1,000,000 records/s sealed with 1024-record batches.
 #include <unistd.h>
 
 #include <cstdlib>

@@ -87,7 +87,7 @@ struct MemoryConfig {
   bool system_pressure = true;    // system memory in use (MemAvailable) raises the level too
   // Hard limits of each stage's private memory (anonymous PSS) in MiB, flowd's per shard:
   // a stage over its limit is restarted (it resumes from the rings, as after a crash).
-  // 0: derived from budget_mb (supervisor/memory_limits.h).
+  // 0: derived from budget_mb (private_limit in supervisor/pressure.h).
   double capture_limit_mb = 0;
   double flowd_limit_mb = 0;
   double dedupd_limit_mb = 0;

@@ -3,7 +3,7 @@
 // A flow ends at a packet or a timer: flowd emits the end once the flow has been idle (or
 // closed and lingering) for its timeout, so the moment the end was due is the record's last
 // packet time plus that timeout. Two stages measure (now - due) for every end record:
-// flowd when it has published the record to its output ring (issue 4's figure: flowd's
+// flowd when it has published the record to its output ring (flowd's figure: its
 // expiry tick and its batching), writerd when it has stored it (the whole path: also the
 // rings, dedupd, sealing and the write, durable when writer.fsync is "batch"). Packet time
 // is wall time only on a live capture, so the figure means something only there; evictions

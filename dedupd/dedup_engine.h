@@ -1,6 +1,6 @@
 // The dedup engine: flow events in, fewer flow events out, every fact kept.
 //
-// Rules (issue 5), all on packet time (the records' own timestamps, so a replay gives the
+// Rules, all on packet time (the records' own timestamps, so a replay gives the
 // same output):
 //   - An end always passes, and so does a start — except that both may be folded into a
 //     summary when the flow is a repeated short flow (below). An update passes when the
@@ -81,7 +81,7 @@ struct DedupOptions {
 };
 
 // Budget per entry used to turn dedup_bytes into max_entries: measured allocator use of the
-// largest entry kind (a flow entry holding a start, see docs/perf/dedup.md) with headroom.
+// largest entry kind (a flow entry holding a start, see docs/PERFORMANCE.md, "Memory per entry") with headroom.
 inline constexpr std::size_t kBudgetBytesPerEntry = 768;
 
 // Receives what the engine emits, in order. The reader is valid only during the call.
@@ -128,7 +128,7 @@ class DedupEngine {
   std::size_t held_starts() const { return held_starts_; }
   const DedupStats& stats() const { return stats_; }
   const DedupOptions& options() const { return options_; }
-  // sizeof of an entry's value types (docs/perf/dedup.md sets them beside allocator use).
+  // sizeof of an entry's value types (docs/PERFORMANCE.md, "Memory per entry", sets them beside allocator use).
   static std::size_t flow_entry_size();
   static std::size_t group_entry_size();
 

@@ -1,6 +1,6 @@
 // Measures what one dedup engine entry costs: sizeof, and the allocator's own count
 // (mallinfo2) of bytes in use per entry, for a flow entry holding a start and for a group
-// entry holding a pending summary. Numbers go to docs/perf/dedup.md.
+// entry holding a pending summary. Numbers go to docs/PERFORMANCE.md, "Memory per entry".
 #include <malloc.h>
 
 #include <cstdint>

@@ -22,7 +22,7 @@
 // (readers drop those), and summaries, which may group differently the second time (a
 // crash between a flush and its commit can count a flow in a summary and again in a
 // replayed record). Nothing held is lost. Shared-memory engine state would remove the
-// repeats and the pinning; it is not built (see docs/perf/dedup.md).
+// repeats and the pinning; it is not built (docs/PERFORMANCE.md, "Crash safety").
 #pragma once
 
 #include "stage_runtime.h"

@@ -1183,7 +1183,7 @@ TEST_CASE("a datagram fragmented inside a whole tunnel packet counts each piece 
   CHECK(by_port[53].tunnel_parents[0] == by_port[2152].uid);
 }
 
-// --- Zeek's TCP state machine, originator choice and history (issue 4) ---
+// --- Zeek's TCP state machine, originator choice and history ---
 
 TEST_CASE("a connection attempt ends 5 s after its SYN however busy the originator is") {
   // Zeek's attempt timer counts from the SYN: a client seen alone (half-duplex capture) that

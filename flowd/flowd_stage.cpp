@@ -199,7 +199,7 @@ int run_flowd(StageRuntime& runtime) {
 
   TablePressure pressure(runtime.config(), table);
   auto pressure_level = [&] { return runtime.control().pressure_level.load(std::memory_order_relaxed); };
-  // Issue 4's export latency: a flow end published within 10 ms (p99) of its due time.
+  // Export latency: a flow end published within 10 ms (p99) of its due time.
   // Packet time is wall time only live, so only there is it measured.
   ExportLatency latency(config);
   EventBatchWriter writer(output.producer(), runtime, live ? &latency : nullptr);
@@ -248,7 +248,7 @@ int run_flowd(StageRuntime& runtime) {
       table.commit_step();
       publish_counters();
       // Live, the next flow end is due at a wall-clock moment: sleep until then, so the end
-      // reaches the output ring within milliseconds of it (issue 4), not a slice later.
+      // reaches the output ring within milliseconds of it, not a slice later.
       in.wait(live ? idle_wait_ns(table.next_due_ns(), realtime_ns()) : kIdleWait);
       continue;
     }

@@ -541,7 +541,7 @@ int run_pipeline(Config config) {
       notifier.notify("WATCHDOG=1");
     }
 
-    // memory.sample_ms (once a second by default, as issue 6 asks: smaps_rollup walks every
+    // memory.sample_ms (once a second by default: smaps_rollup walks every
     // mapping of a stage, the rings' too), and short runs get one. Each sample also sets the pressure level and holds every stage to
     // its private-memory limit.
     if (Clock::now() - last_memory_sample >= memory_sample_interval) {

@@ -1,4 +1,4 @@
-// Running the stages that need no privileges as supervisor.user (issue 6, "Security").
+// Running the stages that need no privileges as supervisor.user.
 //
 // When the supervisor runs as root and supervisor.user is set, flowd, dedupd, signerd and
 // writerd are started as that user (ChildProcess::spawn switches in the child before exec);

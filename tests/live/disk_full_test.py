@@ -13,7 +13,7 @@ other end. Once records are stored the tmpfs is filled up, and the test checks t
 then frees the space and checks that writing resumes (the log says so, more records are
 stored, status no longer says stalled), that the run drains with exit 0 and a summary naming
 the writer-stalled drops with every packet accounted for, and that the store verifies and
-every record reads back. Issue 5: "a live run drops and counts, `status` and the log say why,
+every record reads back. The requirement: "a live run drops and counts, `status` and the log say why,
 and writing resumes when space frees. No segment is corrupted."
 
 Without root, `ip netns`, tcpreplay or a tmpfs it prints why and exits 77 (meson: SKIP). The

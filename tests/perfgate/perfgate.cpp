@@ -1,5 +1,5 @@
 // perfgate: every stage's per-frame work in one process over a fixed input, for the callgrind
-// regression gate (tests/perfgate/run-perfgate; issue 12, target 8).
+// regression gate (tests/perfgate/run-perfgate).
 //
 // The pipeline runs twice on fresh state: once to warm up (lazy symbol binding, allocator
 // arenas, OpenSSL's and zstd's first-use set-up), then with callgrind collecting one part at

@@ -1,4 +1,4 @@
-"""The callgrind gate catches a deliberate slowdown (issue 12, target 8: "prove it bites").
+"""The callgrind gate catches a deliberate slowdown ("prove it bites").
 
 perfgate adds N instructions per item to one part when FLOWSEAL_PERFGATE_BURN=PART:N is set
 (compiled into the gate program only). A baseline is measured first in this same build, so

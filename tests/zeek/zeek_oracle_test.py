@@ -50,12 +50,12 @@ STATE_FIELDS = ["conn_state", "history"]
 PAYLOAD_FIELDS = ["orig_bytes", "resp_bytes"]
 FIELDS = ["direction", "proto"] + COUNT_FIELDS + PAYLOAD_FIELDS + STATE_FIELDS + ["duration",
                                                                           "tunnel_parents"]
-RATE_TARGET = 0.95  # issue 4's target for conn_state and history
-# Enforced: issue 4's target, met since flowd follows Zeek's TCP state machine (97.2 % /
+RATE_TARGET = 0.95  # the target for conn_state and history
+# Enforced: the target, met since flowd follows Zeek's TCP state machine (97.2 % /
 # 96.2 % then). Raise it as flowd improves; never lower it.
 RATE_FLOOR = 0.95
 
-# Traces whose counts flowseal does not get right YET: unfinished work (issue 4 is open), not
+# Traces whose counts flowseal does not get right YET: unfinished work, not
 # Zeek-specific differences. Their failures are printed as known gaps and do not fail the
 # test; a listed trace that passes fails the test, so the list only shrinks.
 KNOWN_GAPS = {
@@ -378,9 +378,9 @@ def main():
         print(f"FAIL: {f} matches {100 * tally.rate(f):.2f} % < {100 * RATE_FLOOR:.0f} %")
     for f in STATE_FIELDS:
         if tally.rate(f) < RATE_TARGET:
-            print(f"note: {f} at {100 * tally.rate(f):.2f} % is below issue 4's target of "
+            print(f"note: {f} at {100 * tally.rate(f):.2f} % is below the target of "
                   f"{100 * RATE_TARGET:.0f} % (enforced floor {100 * RATE_FLOOR:.0f} %)")
-    print(f"known gaps (unfinished, issue 4): {len(KNOWN_GAPS)} traces")
+    print(f"known gaps (unfinished): {len(KNOWN_GAPS)} traces")
     ok = not hard and not low
     print(f"{len(folders)} traces; {len(hard)} count differences not allowed; "
           f"{'PASS' if ok else 'FAIL'}")
