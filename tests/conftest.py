@@ -9,6 +9,7 @@ When every test of a run is skipped (no root, no tcpreplay, ...), pytest's exit 
 77, which meson reports as SKIP: run-tests then counts it as skipped, and fails the run unless
 tests/allowed-skips.txt allows it. A run that passes some tests and skips others passes.
 """
+import glob
 import os
 import subprocess
 
@@ -52,8 +53,15 @@ def module_tmp(tmp_path_factory, request):
 @pytest.fixture(scope="session")
 def instance():
     """instance(tag): an instance name of this test process, so parallel runs never share
-    shared memory (each test passes its own tag)."""
-    return lambda tag: f"t{os.getpid()}-{tag}"
+    shared memory (each test passes its own tag). What a killed run left in /dev/shm under
+    these names is removed at the end of the session."""
+    prefix = f"t{os.getpid()}-"
+    yield lambda tag: prefix + tag
+    for leftover in glob.glob(f"/dev/shm/flowseal.{prefix}*"):
+        try:
+            os.remove(leftover)
+        except FileNotFoundError:
+            pass
 
 
 @pytest.fixture(scope="session")
