@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 #include <pcap/pcap.h>
 
+#include "unique_fd.h"
+
 namespace flowseal::capture {
 namespace {
 
@@ -55,7 +57,9 @@ std::string link_type_name(int link_type) {
 }
 
 std::optional<MappedFile> MappedFile::open(const std::string& path, std::string& error) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Closed on return: the mapping stays valid without the descriptor.
+  const UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  const int fd = file.get();
   if (fd < 0) {
     error = fmt::format("cannot open: {}", std::strerror(errno));
     return std::nullopt;
@@ -79,7 +83,6 @@ std::optional<MappedFile> MappedFile::open(const std::string& path, std::string&
                           static_cast<std::size_t>(st.st_size));
     }
   }
-  ::close(fd);  // the mapping stays valid without the descriptor
   return result;
 }
 

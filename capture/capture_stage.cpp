@@ -23,6 +23,7 @@
 #include "packet_batcher.h"
 #include "pass_rewrite.h"
 #include "pcap_source.h"
+#include "rate_limited_log.h"
 #include "ring.h"
 #include "ring_io.h"
 
@@ -147,7 +148,7 @@ int run_capture(StageRuntime& runtime) {
       runtime.control()
           .slots[slot_index(StageKind::kWriterd, 0, shards)]
           .counters[record_counter::kStalledSinceNs];
-  bool stall_logged = false;
+  RateLimitedLog log;
   std::uint64_t published = already_published;
 
   const bool live = source.is_live();
@@ -179,14 +180,12 @@ int run_capture(StageRuntime& runtime) {
       ring_dropped += lost;
       if (writer_stalled_since.load(std::memory_order_relaxed) != 0) {
         stalled_dropped += lost;
-        if (!stall_logged) {
-          spdlog::warn("dropping packets: the rings are full because writerd cannot write "
-                       "(its log says why); counted as dropped, ring full (writer stalled), "
-                       "until writing works again");
-          stall_logged = true;
-        }
-      } else if (stall_logged) {
-        stall_logged = false;  // the next stall is logged again
+        log.warn("writer stalled",
+                 "dropping packets: the rings are full because writerd cannot write "
+                 "(its log says why); counted as dropped, ring full (writer stalled), "
+                 "until writing works again");
+      } else {
+        log.rearm("writer stalled");  // the next stall is logged at once
       }
       for (auto* ring : rings) ring->count_drop();
       published += pending - lost;

@@ -5,9 +5,9 @@
 // ring keeps frames 8-byte aligned, which is the word alignment the reader needs.
 //
 // A frame from shared memory is untrusted: a malformed one makes the reader throw
-// kj::Exception when it is opened or traversed. Callers process each frame inside
-// `try { ... } catch (const kj::Exception&)`, count it as bad, log it (rate-limited) and go
-// on — one bad frame never stops a stage.
+// kj::Exception when it is opened or traversed. FrameLoop (frame_loop.h) catches it around
+// each frame, counts the frame as bad, logs it (rate-limited) and goes on — one bad frame
+// never stops a stage.
 #pragma once
 
 #include <chrono>

@@ -1,16 +1,29 @@
 #include "ring_io.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace flowseal {
 
-RingInputs::RingInputs(const StageRuntime& runtime, const std::vector<std::string>& edges) {
-  segments_.reserve(edges.size());
-  consumers_.reserve(edges.size());
-  for (const auto& edge : edges) {
-    segments_.push_back(runtime.open_ring(edge));
-    consumers_.emplace_back(segments_.back().bytes());
-  }
+namespace {
+
+std::vector<ShmSegment> open_rings(const StageRuntime& runtime,
+                                   const std::vector<std::string>& edges) {
+  std::vector<ShmSegment> segments;
+  segments.reserve(edges.size());
+  for (const auto& edge : edges) segments.push_back(runtime.open_ring(edge));
+  return segments;
+}
+
+}  // namespace
+
+RingInputs::RingInputs(const StageRuntime& runtime, const std::vector<std::string>& edges)
+    : RingInputs(open_rings(runtime, edges), edges) {}
+
+RingInputs::RingInputs(std::vector<ShmSegment> segments, std::vector<std::string> edges)
+    : segments_(std::move(segments)), edges_(std::move(edges)) {
+  consumers_.reserve(segments_.size());
+  for (const auto& segment : segments_) consumers_.emplace_back(segment.bytes());
 }
 
 std::chrono::milliseconds idle_wait_ns(std::int64_t due_ns, std::int64_t now_ns) {

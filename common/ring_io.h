@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "ring.h"
@@ -25,13 +26,17 @@ std::chrono::milliseconds idle_wait(std::chrono::steady_clock::time_point due,
 // The same for a due time in nanoseconds of one clock (flowd: realtime, as packet times).
 std::chrono::milliseconds idle_wait_ns(std::int64_t due_ns, std::int64_t now_ns);
 
-// The input rings of a stage, read round-robin.
+// The input rings of a stage, read round-robin (by FrameLoop, frame_loop.h).
 class RingInputs {
  public:
   RingInputs(const StageRuntime& runtime, const std::vector<std::string>& edges);
+  // Rings mapped already (tests): `segments[i]` holds the ring of `edges[i]`.
+  RingInputs(std::vector<ShmSegment> segments, std::vector<std::string> edges);
 
   std::size_t size() const { return consumers_.size(); }
   RingConsumer& operator[](std::size_t i) { return consumers_[i]; }
+  // The edge name of input `i` ("flows.1"), for logs.
+  const std::string& edge(std::size_t i) const { return edges_[i]; }
   // True when every producer closed its ring and every frame was read.
   bool drained() const;
   // Sleeps until some ring has a frame (or timeout); cheap when data is already there.
@@ -39,6 +44,7 @@ class RingInputs {
 
  private:
   std::vector<ShmSegment> segments_;
+  std::vector<std::string> edges_;
   std::vector<RingConsumer> consumers_;
 };
 

@@ -12,6 +12,7 @@
 #include "capnp_frame.h"
 #include "dedup_engine.h"
 #include "flowseal.capnp.h"
+#include "frame_loop.h"
 #include "layout.h"
 #include "pressure_level.h"
 #include "ring_io.h"
@@ -71,68 +72,43 @@ class FrameSink final : public DedupSink {
   std::vector<capnp::Orphan<schema::FlowEvent>> pending_;
 };
 
-int pass_through(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
+int pass_through(StageRuntime& runtime, FrameLoop& loop, RingOutput& output,
                  const std::function<bool()>& never) {
   std::uint64_t records_in = 0, records_out = 0;
-  bool bad_frame_logged = false;
-  for (;;) {
-    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
-    // everything not committed is replayed by the next process.
-    if (runtime.signalled()) return exit_code::kTempFail;
-    runtime.heartbeat();  // every pass: a busy dedupd never reaches the idle branch
-    bool progressed = false;
-    for (std::size_t i = 0; i < inputs.size(); ++i) {
-      RingConsumer& in = inputs[i];
-      auto frame = in.next();
-      if (!frame) continue;
-      progressed = true;
-      try {
-        capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
-        auto events = reader.getRoot<schema::FlowEventBatch>().getEvents();
-        records_in += events.size();
-        if (events.size() > 0) {
-          capnp::MallocMessageBuilder message;
-          message.setRoot(reader.getRoot<schema::FlowEventBatch>());
-          if (!write_message(output.producer(), message, never)) {
-            throw std::runtime_error("a FlowEventBatch exceeds the output ring's frame limit");
-          }
-          output.producer().publish();
-          records_out += events.size();
-        }
-      } catch (const kj::Exception& e) {
-        runtime.counter(rc::kBadFrames).fetch_add(1);
-        if (!bad_frame_logged) {
-          spdlog::warn("skipped a malformed frame from {}: {}", flow_edge(i),
-                       e.getDescription().cStr());
-          bad_frame_logged = true;
-        }
+  FrameHandlers handlers;
+  handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t) {
+    capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
+    auto events = reader.getRoot<schema::FlowEventBatch>().getEvents();
+    records_in += events.size();
+    if (events.size() > 0) {
+      capnp::MallocMessageBuilder message;
+      message.setRoot(reader.getRoot<schema::FlowEventBatch>());
+      if (!write_message(output.producer(), message, never)) {
+        throw std::runtime_error("a FlowEventBatch exceeds the output ring's frame limit");
       }
-      in.advance();
-      in.commit();
+      output.producer().publish();
+      records_out += events.size();
     }
+    return FrameUse::kCommit;
+  };
+  handlers.after_pass = [&](bool) {
     runtime.counter(rc::kRecordsIn).store(records_in);
     runtime.counter(rc::kRecordsOut).store(records_out);
-    if (!progressed) {
-      if (inputs.drained()) break;
-      if (runtime.signalled()) return exit_code::kTempFail;
-      runtime.heartbeat();
-      inputs.wait(kIdleWait);
-    }
-  }
+  };
+  if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
   output.producer().close();
   spdlog::info("drained (dedup disabled): {} records in, {} out", records_in, records_out);
   return exit_code::kOk;
 }
 
-int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
-                const std::function<bool()>& never) {
+int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log,
+                RingInputs& inputs, RingOutput& output, const std::function<bool()>& never) {
   const DedupOptions options = DedupOptions::from_config(runtime.config());
   FrameSink sink(output.producer(), never);
   DedupEngine engine(options, sink);
   // Frame bytes read but not committed, per input: past this, flush to unpin (see header).
   const std::size_t pin_limit = plan_memory(runtime.config()).event_ring / 2;
-  std::vector<std::size_t> uncommitted(inputs.size(), 0);
-  std::uint64_t bad_frames_logged = 0, pressure_flushes = 0, idle_flushes = 0;
+  std::uint64_t pressure_flushes = 0, idle_flushes = 0;
   const auto idle_limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
       std::chrono::duration<double>(runtime.config().dedup.window));
   auto last_input = std::chrono::steady_clock::now();
@@ -142,11 +118,11 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
                options.window_ns / 1e9, (options.window_ns + options.linger_ns) / 1e9,
                options.max_entries);
 
+  // Commits every input whose frames the engine no longer holds (their output is published).
   auto commit_free = [&] {
     for (std::size_t j = 0; j < inputs.size(); ++j) {
-      if (uncommitted[j] > 0 && !engine.holds(static_cast<std::uint32_t>(j))) {
-        inputs[j].commit();
-        uncommitted[j] = 0;
+      if (loop.uncommitted_bytes(j) > 0 && !engine.holds(static_cast<std::uint32_t>(j))) {
+        loop.commit(j);
       }
     }
   };
@@ -186,63 +162,46 @@ int deduplicate(StageRuntime& runtime, RingInputs& inputs, RingOutput& output,
     runtime.heartbeat();
   };
 
-  for (;;) {
-    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
-    // everything not committed is replayed by the next process.
-    if (runtime.signalled()) return exit_code::kTempFail;
-    runtime.heartbeat();  // every pass: a busy dedupd never reaches the idle branch
-    apply_pressure();
-    bool progressed = false;
-    for (std::size_t i = 0; i < inputs.size(); ++i) {
-      RingConsumer& in = inputs[i];
-      auto frame = in.next();
-      if (!frame) continue;
-      progressed = true;
+  FrameHandlers handlers;
+  handlers.before_pass = apply_pressure;
+  handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t i) {
+    capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
+    for (auto event : reader.getRoot<schema::FlowEventBatch>().getEvents()) {
       try {
-        capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
-        for (auto event : reader.getRoot<schema::FlowEventBatch>().getEvents()) {
-          try {
-            engine.on_event(event, static_cast<std::uint32_t>(i));
-          } catch (const kj::Exception& e) {  // one bad record: the rest of the frame goes on
-            runtime.counter(rc::kBadFrames).fetch_add(1);
-            if (bad_frames_logged++ == 0) {
-              spdlog::warn("skipped a malformed record from {}: {}", flow_edge(i),
-                           e.getDescription().cStr());
-            }
-          }
-        }
-      } catch (const kj::Exception& e) {
+        engine.on_event(event, static_cast<std::uint32_t>(i));
+      } catch (const kj::Exception& e) {  // one bad record: the rest of the frame goes on
         runtime.counter(rc::kBadFrames).fetch_add(1);
-        if (bad_frames_logged++ == 0) {
-          spdlog::warn("skipped a malformed frame from {}: {}", flow_edge(i),
-                       e.getDescription().cStr());
-        }
+        log.warn("malformed record", "skipped a malformed record from {}: {}", inputs.edge(i),
+                 e.getDescription().cStr());
       }
-      // Published before any commit: what this frame released must be downstream first.
-      sink.publish();
-      uncommitted[i] += frame->size() + sizeof(FrameHeader) + 8;
-      in.advance();
-      commit_free();
-      if (uncommitted[i] > pin_limit) {
+    }
+    // Published before any commit: what this frame released must be downstream first.
+    sink.publish();
+    return engine.holds(static_cast<std::uint32_t>(i)) ? FrameUse::kHold : FrameUse::kCommit;
+  };
+  // What a malformed frame's records emitted before it failed goes out before it is skipped.
+  handlers.on_bad_frame = [&](std::size_t) { sink.publish(); };
+  handlers.after_pass = [&](bool progressed) {
+    commit_free();  // what this pass's records released on the other inputs
+    for (std::size_t j = 0; j < inputs.size(); ++j) {
+      if (loop.uncommitted_bytes(j) > pin_limit) {
         ++pressure_flushes;
         flush();
+        break;
       }
     }
     store_counters();
-    if (progressed) {
-      last_input = std::chrono::steady_clock::now();
-      continue;
-    }
-    if (inputs.drained()) break;
-    if (runtime.signalled()) return exit_code::kTempFail;  // uncommitted input is replayed
+    if (progressed) last_input = std::chrono::steady_clock::now();
+  };
+  handlers.on_idle = [&] {
     if (engine.holds_any() && std::chrono::steady_clock::now() - last_input > idle_limit) {
       ++idle_flushes;
       flush();
       last_input = std::chrono::steady_clock::now();
     }
-    runtime.heartbeat();
-    inputs.wait(kIdleWait);
-  }
+    return kIdleWait;
+  };
+  if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
   flush();
   store_counters();
   output.producer().close();
@@ -263,8 +222,10 @@ int run_dedupd(StageRuntime& runtime) {
     runtime.heartbeat();
     return false;
   };
-  if (!runtime.config().dedup.enabled) return pass_through(runtime, inputs, output, never);
-  return deduplicate(runtime, inputs, output, never);
+  RateLimitedLog log;
+  FrameLoop loop(stage_process(runtime, rc::kBadFrames), inputs, log, "FlowEventBatch");
+  if (!runtime.config().dedup.enabled) return pass_through(runtime, loop, output, never);
+  return deduplicate(runtime, loop, log, inputs, output, never);
 }
 
 }  // namespace flowseal::dedupd

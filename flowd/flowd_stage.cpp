@@ -15,6 +15,7 @@
 #include "export_latency.h"
 #include "flow_table.h"
 #include "flowseal.capnp.h"
+#include "frame_loop.h"
 #include "layout.h"
 #include "packet/decode.h"
 #include "pressure_level.h"
@@ -163,6 +164,47 @@ class TablePressure {
   PressureLevel level_ = PressureLevel::kLow;
 };
 
+// Applies one PacketBatch frame to the table, in the step the caller opened; throws
+// kj::Exception if the frame is malformed (what it applied until then stays).
+void apply_batch(std::span<const std::byte> frame, FlowTable& table, EventBatchWriter& writer,
+                 packet::DecodedPacket& decoded) {
+  capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
+  auto batch = reader.getRoot<schema::PacketBatch>();
+  const auto data = batch.getData();
+  const auto index = batch.getIndex();
+  std::uint64_t seq = batch.getFirstSeq();
+  writer.set_sampling_rate(batch.getSamplingRate());
+  std::int64_t last_ts = 0;
+  for (auto ref : index) {
+    // Packets before next_seq() were applied already (capture repeated a batch after a
+    // restart, or this frame was cut by a commit before a kill); their time still
+    // drives expire() below, so a replayed frame expires what the first try did.
+    last_ts = ref.getTsNs();
+    if (seq < table.next_seq()) {
+      ++seq;
+      continue;
+    }
+    const std::uint64_t end = std::uint64_t{ref.getOffset()} + ref.getCapLen();
+    if (end > data.size()) {
+      table.count_weird(packet::DecodeStatus::kTruncatedLink);
+    } else {
+      const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(),
+                                                ref.getCapLen());
+      const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
+      if (status == packet::DecodeStatus::kOk) {
+        table.on_packet(decoded, ref.getTsNs(), writer);
+      } else {
+        table.count_weird(status);
+      }
+    }
+    table.set_next_seq(++seq);
+  }
+  // Packet time drives expiry while packets come, live too: a live input that lags the
+  // wire (the kernel buffer absorbs bursts) must not end flows whose next packets are
+  // still queued. Wall time takes over only when the input is idle (run_flowd's on_idle).
+  if (last_ts != 0) table.expire(last_ts, writer);
+}
+
 std::size_t capacity_for(std::size_t bytes) {
   std::size_t lo = 0, hi = bytes;  // bytes_needed grows with capacity: largest that fits
   while (lo < hi) {
@@ -178,7 +220,6 @@ int run_flowd(StageRuntime& runtime) {
   const FlowdConfig& config = runtime.config().flowd;
   const bool live = !runtime.config().capture.interface.empty();
   RingInputs inputs(runtime, {packet_edge(runtime.shard())});
-  RingConsumer& in = inputs[0];
   RingOutput output(runtime, flow_edge(runtime.shard()));
   ShmSegment table_memory = ShmSegment::open(flow_table_name(runtime.instance(), runtime.shard()));
 
@@ -208,7 +249,6 @@ int run_flowd(StageRuntime& runtime) {
   // restart neither repeats nor loses them (the control-block counters are copies).
   std::uint64_t events_out = counter(fc::kEventsOut).load();
   std::uint64_t pressure_evictions = counter(fc::kPressureEvictions).load();
-  bool bad_frame_logged = false;
   packet::DecodedPacket decoded;
 
   auto publish_counters = [&] {
@@ -232,86 +272,43 @@ int run_flowd(StageRuntime& runtime) {
   };
 
   writer.set_on_wait(publish_counters);
+  // Ends the table step a frame (or the idle work) began: its events are published before
+  // the commit, so a kill in between replays the step, repeating (never losing) them.
+  auto end_step = [&] {
+    events_out += writer.flush() + writer.take_synced();
+    table.commit_step();
+  };
 
-  for (;;) {
-    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
-    // everything not committed is replayed by the next process.
-    if (runtime.signalled()) return exit_code::kTempFail;
-    auto frame = in.next();
-    if (!frame) {
-      if (inputs.drained()) break;
-      if (runtime.signalled()) return exit_code::kTempFail;
-      table.begin_step();
-      if (live) table.expire(realtime_ns(), writer);
-      pressure_evictions += pressure.apply(pressure_level(), writer);
-      events_out += writer.flush() + writer.take_synced();
-      table.commit_step();
-      publish_counters();
-      // Live, the next flow end is due at a wall-clock moment: sleep until then, so the end
-      // reaches the output ring within milliseconds of it, not a slice later.
-      in.wait(live ? idle_wait_ns(table.next_due_ns(), realtime_ns()) : kIdleWait);
-      continue;
-    }
-    try {
-      capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
-      auto batch = reader.getRoot<schema::PacketBatch>();
-      const auto data = batch.getData();
-      const auto index = batch.getIndex();
-      std::uint64_t seq = batch.getFirstSeq();
-      writer.set_sampling_rate(batch.getSamplingRate());
-      std::int64_t last_ts = 0;
-      table.begin_step();
-      for (auto ref : index) {
-        // Packets before next_seq() were applied already (capture repeated a batch after a
-        // restart, or this frame was cut by a commit before a kill); their time still
-        // drives expire() below, so a replayed frame expires what the first try did.
-        last_ts = ref.getTsNs();
-        if (seq < table.next_seq()) {
-          ++seq;
-          continue;
-        }
-        const std::uint64_t end = std::uint64_t{ref.getOffset()} + ref.getCapLen();
-        if (end > data.size()) {
-          table.count_weird(packet::DecodeStatus::kTruncatedLink);
-        } else {
-          const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(),
-                                                    ref.getCapLen());
-          const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
-          if (status == packet::DecodeStatus::kOk) {
-            table.on_packet(decoded, ref.getTsNs(), writer);
-          } else {
-            table.count_weird(status);
-          }
-        }
-        table.set_next_seq(++seq);
-      }
-      // Packet time drives expiry while packets come, live too: a live input that lags the
-      // wire (the kernel buffer absorbs bursts) must not end flows whose next packets are
-      // still queued. Wall time takes over only when the input is idle (below).
-      if (last_ts != 0) table.expire(last_ts, writer);
-      pressure_evictions += pressure.apply(pressure_level(), writer);
-      // Published before the commit: a kill in between replays the step, repeating (never
-      // losing) its events.
-      events_out += writer.flush() + writer.take_synced();
-      table.commit_step();
-    } catch (const kj::Exception& e) {
-      // What the frame applied before it turned out malformed stays, with its events.
-      events_out += writer.flush() + writer.take_synced();
-      table.commit_step();
-      counter(fc::kBadFrames).fetch_add(1);
-      if (!bad_frame_logged) {
-        spdlog::warn("skipped a malformed PacketBatch frame: {}", e.getDescription().cStr());
-        bad_frame_logged = true;
-      }
-    }
-    in.advance();
-    in.commit();
+  RateLimitedLog log;
+  FrameLoop loop(stage_process(runtime, fc::kBadFrames), inputs, log, "PacketBatch");
+  FrameHandlers handlers;
+  handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t) {
+    table.begin_step();
+    apply_batch(frame, table, writer, decoded);
+    pressure_evictions += pressure.apply(pressure_level(), writer);
+    end_step();
+    return FrameUse::kCommit;
+  };
+  // What the frame applied before it turned out malformed stays, with its events.
+  handlers.on_bad_frame = [&](std::size_t) { end_step(); };
+  handlers.after_pass = [&](bool progressed) {
+    if (progressed) publish_counters();
+  };
+  handlers.on_idle = [&] {
+    table.begin_step();
+    if (live) table.expire(realtime_ns(), writer);
+    pressure_evictions += pressure.apply(pressure_level(), writer);
+    end_step();
     publish_counters();
-  }
+    // Live, the next flow end is due at a wall-clock moment: sleep until then, so the end
+    // reaches the output ring within milliseconds of it, not a slice later.
+    return live ? idle_wait_ns(table.next_due_ns(), realtime_ns()) : kIdleWait;
+  };
+  if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
+
   table.begin_step();
   table.flush(writer);
-  events_out += writer.flush() + writer.take_synced();
-  table.commit_step();
+  end_step();
   publish_counters();
   output.producer().close();
   spdlog::info("drained: {} events out", events_out);

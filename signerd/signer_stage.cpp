@@ -14,6 +14,7 @@
 #include "batch_sealer.h"
 #include "capnp_frame.h"
 #include "flowseal.capnp.h"
+#include "frame_loop.h"
 #include "layout.h"
 #include "ring_io.h"
 #include "seal/keys.h"
@@ -80,8 +81,9 @@ int run_signerd(StageRuntime& runtime) {
   seal::PrivateKey key = key_fd >= 0 ? seal::PrivateKey::load(key_fd, config.key_file)
                                      : seal::PrivateKey::load(config.key_file);
   RingInputs inputs(runtime, {std::string(kDedupEdge)});
-  RingConsumer& in = inputs[0];
   RingOutput output(runtime, kSealedEdge);
+  RateLimitedLog log;
+  FrameLoop loop(stage_process(runtime, rc::kBadFrames), inputs, log, "FlowEventBatch");
 
   ChainPosition position = load_position(runtime);
   store_position(runtime, position);
@@ -100,7 +102,6 @@ int run_signerd(StageRuntime& runtime) {
   auto seal_due = Clock::time_point::max();  // when the open batch must be sealed
   auto due_now = [&] { return sealer.size() > 0 && Clock::now() >= seal_due; };
   std::uint64_t records_in = 0, batches = 0;
-  bool bad_frame_logged = false;
   auto never = [&] {
     runtime.heartbeat();
     return false;
@@ -124,7 +125,7 @@ int run_signerd(StageRuntime& runtime) {
       store_position(runtime, position);
     }
     seal_due = Clock::time_point::max();
-    in.commit();  // every frame read so far is inside a published batch
+    loop.commit(0);  // every frame read so far is inside a published batch
     runtime.counter(rc::kBatchesOut).store(batches);
     runtime.counter(rc::kRecordsIn).store(records_in);
     runtime.counter(rc::kRecordsOut).store(records_in);
@@ -133,49 +134,35 @@ int run_signerd(StageRuntime& runtime) {
     runtime.heartbeat();
   };
 
-  for (;;) {
-    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
-    // everything not committed is replayed by the next process.
-    if (runtime.signalled()) return exit_code::kTempFail;
-    auto frame = in.next();
-    runtime.heartbeat();  // every pass: a busy signer never reaches the idle branch
-    if (!frame) {
-      if (due_now()) seal_and_publish();
-      if (inputs.drained()) break;
-      if (runtime.signalled()) return exit_code::kTempFail;
-      runtime.heartbeat();
-      in.wait(idle_wait(sealer.size() > 0 ? seal_due : Clock::time_point::max(), Clock::now()));
-      continue;
+  FrameHandlers handlers;
+  handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t) {
+    capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
+    auto batch = reader.getRoot<schema::FlowEventBatch>();
+    // Traverse the whole frame before adding any record, so a malformed frame is skipped
+    // as a whole rather than half-sealed.
+    static_cast<void>(batch.totalSize());
+    auto events = batch.getEvents();
+    if (sealer.size() > 0 && sealer.size() + events.size() > batch_records) {
+      seal_and_publish();  // keeps a batch within batch_records (unless one frame exceeds it)
     }
-    try {
-      capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
-      auto batch = reader.getRoot<schema::FlowEventBatch>();
-      // Traverse the whole frame before adding any record, so a malformed frame is skipped
-      // as a whole rather than half-sealed.
-      static_cast<void>(batch.totalSize());
-      auto events = batch.getEvents();
-      if (sealer.size() > 0 && sealer.size() + events.size() > batch_records) {
-        seal_and_publish();  // keeps a batch within batch_records (unless one frame exceeds it)
-      }
-      const auto now = Clock::now();
-      if (sealer.size() == 0) seal_due = now + batch_age;
-      for (auto event : events) {
-        sealer.add(event);
-        if (event.getKind() == schema::EventKind::END) seal_due = std::min(seal_due, now + end_age);
-      }
-      records_in += events.size();
-    } catch (const kj::Exception& e) {
-      runtime.counter(rc::kBadFrames).fetch_add(1);
-      if (!bad_frame_logged) {
-        spdlog::warn("skipped a malformed FlowEventBatch frame: {}", e.getDescription().cStr());
-        bad_frame_logged = true;
-      }
+    const auto now = Clock::now();
+    if (sealer.size() == 0) seal_due = now + batch_age;
+    for (auto event : events) {
+      sealer.add(event);
+      if (event.getKind() == schema::EventKind::END) seal_due = std::min(seal_due, now + end_age);
     }
-    in.advance();
-    // By count, or by age even while input keeps coming (a busy input never reaches the
-    // idle branch above).
+    records_in += events.size();
+    return FrameUse::kHold;  // committed once its records are in a published batch
+  };
+  // By count, or by age: after each frame even while input keeps coming (a busy input
+  // never goes idle), and while idle.
+  handlers.after_pass = [&](bool) {
     if (sealer.size() >= batch_records || due_now()) seal_and_publish();
-  }
+  };
+  handlers.on_idle = [&] {
+    return idle_wait(sealer.size() > 0 ? seal_due : Clock::time_point::max(), Clock::now());
+  };
+  if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
   seal_and_publish();
   output.producer().close();
   spdlog::info("drained: {} records sealed in {} batches", records_in, batches);

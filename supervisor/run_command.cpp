@@ -30,6 +30,7 @@
 #include "stage_user.h"
 #include "summary.h"
 #include "systemd_notify.h"
+#include "unique_fd.h"
 
 namespace flowseal::supervisor {
 namespace {
@@ -95,8 +96,8 @@ class LoopWakeup {
   }
 
  private:
-  segment::UniqueFd read_end_;
-  segment::UniqueFd write_end_;
+  UniqueFd read_end_;
+  UniqueFd write_end_;
 };
 
 // The supervisor's longest sleep once the run is up: what it only polls (restart requests
@@ -229,14 +230,14 @@ void publish_public_key(const Config& config, const fs::path& key) {
     return std::runtime_error(fmt::format("cannot copy the public key into {}/keys ({}): {}",
                                           config.writer.dir, step, std::strerror(errno)));
   };
-  segment::UniqueFd dir(::open(config.writer.dir.c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd dir(::open(config.writer.dir.c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (dir.get() < 0) throw fail("open writer.dir");
   if (::mkdirat(dir.get(), "keys", 0755) != 0 && errno != EEXIST) throw fail("mkdir keys");
-  segment::UniqueFd keys(::openat(dir.get(), "keys", O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd keys(::openat(dir.get(), "keys", O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (keys.get() < 0) throw fail("open keys");
   const std::string name = pub.filename().string();
   if (::unlinkat(keys.get(), name.c_str(), 0) != 0 && errno != ENOENT) throw fail("unlink");
-  segment::UniqueFd out(::openat(keys.get(), name.c_str(),
+  UniqueFd out(::openat(keys.get(), name.c_str(),
                                  O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
   if (out.get() < 0) throw fail("create");
   if (::write(out.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
@@ -326,7 +327,7 @@ int run_pipeline(Config config) {
     if (stage_output) options.stderr_fd = stage_output->stage_fd();
     if (stage.kind != StageKind::kCapture) options.credentials = user;
     // Opened for each signerd on its own: the file stays root's and 0600.
-    segment::UniqueFd key;
+    UniqueFd key;
     if (user && stage.kind == StageKind::kSignerd) {
       key.reset(::open(config.seal.key_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
       if (key.get() < 0) {

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "progress.h"
-#include "segment/unique_fd.h"
+#include "unique_fd.h"
 
 namespace flowseal::supervisor {
 
@@ -31,8 +31,8 @@ class StageOutput {
   void finish(ProgressBar& bar);
 
  private:
-  segment::UniqueFd read_end_;
-  segment::UniqueFd write_end_;
+  UniqueFd read_end_;
+  UniqueFd write_end_;
   std::string partial_;  // the start of a line whose end has not come yet
 };
 

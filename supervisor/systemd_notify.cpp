@@ -57,11 +57,9 @@ void SystemdNotifier::notify(std::string_view state) {
       ::sendto(socket_.get(), state.data(), state.size(), MSG_NOSIGNAL,
                reinterpret_cast<const sockaddr*>(address_.data()),
                static_cast<socklen_t>(address_.size()));
-  if (sent < 0 && !failure_logged_) {
-    failure_logged_ = true;
-    spdlog::warn("systemd notification to NOTIFY_SOCKET {} failed: {} (further failures not "
-                 "logged)",
-                 shown_, std::strerror(errno));
+  if (sent < 0) {
+    failure_log_.warn("notify failed", "systemd notification to NOTIFY_SOCKET {} failed: {}",
+                      shown_, std::strerror(errno));
   }
 }
 

@@ -5,7 +5,7 @@
 // with WatchdogSec=, WATCHDOG_USEC (and WATCHDOG_PID, the process it is meant for). The
 // supervisor sends READY=1 once every stage is up, WATCHDOG=1 at half the watchdog period
 // while its loop runs, and STOPPING=1 when it starts to drain. Without NOTIFY_SOCKET every
-// call does nothing. A failed send is logged once and otherwise ignored: systemd's view of
+// call does nothing. A failed send is logged (rate-limited) and otherwise ignored: systemd's view of
 // the service is not worth stopping the probe for. The variables are removed from the
 // environment so that the stages never talk to systemd themselves.
 #pragma once
@@ -15,7 +15,8 @@
 #include <string>
 #include <string_view>
 
-#include "segment/unique_fd.h"
+#include "rate_limited_log.h"
+#include "unique_fd.h"
 
 namespace flowseal::supervisor {
 
@@ -36,11 +37,11 @@ class SystemdNotifier {
  private:
   SystemdNotifier() = default;
 
-  segment::UniqueFd socket_;
+  UniqueFd socket_;
   std::string address_;  // sockaddr_un bytes (sun_family + path), as sendto needs them
   std::string shown_;    // NOTIFY_SOCKET as given, for messages
   std::optional<std::chrono::microseconds> watchdog_interval_;
-  bool failure_logged_ = false;
+  RateLimitedLog failure_log_;
 };
 
 }  // namespace flowseal::supervisor

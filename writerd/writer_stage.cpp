@@ -12,6 +12,7 @@
 #include "capnp_frame.h"
 #include "export_latency.h"
 #include "flowseal.capnp.h"
+#include "frame_loop.h"
 #include "layout.h"
 #include "ring_io.h"
 #include "segment/store.h"
@@ -88,13 +89,12 @@ int run_writerd(StageRuntime& runtime) {
                  runtime.config().writer.dir, *store.highest_seq());
   }
   RingInputs inputs(runtime, {std::string(kSealedEdge)});
-  RingConsumer& in = inputs[0];
+  RateLimitedLog log;
+  FrameLoop loop(stage_process(runtime, rc::kBadFrames), inputs, log, "SealedBatch");
 
   // Packet time is wall time only on a live capture: only there is export latency a delay.
   const bool live = !runtime.config().capture.interface.empty();
   ExportLatency latency(runtime.config().flowd);
-  bool bad_frame_logged = false;
-  bool write_error_logged = false;
   auto retry_delay = std::chrono::milliseconds(200);
   auto report_io = [&](const segment::IoStatus& status) {
     if (status.ok()) return;
@@ -103,56 +103,43 @@ int run_writerd(StageRuntime& runtime) {
     if (runtime.counter(rc::kStalledSinceNs).load() == 0) {
       runtime.counter(rc::kStalledSinceNs).store(monotonic_ns());
     }
-    if (!write_error_logged) {
-      spdlog::error("{} (retrying; the ring holds the batches meanwhile)", status.what);
-      write_error_logged = true;
-    }
+    log.error("write error", "{} (retrying; the ring holds the batches meanwhile)", status.what);
+  };
+  // Sleeps out the retry delay (false if a signal came meanwhile), then doubles it.
+  auto back_off = [&] {
+    if (!pause(runtime, retry_delay)) return false;
+    retry_delay = std::min(retry_delay * 2, std::chrono::milliseconds(5000));
+    return true;
+  };
+  auto take_notes = [&] {
+    for (const std::string& note : store.take_notes()) spdlog::info("{}", note);
   };
 
-  for (;;) {
-    // SIGTERM (`flowseal restart`, an abort) is obeyed between frames even when busy:
-    // everything not committed is replayed by the next process.
-    if (runtime.signalled()) return exit_code::kTempFail;
-    auto frame = in.next();
-    // Every pass: a busy writer (frames back to back, each fsynced) is alive, not hung.
-    runtime.heartbeat();
-    for (const std::string& note : store.take_notes()) spdlog::info("{}", note);
-    if (!frame) {
-      report_io(store.maintain(realtime_ns()));
-      if (inputs.drained()) break;
-      if (runtime.signalled()) return exit_code::kTempFail;
-      runtime.heartbeat();
-      in.wait(kIdleWait);
-      continue;
+  FrameHandlers handlers;
+  handlers.before_pass = take_notes;
+  handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t) {
+    capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
+    std::string why;
+    auto batch = read_batch(reader.getRoot<schema::SealedBatch>(), why);
+    if (!batch) KJ_FAIL_REQUIRE(why.c_str());
+    const std::uint32_t records = batch->meta.record_count;
+    segment::AppendResult result;
+    // On an error nothing is committed: the frame stays in the ring and is stored on a
+    // later try (or by the next process).
+    while ((result = store.append(batch->stream, batch->key, batch->meta, frame,
+                                  realtime_ns())) == segment::AppendResult::kError) {
+      report_io(store.last_error());
+      if (!back_off()) return loop.stop(exit_code::kTempFail);
+      take_notes();
     }
-    segment::AppendResult result = segment::AppendResult::kError;
-    std::uint32_t records = 0;
-    try {
-      capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
-      std::string why;
-      auto batch = read_batch(reader.getRoot<schema::SealedBatch>(), why);
-      if (!batch) KJ_FAIL_REQUIRE(why.c_str());
-      records = batch->meta.record_count;
-      result = store.append(batch->stream, batch->key, batch->meta, *frame, realtime_ns());
-      if (live && result == segment::AppendResult::kStored) {
-        const std::int64_t stored = realtime_ns();
-        for (auto record : reader.getRoot<schema::SealedBatch>().getRecords()) {
-          latency.add(record, stored);
-        }
-      }
-    } catch (const kj::Exception& e) {
-      runtime.counter(rc::kBadFrames).fetch_add(1);
-      if (!bad_frame_logged) {
-        spdlog::warn("skipped a malformed SealedBatch frame: {}", e.getDescription().cStr());
-        bad_frame_logged = true;
-      }
-      in.advance();
-      in.commit();
-      continue;
-    }
-
     switch (result) {
       case segment::AppendResult::kStored:
+        if (live) {
+          const std::int64_t stored = realtime_ns();
+          for (auto record : reader.getRoot<schema::SealedBatch>().getRecords()) {
+            latency.add(record, stored);
+          }
+        }
         runtime.counter(rc::kRecordsIn).fetch_add(records);
         runtime.counter(rc::kRecordsOut).fetch_add(records);
         runtime.counter(rc::kBatchesOut).fetch_add(1);
@@ -161,12 +148,11 @@ int run_writerd(StageRuntime& runtime) {
         report_io(store.last_error());  // a failed rotation after the batch was stored
         if (store.last_error().ok()) {
           // Also clears what a writerd killed while stalled left in the counter.
-          const std::int64_t since = runtime.counter(rc::kStalledSinceNs).exchange(0);
-          if (write_error_logged) {
+          if (const std::int64_t since = runtime.counter(rc::kStalledSinceNs).exchange(0)) {
             spdlog::info("writing works again (after {:.1f} s of failed writes)",
-                         since > 0 ? double(monotonic_ns() - since) / 1e9 : 0.0);
-            write_error_logged = false;
+                         double(monotonic_ns() - since) / 1e9);
             retry_delay = std::chrono::milliseconds(200);
+            log.rearm("write error");  // the next failure is a new episode: said at once
           }
         }
         break;
@@ -176,25 +162,23 @@ int run_writerd(StageRuntime& runtime) {
         break;
       case segment::AppendResult::kForeignStream:
         spdlog::error("{}", store.last_error().what);
-        return exit_code::kConfig;
+        return loop.stop(exit_code::kConfig);
       case segment::AppendResult::kError:
-        // Not committed: the frame stays in the ring and is stored on a later try.
-        report_io(store.last_error());
-        if (!pause(runtime, retry_delay)) return exit_code::kTempFail;
-        retry_delay = std::min(retry_delay * 2, std::chrono::milliseconds(5000));
-        continue;
+        break;  // retried above
     }
     // Stored (durable as writer.fsync says) or held already: the ring may drop the frame.
-    in.advance();
-    in.commit();
-  }
+    return FrameUse::kCommit;
+  };
+  handlers.after_pass = [&](bool progressed) {
+    if (!progressed) report_io(store.maintain(realtime_ns()));
+  };
+  if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
 
   for (;;) {
     const segment::IoStatus status = store.close();
     if (status.ok()) break;
     report_io(status);
-    if (!pause(runtime, retry_delay)) return exit_code::kTempFail;
-    retry_delay = std::min(retry_delay * 2, std::chrono::milliseconds(5000));
+    if (!back_off()) return exit_code::kTempFail;
   }
   spdlog::info("drained: {} batches stored, {} bytes in {} segments this run",
                runtime.counter(rc::kBatchesOut).load(), store.bytes_stored(),

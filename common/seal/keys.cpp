@@ -17,6 +17,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "unique_fd.h"
+
 namespace flowseal::seal {
 namespace {
 
@@ -39,20 +41,6 @@ using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
 using EvpMdCtxPtr = std::unique_ptr<EVP_MD_CTX, EvpMdCtxFree>;
 using EvpMdPtr = std::unique_ptr<EVP_MD, EvpMdFree>;
 using BioPtr = std::unique_ptr<BIO, BioFree>;
-
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 // The oldest queued OpenSSL error (the cause; later ones are context), and clears the queue
 // so that the next failure reports its own error.

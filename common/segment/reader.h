@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "segment/format.h"
-#include "segment/unique_fd.h"
+#include "unique_fd.h"
 
 namespace flowseal::segment {
 

@@ -1,12 +1,13 @@
-// UniqueFd: sole owner of a file descriptor, closed in the destructor (the segment files and
-// their directory).
+// UniqueFd: sole owner of a file descriptor, closed in the destructor. Every descriptor
+// flowseal keeps open past one statement is held in one (segment files and their directory,
+// key files, the supervisor's pipes and sockets).
 #pragma once
 
 #include <unistd.h>
 
 #include <utility>
 
-namespace flowseal::segment {
+namespace flowseal {
 
 class UniqueFd {
  public:
@@ -32,4 +33,4 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace flowseal::segment
+}  // namespace flowseal
