@@ -17,6 +17,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include "flowseal.capnp.h"
 #include "ring.h"
 
 namespace flowseal {
@@ -36,5 +37,16 @@ kj::ArrayPtr<const capnp::word> as_words(std::span<const std::byte> frame);
 bool write_message(RingProducer& producer, capnp::MessageBuilder& message,
                    const std::function<bool()>& give_up,
                    std::chrono::milliseconds wait = std::chrono::milliseconds(50));
+
+// Words for a message builder's first segment so that a batch of `events` FlowEvents (a
+// FlowEventBatch, or a SealedBatch's records plus `extra` words) is built as ONE segment. A
+// message that spills into more segments reaches its records through far pointers, and
+// Cap'n Proto looks each one up in a locked map: 2-3 k instructions per record in every
+// stage that reads it (tests/perfgate). Per event: the struct plus its byte lists (two
+// addresses of up to 16 bytes, conn_state, history and Community ID of up to 32, two parents).
+constexpr std::size_t flow_event_batch_words(std::size_t events, std::size_t extra = 64) {
+  using Private = schema::FlowEvent::_capnpPrivate;
+  return events * (Private::dataWordSize + Private::pointerCount + 16) + extra;
+}
 
 }  // namespace flowseal

@@ -48,7 +48,7 @@ class FrameSink final : public DedupSink {
     const std::size_t total = pending_.size();
     for (std::size_t at = 0; at < total; at += kEventsPerFrame) {
       const std::size_t n = std::min(kEventsPerFrame, total - at);
-      capnp::MallocMessageBuilder message;
+      capnp::MallocMessageBuilder message(flow_event_batch_words(n));
       auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
           static_cast<unsigned>(n));
       for (std::size_t i = 0; i < n; ++i) {

@@ -66,7 +66,7 @@ class EventBatchWriter final : public EventSink {
  private:
   void write_pending() {
     if (pending_.empty()) return;
-    capnp::MallocMessageBuilder message;
+    capnp::MallocMessageBuilder message(flow_event_batch_words(pending_.size()));
     auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
         static_cast<unsigned>(pending_.size()));
     for (unsigned i = 0; i < pending_.size(); ++i) {

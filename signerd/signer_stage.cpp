@@ -109,7 +109,9 @@ int run_signerd(StageRuntime& runtime) {
 
   // The sealed message's first segment is reused across batches: a fresh allocation per
   // batch costs page faults that double the per-record cost (about 30 words per record).
-  std::vector<capnp::word> first_segment(batch_records * 32 + 1024);
+  // One segment for the whole batch (capnp_frame.h says why); the header, signature and
+  // leaf hints fit in the extra words.
+  std::vector<capnp::word> first_segment(flow_event_batch_words(batch_records, 1024));
   auto seal_and_publish = [&] {
     if (sealer.size() > 0) {
       capnp::MallocMessageBuilder message(kj::arrayPtr(first_segment.data(), first_segment.size()));

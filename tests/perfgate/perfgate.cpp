@@ -199,7 +199,7 @@ class EventFrames final : public flowd::EventSink {
   static constexpr std::size_t kEventsPerFrame = 512;
   void write_pending() {
     if (pending_.empty()) return;
-    capnp::MallocMessageBuilder message;
+    capnp::MallocMessageBuilder message(flow_event_batch_words(pending_.size()));
     auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
         static_cast<unsigned>(pending_.size()));
     for (unsigned i = 0; i < pending_.size(); ++i) flowd::encode(pending_[i], events[i]);
@@ -295,7 +295,7 @@ class DedupFrames final : public dedupd::DedupSink {
     const std::size_t total = pending_.size();
     for (std::size_t at = 0; at < total; at += kEventsPerFrame) {
       const std::size_t n = std::min(kEventsPerFrame, total - at);
-      capnp::MallocMessageBuilder message;
+      capnp::MallocMessageBuilder message(flow_event_batch_words(n));
       auto events = message.initRoot<schema::FlowEventBatch>().initEvents(static_cast<unsigned>(n));
       for (std::size_t i = 0; i < n; ++i) {
         events.setWithCaveats(static_cast<unsigned>(i), pending_[at + i].getReader());
@@ -343,7 +343,7 @@ std::uint64_t run_signerd(RingConsumer& in, RingProducer& out, const seal::Priva
   const SealConfig config;
   const auto batch_records = static_cast<std::size_t>(config.batch_records);
   signerd::BatchSealer sealer(key, {}, 0, {}, static_cast<unsigned>(config.leaf_hint_bytes));
-  std::vector<capnp::word> first_segment(batch_records * 32 + 1024);
+  std::vector<capnp::word> first_segment(flow_event_batch_words(batch_records, 1024));
   std::uint64_t records = 0;
   // As in signer_stage.cpp: sealed by count only (its timers would make batches depend on
   // the clock).
