@@ -58,6 +58,9 @@ class BatchSealer {
   // can read in place to copy the record into the batch. offsets_[i]: where record i starts.
   std::vector<capnp::word> canonical_;
   std::vector<std::size_t> offsets_;
+  // Per record: 1 if seal::append_canonical() wrote its canonical form (a shape seal()
+  // may copy field by field), 0 if capnp's general path did.
+  std::vector<std::uint8_t> direct_;
   std::vector<seal::Digest> leaves_;
   std::int64_t first_ts_ns_ = 0;
   std::int64_t last_ts_ns_ = 0;
