@@ -29,6 +29,8 @@ struct CatOptions {
   std::vector<std::string> hosts;  // an address or CIDR prefix, either side of the flow
   std::vector<std::uint32_t> ports;  // either side
   std::string format = "json";     // json | tsv
+  bool no_verify = false;          // print without checking signatures, roots and chain
+  std::string public_key;          // pin: batches must be signed with this key
 };
 int cat_command(const CatOptions& options);
 
@@ -45,21 +47,6 @@ struct VerifyProofOptions {
   std::string public_key;  // pin: the proof's key must be this one
 };
 int verify_proof_command(const VerifyProofOptions& options);
-
-// `flowseal debug rewrite SEGMENT ...` (hidden): damages a closed segment in ways only the
-// seal can catch (frames and CRCs stay valid), for the tamper tests. `seq:index` pairs.
-struct DebugRewriteOptions {
-  std::string segment;
-  std::vector<std::string> edit_records;  // SEQ:INDEX: origPkts + 1
-  std::vector<std::string> drop_records;  // SEQ:INDEX
-  std::vector<std::uint64_t> drop_batches;
-  std::string swap;                       // SEQ:SEQ
-  std::vector<std::uint64_t> reseal;      // re-signed with `key`
-  std::vector<std::uint64_t> rehint;      // leaf hints recomputed from the records as they are
-  std::string key;
-  std::size_t split = 0;                  // > 0: write segments of this many batches
-};
-int debug_rewrite_command(const DebugRewriteOptions& options);
 
 struct KeygenOptions {
   std::string private_key;

@@ -44,6 +44,10 @@ int main(int argc, char** argv) {
   cat_cmd->add_option("--host", cat.hosts, "address or CIDR prefix on either side (repeatable)");
   cat_cmd->add_option("--port", cat.ports, "port on either side (repeatable)");
   cat_cmd->add_option("--format", cat.format, "json (default) | tsv (Zeek-style, #fields header)");
+  cat_cmd->add_flag("--no-verify", cat.no_verify,
+                    "do not check signatures, Merkle roots and the chain as records are read "
+                    "(stderr says the output is unverified)");
+  cat_cmd->add_option("--pubkey", cat.public_key, "public key to pin (PEM)");
   cat_cmd->callback([&] { action = [&] { return cat_command(cat); }; });
 
   VerifyOptions verify;
@@ -60,22 +64,6 @@ int main(int argc, char** argv) {
   verify_proof_cmd->add_option("file", verify_proof.file, "proof file")->required();
   verify_proof_cmd->add_option("--pubkey", verify_proof.public_key, "public key to pin (PEM)");
   verify_proof_cmd->callback([&] { action = [&] { return verify_proof_command(verify_proof); }; });
-
-  // Hidden: damages a closed segment so that only the seal can tell (tamper tests).
-  DebugRewriteOptions rewrite;
-  auto* debug_cmd = app.add_subcommand("debug", "")->group("");
-  auto* rewrite_cmd = debug_cmd->add_subcommand("rewrite", "rewrite a segment with damage");
-  rewrite_cmd->add_option("segment", rewrite.segment)->required();
-  rewrite_cmd->add_option("--edit-record", rewrite.edit_records);
-  rewrite_cmd->add_option("--drop-record", rewrite.drop_records);
-  rewrite_cmd->add_option("--drop-batch", rewrite.drop_batches);
-  rewrite_cmd->add_option("--swap", rewrite.swap);
-  rewrite_cmd->add_option("--reseal", rewrite.reseal);
-  rewrite_cmd->add_option("--rehint", rewrite.rehint);
-  rewrite_cmd->add_option("--key", rewrite.key);
-  rewrite_cmd->add_option("--split", rewrite.split);
-  rewrite_cmd->callback([&] { action = [&] { return debug_rewrite_command(rewrite); }; });
-  debug_cmd->require_subcommand(1);
 
   KeygenOptions keygen;
   auto* keygen_cmd = app.add_subcommand("keygen", "make a signing key pair (private key mode 0600)");

@@ -32,6 +32,16 @@ struct BatchProblem {
   std::string what;                         // "Merkle root does not match the records", ...
 };
 
+// What a batch's records themselves say about it: how many there are, the earliest first
+// time and the latest last time (0 and 0 for an empty batch). Anything unsigned that claims
+// these (a segment's frame header or index, which readers skip frames by) is checked
+// against this.
+struct BatchExtent {
+  std::uint32_t records = 0;
+  std::int64_t first_ts_ns = 0;
+  std::int64_t last_ts_ns = 0;
+};
+
 struct ChainSummary {
   std::uint64_t batches = 0;
   std::uint64_t records = 0;
@@ -53,14 +63,30 @@ class ChainVerifier {
   // Checks the next batch. nullopt if it is good; otherwise what is wrong with it. After a
   // problem the verifier resynchronises on this batch (so one bad batch is reported once).
   std::optional<BatchProblem> check(schema::SealedBatch::Reader batch);
+  // The records' extent of the batch last given to check(); nullopt when its records could
+  // not all be read (the problem check() returned says why).
+  const std::optional<BatchExtent>& last_extent() const { return last_extent_; }
   // Called after the last batch.
   const ChainSummary& summary() const { return summary_; }
 
  private:
+  using StreamId = std::array<std::uint8_t, 16>;
+  // Adds to `content` why the header is not authentic; true if it is.
+  bool check_signature(schema::SealedBatch::Reader batch, const Digest& key_id,
+                       std::vector<std::string>& content) const;
+  // Where the batch sits in the chain: what is wrong with its position, if anything;
+  // `advance` false when the batch must not move the stream's position.
+  std::optional<std::string> check_position(const StreamId& stream_id, std::uint64_t seq,
+                                            const Digest& prev_root, const Digest& merkle_root,
+                                            BatchProblem& problem,
+                                            std::vector<std::string>& content, bool& advance);
+  void account(schema::BatchHeader::Reader header, std::size_t records, const Digest& key_id);
+
   std::map<Digest, PublicKey> keys_;
   ChainSummary summary_;
+  std::optional<BatchExtent> last_extent_;
   bool started_ = false;
-  std::array<std::uint8_t, 16> stream_id_{};
+  StreamId stream_id_{};
   std::uint64_t next_seq_ = 0;
   Digest prev_root_{};
   // False after a batch whose header is not authentic (bad signature, unknown key): its
