@@ -259,9 +259,9 @@ std::unique_ptr<NatsClient> NatsClient::connect(const ConnectSettings& settings,
   if (s != NATS_OK) {
     cause = nats_error(s);
     failure = classify(s, cause, url->scheme == "tls");
-    if (failure == ConnectFailure::kTlsRefused && s == NATS_PROTOCOL_ERROR) {
-      cause = "the server closed the connection after the TLS handshake (our certificate "
-              "refused?): " + cause;
+    if (failure == ConnectFailure::kTlsRefused) {
+      cause = "a certificate was refused, ours by the server or the server's by us (the "
+              "session failed in or right after the TLS handshake): " + cause;
     }
     client->connection_ = nullptr;
     return nullptr;
