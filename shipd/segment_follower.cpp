@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "segment/unique_fd.h"
+#include "unique_fd.h"
 #include "ship/ship_message.h"
 
 namespace flowseal::shipd {
@@ -77,7 +77,7 @@ bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part)
   if (part) {
     // What this reader can see (its size was taken when it opened) goes to disk before any
     // of it is shipped: never ahead of the probe's own store.
-    segment::UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd || ::fdatasync(fd.get()) != 0) {
       reader_.reset();
       return false;

@@ -12,7 +12,7 @@
 
 #include <fmt/format.h>
 
-#include "segment/unique_fd.h"
+#include "unique_fd.h"
 #include "segment/writer.h"
 
 namespace flowseal::segment {

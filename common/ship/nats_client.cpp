@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "segment/unique_fd.h"
+#include "unique_fd.h"
 
 namespace flowseal::ship {
 
@@ -62,7 +62,7 @@ std::optional<NatsUrl> parse_nats_url(std::string_view url, std::string& why) {
 }
 
 std::string read_private_pem(const std::filesystem::path& file, std::string_view what) {
-  segment::UniqueFd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) {
     throw std::runtime_error(fmt::format(
         "{}: {}: {}", what, file.string(),
@@ -100,7 +100,7 @@ std::string read_private_pem(const std::filesystem::path& file, std::string_view
 }
 
 std::string read_text_file(const std::filesystem::path& file, std::string_view what) {
-  segment::UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) {
     throw std::runtime_error(
         fmt::format("{}: {}: {}", what, file.string(), std::strerror(errno)));
