@@ -279,25 +279,6 @@ const std::vector<KeySpec>& key_table() {
                         0, 1000000, "restarts of one stage before the run gives up"));
     t.push_back(user_key("supervisor.user", [](Config& c) -> auto& { return c.supervisor.user; },
                          "run as root: flowd, dedupd, signerd and writerd run as this user (empty: as the supervisor)"));
-    // ship (shipd/, docs/OPERATIONS.md "Shipping to a Core")
-    t.push_back(string_key("ship.url", [](Config& c) -> auto& { return c.ship.url; }, {},
-                           "NATS JetStream server, tls://HOST:PORT (empty: no shipping)"));
-    t.push_back(string_key("ship.subject_prefix", [](Config& c) -> auto& { return c.ship.subject_prefix; }, {},
-                           "batches go to subject <prefix>.<key id>.batches"));
-    t.push_back(string_key("ship.stream", [](Config& c) -> auto& { return c.ship.stream; }, {},
-                           "JetStream stream (subjects <prefix>.>), created file-backed if missing"));
-    t.push_back(string_key("ship.tls_ca", [](Config& c) -> auto& { return c.ship.tls_ca; }, {},
-                           "CA certificate (PEM) the server's certificate must chain to"));
-    t.push_back(string_key("ship.tls_cert", [](Config& c) -> auto& { return c.ship.tls_cert; }, {},
-                           "client certificate (PEM) presented to the server"));
-    t.push_back(string_key("ship.tls_key", [](Config& c) -> auto& { return c.ship.tls_key; }, {},
-                           "client private key (PEM, mode 0600, not a symlink)"));
-    t.push_back(bool_key("ship.insecure", [](Config& c) -> auto& { return c.ship.insecure; },
-                         "allow a plaintext nats:// URL (logged at every start)"));
-    t.push_back(int_key("ship.max_inflight", [](Config& c) -> auto& { return c.ship.max_inflight; }, 1, 65536,
-                        "published batches not yet acked by JetStream, at most"));
-    t.push_back(double_key("ship.drain_timeout_s", [](Config& c) -> auto& { return c.ship.drain_timeout_s; }, 0,
-                           86400, "offline run: s to wait for the last acks before exit 75"));
     return t;
   }();
   return table;

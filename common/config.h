@@ -106,20 +106,6 @@ struct SupervisorConfig {
   std::string user;
 };
 
-// shipd (shipd/): every durable batch to a NATS JetStream Core over mutual TLS. Off while
-// url is empty.
-struct ShipConfig {
-  std::string url;                        // tls://HOST:PORT (nats:// only with insecure)
-  std::string subject_prefix = "flowseal";  // subject <prefix>.<key id>.batches
-  std::string stream = "FLOWSEAL";        // JetStream stream, created if missing
-  std::string tls_ca;                     // CA that signed the server's certificate (PEM)
-  std::string tls_cert;                   // this probe's client certificate (PEM)
-  std::string tls_key;                    // its private key (PEM, 0600, no symlink)
-  bool insecure = false;                  // allow a plaintext nats:// URL
-  std::int64_t max_inflight = 256;        // unacked publishes at most
-  double drain_timeout_s = 30;            // offline drain: give up (exit 75) after this long
-};
-
 struct Config {
   CaptureConfig capture;
   FlowdConfig flowd;
@@ -128,7 +114,6 @@ struct Config {
   WriterConfig writer;
   MemoryConfig memory;
   SupervisorConfig supervisor;
-  ShipConfig ship;
 };
 
 // Thrown for any bad configuration; what() names the key (and file:line when known).

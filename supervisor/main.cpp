@@ -6,7 +6,6 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include "collect_command.h"
 #include "commands.h"
 #include "instance.h"
 #include "stage_runtime.h"
@@ -72,27 +71,6 @@ int main(int argc, char** argv) {
       ->required();
   keygen_cmd->add_option("-a,--algorithm", keygen.algorithm, "ed25519 | ecdsa-p256 | rsa-4096");
   keygen_cmd->callback([&] { action = [&] { return keygen_command(keygen); }; });
-
-  CollectOptions collect;
-  auto* collect_cmd = app.add_subcommand(
-      "collect", "Core side: consume shipped batches from NATS JetStream, verify each on arrival, "
-                 "store one chain per probe under DIR/<key id>/<stream id>/ (exit 69 no server, "
-                 "77 certificate refused)");
-  collect_cmd->add_option("--url", collect.url, "tls://HOST:PORT")->required();
-  collect_cmd->add_option("--tls-ca", collect.tls_ca, "CA of the server's certificate (PEM)");
-  collect_cmd->add_option("--tls-cert", collect.tls_cert, "our client certificate (PEM)");
-  collect_cmd->add_option("--tls-key", collect.tls_key, "its private key (PEM, mode 0600)");
-  collect_cmd->add_flag("--insecure", collect.insecure, "allow a plaintext nats:// URL");
-  collect_cmd->add_option("-o,--output", collect.output_dir, "output directory")->required();
-  collect_cmd->add_option("--pubkey", collect.pubkey_dir,
-                          "folder of pinned probe public keys (*.pub): other keys are refused");
-  collect_cmd->add_option("--stream", collect.stream, "JetStream stream (ship.stream)");
-  collect_cmd->add_option("--subject-prefix", collect.subject_prefix, "ship.subject_prefix");
-  collect_cmd->add_option("--durable", collect.durable, "durable consumer name (shared by collects)");
-  collect_cmd->add_option("--idle-exit", collect.idle_exit_s,
-                          "exit 0 once nothing arrived for SECONDS");
-  collect_cmd->add_flag("--json", collect.json, "print the counters as one JSON object at exit");
-  collect_cmd->callback([&] { action = [&] { return collect_command(collect); }; });
 
   StatusOptions status;
   auto* status_cmd = app.add_subcommand("status", "every stage of a running instance: pid, state, "

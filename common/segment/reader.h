@@ -66,8 +66,6 @@ class SegmentReader {
   // every later call returns kError too.
   Next next();
   const FrameHeader& frame() const { return frame_; }
-  // The last frame's zstd bytes as stored (frame() is their header): what shipd publishes.
-  std::span<const std::uint8_t> compressed() const { return compressed_; }
   std::uint64_t frame_offset() const { return frame_offset_; }
   // The SealedBatch message of the last frame, rebuilt from its columns (columns.h), 8-byte
   // aligned for Cap'n Proto; valid until the next call to next().
