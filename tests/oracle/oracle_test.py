@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end oracle: flowseal's per-direction packet and IP-byte counts must equal tshark's.
 
-usage: oracle_test.py FLOWSEAL_BINARY TEST_DATA_DIR
+Run by meson: python3 -m pytest -q tests/oracle/oracle_test.py (see tests/conftest.py);
+skipped without tshark.
 
 For each capture below, flowseal runs the whole pipeline (timeouts so large that no flow is
 split by time, dedup off so no record is folded into a summary) and `flowseal cat` prints the
@@ -25,8 +26,8 @@ printed, and every key they touch is left out on both sides:
 ICMP errors quote an IP header plus the first bytes of the offending TCP/UDP header; tshark
 prints those quoted ports, but the packet is ICMP, so it is not a TCP/UDP packet here.
 
-The tshark side needs no flowseal binary: `oracle_test.py --tshark-only DATA_DIR` prints
-what tshark sees per capture, to check the oracle itself.
+The tshark side needs no flowseal binary: `python3 oracle_test.py --tshark-only DATA_DIR`
+prints what tshark sees per capture, to check the oracle itself.
 """
 import ipaddress
 import json
@@ -34,8 +35,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter, defaultdict
+
+import pytest
 
 TIMEOUT = 300  # s per subprocess: the largest capture takes a few seconds
 
@@ -211,56 +213,65 @@ def undirected_pairs(counts):
     return len({(min((k[0], k[1]), (k[2], k[3])), max((k[0], k[1]), (k[2], k[3])), k[4]) for k in counts})
 
 
-def run_flowseal(flowseal, pcap, out, n):
-    instance = f"oracle{os.getpid()}{n}"
-    args = [flowseal, "run", "-r", pcap, "-o", out, "--instance", instance]
+@pytest.fixture(scope="module", params=CAPTURES, ids=[name for name, _ in CAPTURES])
+def capture(request, flowseal, data_dir, instance, tmp_path_factory):
+    """One capture through tshark and through flowseal: (name, what, tshark's map, what tshark
+    saw, tainted pairs, flowseal's run, verify, cat)."""
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed (apt-get install tshark)")
+    name, what = request.param
+    pcap = os.path.join(data_dir, name)
+    assert os.path.exists(pcap), f"{name}: missing from {data_dir}"
+    tshark_map, seen, tainted = tshark_directed_counts(pcap)
+    out = str(tmp_path_factory.mktemp("oracle") / "out")
+    args = [flowseal, "run", "-r", pcap, "-o", out,
+            "--instance", instance(f"oracle{CAPTURES.index(request.param)}")]
     for s in NO_SPLIT:
         args += ["--set", s]
-    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def check_capture(flowseal, data, tmp, n, name, what):
-    """Returns failure lines for one capture; prints one summary line."""
-    pcap = os.path.join(data, name)
-    if not os.path.exists(pcap):
-        return [f"{name}: missing from {data}"]
-    tshark_map, seen, tainted = tshark_directed_counts(pcap)
-
-    out = os.path.join(tmp, f"out{n}")
-    r = run_flowseal(flowseal, pcap, out, n)
-    if r.returncode != 0:
-        return [f"{name}: flowseal run exited {r.returncode}: {r.stderr[-2000:]}"]
-    failures = []
-    for alarm in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
-        if alarm in r.stderr:
-            at = r.stderr.index(alarm)
-            failures.append(f"{name}: a sanitizer reported during the run:\n{r.stderr[at:at + 1500]}")
-    if "accounting received = processed + sampled out + dropped: yes" not in r.stderr:
-        failures.append(f"{name}: the run summary does not say every packet is accounted for:\n"
-                        f"{r.stderr[-1500:]}")
+    r = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
     v = subprocess.run([flowseal, "verify", out], capture_output=True, text=True, timeout=TIMEOUT)
-    if v.returncode != 0:
-        failures.append(f"{name}: flowseal verify exited {v.returncode}: {(v.stdout + v.stderr)[-1500:]}")
     c = subprocess.run([flowseal, "cat", out], capture_output=True, text=True, timeout=TIMEOUT)
-    if c.returncode != 0:
-        return failures + [f"{name}: flowseal cat exited {c.returncode}: {c.stderr[-1500:]}"]
-    flows = [json.loads(line) for line in c.stdout.splitlines() if line.strip()]
-    sampled = [f for f in flows if f.get("sampling_rate", 1) != 1]
-    if sampled:
-        failures.append(f"{name}: {len(sampled)} records were sampled (rate "
-                        f"{sampled[0]['sampling_rate']}): memory pressure during the test")
-    flowseal_map = flowseal_directed_counts(flows)
+    return name, what, tshark_map, seen, tainted, r, v, c
 
+
+def test_the_run_exits_0_and_accounts_for_every_packet(capture):
+    name, r = capture[0], capture[5]
+    assert r.returncode == 0, f"{name}: flowseal run exited {r.returncode}: {r.stderr[-2000:]}"
+    for alarm in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+        at = r.stderr.find(alarm)
+        assert at < 0, f"{name}: a sanitizer reported during the run:\n{r.stderr[at:at + 1500]}"
+    assert "accounting received = processed + sampled out + dropped: yes" in r.stderr, \
+        f"{name}: the run summary says every packet is accounted for:\n{r.stderr[-1500:]}"
+
+
+def test_the_store_verifies(capture):
+    name, v = capture[0], capture[6]
+    assert v.returncode == 0, \
+        f"{name}: flowseal verify exited {v.returncode}: {(v.stdout + v.stderr)[-1500:]}"
+
+
+def test_no_record_was_sampled(capture):
+    name, c = capture[0], capture[7]
+    assert c.returncode == 0, f"{name}: flowseal cat exited {c.returncode}: {c.stderr[-1500:]}"
+    sampled = [f for f in map(json.loads, filter(str.strip, c.stdout.splitlines()))
+               if f.get("sampling_rate", 1) != 1]
+    assert not sampled, (f"{name}: {len(sampled)} records were sampled (rate "
+                         f"{sampled and sampled[0]['sampling_rate']}): memory pressure during the test")
+
+
+def test_every_directed_key_has_tshark_s_packets_and_ip_bytes(capture, report):
+    name, what, tshark_map, seen, tainted, r, _, c = capture
+    assert c.returncode == 0, f"{name}: flowseal cat exited {c.returncode}: {c.stderr[-1500:]}"
+    flows = [json.loads(line) for line in c.stdout.splitlines() if line.strip()]
     tshark_kept, t_dropped = drop_tainted(tshark_map, tainted)
-    flowseal_kept, f_dropped = drop_tainted(flowseal_map, tainted)
-    failures += compare(name, tshark_kept, flowseal_kept)
+    flowseal_kept, f_dropped = drop_tainted(flowseal_directed_counts(flows), tainted)
+    differences = compare(name, tshark_kept, flowseal_kept)
+    assert not differences, "\n".join(differences)
     packets = sum(p for p, _ in tshark_kept.values())
-    print(f"{'FAIL' if failures else 'ok  '} {name} ({what}): {seen['packets']} packets, "
-          f"{packets} TCP/UDP compared over {undirected_pairs(tshark_kept)} endpoint pairs "
-          f"({len(tshark_kept)} directed keys), {len(flows)} flow records; {describe(seen)}"
-          + (f"; keys left out: tshark {t_dropped}, flowseal {f_dropped}" if tainted else ""),
-          flush=True)
-    return failures
+    report(f"oracle {name} ({what}): {seen['packets']} packets, "
+           f"{packets} TCP/UDP compared over {undirected_pairs(tshark_kept)} endpoint pairs "
+           f"({len(tshark_kept)} directed keys), {len(flows)} flow records; {describe(seen)}"
+           + (f"; keys left out: tshark {t_dropped}, flowseal {f_dropped}" if tainted else ""))
 
 
 def tshark_only(data):
@@ -274,36 +285,7 @@ def tshark_only(data):
     return 0
 
 
-def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "--tshark-only":
-        return tshark_only(os.path.abspath(sys.argv[2]))
-    if len(sys.argv) != 3:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
-        return 64
-    if shutil.which("tshark") is None:
-        print("oracle: tshark is not installed (apt-get install tshark)", file=sys.stderr)
-        return 77  # meson: skipped
-    flowseal = os.path.abspath(sys.argv[1])
-    data = os.path.abspath(sys.argv[2])
-    tmp = tempfile.mkdtemp(prefix="flowseal-oracle-")
-    failures = []
-    failed = set()
-    try:
-        for n, (name, what) in enumerate(CAPTURES):
-            try:
-                lines = check_capture(flowseal, data, tmp, n, name, what)
-            except (subprocess.TimeoutExpired, RuntimeError, ValueError, KeyError) as e:
-                lines = [f"{name}: {type(e).__name__}: {e}"]
-            if lines:
-                failed.add(name)
-                failures += lines
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for line in failures:
-        print(line, flush=True)
-    print(f"{len(CAPTURES) - len(failed)} of {len(CAPTURES)} captures agree with tshark")
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) != 3 or sys.argv[1] != "--tshark-only":
+        sys.exit("usage: oracle_test.py --tshark-only DATA_DIR (the test itself runs on pytest)")
+    sys.exit(tshark_only(os.path.abspath(sys.argv[2])))

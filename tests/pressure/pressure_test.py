@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Memory pressure end to end: a flood of unique flows into a budget far too small for it,
 then quiet traffic, through the real binaries.
 
-usage: pressure_test.py FLOWSEAL_BINARY TEST_DATA_DIR [--sanitized]
+Run by meson: python3 -m pytest -q tests/pressure/pressure_test.py (see tests/conftest.py).
 
 The input is two files made here, read in order in one offline run:
   flood.pcap  FLOOD_FLOWS TCP SYNs, each from its own spoofed source (a SYN flood), within
@@ -18,7 +17,8 @@ The input is two files made here, read in order in one offline run:
 could never be followed by a quiet tail. The flood starts at synscan.pcap's first packet
 time; see make_flood.)
 
-Checks, all read from the run's own output, no timing assertions:
+The tests, all reading the run's own output, no timing assertions (each holds for every
+attempt, see below):
   - the level escalates: the log has a `memory pressure LOW -> ...` line, the summary's
     peak level is HIGH or CRITICAL, capture sampled flows out, flowd evicted under pressure;
   - every level change is logged once, each line starting from the level the previous one
@@ -33,7 +33,7 @@ Checks, all read from the run's own output, no timing assertions:
   - every packet is accounted for: received = all packets of both files =
     processed + sampled out + dropped (summary numbers, and its own accounting line);
   - the sealed store verifies.
-With --sanitized (an ASan/UBSan build) the stages' private memory is mostly the sanitizers'
+In a sanitizer build (FLOWSEAL_SANITIZED=1) the stages' private memory is mostly the sanitizers'
 shadow and quarantine (up to 256 MiB of quarantine per process by default: ~900 MiB held
 for the five stages here), which no budget of the probe's own can hold: the budget is then
 1024 MiB, ASan's quarantine is capped at 16 MiB per process (ASAN_OPTIONS, added to what
@@ -49,39 +49,30 @@ the pressure logic failed, and the other checks hold on every attempt.
 """
 import os
 import re
-import shutil
 import struct
 import subprocess
-import sys
-import tempfile
 
-FLOWSEAL = os.path.abspath(sys.argv[1])
-DATA = os.path.abspath(sys.argv[2])
-SANITIZED = "--sanitized" in sys.argv[3:]
-BUDGET_MB = 1024 if SANITIZED else 32
+import pytest
+
 FLOOD_FLOWS = 120_000
 QUIET_PACKETS = 1_200_000
 QUIET_CONVERSATIONS = 64
 TIMEOUT = 240
-SETTINGS = [
-    f"memory.budget_mb={BUDGET_MB}",
-    "memory.sample_ms=50",
-    "memory.down_samples=2",
-    # A busy build machine must not decide the level: this test is about the budget.
-    "memory.system_pressure=false",
-    "supervisor.stats_interval_s=0",
-] + (["flowd.max_flows=60000"] if SANITIZED else [])
-
-failures = []
-checks = 0
 
 
-def check(condition, what):
-    global checks
-    checks += 1
-    if not condition:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
+def budget_mb(sanitized):
+    return 1024 if sanitized else 32
+
+
+def settings(sanitized):
+    return [
+        f"memory.budget_mb={budget_mb(sanitized)}",
+        "memory.sample_ms=50",
+        "memory.down_samples=2",
+        # A busy build machine must not decide the level: this test is about the budget.
+        "memory.system_pressure=false",
+        "supervisor.stats_interval_s=0",
+    ] + (["flowd.max_flows=60000"] if sanitized else [])
 
 
 def pcap_header():
@@ -150,8 +141,8 @@ def make_quiet(path, t0, packets):
 
 def number(pattern, text, what):
     m = re.search(pattern, text)
-    check(m is not None, f"the run output has {what} ({pattern})")
-    return int(m.group(1)) if m else -1
+    assert m is not None, f"the run output has {what} ({pattern})"
+    return int(m.group(1))
 
 
 def mib(text):
@@ -159,103 +150,124 @@ def mib(text):
     return float(value) * {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
 
 
-def one_run(tmp, attempt, quiet_packets):
-    flood = os.path.join(tmp, "flood.pcap")
-    quiet = os.path.join(tmp, "quiet.pcap")
-    t0 = first_syn_time(os.path.join(DATA, "synscan.pcap"))
-    if not os.path.exists(flood):
-        make_flood(flood, t0)
-    make_quiet(quiet, t0 + 12_000_000_000, quiet_packets)
-    out = os.path.join(tmp, f"out{attempt}")
-    args = [FLOWSEAL, "run", "-r", flood, "-r", quiet, "-o", out,
-            "--instance", f"pressure{os.getpid()}-{attempt}"]
-    for s in SETTINGS:
-        args += ["--set", s]
+class Attempt:
+    """One run of the flood and the quiet tail: its exit code, log, quiet packets, store."""
+
+    def __init__(self, n, code, log, quiet_packets, verify):
+        self.n, self.code, self.log, self.quiet_packets, self.verify = \
+            n, code, log, quiet_packets, verify
+        self.changes = re.findall(r"memory pressure (\w+) -> (\w+): usage (\d+)%", log)
+
+    def back_in_time(self):
+        """Back to LOW while flowd still had quiet input, before its drain ended every flow."""
+        flowd_drained = self.log.find("flowd[0]: drained:")
+        last_low = self.log.rfind("-> LOW: usage")
+        return bool(self.changes) and self.changes[-1][1] == "LOW" and 0 <= last_low < flowd_drained
+
+
+@pytest.fixture(scope="module")
+def attempts(flowseal, data_dir, sanitized, instance, tmp_path_factory, report):
+    """The run, repeated with a twice longer quiet tail (up to 3 attempts) while it exits 0
+    but the input ended before the level was back at LOW."""
+    tmp = tmp_path_factory.mktemp("pressure")
+    flood, quiet = str(tmp / "flood.pcap"), str(tmp / "quiet.pcap")
+    t0 = first_syn_time(os.path.join(data_dir, "synscan.pcap"))
+    make_flood(flood, t0)
     env = dict(os.environ)
-    if SANITIZED:
+    if sanitized:
         env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=16").lstrip(":")
-    r = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    log = r.stderr
-    with open(os.path.join(tmp, f"run{attempt}.log"), "w") as f:
-        f.write(log)
-    check(r.returncode == 0, f"run exits 0 (got {r.returncode}: {log[-2000:]})")
-    check("restarting in" not in log and "killing it" not in log and "giving up" not in log,
-          "no stage died, hung or was killed (no OOM kill, no restart)")
+    done, quiet_packets = [], QUIET_PACKETS
+    for n in range(3):
+        make_quiet(quiet, t0 + 12_000_000_000, quiet_packets)
+        out = str(tmp / f"out{n}")
+        args = [flowseal, "run", "-r", flood, "-r", quiet, "-o", out,
+                "--instance", instance(f"pressure{n}")]
+        for s in settings(sanitized):
+            args += ["--set", s]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        v = subprocess.run([flowseal, "verify", out], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        done.append(Attempt(n, r.returncode, r.stderr, quiet_packets, v))
+        report(f"attempt {n}: level changes: "
+               + ", ".join(f"{a}->{b} ({u}%)" for a, b, u in done[-1].changes))
+        if r.returncode != 0 or done[-1].back_in_time():
+            break
+        report(f"attempt {n}: flowd drained before the level was back at LOW; "
+               f"again with a longer quiet tail")
+        quiet_packets *= 2
+    return done
 
-    # Escalation and the change lines.
-    changes = re.findall(r"memory pressure (\w+) -> (\w+): usage (\d+)%", log)
-    print(f"attempt {attempt}: level changes: "
-          + ", ".join(f"{a}->{b} ({u}%)" for a, b, u in changes), flush=True)
-    check(len(changes) >= 2, "the level went up and came back (at least two change lines)")
-    check(bool(changes) and changes[0][0] == "LOW", "the first change starts from LOW")
-    for (_, reached, _), (left, _, _) in zip(changes, changes[1:]):
-        check(left == reached, f"a change line starts where the previous one ended ({left} vs {reached})")
-    summary_changes = number(r"pressure\s+peak \w+, (\d+) level changes", log, "the pressure summary")
-    check(summary_changes == len(changes),
-          f"the summary counts every logged change ({summary_changes} vs {len(changes)} lines)")
-    peak = re.search(r"pressure\s+peak (\w+),", log)
-    check(peak is not None and peak.group(1) in ("HIGH", "CRITICAL"),
-          f"the flood drove the level to HIGH or CRITICAL (peak {peak.group(1) if peak else '?'})")
-    pressure_evictions = number(r"flows evicted under pressure (\d+)", log, "pressure evictions")
-    check(pressure_evictions > 0, "flowd evicted flows to hold its table under pressure")
 
-    # Accounting.
-    received = number(r"packets\s+received (\d+)", log, "packets received")
-    processed = number(r"processed (\d+) \(", log, "packets processed")
-    sampled = number(r"sampled out (\d+)", log, "sampled out")
-    ring_dropped = number(r"dropped: ring full (\d+)", log, "ring-full drops")
-    kernel_dropped = number(r"dropped: ring full \d+, kernel (\d+)", log, "kernel drops")
-    check(received == FLOOD_FLOWS + quiet_packets,
-          f"every packet of both files was received ({received} of {FLOOD_FLOWS + quiet_packets})")
-    check(received == processed + sampled + ring_dropped + kernel_dropped,
-          f"received {received} = processed {processed} + sampled out {sampled} + dropped "
-          f"{ring_dropped + kernel_dropped}")
-    check("accounting received = processed + sampled out + dropped: yes" in log,
-          "the summary's own accounting line says yes")
-    check(sampled > 0, "pressure sampled flows out")
+def test_the_run_exits_0_and_no_stage_died_hung_or_was_killed(attempts):
+    for a in attempts:
+        assert a.code == 0, f"attempt {a.n}: run exits 0 (got {a.code}: {a.log[-2000:]})"
+        assert "restarting in" not in a.log and "killing it" not in a.log \
+            and "giving up" not in a.log, \
+            f"attempt {a.n}: no stage died, hung or was killed (no OOM kill, no restart)"
 
-    # Memory.
-    m = re.search(r"peak total PSS ([\d.]+ \w+) \(budget (\d+) MiB\); peak held ([\d.]+ \w+)", log)
-    check(m is not None, "the summary has the peak total PSS and held memory")
-    if m:
+
+def test_every_level_change_is_logged_once_from_where_the_last_one_ended(attempts):
+    for a in attempts:
+        assert len(a.changes) >= 2, \
+            f"attempt {a.n}: the level went up and came back (at least two change lines)"
+        assert a.changes[0][0] == "LOW", f"attempt {a.n}: the first change starts from LOW"
+        for (_, reached, _), (left, _, _) in zip(a.changes, a.changes[1:]):
+            assert left == reached, \
+                f"attempt {a.n}: a change line starts where the previous one ended ({left} vs {reached})"
+        counted = number(r"pressure\s+peak \w+, (\d+) level changes", a.log, "the pressure summary")
+        assert counted == len(a.changes), \
+            f"attempt {a.n}: the summary counts every logged change ({counted} vs {len(a.changes)} lines)"
+
+
+def test_the_flood_drives_the_level_to_high_and_flowd_evicts(attempts):
+    for a in attempts:
+        peak = re.search(r"pressure\s+peak (\w+),", a.log)
+        assert peak is not None and peak.group(1) in ("HIGH", "CRITICAL"), \
+            f"attempt {a.n}: the flood drove the level to HIGH or CRITICAL (peak {peak and peak.group(1)})"
+        assert number(r"flows evicted under pressure (\d+)", a.log, "pressure evictions") > 0, \
+            f"attempt {a.n}: flowd evicted flows to hold its table under pressure"
+
+
+def test_every_packet_is_received_and_accounted_for_and_some_sampled_out(attempts):
+    for a in attempts:
+        received = number(r"packets\s+received (\d+)", a.log, "packets received")
+        processed = number(r"processed (\d+) \(", a.log, "packets processed")
+        sampled = number(r"sampled out (\d+)", a.log, "sampled out")
+        ring_dropped = number(r"dropped: ring full (\d+)", a.log, "ring-full drops")
+        kernel_dropped = number(r"dropped: ring full \d+, kernel (\d+)", a.log, "kernel drops")
+        total = FLOOD_FLOWS + a.quiet_packets
+        assert received == total, \
+            f"attempt {a.n}: every packet of both files was received ({received} of {total})"
+        assert received == processed + sampled + ring_dropped + kernel_dropped, \
+            (f"attempt {a.n}: received {received} = processed {processed} + sampled out "
+             f"{sampled} + dropped {ring_dropped + kernel_dropped}")
+        assert "accounting received = processed + sampled out + dropped: yes" in a.log, \
+            f"attempt {a.n}: the summary's own accounting line says yes"
+        assert sampled > 0, f"attempt {a.n}: pressure sampled flows out"
+
+
+def test_peak_held_memory_stays_within_the_budget(attempts, sanitized, report):
+    budget = budget_mb(sanitized)
+    for a in attempts:
+        m = re.search(r"peak total PSS ([\d.]+ \w+) \(budget (\d+) MiB\); peak held ([\d.]+ \w+)",
+                      a.log)
+        assert m is not None, f"attempt {a.n}: the summary has the peak total PSS and held memory"
         peak_pss, peak_held = mib(m.group(1)), mib(m.group(3))
-        print(f"attempt {attempt}: peak held {peak_held:.1f} MiB (total PSS {peak_pss:.1f} MiB) "
-              f"of a {BUDGET_MB} MiB budget", flush=True)
-    if m and not SANITIZED:
-        check(peak_held <= 1.10 * BUDGET_MB,
-              f"peak held memory {peak_held:.1f} MiB is within the budget + 10 % ({1.1 * BUDGET_MB:.1f})")
-
-    v = subprocess.run([FLOWSEAL, "verify", out], capture_output=True, text=True, timeout=TIMEOUT)
-    check(v.returncode == 0, f"the store verifies ({v.stdout[-500:]} {v.stderr[-500:]})")
-
-    # Back to LOW while flowd still had quiet input, before its drain ended every flow.
-    flowd_drained = log.find("flowd[0]: drained:")
-    last_low = log.rfind("-> LOW: usage")
-    back_in_time = bool(changes) and changes[-1][1] == "LOW" and 0 <= last_low < flowd_drained
-    return back_in_time
+        report(f"attempt {a.n}: peak held {peak_held:.1f} MiB (total PSS {peak_pss:.1f} MiB) "
+               f"of a {budget} MiB budget")
+        # Under the sanitizers the held memory is ASan's, not flowseal's: not bounded there.
+        if not sanitized:
+            assert peak_held <= 1.10 * budget, \
+                (f"attempt {a.n}: peak held memory {peak_held:.1f} MiB is within the budget "
+                 f"+ 10 % ({1.1 * budget:.1f})")
 
 
-def main():
-    tmp = tempfile.mkdtemp(prefix="flowseal-pressure-")
-    try:
-        quiet_packets = QUIET_PACKETS
-        back = False
-        for attempt in range(3):
-            back = one_run(tmp, attempt, quiet_packets)
-            if back or failures:
-                break
-            print(f"attempt {attempt}: flowd drained before the level was back at LOW; "
-                  f"again with a longer quiet tail", flush=True)
-            quiet_packets *= 2
-        check(back, "the level returned to LOW after the flood, before flowd drained")
-    finally:
-        if failures:
-            print(f"logs kept in {tmp}", flush=True)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{checks} checks, {len(failures)} failed", flush=True)
-    return 1 if failures else 0
+def test_the_sealed_store_verifies(attempts):
+    for a in attempts:
+        assert a.verify.returncode == 0, \
+            f"attempt {a.n}: the store verifies ({a.verify.stdout[-500:]} {a.verify.stderr[-500:]})"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def test_the_level_returns_to_low_after_the_flood_before_flowd_drained(attempts):
+    assert attempts[-1].back_in_time(), \
+        f"after {len(attempts)} attempts, the last one's changes: {attempts[-1].changes}"

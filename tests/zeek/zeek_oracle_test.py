@@ -1,9 +1,9 @@
-#!/usr/bin/env python3
 """Zeek conn.log oracle: flowseal's flows against what Zeek's own test suite expects.
 
-usage: zeek_oracle_test.py FLOWSEAL_BINARY TESTS_ZEEK_DIR [TEST_NAME ...]
+Run by meson: python3 -m pytest -q tests/zeek/zeek_oracle_test.py (see tests/conftest.py);
+one trace alone: add `-k core.pppoe`.
 
-TESTS_ZEEK_DIR/data holds one folder per Zeek btest (see data/SOURCES.md): the trace, the
+tests/zeek/data holds one folder per Zeek btest (see data/SOURCES.md): the trace, the
 conn.log baseline Zeek expects for it and the Zeek command line. For each, flowseal runs the
 whole pipeline (`flowseal run -r TRACE --set dedup.enabled=false`, Zeek's default timeouts)
 and `flowseal cat` prints the finished flows. Connections are then matched one by one:
@@ -21,11 +21,11 @@ tunnel_parents (uids differ between the two, so a parent is compared as the conn
 names: Zeek's parent uid -> the Zeek row -> the flowseal record matched to it -> its uid;
 a Zeek parent that is no connection in its conn.log, a GRE or IP tunnel only tunnel.log
 knows, is left out, as flowseal gives those tunnels no uid).
-Per-field match rates are printed per trace and overall. The test fails when
+Per-field match rates are printed per trace and overall. One test per trace fails when
   - any packet or IP-byte count or tunnel parent differs (or a Zeek connection has no
     flowseal record), or
-  - conn_state or history match below 95 % overall,
-unless the difference is in ALLOWED below, each with the reason it is Zeek-specific (the
+and a last test fails when conn_state or history match below 95 % overall; differences
+fail unless the difference is in ALLOWED below, each with the reason it is Zeek-specific (the
 same reasons, longer, are in docs/zeek-differences.md). An allowed difference is still
 printed and counted as a mismatch in the rates: the list excuses, it never hides.
 """
@@ -33,11 +33,10 @@ import ipaddress
 import json
 import os
 import shlex
-import shutil
 import subprocess
-import sys
-import tempfile
 from collections import defaultdict
+
+import pytest
 
 TIMEOUT = 300
 
@@ -56,8 +55,8 @@ RATE_TARGET = 0.95  # the target for conn_state and history
 RATE_FLOOR = 0.95
 
 # Traces whose counts flowseal does not get right YET: unfinished work, not
-# Zeek-specific differences. Their failures are printed as known gaps and do not fail the
-# test; a listed trace that passes fails the test, so the list only shrinks.
+# Zeek-specific differences. Their tests are expected to fail (xfail, strict): a listed trace
+# that passes fails its test, so the list only shrinks.
 KNOWN_GAPS = {
     "core.tunnels.gre-aruba-amsdu": "802.11 A-MSDU inside GRE not decoded yet",
     "core.cisco-fabric-path": "an unknown IPv6 next header: 86 IP bytes where Zeek counts 80, "
@@ -273,8 +272,8 @@ class Tally:
         return "  ".join(f"{f} {self.hit[f]}/{self.total[f]}" for f in FIELDS if self.total[f])
 
 
-def check(flowseal, folder, tmp, n, tally_all):
-    """(failure lines, notes) for one trace; prints its summary."""
+def check(flowseal, folder, tmp, n, tally_all, say):
+    """(failure lines, notes) for one trace; reports its summary."""
     name = os.path.basename(folder)
     rows, _ = parse_conn_log(os.path.join(folder, "conn.log"))
     records = run_flowseal(flowseal, folder, os.path.join(tmp, f"out{n}"), n)
@@ -329,63 +328,55 @@ def check(flowseal, folder, tmp, n, tally_all):
     hard = [f for f in failures if any(k in f for k in COUNT_FIELDS + [
         "tunnel_parents", "no flowseal", "with no Zeek"])]
     soft = [f for f in failures if f not in hard]
-    print(f"{'FAIL' if hard else 'ok  '} {name}: {len(rows)} conns, {len(records)} records; "
-          f"{tally.line()}", flush=True)
+    say(f"{'FAIL' if hard else 'ok  '} {name}: {len(rows)} conns, {len(records)} records; "
+           f"{tally.line()}")
     tally_all.merge(tally)
     return hard, soft + notes
 
 
-def main():
-    if len(sys.argv) < 3:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
-        return 64
-    flowseal = os.path.abspath(sys.argv[1])
-    data = os.path.join(os.path.abspath(sys.argv[2]), "data")
-    only = set(sys.argv[3:])
-    folders = sorted(os.path.join(data, d) for d in os.listdir(data)
-                     if os.path.isdir(os.path.join(data, d)) and (not only or d in only))
-    tmp = tempfile.mkdtemp(prefix="flowseal-zeek-")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+TRACES = sorted(d for d in os.listdir(DATA) if os.path.isdir(os.path.join(DATA, d)))
+
+
+@pytest.fixture(scope="module")
+def compared(flowseal, instance, tmp_path_factory, report):
+    """Every trace compared once: ({trace: (count differences, other differences)}, the
+    overall Tally). A trace whose run fails has that failure as its one count difference."""
+    tmp = str(tmp_path_factory.mktemp("zeek"))
     tally = Tally()
-    hard, soft = [], []
-    try:
-        for n, folder in enumerate(folders):
-            try:
-                h, s = check(flowseal, folder, tmp, n, tally)
-            except (subprocess.TimeoutExpired, RuntimeError, ValueError, KeyError) as e:
-                h, s = [f"{os.path.basename(folder)}: {type(e).__name__}: {e}"], []
-                print(f"FAIL {os.path.basename(folder)}: {e}", flush=True)
-            name = os.path.basename(folder)
-            if name in KNOWN_GAPS:
-                if h:
-                    soft += [f"{line} [known gap: {KNOWN_GAPS[name]}]" for line in h]
-                    h = []
-                else:
-                    h = [f"{name}: listed in KNOWN_GAPS but passes now: remove it from the list"]
-            hard += h
-            soft += s
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for line in soft:
-        print("  differs:", line)
-    for line in hard:
-        print("  FAILS:  ", line)
-    print("overall match rates:")
+    results = {}
+    for n, name in enumerate(TRACES):
+        try:
+            results[name] = check(flowseal, os.path.join(DATA, name), tmp, n, tally, report)
+        except (subprocess.TimeoutExpired, RuntimeError, ValueError, KeyError) as e:
+            results[name] = [f"{name}: {type(e).__name__}: {e}"], []
+            report(f"FAIL {name}: {e}")
+    for name in TRACES:
+        for line in results[name][1]:
+            report(f"  differs: {line}")
+    report("overall match rates:")
     for f in FIELDS:
         if tally.total[f]:
-            print(f"  {f:14} {tally.hit[f]:5}/{tally.total[f]:<5} {100 * tally.rate(f):6.2f} %")
-    low = [f for f in STATE_FIELDS if tally.rate(f) < RATE_FLOOR]
-    for f in low:
-        print(f"FAIL: {f} matches {100 * tally.rate(f):.2f} % < {100 * RATE_FLOOR:.0f} %")
+            report(f"  {f:14} {tally.hit[f]:5}/{tally.total[f]:<5} {100 * tally.rate(f):6.2f} %")
     for f in STATE_FIELDS:
         if tally.rate(f) < RATE_TARGET:
-            print(f"note: {f} at {100 * tally.rate(f):.2f} % is below the target of "
-                  f"{100 * RATE_TARGET:.0f} % (enforced floor {100 * RATE_FLOOR:.0f} %)")
-    print(f"known gaps (unfinished): {len(KNOWN_GAPS)} traces")
-    ok = not hard and not low
-    print(f"{len(folders)} traces; {len(hard)} count differences not allowed; "
-          f"{'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+            report(f"note: {f} at {100 * tally.rate(f):.2f} % is below the target of "
+                   f"{100 * RATE_TARGET:.0f} % (enforced floor {100 * RATE_FLOOR:.0f} %)")
+    report(f"known gaps (unfinished): {len(KNOWN_GAPS)} traces")
+    return results, tally
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@pytest.mark.parametrize("trace", TRACES)
+def test_every_connection_has_zeek_s_counts_and_tunnel_parents(compared, trace):
+    hard = compared[0][trace][0]
+    if trace in KNOWN_GAPS:
+        assert hard, f"{trace}: listed in KNOWN_GAPS but passes now: remove it from the list"
+        pytest.xfail(f"known gap: {KNOWN_GAPS[trace]}: " + "; ".join(hard))
+    assert not hard, f"{len(hard)} count differences not allowed:\n" + "\n".join(hard)
+
+
+@pytest.mark.parametrize("field", STATE_FIELDS)
+def test_conn_state_and_history_match_zeek_for_95_percent_of_connections(compared, field):
+    tally = compared[1]
+    assert tally.rate(field) >= RATE_FLOOR, \
+        f"{field} matches {100 * tally.rate(field):.2f} % < {100 * RATE_FLOOR:.0f} %"
