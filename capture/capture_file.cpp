@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -12,7 +13,6 @@
 #include <fmt/format.h>
 #include <pcap/pcap.h>
 
-#include "unique_fd.h"
 
 namespace flowseal::capture {
 namespace {
@@ -56,9 +56,9 @@ std::string link_type_name(int link_type) {
   return name != nullptr ? fmt::format("{} ({})", link_type, name) : std::to_string(link_type);
 }
 
-std::optional<MappedFile> MappedFile::open(const std::string& path, std::string& error) {
-  // Closed on return: the mapping stays valid without the descriptor.
-  const UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+std::optional<MappedFile> MappedFile::open(const std::string& path, std::string& error,
+                                           bool drop_cache) {
+  UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   const int fd = file.get();
   if (fd < 0) {
     error = fmt::format("cannot open: {}", std::strerror(errno));
@@ -71,7 +71,7 @@ std::optional<MappedFile> MappedFile::open(const std::string& path, std::string&
   } else if (!S_ISREG(st.st_mode)) {
     error = "not a regular file";
   } else if (st.st_size == 0) {
-    result = MappedFile(nullptr, 0);  // empty: the reader reports it as not a capture
+    result = MappedFile(nullptr, 0, UniqueFd(), false);  // empty: reported as not a capture
   } else {
     void* data = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE,
                         fd, 0);
@@ -80,27 +80,51 @@ std::optional<MappedFile> MappedFile::open(const std::string& path, std::string&
     } else {
       ::madvise(data, static_cast<std::size_t>(st.st_size), MADV_SEQUENTIAL);
       result = MappedFile(static_cast<const std::uint8_t*>(data),
-                          static_cast<std::size_t>(st.st_size));
+                          static_cast<std::size_t>(st.st_size), std::move(file), drop_cache);
     }
   }
   return result;
 }
 
+void MappedFile::release(std::uint64_t offset) {
+  static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t end = std::min<std::uint64_t>(offset, size_) / page * page;
+  if (end <= released_ || data_ == nullptr) return;
+  // Failures change nothing but memory use: the pages stay, reading goes on.
+  ::madvise(const_cast<std::uint8_t*>(data_) + released_, end - released_, MADV_DONTNEED);
+  if (drop_cache_) {
+    ::posix_fadvise(fd_.get(), static_cast<off_t>(released_), static_cast<off_t>(end - released_),
+                    POSIX_FADV_DONTNEED);
+  }
+  ::lseek(fd_.get(), static_cast<off_t>(end), SEEK_SET);
+  released_ = end;
+}
+
+void MappedFile::unmap() noexcept {
+  if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+  data_ = nullptr;
+}
+
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      fd_(std::move(other.fd_)),
+      drop_cache_(other.drop_cache_),
+      released_(std::exchange(other.released_, 0)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
-    if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+    unmap();
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    fd_ = std::move(other.fd_);
+    drop_cache_ = other.drop_cache_;
+    released_ = std::exchange(other.released_, 0);
   }
   return *this;
 }
 
-MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
-}
+MappedFile::~MappedFile() { unmap(); }
 
 std::int64_t pcapng_ts_ns(std::uint64_t units, bool pow2, std::uint8_t exp) {
   if (pow2) {

@@ -29,6 +29,8 @@
 #include <string>
 #include <vector>
 
+#include "unique_fd.h"
+
 namespace flowseal::capture {
 
 // Largest caplen accepted at all (libpcap's own limit, MAXIMUM_SNAPLEN): a larger one means
@@ -36,10 +38,24 @@ namespace flowseal::capture {
 inline constexpr std::uint32_t kMaxCaplen = 262144;
 
 // A read-only mapping of a whole file, unmapped on destruction.
+//
+// Bounded memory whatever the file's size: a sequential reader calls release_before() as
+// its cursor moves on, and the pages behind it leave the process (madvise MADV_DONTNEED,
+// so file-backed PSS stays at about kReleaseStep plus the kernel's read-ahead) and, when
+// the file will not be read again, the page cache too (posix_fadvise POSIX_FADV_DONTNEED,
+// so a cgroup is not charged for it). A view into a released range stays valid: touching
+// it again faults the page back in from the file. The descriptor stays open for the
+// fadvise calls, and its offset follows the released position, so tools that show how far
+// a process has read a file (progress(1), /proc/PID/fdinfo) see the reader's progress.
 class MappedFile {
  public:
+  // Whole pages are released once the cursor is this far past the last release.
+  static constexpr std::size_t kReleaseStep = std::size_t{4} << 20;
+
   // Maps `path`; on failure returns nullopt and sets `error` (what failed and why).
-  static std::optional<MappedFile> open(const std::string& path, std::string& error);
+  // `drop_cache`: released pages may also leave the page cache (the file is read once).
+  static std::optional<MappedFile> open(const std::string& path, std::string& error,
+                                        bool drop_cache = true);
   MappedFile(MappedFile&& other) noexcept;
   MappedFile& operator=(MappedFile&& other) noexcept;
   MappedFile(const MappedFile&) = delete;
@@ -48,10 +64,24 @@ class MappedFile {
 
   std::span<const std::uint8_t> bytes() const { return {data_, size_}; }
 
+  // The reader is done with every byte before `offset`: release the whole pages there if
+  // the cursor has moved kReleaseStep past the last release (cheap to call per record).
+  void release_before(std::uint64_t offset) {
+    if (offset >= released_ + kReleaseStep) release(offset);
+  }
+  std::uint64_t released() const { return released_; }
+
  private:
-  MappedFile(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+  MappedFile(const std::uint8_t* data, std::size_t size, UniqueFd fd, bool drop_cache)
+      : data_(data), size_(size), fd_(std::move(fd)), drop_cache_(drop_cache) {}
+  void release(std::uint64_t offset);
+  void unmap() noexcept;
+
   const std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
+  UniqueFd fd_;
+  bool drop_cache_ = true;
+  std::uint64_t released_ = 0;  // page-aligned: bytes before it have been released
 };
 
 struct FileRecord {

@@ -196,7 +196,8 @@ bool PcapSource::open_next_file() {
     const std::string& file = files_[file_index_++];
     file_problems_ = 0;
     std::string error;
-    mapped_ = MappedFile::open(file, error);
+    // Looping reads each file again: its pages may leave this process but not the cache.
+    mapped_ = MappedFile::open(file, error, /*drop_cache=*/loop_ <= 1);
     if (!mapped_) {
       if (pass_ == 0) errors_.push_back({fmt::format("capture: {}: {}", file, error)});
       continue;
@@ -273,6 +274,8 @@ PcapSource::Status PcapSource::next(Packet& packet) {
   FileRecord record;
   for (;;) {
     if (!reader_ && !open_next_file()) return Status::kEnd;
+    // The packet returned last is done with: the pages behind the cursor can go.
+    mapped_->release_before(reader_->offset());
     if (!reader_->next(record)) {
       close_file();
       continue;

@@ -5,7 +5,9 @@
 // every problem recorded as "capture: FILE: record N at offset O: what" and reading going on
 // where the framing allows (the records before a problem are always delivered). `errors()`
 // lists what was lost so the caller can exit with "data error" (65). A BPF filter is applied
-// per packet with a program compiled once per link type.
+// per packet with a program compiled once per link type. Memory stays bounded whatever the
+// files' size: the pages behind the read cursor are released as reading goes on (see
+// MappedFile), and a packet's bytes are valid until the next call of next().
 //
 // Loop mode (capture.loop = N, for benchmarks) reads the files N times. Pass p (0-based)
 // shifts every timestamp by p × (span of pass 0 + 1 s), so packet time keeps going forward

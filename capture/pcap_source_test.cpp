@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +37,47 @@ Read read_all(PcapSource& source) {
     read.packets.push_back(packet);
   }
   return read;
+}
+
+// kB of file-backed memory this process maps now (Pss_File of /proc/self/smaps_rollup).
+std::uint64_t pss_file_kb() {
+  std::ifstream in("/proc/self/smaps_rollup");
+  in.ignore(1 << 10, '\n');  // "ADDR-ADDR ---p 00000000 00:00 0 [rollup]"
+  std::string key;
+  std::uint64_t value = 0;
+  while (in >> key >> value) {
+    if (key == "Pss_File:") return value;
+    in.ignore(1 << 10, '\n');
+  }
+  return 0;
+}
+
+// A pcap of `bytes` (or a little more) made of one 1514-byte UDP frame repeated.
+std::string write_big_pcap(std::uint64_t bytes) {
+  const std::string path = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") +
+                           "/pcap_source_test_big_" + std::to_string(::getpid()) + ".pcap";
+  std::ofstream out(path, std::ios::binary);
+  auto u32 = [&](std::uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
+  auto u16 = [&](std::uint16_t v) { out.write(reinterpret_cast<const char*>(&v), 2); };
+  u32(0xa1b2c3d4);
+  u16(2);
+  u16(4);
+  u32(0);
+  u32(0);
+  u32(65535);
+  u32(1);
+  std::string frame(1514, '\0');
+  frame[12] = 0x08;  // IPv4, then whatever: only the framing matters here
+  std::uint64_t written = 24;
+  for (std::uint32_t i = 0; written < bytes; ++i) {
+    u32(1'700'000'000 + i / 1000);
+    u32(i % 1000);
+    u32(static_cast<std::uint32_t>(frame.size()));
+    u32(static_cast<std::uint32_t>(frame.size()));
+    out.write(frame.data(), static_cast<std::streamsize>(frame.size()));
+    written += 16 + frame.size();
+  }
+  return path;
 }
 
 }  // namespace
@@ -139,6 +181,52 @@ TEST_CASE("a file that cannot be opened is an error naming it, and the next file
   REQUIRE(source.errors().size() == 1);
   CHECK(source.errors()[0].message ==
         "capture: /nonexistent/x.pcap: cannot open: No such file or directory");
+}
+
+TEST_CASE("reading a capture much larger than 32 MiB keeps file-backed memory under 32 MiB") {
+  // Issue 12 target 7. Without the release behind the cursor, the mapping's pages stay in
+  // the process and Pss_File grows with the bytes read (to ~96 MiB here).
+  constexpr std::uint64_t kFile = std::uint64_t{96} << 20;
+  const std::string path = write_big_pcap(kFile);
+  auto source = PcapSource::offline({path}, "");
+  Packet packet;
+  std::uint64_t packets = 0, samples = 0, max_kb = 0, next_sample = 0;
+  std::uint64_t sum = 0;
+  while (source.next(packet) == PcapSource::Status::kPacket) {
+    ++packets;
+    sum += packet.bytes[packet.bytes.size() / 2] + packet.bytes[12];  // touch the bytes
+    if (source.bytes_read() >= next_sample) {  // a sample every 4 MiB read, to the end
+      max_kb = std::max(max_kb, pss_file_kb());
+      ++samples;
+      next_sample += std::uint64_t{4} << 20;
+    }
+  }
+  ::unlink(path.c_str());
+  CHECK(source.errors().empty());
+  CHECK(source.bytes_read() == source.bytes_total());
+  CHECK(sum == packets * 8);
+  CHECK(samples >= 24);
+  INFO("largest file-backed PSS while reading: " << max_kb << " kB");
+  CHECK(max_kb > 0);
+  CHECK(max_kb <= 32u * 1024);
+}
+
+TEST_CASE("a released range of a mapped file reads the same; the offset follows the release") {
+  constexpr std::uint64_t kFile = std::uint64_t{12} << 20;
+  const std::string path = write_big_pcap(kFile);
+  std::string error;
+  auto mapped = MappedFile::open(path, error);
+  REQUIRE(mapped);
+  const auto bytes = mapped->bytes();
+  const std::vector<std::uint8_t> before(bytes.begin(), bytes.begin() + (6 << 20));
+  mapped->release_before(MappedFile::kReleaseStep - 1);  // not a whole step yet
+  CHECK(mapped->released() == 0);
+  mapped->release_before((5u << 20) + 100);
+  CHECK(mapped->released() == 5u << 20);
+  CHECK(std::equal(before.begin(), before.end(), bytes.begin()));  // faulted back in
+  mapped->release_before(std::uint64_t{1} << 40);  // past the end: up to the last page
+  CHECK(mapped->released() == bytes.size() / 4096 * 4096);
+  ::unlink(path.c_str());
 }
 
 TEST_CASE("the link types the decoder knows are supported, others are not") {
