@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <optional>
 
@@ -152,14 +153,20 @@ int run_capture(StageRuntime& runtime) {
   std::uint64_t published = already_published;
 
   const bool live = source.is_live();
-  auto publish_counters = [&] {
+  // libpcap's stats open and read sysfs files (if_dropped): idle, at every wake they were
+  // most of capture's syscalls. Read at most once a second, and at the end.
+  constexpr auto kKernelStatsEvery = std::chrono::seconds(1);
+  auto kernel_stats_at = std::chrono::steady_clock::time_point{};
+  auto publish_counters = [&](bool final) {
     counter(cc::kReceived).store(already_published + received);
     counter(cc::kSampledOut).fetch_add(std::exchange(sampled_out, 0));
     counter(cc::kTruncated).fetch_add(std::exchange(truncated, 0));
     counter(cc::kRingFullDropped).fetch_add(std::exchange(ring_dropped, 0));
     counter(cc::kWriterStalledDropped).fetch_add(std::exchange(stalled_dropped, 0));
     counter(cc::kBytesRead).store(source.bytes_read());
-    if (live) {
+    const auto now = std::chrono::steady_clock::now();
+    if (live && (final || now - kernel_stats_at >= kKernelStatsEvery)) {
+      kernel_stats_at = now;
       const KernelStats k = source.kernel_stats();
       counter(cc::kKernelDropped).store(k.dropped + k.if_dropped);
     }
@@ -211,7 +218,7 @@ int run_capture(StageRuntime& runtime) {
   for (;;) {
     if (++since_check >= 4096) {
       since_check = 0;
-      publish_counters();
+      publish_counters(false);
       level = runtime.control().pressure_level.load(std::memory_order_relaxed);
       rate = sampling_rate_for(level);
       keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
@@ -226,7 +233,7 @@ int run_capture(StageRuntime& runtime) {
     if (status == PcapSource::Status::kEnd) break;
     if (status == PcapSource::Status::kIdle) {
       flush(rate);
-      publish_counters();
+      publish_counters(false);
       if (runtime.stop_requested()) break;
       continue;
     }
@@ -255,7 +262,7 @@ int run_capture(StageRuntime& runtime) {
     if (batcher.add(hash % shards, packet, hash, keep)) flush(rate);
   }
   flush(rate);
-  publish_counters();
+  publish_counters(true);
   for (auto* ring : rings) ring->close();
   runtime.set_state(StageState::kDraining);
 
