@@ -24,7 +24,8 @@ inline void fill(schema::FlowEvent::Builder e, std::uint64_t i) {
   e.setEventNumber(1);
   e.setEndReason(schema::EndReason::FIN);
   e.setProto(6);
-  const std::uint8_t orig[4] = {10, 0, static_cast<std::uint8_t>(i >> 8), static_cast<std::uint8_t>(i)};
+  const std::uint8_t orig[4] = {10, 0, static_cast<std::uint8_t>(i >> 8),
+                                static_cast<std::uint8_t>(i)};
   const std::uint8_t resp[4] = {192, 168, 1, static_cast<std::uint8_t>(i % 7)};
   e.setOrigAddr({orig, 4});
   e.setRespAddr({resp, 4});
@@ -32,14 +33,14 @@ inline void fill(schema::FlowEvent::Builder e, std::uint64_t i) {
   e.setRespPort(443);
   e.setFirstTsNs(1'700'000'000'000'000'000 + static_cast<std::int64_t>(i) * 1'000'000);
   e.setLastTsNs(1'700'000'000'000'000'000 + static_cast<std::int64_t>(i) * 1'000'000 + 250'000'000);
-  e.setOrigPkts(12 + i % 5);
-  e.setOrigIpBytes(1400 + i % 300);
-  e.setOrigBytes(800 + i % 300);
-  e.setRespPkts(10 + i % 3);
-  e.setRespIpBytes(9000 + i % 900);
-  e.setRespBytes(8000 + i % 900);
-  e.setOrigTcpFlags(0x1b);
-  e.setRespTcpFlags(0x1b);
+  e.getOrig().setPkts(12 + i % 5);
+  e.getOrig().setIpBytes(1400 + i % 300);
+  e.getOrig().setBytes(800 + i % 300);
+  e.getResp().setPkts(10 + i % 3);
+  e.getResp().setIpBytes(9000 + i % 900);
+  e.getResp().setBytes(8000 + i % 900);
+  e.getOrig().setTcpFlags(0x1b);
+  e.getResp().setTcpFlags(0x1b);
   e.setConnState("SF");
   e.setHistory("ShADadFf");
   e.setCommunityId("1:LQU9qZlK+B5F3KDmev6m5PMibrg=");

@@ -59,14 +59,14 @@ std::vector<capnp::word> sealed_batch(std::size_t records) {
     e.setRespPort(resp_port);
     e.setFirstTsNs(t);
     e.setLastTsNs(t + static_cast<std::int64_t>(rng() % 100000) * 1000);
-    e.setOrigPkts(1 + rng() % 20);
-    e.setOrigBytes(rng() % 3000);
-    e.setOrigIpBytes(e.getOrigBytes() + 40 * e.getOrigPkts());
-    e.setRespPkts(rng() % 20);
-    e.setRespBytes(rng() % 30000);
-    e.setRespIpBytes(e.getRespBytes() + 40 * e.getRespPkts());
-    e.setOrigTcpFlags(0x1b);
-    e.setRespTcpFlags(0x1b);
+    e.getOrig().setPkts(1 + rng() % 20);
+    e.getOrig().setBytes(rng() % 3000);
+    e.getOrig().setIpBytes(e.getOrig().getBytes() + 40 * e.getOrig().getPkts());
+    e.getResp().setPkts(rng() % 20);
+    e.getResp().setBytes(rng() % 30000);
+    e.getResp().setIpBytes(e.getResp().getBytes() + 40 * e.getResp().getPkts());
+    e.getOrig().setTcpFlags(0x1b);
+    e.getResp().setTcpFlags(0x1b);
     e.setConnState(proto == 6 ? "SF" : "S0");
     e.setHistory(proto == 6 ? "ShADadFf" : "D");
     const packet::CommunityIdText cid =
@@ -92,8 +92,8 @@ void BM_EncodeColumns(benchmark::State& state) {
     codec.encode(as_bytes(message), stored);
     benchmark::DoNotOptimize(stored.data());
   }
-  state.counters["records/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * 1024), benchmark::Counter::kIsRate);
+  state.counters["records/s"] = benchmark::Counter(static_cast<double>(state.iterations() * 1024),
+                                                   benchmark::Counter::kIsRate);
   state.counters["stored B/record"] = static_cast<double>(stored.size()) / 1024;
 }
 BENCHMARK(BM_EncodeColumns)->Unit(benchmark::kMicrosecond);
@@ -107,12 +107,13 @@ void BM_EncodeColumnsZstd3(benchmark::State& state) {
   for (auto _ : state) {
     codec.encode(as_bytes(message), stored);
     compressed.resize(ZSTD_compressBound(stored.size()));
-    n = ZSTD_compressCCtx(cctx, compressed.data(), compressed.size(), stored.data(), stored.size(), 3);
+    n = ZSTD_compressCCtx(cctx, compressed.data(), compressed.size(), stored.data(), stored.size(),
+                          3);
     benchmark::DoNotOptimize(n);
   }
   ZSTD_freeCCtx(cctx);
-  state.counters["records/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * 1024), benchmark::Counter::kIsRate);
+  state.counters["records/s"] = benchmark::Counter(static_cast<double>(state.iterations() * 1024),
+                                                   benchmark::Counter::kIsRate);
   state.counters["zstd B/record"] = static_cast<double>(n) / 1024;
 }
 BENCHMARK(BM_EncodeColumnsZstd3)->Unit(benchmark::kMicrosecond);
@@ -128,8 +129,8 @@ void BM_DecodeColumns(benchmark::State& state) {
     if (codec.decode(stored, 1024, out, bytes)) state.SkipWithError("decode failed");
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["records/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * 1024), benchmark::Counter::kIsRate);
+  state.counters["records/s"] = benchmark::Counter(static_cast<double>(state.iterations() * 1024),
+                                                   benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_DecodeColumns)->Unit(benchmark::kMicrosecond);
 

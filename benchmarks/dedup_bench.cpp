@@ -51,12 +51,12 @@ void fill(schema::FlowEvent::Builder e, unsigned flow, bool end) {
   const std::int64_t first = kT0 + static_cast<std::int64_t>(flow) * kFlowSpacingNs;
   e.setFirstTsNs(first);
   e.setLastTsNs(end ? first + 1'000'000 : first);
-  e.setOrigPkts(end ? (repeated ? 1 : 12) : 1);
-  e.setOrigIpBytes(end ? (repeated ? 74 : 1400) : 60);
-  e.setOrigBytes(end ? (repeated ? 46 : 800) : 0);
-  e.setRespPkts(end ? (repeated ? 1 : 10) : 0);
-  e.setRespIpBytes(end ? (repeated ? 120 : 9000) : 0);
-  e.setRespBytes(end ? (repeated ? 92 : 8000) : 0);
+  e.getOrig().setPkts(end ? (repeated ? 1 : 12) : 1);
+  e.getOrig().setIpBytes(end ? (repeated ? 74 : 1400) : 60);
+  e.getOrig().setBytes(end ? (repeated ? 46 : 800) : 0);
+  e.getResp().setPkts(end ? (repeated ? 1 : 10) : 0);
+  e.getResp().setIpBytes(end ? (repeated ? 120 : 9000) : 0);
+  e.getResp().setBytes(end ? (repeated ? 92 : 8000) : 0);
   e.setConnState(end ? (repeated ? "SF" : "SF") : "S0");
   e.setHistory(end ? (repeated ? "Dd" : "ShADadFf") : (repeated ? "D" : "S"));
   e.setCommunityId("1:LQU9qZlK+B5F3KDmev6m5PMibrg=");

@@ -109,14 +109,14 @@ FlowEventData sample_event(std::uint64_t i) {
   e.resp_port = 443;
   e.first_ts_ns = 1'700'000'000'000'000'000 + static_cast<std::int64_t>(i) * 1'000'000;
   e.last_ts_ns = e.first_ts_ns + 250'000'000;
-  e.orig_pkts = 12 + i % 5;
-  e.orig_ip_bytes = 1400 + i % 300;
-  e.orig_bytes = 800 + i % 300;
-  e.resp_pkts = 10 + i % 3;
-  e.resp_ip_bytes = 9000 + i % 900;
-  e.resp_bytes = 8000 + i % 900;
-  e.orig_tcp_flags = 0x1b;
-  e.resp_tcp_flags = 0x1b;
+  e.orig.pkts = 12 + i % 5;
+  e.orig.ip_bytes = 1400 + i % 300;
+  e.orig.bytes = 800 + i % 300;
+  e.resp.pkts = 10 + i % 3;
+  e.resp.ip_bytes = 9000 + i % 900;
+  e.resp.bytes = 8000 + i % 900;
+  e.orig.tcp_flags = 0x1b;
+  e.resp.tcp_flags = 0x1b;
   e.conn_state.assign("SF");
   e.history.assign("ShADadFf");
   e.community_id.assign("1:LQU9qZlK+B5F3KDmev6m5PMibrg=");
@@ -152,10 +152,11 @@ void BM_FlowEventDecode(benchmark::State& state) {
     for (auto e : reader.getRoot<schema::FlowEventBatch>().getEvents()) {
       sum += e.getUid() + static_cast<unsigned>(e.getKind()) + e.getEventNumber() + e.getProto() +
              e.getOrigAddr().size() + e.getRespAddr().size() + e.getOrigPort() + e.getRespPort() +
-             static_cast<std::uint64_t>(e.getFirstTsNs() + e.getLastTsNs()) + e.getOrigPkts() +
-             e.getOrigIpBytes() + e.getOrigBytes() + e.getRespPkts() + e.getRespIpBytes() +
-             e.getRespBytes() + e.getOrigTcpFlags() + e.getRespTcpFlags() +
-             e.getConnState().size() + e.getHistory().size() + e.getCommunityId().size();
+             static_cast<std::uint64_t>(e.getFirstTsNs() + e.getLastTsNs()) +
+             e.getOrig().getPkts() + e.getOrig().getIpBytes() + e.getOrig().getBytes() +
+             e.getResp().getPkts() + e.getResp().getIpBytes() + e.getResp().getBytes() +
+             e.getOrig().getTcpFlags() + e.getResp().getTcpFlags() + e.getConnState().size() +
+             e.getHistory().size() + e.getCommunityId().size();
     }
     benchmark::DoNotOptimize(sum);
   }

@@ -20,6 +20,7 @@
 #include "capnp_frame.h"
 #include "flowseal.capnp.h"
 #include "packet/decode.h"
+#include "packet/flow_id.h"
 #include "packet_batcher.h"
 #include "ring.h"
 
@@ -47,15 +48,17 @@ const std::vector<StoredPacket>& test_packets() {
     std::vector<StoredPacket> out;
     char err[PCAP_ERRBUF_SIZE];
     for (const auto& file : files) {
-      pcap_t* p = pcap_open_offline_with_tstamp_precision(file.c_str(),
-                                                         PCAP_TSTAMP_PRECISION_NANO, err);
+      pcap_t* p =
+          pcap_open_offline_with_tstamp_precision(file.c_str(), PCAP_TSTAMP_PRECISION_NANO, err);
       if (p == nullptr) continue;
       const int dlt = pcap_datalink(p);
       pcap_pkthdr* h = nullptr;
       const u_char* data = nullptr;
       while (pcap_next_ex(p, &h, &data) == 1) {
-        out.push_back({{data, data + h->caplen}, h->len,
-                       std::int64_t{h->ts.tv_sec} * 1'000'000'000 + h->ts.tv_usec, dlt});
+        out.push_back({{data, data + h->caplen},
+                       h->len,
+                       std::int64_t{h->ts.tv_sec} * 1'000'000'000 + h->ts.tv_usec,
+                       dlt});
       }
       pcap_close(p);
     }
@@ -188,6 +191,28 @@ void BM_PacketBatchDecode(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(batch_packets));
 }
 BENCHMARK(BM_PacketBatchDecode)->Arg(256);
+
+// A flow's Community ID (flowd per new flow, writerd's column encoder per record): arg 0 the
+// one-shot EVP_Digest (a context made and freed per call), 1 packet::Sha1's kept context.
+void BM_CommunityId(benchmark::State& state) {
+  packet::Sha1 sha1;
+  if (!sha1.ok()) {
+    state.SkipWithError("OpenSSL has no SHA-1");
+    return;
+  }
+  const bool reused = state.range(0) == 1;
+  std::uint8_t orig[4] = {10, 0, 0, 1}, resp[4] = {192, 168, 1, 7};
+  std::uint16_t port = 1024;
+  for (auto _ : state) {
+    ++port;  // a new flow each time
+    const packet::CommunityIdText id =
+        reused ? packet::community_id(sha1, 0, packet::kProtoTcp, orig, resp, port, 443)
+               : packet::community_id(sha1.md(), 0, packet::kProtoTcp, orig, resp, port, 443);
+    benchmark::DoNotOptimize(id);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_CommunityId)->Arg(0)->Arg(1);
 
 }  // namespace
 

@@ -68,8 +68,8 @@ int run_consumer(std::span<std::byte> ring_memory, ConsumerReport& report) {
     while (in_batch < kConsumerBatch) {
       auto frame = consumer.next();
       if (!frame) break;
-      touched += static_cast<std::uint8_t>(frame->front()) +
-                 static_cast<std::uint8_t>(frame->back());
+      touched +=
+          static_cast<std::uint8_t>(frame->front()) + static_cast<std::uint8_t>(frame->back());
       consumer.advance();
       ++in_batch;
     }
@@ -151,12 +151,11 @@ void BM_RingTwoProcesses(benchmark::State& state) {
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || report->frames.load() != produced) {
     state.SkipWithError(
-        fmt::format("the consumer read {} of {} frames", report->frames.load(), produced)
-            .c_str());
+        fmt::format("the consumer read {} of {} frames", report->frames.load(), produced).c_str());
     return;
   }
-  const std::uint64_t per_frame = static_cast<std::uint8_t>(source.front()) +
-                                  static_cast<std::uint8_t>(source.back());
+  const std::uint64_t per_frame =
+      static_cast<std::uint8_t>(source.front()) + static_cast<std::uint8_t>(source.back());
   if (report->touched.load() != per_frame * produced) {
     state.SkipWithError("the consumer read payload bytes the producer did not write");
     return;

@@ -40,8 +40,8 @@ void BM_SealRecords(benchmark::State& state) {
     benchmark::DoNotOptimize(out.getSegmentsForOutput().size());
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * batch));
-  state.counters["records/s"] = benchmark::Counter(
-      static_cast<double>(state.iterations() * batch), benchmark::Counter::kIsRate);
+  state.counters["records/s"] = benchmark::Counter(static_cast<double>(state.iterations() * batch),
+                                                   benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_SealRecords)->Arg(64)->Arg(1024)->Arg(4096)->Unit(benchmark::kMicrosecond);
 
@@ -63,8 +63,8 @@ void BM_VerifyRecords(benchmark::State& state) {
     capnp::FlatArrayMessageReader reader(flat);
     benchmark::DoNotOptimize(verifier.check(reader.getRoot<schema::SealedBatch>()));
   }
-  state.counters["records/s"] = benchmark::Counter(
-      static_cast<double>(state.iterations() * batch), benchmark::Counter::kIsRate);
+  state.counters["records/s"] = benchmark::Counter(static_cast<double>(state.iterations() * batch),
+                                                   benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_VerifyRecords)->Arg(1024)->Unit(benchmark::kMicrosecond);
 

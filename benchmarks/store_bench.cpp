@@ -125,9 +125,11 @@ void BM_SegmentRead(benchmark::State& state) {
     while (reader.next() == segment::SegmentReader::Next::kFrame) {
       const auto message = reader.message();
       const kj::ArrayPtr<const capnp::word> words(
-          reinterpret_cast<const capnp::word*>(message.data()), message.size() / sizeof(capnp::word));
+          reinterpret_cast<const capnp::word*>(message.data()),
+          message.size() / sizeof(capnp::word));
       capnp::FlatArrayMessageReader batch(words);
-      for (auto r : batch.getRoot<schema::SealedBatch>().getRecords()) records += r.getOrigPkts() != 0;
+      for (auto r : batch.getRoot<schema::SealedBatch>().getRecords())
+        records += r.getOrig().getPkts() != 0;
     }
     if (!reader.ok()) {
       state.SkipWithError(reader.error()->message().c_str());

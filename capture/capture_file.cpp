@@ -13,7 +13,6 @@
 #include <fmt/format.h>
 #include <pcap/pcap.h>
 
-
 namespace flowseal::capture {
 namespace {
 
@@ -51,8 +50,7 @@ std::uint32_t pad4(std::uint32_t n) { return (n + 3u) & ~3u; }
 std::string link_type_name(int link_type) {
   // Files carry LINKTYPE_* numbers; libpcap names DLT_* ones, equal except for a few.
   constexpr int kLinktypeRaw = 101;
-  const char* name =
-      pcap_datalink_val_to_name(link_type == kLinktypeRaw ? DLT_RAW : link_type);
+  const char* name = pcap_datalink_val_to_name(link_type == kLinktypeRaw ? DLT_RAW : link_type);
   return name != nullptr ? fmt::format("{} ({})", link_type, name) : std::to_string(link_type);
 }
 
@@ -73,8 +71,8 @@ std::optional<MappedFile> MappedFile::open(const std::string& path, std::string&
   } else if (st.st_size == 0) {
     result = MappedFile(nullptr, 0, UniqueFd(), false);  // empty: reported as not a capture
   } else {
-    void* data = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE,
-                        fd, 0);
+    void* data =
+        ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
     if (data == MAP_FAILED) {
       error = fmt::format("cannot map: {}", std::strerror(errno));
     } else {
@@ -126,25 +124,26 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 
 MappedFile::~MappedFile() { unmap(); }
 
-std::int64_t pcapng_ts_ns(std::uint64_t units, bool pow2, std::uint8_t exp) {
+std::optional<std::int64_t> pcapng_time_ns(std::uint64_t units, bool pow2, std::uint8_t exp,
+                                           std::int64_t offset_s) {
+  __extension__ using u128 = unsigned __int128;
+  __extension__ using i128 = __int128;
+  // units < 2^64 and every factor below < 2^30, so nothing here can overflow 128 bits.
+  u128 ns = 0;
   if (pow2) {
-    // Keep units * 1e9 inside 64 bits: drop resolution finer than 2^-32 s (< 1 ns) first.
-    if (exp > 32) {
-      units >>= (exp - 32);
-      exp = 32;
-    }
-    const std::uint64_t seconds = units >> exp;
-    const std::uint64_t fraction = units & ((std::uint64_t{1} << exp) - 1);
-    return static_cast<std::int64_t>(seconds * 1'000'000'000u +
-                                     ((fraction * 1'000'000'000u) >> exp));
-  }
-  std::uint64_t scale = 1;
-  if (exp <= 9) {
+    ns = (u128{units} * 1'000'000'000u) >> (exp & 0x7f);  // exp < 128: a defined shift
+  } else if (exp <= 9) {
+    u128 scale = 1;
     for (int i = exp; i < 9; ++i) scale *= 10;
-    return static_cast<std::int64_t>(units * scale);
+    ns = u128{units} * scale;
+  } else if (exp - 9 <= 38) {  // 10^38 < 2^128; a larger divisor gives 0 anyway
+    u128 scale = 1;
+    for (int i = 9; i < exp; ++i) scale *= 10;
+    ns = u128{units} / scale;
   }
-  for (int i = 9; i < exp && i < 28; ++i) scale *= 10;
-  return static_cast<std::int64_t>(units / scale);
+  const i128 total = static_cast<i128>(ns) + i128{offset_s} * 1'000'000'000;
+  if (total < 0 || total > kMaxPacketTimeNs) return std::nullopt;
+  return static_cast<std::int64_t>(total);
 }
 
 std::optional<CaptureFileReader> CaptureFileReader::open(std::span<const std::uint8_t> file,
@@ -152,9 +151,10 @@ std::optional<CaptureFileReader> CaptureFileReader::open(std::span<const std::ui
                                                          LinkCheck link_supported) {
   CaptureFileReader reader(file, std::move(reporter), std::move(link_supported));
   if (file.size() < 4) {
-    reader.problem(0, fmt::format("not a capture file: {} bytes, too short for any capture "
-                                  "file header",
-                                  file.size()),
+    reader.problem(0,
+                   fmt::format("not a capture file: {} bytes, too short for any capture "
+                               "file header",
+                               file.size()),
                    true);
     return std::nullopt;
   }
@@ -168,8 +168,8 @@ std::optional<CaptureFileReader> CaptureFileReader::open(std::span<const std::ui
   return reader;
 }
 
-void CaptureFileReader::problem(std::uint64_t at, std::string what, bool fatal) {
-  if (report_) report_(FileProblem{record_, at, std::move(what), fatal});
+void CaptureFileReader::problem(std::uint64_t at, std::string what, bool fatal, bool warning) {
+  if (report_) report_(FileProblem{record_, at, std::move(what), fatal, warning});
 }
 
 std::uint16_t CaptureFileReader::u16(std::uint64_t at) const {
@@ -196,8 +196,7 @@ bool CaptureFileReader::open_pcap() {
     }
   }
   if (file_.size() < 24) {
-    return fail(0, fmt::format("the pcap file header is cut short ({} of 24 bytes)",
-                               file_.size()));
+    return fail(0, fmt::format("the pcap file header is cut short ({} of 24 bytes)", file_.size()));
   }
   const std::uint16_t major = u16(4);
   if (major != 2) {
@@ -219,16 +218,17 @@ bool CaptureFileReader::open_pcap() {
 bool CaptureFileReader::accept(std::uint64_t at, std::uint32_t caplen, std::uint32_t wire_len,
                                std::uint32_t snaplen, std::uint64_t room) {
   if (caplen == 0) {
-    problem(at, fmt::format("zero-length packet (caplen 0, wire length {}): record skipped",
-                            wire_len),
+    problem(at,
+            fmt::format("zero-length packet (caplen 0, wire length {}): record skipped", wire_len),
             false);
     ++skipped_;
     return false;
   }
   if (caplen > room) {
-    problem(at, fmt::format("caplen {} exceeds the {} bytes its block holds: record skipped",
-                            caplen, room),
-            false);
+    problem(
+        at,
+        fmt::format("caplen {} exceeds the {} bytes its block holds: record skipped", caplen, room),
+        false);
     ++skipped_;
     return false;
   }
@@ -256,8 +256,8 @@ bool CaptureFileReader::next_pcap(FileRecord& record) {
     const std::uint64_t at = pos_;
     ++record_;
     if (left() < record_header_) {
-      return fail(at, fmt::format("the file stops mid-record: {} of {} record header bytes",
-                                  left(), record_header_));
+      return fail(at, fmt::format("the file stops mid-record: {} of {} record header bytes", left(),
+                                  record_header_));
     }
     const std::uint32_t seconds = u32(at);
     const std::uint32_t fraction = u32(at + 4);
@@ -270,15 +270,15 @@ bool CaptureFileReader::next_pcap(FileRecord& record) {
     }
     const std::uint64_t room = left() - record_header_;
     if (caplen > room) {
-      return fail(at, fmt::format("the file stops mid-record: caplen {} but {} bytes left",
-                                  caplen, room));
+      return fail(
+          at, fmt::format("the file stops mid-record: caplen {} but {} bytes left", caplen, room));
     }
     pos_ = at + record_header_ + caplen;
     if (!accept(at, caplen, wire_len, iface.snaplen, room)) continue;
     record.bytes = file_.subspan(at + record_header_, caplen);
     record.wire_len = std::max(wire_len, caplen);
-    record.ts_ns = std::int64_t{seconds} * 1'000'000'000 +
-                   std::int64_t{fraction} * (nano_ ? 1 : 1000);
+    record.ts_ns =
+        std::int64_t{seconds} * 1'000'000'000 + std::int64_t{fraction} * (nano_ ? 1 : 1000);
     record.link_type = iface.link_type;
     record.interface = 0;
     return true;
@@ -297,8 +297,8 @@ bool CaptureFileReader::read_section_header(std::uint64_t at) {
   } else if (order == __builtin_bswap32(kPcapngByteOrder)) {
     swapped_ = true;
   } else {
-    return fail(at, fmt::format("pcapng section header with a bad byte-order magic 0x{:08x}",
-                                order));
+    return fail(at,
+                fmt::format("pcapng section header with a bad byte-order magic 0x{:08x}", order));
   }
   const std::uint16_t major = u16(at + 12);
   if (major != 1) {
@@ -326,10 +326,13 @@ void CaptureFileReader::read_interface(std::uint64_t at, std::span<const std::ui
     if (code == kOptionTsResol && length >= 1) {
       iface.resolution_pow2 = (value[0] & 0x80) != 0;
       iface.resolution_exp = value[0] & 0x7f;
-      if (!iface.resolution_pow2 && iface.resolution_exp > 19) {
-        problem(at, fmt::format("if_tsresol 10^-{} is out of range: 10^-6 assumed",
-                                iface.resolution_exp),
+      // Finer than 10^-19 or 2^-63 s: a 64-bit timestamp could not count even one second.
+      if (iface.resolution_exp > (iface.resolution_pow2 ? 63 : 19)) {
+        problem(at,
+                fmt::format("if_tsresol {}^-{} is out of range: 10^-6 assumed",
+                            iface.resolution_pow2 ? 2 : 10, iface.resolution_exp),
                 false);
+        iface.resolution_pow2 = false;
         iface.resolution_exp = 6;
       }
     } else if (code == kOptionTsOffset && length >= 8) {
@@ -341,9 +344,10 @@ void CaptureFileReader::read_interface(std::uint64_t at, std::span<const std::ui
     o += 4 + pad4(length);
   }
   if (link_supported_ && !link_supported_(iface.link_type)) {
-    problem(at, fmt::format("interface {}: link type {} is not supported: its packets are "
-                            "skipped",
-                            interfaces_.size(), link_type_name(iface.link_type)),
+    problem(at,
+            fmt::format("interface {}: link type {} is not supported: its packets are "
+                        "skipped",
+                        interfaces_.size(), link_type_name(iface.link_type)),
             false);
     iface.supported = false;
   }
@@ -358,16 +362,15 @@ bool CaptureFileReader::next_pcapng(FileRecord& record) {
     }
     const std::uint64_t at = pos_;
     if (left() < 12) {
-      return fail(at, fmt::format("the file stops mid-block: {} bytes left of a block header",
-                                  left()));
+      return fail(at,
+                  fmt::format("the file stops mid-block: {} bytes left of a block header", left()));
     }
     const std::uint32_t raw_type = load32(file_.data() + at, false);
     if (raw_type == kPcapngSection && at != 0 && !read_section_header(at)) return false;
     const std::uint32_t type = u32(at);
     const std::uint32_t length = u32(at + 4);
     if (length < 12 || length % 4 != 0 || length > kMaxBlock) {
-      return fail(at, fmt::format("pcapng block of type 0x{:x} has a bad length {}", type,
-                                  length));
+      return fail(at, fmt::format("pcapng block of type 0x{:x} has a bad length {}", type, length));
     }
     if (length > left()) {
       return fail(at, fmt::format("the file stops mid-block: block of type 0x{:x} is {} bytes, "
@@ -400,8 +403,9 @@ bool CaptureFileReader::packet_block(std::uint32_t type, std::uint64_t at,
   const auto field = [&](std::size_t o) { return load32(body.data() + o, swapped_); };
   const std::size_t fixed = type == kBlockSimplePacket ? 4 : 20;
   if (body.size() < fixed) {
-    problem(at, fmt::format("packet block of type {} too short ({} bytes): record skipped",
-                            type, body.size()),
+    problem(at,
+            fmt::format("packet block of type {} too short ({} bytes): record skipped", type,
+                        body.size()),
             false);
     ++skipped_;
     return false;
@@ -424,9 +428,10 @@ bool CaptureFileReader::packet_block(std::uint32_t type, std::uint64_t at,
     has_time = false;
   }
   if (iface_id >= interfaces_.size()) {
-    problem(at, fmt::format("packet on interface {} but the section describes {}: record "
-                            "skipped",
-                            iface_id, interfaces_.size()),
+    problem(at,
+            fmt::format("packet on interface {} but the section describes {}: record "
+                        "skipped",
+                        iface_id, interfaces_.size()),
             false);
     ++skipped_;
     return false;
@@ -446,8 +451,20 @@ bool CaptureFileReader::packet_block(std::uint32_t type, std::uint64_t at,
   record.bytes = body.subspan(data_at, caplen);
   record.wire_len = std::max(wire_len, caplen);
   if (has_time) {
-    last_ts_ns_ = pcapng_ts_ns(units, iface.resolution_pow2, iface.resolution_exp) +
-                  iface.offset_s * 1'000'000'000;
+    const auto ns =
+        pcapng_time_ns(units, iface.resolution_pow2, iface.resolution_exp, iface.offset_s);
+    if (!ns) {
+      problem(
+          at,
+          fmt::format("packet time of {} units of {}^-{} s plus if_tsoffset {} s is not "
+                      "between 1970 and 2116 (what 64-bit nanoseconds carry through the "
+                      "pipeline): record dropped, counted as a bad time",
+                      units, iface.resolution_pow2 ? 2 : 10, iface.resolution_exp, iface.offset_s),
+          false, true);
+      ++bad_times_;
+      return false;
+    }
+    last_ts_ns_ = *ns;
   }
   record.ts_ns = last_ts_ns_;
   record.link_type = iface.link_type;

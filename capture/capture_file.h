@@ -97,6 +97,9 @@ struct FileProblem {
   std::uint64_t offset = 0;  // byte offset of that record or block in the file
   std::string what;          // "caplen 70000 exceeds snaplen 65535: record skipped"
   bool fatal = false;        // reading of this file ended here
+  // The record was dropped for a reason the input may legitimately have (a time that 64-bit
+  // nanoseconds since 1970 cannot hold): counted on its own, a warning rather than an error.
+  bool warning = false;
 };
 
 class CaptureFileReader {
@@ -116,9 +119,12 @@ class CaptureFileReader {
   bool next(FileRecord& record);
 
   Format format() const { return format_; }
-  std::uint64_t offset() const { return pos_; }           // bytes consumed so far
-  std::uint64_t records() const { return record_; }       // packet records seen so far
-  std::uint64_t skipped() const { return skipped_; }      // packet records not returned
+  std::uint64_t offset() const { return pos_; }       // bytes consumed so far
+  std::uint64_t records() const { return record_; }   // packet records seen so far
+  std::uint64_t skipped() const { return skipped_; }  // packet records not returned
+  // Of the records not returned, not counted in skipped(): those whose time lies outside
+  // [1970, kMaxPacketTimeNs] once if_tsresol and if_tsoffset are applied.
+  std::uint64_t bad_times() const { return bad_times_; }
 
  private:
   struct Interface {
@@ -141,13 +147,13 @@ class CaptureFileReader {
   bool packet_block(std::uint32_t type, std::uint64_t at, std::span<const std::uint8_t> body,
                     FileRecord& record);
   // Applies the per-record checks shared by both formats; false if the record is skipped.
-  bool accept(std::uint64_t at, std::uint32_t caplen, std::uint32_t wire_len,
-              std::uint32_t snaplen, std::uint64_t room);
+  bool accept(std::uint64_t at, std::uint32_t caplen, std::uint32_t wire_len, std::uint32_t snaplen,
+              std::uint64_t room);
 
   std::uint16_t u16(std::uint64_t at) const;
   std::uint32_t u32(std::uint64_t at) const;
   std::uint64_t left() const { return file_.size() - pos_; }
-  void problem(std::uint64_t at, std::string what, bool fatal);
+  void problem(std::uint64_t at, std::string what, bool fatal, bool warning = false);
   bool fail(std::uint64_t at, std::string what) {
     problem(at, std::move(what), true);
     ended_ = true;
@@ -163,6 +169,7 @@ class CaptureFileReader {
   std::uint64_t pos_ = 0;
   std::uint64_t record_ = 0;
   std::uint64_t skipped_ = 0;
+  std::uint64_t bad_times_ = 0;
   // pcap
   std::size_t record_header_ = 16;  // 24 in the modified format
   bool nano_ = false;
@@ -174,7 +181,15 @@ class CaptureFileReader {
 // "1 (EN10MB)": a link type's number and, where libpcap knows it, its name.
 std::string link_type_name(int link_type);
 
-// Nanoseconds for a pcapng timestamp of `units` at resolution 10^-exp or 2^-exp seconds.
-std::int64_t pcapng_ts_ns(std::uint64_t units, bool pow2, std::uint8_t exp);
+// The latest packet time accepted, 2^62 ns after 1970 (in 2116): far past any real capture,
+// and far enough below the end of int64 nanoseconds (2262) that the stages can add timeouts
+// and windows of up to a year to any packet time without overflow.
+inline constexpr std::int64_t kMaxPacketTimeNs = std::int64_t{1} << 62;
+
+// Nanoseconds since 1970 of a pcapng timestamp: `units` at a resolution of 10^-exp or 2^-exp
+// seconds (any exp 0..127) plus `offset_s` seconds (if_tsoffset). Exact integer arithmetic,
+// no overflow for any input; nullopt when the time is before 1970 or after kMaxPacketTimeNs.
+std::optional<std::int64_t> pcapng_time_ns(std::uint64_t units, bool pow2, std::uint8_t exp,
+                                           std::int64_t offset_s = 0);
 
 }  // namespace flowseal::capture

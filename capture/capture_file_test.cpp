@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -167,8 +168,8 @@ TEST_CASE("a pcapng file with interfaces of different link types tags each packe
     Writer w;
     w.big_endian = big;
     shb(w);
-    idb(w, 1, 0);            // Ethernet, microseconds (default)
-    idb(w, 113, 128, 9);     // Linux cooked, nanoseconds
+    idb(w, 1, 0);               // Ethernet, microseconds (default)
+    idb(w, 113, 128, 9);        // Linux cooked, nanoseconds
     idb(w, 101, 0, 0x80 | 10);  // raw IP, 2^-10 s
     epb(w, 0, 5'000'001, payload(60, 1));
     epb(w, 1, 5'000'000'007, payload(50, 2));
@@ -305,7 +306,8 @@ TEST_CASE("an unsupported link type is named: a pcap file ends, a pcapng interfa
   CHECK(r.problems[0].what.find("interface 0: link type 195") != std::string::npos);
 }
 
-TEST_CASE("pcapng packets on an undescribed interface or with a caplen over their block are skipped") {
+TEST_CASE(
+    "pcapng packets on an undescribed interface or with a caplen over their block are skipped") {
   Writer w;
   shb(w);
   idb(w, 1, 0);
@@ -358,8 +360,9 @@ TEST_CASE("every truncation and every flipped bit of a valid file is read withou
     for (std::size_t cut = 0; cut < file->size(); ++cut) {
       const std::vector<std::uint8_t> head(file->begin(), file->begin() + static_cast<long>(cut));
       const Result r = read_all(head);
-      const auto whole_records = std::count_if(c.ends.begin() + (c.file == &ng.bytes ? 2 : 1),
-                                               c.ends.end(), [&](std::size_t e) { return e <= cut; });
+      const auto whole_records =
+          std::count_if(c.ends.begin() + (c.file == &ng.bytes ? 2 : 1), c.ends.end(),
+                        [&](std::size_t e) { return e <= cut; });
       const bool at_boundary = std::find(c.ends.begin(), c.ends.end(), cut) != c.ends.end();
       INFO("cut at " << cut);
       CHECK(r.records.size() == static_cast<std::size_t>(whole_records));
@@ -378,12 +381,124 @@ TEST_CASE("every truncation and every flipped bit of a valid file is read withou
 }
 
 TEST_CASE("pcapng timestamps convert from every resolution without overflow") {
-  CHECK(pcapng_ts_ns(1'500'000, false, 6) == 1'500'000'000);
-  CHECK(pcapng_ts_ns(123, false, 9) == 123);
-  CHECK(pcapng_ts_ns(1'000'000'000'000, false, 12) == 1'000'000'000);
-  CHECK(pcapng_ts_ns(std::uint64_t{3} << 40, true, 40) == 3'000'000'000);
-  CHECK(pcapng_ts_ns(1ULL << 62, true, 63) == 500'000'000);
-  CHECK(pcapng_ts_ns(5, false, 0) == 5'000'000'000);
+  CHECK(pcapng_time_ns(1'500'000, false, 6) == 1'500'000'000);
+  CHECK(pcapng_time_ns(123, false, 9) == 123);
+  CHECK(pcapng_time_ns(1'000'000'000'000, false, 12) == 1'000'000'000);
+  CHECK(pcapng_time_ns(std::uint64_t{3} << 40, true, 40) == 3'000'000'000);
+  CHECK(pcapng_time_ns(1ULL << 62, true, 63) == 500'000'000);
+  CHECK(pcapng_time_ns(5, false, 0) == 5'000'000'000);
+  CHECK(pcapng_time_ns(5, false, 0, 10) == 15'000'000'000);
+}
+
+TEST_CASE("a pcapng time outside 1970..2116 is refused whatever the resolution and offset") {
+  constexpr std::uint64_t kAll = ~std::uint64_t{0};
+  // Every exponent either resolution can name, the largest count, the largest offsets:
+  // defined arithmetic (UBSan checks this in the sanitizer build), an answer in range or none.
+  for (int exp = 0; exp < 128; ++exp) {
+    for (bool pow2 : {false, true}) {
+      for (std::int64_t offset : {std::int64_t{0}, std::numeric_limits<std::int64_t>::max(),
+                                  std::numeric_limits<std::int64_t>::min()}) {
+        for (std::uint64_t units : {std::uint64_t{0}, std::uint64_t{1}, kAll}) {
+          const auto ns = pcapng_time_ns(units, pow2, static_cast<std::uint8_t>(exp), offset);
+          if (ns) CHECK((*ns >= 0 && *ns <= kMaxPacketTimeNs));
+        }
+      }
+    }
+  }
+  CHECK_FALSE(pcapng_time_ns(kAll, false, 6));   // past int64 nanoseconds
+  CHECK_FALSE(pcapng_time_ns(1, false, 6, -1));  // before 1970
+  CHECK_FALSE(pcapng_time_ns(0, false, 6, std::int64_t{1} << 62));
+  CHECK(pcapng_time_ns(std::uint64_t{kMaxPacketTimeNs}, false, 9) == kMaxPacketTimeNs);
+  CHECK_FALSE(pcapng_time_ns(std::uint64_t{kMaxPacketTimeNs} + 1, false, 9));
+}
+
+namespace {
+
+// An interface description with if_tsresol and if_tsoffset (little-endian sections only).
+void idb_with_time(Writer& w, int tsresol, std::int64_t tsoffset) {
+  const std::uint32_t length = 20 + 8 + 12 + 4;
+  w.u32(1);
+  w.u32(length);
+  w.u16(1);
+  w.u16(0);
+  w.u32(65535);
+  w.u16(9);  // if_tsresol
+  w.u16(1);
+  w.u8(static_cast<std::uint8_t>(tsresol));
+  w.pad();
+  w.u16(14);  // if_tsoffset
+  w.u16(8);
+  w.u32(static_cast<std::uint32_t>(static_cast<std::uint64_t>(tsoffset)));
+  w.u32(static_cast<std::uint32_t>(static_cast<std::uint64_t>(tsoffset) >> 32));
+  w.u16(0);
+  w.u16(0);
+  w.u32(length);
+}
+
+struct TimedRead {
+  Result result;
+  std::uint64_t bad_times = 0;
+  std::uint64_t skipped = 0;
+};
+
+TimedRead read_timed(const std::vector<std::uint8_t>& file) {
+  TimedRead out;
+  auto reader = CaptureFileReader::open(
+      file, [&](const FileProblem& p) { out.result.problems.push_back(p); },
+      [](int link) { return link == 1; });
+  REQUIRE(reader);
+  FileRecord record;
+  while (reader->next(record)) out.result.records.push_back(record);
+  out.bad_times = reader->bad_times();
+  out.skipped = reader->skipped();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a packet whose time cannot be carried is dropped, counted and named as a warning") {
+  constexpr std::int64_t kNearMax = std::numeric_limits<std::int64_t>::max() - 5;
+  constexpr std::int64_t kNearMin = std::numeric_limits<std::int64_t>::min() + 5;
+  struct Case {
+    int tsresol;
+    std::int64_t offset;
+    std::uint64_t units;
+  };
+  for (const Case c : {Case{6, kNearMax, 1'000'000}, Case{6, kNearMin, 1'000'000},
+                       Case{6, 0, ~std::uint64_t{0}}, Case{9, -2, 1'000'000'000}}) {
+    Writer w;
+    shb(w);
+    idb_with_time(w, c.tsresol, c.offset);
+    epb(w, 0, 1'600'000'000ULL * 1'000'000 / (c.tsresol == 9 ? 1 : 1), payload(60, 1));
+    epb(w, 0, c.units, payload(60, 2));  // record 2: the bad time
+    const TimedRead read = read_timed(w.bytes);
+    INFO("tsresol " << c.tsresol << " offset " << c.offset << " units " << c.units);
+    CHECK(read.bad_times == (c.offset == 0 || c.offset == -2 ? 1u : 2u));
+    CHECK(read.skipped == 0);  // a cause of its own, not "bad records"
+    REQUIRE_FALSE(read.result.problems.empty());
+    const FileProblem& p = read.result.problems.back();
+    CHECK(p.warning);
+    CHECK_FALSE(p.fatal);
+    CHECK(p.record == 2);
+    CHECK_THAT(p.what, Catch::Contains("record dropped") && Catch::Contains("1970 and 2116"));
+    for (const auto& r : read.result.records) CHECK((r.ts_ns >= 0 && r.ts_ns <= kMaxPacketTimeNs));
+  }
+}
+
+TEST_CASE("if_tsresol finer than a 64-bit count can use (2^-100, 2^-127) falls back to 10^-6") {
+  for (int tsresol : {0xe4, 0xff}) {
+    Writer w;
+    shb(w);
+    idb_with_time(w, tsresol, 0);
+    epb(w, 0, 1'600'000'000ULL * 1'000'000, payload(60, 1));
+    const TimedRead read = read_timed(w.bytes);
+    REQUIRE(read.result.records.size() == 1);
+    CHECK(read.result.records[0].ts_ns == 1'600'000'000LL * 1'000'000'000);
+    REQUIRE(read.result.problems.size() == 1);
+    CHECK_THAT(read.result.problems[0].what,
+               Catch::Contains("if_tsresol 2^-" + std::to_string(tsresol & 0x7f)) &&
+                   Catch::Contains("out of range"));
+  }
 }
 
 }  // namespace flowseal::capture

@@ -52,9 +52,9 @@ void drop_privileges(const std::string& user) {
   // setuid from root to another user clears the permitted, effective and ambient sets
   // (no SECBIT_KEEP_CAPS here); the open capture socket keeps working without them.
   if (setgroups(0, nullptr) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
-    throw SourceStartError(exit_code::kSoftware,
-                           fmt::format("capture.user '{}': cannot switch to it: {}", user,
-                                       std::strerror(errno)));
+    throw SourceStartError(
+        exit_code::kSoftware,
+        fmt::format("capture.user '{}': cannot switch to it: {}", user, std::strerror(errno)));
   }
   if (setuid(0) == 0) {  // must be impossible now
     throw SourceStartError(exit_code::kSoftware,
@@ -73,7 +73,8 @@ std::string_view without_stage_prefix(std::string_view message) {
 }
 
 PcapSource open_source(const CaptureConfig& config) {
-  if (config.interface.empty()) return PcapSource::offline(config.files, config.filter, config.loop);
+  if (config.interface.empty())
+    return PcapSource::offline(config.files, config.filter, config.loop);
   PcapSource source = PcapSource::live(config);
   drop_privileges(config.user);
   // The live test waits for this line: from here on packets on the interface are captured.
@@ -145,10 +146,9 @@ int run_capture(StageRuntime& runtime) {
   std::uint64_t stalled_dropped = 0;  // of ring_dropped: while writerd could not write
   // writerd says when its writes fail (a full disk): every ring behind it fills and a live
   // capture drops; the drops are counted and logged with that cause.
-  const auto& writer_stalled_since =
-      runtime.control()
-          .slots[slot_index(StageKind::kWriterd, 0, shards)]
-          .counters[record_counter::kStalledSinceNs];
+  const auto& writer_stalled_since = runtime.control()
+                                         .slots[slot_index(StageKind::kWriterd, 0, shards)]
+                                         .counters[record_counter::kStalledSinceNs];
   RateLimitedLog log;
   std::uint64_t published = already_published;
 
@@ -266,10 +266,12 @@ int run_capture(StageRuntime& runtime) {
   for (auto* ring : rings) ring->close();
   runtime.set_state(StageState::kDraining);
 
-  for (const auto& error : source.errors()) spdlog::error("{}", without_stage_prefix(error.message));
+  for (const auto& error : source.errors())
+    spdlog::error("{}", without_stage_prefix(error.message));
   counter(cc::kBadRecords).store(source.skipped());
-  spdlog::info("{} packets received, {} published to {} shard(s)",
-               counter(cc::kReceived).load(), published, shards);
+  counter(cc::kBadTime).store(source.bad_times());
+  spdlog::info("{} packets received, {} published to {} shard(s)", counter(cc::kReceived).load(),
+               published, shards);
   return source.errors().empty() ? exit_code::kOk : exit_code::kDataError;
 }
 

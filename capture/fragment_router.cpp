@@ -20,8 +20,7 @@ std::uint64_t datagram_hash(const packet::FragmentInfo& f) {
 
 }  // namespace
 
-std::uint32_t FragmentRouter::route(const packet::DecodedPacket& packet,
-                                    std::uint32_t flow_hash) {
+std::uint32_t FragmentRouter::route(const packet::DecodedPacket& packet, std::uint32_t flow_hash) {
   if (!packet.fragment) return flow_hash;
   const std::uint64_t h = datagram_hash(packet.frag);
   Slot& slot = slots_[h % kSlots];

@@ -12,10 +12,34 @@ using Bytes = std::vector<std::uint8_t>;
 // An IPv4 UDP fragment 10.0.0.1 -> 10.0.0.2 with IP id `id`: the first piece (ports
 // 5000 -> 53) or a later one at `offset` (8-byte units).
 packet::DecodedPacket piece(std::uint16_t id, std::uint16_t offset, bool more) {
-  Bytes b{0x45, 0, 0, 48, static_cast<std::uint8_t>(id >> 8), static_cast<std::uint8_t>(id),
+  Bytes b{0x45,
+          0,
+          0,
+          48,
+          static_cast<std::uint8_t>(id >> 8),
+          static_cast<std::uint8_t>(id),
           static_cast<std::uint8_t>((more ? 0x20 : 0) | offset >> 8),
-          static_cast<std::uint8_t>(offset), 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-          0x13, 0x88, 0, 53, 0, 100, 0, 0};
+          static_cast<std::uint8_t>(offset),
+          64,
+          17,
+          0,
+          0,
+          10,
+          0,
+          0,
+          1,
+          10,
+          0,
+          0,
+          2,
+          0x13,
+          0x88,
+          0,
+          53,
+          0,
+          100,
+          0,
+          0};
   b.resize(48, 0);
   packet::DecodedPacket p;
   REQUIRE(packet::decode(packet::kDltRaw, b, 48, p) == packet::DecodeStatus::kOk);

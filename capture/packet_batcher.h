@@ -1,8 +1,9 @@
 // PacketBatcher: groups captured packets per flowd shard into PacketBatch frames.
 //
 // A packet costs one memcpy into its shard's staging buffer and one index entry; a batch
-// becomes one Cap'n Proto message (bytes in one Data blob beside a compact index), so the
-// packet edge carries a frame per few hundred packets, not per packet.
+// becomes one Cap'n Proto message (bytes in one Data blob beside a compact index), written
+// straight into its ring slot (one more copy of the bytes, no builder), so the packet edge
+// carries a frame per few hundred packets, not per packet.
 //
 // flush() writes every shard's pending batch and publishes them together. Packets carry a
 // per-shard sequence number (PacketBatch.firstSeq + position), deterministic for a given
@@ -15,8 +16,6 @@
 #include <functional>
 #include <span>
 #include <vector>
-
-#include <capnp/message.h>
 
 #include "pcap_source.h"
 #include "ring.h"
@@ -48,6 +47,13 @@ class PacketBatcher {
   void set_next_seq(std::size_t shard, std::uint64_t seq) { shards_[shard].next_seq = seq; }
 
  private:
+  // Bytes of the frame (segment table + one segment) a batch of `packets` packets holding
+  // `data_bytes` bytes takes.
+  static std::size_t frame_bytes(std::size_t data_bytes, std::size_t packets);
+  // Writes shard `shard`'s pending batch as a PacketBatch message into `slot`
+  // (frame_bytes() long).
+  void write_frame(std::span<std::byte> slot, std::size_t shard, float sampling_rate) const;
+
   struct Ref {
     std::uint32_t offset, cap_len, wire_len, hash;
     std::int64_t ts_ns;
@@ -63,7 +69,6 @@ class PacketBatcher {
   std::size_t batch_packets_;
   std::size_t batch_bytes_;
   std::size_t pending_ = 0;
-  std::vector<capnp::word> scratch_;  // first segment of the message, reused
 };
 
 }  // namespace flowseal::capture

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "packet/decode.h"
 #include "stage_runtime.h"
@@ -64,9 +65,8 @@ PcapSource PcapSource::offline(std::vector<std::string> files, const std::string
     PcapHandle dead(pcap_open_dead(DLT_EN10MB, static_cast<int>(kMaxCaplen)));
     bpf_program program{};
     if (pcap_compile(dead.get(), &program, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0) {
-      throw SourceStartError(exit_code::kConfig,
-                             fmt::format("capture.filter '{}': {}", filter,
-                                         pcap_geterr(dead.get())));
+      throw SourceStartError(exit_code::kConfig, fmt::format("capture.filter '{}': {}", filter,
+                                                             pcap_geterr(dead.get())));
     }
     pcap_freecode(&program);
   }
@@ -98,17 +98,16 @@ PcapSource PcapSource::live(const CaptureConfig& config) {
                          : exit_code::kSoftware;
     const std::string status = pcap_statustostr(rc);
     const std::string detail = pcap_geterr(h);
-    throw SourceStartError(code, fmt::format("capture: interface {}: cannot start capture: {}{}",
-                                             name, status,
-                                             detail.empty() || detail == status
-                                                 ? std::string()
-                                                 : " (" + detail + ")"));
+    throw SourceStartError(
+        code,
+        fmt::format("capture: interface {}: cannot start capture: {}{}", name, status,
+                    detail.empty() || detail == status ? std::string() : " (" + detail + ")"));
   }
   const int link = pcap_datalink(h);
   if (!link_type_supported(link)) {
     throw SourceStartError(exit_code::kDataError,
-                           fmt::format("capture: interface {}: link type {} is not supported",
-                                       name, link_type_name(link)));
+                           fmt::format("capture: interface {}: link type {} is not supported", name,
+                                       link_type_name(link)));
   }
   if (!config.filter.empty()) {
     bpf_program program{};
@@ -120,18 +119,18 @@ PcapSource PcapSource::live(const CaptureConfig& config) {
     const int set = pcap_setfilter(h, &program);
     pcap_freecode(&program);
     if (set != 0) {
-      throw SourceStartError(exit_code::kSoftware,
-                             fmt::format("capture: interface {}: cannot apply filter: {}", name,
-                                         pcap_geterr(h)));
+      throw SourceStartError(
+          exit_code::kSoftware,
+          fmt::format("capture: interface {}: cannot apply filter: {}", name, pcap_geterr(h)));
     }
   }
   // Non-blocking, and we poll with our own timeout: with TPACKET_V3 the kernel retires a
   // block only once it holds a packet, so a blocking read on an idle link never times out
   // (no heartbeat, no partial-batch flush, no reaction to a stop request).
   if (pcap_setnonblock(h, 1, errbuf) != 0) {
-    throw SourceStartError(exit_code::kSoftware,
-                           fmt::format("capture: interface {}: cannot make it non-blocking: {}",
-                                       name, errbuf));
+    throw SourceStartError(
+        exit_code::kSoftware,
+        fmt::format("capture: interface {}: cannot make it non-blocking: {}", name, errbuf));
   }
   PcapSource source;
   source.poll_timeout_ms_ = static_cast<int>(std::max<std::int64_t>(config.batch_timeout_ms, 1));
@@ -146,12 +145,19 @@ PcapSource PcapSource::live(const CaptureConfig& config) {
 
 void PcapSource::report(const std::string& file, const FileProblem& problem) {
   if (pass_ > 0) return;  // the same problems again on every pass
+  if (problem.warning) {
+    // Counted by the caller; logged now, as a warning: the run goes on and ends well.
+    if (++file_warnings_ <= kProblemsPerFile) {
+      spdlog::warn("capture: {}: record {} at offset {}: {}", file, problem.record, problem.offset,
+                   problem.what);
+    }
+    return;
+  }
   ++file_problems_;
   if (file_problems_ > kProblemsPerFile) return;
-  const std::string where = problem.record == 0
-                                ? fmt::format("offset {}", problem.offset)
-                                : fmt::format("record {} at offset {}", problem.record,
-                                              problem.offset);
+  const std::string where =
+      problem.record == 0 ? fmt::format("offset {}", problem.offset)
+                          : fmt::format("record {} at offset {}", problem.record, problem.offset);
   errors_.push_back({fmt::format("capture: {}: {}: {}", file, where, problem.what)});
 }
 
@@ -161,7 +167,12 @@ void PcapSource::close_file() {
     errors_.push_back({fmt::format("capture: {}: {} more problems not shown", file,
                                    file_problems_ - kProblemsPerFile)});
   }
+  if (pass_ == 0 && file_warnings_ > kProblemsPerFile) {
+    spdlog::warn("capture: {}: {} more records dropped for their time, not shown", file,
+                 file_warnings_ - kProblemsPerFile);
+  }
   if (reader_) skipped_ += reader_->skipped();
+  if (reader_) bad_times_ += reader_->bad_times();
   std::error_code ec;
   bytes_done_ += std::filesystem::file_size(file, ec);
   reader_.reset();
@@ -195,6 +206,7 @@ bool PcapSource::open_next_file() {
     }
     const std::string& file = files_[file_index_++];
     file_problems_ = 0;
+    file_warnings_ = 0;
     std::string error;
     // Looping reads each file again: its pages may leave this process but not the cache.
     mapped_ = MappedFile::open(file, error, /*drop_cache=*/loop_ <= 1);
@@ -224,14 +236,13 @@ bool PcapSource::passes_filter(const FileRecord& record) {
     auto filter = std::make_unique<Filter>();
     filter->link_type = record.link_type;
     PcapHandle dead(pcap_open_dead(dlt_of(record.link_type), static_cast<int>(kMaxCaplen)));
-    if (pcap_compile(dead.get(), &filter->program, filter_.c_str(), 1,
-                     PCAP_NETMASK_UNKNOWN) == 0) {
+    if (pcap_compile(dead.get(), &filter->program, filter_.c_str(), 1, PCAP_NETMASK_UNKNOWN) == 0) {
       filter->usable = true;
     } else {
-      errors_.push_back({fmt::format("capture: {}: filter '{}' does not apply to link type {} "
-                                     "({}): its packets are skipped",
-                                     current_file(), filter_, link_type_name(record.link_type),
-                                     pcap_geterr(dead.get()))});
+      errors_.push_back({fmt::format(
+          "capture: {}: filter '{}' does not apply to link type {} "
+          "({}): its packets are skipped",
+          current_file(), filter_, link_type_name(record.link_type), pcap_geterr(dead.get()))});
     }
     filters_.push_back(std::move(filter));
     found = filters_.end() - 1;
@@ -258,8 +269,8 @@ PcapSource::Status PcapSource::next(Packet& packet) {
       if (rc == 0) return Status::kIdle;
     }
     if (rc != 1) {
-      errors_.push_back({fmt::format("capture: interface {}: {}", files_.front(),
-                                     pcap_geterr(handle_.get()))});
+      errors_.push_back(
+          {fmt::format("capture: interface {}: {}", files_.front(), pcap_geterr(handle_.get()))});
       return Status::kEnd;
     }
     const bool nano = pcap_get_tstamp_precision(handle_.get()) == PCAP_TSTAMP_PRECISION_NANO;

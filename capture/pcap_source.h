@@ -63,8 +63,8 @@ struct SourceStartError : std::runtime_error {
 
 struct KernelStats {
   std::uint64_t received = 0;
-  std::uint64_t dropped = 0;    // ps_drop: no room in the kernel buffer
-  std::uint64_t if_dropped = 0; // ps_ifdrop: dropped by the interface/driver
+  std::uint64_t dropped = 0;     // ps_drop: no room in the kernel buffer
+  std::uint64_t if_dropped = 0;  // ps_ifdrop: dropped by the interface/driver
 };
 
 // True when the packet decoder knows `link_type` (a LINKTYPE_/DLT_ number).
@@ -93,6 +93,9 @@ class PcapSource {
   const std::vector<SourceError>& errors() const { return errors_; }
   // Offline: records read from the files but not delivered (each one reported).
   std::uint64_t skipped() const { return skipped_; }
+  // Offline: records dropped because their time cannot be carried (CaptureFileReader::
+  // bad_times); each is logged as a warning, not an error, and they are not in skipped().
+  std::uint64_t bad_times() const { return bad_times_ + (reader_ ? reader_->bad_times() : 0); }
   KernelStats kernel_stats() const;
   // Offline progress: bytes consumed of all files over all passes, and their total.
   std::uint64_t bytes_read() const;
@@ -104,8 +107,12 @@ class PcapSource {
   // Live: how long an idle next() waits for a packet before it returns kIdle. A short wait
   // (capture.batch_timeout_ms) while a partial batch waits to be published; a long one
   // when nothing is pending, so that an idle capture wakes ten times a second, not a hundred.
-  void set_idle_wait(std::chrono::milliseconds wait) { poll_timeout_ms_ = static_cast<int>(wait.count()); }
-  std::chrono::milliseconds batch_wait() const { return std::chrono::milliseconds(batch_timeout_ms_); }
+  void set_idle_wait(std::chrono::milliseconds wait) {
+    poll_timeout_ms_ = static_cast<int>(wait.count());
+  }
+  std::chrono::milliseconds batch_wait() const {
+    return std::chrono::milliseconds(batch_timeout_ms_);
+  }
 
  private:
   struct Filter;  // a BPF program compiled for one link type
@@ -131,10 +138,12 @@ class PcapSource {
   std::optional<MappedFile> mapped_;
   std::optional<CaptureFileReader> reader_;
   std::uint64_t file_problems_ = 0;  // of the open file
+  std::uint64_t file_warnings_ = 0;  // of the open file
+  std::uint64_t bad_times_ = 0;      // of the files closed
   int last_link_type_ = 0;
   std::vector<std::unique_ptr<Filter>> filters_;
   std::uint64_t skipped_ = 0;
-  std::uint64_t bytes_done_ = 0;   // bytes of the files already finished
+  std::uint64_t bytes_done_ = 0;  // bytes of the files already finished
   std::uint64_t bytes_total_ = 0;
   std::vector<SourceError> errors_;
 };

@@ -113,8 +113,7 @@ TEST_CASE("loop mode reads the files again, each pass later in time than the one
   for (std::size_t i = 0; i < all.packets.size(); ++i) {
     const std::uint32_t pass = static_cast<std::uint32_t>(i / n);
     REQUIRE(all.packets[i].pass == pass);
-    REQUIRE(all.packets[i].ts_ns ==
-            first.packets[i % n].ts_ns + pass * (span + 1'000'000'000));
+    REQUIRE(all.packets[i].ts_ns == first.packets[i % n].ts_ns + pass * (span + 1'000'000'000));
   }
   CHECK(looped.bytes_read() == looped.bytes_total());
 }

@@ -42,11 +42,14 @@ bool write_message(RingProducer& producer, capnp::MessageBuilder& message,
 // FlowEventBatch, or a SealedBatch's records plus `extra` words) is built as ONE segment. A
 // message that spills into more segments reaches its records through far pointers, and
 // Cap'n Proto looks each one up in a locked map: 2-3 k instructions per record in every
-// stage that reads it (tests/perfgate). Per event: the struct plus its byte lists (two
-// addresses of up to 16 bytes, conn_state, history and Community ID of up to 32, two parents).
+// stage that reads it (tests/perfgate). Per event: the struct, its two Direction structs and
+// its byte lists (two addresses of up to 16 bytes, conn_state, history and Community ID of up
+// to 32, two parents, a service of up to 32).
 constexpr std::size_t flow_event_batch_words(std::size_t events, std::size_t extra = 64) {
   using Private = schema::FlowEvent::_capnpPrivate;
-  return events * (Private::dataWordSize + Private::pointerCount + 16) + extra;
+  using Side = schema::Direction::_capnpPrivate;
+  return events * (Private::dataWordSize + Private::pointerCount + 2 * Side::dataWordSize + 20) +
+         extra;
 }
 
 }  // namespace flowseal

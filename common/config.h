@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -22,8 +23,8 @@ struct CaptureConfig {
   std::string filter;              // BPF filter expression
   std::int64_t snaplen = 65535;
   bool promiscuous = true;
-  std::int64_t buffer_mb = 8;      // kernel capture buffer (live); see deploy/flowseal.yaml
-  bool immediate = false;          // live: deliver packets without buffering delay
+  std::int64_t buffer_mb = 8;  // kernel capture buffer (live); see deploy/flowseal.yaml
+  bool immediate = false;      // live: deliver packets without buffering delay
   std::int64_t batch_packets = 256;
   std::int64_t batch_timeout_ms = 10;  // live: publish a partial batch after this long
   std::int64_t loop = 1;               // offline: passes over the files (benchmarks)
@@ -32,15 +33,19 @@ struct CaptureConfig {
 
 struct FlowdConfig {
   std::int64_t shards = 1;
-  double tcp_idle_timeout = 300;               // s, established TCP (Zeek: 5 min)
-  double tcp_attempt_timeout = 5;              // s, TCP not established
-  double tcp_closed_timeout = 5;               // s, lingering after FIN/RST
-  double udp_idle_timeout = 60;                // s (Zeek: 1 min)
-  double icmp_idle_timeout = 60;               // s
-  double other_idle_timeout = 60;              // s
-  double active_timeout = 1800;                // s, an update is emitted and the flow goes on
-  std::int64_t max_flows = 0;                  // 0: derived from memory.budget_mb
+  double tcp_idle_timeout = 300;       // s, established TCP (Zeek: 5 min)
+  double tcp_attempt_timeout = 5;      // s, TCP not established
+  double tcp_closed_timeout = 5;       // s, lingering after FIN/RST
+  double udp_idle_timeout = 60;        // s (Zeek: 1 min)
+  double icmp_idle_timeout = 60;       // s
+  double other_idle_timeout = 60;      // s
+  double active_timeout = 1800;        // s, an update is emitted and the flow goes on
+  std::int64_t max_flows = 0;          // 0: derived from memory.budget_mb
   std::int64_t community_id_seed = 0;  // 0..65535
+};
+
+struct NetConfig {
+  std::vector<std::string> local_nets;  // CIDR prefixes (net_prefix.h), checked when set
 };
 
 struct DedupConfig {
@@ -55,9 +60,9 @@ struct DedupConfig {
 struct SealConfig {
   std::int64_t batch_records = 1024;
   std::int64_t batch_ms = 100;
-  std::int64_t end_batch_ms = 10;  // a batch holding a flow's end is sealed within this long
-  std::int64_t leaf_hint_bytes = 2;  // 0..32: unsigned leaf-hash prefixes per record, so verify
-                                     // can name a damaged record (seal/leaf_hints.h); 0: none
+  std::int64_t end_batch_ms = 10;     // a batch holding a flow's end is sealed within this long
+  std::int64_t leaf_hint_bytes = 2;   // 0..32: unsigned leaf-hash prefixes per record, so verify
+                                      // can name a damaged record (seal/leaf_hints.h); 0: none
   std::string algorithm = "ed25519";  // ed25519 | ecdsa-p256 | rsa-4096
   std::string key_file;               // empty: <output>/keys/flowseal.key (made if missing)
 };
@@ -65,13 +70,21 @@ struct SealConfig {
 struct WriterConfig {
   std::string dir = "flowseal-out";
   std::int64_t segment_max_mb = 64;
-  double segment_max_age = 300;     // s
+  double segment_max_age = 300;  // s
   std::int64_t zstd_level = 3;
-  std::string fsync = "batch";      // batch | interval | rotate
+  std::string fsync = "batch";  // batch | interval | rotate
   std::int64_t fsync_interval_ms = 1000;
-  double retention_max_age = 0;     // s, 0: keep forever
+  double retention_max_age = 0;       // s, 0: keep forever
   std::int64_t retention_max_mb = 0;  // 0: unlimited
+  // Mode of every file flowseal writes into the store (segments, the public key); the
+  // store's directories get the same bits plus x wherever r is set (0640 -> 0750).
+  std::int64_t file_mode = 0640;
 };
+
+// The directory mode that goes with a file mode: x added wherever r is set (0640 -> 0750).
+constexpr std::int64_t directory_mode(std::int64_t file_mode) {
+  return file_mode | ((file_mode & 0444) >> 2);
+}
 
 struct MemoryConfig {
   std::int64_t budget_mb = 256;
@@ -104,16 +117,71 @@ struct SupervisorConfig {
   // starts as root and drops to capture.user once its handle is open). Empty: stages run as
   // the supervisor does.
   std::string user;
+  // The read-only HTTP endpoint (supervisor/http_server.h): /metrics (Prometheus), /status.json
+  // and a status page at /. "HOST:PORT" (an IP literal, [v6]:PORT for IPv6); empty: off.
+  std::string http_listen;
+  bool http_allow_remote = false;  // permit a non-loopback http_listen address
+};
+
+// shipd (shipd/): every durable batch to a NATS JetStream Core over mutual TLS. Off while
+// url is empty.
+struct ShipConfig {
+  std::string url;                          // tls://HOST:PORT (nats:// only with insecure)
+  std::string subject_prefix = "flowseal";  // subject <prefix>.<key id>.batches
+  std::string stream = "FLOWSEAL";          // JetStream stream, created if missing
+  std::string tls_ca;                       // CA that signed the server's certificate (PEM)
+  std::string tls_cert;                     // this probe's client certificate (PEM)
+  std::string tls_key;                      // its private key (PEM, 0600, no symlink)
+  bool insecure = false;                    // allow a plaintext nats:// URL
+  std::int64_t max_inflight = 256;          // unacked publishes at most
+  double drain_timeout_s = 30;              // offline drain: give up (exit 75) after this long
+};
+
+// IPFIX export (shipd/ipfix_exporter.h): every flow end, long-flow update and dedup summary
+// of the store to an IPFIX collector. Off while url is empty.
+struct IpfixExportConfig {
+  std::string url;              // udp://HOST:PORT or tcp://HOST:PORT (parse_ipfix_url)
+  std::string mode = "biflow";  // biflow (RFC 5103 reverse elements) | uniflow
+  std::int64_t observation_domain = 0;
+  std::int64_t template_refresh_s = 60;  // UDP: templates re-sent this often
+  std::int64_t max_records_per_s = 0;    // pacing (0: as fast as the transport takes)
+};
+
+// export.ipfix.url taken apart. IPv6 literals in brackets: udp://[::1]:4739.
+struct IpfixEndpoint {
+  bool tcp = false;
+  std::string host;
+  std::uint16_t port = 0;
+};
+// nullopt with `why` when `url` is not udp://HOST:PORT or tcp://HOST:PORT.
+std::optional<IpfixEndpoint> parse_ipfix_url(std::string_view url, std::string& why);
+
+// The Kafka export (shipd/kafka_exporter.h): every stored record as cat's JSON line. Off
+// while brokers is empty.
+struct KafkaExportConfig {
+  std::string brokers;  // bootstrap servers, HOST:PORT[,HOST:PORT...]
+  std::string topic = "flowseal";
+  std::int64_t queue_mb = 0;       // librdkafka's local queue; 0: memory.budget_mb / 8
+  std::int64_t max_inflight = 64;  // stored batches produced but not all delivered, at most
+  double drain_timeout_s = 30;     // offline drain: give up (exit 75) after this long
+};
+
+struct ExportConfig {
+  IpfixExportConfig ipfix;
+  KafkaExportConfig kafka;
 };
 
 struct Config {
   CaptureConfig capture;
   FlowdConfig flowd;
+  NetConfig net;
   DedupConfig dedup;
   SealConfig seal;
   WriterConfig writer;
   MemoryConfig memory;
   SupervisorConfig supervisor;
+  ShipConfig ship;
+  ExportConfig exports;  // `export` is a C++ keyword
 };
 
 // Thrown for any bad configuration; what() names the key (and file:line when known).
@@ -123,10 +191,31 @@ struct ConfigError : std::runtime_error {
 
 // Applies a YAML file on top of `config`.
 void load_config_file(Config& config, const std::filesystem::path& file);
-// Applies one `KEY=VALUE` override (VALUE is parsed as a YAML scalar or flow sequence).
+// Applies one `KEY=VALUE` override. For a string key VALUE is taken as typed ("!tcp" stays
+// "!tcp"); for the others it is parsed as a YAML scalar or flow sequence.
 void apply_override(Config& config, std::string_view assignment);
+// The bootstrap servers of a HOST:PORT[,HOST:PORT...] list; throws ConfigError naming `key`
+// and the entry that is not one.
+std::vector<std::string> parse_broker_list(const std::string& text, std::string_view key);
+// Kafka's topic name rule: 1..249 of [A-Za-z0-9._-], not "." or "..".
+bool is_kafka_topic_name(std::string_view name);
+// export.kafka.queue_mb, or its default from memory.budget_mb, in MiB.
+std::int64_t kafka_queue_mb(const Config& config);
+// supervisor.http_listen split and checked: an IP literal (v4, or v6 in brackets) or
+// "localhost" (127.0.0.1) and a port 1..65535 (0: any free port); ConfigError naming the key
+// otherwise.
+struct ListenAddress {
+  std::string host;  // without brackets
+  std::uint16_t port = 0;
+  bool ipv6 = false;
+  bool loopback() const;
+  std::string to_string() const;  // "127.0.0.1:9108", "[::1]:9108"
+};
+ListenAddress parse_listen_address(std::string_view text);
 // Checks cross-key rules that a single key's range cannot express.
 void validate(const Config& config);
+// The run has the sixth stage, shipd: shipping (ship.url) or an export (export.*) is on.
+bool runs_shipd(const Config& config);
 // The effective configuration as YAML, every key with its comment (for `config check` and
 // for the stages).
 std::string dump_config(const Config& config, bool with_comments = false);

@@ -72,7 +72,8 @@ TEST_CASE("a wrongly typed value is an error naming the key and the value") {
 
 TEST_CASE("an out-of-range value is an error naming the key and the range") {
   Config config;
-  const std::string message = error_of([&] { flowseal::apply_override(config, "flowd.shards=99"); });
+  const std::string message =
+      error_of([&] { flowseal::apply_override(config, "flowd.shards=99"); });
   CHECK_THAT(message, Catch::Contains("flowd.shards"));
   CHECK_THAT(message, Catch::Contains("out of range"));
   CHECK(config.flowd.shards == 1);
@@ -91,6 +92,17 @@ TEST_CASE("a file that is not valid YAML names the file and line") {
   Config config;
   CHECK_THAT(error_of([&] { flowseal::load_config_file(config, file.path()); }),
              Catch::Contains(file.path().string()));
+}
+
+TEST_CASE("a key that is not a name is an error naming the file, not an internal error") {
+  // Found by tests/fuzz/fuzz_config.cpp: YAML's complex keys ("? ...") made yaml-cpp throw
+  // TypedBadConversion out of load_config_file, which `flowseal run` reports as exit 70.
+  for (const char* text : {"? :\n", "? [a, b]\n: 1\n", "flowd:\n  ? {x: 1}\n  : 2\n"}) {
+    TempYaml file(text);
+    Config config;
+    CHECK_THAT(error_of([&] { flowseal::load_config_file(config, file.path()); }),
+               Catch::Contains("a key must be a name"));
+  }
 }
 
 TEST_CASE("cross-key rules are checked by validate") {
@@ -148,4 +160,71 @@ TEST_CASE("a stage's memory limit is a non-negative number of MiB") {
   CHECK(config.memory.dedupd_limit_mb == 2.5);
   CHECK_THAT(error_of([&] { flowseal::apply_override(config, "memory.flowd_limit_mb=-1"); }),
              Catch::Contains("memory.flowd_limit_mb") && Catch::Contains("out of range"));
+}
+
+TEST_CASE("--set takes a string key's value as typed: a BPF filter may start with !, # or %") {
+  for (const std::string filter : {"!tcp", "# not a comment", "%x", "&anchor", "*alias",
+                                   "!udp and not port 53", "'quoted'", "[not a list]"}) {
+    Config config;
+    flowseal::apply_override(config, "capture.filter=" + filter);
+    CHECK(config.capture.filter == filter);
+    // ... and the effective config the stages load carries it unchanged.
+    TempYaml file(flowseal::dump_config(config));
+    Config loaded;
+    flowseal::load_config_file(loaded, file.path());
+    CHECK(loaded.capture.filter == filter);
+  }
+  Config config;
+  flowseal::apply_override(config, "writer.dir=#out");
+  CHECK(config.writer.dir == "#out");
+  flowseal::apply_override(config, "capture.filter=");
+  CHECK(config.capture.filter.empty());
+  // A string key with a fixed set of values still checks it.
+  CHECK_THAT(error_of([&] { flowseal::apply_override(config, "writer.fsync=!batch"); }),
+             Catch::Contains("writer.fsync") && Catch::Contains("not one of"));
+}
+
+TEST_CASE("export.kafka.brokers must be HOST:PORT entries and the topic a Kafka topic name") {
+  Config config;
+  flowseal::apply_override(config, "export.kafka.brokers=127.0.0.1:9092, kafka-2:19092");
+  CHECK(flowseal::parse_broker_list(config.exports.kafka.brokers, "k") ==
+        std::vector<std::string>{"127.0.0.1:9092", "kafka-2:19092"});
+  for (const char* bad :
+       {"localhost", "host:0", "host:65536", ":9092", "host:90x2", "a:1,,b:2", "h:1/x"}) {
+    CHECK_THAT(error_of([&] {
+                 flowseal::apply_override(config, std::string("export.kafka.brokers=") + bad);
+               }),
+               Catch::Contains("export.kafka.brokers") && Catch::Contains("HOST:PORT"));
+  }
+  for (const char* bad : {"..", "a b", "x/y", "topic*"}) {
+    CHECK_THAT(error_of([&] {
+                 flowseal::apply_override(config, std::string("export.kafka.topic='") + bad + "'");
+               }),
+               Catch::Contains("export.kafka.topic") && Catch::Contains("not a Kafka topic"));
+  }
+  CHECK_THAT(error_of([&] { flowseal::apply_override(config, "export.kafka.topic="); }),
+             Catch::Contains("export.kafka.topic"));
+  flowseal::apply_override(config, "export.kafka.topic=flows.v1_probe-2");
+  CHECK(config.exports.kafka.topic == "flows.v1_probe-2");
+}
+
+TEST_CASE("the Kafka queue is sized from the memory budget unless set") {
+  Config config;
+  flowseal::apply_override(config, "memory.budget_mb=256");
+  CHECK(flowseal::kafka_queue_mb(config) == 32);
+  flowseal::apply_override(config, "memory.budget_mb=16");
+  CHECK(flowseal::kafka_queue_mb(config) == 2);
+  flowseal::apply_override(config, "export.kafka.queue_mb=100");
+  CHECK(flowseal::kafka_queue_mb(config) == 100);
+}
+
+TEST_CASE("the export keys dump and load back") {
+  Config config;
+  flowseal::apply_override(config, "export.kafka.brokers=k1:9092,k2:9092");
+  flowseal::apply_override(config, "export.kafka.topic=flows");
+  TempYaml file(flowseal::dump_config(config, true));
+  Config loaded;
+  flowseal::load_config_file(loaded, file.path());
+  CHECK(loaded.exports.kafka.brokers == "k1:9092,k2:9092");
+  CHECK(flowseal::dump_config(loaded) == flowseal::dump_config(config));
 }

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <unistd.h>
 #include <functional>
 #include <memory>
 #include <span>
@@ -54,6 +55,22 @@ TEST_CASE("format lays out capture, one flowd per shard, then dedupd, signerd an
     CHECK(static_cast<StageKind>(block.slots[2 + shards].kind.load()) == StageKind::kSignerd);
     CHECK(static_cast<StageKind>(block.slots[3 + shards].kind.load()) == StageKind::kWriterd);
   }
+}
+
+TEST_CASE("a run that ships has shipd's slot after writerd's") {
+  for (std::size_t shards = 1; shards <= kMaxShards; ++shards) {
+    CAPTURE(shards);
+    auto memory = zeroed();
+    ControlBlock& block = control_block_format(memory->all(), shards, /*ship=*/true);
+    REQUIRE(block.ships());
+    REQUIRE(block.slot_count() == 5 + shards);
+    CHECK(static_cast<StageKind>(block.slots[3 + shards].kind.load()) == StageKind::kWriterd);
+    CHECK(static_cast<StageKind>(block.slots[4 + shards].kind.load()) == StageKind::kShipd);
+    CHECK(slot_index(StageKind::kShipd, 0, shards) == block.slot_count() - 1);
+    CHECK(slot_name(block, 4 + shards) == "shipd");
+  }
+  auto memory = zeroed();
+  CHECK_FALSE(control_block_format(memory->all(), 2).ships());
 }
 
 TEST_CASE("slot_index finds each stage in the slot format gave it") {
@@ -187,6 +204,89 @@ TEST_CASE("the monotonic clock never goes back") {
     last = now;
   }
   CHECK(last > 0);
+}
+
+// Attach believes nothing it has not checked; what readers index by stays bounded.
+namespace {
+
+std::string what_of_attach(std::span<std::byte> memory) {
+  return what_of([&] { control_block_attach(memory); });
+}
+
+}  // namespace
+
+TEST_CASE("a formatted control block attaches with its shard count and slot layout") {
+  auto m = zeroed();
+  control_block_format(m->all(), 3, /*ship=*/false, 12345);
+  ControlBlock& block = control_block_attach(m->all());
+  CHECK(block.shard_count() == 3);
+  CHECK(block.slot_count() == 7);
+  CHECK(block.supervisor_start_ticks == 12345);
+  CHECK(slot_name(block, 2) == "flowd[1]");
+  CHECK(slot_name(block, 6) == "writerd");
+}
+
+TEST_CASE("attach refuses a forged shard count before anything indexes by it") {
+  for (std::uint32_t forged : {0u, 9u, 200u, 0xffffffffu}) {
+    auto m = zeroed();
+    control_block_format(m->all(), 2);
+    reinterpret_cast<ControlBlock*>(m->all().data())->shards = forged;
+    const std::string error = what_of_attach(m->all());
+    CHECK_THAT(error, Catch::Contains(std::to_string(forged) + " flowd shards") &&
+                          Catch::Contains("forged"));
+  }
+}
+
+TEST_CASE("attach refuses slots that do not match the layout of the block's shard count") {
+  auto m = zeroed();
+  control_block_format(m->all(), 2);
+  auto* block = reinterpret_cast<ControlBlock*>(m->all().data());
+  block->shards = 4;  // in range, but slots 3..7 were laid out for 2 shards
+  CHECK_THAT(what_of_attach(m->all()), Catch::Contains("slot 3") && Catch::Contains("forged"));
+  block->shards = 2;
+  block->slots[1].shard.store(7);
+  CHECK_THAT(what_of_attach(m->all()), Catch::Contains("slot 1"));
+}
+
+TEST_CASE("attach refuses a short mapping, a foreign magic and another layout version") {
+  auto m = zeroed();
+  control_block_format(m->all(), 1);
+  CHECK_THAT(what_of_attach(m->all().first(100)), Catch::Contains("smaller"));
+  auto* block = reinterpret_cast<ControlBlock*>(m->all().data());
+  block->layout_version = ControlBlock::kLayoutVersion + 1;
+  CHECK_THAT(what_of_attach(m->all()), Catch::Contains("layout version"));
+  block->layout_version = ControlBlock::kLayoutVersion;
+  block->magic = 0x1234;
+  CHECK_THAT(what_of_attach(m->all()), Catch::Contains("magic"));
+}
+
+TEST_CASE("a shard count rewritten after attach still bounds every slot index") {
+  auto m = zeroed();
+  control_block_format(m->all(), 8);
+  ControlBlock& block = control_block_attach(m->all());
+  block.shards = 1000;  // the owner of the object can do this at any time
+  CHECK(block.shard_count() == kMaxShards);
+  CHECK(block.slot_count() == std::size(block.slots) - 1);
+  block.ship_slot = 1;  // ... and so can it claim a shipd slot
+  CHECK(block.slot_count() == std::size(block.slots));
+}
+
+TEST_CASE("a process's start time is read from /proc and is 0 for no process") {
+  const std::uint64_t mine = process_start_ticks(getpid());
+  CHECK(mine > 0);
+  CHECK(process_start_ticks(getpid()) == mine);
+  CHECK(process_start_ticks(0x3fffffff) == 0);
+}
+
+TEST_CASE("/proc/PID/stat fields are read by number; none for no process or no such field") {
+  const auto fields = proc_stat_fields(getpid(), {14, 15, 22});
+  REQUIRE(fields);
+  REQUIRE(fields->size() == 3);
+  CHECK((*fields)[2] == process_start_ticks(getpid()));
+  CHECK_FALSE(proc_stat_fields(0x3fffffff, {14}));
+  CHECK_FALSE(proc_stat_fields(getpid(), {3}));     // the state: a letter, not a number
+  CHECK_FALSE(proc_stat_fields(getpid(), {2}));     // the command name comes before
+  CHECK_FALSE(proc_stat_fields(getpid(), {1000}));  // past the last field
 }
 
 }  // namespace flowseal

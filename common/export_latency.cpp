@@ -23,7 +23,7 @@ std::string milliseconds(std::int64_t ns) {
 // a SYN (history S, or H for its SYN-ACK) and the responder sent nothing. Every other open
 // TCP flow, one-sided or not, waits for the established timeout, as in Zeek.
 bool is_attempt(schema::FlowEvent::Reader r) {
-  if (r.getRespPkts() != 0) return false;
+  if (r.getResp().getPkts() != 0) return false;
   const std::string_view history = r.getHistory().cStr();
   return history.find_first_of("SH") != std::string_view::npos;
 }
@@ -51,9 +51,7 @@ std::int64_t ExportLatency::due_ns(schema::FlowEvent::Reader r) const {
   double timeout = 0;
   switch (r.getEndReason()) {
     case schema::EndReason::FIN:
-    case schema::EndReason::RST:
-      timeout = timeouts_.tcp_closed_timeout;
-      break;
+    case schema::EndReason::RST: timeout = timeouts_.tcp_closed_timeout; break;
     case schema::EndReason::IDLE:
       switch (r.getProto()) {
         case kProtoTcp:
@@ -65,8 +63,7 @@ std::int64_t ExportLatency::due_ns(schema::FlowEvent::Reader r) const {
         default: timeout = timeouts_.other_idle_timeout; break;
       }
       break;
-    default:
-      return -1;  // eviction, shutdown: no natural due time
+    default: return -1;  // eviction, shutdown: no natural due time
   }
   return r.getLastTsNs() + seconds_to_ns(timeout);
 }
@@ -81,6 +78,10 @@ void ExportLatency::add_latency_ns(std::int64_t latency_ns) {
   const std::int64_t ns = std::max<std::int64_t>(latency_ns, 0);
   ++buckets_[bucket_of(static_cast<std::uint64_t>(ns) / 1000)];
   ++count_;
+  sum_us_ += static_cast<std::uint64_t>(ns) / 1000;
+  for (std::size_t i = 0; i < kCoarseBoundsS.size(); ++i) {
+    if (double(ns) <= kCoarseBoundsS[i] * 1e9) ++coarse_[i];
+  }
   max_ns_ = std::max(max_ns_, ns);
 }
 

@@ -35,6 +35,13 @@ class ExportLatency {
   void add_latency_ns(std::int64_t latency_ns);
 
   std::uint64_t count() const { return count_; }
+  std::uint64_t sum_us() const { return sum_us_; }
+  // Upper bounds (s) of the coarse cumulative histogram the supervisor exports to
+  // Prometheus; coarse_at_most(i): ends whose latency was at most kCoarseBoundsS[i] (exact,
+  // counted as they come, not read from the 6 % buckets).
+  // Seven: they fill writerd's slot after its record counters (common/control_block.h).
+  static constexpr std::array<double, 7> kCoarseBoundsS = {0.005, 0.025, 0.1, 0.5, 2.5, 10, 60};
+  std::uint64_t coarse_at_most(std::size_t i) const { return coarse_[i]; }
   // The latency (ns, the upper edge of its bucket) below which `fraction` of the ends fall.
   std::int64_t percentile_ns(double fraction) const;
   // "p50 1.2 ms, p99 8.0 ms, p99.9 15 ms, max 21 ms over 1234 flow ends", or "" if none.
@@ -51,6 +58,8 @@ class ExportLatency {
   FlowdConfig timeouts_;
   std::array<std::uint64_t, kBuckets> buckets_{};
   std::uint64_t count_ = 0;
+  std::uint64_t sum_us_ = 0;
+  std::array<std::uint64_t, kCoarseBoundsS.size()> coarse_{};
   std::int64_t max_ns_ = 0;
 };
 

@@ -16,14 +16,14 @@ constexpr std::int64_t kSec = 1'000'000'000;
 struct Record {
   capnp::MallocMessageBuilder message;
   schema::FlowEvent::Builder e = message.initRoot<schema::FlowEvent>();
-  Record(schema::EventKind kind, schema::EndReason reason, std::uint8_t proto,
-         std::int64_t last_ts, std::uint64_t resp_pkts = 1) {
+  Record(schema::EventKind kind, schema::EndReason reason, std::uint8_t proto, std::int64_t last_ts,
+         std::uint64_t resp_pkts = 1) {
     e.setKind(kind);
     e.setEndReason(reason);
     e.setProto(proto);
     e.setLastTsNs(last_ts);
-    e.setOrigPkts(1);
-    e.setRespPkts(resp_pkts);
+    e.getOrig().setPkts(1);
+    e.getResp().setPkts(resp_pkts);
   }
 };
 
@@ -91,7 +91,8 @@ TEST_CASE("percentiles are within a sixteenth of the true value over the whole r
   CHECK(latency.histogram().substr(0, 4) == "0:1 ");  // it went to the zero bucket
   std::uint64_t total = 0;
   std::istringstream buckets(latency.histogram());
-  for (std::string entry; buckets >> entry;) total += std::stoull(entry.substr(entry.find(':') + 1));
+  for (std::string entry; buckets >> entry;)
+    total += std::stoull(entry.substr(entry.find(':') + 1));
   CHECK(total == values.size() + 1);
   CHECK(latency.count() == values.size() + 1);
   CHECK(latency.describe().find("over " + std::to_string(values.size() + 1) + " flow ends") !=

@@ -77,8 +77,7 @@ LoopProcess stage_process(StageRuntime& runtime, std::size_t bad_frame_counter);
 class FrameLoop {
  public:
   // `frame_kind` names the message a frame holds in the log ("PacketBatch").
-  FrameLoop(LoopProcess process, RingInputs& inputs, RateLimitedLog& log,
-            std::string frame_kind);
+  FrameLoop(LoopProcess process, RingInputs& inputs, RateLimitedLog& log, std::string frame_kind);
 
   // Runs until drained (exit_code::kOk) or until the process must leave (its exit code).
   int run(const FrameHandlers& handlers);

@@ -80,7 +80,8 @@ struct Harness {
   Harness()
       : logger(std::make_shared<spdlog::logger>(
             "test", std::make_shared<spdlog::sinks::ostream_sink_st>(lines))),
-        log(10s, [this] { return now; }, logger) {
+        log(
+            10s, [this] { return now; }, logger) {
     logger->set_pattern("%v");
   }
   LoopProcess process() {
@@ -107,7 +108,8 @@ std::uint64_t seq_of(std::span<const std::byte> frame) {
   return reader.getRoot<schema::PacketBatch>().getFirstSeq();
 }
 
-TEST_CASE("a bad frame is counted, logged once per interval with the count, skipped and committed") {
+TEST_CASE(
+    "a bad frame is counted, logged once per interval with the count, skipped and committed") {
   TestRing ring("bad");
   Harness h;
   RingInputs inputs = inputs_of({&ring});
@@ -243,7 +245,7 @@ TEST_CASE("a signal ends the loop with exit code 75 between frames, even while b
   };
   CHECK(loop.run(handlers) == exit_code::kTempFail);
   CHECK(seen == std::vector<std::uint64_t>{1});  // frame 2 is left for the successor
-  CHECK(ring.header().tail.load() > 0);           // frame 1 was committed before
+  CHECK(ring.header().tail.load() > 0);          // frame 1 was committed before
 
   // Idle: the signal comes while the loop waits for input (never closed here).
   h.signal = false;

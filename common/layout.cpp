@@ -35,8 +35,8 @@ MemoryPlan plan_memory(const Config& config) {
   plan.packet_ring = pow2_within(budget / 8 / shards, 1 * kMiB, 64 * kMiB);
   plan.event_ring = pow2_within(budget / 64, 1 * kMiB, 16 * kMiB);
   plan.sealed_ring = pow2_within(budget / 32, 2 * kMiB, 32 * kMiB);
-  const std::size_t rings = plan.packet_ring * shards + plan.event_ring * (shards + 1) +
-                            plan.sealed_ring;
+  const std::size_t rings =
+      plan.packet_ring * shards + plan.event_ring * (shards + 1) + plan.sealed_ring;
   const std::size_t reserved = rings + kStagePrivateBytes * (4 + shards);
   const std::size_t rest = budget > reserved + budget / 4 ? budget - reserved : budget / 4;
   // Flow state is what grows with traffic; dedup keeps far fewer entries.

@@ -14,9 +14,9 @@
 namespace flowseal {
 
 struct MemoryPlan {
-  std::size_t packet_ring = 0;     // capacity of each capture -> flowd[i] ring
-  std::size_t event_ring = 0;      // each flowd[i] -> dedupd ring, and dedupd -> signerd
-  std::size_t sealed_ring = 0;     // signerd -> writerd
+  std::size_t packet_ring = 0;       // capacity of each capture -> flowd[i] ring
+  std::size_t event_ring = 0;        // each flowd[i] -> dedupd ring, and dedupd -> signerd
+  std::size_t sealed_ring = 0;       // signerd -> writerd
   std::size_t flow_table_bytes = 0;  // per flowd shard
   std::size_t dedup_bytes = 0;
   std::size_t total() const;

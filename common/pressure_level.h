@@ -29,11 +29,11 @@ std::string_view to_string(PressureLevel level);
 PressureLevel pressure_level_from(std::uint32_t raw);
 
 struct PressureEffects {
-  float sampling_rate;         // share of flows capture keeps
-  std::size_t payload_keep;    // bytes kept per packet (LOW: the whole snaplen)
-  double idle_timeout_scale;   // flowd's idle timeouts are multiplied by this
-  double dedup_cap_scale;      // dedupd's entry cap is multiplied by this
-  bool hold_flow_table;        // flowd evicts down to flow_table_hold_fraction()
+  float sampling_rate;        // share of flows capture keeps
+  std::size_t payload_keep;   // bytes kept per packet (LOW: the whole snaplen)
+  double idle_timeout_scale;  // flowd's idle timeouts are multiplied by this
+  double dedup_cap_scale;     // dedupd's entry cap is multiplied by this
+  bool hold_flow_table;       // flowd evicts down to flow_table_hold_fraction()
 };
 
 const PressureEffects& pressure_effects(PressureLevel level);

@@ -20,7 +20,8 @@ struct CapturedLog {
   CapturedLog()
       : sink(std::make_shared<spdlog::sinks::ostream_sink_st>(lines)),
         logger(std::make_shared<spdlog::logger>("test", sink)),
-        log(10s, [this] { return now; }, logger) {
+        log(
+            10s, [this] { return now; }, logger) {
     logger->set_pattern("%v");
   }
   std::string text() const { return lines.str(); }

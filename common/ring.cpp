@@ -69,14 +69,15 @@ std::size_t ring_bytes(std::size_t capacity) { return sizeof(RingHeader) + capac
 
 void ring_format(std::span<std::byte> memory, std::size_t capacity) {
   if (!std::has_single_bit(capacity) || capacity < kMinCapacity || capacity > kMaxCapacity) {
-    throw std::invalid_argument(fmt::format(
-        "ring capacity {} is not a power of two between {} and {}", capacity, kMinCapacity,
-        kMaxCapacity));
+    throw std::invalid_argument(
+        fmt::format("ring capacity {} is not a power of two between {} and {}", capacity,
+                    kMinCapacity, kMaxCapacity));
   }
   if (memory.size() < ring_bytes(capacity)) {
-    throw std::invalid_argument(fmt::format("ring memory of {} bytes is smaller than the {} "
-                                            "a {}-byte ring needs",
-                                            memory.size(), ring_bytes(capacity), capacity));
+    throw std::invalid_argument(
+        fmt::format("ring memory of {} bytes is smaller than the {} "
+                    "a {}-byte ring needs",
+                    memory.size(), ring_bytes(capacity), capacity));
   }
   if (reinterpret_cast<std::uintptr_t>(memory.data()) % kCacheLine != 0) {
     throw std::invalid_argument("ring memory is not 64-byte aligned");
@@ -97,9 +98,10 @@ RingHeader& ring_attach(std::span<std::byte> memory) {
   }
   auto* header = std::launder(reinterpret_cast<RingHeader*>(memory.data()));
   if (header->magic != RingHeader::kMagic) {
-    throw std::runtime_error(fmt::format("ring magic {:#x} is not flowseal's {:#x} "
-                                         "(uninitialised or foreign memory)",
-                                         header->magic, RingHeader::kMagic));
+    throw std::runtime_error(
+        fmt::format("ring magic {:#x} is not flowseal's {:#x} "
+                    "(uninitialised or foreign memory)",
+                    header->magic, RingHeader::kMagic));
   }
   if (header->layout_version != RingHeader::kLayoutVersion ||
       header->header_bytes != sizeof(RingHeader)) {
@@ -137,7 +139,16 @@ RingProducer::RingProducer(std::span<std::byte> memory)
       cached_tail_(header_->tail.load(std::memory_order_acquire)),
       published_(head_),
       light_wake_check_(asymmetric_fence_register()),
-      sleep_slice_(kDefaultSleepSlice) {}
+      sleep_slice_(kDefaultSleepSlice) {
+  // The producer resumes at the shared head: frames only ever move it by multiples of 8 and
+  // never past a full ring. One that does not fit (a crashed or hostile writer of the mapping)
+  // would place a wrap marker up to 7 bytes past the data area.
+  if (head_ % 8 != 0 || head_ - cached_tail_ > capacity_) {
+    throw std::runtime_error(
+        fmt::format("ring head {} does not fit its tail {} and capacity {} (damaged shared memory)",
+                    head_, cached_tail_, capacity_));
+  }
+}
 
 bool RingProducer::has_room(std::uint64_t need) {
   if (head_ + need - cached_tail_ <= capacity_) return true;
@@ -153,7 +164,8 @@ std::span<std::byte> RingProducer::try_reserve(std::size_t length) {
   if (need > to_end) {
     // The frame must be contiguous: mark the rest of the area as skipped and start at 0.
     if (!has_room(to_end + need)) return {};
-    const FrameHeader wrap{FrameHeader::kWrapMarker, FrameHeader::kWrapMarker ^ FrameHeader::kCheck};
+    const FrameHeader wrap{FrameHeader::kWrapMarker,
+                           FrameHeader::kWrapMarker ^ FrameHeader::kCheck};
     std::memcpy(data_ + offset, &wrap, sizeof wrap);
     head_ += to_end;
   } else if (!has_room(need)) {
@@ -165,8 +177,7 @@ std::span<std::byte> RingProducer::try_reserve(std::size_t length) {
   return {data_ + (head_ & (capacity_ - 1)) + sizeof(FrameHeader), length};
 }
 
-std::span<std::byte> RingProducer::reserve(std::size_t length,
-                                           std::chrono::milliseconds timeout) {
+std::span<std::byte> RingProducer::reserve(std::size_t length, std::chrono::milliseconds timeout) {
   if (auto slot = try_reserve(length); slot.data() != nullptr || length > max_frame_) {
     return slot;
   }
@@ -224,8 +235,7 @@ void RingProducer::publish() {
   }
 }
 
-bool RingProducer::write(std::span<const std::byte> payload,
-                         std::chrono::milliseconds timeout) {
+bool RingProducer::write(std::span<const std::byte> payload, std::chrono::milliseconds timeout) {
   auto slot = reserve(payload.size(), timeout);
   if (slot.data() == nullptr) return false;
   if (!payload.empty()) std::memcpy(slot.data(), payload.data(), payload.size());
@@ -265,6 +275,13 @@ std::optional<std::span<const std::byte>> RingConsumer::next() {
       if (read_ == cached_head_) return std::nullopt;
     }
     const std::uint64_t offset = read_ & (capacity_ - 1);
+    if (read_ % sizeof(FrameHeader) != 0) {
+      // Frames start 8-byte aligned, so a header never runs past the end of the area; a tail
+      // that is not (left by a crashed or hostile writer of the mapping) would read past it.
+      header_->bad_frames.fetch_add(1, std::memory_order_relaxed);
+      read_ = cached_head_;
+      return std::nullopt;
+    }
     FrameHeader frame;
     std::memcpy(&frame, data_ + offset, sizeof frame);
     const std::uint64_t available = cached_head_ - read_;

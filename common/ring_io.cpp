@@ -35,8 +35,9 @@ std::chrono::milliseconds idle_wait_ns(std::int64_t due_ns, std::int64_t now_ns)
 std::chrono::milliseconds idle_wait(std::chrono::steady_clock::time_point due,
                                     std::chrono::steady_clock::time_point now) {
   if (due == std::chrono::steady_clock::time_point::max()) return kIdleWait;
-  return idle_wait_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(due.time_since_epoch()).count(),
-                      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count());
+  return idle_wait_ns(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(due.time_since_epoch()).count(),
+      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count());
 }
 
 bool RingInputs::drained() const {

@@ -111,8 +111,7 @@ std::string shm_name(std::string_view tag) {
 
 // A formatted ring in its own shared-memory object; the name goes away with the object.
 struct ShmRing {
-  ShmRing(std::string_view tag, std::size_t capacity)
-      : segment(make(tag, ring_bytes(capacity))) {
+  ShmRing(std::string_view tag, std::size_t capacity) : segment(make(tag, ring_bytes(capacity))) {
     ring_format(segment.bytes(), capacity);
   }
   static ShmSegment make(std::string_view tag, std::size_t bytes) {
@@ -451,8 +450,7 @@ TEST_CASE("attaching to memory that is not a ring names what does not match") {
   SECTION("capacity larger than the mapping") {
     header.capacity = 8192;
     header.max_frame = 8192 / 4 - 8;
-    REQUIRE_THROWS_WITH(ring_attach(ring.memory()),
-                        Catch::Contains("capacity 8192 does not fit"));
+    REQUIRE_THROWS_WITH(ring_attach(ring.memory()), Catch::Contains("capacity 8192 does not fit"));
   }
   SECTION("mapping shorter than the ring") {
     REQUIRE_THROWS_WITH(ring_attach(ring.memory().first(ring_bytes(4096) - 8)),
@@ -569,6 +567,45 @@ TEST_CASE("a wrap marker that claims more than is published is not followed") {
   CHECK(consumer.used_bytes() == 0);
 }
 
+TEST_CASE("a tail that is not 8-byte aligned is counted and skipped and never read from") {
+  // Found by tests/fuzz/fuzz_ring.cpp: a tail left unaligned by whatever wrote the mapping made
+  // next() read a header at that offset; near the end of the area the header ran past the
+  // mapping, and here it would hand out a frame Cap'n Proto cannot read in place.
+  ShmRing ring("unaligned", 4096);
+  RingHeader& header = ring.header();
+  const FrameHeader frame{8, 8 ^ FrameHeader::kCheck};
+  std::memcpy(ring.data() + 4, &frame, sizeof frame);
+  header.tail.store(4);
+  header.head.store(4 + 16);
+  RingConsumer consumer(ring.memory());
+  CHECK(!consumer.next().has_value());
+  CHECK(ring.counters().bad_frames == 1);
+  // Near the end of the area: the header would straddle it.
+  header.bad_frames.store(0);
+  header.tail.store(4096 - 3);
+  header.head.store(4096 - 3 + 16);
+  RingConsumer late(ring.memory());
+  CHECK(!late.next().has_value());
+  CHECK(ring.counters().bad_frames == 1);
+}
+
+TEST_CASE("a producer refuses a shared head that frames could not have left") {
+  // Unaligned, the head would put a wrap marker up to 7 bytes past the data area; before the
+  // tail or more than a ring ahead of it, the ring's contents are nonsense.
+  ShmRing ring("badhead", 4096);
+  RingHeader& header = ring.header();
+  header.tail.store(0);
+  header.head.store(4096 - 3);
+  CHECK_THROWS_WITH(RingProducer(ring.memory()), Catch::Contains("damaged shared memory"));
+  header.tail.store(64);
+  header.head.store(32);
+  CHECK_THROWS(RingProducer(ring.memory()));
+  header.head.store(64 + 4096 + 8);
+  CHECK_THROWS(RingProducer(ring.memory()));
+  header.head.store(64 + 4096);  // exactly full: fine
+  CHECK_NOTHROW(RingProducer(ring.memory()));
+}
+
 TEST_CASE("every single-bit flip in a frame header is detected") {
   int undetected = 0;
   for (int bit = 0; bit < 64; ++bit) {
@@ -619,8 +656,9 @@ TEST_CASE("millions of frames cross two processes intact with both sides sleepin
       if (seq % (kStreamFrames / 8) == 0) std::this_thread::sleep_for(2ms);
     }
     report->checked = seq;
-    return seq == kStreamFrames ? 0 : child_fails(*report.report,
-                                                  fmt::format("drained after {} frames", seq));
+    return seq == kStreamFrames
+               ? 0
+               : child_fails(*report.report, fmt::format("drained after {} frames", seq));
   });
 
   RingProducer producer(ring.memory());
@@ -881,18 +919,20 @@ TEST_CASE("a consumer killed past its last commit is replaced by one resuming ex
   CHECK(ring.counters().bad_frames == 0);
 }
 
-TEST_CASE("a consumer killed at a random moment loses nothing and repeats only what it had not committed") {
+TEST_CASE(
+    "a consumer killed at a random moment loses nothing and repeats only what it had not "
+    "committed") {
   ShmRing ring("randomkill", 64 * 1024);
   SharedReport producer_report("randomkill.producer");
   SharedReport report("randomkill.consumer");
   constexpr std::uint64_t kEvery = 7;
-  const std::uint64_t kill_after = kResumeFrames / 3 + mix(static_cast<std::uint64_t>(::getpid())) % 1000;
+  const std::uint64_t kill_after =
+      kResumeFrames / 3 + mix(static_cast<std::uint64_t>(::getpid())) % 1000;
 
   Child producer_child(
       [&] { return produce_stream(ring.memory(), kResumeFrames, *producer_report.report); });
-  Child first_consumer([&] {
-    return consume_stream(ring.memory(), 0, kEvery, true, std::nullopt, *report.report);
-  });
+  Child first_consumer(
+      [&] { return consume_stream(ring.memory(), 0, kEvery, true, std::nullopt, *report.report); });
   REQUIRE(eventually([&] { return report->checked.load() >= kill_after; }, kChildLimit));
   first_consumer.kill_now();  // wherever it is: reading, checking, committing
   CHECK(first_consumer.reap(kChildLimit) == -SIGKILL);
@@ -907,8 +947,8 @@ TEST_CASE("a consumer killed at a random moment loses nothing and repeats only w
   const std::uint64_t first = resume_and_check(ring.memory(), kResumeFrames, error);
   INFO(error);
   CHECK(error.empty());
-  INFO(fmt::format("checked {} committing {} committed {} successor first {}", checked,
-                   committing, committed, first));
+  INFO(fmt::format("checked {} committing {} committed {} successor first {}", checked, committing,
+                   committed, first));
   // The successor starts exactly at the commit point the killed consumer stored (or was
   // storing when it died), never after a frame it did not check: nothing lost.
   CHECK((first == committed || first == committing));

@@ -11,6 +11,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "version.h"
+
 namespace flowseal {
 namespace {
 
@@ -25,8 +27,12 @@ extern "C" void on_stop_signal(int signo) { g_signal_received.store(signo); }
 // stays in shared memory for the next run, which recovers or removes it.
 constexpr unsigned kOrphanGraceSeconds = 3;
 
+// The parent-death signal: not SIGHUP, which a terminal's hangup sends to the whole process
+// group and which the supervisor takes as "reload the config".
+constexpr int kSupervisorDied = SIGUSR2;
+
 extern "C" void on_supervisor_death(int) {
-  g_signal_received.store(SIGHUP);
+  g_signal_received.store(kSupervisorDied);
   alarm(kOrphanGraceSeconds);  // async-signal-safe
 }
 
@@ -38,17 +44,17 @@ void install_signal_handlers() {
   struct sigaction orphaned {};
   orphaned.sa_handler = on_supervisor_death;
   sigemptyset(&orphaned.sa_mask);
-  sigaction(SIGHUP, &orphaned, nullptr);
-  // Ctrl-C in the terminal goes to the whole process group; the supervisor decides when
-  // each stage stops, so a stage ignores the terminal's SIGINT and waits for SIGTERM/flag.
+  sigaction(kSupervisorDied, &orphaned, nullptr);
+  // Ctrl-C and a hangup of the terminal go to the whole process group; the supervisor
+  // decides when each stage stops (SIGHUP: it reloads), so a stage ignores both.
   signal(SIGINT, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
 }
 
 }  // namespace
 
-StageRuntime::StageRuntime(StageKind kind, std::string instance, Config config,
-                           std::size_t shard)
+StageRuntime::StageRuntime(StageKind kind, std::string instance, Config config, std::size_t shard)
     : instance_(std::move(instance)),
       config_(std::move(config)),
       shard_(shard),
@@ -97,15 +103,16 @@ int run_stage(StageKind kind, int argc, char** argv,
   const std::string stage(to_string(kind));
   CLI::App app{fmt::format("flowseal {} stage (started by `flowseal run`)", stage),
                fmt::format("flowseal-{}", stage)};
+  app.set_version_flag("--version", fmt::format("flowseal-{} {}", stage, FLOWSEAL_VERSION));
   std::string instance = "default";
   std::string config_file;
   std::size_t shard = 0;
   app.add_option("--instance", instance, "instance name")->required();
-  app.add_option("--config", config_file, "effective config written by the supervisor")
-      ->required();
+  app.add_option("--config", config_file, "effective config written by the supervisor")->required();
   app.add_option("--shard", shard, "flowd shard number");
   int key_fd = -1;
-  app.add_option("--key-fd", key_fd, "signerd: the private key on this inherited fd (supervisor.user)");
+  app.add_option("--key-fd", key_fd,
+                 "signerd: the private key on this inherited fd (supervisor.user)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -117,7 +124,7 @@ int run_stage(StageKind kind, int argc, char** argv,
   // The handler goes in first, so a supervisor dying in between cannot kill the stage
   // without it noticing.
   install_signal_handlers();
-  prctl(PR_SET_PDEATHSIG, SIGHUP);
+  prctl(PR_SET_PDEATHSIG, kSupervisorDied);
   if (getppid() == 1) return exit_code::kTempFail;
 
   Config config;

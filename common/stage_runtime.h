@@ -26,9 +26,12 @@ inline constexpr int kOk = 0;
 inline constexpr int kUsage = 64;
 inline constexpr int kDataError = 65;
 inline constexpr int kNoInput = 66;
+inline constexpr int kUnavailable = 69;  // nothing running to talk to
 inline constexpr int kSoftware = 70;
+inline constexpr int kCantCreate = 73;  // an output file or directory cannot be made
 inline constexpr int kIoError = 74;
 inline constexpr int kTempFail = 75;
+inline constexpr int kNoPermission = 77;
 inline constexpr int kConfig = 78;
 }  // namespace exit_code
 
@@ -87,8 +90,7 @@ class StageRuntime {
 };
 
 // Parses the stage command line, builds the runtime and calls body; returns the exit code.
-int run_stage(StageKind kind, int argc, char** argv,
-              const std::function<int(StageRuntime&)>& body);
+int run_stage(StageKind kind, int argc, char** argv, const std::function<int(StageRuntime&)>& body);
 
 // Logging for people (never per packet): one stderr logger named after the stage.
 void init_logging(const std::string& stage_name);

@@ -9,6 +9,7 @@
 #include <capnp/serialize.h>
 
 #include "layout.h"
+#include "record_buffer.h"
 
 namespace flowseal::dedupd {
 namespace {
@@ -39,7 +40,9 @@ bool same_text(const std::array<char, 8>& stored, capnp::Text::Reader text) {
 }
 
 std::uint64_t ip_bytes(schema::FlowEvent::Reader e) {
-  return e.getOrigIpBytes() + e.getRespIpBytes();
+  std::uint64_t total = 0;
+  for (const record::Side side : record::kSides) total += record::direction(e, side).ip_bytes;
+  return total;
 }
 
 DedupEngine::GroupKey group_key(schema::FlowEvent::Reader e) {
@@ -64,14 +67,14 @@ DedupOptions DedupOptions::from_config(const Config& config) {
   o.burst = static_cast<std::uint32_t>(std::min<std::int64_t>(config.dedup.burst, UINT32_MAX));
   o.window_ns = seconds_to_ns(config.dedup.window);
   const auto& f = config.flowd;
-  o.linger_ns = seconds_to_ns(std::max({f.udp_idle_timeout, f.icmp_idle_timeout,
-                                        f.other_idle_timeout, f.tcp_attempt_timeout,
-                                        f.tcp_closed_timeout}));
+  o.linger_ns =
+      seconds_to_ns(std::max({f.udp_idle_timeout, f.icmp_idle_timeout, f.other_idle_timeout,
+                              f.tcp_attempt_timeout, f.tcp_closed_timeout}));
   if (config.dedup.max_entries > 0) {
     o.max_entries = static_cast<std::size_t>(config.dedup.max_entries);
   } else {
-    o.max_entries = std::max<std::size_t>(plan_memory(config).dedup_bytes / kBudgetBytesPerEntry,
-                                          1024);
+    o.max_entries =
+        std::max<std::size_t>(plan_memory(config).dedup_bytes / kBudgetBytesPerEntry, 1024);
   }
   return o;
 }
@@ -129,7 +132,7 @@ void DedupEngine::on_start(schema::FlowEvent::Reader event, std::uint32_t source
     erase_flow(it);
   }
   Flow& flow = new_flow(event.getUid());
-  flow.held_start = capnp::canonicalize(event);
+  flow.held_start = canonical_copy(event);
   flow.source = source;
   ++held_[source];
   ++held_starts_;
@@ -234,31 +237,30 @@ void DedupEngine::on_end(schema::FlowEvent::Reader event, std::uint32_t source) 
 
 namespace {
 
-DedupEngine::Spread orig_spread_of(schema::FlowEvent::Reader e) {
-  return {e.getOrigSizeMin(), e.getOrigSizeMax(), e.getOrigSizeSumSq(), e.getOrigIatMinUs(),
-          e.getOrigIatMaxUs(), e.getOrigIatSumUs(), e.getOrigIatSumSqUs(), e.getOrigRexmits(),
-          e.getOrigPkts(), e.getOrigPkts() > 0 ? e.getOrigPkts() - 1 : 0};
-}
-DedupEngine::Spread resp_spread_of(schema::FlowEvent::Reader e) {
-  return {e.getRespSizeMin(), e.getRespSizeMax(), e.getRespSizeSumSq(), e.getRespIatMinUs(),
-          e.getRespIatMaxUs(), e.getRespIatSumUs(), e.getRespIatSumSqUs(), e.getRespRexmits(),
-          e.getRespPkts(), e.getRespPkts() > 0 ? e.getRespPkts() - 1 : 0};
-}
-
-void merge_spread(DedupEngine::Spread& into, const DedupEngine::Spread& in) {
-  if (in.pkts == 0) return;
-  into.size_min = into.pkts == 0 ? in.size_min : std::min(into.size_min, in.size_min);
-  into.size_max = std::max(into.size_max, in.size_max);
-  into.size_sumsq += in.size_sumsq;
-  if (in.gaps > 0) {
-    into.iat_min_us = into.gaps == 0 ? in.iat_min_us : std::min(into.iat_min_us, in.iat_min_us);
-    into.iat_max_us = std::max(into.iat_max_us, in.iat_max_us);
+// Adds one folded flow's side to its summary's: sums of the sums, extremes of the extremes.
+// Minima and maxima are taken only over flows that have packets (sizes) or gaps
+// (inter-arrival times), so a side that sent nothing does not pull a minimum to 0.
+void fold_side(DedupEngine::FoldedSide& into, const record::DirectionStats& in) {
+  record::DirectionStats& s = into.stats;
+  if (in.pkts > 0) {
+    const std::uint64_t gaps = in.pkts - 1;
+    s.size_min = s.pkts == 0 ? in.size_min : std::min(s.size_min, in.size_min);
+    s.size_max = std::max(s.size_max, in.size_max);
+    s.size_sumsq += in.size_sumsq;
+    if (gaps > 0) {
+      s.iat_min_us = into.gaps == 0 ? in.iat_min_us : std::min(s.iat_min_us, in.iat_min_us);
+      s.iat_max_us = std::max(s.iat_max_us, in.iat_max_us);
+    }
+    s.iat_sum_us += in.iat_sum_us;
+    s.iat_sumsq_us += in.iat_sumsq_us;
+    s.rexmits += in.rexmits;
+    into.gaps += gaps;
   }
-  into.iat_sum_us += in.iat_sum_us;
-  into.iat_sumsq_us += in.iat_sumsq_us;
-  into.rexmits += in.rexmits;
-  into.pkts += in.pkts;
-  into.gaps += in.gaps;
+  s.pkts += in.pkts;
+  s.ip_bytes += in.ip_bytes;
+  s.bytes += in.bytes;
+  s.tcp_flags |= in.tcp_flags;
+  s.local = in.local;  // the group's addresses are the same in every folded flow
 }
 
 }  // namespace
@@ -279,22 +281,15 @@ void DedupEngine::fold(Group& group, schema::FlowEvent::Reader end, std::uint32_
     s.sources |= bit;
     ++held_[source];
   }
-  s.orig_pkts += end.getOrigPkts();
-  s.orig_ip_bytes += end.getOrigIpBytes();
-  s.orig_bytes += end.getOrigBytes();
-  s.resp_pkts += end.getRespPkts();
-  s.resp_ip_bytes += end.getRespIpBytes();
-  s.resp_bytes += end.getRespBytes();
   s.first_ts_ns = std::min(s.first_ts_ns, end.getFirstTsNs());
   s.last_ts_ns = std::max(s.last_ts_ns, end.getLastTsNs());
   s.last_uid = end.getUid();
-  s.orig_tcp_flags |= end.getOrigTcpFlags();
-  s.resp_tcp_flags |= end.getRespTcpFlags();
   s.end_reason = end.getEndReason();
   s.sampling_rate = std::min(s.sampling_rate, end.getSamplingRate());
   s.conn_state = short_text(end.getConnState());
-  merge_spread(s.orig_spread, orig_spread_of(end));
-  merge_spread(s.resp_spread, resp_spread_of(end));
+  for (const record::Side side : record::kSides) {
+    fold_side(s.sides[record::index_of(side)], record::direction(end, side));
+  }
   ++stats_.folded;
 }
 
@@ -316,36 +311,13 @@ void DedupEngine::emit_summary(const GroupKey& key, Group& group) {
   e.setVlan(key.vlan);
   e.setFirstTsNs(s.first_ts_ns);
   e.setLastTsNs(s.last_ts_ns);
-  e.setOrigPkts(s.orig_pkts);
-  e.setOrigIpBytes(s.orig_ip_bytes);
-  e.setOrigBytes(s.orig_bytes);
-  e.setRespPkts(s.resp_pkts);
-  e.setRespIpBytes(s.resp_ip_bytes);
-  e.setRespBytes(s.resp_bytes);
-  e.setOrigTcpFlags(s.orig_tcp_flags);
-  e.setRespTcpFlags(s.resp_tcp_flags);
   e.setConnState(s.conn_state.data());
   e.setFlowCount(s.count);
   e.setFirstUid(s.first_uid);
   e.setLastUid(s.last_uid);
-  const Spread& o = s.orig_spread;
-  e.setOrigSizeMin(o.size_min);
-  e.setOrigSizeMax(o.size_max);
-  e.setOrigSizeSumSq(o.size_sumsq);
-  e.setOrigIatMinUs(o.iat_min_us);
-  e.setOrigIatMaxUs(o.iat_max_us);
-  e.setOrigIatSumUs(o.iat_sum_us);
-  e.setOrigIatSumSqUs(o.iat_sumsq_us);
-  e.setOrigRexmits(o.rexmits);
-  const Spread& r = s.resp_spread;
-  e.setRespSizeMin(r.size_min);
-  e.setRespSizeMax(r.size_max);
-  e.setRespSizeSumSq(r.size_sumsq);
-  e.setRespIatMinUs(r.iat_min_us);
-  e.setRespIatMaxUs(r.iat_max_us);
-  e.setRespIatSumUs(r.iat_sum_us);
-  e.setRespIatSumSqUs(r.iat_sumsq_us);
-  e.setRespRexmits(r.rexmits);
+  for (const record::Side side : record::kSides) {
+    record::set_direction(e, side, s.sides[record::index_of(side)].stats);
+  }
   for (std::uint32_t i = 0; i < kMaxSources; ++i) {
     if (s.sources & (std::uint64_t{1} << i)) --held_[i];
   }
@@ -427,9 +399,8 @@ void DedupEngine::make_room() { evict_down_to(entry_cap_ - 1); }
 void DedupEngine::evict_down_to(std::size_t keep) {
   while (entries() > keep) {
     const bool take_flow =
-        group_lru_.empty() ||
-        (!flow_lru_.empty() && flows_.at(flow_lru_.back()).touched <
-                                   groups_.at(group_lru_.back()).touched);
+        group_lru_.empty() || (!flow_lru_.empty() && flows_.at(flow_lru_.back()).touched <
+                                                         groups_.at(group_lru_.back()).touched);
     ++stats_.evictions;
     if (take_flow) {
       auto it = flows_.find(flow_lru_.back());

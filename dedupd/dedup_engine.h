@@ -40,8 +40,9 @@
 // e.g. after eviction) pass unchanged — ambiguity costs reduction, never facts.
 //
 // Memory: at most `max_entries` entries (group entries + per-flow entries together; fewer
-// under memory pressure, see set_entry_cap()), least recently used evicted first; an evicted group emits its pending summary, an evicted flow
-// releases its held start. A held start keeps a canonical copy of its record.
+// under memory pressure, see set_entry_cap()), least recently used evicted first; an evicted group
+// emits its pending summary, an evicted flow releases its held start. A held start keeps a
+// canonical copy of its record.
 //
 // Crash safety is the caller's: the engine reports, per input source, whether it still holds
 // facts that came from it (holds()), so the caller commits an input only when nothing from
@@ -64,6 +65,7 @@
 
 #include "config.h"
 #include "flowseal.capnp.h"
+#include "record/direction.h"
 
 namespace flowseal::dedupd {
 
@@ -81,7 +83,8 @@ struct DedupOptions {
 };
 
 // Budget per entry used to turn dedup_bytes into max_entries: measured allocator use of the
-// largest entry kind (a flow entry holding a start, see docs/PERFORMANCE.md, "Memory per entry") with headroom.
+// largest entry kind (a flow entry holding a start, see docs/PERFORMANCE.md, "Memory per entry")
+// with headroom.
 inline constexpr std::size_t kBudgetBytesPerEntry = 768;
 
 // Receives what the engine emits, in order. The reader is valid only during the call.
@@ -94,11 +97,11 @@ class DedupSink {
 struct DedupStats {
   std::uint64_t records_in = 0;
   std::uint64_t records_out = 0;
-  std::uint64_t summaries = 0;          // summary records emitted
-  std::uint64_t folded = 0;             // ends folded into summaries
-  std::uint64_t starts_dropped = 0;     // starts of folded flows
+  std::uint64_t summaries = 0;       // summary records emitted
+  std::uint64_t folded = 0;          // ends folded into summaries
+  std::uint64_t starts_dropped = 0;  // starts of folded flows
   std::uint64_t updates_suppressed = 0;
-  std::uint64_t evictions = 0;          // entries evicted by the cap
+  std::uint64_t evictions = 0;  // entries evicted by the cap
 };
 
 // Up to this many input sources (rings) are told apart by holds().
@@ -128,7 +131,8 @@ class DedupEngine {
   std::size_t held_starts() const { return held_starts_; }
   const DedupStats& stats() const { return stats_; }
   const DedupOptions& options() const { return options_; }
-  // sizeof of an entry's value types (docs/PERFORMANCE.md, "Memory per entry", sets them beside allocator use).
+  // sizeof of an entry's value types (docs/PERFORMANCE.md, "Memory per entry", sets them beside
+  // allocator use).
   static std::size_t flow_entry_size();
   static std::size_t group_entry_size();
 
@@ -146,31 +150,22 @@ class DedupEngine {
     std::size_t operator()(const GroupKey& key) const;
   };
 
-  // One direction's size and inter-arrival figures over the folded flows: extremes of the
-  // extremes and sums of the sums, so the summary's figures stay exact (its inter-arrival
-  // times are the gaps inside each folded flow, not between them).
-  struct Spread {
-    std::uint32_t size_min = 0, size_max = 0;
-    std::uint64_t size_sumsq = 0;
-    std::uint64_t iat_min_us = 0, iat_max_us = 0, iat_sum_us = 0;
-    double iat_sumsq_us = 0;
-    std::uint32_t rexmits = 0;
-    std::uint64_t pkts = 0;  // of the flows merged so far (to know whether min/max are set)
-    std::uint64_t gaps = 0;  // inter-arrival times merged so far
+  // One side's figures over the folded flows (see fold_side in dedup_engine.cpp): its
+  // inter-arrival times are the gaps inside each folded flow, not between them.
+  struct FoldedSide {
+    record::DirectionStats stats;
+    std::uint64_t gaps = 0;  // inter-arrival times folded so far (whether min/max are set)
   };
 
  private:
   // The folded flows of one group's window, not yet emitted.
   struct Summary {
-    Spread orig_spread, resp_spread;
+    std::array<FoldedSide, 2> sides;  // by record::Side
     std::uint32_t count = 0;
     std::uint64_t sources = 0;  // bit per source with a fact in here
-    std::uint64_t orig_pkts = 0, orig_ip_bytes = 0, orig_bytes = 0;
-    std::uint64_t resp_pkts = 0, resp_ip_bytes = 0, resp_bytes = 0;
     std::int64_t first_ts_ns = 0, last_ts_ns = 0;
     std::uint64_t first_uid = 0, last_uid = 0;
     std::uint16_t orig_port = 0;  // of the first folded flow
-    std::uint8_t orig_tcp_flags = 0, resp_tcp_flags = 0;
     schema::EndReason end_reason = schema::EndReason::NONE;
     float sampling_rate = 1.0f;
     std::array<char, 8> conn_state{};  // of the last folded flow, NUL-terminated
@@ -187,10 +182,10 @@ class DedupEngine {
     kj::Array<capnp::word> held_start;  // canonical start record while held
     std::uint32_t source = 0;           // where the held start came from
     std::int64_t hold_until_ns = 0;
-    std::int64_t reported_ns = 0;   // lastTs of the last passed record
-    std::int64_t seen_ns = 0;       // lastTs of the last record
-    std::uint64_t seen_bytes = 0;   // orig+resp IP bytes of the last record
-    double reported_rate = -1;      // bytes/s of the interval the last passed update ended
+    std::int64_t reported_ns = 0;  // lastTs of the last passed record
+    std::int64_t seen_ns = 0;      // lastTs of the last record
+    std::uint64_t seen_bytes = 0;  // orig+resp IP bytes of the last record
+    double reported_rate = -1;     // bytes/s of the interval the last passed update ended
     std::array<char, 8> conn_state{};
     std::uint64_t touched = 0;
     std::list<std::uint64_t>::iterator lru;

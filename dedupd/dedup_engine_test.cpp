@@ -72,9 +72,7 @@ Ev update(std::uint64_t uid, std::int64_t first, std::int64_t last, std::uint64_
 // Records everything the engine emits, copied.
 class Collect : public DedupSink {
  public:
-  void emit(schema::FlowEvent::Reader event) override {
-    out.push_back(capnp::canonicalize(event));
-  }
+  void emit(schema::FlowEvent::Reader event) override { out.push_back(capnp::canonicalize(event)); }
   std::size_t size() const { return out.size(); }
   schema::FlowEvent::Reader operator[](std::size_t i) const {
     return capnp::readMessageUnchecked<schema::FlowEvent>(out[i].begin());
@@ -105,12 +103,12 @@ void feed(DedupEngine& engine, const Ev& ev, std::uint32_t source = 0) {
   e.setRespPort(ev.dport);
   e.setFirstTsNs(ev.first);
   e.setLastTsNs(ev.last);
-  e.setOrigPkts(ev.opkts);
-  e.setOrigIpBytes(ev.obytes);
-  e.setOrigBytes(ev.obytes / 2);
-  e.setRespPkts(ev.rpkts);
-  e.setRespIpBytes(ev.rbytes);
-  e.setRespBytes(ev.rbytes / 2);
+  e.getOrig().setPkts(ev.opkts);
+  e.getOrig().setIpBytes(ev.obytes);
+  e.getOrig().setBytes(ev.obytes / 2);
+  e.getResp().setPkts(ev.rpkts);
+  e.getResp().setIpBytes(ev.rbytes);
+  e.getResp().setBytes(ev.rbytes / 2);
   e.setConnState(ev.state);
   e.setHistory("Dd");
   e.setCommunityId("1:abc");
@@ -175,9 +173,9 @@ TEST_CASE("the first burst short flows of a window pass and the rest fold into o
   CHECK(s.getFirstUid() == 103);
   CHECK(s.getLastUid() == 109);
   CHECK(s.getUid() == 103);
-  CHECK(s.getOrigPkts() == 7);
-  CHECK(s.getOrigIpBytes() == 7 * 60);
-  CHECK(s.getRespIpBytes() == 7 * 100);
+  CHECK(s.getOrig().getPkts() == 7);
+  CHECK(s.getOrig().getIpBytes() == 7 * 60);
+  CHECK(s.getResp().getIpBytes() == 7 * 100);
   CHECK(s.getFirstTsNs() == 3 * kS);
   CHECK(s.getLastTsNs() == 9 * kS + kS);
   CHECK(s.getEndReason() == schema::EndReason::IDLE);
@@ -321,7 +319,8 @@ TEST_CASE("eviction emits the pending summary") {
   short_flows(engine, 100, 6, 0, kS);  // group A: 3 pass, 3 folded, pending
   CHECK(out.count(schema::EventKind::SUMMARY) == 0);
   // Four other groups push group A out of a 4-entry cap.
-  for (std::uint32_t g = 0; g < 4; ++g) short_flows(engine, 1000 + g, 1, 10 * kS, kS, 0x0b000000 + g);
+  for (std::uint32_t g = 0; g < 4; ++g)
+    short_flows(engine, 1000 + g, 1, 10 * kS, kS, 0x0b000000 + g);
   REQUIRE(out.count(schema::EventKind::SUMMARY) == 1);
   CHECK(engine.stats().evictions >= 1);
   CHECK(engine.entries() <= 4);
@@ -334,7 +333,7 @@ TEST_CASE("a cap shrunk under pressure evicts at once and emits what the entries
   Collect out;
   DedupEngine engine(options(), out);
   short_flows(engine, 100, 6, 0, kS);  // group A: 3 pass, 3 folded, pending
-  feed(engine, start(900, 2 * kS));   // a held start
+  feed(engine, start(900, 2 * kS));    // a held start
   const std::size_t before = engine.entries();
   REQUIRE(before >= 2);
   CHECK(out.count(schema::EventKind::SUMMARY) == 0);
@@ -395,8 +394,8 @@ namespace {
 struct Totals {
   std::uint64_t v[6] = {};
   void add(schema::FlowEvent::Reader e) {
-    v[0] += e.getOrigPkts(), v[1] += e.getOrigIpBytes(), v[2] += e.getOrigBytes();
-    v[3] += e.getRespPkts(), v[4] += e.getRespIpBytes(), v[5] += e.getRespBytes();
+    v[0] += e.getOrig().getPkts(), v[1] += e.getOrig().getIpBytes(), v[2] += e.getOrig().getBytes();
+    v[3] += e.getResp().getPkts(), v[4] += e.getResp().getIpBytes(), v[5] += e.getResp().getBytes();
   }
   void add(const Ev& e) {
     v[0] += e.opkts, v[1] += e.obytes, v[2] += e.obytes / 2;
@@ -435,9 +434,8 @@ Scenario random_scenario(std::uint32_t seed, int flows) {
     s.proto = group < 6 ? 17 : 6;
     s.sport = static_cast<std::uint16_t>(rng());
     const bool long_lived = rng() % 8 == 0;
-    const std::int64_t duration =
-        long_lived ? static_cast<std::int64_t>(rng() % (2000 * kS))
-                   : static_cast<std::int64_t>(rng() % (70 * kS));
+    const std::int64_t duration = long_lived ? static_cast<std::int64_t>(rng() % (2000 * kS))
+                                             : static_cast<std::int64_t>(rng() % (70 * kS));
     timed.push_back({t, order++, s, source});
     std::uint64_t bytes = 60;
     for (std::int64_t u = t + 200 * kS; u < t + duration; u += 200 * kS) {
@@ -490,8 +488,8 @@ void check_exact(const Scenario& sc, const Collect& out) {
         folded += e.getFlowCount();
         REQUIRE(summary_ids.insert(e.getUid()).second);
         const auto d = e.getRespAddr();
-        const std::uint32_t dst = std::uint32_t(d[0]) << 24 | std::uint32_t(d[1]) << 16 |
-                                  std::uint32_t(d[2]) << 8 | d[3];
+        const std::uint32_t dst =
+            std::uint32_t(d[0]) << 24 | std::uint32_t(d[1]) << 16 | std::uint32_t(d[2]) << 8 | d[3];
         summary_by_group[{dst, e.getRespPort()}].add(e);
         REQUIRE(sc.ends.count(e.getFirstUid()) == 1);
         REQUIRE(sc.ends.count(e.getLastUid()) == 1);
@@ -509,7 +507,7 @@ void check_exact(const Scenario& sc, const Collect& out) {
   for (auto& [uid, e] : sc.ends) {
     if (ended.count(uid)) {
       CHECK(folded_uids.count(uid) == 0);
-      REQUIRE(start_at.count(uid) == 1);  // a passed flow's start passed ...
+      REQUIRE(start_at.count(uid) == 1);   // a passed flow's start passed ...
       CHECK(start_at[uid] < end_at[uid]);  // ... before its end
     } else {
       CHECK(started.count(uid) == 0);  // a folded flow's start is dropped with it

@@ -38,8 +38,8 @@ void feed(DedupEngine& engine, std::uint64_t uid, std::uint32_t group, schema::E
   e.setRespPort(443);
   e.setFirstTsNs(t);
   e.setLastTsNs(t);
-  e.setOrigPkts(1);
-  e.setOrigIpBytes(60);
+  e.getOrig().setPkts(1);
+  e.getOrig().setIpBytes(60);
   e.setConnState("S0");
   e.setHistory("S");
   e.setCommunityId("1:LQU9qZlK+B5F3KDmev6m5PMibrg=");
@@ -65,9 +65,10 @@ int main() {
     const std::size_t built = in_use();
     for (std::uint64_t i = 0; i < kN; ++i) feed(engine, i + 1, 0, schema::EventKind::START, 0);
     const std::size_t after = in_use();
-    std::printf("flow entry holding a start: sizeof %zu, allocator %.1f bytes/entry "
-                "(engine itself %zu bytes)\n",
-                DedupEngine::flow_entry_size(), double(after - built) / kN, built - before);
+    std::printf(
+        "flow entry holding a start: sizeof %zu, allocator %.1f bytes/entry "
+        "(engine itself %zu bytes)\n",
+        DedupEngine::flow_entry_size(), double(after - built) / kN, built - before);
   }
   {
     DedupEngine engine(o, sink);
@@ -78,9 +79,10 @@ int main() {
       feed(engine, i + 1, group, schema::EventKind::END, 0);
     }
     const std::size_t after = in_use();
-    std::printf("group entry with a pending summary: sizeof %zu, allocator %.1f bytes/entry "
-                "(%zu entries)\n",
-                DedupEngine::group_entry_size(), double(after - built) / kN, engine.entries());
+    std::printf(
+        "group entry with a pending summary: sizeof %zu, allocator %.1f bytes/entry "
+        "(%zu entries)\n",
+        DedupEngine::group_entry_size(), double(after - built) / kN, engine.entries());
   }
   return 0;
 }

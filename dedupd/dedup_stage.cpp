@@ -5,7 +5,6 @@
 #include <vector>
 
 #include <capnp/message.h>
-#include <capnp/orphan.h>
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
@@ -15,6 +14,8 @@
 #include "frame_loop.h"
 #include "layout.h"
 #include "pressure_level.h"
+#include "record_buffer.h"
+#include "ring_message.h"
 #include "ring_io.h"
 
 namespace flowseal::dedupd {
@@ -39,37 +40,30 @@ class FrameSink final : public DedupSink {
   explicit FrameSink(RingProducer& producer, std::function<bool()> give_up)
       : producer_(producer), give_up_(std::move(give_up)) {}
 
-  void emit(schema::FlowEvent::Reader event) override {
-    pending_.push_back(scratch_->getOrphanage().newOrphanCopy(event));
-  }
+  void emit(schema::FlowEvent::Reader event) override { pending_.add(event); }
 
   // Writes and publishes everything emitted so far; returns how many records went out.
   std::size_t publish() {
     const std::size_t total = pending_.size();
     for (std::size_t at = 0; at < total; at += kEventsPerFrame) {
       const std::size_t n = std::min(kEventsPerFrame, total - at);
-      capnp::MallocMessageBuilder message(flow_event_batch_words(n));
-      auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
-          static_cast<unsigned>(n));
-      for (std::size_t i = 0; i < n; ++i) {
-        events.setWithCaveats(static_cast<unsigned>(i), pending_[at + i].getReader());
-      }
-      if (!write_message(producer_, message, give_up_)) {
+      // Built in its ring frame at its exact size (ring_message.h: no heap segment zeroed
+      // and copied into the ring).
+      RingMessageBuilder message(producer_, pending_.words(at, n));
+      pending_.build(at, n, message);
+      if (!message.write(give_up_)) {
         throw std::runtime_error("a FlowEventBatch exceeds the output ring's frame limit");
       }
     }
     if (total > 0) producer_.publish();
     pending_.clear();
-    scratch_ = std::make_unique<capnp::MallocMessageBuilder>();
     return total;
   }
 
  private:
   RingProducer& producer_;
   std::function<bool()> give_up_;
-  std::unique_ptr<capnp::MallocMessageBuilder> scratch_ =
-      std::make_unique<capnp::MallocMessageBuilder>();
-  std::vector<capnp::Orphan<schema::FlowEvent>> pending_;
+  RecordBuffer pending_;
 };
 
 int pass_through(StageRuntime& runtime, FrameLoop& loop, RingOutput& output,
@@ -101,8 +95,8 @@ int pass_through(StageRuntime& runtime, FrameLoop& loop, RingOutput& output,
   return exit_code::kOk;
 }
 
-int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log,
-                RingInputs& inputs, RingOutput& output, const std::function<bool()>& never) {
+int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log, RingInputs& inputs,
+                RingOutput& output, const std::function<bool()>& never) {
   const DedupOptions options = DedupOptions::from_config(runtime.config());
   FrameSink sink(output.producer(), never);
   DedupEngine engine(options, sink);
@@ -112,11 +106,11 @@ int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log,
   const auto idle_limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
       std::chrono::duration<double>(runtime.config().dedup.window));
   auto last_input = std::chrono::steady_clock::now();
-  spdlog::info("dedup: report interval {} s, rate change {}, burst {}, window {} s, "
-               "hold {} s, max entries {}",
-               options.report_interval_ns / 1e9, options.rate_change, options.burst,
-               options.window_ns / 1e9, (options.window_ns + options.linger_ns) / 1e9,
-               options.max_entries);
+  spdlog::info(
+      "dedup: report interval {} s, rate change {}, burst {}, window {} s, "
+      "hold {} s, max entries {}",
+      options.report_interval_ns / 1e9, options.rate_change, options.burst, options.window_ns / 1e9,
+      (options.window_ns + options.linger_ns) / 1e9, options.max_entries);
 
   // Commits every input whose frames the engine no longer holds (their output is published).
   auto commit_free = [&] {
@@ -135,8 +129,8 @@ int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log,
   // follow emit what the entries held, published and committed like any other output.
   PressureLevel level = PressureLevel::kLow;
   auto apply_pressure = [&] {
-    const PressureLevel now = pressure_level_from(
-        runtime.control().pressure_level.load(std::memory_order_relaxed));
+    const PressureLevel now =
+        pressure_level_from(runtime.control().pressure_level.load(std::memory_order_relaxed));
     if (now == level) return;
     level = now;
     const auto cap = static_cast<std::size_t>(double(options.max_entries) *
@@ -155,8 +149,7 @@ int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log,
     runtime.counter(rc::kRecordsIn).store(s.records_in);
     runtime.counter(rc::kRecordsOut).store(s.records_out);
     runtime.counter(rc::kSummaries).store(s.summaries);
-    runtime.counter(rc::kSuppressed)
-        .store(s.folded + s.starts_dropped + s.updates_suppressed);
+    runtime.counter(rc::kSuppressed).store(s.folded + s.starts_dropped + s.updates_suppressed);
     // Once per pass over the inputs: a dedupd that always finds input and never waits for
     // room downstream (the slowest stage, e.g. under ASan) is busy, not hung.
     runtime.heartbeat();
@@ -206,10 +199,11 @@ int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log,
   store_counters();
   output.producer().close();
   const DedupStats& s = engine.stats();
-  spdlog::info("drained: {} records in, {} out ({} summaries folding {} flows, {} updates "
-               "suppressed, {} evictions, {} pressure and {} idle flushes)",
-               s.records_in, s.records_out, s.summaries, s.folded, s.updates_suppressed,
-               s.evictions, pressure_flushes, idle_flushes);
+  spdlog::info(
+      "drained: {} records in, {} out ({} summaries folding {} flows, {} updates "
+      "suppressed, {} evictions, {} pressure and {} idle flushes)",
+      s.records_in, s.records_out, s.summaries, s.folded, s.updates_suppressed, s.evictions,
+      pressure_flushes, idle_flushes);
   return exit_code::kOk;
 }
 

@@ -18,6 +18,24 @@ capnp::Text::Reader text(const FixedText<N>& s) {
 
 }  // namespace
 
+std::size_t event_batch_words(std::span<const FlowEventData> events) {
+  using Event = schema::FlowEvent::_capnpPrivate;
+  using Side = schema::Direction::_capnpPrivate;
+  constexpr std::size_t kFixed =
+      Event::dataWordSize + Event::pointerCount + 2 * (Side::dataWordSize + Side::pointerCount);
+  auto text_words = [](std::size_t size) { return (size + 1 + 7) / 8; };  // NUL included
+  // Root pointer, FlowEventBatch struct, list pointer's tag word.
+  std::size_t words = 1 + schema::FlowEventBatch::_capnpPrivate::dataWordSize +
+                      schema::FlowEventBatch::_capnpPrivate::pointerCount + 1;
+  for (const FlowEventData& e : events) {
+    words += kFixed + (e.ip_version == 4 ? 2 : 4) + text_words(e.conn_state.size) +
+             text_words(e.history.size) + text_words(e.community_id.size) +
+             static_cast<std::size_t>(std::count_if(
+                 e.tunnel_parents.begin(), e.tunnel_parents.end(), [](auto u) { return u != 0; }));
+  }
+  return words;
+}
+
 void encode(const FlowEventData& e, schema::FlowEvent::Builder out) {
   out.setUid(e.uid);
   out.setKind(e.kind);
@@ -32,40 +50,17 @@ void encode(const FlowEventData& e, schema::FlowEvent::Builder out) {
   out.setVlan(e.vlan);
   out.setFirstTsNs(e.first_ts_ns);
   out.setLastTsNs(e.last_ts_ns);
-  out.setOrigPkts(e.orig_pkts);
-  out.setOrigIpBytes(e.orig_ip_bytes);
-  out.setOrigBytes(e.orig_bytes);
-  out.setRespPkts(e.resp_pkts);
-  out.setRespIpBytes(e.resp_ip_bytes);
-  out.setRespBytes(e.resp_bytes);
-  out.setOrigTcpFlags(e.orig_tcp_flags);
-  out.setRespTcpFlags(e.resp_tcp_flags);
   out.setConnState(text(e.conn_state));
   out.setHistory(text(e.history));
   out.setCommunityId(text(e.community_id));
   out.setFlowCount(e.flow_count);
   out.setFirstUid(e.first_uid);
   out.setLastUid(e.last_uid);
-  const auto& o = e.orig_spread;
-  out.setOrigSizeMin(o.size_min);
-  out.setOrigSizeMax(o.size_max);
-  out.setOrigSizeSumSq(o.size_sumsq);
-  out.setOrigIatMinUs(o.iat_min_us);
-  out.setOrigIatMaxUs(o.iat_max_us);
-  out.setOrigIatSumUs(o.iat_sum_us);
-  out.setOrigIatSumSqUs(o.iat_sumsq_us);
-  out.setOrigRexmits(o.rexmits);
-  const auto& r = e.resp_spread;
-  out.setRespSizeMin(r.size_min);
-  out.setRespSizeMax(r.size_max);
-  out.setRespSizeSumSq(r.size_sumsq);
-  out.setRespIatMinUs(r.iat_min_us);
-  out.setRespIatMaxUs(r.iat_max_us);
-  out.setRespIatSumUs(r.iat_sum_us);
-  out.setRespIatSumSqUs(r.iat_sumsq_us);
-  out.setRespRexmits(r.rexmits);
-  const auto parents = static_cast<unsigned>(
-      std::count_if(e.tunnel_parents.begin(), e.tunnel_parents.end(), [](auto u) { return u != 0; }));
+  record::set_direction(out, record::Side::kOrig, e.orig);
+  record::set_direction(out, record::Side::kResp, e.resp);
+  out.setMissedBytes(e.missed_bytes);
+  const auto parents = static_cast<unsigned>(std::count_if(
+      e.tunnel_parents.begin(), e.tunnel_parents.end(), [](auto u) { return u != 0; }));
   if (parents > 0) {  // null, not an empty list, when there is none
     auto list = out.initTunnelParents(parents);
     for (unsigned i = 0; i < parents; ++i) list.set(i, e.tunnel_parents[i]);

@@ -9,9 +9,11 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "flowseal.capnp.h"
+#include "record/direction.h"
 
 namespace flowseal::flowd {
 
@@ -46,7 +48,7 @@ struct FlowEventData {
   float sampling_rate = 1.0f;
 
   std::uint8_t proto = 0;
-  std::uint8_t ip_version = 4;                 // 4: the first 4 bytes of each address count
+  std::uint8_t ip_version = 4;  // 4: the first 4 bytes of each address count
   std::array<std::uint8_t, 16> orig_addr{};
   std::array<std::uint8_t, 16> resp_addr{};
   std::uint16_t orig_port = 0;
@@ -56,36 +58,19 @@ struct FlowEventData {
   std::int64_t first_ts_ns = 0;
   std::int64_t last_ts_ns = 0;
 
-  std::uint64_t orig_pkts = 0;
-  std::uint64_t orig_ip_bytes = 0;
-  std::uint64_t orig_bytes = 0;  // payload (TCP: by sequence numbers)
-  std::uint64_t resp_pkts = 0;
-  std::uint64_t resp_ip_bytes = 0;
-  std::uint64_t resp_bytes = 0;
+  // What each side sent (record/direction.h); `local` is set by the flow table from
+  // net.local_nets.
+  record::DirectionStats orig;
+  record::DirectionStats resp;
+  std::uint64_t missed_bytes = 0;  // conn.log missed_bytes: no gap tracking yet
 
-  std::uint8_t orig_tcp_flags = 0;
-  std::uint8_t resp_tcp_flags = 0;
-  FixedText<7> conn_state;     // NUL-padded: see FixedText
+  FixedText<7> conn_state;  // NUL-padded: see FixedText
   FixedText<31> history;
   FixedText<31> community_id;  // "1:" + 28 base64 characters
 
   std::uint32_t flow_count = 1;
   std::uint64_t first_uid = 0;
   std::uint64_t last_uid = 0;
-
-  // One direction's packet-size and inter-arrival figures (see FlowEvent in the schema).
-  struct Spread {
-    std::uint32_t size_min = 0;
-    std::uint32_t size_max = 0;
-    std::uint64_t size_sumsq = 0;
-    std::uint64_t iat_min_us = 0;
-    std::uint64_t iat_max_us = 0;
-    std::uint64_t iat_sum_us = 0;
-    double iat_sumsq_us = 0;
-    std::uint32_t rexmits = 0;
-  };
-  Spread orig_spread;
-  Spread resp_spread;
 
   // uids of the enclosing tunnel connections (schema: tunnelParents), 0 = none; a set.
   static constexpr std::size_t kMaxTunnelParents = 2;
@@ -104,5 +89,11 @@ class EventSink {
 };
 
 void encode(const FlowEventData& event, schema::FlowEvent::Builder out);
+
+// Words a FlowEventBatch of `events` takes as one Cap'n Proto segment once encode()d: each
+// event's list element, its two Direction structs, addresses, texts and tunnel parents, plus
+// the batch's root. Exact, not capnp_frame.h's flow_event_batch_words() bound (which allows
+// every text its longest): flowd's output frames are reserved and zeroed at this size.
+std::size_t event_batch_words(std::span<const FlowEventData> events);
 
 }  // namespace flowseal::flowd

@@ -11,8 +11,6 @@
 #include <type_traits>
 #include <vector>
 
-#include <openssl/evp.h>
-
 #include "packet/flow_id.h"
 
 namespace flowseal::flowd {
@@ -58,7 +56,7 @@ struct Direction {
   std::int64_t last_ts;         // this side's last packet
   std::uint64_t iat_sum_us;
   double iat_sumsq_us;
-  std::uint32_t iat_min_us;     // saturating: an idle gap past ~71 min is not a flow any more
+  std::uint32_t iat_min_us;  // saturating: an idle gap past ~71 min is not a flow any more
   std::uint32_t iat_max_us;
   // TCP sequence space, relative to seq_base (the ISN, or the first seq - 1 when the SYN was
   // not seen, as Zeek does so the FIN octet is not counted as data): the highest segment end
@@ -71,7 +69,7 @@ struct Direction {
   std::uint16_t size_min;
   std::uint16_t size_max;
   std::uint8_t tcp_flags;
-  std::uint8_t tcp_state;  // TcpState
+  std::uint8_t tcp_state;     // TcpState
   std::uint8_t history_seen;  // one bit per history letter already recorded
   std::uint8_t seq_known;     // 1: seq_base is set
   // Zeek's hist_last_RST: the relative sequence number of this side's last RST (a RST at
@@ -80,7 +78,7 @@ struct Direction {
   // Zero-window advertisements (w/W at the 1st, 10th, 100th, ...); saturating, so past
   // 65535 no more letters (Zeek would add one at the 100000th).
   std::uint16_t zero_windows;
-  std::uint8_t prev_state;    // Zeek's TCP_Endpoint::prev_state: the state before the last change
+  std::uint8_t prev_state;  // Zeek's TCP_Endpoint::prev_state: the state before the last change
   std::uint8_t pad;
 };
 
@@ -128,21 +126,27 @@ struct TableHeader {
   std::uint64_t capacity;
   std::uint64_t bucket_count;
   std::uint64_t active;
-  std::uint32_t free_head;   // chained through FlowSlot::hash_next
-  std::uint32_t next_unused; // slots from here on were never used (a fresh table is all zero)
+  std::uint32_t free_head;    // chained through FlowSlot::hash_next
+  std::uint32_t next_unused;  // slots from here on were never used (a fresh table is all zero)
   ListEnds timer_lists[kTimerClassCount];
   ListEnds active_list;
   FlowTableStats stats;
-  std::uint64_t next_seq;    // input packets before this one are applied (see the journal)
+  std::uint64_t next_seq;  // input packets before this one are applied (see the journal)
+  std::uint32_t fragment_capacity;
+  std::uint32_t fragment_slot_bytes;
 };
 
 // The undo journal of one step (see flow_table.h): what the step found before it changed
 // anything. Entries are appended before the slot they save is written; a slot saved twice
 // is restored from its first entry because entries are undone last to first.
+enum JournalKind : std::uint32_t { kFlowEntry, kFragmentEntry };
 struct JournalEntry {
   std::uint32_t index;
-  std::uint32_t pad;
-  FlowSlot before;
+  std::uint32_t kind;  // JournalKind: which slots `index` is in
+  union {
+    FlowSlot flow;
+    FragmentSlot fragment;
+  } before;
 };
 inline constexpr std::size_t kJournalEntries = 1024;
 struct Journal {
@@ -155,16 +159,19 @@ struct Journal {
 };
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
-constexpr std::uint32_t kLayoutVersion = 6;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state, attempt, letters)
+constexpr std::uint32_t kLayoutVersion =
+    7;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state,
+        // attempt, letters); 7: IP fragments in the table
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
-static_assert(std::is_standard_layout_v<TableHeader> &&
-              std::is_trivially_copyable_v<TableHeader>);
+static_assert(std::is_standard_layout_v<TableHeader> && std::is_trivially_copyable_v<TableHeader>);
 static_assert(sizeof(Direction) == 96);
-static_assert(sizeof(FlowSlot) == 384 && alignof(FlowSlot) == 8);  // 352 + two tunnel parents + Zeek's TCP state
+static_assert(sizeof(FlowSlot) == 384 &&
+              alignof(FlowSlot) == 8);  // 352 + two tunnel parents + Zeek's TCP state
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 static_assert(std::is_trivially_copyable_v<Journal> && sizeof(Journal) % 8 == 0);
+static_assert(sizeof(FragmentSlot) <= sizeof(FlowSlot));  // a journal entry holds either
 
 }  // namespace detail
 
@@ -202,13 +209,19 @@ std::size_t bucket_count_for(std::size_t capacity) { return std::bit_ceil(capaci
 std::size_t journal_offset() { return detail::kHeaderBytes; }
 std::size_t slots_offset() { return journal_offset() + sizeof(detail::Journal); }
 // Most slots one packet can save: per flow (the inner one and each tunnel's) the flow found,
-// the same flow again as it ends, a bucket and a table eviction, and the new flow.
-constexpr std::size_t kJournalPerPacket = 5 * (1 + packet::kMaxOuterFlows);
+// the same flow again as it ends, a bucket and a table eviction, and the new flow; and the
+// fragment slots a piece changes.
+constexpr std::size_t kJournalPerPacket =
+    5 * (1 + packet::kMaxOuterFlows) + FragmentTable::kMaxSavesPerPiece;
 // Stops the compiler from moving a store across this point: a SIGKILL leaves memory as the
 // program order wrote it up to here (the restarted process runs after a context switch).
 void order_point() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 std::size_t buckets_offset(std::size_t capacity) {
   return slots_offset() + (capacity + 1) * sizeof(FlowSlot);
+}
+std::size_t fragments_offset(std::size_t capacity) {
+  const std::size_t end = buckets_offset(capacity) + bucket_count_for(capacity) * 4;
+  return (end + 7) / 8 * 8;
 }
 
 // Doubly linked lists threaded through the slots by index; slot 0 is nil.
@@ -221,13 +234,16 @@ struct List {
     Link& l = slots[i].*kLink;
     l.prev = ends.tail;
     l.next = kNil;
-    if (ends.tail != kNil) (slots[ends.tail].*kLink).next = i; else ends.head = i;
+    if (ends.tail != kNil) (slots[ends.tail].*kLink).next = i;
+    else ends.head = i;
     ends.tail = i;
   }
   void remove(std::uint32_t i) {
     Link& l = slots[i].*kLink;
-    if (l.prev != kNil) (slots[l.prev].*kLink).next = l.next; else ends.head = l.next;
-    if (l.next != kNil) (slots[l.next].*kLink).prev = l.prev; else ends.tail = l.prev;
+    if (l.prev != kNil) (slots[l.prev].*kLink).next = l.next;
+    else ends.head = l.next;
+    if (l.next != kNil) (slots[l.next].*kLink).prev = l.prev;
+    else ends.tail = l.prev;
     l = Link{kNil, kNil};
   }
   // Inserts i after `at` (kNil: at the front).
@@ -241,7 +257,8 @@ struct List {
     l.prev = at;
     l.next = next;
     (slots[next].*kLink).prev = i;
-    if (at != kNil) (slots[at].*kLink).next = i; else ends.head = i;
+    if (at != kNil) (slots[at].*kLink).next = i;
+    else ends.head = i;
   }
 };
 
@@ -276,7 +293,7 @@ bool syn_seq_jump(const FlowSlot& s, const packet::DecodedPacket& p) {
 
 schema::EndReason closed_reason(const FlowSlot& s) {
   return s.orig.tcp_state == kReset || s.resp.tcp_state == kReset ? schema::EndReason::RST
-                                                                   : schema::EndReason::FIN;
+                                                                  : schema::EndReason::FIN;
 }
 
 // Zeek's connection attempt (TCPSessionAdapter::AttemptTimer): the originator opened with a
@@ -306,14 +323,18 @@ std::uint8_t timer_class_of(const FlowSlot& s) {
 // History letters as Zeek records them (TCP_Endpoint::CheckHistory): each at most once per
 // direction, upper case for the originator. S and H share one flag, as in Zeek.
 enum HistoryBit : std::uint8_t {
-  kHistSyn = 1, kHistAck = 2, kHistData = 4, kHistFin = 8, kHistRst = 16, kHistMultiFlag = 32,
+  kHistSyn = 1,
+  kHistAck = 2,
+  kHistData = 4,
+  kHistFin = 8,
+  kHistRst = 16,
+  kHistMultiFlag = 32,
   kHistFinRst = 64,
 };
 
 void append_history(FlowSlot& s, bool from_orig, char letter) {
   if (s.history_len + 1u >= sizeof s.history) return;
-  s.history[s.history_len++] =
-      from_orig ? static_cast<char>(letter - 'a' + 'A') : letter;
+  s.history[s.history_len++] = from_orig ? static_cast<char>(letter - 'a' + 'A') : letter;
   s.history[s.history_len] = '\0';
 }
 
@@ -356,8 +377,8 @@ void track_sequence(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p)
   const bool syn = (p.tcp_flags & kSyn) != 0;
   const bool fin = (p.tcp_flags & kFin) != 0;
   const bool rst = (p.tcp_flags & kRst) != 0;
-  const std::uint32_t end = p.tcp_seq - me.seq_base + p.payload_bytes + (syn ? 1u : 0u) +
-                            (fin ? 1u : 0u);
+  const std::uint32_t end =
+      p.tcp_seq - me.seq_base + p.payload_bytes + (syn ? 1u : 0u) + (fin ? 1u : 0u);
   const auto delta = static_cast<std::int32_t>(end - me.seq_end);
   if ((syn || rst) && (delta > kMaxSeqJump || delta < -kMaxSeqJump)) {
     // ignored: see kMaxSeqJump
@@ -381,8 +402,8 @@ std::uint64_t sequence_bytes(const Direction& d) {
   std::uint32_t top = d.seq_end;
   if (static_cast<std::int32_t>(d.acked_end - top) > 0) top = d.acked_end;
   std::uint64_t size = top;
-  if (size > 0) --size;                                  // the SYN octet (or Zeek's stand-in)
-  if ((d.tcp_flags & kFin) != 0 && size > 0) --size;     // the FIN octet
+  if (size > 0) --size;                               // the SYN octet (or Zeek's stand-in)
+  if ((d.tcp_flags & kFin) != 0 && size > 0) --size;  // the FIN octet
   return size;
 }
 
@@ -412,7 +433,8 @@ void record_spread(Direction& d, std::uint32_t ip_bytes, std::int64_t ts_ns) {
   d.size_min = std::min(d.size_min, size);
   d.size_max = std::max(d.size_max, size);
   // A timestamp that went backwards (merged captures) is a gap of zero, not a negative one.
-  const auto gap_us = static_cast<std::uint64_t>(std::max<std::int64_t>(ts_ns - d.last_ts, 0)) / 1000;
+  const auto gap_us =
+      static_cast<std::uint64_t>(std::max<std::int64_t>(ts_ns - d.last_ts, 0)) / 1000;
   const auto gap32 = static_cast<std::uint32_t>(std::min<std::uint64_t>(gap_us, UINT32_MAX));
   if (d.pkts == 1) {
     d.iat_min_us = d.iat_max_us = gap32;
@@ -425,8 +447,14 @@ void record_spread(Direction& d, std::uint32_t ip_bytes, std::int64_t ts_ns) {
   d.last_ts = std::max(d.last_ts, ts_ns);
 }
 
-FlowEventData::Spread spread_of(const Direction& d) {
-  FlowEventData::Spread out;
+// One side's figures as the record carries them (record/direction.h); its locality is set
+// by the caller, which knows the address.
+record::DirectionStats direction_of(const FlowSlot& s, const Direction& d) {
+  record::DirectionStats out;
+  out.pkts = d.pkts;
+  out.ip_bytes = d.ip_bytes;
+  out.bytes = payload_size(s, d);
+  out.tcp_flags = d.tcp_flags;
   out.size_min = d.size_min;
   out.size_max = d.size_max;
   out.size_sumsq = d.size_sumsq;
@@ -553,8 +581,7 @@ void update_tcp(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p) {
       // A RST after both sides' FINs does not undo the orderly close (Zeek: SF, not RSTR).
       if (rst && peer.state() != kClosed) me.set(kReset);
       break;
-    default:
-      break;  // reset: nothing changes it
+    default: break;  // reset: nothing changes it
   }
 }
 
@@ -606,12 +633,12 @@ std::string_view conn_state(const FlowSlot& s) {
 // Ports Zeek's default analyzers register (its likely_server_ports): a connection first seen
 // from such a port, to a port that is not one, was picked up from the server's side.
 bool likely_server_port(std::uint8_t proto, std::uint16_t port) {
-  static constexpr std::uint16_t kTcp[] = {21, 22, 23, 25, 53, 80, 88, 110, 139, 143, 443,
-                                           445, 502, 514, 587, 993, 995, 1080, 3128, 3306,
-                                           5222, 5269, 6379, 6667, 8000, 8080, 8888};
-  static constexpr std::uint16_t kUdp[] = {53, 67, 69, 88, 123, 137, 161, 162, 443, 514,
-                                           1812, 1813, 2152, 2123, 3544, 4789, 5060, 5072,
-                                           5353, 5355, 6081};
+  static constexpr std::uint16_t kTcp[] = {21,   22,   23,   25,   53,   80,   88,   110,  139,
+                                           143,  443,  445,  502,  514,  587,  993,  995,  1080,
+                                           3128, 3306, 5222, 5269, 6379, 6667, 8000, 8080, 8888};
+  static constexpr std::uint16_t kUdp[] = {53,   67,   69,   88,   123,  137,  161,
+                                           162,  443,  514,  1812, 1813, 2152, 2123,
+                                           3544, 4789, 5060, 5072, 5353, 5355, 6081};
   auto in = [port](const auto& list) {
     return std::find(std::begin(list), std::end(list), port) != std::end(list);
   };
@@ -667,12 +694,19 @@ bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig
 
 }  // namespace
 
-FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
-                     FlowTableOptions options)
-    : options_(options), fragments_(options.fragments), sha1_(nullptr, EVP_MD_free) {
+FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity, FlowTableOptions options)
+    : options_(options) {
   if (capacity == 0 || capacity > kMaxCapacity) {
     throw std::invalid_argument("flow table: capacity " + std::to_string(capacity) +
                                 " is outside 1.." + std::to_string(kMaxCapacity));
+  }
+  const std::size_t fragment_capacity = options.fragments.capacity != 0
+                                            ? options.fragments.capacity
+                                            : fragment_capacity_for(capacity);
+  if (fragment_capacity > fragment_capacity_for(capacity)) {
+    throw std::invalid_argument("flow table: " + std::to_string(fragment_capacity) +
+                                " IP datagrams in flight, room for " +
+                                std::to_string(fragment_capacity_for(capacity)));
   }
   if (memory.size() < bytes_needed(capacity)) {
     throw std::invalid_argument("flow table: " + std::to_string(memory.size()) +
@@ -682,12 +716,12 @@ FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
   if (reinterpret_cast<std::uintptr_t>(memory.data()) % alignof(FlowSlot) != 0) {
     throw std::invalid_argument("flow table: memory is not 8-byte aligned");
   }
-  sha1_.reset(EVP_MD_fetch(nullptr, "SHA1", nullptr));
-  if (!sha1_) throw std::runtime_error("flow table: OpenSSL has no SHA-1 (Community ID)");
+  if (!sha1_.ok()) throw std::runtime_error("flow table: OpenSSL has no SHA-1 (Community ID)");
 
   std::byte* base = memory.data();
   header_ = reinterpret_cast<TableHeader*>(base);
   journal_ = reinterpret_cast<detail::Journal*>(base + journal_offset());
+  fragment_slots_ = reinterpret_cast<FragmentSlot*>(base + fragments_offset(capacity));
   slots_ = reinterpret_cast<FlowSlot*>(base + slots_offset());
   buckets_ = reinterpret_cast<std::uint32_t*>(base + buckets_offset(capacity));
   bucket_mask_ = bucket_count_for(capacity) - 1;
@@ -695,7 +729,9 @@ FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
   const bool valid = header_->magic == detail::kMagic &&
                      header_->layout_version == detail::kLayoutVersion &&
                      header_->slot_bytes == sizeof(FlowSlot) && header_->capacity == capacity &&
-                     header_->bucket_count == bucket_mask_ + 1;
+                     header_->bucket_count == bucket_mask_ + 1 &&
+                     header_->fragment_capacity == fragment_capacity &&
+                     header_->fragment_slot_bytes == sizeof(FragmentSlot);
   if (valid) {
     resumed_ = true;
     if (journal_->open != 0) roll_back();
@@ -713,20 +749,33 @@ FlowTable::FlowTable(std::span<std::byte> memory, std::size_t capacity,
     header_->capacity = capacity;
     header_->bucket_count = bucket_mask_ + 1;
     header_->next_unused = 1;
+    header_->fragment_capacity = static_cast<std::uint32_t>(fragment_capacity);
+    header_->fragment_slot_bytes = sizeof(FragmentSlot);
     header_->magic = detail::kMagic;  // last: a half-formatted table is not valid
   }
+  // After the roll-back: the fragment slots are as the last commit left them.
+  fragments_.emplace(std::span<std::byte>(base + fragments_offset(capacity),
+                                          FragmentTable::bytes_needed(fragment_capacity)),
+                     fragment_capacity, options.fragments.timeout_ns, header_->stats.fragments,
+                     static_cast<FragmentUndo&>(*this), resumed_);
 }
 
 FlowTable::~FlowTable() = default;
 
 std::size_t FlowTable::bytes_needed(std::size_t capacity) {
   if (capacity > kMaxCapacity) return std::numeric_limits<std::size_t>::max();
-  return buckets_offset(capacity) + bucket_count_for(std::max<std::size_t>(capacity, 1)) * 4;
+  const std::size_t c = std::max<std::size_t>(capacity, 1);
+  return fragments_offset(c) + FragmentTable::bytes_needed(fragment_capacity_for(c));
+}
+
+std::size_t FlowTable::fragment_capacity_for(std::size_t capacity) {
+  return std::clamp<std::size_t>(capacity / 16, 64, 4096);
 }
 
 std::size_t FlowTable::capacity() const { return header_->capacity; }
 std::size_t FlowTable::active() const { return header_->active; }
 FlowTableStats FlowTable::stats() const { return header_->stats; }
+const FlowTableStats& FlowTable::header_stats() const { return header_->stats; }
 
 std::uint64_t FlowTable::next_seq() const { return header_->next_seq; }
 void FlowTable::set_next_seq(std::uint64_t seq) { header_->next_seq = seq; }
@@ -753,15 +802,27 @@ void FlowTable::save(std::uint32_t index) {
   if (journal_->count >= detail::kJournalEntries) std::abort();
   detail::JournalEntry& entry = journal_->entries[journal_->count];
   entry.index = index;
-  entry.before = slots_[index];
+  entry.kind = detail::kFlowEntry;
+  entry.before.flow = slots_[index];
+  order_point();
+  ++journal_->count;
+  order_point();
+}
+
+void FlowTable::save_fragment(std::uint32_t index, const detail::FragmentSlot& before) {
+  if (journal_->open == 0) return;
+  if (journal_->count >= detail::kJournalEntries) std::abort();  // as save()
+  detail::JournalEntry& entry = journal_->entries[journal_->count];
+  entry.index = index;
+  entry.kind = detail::kFragmentEntry;
+  entry.before.fragment = before;
   order_point();
   ++journal_->count;
   order_point();
 }
 
 void FlowTable::checkpoint_if_full(EventSink& sink) {
-  if (journal_->open == 0 ||
-      journal_->count + kJournalPerPacket <= detail::kJournalEntries) {
+  if (journal_->open == 0 || journal_->count + kJournalPerPacket <= detail::kJournalEntries) {
     return;
   }
   sink.sync();
@@ -772,7 +833,11 @@ void FlowTable::checkpoint_if_full(EventSink& sink) {
 void FlowTable::roll_back() {
   for (std::uint64_t i = journal_->count; i-- > 0;) {
     const detail::JournalEntry& entry = journal_->entries[i];
-    if (entry.index >= 1 && entry.index <= header_->capacity) slots_[entry.index] = entry.before;
+    if (entry.kind == detail::kFlowEntry && entry.index >= 1 && entry.index <= header_->capacity) {
+      slots_[entry.index] = entry.before.flow;
+    } else if (entry.kind == detail::kFragmentEntry && entry.index < header_->fragment_capacity) {
+      fragment_slots_[entry.index] = entry.before.fragment;  // checked again on attach
+    }
   }
   header_->active = journal_->active_before;
   header_->next_seq = journal_->next_seq_before;
@@ -873,7 +938,7 @@ void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_n
     // datagram itself counts once, when complete (fragment_table.h).
     apply_layers(packet, 0, packet.frag.outer_before, ts_ns, sink, 0);
     packet::DecodedPacket datagram;
-    if (fragments_.add(packet, ts_ns, datagram)) {
+    if (fragments_->add(packet, ts_ns, datagram)) {
       const std::size_t from = datagram.frag.outer_before;
       // The tunnel around the datagram was applied with its pieces: find its uid again.
       const std::uint64_t parent = from > 0 ? uid_of(datagram.outer[from - 1].key) : 0;
@@ -1061,8 +1126,9 @@ void FlowTable::evict_oldest_in_bucket(std::uint64_t hash, EventSink& sink) {
   }
   if (length < kMaxChain) return;
   ++header_->stats.evictions;
-  end_flow(oldest, is_closed(slots_[oldest]) ? closed_reason(slots_[oldest])
-                                             : schema::EndReason::EVICTION, sink);
+  end_flow(oldest,
+           is_closed(slots_[oldest]) ? closed_reason(slots_[oldest]) : schema::EndReason::EVICTION,
+           sink);
 }
 
 void FlowTable::evict_oldest(EventSink& sink) {
@@ -1078,8 +1144,9 @@ void FlowTable::evict_oldest(EventSink& sink) {
   }
   if (oldest == kNil) return;
   ++header_->stats.evictions;
-  end_flow(oldest, is_closed(slots_[oldest]) ? closed_reason(slots_[oldest])
-                                             : schema::EndReason::EVICTION, sink);
+  end_flow(oldest,
+           is_closed(slots_[oldest]) ? closed_reason(slots_[oldest]) : schema::EndReason::EVICTION,
+           sink);
 }
 
 std::size_t FlowTable::evict_to(std::size_t target, EventSink& sink) {
@@ -1144,7 +1211,9 @@ void FlowTable::settle_head(std::uint8_t timer_class) {
 }
 
 void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
-  fragments_.expire(now_ns);
+  do {
+    checkpoint_if_full(sink);  // each datagram ended saves its slot
+  } while (fragments_->expire_one(now_ns));
   for (std::uint8_t c = 0; c < kTimerClassCount; ++c) {
     const std::int64_t timeout = idle_timeout(c);
     ListEnds& ends = header_->timer_lists[c];
@@ -1190,7 +1259,9 @@ std::int64_t FlowTable::next_due_ns() const {
 }
 
 void FlowTable::flush(EventSink& sink) {
-  fragments_.clear();
+  do {
+    checkpoint_if_full(sink);
+  } while (fragments_->end_oldest());
   for (ListEnds& ends : header_->timer_lists) {
     while (ends.head != kNil) {
       checkpoint_if_full(sink);
@@ -1216,30 +1287,25 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   e.vlan = s.vlan;
   e.first_ts_ns = s.first_ts;
   e.last_ts_ns = s.last_ts;
-  e.orig_pkts = s.orig.pkts;
-  e.orig_ip_bytes = s.orig.ip_bytes;
-  e.orig_bytes = payload_size(s, s.orig);
-  e.resp_pkts = s.resp.pkts;
-  e.resp_ip_bytes = s.resp.ip_bytes;
-  e.resp_bytes = payload_size(s, s.resp);
-  e.orig_tcp_flags = s.orig.tcp_flags;
-  e.resp_tcp_flags = s.resp.tcp_flags;
+  const std::size_t addr_len = s.ip_version == 4 ? 4 : 16;
+  e.orig = direction_of(s, s.orig);
+  e.orig.local = options_.local_nets.locality({s.orig_addr.data(), addr_len});
+  e.resp = direction_of(s, s.resp);
+  e.resp.local = options_.local_nets.locality({s.resp_addr.data(), addr_len});
   e.conn_state.assign(conn_state(s));
   e.history.assign(std::string_view(s.history, s.history_len));
   e.community_id.assign(s.community_id);
   e.first_uid = s.uid;
   e.last_uid = s.uid;
   std::copy(std::begin(s.tunnel_parents), std::end(s.tunnel_parents), e.tunnel_parents.begin());
-  e.orig_spread = spread_of(s.orig);
-  e.resp_spread = spread_of(s.resp);
   sink.on_event(e);
 }
 
 // Community ID v1 (common/packet/flow_id.h: the segment format recomputes it from the record).
-void FlowTable::compute_community_id(FlowSlot& s) const {
+void FlowTable::compute_community_id(FlowSlot& s) {
   const std::size_t addr_len = s.ip_version == 4 ? 4 : 16;
   const packet::CommunityIdText id = packet::community_id(
-      sha1_.get(), options_.community_id_seed, s.proto, {s.orig_addr.data(), addr_len},
+      sha1_, options_.community_id_seed, s.proto, {s.orig_addr.data(), addr_len},
       {s.resp_addr.data(), addr_len}, s.orig_port, s.resp_port);
   static_assert(sizeof s.community_id >= sizeof id.chars);
   std::memcpy(s.community_id, id.chars.data(), sizeof id.chars);  // "" if OpenSSL failed

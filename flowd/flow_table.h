@@ -10,11 +10,11 @@
 //
 // Memory: the whole table lives in the span it is given (a shared-memory segment): a header
 // (magic, layout version, capacity, list ends, stats) then capacity fixed-size slots then the
-// hash buckets. Nothing in it is a pointer, so a restarted flowd maps the same segment and
-// resumes every active flow; the constructor rebuilds the index lists from the slots on
-// resume, so a flowd killed in the middle of an update leaves nothing dangling. The table
-// never allocates after construction and never grows: when full, the least-recently-seen
-// flow is ended with reason eviction.
+// hash buckets, then the slots of the IP datagrams in flight (fragment_table.h). Nothing in it is a
+// pointer, so a restarted flowd maps the same segment and resumes every active flow; the
+// constructor rebuilds the index lists from the slots on resume, so a flowd killed in the middle of
+// an update leaves nothing dangling. The table never allocates after construction and never grows:
+// when full, the least-recently-seen flow is ended with reason eviction.
 //
 // Time is the packets' time: on_packet() and expire() take the timestamps the caller has,
 // so a replay of a capture gives the same events, uids included. Flows sit in one list per
@@ -24,10 +24,10 @@
 // only look at flows that are due, O(1) amortised.
 //
 // Crash consistency (a flowd SIGKILLed at any instruction): between begin_step() and
-// commit_step() the table keeps an undo journal in its memory — every slot a step changes is
-// saved before it is written, with the stats, the active count and next_seq(). A table that
-// finds an open journal when it is mapped again undoes the step, so it is exactly as it was
-// at the last commit: no packet is applied twice or half. The caller commits only after the
+// commit_step() the table keeps an undo journal in its memory — every slot a step changes,
+// flow or fragment, is saved before it is written, with the stats, the active count and next_seq().
+// A table that finds an open journal when it is mapped again undoes the step, so it is exactly as
+// it was at the last commit: no packet is applied twice or half. The caller commits only after the
 // events the step emitted are published, so a step's events are never lost; if it dies
 // between the two, the replayed step emits them again with the same event ids (recognisable
 // repeats). A step that would overflow the journal (many flows expiring at once) is cut at
@@ -40,13 +40,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
-
-#include <openssl/types.h>
 
 #include "event_encode.h"
 #include "fragment_table.h"
+#include "net_prefix.h"
 #include "packet/decode.h"
+#include "packet/flow_id.h"
 
 namespace flowseal::flowd {
 
@@ -62,7 +63,7 @@ struct FlowTimeouts {
   std::int64_t udp_idle_ns = 60'000'000'000;
   std::int64_t icmp_idle_ns = 60'000'000'000;
   std::int64_t other_idle_ns = 60'000'000'000;
-  std::int64_t active_timeout_ns = 1'800'000'000'000;     // <= 0: no update events
+  std::int64_t active_timeout_ns = 1'800'000'000'000;  // <= 0: no update events
 };
 
 struct FlowTableOptions {
@@ -70,6 +71,7 @@ struct FlowTableOptions {
   std::uint16_t community_id_seed = 0;
   std::uint32_t shard = 0;  // mixed into uids so two shards never share one
   FragmentTableOptions fragments;
+  LocalNets local_nets;  // net.local_nets: each event's orig/resp locality
 };
 
 // Cumulative since the table was formatted (kept in the table's memory, so a restarted
@@ -81,6 +83,7 @@ struct FlowTableStats {
   std::uint64_t updates = 0;
   std::uint64_t packets = 0;
   std::array<std::uint64_t, static_cast<std::size_t>(packet::DecodeStatus::kCount)> weird{};
+  FragmentStats fragments;
 };
 
 namespace detail {
@@ -89,12 +92,13 @@ struct FlowSlot;
 struct Journal;
 }  // namespace detail
 
-class FlowTable {
+class FlowTable final : private FragmentUndo {
  public:
   // Formats `memory` for `capacity` flows, or resumes the table already in it when its
-  // magic, layout version and capacity match. Throws std::invalid_argument (start-up only)
-  // when capacity is 0 or too large, or `memory` is smaller than bytes_needed(capacity)
-  // or not 8-byte aligned.
+  // magic, layout version and capacities match. Throws std::invalid_argument (start-up only)
+  // when capacity is 0 or too large, options.fragments.capacity is larger than
+  // fragment_capacity_for(capacity), or `memory` is smaller than bytes_needed(capacity) or
+  // not 8-byte aligned.
   FlowTable(std::span<std::byte> memory, std::size_t capacity, FlowTableOptions options);
   ~FlowTable();
   FlowTable(const FlowTable&) = delete;
@@ -102,7 +106,12 @@ class FlowTable {
 
   // Bytes a table of `capacity` flows needs; non-decreasing in capacity (callers binary-search
   // the largest capacity that fits a segment). SIZE_MAX past the largest capacity supported.
+  // They include the IP fragment slots (fragment_capacity_for(capacity) of them).
   static std::size_t bytes_needed(std::size_t capacity);
+  // Datagrams in flight a table of `capacity` flows has room for: 1/16 of the flows, within
+  // 64..4096 (about 5 % of the table's memory; 4096 is what flowd held before it kept them in
+  // shared memory). Non-decreasing in capacity.
+  static std::size_t fragment_capacity_for(std::size_t capacity);
 
   std::size_t capacity() const;
   std::size_t active() const;
@@ -128,10 +137,11 @@ class FlowTable {
   // Counts a packet decode() rejected, by kind.
   void count_weird(packet::DecodeStatus status);
   // IP fragments: a datagram is accounted once, when all its pieces have come (see
-  // fragment_table.h). Kept in process memory, not in the table's: a restart loses at most
-  // the datagrams in flight.
-  const FragmentStats& fragment_stats() const { return fragments_.stats(); }
-  std::size_t fragments_in_flight() const { return fragments_.in_flight(); }
+  // fragment_table.h). Its pieces in flight are kept in the table's memory and journaled
+  // with its steps, so a restarted flowd goes on with them.
+  const FragmentStats& fragment_stats() const { return header_stats().fragments; }
+  std::size_t fragments_in_flight() const { return fragments_->in_flight(); }
+  std::size_t fragment_capacity() const { return fragments_->capacity(); }
 
   // Sequence number of the next input packet to apply, kept (and journaled) in the table.
   std::uint64_t next_seq() const;
@@ -158,9 +168,8 @@ class FlowTable {
                       std::uint64_t parent);
   // Accounts packet.outer[from..to): the UDP tunnel connections around the packet, the first
   // inside `parent`. Returns the uid of the innermost one applied (`parent` if none).
-  std::uint64_t apply_layers(const packet::DecodedPacket& packet, std::size_t from,
-                             std::size_t to, std::int64_t ts_ns, EventSink& sink,
-                             std::uint64_t parent);
+  std::uint64_t apply_layers(const packet::DecodedPacket& packet, std::size_t from, std::size_t to,
+                             std::int64_t ts_ns, EventSink& sink, std::uint64_t parent);
   std::uint64_t uid_of(const packet::FlowKey& key) const;  // 0: no such flow
   void add_tunnel_parent(Slot& slot, std::uint64_t parent);
   std::uint32_t find(const packet::FlowKey& key, std::uint64_t hash, bool& from_orig) const;
@@ -171,27 +180,30 @@ class FlowTable {
   void settle_head(std::uint8_t timer_class);
   void evict_oldest_in_bucket(std::uint64_t hash, EventSink& sink);
   void emit(Slot& slot, schema::EventKind kind, schema::EndReason reason, EventSink& sink);
-  void compute_community_id(Slot& slot) const;
+  void compute_community_id(Slot& slot);
   std::int64_t idle_timeout(std::uint8_t timer_class) const;
   void format();
   void rebuild_indexes();
   void save(std::uint32_t index);
   void checkpoint_if_full(EventSink& sink);
   void roll_back();
+  void save_fragment(std::uint32_t index, const detail::FragmentSlot& before) override;
+  const FlowTableStats& header_stats() const;
 
   Slot& slot(std::uint32_t index) const;
   std::uint32_t& bucket(std::uint64_t hash) const;
 
   detail::TableHeader* header_ = nullptr;
   detail::Journal* journal_ = nullptr;
-  Slot* slots_ = nullptr;           // slots_[0] is the nil sentinel; flows use 1..capacity
+  Slot* slots_ = nullptr;  // slots_[0] is the nil sentinel; flows use 1..capacity
   std::uint32_t* buckets_ = nullptr;
+  detail::FragmentSlot* fragment_slots_ = nullptr;  // FragmentTable's; roll_back() restores them
   std::uint64_t bucket_mask_ = 0;
   FlowTableOptions options_;
-  FragmentTable fragments_;  // process memory: a restart loses the datagrams in flight
+  std::optional<FragmentTable> fragments_;  // attached after a roll-back: see the constructor
   bool resumed_ = false;
   bool rolled_back_ = false;
-  std::unique_ptr<EVP_MD, void (*)(EVP_MD*)> sha1_;
+  packet::Sha1 sha1_;  // Community ID
 };
 
 }  // namespace flowseal::flowd

@@ -76,7 +76,8 @@ DecodedPacket sequenced(DecodedPacket p, int side) {
   if ((p.tcp_flags & kSyn) != 0) mine = side == 0 ? kClientIsn : kServerIsn;
   p.tcp_seq = mine;
   p.tcp_ack = g_next_seq[1 - side];
-  mine += p.payload_bytes + ((p.tcp_flags & kSyn) != 0 ? 1 : 0) + ((p.tcp_flags & kFin) != 0 ? 1 : 0);
+  mine +=
+      p.payload_bytes + ((p.tcp_flags & kSyn) != 0 ? 1 : 0) + ((p.tcp_flags & kFin) != 0 ? 1 : 0);
   return p;
 }
 
@@ -127,7 +128,7 @@ TEST_CASE("next_due_ns leads a sleeping flowd to each flow's end on time") {
   t.table.on_packet(v4(17, 3, 1000, 2, 53), 10 * kMs, sink);
   t.table.on_packet(v4(17, 4, 1000, 2, 53), 20 * kMs, sink);
   t.table.on_packet(v4(17, 2, 53, 1, 1000), 30 * kMs, sink);  // reply on the first flow
-  full_tcp_conversation(t.table, sink, 40 * kMs);              // FIN-closed, lingers 5 s
+  full_tcp_conversation(t.table, sink, 40 * kMs);             // FIN-closed, lingers 5 s
   const std::int64_t udp_timeout = 60 * kSec, linger = 5 * kSec;
   // Each flow's due moment: last packet + its timeout + 1 ns (a closed TCP flow's last time
   // is its second FIN, 7 ms into the conversation, as Zeek's).
@@ -174,14 +175,14 @@ TEST_CASE("a flow closed by FIN in both directions ends with reason fin after th
   CHECK(end.resp_addr[3] == 2);
   CHECK(end.orig_port == 40000);
   CHECK(end.resp_port == 80);
-  CHECK(end.orig_pkts == 5);
-  CHECK(end.resp_pkts == 4);
-  CHECK(end.orig_bytes == 100);
-  CHECK(end.resp_bytes == 200);
-  CHECK(end.orig_ip_bytes == 5 * 40 + 100);
-  CHECK(end.resp_ip_bytes == 4 * 40 + 200);
-  CHECK(end.orig_tcp_flags == (kSyn | kAck | kPsh | kFin));
-  CHECK(end.resp_tcp_flags == (kSyn | kAck | kPsh | kFin));
+  CHECK(end.orig.pkts == 5);
+  CHECK(end.resp.pkts == 4);
+  CHECK(end.orig.bytes == 100);
+  CHECK(end.resp.bytes == 200);
+  CHECK(end.orig.ip_bytes == 5 * 40 + 100);
+  CHECK(end.resp.ip_bytes == 4 * 40 + 200);
+  CHECK(end.orig.tcp_flags == (kSyn | kAck | kPsh | kFin));
+  CHECK(end.resp.tcp_flags == (kSyn | kAck | kPsh | kFin));
   CHECK(end.first_ts_ns == 0);
   CHECK(end.last_ts_ns == 7 * kMs);
   CHECK(end.conn_state.view() == "SF");
@@ -240,11 +241,11 @@ TEST_CASE("an established connection reset by the originator is RSTO") {
 TEST_CASE("conn_state follows Zeek for unanswered and half-open connections") {
   TestTable t(64, short_timeouts());
   Recorder sink;
-  t.table.on_packet(v4(6, 1, 1, 9, 22, kSyn), 0, sink);              // S0
-  t.table.on_packet(v4(6, 3, 1, 9, 22, kSyn), 0, sink);              // SYN then own RST
-  t.table.on_packet(v4(6, 3, 1, 9, 22, kRst), 1 * kMs, sink);        // -> RSTOS0
-  t.table.on_packet(v4(6, 4, 1, 9, 22, kAck, 5), 0, sink);           // mid-stream, one side
-  t.table.on_packet(v4(6, 9, 22, 4, 1, kAck, 5), 1 * kMs, sink);     // both sides -> OTH
+  t.table.on_packet(v4(6, 1, 1, 9, 22, kSyn), 0, sink);           // S0
+  t.table.on_packet(v4(6, 3, 1, 9, 22, kSyn), 0, sink);           // SYN then own RST
+  t.table.on_packet(v4(6, 3, 1, 9, 22, kRst), 1 * kMs, sink);     // -> RSTOS0
+  t.table.on_packet(v4(6, 4, 1, 9, 22, kAck, 5), 0, sink);        // mid-stream, one side
+  t.table.on_packet(v4(6, 9, 22, 4, 1, kAck, 5), 1 * kMs, sink);  // both sides -> OTH
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 3);
@@ -264,11 +265,11 @@ TEST_CASE("a SYN-ACK seen first makes its receiver the originator") {
   REQUIRE(sink.events.size() == 1);
   CHECK(sink.events[0].orig_addr[3] == 1);
   CHECK(sink.events[0].orig_port == 40000);
-  CHECK(sink.events[0].resp_pkts == 1);
-  CHECK(sink.events[0].orig_pkts == 0);
+  CHECK(sink.events[0].resp.pkts == 1);
+  CHECK(sink.events[0].orig.pkts == 0);
   t.table.flush(sink);
   CHECK(sink.events.back().history.view() == "^hA");
-  CHECK(sink.events.back().orig_pkts == 1);
+  CHECK(sink.events.back().orig.pkts == 1);
 }
 
 TEST_CASE("a UDP flow counts both directions") {
@@ -281,12 +282,12 @@ TEST_CASE("a UDP flow counts both directions") {
   REQUIRE(sink.events.size() == 2);
   const FlowEventData& end = sink.events[1];
   CHECK(end.end_reason == EndReason::SHUTDOWN);
-  CHECK(end.orig_pkts == 2);
-  CHECK(end.resp_pkts == 1);
-  CHECK(end.orig_bytes == 60);
-  CHECK(end.resp_bytes == 120);
-  CHECK(end.orig_ip_bytes == 2 * 58);
-  CHECK(end.resp_ip_bytes == 148);
+  CHECK(end.orig.pkts == 2);
+  CHECK(end.resp.pkts == 1);
+  CHECK(end.orig.bytes == 60);
+  CHECK(end.resp.bytes == 120);
+  CHECK(end.orig.ip_bytes == 2 * 58);
+  CHECK(end.resp.ip_bytes == 148);
   CHECK(end.conn_state.view() == "SF");
   CHECK(end.history.view() == "Dd");
 }
@@ -294,20 +295,20 @@ TEST_CASE("a UDP flow counts both directions") {
 TEST_CASE("an ICMP echo request and its reply are one flow") {
   TestTable t(64, short_timeouts());
   Recorder sink;
-  t.table.on_packet(v4(1, 1, 8, 2, 0, 0, 56), 0, sink);  // echo request: type 8 code 0
+  t.table.on_packet(v4(1, 1, 8, 2, 0, 0, 56), 0, sink);        // echo request: type 8 code 0
   t.table.on_packet(v4(1, 2, 0, 1, 0, 0, 56), 1 * kMs, sink);  // echo reply: type 0 code 0
   t.table.flush(sink);
   REQUIRE(sink.events.size() == 2);
   CHECK(sink.events[1].orig_port == 8);
   CHECK(sink.events[1].resp_port == 0);
-  CHECK(sink.events[1].orig_pkts == 1);
-  CHECK(sink.events[1].resp_pkts == 1);
+  CHECK(sink.events[1].orig.pkts == 1);
+  CHECK(sink.events[1].resp.pkts == 1);
 }
 
 TEST_CASE("idle flows end after their protocol's idle timeout") {
   TestTable t(64, short_timeouts());
   Recorder sink;
-  t.table.on_packet(v4(17, 1, 1000, 2, 53), 0, sink);  // UDP: 60 s
+  t.table.on_packet(v4(17, 1, 1000, 2, 53), 0, sink);   // UDP: 60 s
   t.table.on_packet(v4(1, 1, 8, 2, 0), 0, sink);        // ICMP: 30 s
   t.table.on_packet(v4(47, 1, 0, 2, 0), 0, sink);       // GRE (other): 20 s
   t.table.on_packet(c2s(kSyn), 0, sink);                // TCP attempt: 5 s
@@ -379,11 +380,11 @@ TEST_CASE("a long flow emits an update at each active timeout and goes on") {
     CHECK(updates[i].event_number == i + 1);
     CHECK(updates[i].uid == sink.events[0].uid);
   }
-  CHECK(updates[0].orig_pkts == 4);
+  CHECK(updates[0].orig.pkts == 4);
   CHECK(sink.of_kind(EventKind::END).empty());
   t.table.flush(sink);
   CHECK(sink.events.back().event_number == 4);
-  CHECK(sink.events.back().orig_pkts == 11);
+  CHECK(sink.events.back().orig.pkts == 11);
   CHECK(t.table.stats().updates == 3);
 }
 
@@ -489,11 +490,11 @@ TEST_CASE("a table re-attached to the same memory resumes every active flow") {
     if (e.uid == uid) {
       CHECK(e.history.view() == "ShA");
       CHECK(e.conn_state.view() == "S1");
-      CHECK(e.orig_pkts == 2);
-      CHECK(e.resp_pkts == 1);
+      CHECK(e.orig.pkts == 2);
+      CHECK(e.resp.pkts == 1);
       CHECK(e.event_number == 1);
     }
-    if (e.proto == 17 && e.orig_addr[3] == 7) CHECK(e.orig_pkts == 2);
+    if (e.proto == 17 && e.orig_addr[3] == 7) CHECK(e.orig.pkts == 2);
   }
 
   // Another capacity is another layout: the memory is formatted afresh.
@@ -559,6 +560,38 @@ TEST_CASE("weird packets are counted by kind") {
   CHECK(stats.weird[static_cast<std::size_t>(packet::DecodeStatus::kBadTransport)] == 1);
 }
 
+TEST_CASE("event_batch_words is the exact size of an encoded FlowEventBatch") {
+  TestTable t(8);
+  Recorder sink;
+  full_tcp_conversation(t.table, sink);
+  t.table.flush(sink);
+  std::vector<FlowEventData> events(sink.events.begin(), sink.events.end());
+  // Variants: IPv6, empty and full texts, tunnel parents.
+  for (int i = 0; i < 12; ++i) {
+    FlowEventData e = events[static_cast<std::size_t>(i) % sink.events.size()];
+    if (i % 2 == 1) e.ip_version = 6;
+    e.history.assign(std::string(static_cast<std::size_t>(i * 3 % 32), 'D'));
+    e.conn_state.assign(i % 3 == 0 ? std::string()
+                                   : std::string(static_cast<std::size_t>(i % 8), 'S'));
+    if (i % 4 == 2) e.community_id.assign(std::string());
+    for (std::size_t p = 0; p < e.tunnel_parents.size(); ++p) {
+      e.tunnel_parents[p] = p < static_cast<std::size_t>(i % 3) ? 100 + p : 0;
+    }
+    events.push_back(e);
+  }
+  for (std::size_t n = 1; n <= events.size(); n += 3) {
+    const std::span<const FlowEventData> batch(events.data(), n);
+    const std::size_t words = event_batch_words(batch);
+    std::vector<capnp::word> first(words);
+    capnp::MallocMessageBuilder message(kj::arrayPtr(first.data(), first.size()));
+    auto list = message.initRoot<schema::FlowEventBatch>().initEvents(static_cast<unsigned>(n));
+    for (unsigned i = 0; i < n; ++i) encode(batch[i], list[i]);
+    const auto segments = message.getSegmentsForOutput();
+    REQUIRE(segments.size() == 1);
+    CHECK(segments[0].size() == words);
+  }
+}
+
 TEST_CASE("an event encodes into a FlowEvent with every field") {
   TestTable t(8);
   Recorder sink;
@@ -579,8 +612,8 @@ TEST_CASE("an event encodes into a FlowEvent with every field") {
   CHECK(r.getRespAddr()[3] == 2);
   CHECK(r.getOrigPort() == 40000);
   CHECK(r.getRespPort() == 80);
-  CHECK(r.getOrigPkts() == 5);
-  CHECK(r.getRespBytes() == 200);
+  CHECK(r.getOrig().getPkts() == 5);
+  CHECK(r.getResp().getBytes() == 200);
   CHECK(r.getLastTsNs() == 7 * kMs);  // the second FIN: Zeek's clock stops there
   CHECK(std::string(r.getConnState().cStr()) == "SF");
   CHECK(std::string(r.getHistory().cStr()) == "ShADadFf");
@@ -637,8 +670,8 @@ void check_community_ids(const std::string& baseline, std::uint16_t seed) {
   TestTable t(1024, o);
   Recorder sink;
   int fed = 0;
-  for (const char* pcap : {"icmp.pcap", "icmp6.pcap", "ipv6.pcap", "rsvp.pcap", "sctp.pcap",
-                           "tcp.pcap", "udp.pcap"}) {
+  for (const char* pcap :
+       {"icmp.pcap", "icmp6.pcap", "ipv6.pcap", "rsvp.pcap", "sctp.pcap", "tcp.pcap", "udp.pcap"}) {
     fed += feed_pcap(t.table, pcap, sink);
   }
   CHECK(fed > 30);
@@ -701,11 +734,11 @@ TEST_CASE("a packet in a UDP tunnel counts to the tunnel's flow and to the inner
   REQUIRE(ends.size() == 2);
   const auto& tunnel = ends[0].proto == 17 ? ends[0] : ends[1];
   const auto& tcp = ends[0].proto == 17 ? ends[1] : ends[0];
-  CHECK(tunnel.orig_pkts == 1);
-  CHECK(tunnel.orig_ip_bytes == outer.ip_bytes);
+  CHECK(tunnel.orig.pkts == 1);
+  CHECK(tunnel.orig.ip_bytes == outer.ip_bytes);
   CHECK(tunnel.resp_port == 4789);
-  CHECK(tcp.orig_pkts == 1);
-  CHECK(tcp.orig_ip_bytes == inner.ip_bytes);
+  CHECK(tcp.orig.pkts == 1);
+  CHECK(tcp.orig.ip_bytes == inner.ip_bytes);
   CHECK(t.table.stats().packets == 1);
 }
 
@@ -717,7 +750,7 @@ TEST_CASE("a UDP datagram first seen from a server port makes its receiver the o
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].orig_port == 40000);
-  CHECK(ends[0].resp_pkts == 1);
+  CHECK(ends[0].resp.pkts == 1);
   CHECK(ends[0].history.view() == "^d");
   CHECK(ends[0].conn_state.view() == "SHR");
 }
@@ -732,8 +765,8 @@ TEST_CASE("a TCP segment whose header the snaplen cut after the ports still coun
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
-  CHECK(ends[0].resp_pkts == 1);
-  CHECK(ends[0].resp_ip_bytes == cut.ip_bytes);
+  CHECK(ends[0].resp.pkts == 1);
+  CHECK(ends[0].resp.ip_bytes == cut.ip_bytes);
   CHECK(ends[0].history.view() == "S");  // flags unknown: no letter, no state change
 }
 
@@ -754,10 +787,10 @@ TEST_CASE("TCP payload bytes come from sequence numbers, as Zeek counts them") {
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
-  CHECK(ends[0].orig_bytes == 450);            // by sequence numbers, the missed 300 included
-  CHECK(ends[0].orig_ip_bytes == 6 * 40 + 150);  // by what was seen
-  CHECK(ends[0].resp_bytes == 0);              // only its SYN-ACK, ACK and FIN
-  CHECK(ends[0].orig_spread.rexmits == 0);
+  CHECK(ends[0].orig.bytes == 450);              // by sequence numbers, the missed 300 included
+  CHECK(ends[0].orig.ip_bytes == 6 * 40 + 150);  // by what was seen
+  CHECK(ends[0].resp.bytes == 0);                // only its SYN-ACK, ACK and FIN
+  CHECK(ends[0].orig.rexmits == 0);
   CHECK(ends[0].history.view() == "ShADaFf");
 }
 
@@ -783,10 +816,10 @@ TEST_CASE("retransmissions are counted and marked t/T at the 1st, 10th and 100th
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
-  CHECK(ends[0].resp_spread.rexmits == 100);
-  CHECK(ends[0].orig_spread.rexmits == 1);
-  CHECK(ends[0].resp_bytes == 500);
-  CHECK(ends[0].orig_bytes == 10);
+  CHECK(ends[0].resp.rexmits == 100);
+  CHECK(ends[0].orig.rexmits == 1);
+  CHECK(ends[0].resp.bytes == 500);
+  CHECK(ends[0].orig.bytes == 10);
   CHECK(ends[0].history.view() == "ShAdtttDT");
 }
 
@@ -801,7 +834,7 @@ TEST_CASE("packet sizes and inter-arrival times are summed per direction") {
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
-  const auto& o = ends[0].orig_spread;
+  const auto& o = ends[0].orig;
   CHECK(o.size_min == 38);
   CHECK(o.size_max == 128);
   CHECK(o.size_sumsq == 38u * 38 + 128u * 128 + 68u * 68);
@@ -809,7 +842,7 @@ TEST_CASE("packet sizes and inter-arrival times are summed per direction") {
   CHECK(o.iat_max_us == 30'000);
   CHECK(o.iat_sum_us == 40'000);
   CHECK(o.iat_sumsq_us == Approx(1e8 + 9e8));
-  const auto& r = ends[0].resp_spread;
+  const auto& r = ends[0].resp;
   CHECK(r.size_min == 228);
   CHECK(r.size_max == 228);
   CHECK(r.iat_sum_us == 0);  // one packet: no gap
@@ -817,7 +850,8 @@ TEST_CASE("packet sizes and inter-arrival times are summed per direction") {
   CHECK(r.iat_max_us == 0);
 }
 
-TEST_CASE("evicting thousands of flows in one journaled step cuts the step instead of overflowing") {
+TEST_CASE(
+    "evicting thousands of flows in one journaled step cuts the step instead of overflowing") {
   struct Syncing final : EventSink {
     std::size_t ends = 0, syncs = 0;
     void on_event(const FlowEventData& e) override { ends += e.kind == EventKind::END; }
@@ -826,8 +860,8 @@ TEST_CASE("evicting thousands of flows in one journaled step cuts the step inste
   TestTable t(8192, short_timeouts());
   Syncing sink;
   for (std::uint32_t i = 0; i < 6000; ++i) {
-    t.table.on_packet(v4(17, static_cast<std::uint8_t>(i), static_cast<std::uint16_t>(1000 + i / 256),
-                         200, 53, 0, 10),
+    t.table.on_packet(v4(17, static_cast<std::uint8_t>(i),
+                         static_cast<std::uint16_t>(1000 + i / 256), 200, 53, 0, 10),
                       static_cast<std::int64_t>(i) * kMs, sink);
   }
   REQUIRE(t.table.active() == 6000);
@@ -854,7 +888,7 @@ TEST_CASE("a flow touched just after it was queued still ends when its timeout r
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].orig_addr[3] == 1);
   CHECK(ends[0].end_reason == EndReason::IDLE);
-  CHECK(ends[0].orig_pkts == 2);
+  CHECK(ends[0].orig.pkts == 2);
   // The others follow, each when its own 5 s are over, in order.
   t.table.expire(10 * kSec, sink);
   const auto later = sink.of_kind(EventKind::END);
@@ -949,12 +983,12 @@ TEST_CASE("a fragmented datagram counts once to its flow, with its whole length,
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].orig_port == 5000);
   CHECK(ends[0].resp_port == 53);
-  CHECK(ends[0].orig_pkts == 1);
-  CHECK(ends[0].orig_ip_bytes == 20 + 3008);
-  CHECK(ends[0].orig_bytes == 3000);
-  CHECK(ends[0].resp_pkts == 1);
-  CHECK(ends[0].resp_ip_bytes == 20 + 1608);
-  CHECK(ends[0].resp_bytes == 1600);
+  CHECK(ends[0].orig.pkts == 1);
+  CHECK(ends[0].orig.ip_bytes == 20 + 3008);
+  CHECK(ends[0].orig.bytes == 3000);
+  CHECK(ends[0].resp.pkts == 1);
+  CHECK(ends[0].resp.ip_bytes == 20 + 1608);
+  CHECK(ends[0].resp.bytes == 1600);
   CHECK(ends[0].first_ts_ns == 2 * kMs);  // a datagram's time is its last piece's
   CHECK(ends[0].last_ts_ns == 4 * kMs);
   CHECK(t.table.stats().packets == 5);  // every piece was processed
@@ -966,9 +1000,9 @@ TEST_CASE("a forged last piece ending inside the first makes no datagram and no 
   TestTable t(64, short_timeouts());
   Recorder sink;
   const Bytes dns = udp_datagram(5000, 53, 3000);
-  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);     // more fragments set
-  const Bytes stub = udp_datagram(5000, 53, 8);                       // 16 bytes
-  t.table.on_packet(v4_fragment(1, 2, 7, stub, 8, 8), kMs, sink);     // "last": ends at 16
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);  // more fragments set
+  const Bytes stub = udp_datagram(5000, 53, 8);                    // 16 bytes
+  t.table.on_packet(v4_fragment(1, 2, 7, stub, 8, 8), kMs, sink);  // "last": ends at 16
   t.table.flush(sink);
   CHECK(sink.of_kind(EventKind::END).empty());  // no flow was made of it
   CHECK(t.table.fragment_stats().datagrams == 0);
@@ -987,8 +1021,8 @@ TEST_CASE("pieces that come before the first are held and counted when it arrive
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
-  CHECK(ends[0].orig_pkts == 1);
-  CHECK(ends[0].orig_ip_bytes == 20 + 3008);
+  CHECK(ends[0].orig.pkts == 1);
+  CHECK(ends[0].orig.ip_bytes == 20 + 3008);
   CHECK(t.table.fragment_stats().datagrams == 1);
 }
 
@@ -1002,9 +1036,9 @@ TEST_CASE("an IPv6 datagram counts without its fragment headers, as Zeek reassem
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].ip_version == 6);
-  CHECK(ends[0].orig_pkts == 1);
-  CHECK(ends[0].orig_ip_bytes == 40 + 2008);
-  CHECK(ends[0].orig_bytes == 2000);
+  CHECK(ends[0].orig.pkts == 1);
+  CHECK(ends[0].orig.ip_bytes == 40 + 2008);
+  CHECK(ends[0].orig.bytes == 2000);
 }
 
 TEST_CASE("pieces of different datagrams are kept apart by addresses and IP id") {
@@ -1022,8 +1056,8 @@ TEST_CASE("pieces of different datagrams are kept apart by addresses and IP id")
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 2);
   for (const auto& e : ends) {
-    CHECK(e.orig_pkts == 1);
-    CHECK(e.orig_ip_bytes == 20 + 2008);
+    CHECK(e.orig.pkts == 1);
+    CHECK(e.orig.ip_bytes == 20 + 2008);
   }
   CHECK(t.table.fragment_stats().without_first == 1);  // the stray piece to 10.0.0.3
 }
@@ -1034,8 +1068,8 @@ TEST_CASE("a datagram that never completes is not counted and expires as a weird
   TestTable t(64, o);
   Recorder sink;
   const Bytes dns = udp_datagram(5000, 53, 3000);
-  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);      // last piece lost
-  t.table.on_packet(v4_fragment(1, 2, 8, dns, 1480, 1480), 0, sink);   // first piece lost
+  t.table.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);     // last piece lost
+  t.table.on_packet(v4_fragment(1, 2, 8, dns, 1480, 1480), 0, sink);  // first piece lost
   t.table.expire(30 * kSec, sink);
   CHECK(t.table.fragments_in_flight() == 2);  // not yet past the timeout
   t.table.expire(30 * kSec + 1, sink);
@@ -1072,8 +1106,244 @@ TEST_CASE("a full fragment table evicts the least recently touched datagram and 
   CHECK(t.table.fragment_stats().incomplete == 1);     // 4
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
-  CHECK(ends[0].orig_pkts == 1);
-  CHECK(ends[0].orig_ip_bytes == 20 + 2008);
+  CHECK(ends[0].orig.pkts == 1);
+  CHECK(ends[0].orig.ip_bytes == 20 + 2008);
+}
+
+// ------------------------------------------------------------------ fragments across restarts
+
+namespace {
+
+// The fragment slots of a table over `memory` (they end the table's memory; fresh slots are
+// taken from index 0 up).
+detail::FragmentSlot* fragment_slots(std::vector<std::byte>& memory, std::size_t capacity) {
+  const std::size_t bytes = FragmentTable::bytes_needed(FlowTable::fragment_capacity_for(capacity));
+  return reinterpret_cast<detail::FragmentSlot*>(memory.data() + FlowTable::bytes_needed(capacity) -
+                                                 bytes);
+}
+
+struct SyncCounter final : EventSink {
+  std::vector<FlowEventData> events;
+  std::size_t syncs = 0;
+  void on_event(const FlowEventData& e) override { events.push_back(e); }
+  void sync() override { ++syncs; }
+};
+
+}  // namespace
+
+TEST_CASE("a datagram whose pieces straddle a flowd restart is counted whole, once") {
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(64));
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);  // pieces of 1480, 1480, 48
+  const Bytes ping = udp_datagram(5001, 53, 2000);
+  {
+    FlowTable first(memory, 64, o);
+    first.begin_step();
+    first.on_packet(v4_fragment(1, 2, 7, dns, 1480, 1480), 0, sink);
+    first.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), kMs, sink);
+    first.on_packet(v4_fragment(1, 2, 8, ping, 1480, 528), kMs, sink);  // its first never comes
+    first.commit_step();  // the frame holding these pieces is committed: never read again
+    CHECK(first.fragments_in_flight() == 2);
+  }  // killed
+  FlowTable second(memory, 64, o);
+  CHECK(second.resumed());
+  CHECK(second.fragments_in_flight() == 2);
+  CHECK(second.fragment_stats().fragments == 3);
+  second.on_packet(v4_fragment(1, 2, 7, dns, 2960, 48), 2 * kMs, sink);
+  CHECK(second.fragments_in_flight() == 1);
+  second.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig.pkts == 1);
+  CHECK(ends[0].orig.ip_bytes == 20 + 3008);
+  CHECK(ends[0].orig.bytes == 3000);
+  CHECK(second.fragment_stats().datagrams == 1);
+  CHECK(second.fragment_stats().without_first == 1);
+  CHECK(second.fragment_stats().corrupt == 0);
+}
+
+TEST_CASE("a step killed after it completed a datagram is undone for its fragments too") {
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(64));
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  {
+    FlowTable first(memory, 64, o);
+    first.begin_step();
+    first.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);
+    first.on_packet(v4_fragment(1, 2, 7, dns, 1480, 1480), kMs, sink);
+    first.commit_step();
+    // The next frame completes the datagram, starts its flow, and is killed before commit.
+    first.begin_step();
+    first.on_packet(v4_fragment(1, 2, 7, dns, 2960, 48), 2 * kMs, sink);
+    CHECK(first.fragments_in_flight() == 0);
+    CHECK(first.active() == 1);
+  }
+  FlowTable second(memory, 64, o);
+  CHECK(second.rolled_back());
+  CHECK(second.active() == 0);
+  CHECK(second.fragments_in_flight() == 1);  // as the last commit left it
+  CHECK(second.fragment_stats().fragments == 2);
+  second.begin_step();
+  second.on_packet(v4_fragment(1, 2, 7, dns, 2960, 48), 2 * kMs, sink);  // replayed
+  second.commit_step();
+  second.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig.pkts == 1);
+  CHECK(ends[0].orig.ip_bytes == 20 + 3008);
+  CHECK(second.fragment_stats().datagrams == 1);
+  CHECK(second.fragment_stats().fragments == 3);
+}
+
+TEST_CASE("the first piece's decode comes back from its slot exactly as stored") {
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  for (const DecodedPacket& p :
+       {v4_fragment(1, 2, 7, dns, 0, 1480), v6_fragment(1, 2, 0xC0FFEE, dns, 0, 1232)}) {
+    detail::FragmentSlot slot{};
+    slot.in_use = 1;
+    slot.have_first = 1;
+    slot.src = p.frag.src;
+    slot.dst = p.frag.dst;
+    slot.id = p.frag.id;
+    slot.vlan = p.frag.vlan;
+    slot.proto = p.frag.proto;
+    slot.ip_version = p.frag.ip_version;
+    FragmentTable::store_first(slot, p);
+    CHECK(FragmentTable::valid(slot));
+    DecodedPacket back;
+    REQUIRE(FragmentTable::load_first(slot, back));
+    CHECK(back.key == p.key);
+    CHECK(back.ip_bytes == p.ip_bytes);
+    CHECK(back.payload_bytes == p.payload_bytes);
+    CHECK(back.has_ports == p.has_ports);
+    CHECK(back.fragment);
+    CHECK(back.outer_count == p.outer_count);
+    CHECK(back.frag.src == p.frag.src);
+    CHECK(back.frag.id == p.frag.id);
+    CHECK(back.frag.length == p.frag.length);
+    CHECK(back.frag.header_len == p.frag.header_len);
+    CHECK(back.frag.more == p.frag.more);
+    CHECK(back.frag.layer == p.frag.layer);
+    CHECK(back.frag.outer_before == p.frag.outer_before);
+    CHECK(back.frag.ip_version == p.frag.ip_version);
+  }
+}
+
+TEST_CASE("fragment slots that are invalid in shared memory are dropped and counted on attach") {
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(64));
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  {
+    FlowTable first(memory, 64, o);
+    for (std::uint16_t id = 1; id <= 6; ++id) {
+      first.on_packet(v4_fragment(1, 2, id, dns, 0, 1480), id * kMs, sink);  // slots 0..5
+    }
+  }
+  detail::FragmentSlot* slots = fragment_slots(memory, 64);
+  REQUIRE(slots[0].in_use == 1);
+  REQUIRE(slots[0].id == 1);
+  slots[0].in_use = 7;         // neither free nor used
+  slots[1].have_first = 2;     // not a flag
+  slots[2].outer_count = 200;  // more tunnels than a packet can have
+  slots[3].ip_version = 5;
+  slots[4].frag_layer = 3;  // a layer that is not there
+  slots[6] = slots[5];      // a second slot for one datagram
+  FlowTable second(memory, 64, o);
+  CHECK(second.resumed());
+  CHECK(second.fragments_in_flight() == 1);
+  CHECK(second.fragment_stats().corrupt == 6);
+  // What is left works: the surviving datagram (id 6) completes.
+  second.on_packet(v4_fragment(1, 2, 6, dns, 1480, 1480), 10 * kMs, sink);
+  second.on_packet(v4_fragment(1, 2, 6, dns, 2960, 48), 11 * kMs, sink);
+  second.flush(sink);
+  REQUIRE(sink.of_kind(EventKind::END).size() == 1);
+  CHECK(sink.of_kind(EventKind::END)[0].orig.ip_bytes == 20 + 3008);
+}
+
+TEST_CASE("any single bit flipped in a fragment slot is rejected or harmless") {
+  const FlowTableOptions o = short_timeouts();
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  std::vector<std::byte> pristine(FlowTable::bytes_needed(8));
+  {
+    Recorder sink;
+    FlowTable first(pristine, 8, o);
+    first.on_packet(v4_fragment(1, 2, 7, dns, 0, 1480), 0, sink);
+    first.on_packet(v4_fragment(1, 2, 7, dns, 1480, 1480), kMs, sink);
+  }
+  std::size_t rejected = 0;
+  for (std::size_t bit = 0; bit < sizeof(detail::FragmentSlot) * 8; ++bit) {
+    std::vector<std::byte> memory = pristine;
+    auto* bytes = reinterpret_cast<std::uint8_t*>(fragment_slots(memory, 8));
+    bytes[bit / 8] ^= static_cast<std::uint8_t>(1u << (bit % 8));
+    Recorder sink;
+    FlowTable table(memory, 8, o);
+    rejected += table.fragment_stats().corrupt;
+    // Whatever the slot now says, the rest of the datagram and the shutdown run cleanly.
+    table.on_packet(v4_fragment(1, 2, 7, dns, 2960, 48), 2 * kMs, sink);
+    table.expire(100 * kSec, sink);
+    table.flush(sink);
+    CHECK(table.fragments_in_flight() == 0);
+    for (const auto& e : sink.of_kind(EventKind::END)) CHECK(e.orig.pkts <= 1);
+  }
+  CHECK(rejected > 0);
+}
+
+TEST_CASE("a flood of fragments stays within the table's slots, evicting and counting") {
+  TestTable t(64, short_timeouts());
+  Recorder sink;
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  const std::size_t slots = FlowTable::fragment_capacity_for(64);
+  CHECK(t.table.fragment_capacity() == slots);
+  for (std::uint32_t i = 0; i < 10'000; ++i) {
+    t.table.on_packet(v4_fragment(1, 2, static_cast<std::uint16_t>(i), dns, 0, 1480), i, sink);
+    CHECK(t.table.fragments_in_flight() <= slots);
+  }
+  CHECK(t.table.fragments_in_flight() == slots);
+  CHECK(t.table.fragment_stats().evicted == 10'000 - slots);
+}
+
+TEST_CASE("expiring thousands of datagrams in one step checkpoints instead of overflowing") {
+  // 4096 fragment slots: more than the undo journal holds, in one step.
+  constexpr std::size_t kFlows = 65536;
+  std::vector<std::byte> memory(FlowTable::bytes_needed(kFlows));
+  FlowTableOptions o = short_timeouts();
+  o.fragments.timeout_ns = 30 * kSec;
+  const Bytes dns = udp_datagram(5000, 53, 3000);
+  SyncCounter sink;
+  {
+    FlowTable first(memory, kFlows, o);
+    REQUIRE(first.fragment_capacity() == 4096);
+    first.begin_step();
+    for (std::uint32_t i = 0; i < 4096; ++i) {
+      first.on_packet(v4_fragment(1, static_cast<std::uint8_t>(2 + i % 200),
+                                  static_cast<std::uint16_t>(i), dns, 0, 1480),
+                      0, sink);
+    }
+    first.commit_step();
+    CHECK(sink.syncs > 0);  // the packets alone outgrew one journal
+    CHECK(first.fragments_in_flight() == 4096);
+    const std::size_t before = sink.syncs;
+    first.begin_step();
+    first.expire(31 * kSec, sink);
+    CHECK(sink.syncs > before);
+    CHECK(first.fragments_in_flight() == 0);
+    CHECK(first.fragment_stats().incomplete == 4096);
+    // Killed before this step's commit: only its last part (since the last checkpoint) is
+    // undone, and the table stays consistent.
+  }
+  FlowTable second(memory, kFlows, o);
+  CHECK(second.rolled_back());
+  CHECK(second.fragments_in_flight() > 0);
+  CHECK(second.fragments_in_flight() < 4096);
+  CHECK(second.fragment_stats().incomplete + second.fragments_in_flight() == 4096);
+  CHECK(second.fragment_stats().corrupt == 0);
+  Recorder rest;
+  second.expire(31 * kSec, rest);
+  CHECK(second.fragments_in_flight() == 0);
+  CHECK(second.fragment_stats().incomplete == 4096);
 }
 
 TEST_CASE("a repeated piece completes a datagram counted once and as overlapping") {
@@ -1086,7 +1356,7 @@ TEST_CASE("a repeated piece completes a datagram counted once and as overlapping
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
-  CHECK(ends[0].orig_pkts == 1);
+  CHECK(ends[0].orig.pkts == 1);
   CHECK(t.table.fragment_stats().overlapping == 1);
 }
 
@@ -1176,10 +1446,10 @@ TEST_CASE("a datagram fragmented inside a whole tunnel packet counts each piece 
   std::map<std::uint16_t, FlowEventData> by_port;
   for (const auto& e : sink.of_kind(EventKind::END)) by_port[e.resp_port] = e;
   REQUIRE(by_port.size() == 2);
-  CHECK(by_port[2152].orig_pkts == 2);  // the tunnel carried two packets
-  CHECK(by_port[2152].orig_ip_bytes == (28 + 8 + 1500) + (28 + 8 + 548));
-  CHECK(by_port[53].orig_pkts == 1);    // the inner datagram is one
-  CHECK(by_port[53].orig_ip_bytes == 20 + 2008);
+  CHECK(by_port[2152].orig.pkts == 2);  // the tunnel carried two packets
+  CHECK(by_port[2152].orig.ip_bytes == (28 + 8 + 1500) + (28 + 8 + 548));
+  CHECK(by_port[53].orig.pkts == 1);  // the inner datagram is one
+  CHECK(by_port[53].orig.ip_bytes == 20 + 2008);
   CHECK(by_port[53].tunnel_parents[0] == by_port[2152].uid);
 }
 
@@ -1202,13 +1472,13 @@ TEST_CASE("a connection attempt ends 5 s after its SYN however busy the originat
   CHECK(ends[0].end_reason == EndReason::IDLE);
   CHECK(ends[0].conn_state.view() == "S0");
   CHECK(ends[0].history.view() == "SAD");
-  CHECK(ends[0].orig_pkts == 4);
+  CHECK(ends[0].orig.pkts == 4);
   CHECK(ends[0].last_ts_ns == 4 * kSec);
   CHECK(ends[1].uid != ends[0].uid);
   CHECK(ends[1].orig_port == 40000);  // still the client: the server port decides
   CHECK(ends[1].conn_state.view() == "SH");
   CHECK(ends[1].history.view() == "DF");
-  CHECK(ends[1].orig_pkts == 2);
+  CHECK(ends[1].orig.pkts == 2);
 }
 
 TEST_CASE("a flow seen from one side only, not an attempt, waits for the established timeout") {
@@ -1226,7 +1496,7 @@ TEST_CASE("a flow seen from one side only, not an attempt, waits for the establi
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].end_reason == EndReason::IDLE);
-  CHECK(ends[0].resp_pkts == 3);
+  CHECK(ends[0].resp.pkts == 3);
   CHECK(ends[0].history.view() == "^hd");
   CHECK(ends[0].conn_state.view() == "OTH");
 }
@@ -1294,7 +1564,7 @@ TEST_CASE("history: SYN with FIN or RST is q, FIN with RST is i, a FIN carrying 
     if (e.orig_addr[3] == 2) CHECK(e.history.view() == "ShI");
     if (e.orig_port == 40000) {
       CHECK(e.history.view() == "ShAF");
-      CHECK(e.orig_bytes == 10);
+      CHECK(e.orig.bytes == 10);
     }
   }
 }
@@ -1365,10 +1635,10 @@ TEST_CASE("a transport flowseal does not know reports no payload bytes, as Zeek"
   REQUIRE(ends.size() == 2);
   for (const auto& e : ends) {
     if (e.proto == 99) {
-      CHECK(e.orig_bytes == 0);
-      CHECK(e.orig_ip_bytes == unknown.ip_bytes);
+      CHECK(e.orig.bytes == 0);
+      CHECK(e.orig.ip_bytes == unknown.ip_bytes);
     } else {
-      CHECK(e.orig_bytes == 16);
+      CHECK(e.orig.bytes == 16);
     }
   }
 }
@@ -1444,7 +1714,7 @@ TEST_CASE("a RST at another sequence number than the side's last one is marked a
   t.table.on_packet(s2c(kRst | kAck), 3 * kMs, sink);
   t.table.on_packet(s2c(kRst | kAck), 4 * kMs, sink);  // the same seq: not again
   g_next_seq[1] += 1000;
-  t.table.on_packet(s2c(kRst), 5 * kMs, sink);         // another seq: r again
+  t.table.on_packet(s2c(kRst), 5 * kMs, sink);  // another seq: r again
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
@@ -1465,10 +1735,10 @@ TEST_CASE("a SYN with another initial sequence number on an open connection star
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 2);
-  CHECK(ends[0].orig_pkts == 2);
+  CHECK(ends[0].orig.pkts == 2);
   CHECK(ends[0].history.view() == "S");
   CHECK(ends[0].end_reason == EndReason::IDLE);
-  CHECK(ends[1].orig_pkts == 1);
+  CHECK(ends[1].orig.pkts == 1);
   CHECK(ends[1].conn_state.view() == "S0");
 }
 
@@ -1477,15 +1747,15 @@ TEST_CASE("once both sides have closed, later packets count but do not extend th
   // ACK or RST is counted, and a packet after the linger starts a new flow.
   TestTable t(64, short_timeouts());
   Recorder sink;
-  full_tcp_conversation(t.table, sink);      // second FIN at 7 ms, last ACK at 8 ms
+  full_tcp_conversation(t.table, sink);          // second FIN at 7 ms, last ACK at 8 ms
   t.table.on_packet(s2c(kRst), 3 * kSec, sink);  // a late RST: counted, time unchanged
   t.table.on_packet(c2s(kAck), 7 * kMs + 5 * kSec + 1, sink);  // past the linger: a new flow
   t.table.flush(sink);
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 2);
   CHECK(ends[0].last_ts_ns == 7 * kMs);
-  CHECK(ends[0].orig_pkts == 5);
-  CHECK(ends[0].resp_pkts == 5);
+  CHECK(ends[0].orig.pkts == 5);
+  CHECK(ends[0].resp.pkts == 5);
   CHECK(ends[0].conn_state.view() == "SF");
   CHECK(ends[0].history.view() == "ShADadFfr");
   CHECK(ends[1].history.view() == "A");

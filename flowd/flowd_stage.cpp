@@ -20,6 +20,7 @@
 #include "packet/decode.h"
 #include "pressure_level.h"
 #include "ring_io.h"
+#include "ring_message.h"
 
 namespace flowseal::flowd {
 namespace {
@@ -29,19 +30,33 @@ constexpr std::size_t kNextSeq = fc::kCount;  // next packet sequence number to 
 static_assert(kNextSeq < kStageCounters);
 constexpr std::size_t kEventsPerFrame = 512;
 
+// Events per output frame: kEventsPerFrame, or fewer when the ring's frames are smaller. A
+// small budget's 1 MiB event ring takes frames of 256 KiB, which 512 events of segment
+// format 3 outgrew: flowd exited 70 ("a FlowEventBatch exceeds the output ring's frame
+// limit") whenever one step emitted that many, e.g. at a drain ending 600 flows.
+std::size_t events_per_frame(std::size_t max_frame) {
+  const std::size_t word = sizeof(capnp::word);
+  const std::size_t per_event = flow_event_batch_words(1, 0) * word;
+  const std::size_t room = max_frame - std::min(max_frame, flow_event_batch_words(0) * word);
+  return std::clamp<std::size_t>(room / per_event, 1, kEventsPerFrame);
+}
+
 // Collects the events one input frame produces and writes them as FlowEventBatch frames.
 class EventBatchWriter final : public EventSink {
  public:
   // `latency`, if given, gets (published - due) of every flow end with a due time (live).
   EventBatchWriter(RingProducer& out, StageRuntime& runtime, ExportLatency* latency)
-      : out_(out), runtime_(runtime), latency_(latency) {}
+      : out_(out),
+        runtime_(runtime),
+        latency_(latency),
+        events_per_frame_(events_per_frame(out.max_frame())) {}
 
   void on_event(const FlowEventData& event) override {
     pending_.push_back(event);
     // capture samples whole flows by hash, so the rate in force when an event is made is
     // the one its flow was kept at.
     pending_.back().sampling_rate = sampling_rate_;
-    if (pending_.size() >= kEventsPerFrame) write_pending();
+    if (pending_.size() >= events_per_frame_) write_pending();
   }
   void set_sampling_rate(float rate) { sampling_rate_ = rate; }
   // The flow table cuts a long step short: publish what it emitted before it commits.
@@ -66,7 +81,8 @@ class EventBatchWriter final : public EventSink {
  private:
   void write_pending() {
     if (pending_.empty()) return;
-    capnp::MallocMessageBuilder message(flow_event_batch_words(pending_.size()));
+    // Built in its ring frame (ring_message.h): no calloc'ed segment, no copy.
+    RingMessageBuilder message(out_, event_batch_words(pending_));
     auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
         static_cast<unsigned>(pending_.size()));
     for (unsigned i = 0; i < pending_.size(); ++i) {
@@ -81,7 +97,7 @@ class EventBatchWriter final : public EventSink {
       runtime_.heartbeat();
       return false;  // never drop a flow record: wait for dedupd
     };
-    if (!write_message(out_, message, keep_waiting)) {
+    if (!message.write(keep_waiting)) {
       throw std::runtime_error("a FlowEventBatch exceeds the output ring's frame limit");
     }
     written_ += pending_.size();
@@ -91,6 +107,7 @@ class EventBatchWriter final : public EventSink {
   RingProducer& out_;
   StageRuntime& runtime_;
   ExportLatency* latency_;
+  const std::size_t events_per_frame_;
   std::vector<std::int64_t> written_due_;  // due times of ends written, not yet published
   std::vector<FlowEventData> pending_;
   std::uint64_t written_ = 0;
@@ -130,11 +147,11 @@ class TablePressure {
     if (level != level_) {
       level_ = level;
       table_.set_timeouts(scaled(effects.idle_timeout_scale));
-      spdlog::info("pressure {}: idle timeouts x{}{}", to_string(level), effects.idle_timeout_scale,
-                   effects.hold_flow_table
-                       ? fmt::format(", holding the flow table at {} of {} flows", hold_,
-                                     table_.capacity())
-                       : std::string());
+      spdlog::info(
+          "pressure {}: idle timeouts x{}{}", to_string(level), effects.idle_timeout_scale,
+          effects.hold_flow_table
+              ? fmt::format(", holding the flow table at {} of {} flows", hold_, table_.capacity())
+              : std::string());
     }
     if (!effects.hold_flow_table || table_.active() <= hold_) return 0;
     return table_.evict_to(hold_, sink);
@@ -145,8 +162,8 @@ class TablePressure {
     // At least 1 ms (a zero timeout would end every flow between two of its packets), and
     // never longer than configured (tcp_closed_timeout may be 0).
     auto scale = [factor](std::int64_t ns) {
-      return std::min(ns, std::max<std::int64_t>(static_cast<std::int64_t>(double(ns) * factor),
-                                                 1'000'000));
+      return std::min(
+          ns, std::max<std::int64_t>(static_cast<std::int64_t>(double(ns) * factor), 1'000'000));
     };
     FlowTimeouts t = base_;
     t.tcp_established_idle_ns = scale(base_.tcp_established_idle_ns);
@@ -188,8 +205,7 @@ void apply_batch(std::span<const std::byte> frame, FlowTable& table, EventBatchW
     if (end > data.size()) {
       table.count_weird(packet::DecodeStatus::kTruncatedLink);
     } else {
-      const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(),
-                                                ref.getCapLen());
+      const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(), ref.getCapLen());
       const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
       if (status == packet::DecodeStatus::kOk) {
         table.on_packet(decoded, ref.getTsNs(), writer);
@@ -209,7 +225,8 @@ std::size_t capacity_for(std::size_t bytes) {
   std::size_t lo = 0, hi = bytes;  // bytes_needed grows with capacity: largest that fits
   while (lo < hi) {
     const std::size_t mid = lo + (hi - lo + 1) / 2;
-    if (FlowTable::bytes_needed(mid) <= bytes) lo = mid; else hi = mid - 1;
+    if (FlowTable::bytes_needed(mid) <= bytes) lo = mid;
+    else hi = mid - 1;
   }
   return lo;
 }
@@ -229,17 +246,27 @@ int run_flowd(StageRuntime& runtime) {
   options.timeouts = timeouts_from(config);
   options.community_id_seed = static_cast<std::uint16_t>(config.community_id_seed);
   options.shard = static_cast<std::uint32_t>(runtime.shard());
+  options.local_nets = LocalNets(runtime.config().net.local_nets);  // validated with the config
   FlowTable table(table_memory.bytes(), capacity, options);
   if (table.rolled_back()) {
     spdlog::info("undid the step a killed flowd left half done (resuming at packet {})",
                  table.next_seq());
   }
-  if (table.active() > 0) {
-    spdlog::info("resumed with {} active flows from shared memory", table.active());
+  if (table.active() > 0 || table.fragments_in_flight() > 0) {
+    spdlog::info("resumed with {} active flows and {} IP datagrams in flight from shared memory",
+                 table.active(), table.fragments_in_flight());
+  }
+  if (const std::uint64_t corrupt = table.fragment_stats().corrupt; corrupt > 0) {
+    spdlog::warn(
+        "IP fragment table: {} slots in shared memory were invalid and dropped "
+        "(since the table was formatted)",
+        corrupt);
   }
 
   TablePressure pressure(runtime.config(), table);
-  auto pressure_level = [&] { return runtime.control().pressure_level.load(std::memory_order_relaxed); };
+  auto pressure_level = [&] {
+    return runtime.control().pressure_level.load(std::memory_order_relaxed);
+  };
   // Export latency: a flow end published within 10 ms (p99) of its due time.
   // Packet time is wall time only live, so only there is it measured.
   ExportLatency latency(config);
@@ -314,14 +341,18 @@ int run_flowd(StageRuntime& runtime) {
   spdlog::info("drained: {} events out", events_out);
   if (latency.count() > 0) {
     spdlog::info("export latency (flow end due -> flowd output ring): {}", latency.describe());
-    spdlog::info("export latency to the output ring, histogram (bucket upper edge in us: flow "
-                 "ends): {}", latency.histogram());
+    spdlog::info(
+        "export latency to the output ring, histogram (bucket upper edge in us: flow "
+        "ends): {}",
+        latency.histogram());
   }
   if (const FragmentStats& f = table.fragment_stats(); f.fragments > 0) {
-    spdlog::info("IP fragments: {} pieces, {} datagrams counted; weird: {} incomplete, {} "
-                 "without first piece, {} evicted (table full), {} overlapping",
-                 f.fragments, f.datagrams, f.incomplete, f.without_first, f.evicted,
-                 f.overlapping);
+    spdlog::info(
+        "IP fragments: {} pieces, {} datagrams counted; weird: {} incomplete, {} "
+        "without first piece, {} evicted (table full, {} datagrams), {} overlapping, "
+        "{} invalid in shared memory",
+        f.fragments, f.datagrams, f.incomplete, f.without_first, f.evicted,
+        table.fragment_capacity(), f.overlapping, f.corrupt);
   }
   return exit_code::kOk;
 }

@@ -40,29 +40,10 @@ kj::Array<capnp::word> canonical_as_stored(schema::FlowEvent::Reader record) {
   return capnp::canonicalize(list[0].asReader());
 }
 
-// Copies a record from its canonical form into the batch's (fresh, all-zero) list element:
-// the data section as bytes, each list through its typed setter. The same bytes as capnp's
-// setWithCaveats(), which first zeroes the element and copies every pointer through its
-// general, kind-dispatching path: about half the cost. Only for records append_canonical()
-// wrote (pointers of the schema's kinds, byte and 8-byte lists).
-void copy_direct(schema::FlowEvent::Reader from, schema::FlowEvent::Builder to) {
-  schema::FlowEvent::Builder whole = to;  // AnyStruct::Builder takes its argument by move
-  const auto src = capnp::AnyStruct::Reader(from).getDataSection();
-  auto dst = capnp::AnyStruct::Builder(kj::mv(whole)).getDataSection();
-  std::memcpy(dst.begin(), src.begin(), std::min(src.size(), dst.size()));
-  if (from.hasOrigAddr()) to.setOrigAddr(from.getOrigAddr());
-  if (from.hasRespAddr()) to.setRespAddr(from.getRespAddr());
-  if (from.hasConnState()) to.setConnState(from.getConnState());
-  if (from.hasHistory()) to.setHistory(from.getHistory());
-  if (from.hasCommunityId()) to.setCommunityId(from.getCommunityId());
-  if (from.hasTunnelParents()) to.setTunnelParents(from.getTunnelParents());
-}
-
 }  // namespace
 
 BatchSealer::BatchSealer(const seal::PrivateKey& key, std::array<std::uint8_t, 16> stream_id,
-                         std::uint64_t next_seq, seal::Digest prev_root,
-                         unsigned leaf_hint_bytes)
+                         std::uint64_t next_seq, seal::Digest prev_root, unsigned leaf_hint_bytes)
     : key_(&key),
       stream_id_(stream_id),
       next_seq_(next_seq),
@@ -76,10 +57,15 @@ void BatchSealer::add(schema::FlowEvent::Reader record) {
   const bool direct = seal::append_canonical(record, canonical_);
   direct_.push_back(direct ? 1 : 0);
   if (!direct) {
+    // What append_canonical() declines may carry pointers this schema does not know (the
+    // copy below drops them unread): check them as a traversal of the whole frame did.
+    static_cast<void>(record.totalSize());
     const kj::Array<capnp::word> canonical = canonical_as_stored(record);
     canonical_.resize(start + canonical.size());
     std::memcpy(canonical_.data() + start, canonical.begin(), canonical.asBytes().size());
   }
+  copied_words_ +=
+      direct ? seal::copied_words(canonical_.data() + start) : canonical_.size() - start;
   leaves_.push_back(hasher_.leaf({reinterpret_cast<const std::uint8_t*>(canonical_.data() + start),
                                   (canonical_.size() - start) * sizeof(capnp::word)}));
   if (offsets_.empty()) {
@@ -90,6 +76,31 @@ void BatchSealer::add(schema::FlowEvent::Reader record) {
     last_ts_ns_ = std::max(last_ts_ns_, record.getLastTsNs());
   }
   offsets_.push_back(start);
+}
+
+std::size_t BatchSealer::words() const {
+  using Sealed = schema::SealedBatch::_capnpPrivate;
+  using Event = schema::FlowEvent::_capnpPrivate;
+  return 1 + Sealed::dataWordSize + Sealed::pointerCount + 1 +
+         offsets_.size() * (Event::dataWordSize + Event::pointerCount) + copied_words_ +
+         (offsets_.size() * leaf_hint_bytes_ + 7) / 8 + 1024;
+}
+
+void BatchSealer::add_all(capnp::List<schema::FlowEvent>::Reader records) {
+  const std::size_t count = offsets_.size(), words = canonical_.size(), copied = copied_words_;
+  const std::int64_t first = first_ts_ns_, last = last_ts_ns_;
+  try {
+    for (const auto record : records) add(record);
+  } catch (...) {
+    offsets_.resize(count);
+    direct_.resize(count);
+    leaves_.resize(count);
+    canonical_.resize(words);
+    copied_words_ = copied;
+    first_ts_ns_ = first;
+    last_ts_ns_ = last;
+    throw;
+  }
 }
 
 void BatchSealer::seal(capnp::MessageBuilder& message) {
@@ -108,14 +119,13 @@ void BatchSealer::seal(capnp::MessageBuilder& message) {
 
   auto records = batch.initRecords(static_cast<unsigned>(offsets_.size()));
   for (unsigned i = 0; i < offsets_.size(); ++i) {
-    // The canonical form is a single segment with the root pointer first: our own output,
-    // so it can be read unchecked.
-    const auto record =
-        capnp::readMessageUnchecked<schema::FlowEvent>(canonical_.data() + offsets_[i]);
+    const capnp::word* canonical = canonical_.data() + offsets_[i];
     if (direct_[i] != 0) {
-      copy_direct(record, records[i]);
+      seal::copy_canonical(canonical, records[i]);
     } else {
-      records.setWithCaveats(i, record);
+      // The canonical form is a single segment with the root pointer first: our own output,
+      // so it can be read unchecked.
+      records.setWithCaveats(i, capnp::readMessageUnchecked<schema::FlowEvent>(canonical));
     }
   }
 
@@ -125,13 +135,15 @@ void BatchSealer::seal(capnp::MessageBuilder& message) {
   batch.setSignature(as_data(signature));
   // Outside the signature on purpose: verify uses them only to say which record a root
   // mismatch comes from (seal/leaf_hints.h).
-  if (leaf_hint_bytes_ > 0) batch.setLeafHints(as_data(seal::make_leaf_hints(leaves_, leaf_hint_bytes_)));
+  if (leaf_hint_bytes_ > 0)
+    batch.setLeafHints(as_data(seal::make_leaf_hints(leaves_, leaf_hint_bytes_)));
 
   ++next_seq_;
   prev_root_ = root;
   canonical_.clear();  // keeps its capacity for the next batch
   offsets_.clear();
   direct_.clear();
+  copied_words_ = 0;
   leaves_.clear();
 }
 

@@ -20,6 +20,7 @@
 #include <capnp/message.h>
 #include <kj/array.h>
 
+#include "capnp_frame.h"
 #include "flowseal.capnp.h"
 #include "seal/keys.h"
 #include "seal/leaf_hints.h"
@@ -35,9 +36,21 @@ class BatchSealer {
               std::uint64_t next_seq, seal::Digest prev_root,
               unsigned leaf_hint_bytes = seal::kDefaultLeafHintBytes);
 
-  // Copies and hashes one record into the open batch.
+  // Copies and hashes one record into the open batch. Throws kj::Exception on a malformed
+  // record (every pointer it follows is checked), having added nothing.
   void add(schema::FlowEvent::Reader record);
+  // add() for each of `records`, or for none of them: a malformed record throws and leaves
+  // the open batch as it was (a frame is sealed whole or skipped whole).
+  void add_all(capnp::List<schema::FlowEvent>::Reader records);
   std::size_t size() const { return offsets_.size(); }
+  // Bytes of the open batch's records in canonical form: about what they take in the sealed
+  // message, so the caller can seal before a batch outgrows its ring's frame limit.
+  std::size_t bytes() const { return canonical_.size() * sizeof(capnp::word); }
+  // Words seal() needs as one segment: the records at their exact size (list elements plus
+  // seal::copied_words(); a record capnp's general path copies counts its canonical size),
+  // their leaf hints, and 1024 words for the header and signature. What RingMessageBuilder
+  // reserves and zeroes for seal().
+  std::size_t words() const;
 
   // Builds the SealedBatch root of `message` from the open batch (possibly empty), then
   // advances the position and starts an empty batch.
@@ -61,6 +74,7 @@ class BatchSealer {
   // Per record: 1 if seal::append_canonical() wrote its canonical form (a shape seal()
   // may copy field by field), 0 if capnp's general path did.
   std::vector<std::uint8_t> direct_;
+  std::size_t copied_words_ = 0;  // words the records' copies take beyond their list elements
   std::vector<seal::Digest> leaves_;
   std::int64_t first_ts_ns_ = 0;
   std::int64_t last_ts_ns_ = 0;

@@ -60,10 +60,11 @@ struct KeyPair {
 KeyPair make_key(const TempDir& dir, const std::string& name,
                  seal::Algorithm algorithm = seal::Algorithm::kEd25519) {
   seal::generate_key_pair(algorithm, dir / (name + ".key"), dir / (name + ".pub"));
-  return {seal::PrivateKey::load(dir / (name + ".key")), seal::PublicKey::load(dir / (name + ".pub"))};
+  return {seal::PrivateKey::load(dir / (name + ".key")),
+          seal::PublicKey::load(dir / (name + ".pub"))};
 }
 
-constexpr std::array<std::uint8_t, 16> kStream = {1, 2, 3, 4, 5, 6, 7, 8,
+constexpr std::array<std::uint8_t, 16> kStream = {1, 2,  3,  4,  5,  6,  7,  8,
                                                   9, 10, 11, 12, 13, 14, 15, 16};
 
 // `count` distinct flow records, numbered from `first`, in one FlowEventBatch message.
@@ -89,8 +90,8 @@ struct Records {
       // Out of order on purpose: the header takes the min first and max last time.
       e.setFirstTsNs(1'000'000'000LL * (100 + (n * 37) % 50));
       e.setLastTsNs(1'000'000'000LL * (200 + (n * 11) % 50));
-      e.setOrigPkts(n + 3);
-      e.setRespBytes(1000ULL * n);
+      e.getOrig().setPkts(n + 3);
+      e.getResp().setBytes(1000ULL * n);
       e.setConnState("SF");
       e.setHistory("ShADadFf");
       e.setCommunityId("1:LQU9qZlK+B5F3KDmev6m5PMibrg=");
@@ -224,6 +225,55 @@ TEST_CASE("a sealed batch's header describes its records and chains to the posit
   CHECK(sealer.prev_root() == root);
 }
 
+TEST_CASE("each record is stored as given: both directions, service and tunnel parents") {
+  TempDir dir;
+  const auto key = make_key(dir, "k");
+  capnp::MallocMessageBuilder input;
+  auto list = input.initRoot<schema::FlowEventBatch>().initEvents(4);
+  for (unsigned i = 0; i < 4; ++i) {
+    auto e = list[i];
+    e.setUid(0x2000 + i);
+    e.setKind(schema::EventKind::END);
+    e.setProto(i == 3 ? 47 : 6);
+    const std::uint8_t addr[] = {10, 0, 0, static_cast<std::uint8_t>(i)};
+    e.setOrigAddr(capnp::Data::Reader(addr, 4));
+    e.setFirstTsNs(1'000'000'000LL * (i + 1));
+    for (auto side : {e.getOrig(), e.getResp()}) {
+      side.setPkts(7 + i);
+      side.setIpBytes(900 + i);
+      side.setBytes(500 + i);
+      side.setTcpFlags(0x1b);
+      side.setSizeMin(40);
+      side.setSizeMax(1500);
+      side.setSizeSumSq(123456789);
+      side.setIatMinUs(3);
+      side.setIatMaxUs(4000);
+      side.setIatSumUs(9000);
+      side.setIatSumSqUs(1.5e7);
+      side.setRexmits(i);
+      side.setLocal(i % 2 ? schema::Locality::LOCAL : schema::Locality::REMOTE);
+    }
+    e.getResp().setPkts(0);  // a side with a zero first word
+    e.setMissedBytes(i);
+    if (i != 1) e.setService(i == 2 ? "dns" : "ssl,http");
+    if (i == 2) e.initTunnelParents(2).set(1, 0xfeed);
+  }
+  BatchSealer sealer(key.priv, kStream, 0, seal::Digest{});
+  for (auto e : list.asReader()) sealer.add(e);
+  capnp::MallocMessageBuilder message;
+  sealer.seal(message);
+  const auto stored = message.getRoot<schema::SealedBatch>().asReader().getRecords();
+  REQUIRE(stored.size() == 4);
+  for (unsigned i = 0; i < 4; ++i) {
+    INFO("record " << i);
+    CHECK(seal::canonical_bytes(stored[i]) == seal::canonical_bytes(list.asReader()[i]));
+    CHECK(stored[i].getOrig().getIatSumSqUs() == 1.5e7);
+    CHECK(stored[i].getResp().getRexmits() == i);
+  }
+  CHECK(stored[2].getService() == "dns");
+  CHECK_FALSE(stored[1].hasService());
+}
+
 TEST_CASE("re-sealing the same records at the same position gives byte-identical batches") {
   TempDir dir;
   const auto key = make_key(dir, "k");
@@ -346,11 +396,12 @@ TEST_CASE("a changed record is still found when its leaf hints were rewritten or
   const auto key = make_key(dir, "k");
   auto chain = make_chain(key.priv, 3);
   auto batch = chain[1]->getRoot<schema::SealedBatch>();
-  batch.getRecords()[2].setOrigPkts(999);
+  batch.getRecords()[2].getOrig().setPkts(999);
   std::string expected;
   SECTION("hints recomputed by the tamperer") {
     std::vector<seal::Digest> leaves;
-    for (auto e : batch.asReader().getRecords()) leaves.push_back(seal::leaf_hash(seal::canonical_bytes(e)));
+    for (auto e : batch.asReader().getRecords())
+      leaves.push_back(seal::leaf_hash(seal::canonical_bytes(e)));
     const auto hints = seal::make_leaf_hints(leaves, 2);
     batch.setLeafHints(capnp::Data::Reader(hints.data(), hints.size()));
     expected = "every stored record matches its leaf hint, so the hints were changed too";
@@ -461,9 +512,9 @@ TEST_CASE("a batch signed with another key is refused unless that key is trusted
   INFO(describe(problems));
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].seq == 3);
-  CHECK_THAT(problems[0].what, Catch::Contains("signed with key " +
-                                               seal::to_hex(intruder.priv.key_id()) +
-                                               ", which is not a trusted key"));
+  CHECK_THAT(problems[0].what,
+             Catch::Contains("signed with key " + seal::to_hex(intruder.priv.key_id()) +
+                             ", which is not a trusted key"));
 
   auto both = trusting(key);
   both.emplace(intruder.pub.key_id(), seal::PublicKey::from_der(intruder.priv.public_der()));
@@ -481,7 +532,7 @@ TEST_CASE("a signature that does not match its header is found") {
   }
   SECTION("a record changed and the header's Merkle root rewritten to fit it") {
     auto batch = chain[1]->getRoot<schema::SealedBatch>();
-    batch.getRecords()[0].setOrigPkts(999);
+    batch.getRecords()[0].getOrig().setPkts(999);
     std::vector<seal::Digest> leaves;
     for (auto e : batch.asReader().getRecords()) {
       leaves.push_back(seal::leaf_hash(seal::canonical_bytes(e)));
@@ -508,8 +559,8 @@ TEST_CASE("a batch sealed with the wrong previous root breaks the chain at its s
   INFO(describe(problems));
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].seq == 3);
-  CHECK_THAT(problems[0].what, Catch::StartsWith("prevRoot 5a5a") &&
-                                   Catch::Contains("of batch seq 2"));
+  CHECK_THAT(problems[0].what,
+             Catch::StartsWith("prevRoot 5a5a") && Catch::Contains("of batch seq 2"));
 }
 
 TEST_CASE("a batch of another stream is refused and does not move the chain") {
@@ -536,8 +587,8 @@ TEST_CASE("a header whose times or count disagree with its records is found") {
   const auto problems = verify(key, chain, in_order(2));
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].seq == 1);
-  CHECK_THAT(problems[0].what, Catch::Contains("firstTsNs is") &&
-                                   Catch::Contains("signature does not verify"));
+  CHECK_THAT(problems[0].what,
+             Catch::Contains("firstTsNs is") && Catch::Contains("signature does not verify"));
 }
 
 TEST_CASE("a record whose time was moved outside the signed range is named by its index") {
@@ -589,4 +640,63 @@ TEST_CASE("a flipped byte anywhere in a stored batch is found unless it changes 
     (found ? detected : harmless) += 1;
   }
   CHECK(detected > 0);
+}
+
+// signerd reads each frame once: add_all() checks every record as it copies it, and a bad one
+// must leave the open batch as it was (a frame is sealed whole or skipped whole).
+TEST_CASE("add_all adds a frame's records whole, or none of them when one is malformed") {
+  TempDir dir;
+  const auto key = make_key(dir, "k");
+  const Records first(0, 3);
+  Records frame(3, 4);
+  // The frame's third record's history loses its NUL: reading it throws (as a traversal
+  // would not: only the copy sees it).
+  kj::Array<capnp::word> flat = capnp::messageToFlatArray(frame.message);
+  auto bytes = flat.asBytes();
+  const std::string history = "ShADadFf";
+  std::size_t found = 0;
+  for (std::size_t at = 0; at + history.size() < bytes.size(); at += 8) {
+    if (std::memcmp(bytes.begin() + at, history.data(), history.size()) != 0) continue;
+    if (++found == 3) bytes[at + history.size()] = 'X';  // "ShADadFf\0" -> "ShADadFfX"
+  }
+  REQUIRE(found == 4);
+  capnp::FlatArrayMessageReader bad(flat);
+  const auto bad_events = bad.getRoot<schema::FlowEventBatch>().getEvents();
+
+  BatchSealer sealer(key.priv, kStream, 0, seal::Digest{});
+  BatchSealer clean(key.priv, kStream, 0, seal::Digest{});
+  sealer.add_all(first.events);
+  clean.add_all(first.events);
+  const std::size_t words = sealer.words(), canonical_bytes = sealer.bytes();
+  CHECK_THROWS_AS(sealer.add_all(bad_events), kj::Exception);
+  CHECK(sealer.size() == 3);
+  CHECK(sealer.words() == words);
+  CHECK(sealer.bytes() == canonical_bytes);
+  // The batch is the one the good records alone make: leaves, times and all.
+  sealer.add_all(frame.events);
+  clean.add_all(frame.events);
+  CHECK(sealer.size() == 7);
+  auto a = std::make_unique<capnp::MallocMessageBuilder>();
+  auto b = std::make_unique<capnp::MallocMessageBuilder>();
+  sealer.seal(*a);
+  clean.seal(*b);
+  CHECK(same_bytes(*a, *b));
+}
+
+TEST_CASE("words() holds a sealed batch in one segment") {
+  TempDir dir;
+  const auto key = make_key(dir, "k");
+  for (const unsigned count : {1u, 5u, 300u}) {
+    BatchSealer sealer(key.priv, kStream, 0, seal::Digest{});
+    const Records records(0, count);
+    sealer.add_all(records.events);
+    std::vector<capnp::word> first(sealer.words());
+    capnp::MallocMessageBuilder message(kj::arrayPtr(first.data(), first.size()));
+    sealer.seal(message);
+    const auto segments = message.getSegmentsForOutput();
+    REQUIRE(segments.size() == 1);
+    // Exact for the records: only the header and signature's allowance is left over.
+    CHECK(first.size() - segments[0].size() <= 1024);
+    CHECK(first.size() - segments[0].size() > 1024 - 64);
+  }
 }

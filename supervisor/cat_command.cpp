@@ -35,8 +35,8 @@ struct EventKeyHash {
   }
 };
 EventKey event_key(schema::FlowEvent::Reader record) {
-  return {record.getUid(), (static_cast<std::uint64_t>(record.getKind()) << 32) |
-                               record.getEventNumber()};
+  return {record.getUid(),
+          (static_cast<std::uint64_t>(record.getKind()) << 32) | record.getEventNumber()};
 }
 
 // Zeek's #open/#close stamp: local time as YYYY-MM-DD-HH-MM-SS.
@@ -92,8 +92,8 @@ void cat_segment(const fs::path& file, const RecordFilter& filter, StoreChecker*
       }
     } catch (const kj::Exception& e) {
       printer.flush();
-      problems.add(fmt::format("{}: batch seq {} at offset {}: cannot be read: {}",
-                               file.string(), reader.frame().batch.seq, reader.frame_offset(),
+      problems.add(fmt::format("{}: batch seq {} at offset {}: cannot be read: {}", file.string(),
+                               reader.frame().batch.seq, reader.frame_offset(),
                                e.getDescription().cStr()));
     }
   }
@@ -116,8 +116,10 @@ int cat(const CatOptions& options) {
   }
   printer.close();
   if (!checker && !files.empty()) {
-    fmt::print(stderr, "cat: the records printed are NOT VERIFIED (--no-verify); "
-               "flowseal verify {} checks them\n", store_dir_of(options.path).string());
+    fmt::print(stderr,
+               "cat: the records printed are NOT VERIFIED (--no-verify); "
+               "flowseal verify {} checks them\n",
+               store_dir_of(options.path).string());
   }
   if (problems.count() == 0) return exit_code::kOk;
   fmt::print(stderr, "cat: {}: {}\n",
@@ -175,15 +177,17 @@ RecordFilter RecordFilter::from(const CatOptions& options) {
     if (auto ns = parse_time_ns(text)) return ns;
     throw StoreInputError(exit_code::kUsage,
                           fmt::format("{} {}: not a time (RFC 3339, e.g. 2024-05-01T12:00:00Z, "
-                                      "or epoch seconds)", name, text));
+                                      "or epoch seconds)",
+                                      name, text));
   };
   filter.since_ = time("--since", options.since);
   filter.until_ = time("--until", options.until);
   for (const std::string& text : options.hosts) {
     auto host = parse_host(text);
     if (!host) {
-      throw StoreInputError(exit_code::kUsage, fmt::format(
-          "--host {}: not an IPv4/IPv6 address or CIDR prefix", text));
+      throw StoreInputError(
+          exit_code::kUsage,
+          fmt::format("--host {}: not an IPv4/IPv6 address or CIDR prefix", text));
     }
     filter.hosts_.push_back(std::move(*host));
   }
@@ -202,15 +206,19 @@ RecordFilter RecordFilter::from(const CatOptions& options) {
 }
 
 bool RecordFilter::wanted(schema::FlowEvent::Reader record) const {
-  if (!all_events_ && record.getKind() != schema::EventKind::END) return false;
+  // By default one line per finished connection: flow ends, and dedupd's summaries (each
+  // stands for the repeated flows it folded), so no connection disappears from the default view.
+  const auto kind = record.getKind();
+  if (!all_events_ && kind != schema::EventKind::END && kind != schema::EventKind::SUMMARY) {
+    return false;
+  }
   if (since_ && record.getLastTsNs() < *since_) return false;
   if (until_ && record.getFirstTsNs() >= *until_) return false;
   if (!hosts_.empty()) {
     const auto orig = record.getOrigAddr();
     const auto resp = record.getRespAddr();
-    if (std::none_of(hosts_.begin(), hosts_.end(), [&](const HostFilter& h) {
-          return h.matches(orig) || h.matches(resp);
-        })) {
+    if (std::none_of(hosts_.begin(), hosts_.end(),
+                     [&](const HostFilter& h) { return h.matches(orig) || h.matches(resp); })) {
       return false;
     }
   }

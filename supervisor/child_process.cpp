@@ -65,16 +65,17 @@ Credentials resolve_user(const std::string& user, const std::string& key) {
   return {user, entry.pw_uid, entry.pw_gid};
 }
 
-ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv, const SpawnOptions& options) {
+ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv,
+                                 const SpawnOptions& options) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   // Formatted before fork: the child may not allocate.
   const std::string user_failed =
       options.credentials
-          ? fmt::format("flowseal: {}: cannot switch to supervisor.user '{}' (uid {}, gid {}): ",
-                        argv[0], options.credentials->user, options.credentials->uid,
-                        options.credentials->gid)
+          ? fmt::format(
+                "flowseal: {}: cannot switch to supervisor.user '{}' (uid {}, gid {}): ", argv[0],
+                options.credentials->user, options.credentials->uid, options.credentials->gid)
           : std::string();
   const pid_t pid = fork();
   if (pid < 0) {
@@ -105,8 +106,7 @@ ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv, const Spa
   return ChildProcess(pid);
 }
 
-ChildProcess::ChildProcess(ChildProcess&& other) noexcept
-    : pid_(std::exchange(other.pid_, -1)) {}
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept : pid_(std::exchange(other.pid_, -1)) {}
 
 ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
   if (this != &other) {

@@ -14,9 +14,9 @@
 namespace flowseal::supervisor {
 
 struct ExitInfo {
-  int code = 0;     // exit status, or 128 + signal
-  int signal = 0;   // non-zero if killed by a signal
-  double cpu_seconds = 0;  // user + system CPU of the process over its life (wait4)
+  int code = 0;                  // exit status, or 128 + signal
+  int signal = 0;                // non-zero if killed by a signal
+  double cpu_seconds = 0;        // user + system CPU of the process over its life (wait4)
   std::string describe() const;  // "exit 0", "killed by SIGKILL"
 };
 

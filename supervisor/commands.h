@@ -24,13 +24,13 @@ int run_command(const RunOptions& options);
 struct CatOptions {
   std::string path;
   bool all_events = false;
-  std::string since;               // RFC 3339 or epoch seconds: flows that end at or after it
-  std::string until;               // flows that start before it
-  std::vector<std::string> hosts;  // an address or CIDR prefix, either side of the flow
+  std::string since;                 // RFC 3339 or epoch seconds: flows that end at or after it
+  std::string until;                 // flows that start before it
+  std::vector<std::string> hosts;    // an address or CIDR prefix, either side of the flow
   std::vector<std::uint32_t> ports;  // either side
-  std::string format = "json";     // json | tsv
-  bool no_verify = false;          // print without checking signatures, roots and chain
-  std::string public_key;          // pin: batches must be signed with this key
+  std::string format = "json";       // json | tsv
+  bool no_verify = false;            // print without checking signatures, roots and chain
+  std::string public_key;            // pin: batches must be signed with this key
 };
 int cat_command(const CatOptions& options);
 
@@ -72,6 +72,12 @@ struct RestartOptions {
   int timeout_s = 15;
 };
 int restart_command(const RestartOptions& options);
+
+// `flowseal cleanup --instance NAME`: removes what a dead instance left (supervisor/instance.h).
+struct CleanupOptions {
+  std::string instance = "default";
+};
+int cleanup_command(const CleanupOptions& options);
 
 struct ConfigCheckOptions {
   std::string config_file;

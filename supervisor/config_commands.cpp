@@ -1,9 +1,14 @@
 // `flowseal run` (config assembly), `flowseal config check` and `flowseal keygen`.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include <fmt/format.h>
 
+#include "command_error.h"
 #include "commands.h"
 #include "config.h"
 #include "run_command.h"
@@ -20,21 +25,28 @@ Config assemble(const std::string& config_file, const std::vector<std::string>& 
   return config;
 }
 
-}  // namespace
-
-int run_command(const RunOptions& options) {
+Config assemble_run(const RunOptions& options) {
   Config config = assemble(options.config_file, options.overrides);
   // Command-line options are the most specific: they win over the file and --set.
   if (!options.files.empty()) config.capture.files = options.files;
   if (!options.interface.empty()) config.capture.interface = options.interface;
   if (!options.output_dir.empty()) config.writer.dir = options.output_dir;
-  if (options.budget_mb) apply_override(config, fmt::format("memory.budget_mb={}", *options.budget_mb));
+  if (options.budget_mb)
+    apply_override(config, fmt::format("memory.budget_mb={}", *options.budget_mb));
   if (options.loop) apply_override(config, fmt::format("capture.loop={}", *options.loop));
   if (!options.instance.empty()) config.supervisor.instance = options.instance;
+  return config;
+}
+
+}  // namespace
+
+int run_command(const RunOptions& options) {
+  Config config = assemble_run(options);
   validate(config);
   if (config.capture.files.empty() && config.capture.interface.empty()) {
-    throw ConfigError("no input: give -r FILE... or -i INTERFACE (or capture.files / "
-                      "capture.interface in the config)");
+    throw ConfigError(
+        "no input: give -r FILE... or -i INTERFACE (or capture.files / "
+        "capture.interface in the config)");
   }
   for (const auto& file : config.capture.files) {
     if (!std::filesystem::exists(file)) {
@@ -42,7 +54,8 @@ int run_command(const RunOptions& options) {
       return exit_code::kNoInput;
     }
   }
-  return run_pipeline(std::move(config));
+  // SIGHUP assembles it again the same way (run_pipeline applies what can change).
+  return run_pipeline(std::move(config), [options] { return assemble_run(options); });
 }
 
 int config_check_command(const ConfigCheckOptions& options) {
@@ -56,6 +69,18 @@ int keygen_command(const KeygenOptions& options) {
   std::filesystem::path key(options.private_key);
   std::filesystem::path pub = key;
   pub.replace_extension(".pub");
+  const std::filesystem::path dir = key.has_parent_path() ? key.parent_path() : ".";
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    throw CommandError(
+        exit_code::kCantCreate,
+        fmt::format("keygen: {}: no such directory to write the key into", dir.string()));
+  }
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    throw CommandError(
+        errno == EACCES ? exit_code::kNoPermission : exit_code::kCantCreate,
+        fmt::format("keygen: {}: cannot write there: {}", dir.string(), std::strerror(errno)));
+  }
   seal::generate_key_pair(seal::parse_algorithm(options.algorithm), key, pub);
   std::printf("private key: %s (mode 0600)\npublic key:  %s\n", key.c_str(), pub.c_str());
   return exit_code::kOk;

@@ -1,23 +1,82 @@
 #include "instance.h"
 
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
 #include <stdexcept>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "command_error.h"
 #include "ring.h"
+#include "stage_runtime.h"
 
 namespace flowseal::supervisor {
 namespace {
 
-std::vector<std::string> all_names(const std::string& instance, std::size_t shards) {
-  std::vector<std::string> names{control_block_name(instance),
-                                 ring_name(instance, kDedupEdge),
+namespace fs = std::filesystem;
+
+bool process_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
+// One line of /proc/PID/maps: the device, inode and path of what it maps.
+struct MapsEntry {
+  unsigned major = 0, minor = 0;
+  unsigned long long inode = 0;
+  std::string path;  // without a " (deleted)" suffix
+};
+
+std::optional<MapsEntry> parse_maps_line(const std::string& line) {
+  std::istringstream in(line);
+  std::string range, perms, offset, dev;
+  MapsEntry entry;
+  if (!(in >> range >> perms >> offset >> dev >> entry.inode)) return std::nullopt;
+  if (std::sscanf(dev.c_str(), "%x:%x", &entry.major, &entry.minor) != 2) return std::nullopt;
+  std::getline(in, entry.path);
+  const auto start = entry.path.find_first_not_of(' ');
+  entry.path = start == std::string::npos ? "" : entry.path.substr(start);
+  constexpr std::string_view kDeleted = " (deleted)";
+  if (entry.path.ends_with(kDeleted)) entry.path.resize(entry.path.size() - kDeleted.size());
+  return entry;
+}
+
+// The run directories of `instance` (RunDirectory in run_command.cpp: mkdtemp of
+// <tmp>/flowseal.<instance>.XXXXXX), real directories only.
+std::vector<fs::path> run_directories(const std::string& instance) {
+  std::vector<fs::path> found;
+  const std::string prefix = fmt::format("flowseal.{}.", instance);
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::temp_directory_path(ec), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.starts_with(prefix) || name.size() != prefix.size() + 6) continue;
+    const std::string suffix = name.substr(prefix.size());
+    if (suffix.find_first_not_of(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") !=
+        std::string::npos) {
+      continue;
+    }
+    struct stat st {};
+    if (::lstat(entry.path().c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      found.push_back(entry.path());
+    }
+  }
+  return found;
+}
+
+}  // namespace
+
+std::vector<std::string> Instance::all_names(const std::string& instance) {
+  std::vector<std::string> names{control_block_name(instance), ring_name(instance, kDedupEdge),
                                  ring_name(instance, kSealedEdge)};
-  for (std::size_t s = 0; s < shards; ++s) {
+  for (std::size_t s = 0; s < kMaxShards; ++s) {
     names.push_back(ring_name(instance, packet_edge(s)));
     names.push_back(ring_name(instance, flow_edge(s)));
     names.push_back(flow_table_name(instance, s));
@@ -25,48 +84,218 @@ std::vector<std::string> all_names(const std::string& instance, std::size_t shar
   return names;
 }
 
-bool process_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+InstanceUsers processes_using(const std::string& instance) {
+  std::set<std::string> paths;
+  for (const auto& name : Instance::all_names(instance)) paths.insert(ShmSegment::path_of(name));
+  InstanceUsers users;
+  const pid_t self = getpid();
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (pid == self) continue;
+    std::ifstream maps(entry.path() / "maps");
+    if (!maps) {
+      if (errno == EACCES || errno == EPERM) ++users.unreadable;
+      continue;  // or it ended meanwhile
+    }
+    std::string line;
+    while (std::getline(maps, line)) {
+      const auto parsed = parse_maps_line(line);
+      if (parsed && paths.contains(parsed->path)) {
+        users.pids.push_back(pid);
+        break;
+      }
+    }
+  }
+  return users;
+}
 
-}  // namespace
+std::string not_the_supervisor(pid_t pid, const std::string& control_name, const ShmInfo& control,
+                               std::uint64_t start_ticks) {
+  if (pid <= 0) return fmt::format("its supervisor pid {} is not a process id", pid);
+  if (!process_alive(pid)) return fmt::format("its supervisor (pid {}) is gone", pid);
+  std::error_code ec;
+  std::string exe = fs::read_symlink(fmt::format("/proc/{}/exe", pid), ec).filename().string();
+  if (ec) {
+    return fmt::format("cannot tell what pid {} runs: {}", pid, ec.message());
+  }
+  if (exe.ends_with(" (deleted)")) exe.resize(exe.size() - std::string_view(" (deleted)").size());
+  if (exe != "flowseal") {
+    return fmt::format("pid {} is not a flowseal supervisor (it runs {})", pid, exe);
+  }
+  if (start_ticks != 0 && process_start_ticks(pid) != start_ticks) {
+    return fmt::format(
+        "pid {} started after the supervisor that made the block (a reused "
+        "pid)",
+        pid);
+  }
+  std::ifstream maps(fmt::format("/proc/{}/maps", pid));
+  if (!maps) {
+    return fmt::format("cannot read /proc/{}/maps: {}", pid, std::strerror(errno));
+  }
+  const std::string path = ShmSegment::path_of(control_name);
+  std::string line;
+  while (std::getline(maps, line)) {
+    const auto entry = parse_maps_line(line);
+    if (entry && entry->path == path && entry->inode == control.inode &&
+        makedev(entry->major, entry->minor) == control.device) {
+      return {};
+    }
+  }
+  return fmt::format(
+      "pid {} is a flowseal process but does not map {}: it is not this "
+      "instance's supervisor",
+      pid, path);
+}
 
-int Instance::remove_leftovers(const std::string& instance, std::size_t max_shards) {
+std::string untrusted_control(const std::string& control_name, const ShmInfo& info,
+                              pid_t supervisor_pid, std::uint64_t start_ticks) {
+  const std::string path = ShmSegment::path_of(control_name);
+  if (!info.regular()) return fmt::format("{} is not a regular shared-memory object", path);
+  if ((info.mode & 077) != 0) {
+    return fmt::format("{} has mode {:04o} ({}): flowseal makes its objects 0600", path,
+                       info.mode & 07777, info.owner());
+  }
+  if (info.size != sizeof(ControlBlock)) {
+    return fmt::format("{} holds {} bytes, not the {} of a control block ({})", path, info.size,
+                       sizeof(ControlBlock), info.owner());
+  }
+  const uid_t self = geteuid();
+  if (info.uid == self) return {};
+  if (self == 0) {
+    // Root's supervisor gives every object to supervisor.user: believe such a block only if
+    // the supervisor it names is a root flowseal that maps this very object.
+    const std::string why = not_the_supervisor(supervisor_pid, control_name, info, start_ticks);
+    struct stat st {};
+    if (why.empty() && ::stat(fmt::format("/proc/{}", supervisor_pid).c_str(), &st) == 0 &&
+        st.st_uid == 0) {
+      return {};
+    }
+    return fmt::format(
+        "{} belongs to {}, and {}: it was not made by a supervisor of yours; "
+        "not trusted",
+        path, info.owner(),
+        why.empty() ? fmt::format("its supervisor pid {} does not run as root", supervisor_pid)
+                    : why);
+  }
+  return fmt::format("{} belongs to {}, not to you ({}): not trusted", path, info.owner(),
+                     describe_user(self));
+}
+
+CleanupResult cleanup_instance(const std::string& instance) {
+  CleanupResult result;
+  const InstanceUsers users = processes_using(instance);
+  if (!users.pids.empty()) {
+    result.live = users.pids;
+    return result;
+  }
+  const uid_t self = geteuid();
+  auto ours = [&](uid_t owner) { return self == 0 || owner == self; };
+  for (const auto& name : Instance::all_names(instance)) {
+    const auto info = ShmSegment::inspect(name);
+    if (!info) continue;
+    const std::string path = ShmSegment::path_of(name);
+    if (!ours(info->uid)) {
+      result.refused.push_back(fmt::format("{} ({}): not yours to remove", path, info->owner()));
+      continue;
+    }
+    if (ShmSegment::remove(name)) {
+      result.removed.push_back(fmt::format("{} ({})", path, info->owner()));
+    } else {
+      result.refused.push_back(fmt::format("{}: cannot remove: {}", path, std::strerror(errno)));
+    }
+  }
+  for (const auto& dir : run_directories(instance)) {
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0) continue;
+    if (!ours(st.st_uid)) {
+      result.refused.push_back(
+          fmt::format("{} ({}): not yours to remove", dir.string(), describe_user(st.st_uid)));
+      continue;
+    }
+    std::error_code ec;
+    fs::remove_all(dir, ec);  // never follows a symlink inside
+    if (ec) {
+      result.refused.push_back(fmt::format("{}: cannot remove: {}", dir.string(), ec.message()));
+    } else {
+      result.removed.push_back(fmt::format("{} ({})", dir.string(), describe_user(st.st_uid)));
+    }
+  }
+  return result;
+}
+
+void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
+  const std::string control_name = control_block_name(instance_);
+  const uid_t self = geteuid();
+  bool any = false;
+  for (const auto& name : all_names(instance_)) {
+    const auto info = ShmSegment::inspect(name);
+    if (!info) continue;
+    any = true;
+    if (info->uid != self && info->uid != stage_user) {
+      throw CommandError(
+          exit_code::kCantCreate,
+          fmt::format("instance '{}' cannot start: {} belongs to {}, neither you nor "
+                      "supervisor.user, so it is not this instance's to reuse or remove. Choose "
+                      "another --instance, or, if that user runs no flowseal, remove it as root "
+                      "with `flowseal cleanup --instance {}`",
+                      instance_, ShmSegment::path_of(name), info->owner(), instance_));
+    }
+  }
+  if (!any) return;
+  // Alive if any process maps one of its objects (the supervisor or a stage it left), or if
+  // the block names a supervisor that really maps it.
+  pid_t owner = -1;
+  std::string who;  // how the message names the owner
+  const InstanceUsers users = processes_using(instance_);
+  if (!users.pids.empty()) {
+    owner = users.pids.front();
+    who = fmt::format("pid {} uses its shared memory", owner);
+  }
+  try {
+    ShmSegment existing = ShmSegment::open(control_name);
+    ControlBlock& block = control_block_attach(existing.bytes());
+    const pid_t named = block.supervisor_pid.load();
+    if (not_the_supervisor(named, control_name, existing.info(), block.supervisor_start_ticks)
+            .empty()) {
+      owner = named;
+      who = fmt::format("supervisor pid {}", owner);
+    }
+  } catch (const std::exception&) {
+    // half-initialised (its creator died before formatting it), or not a control block
+  }
+  if (owner > 0) {
+    throw InstanceRunning(
+        fmt::format("instance '{}' is already running ({}); stop it with "
+                    "`flowseal stop --instance {}` or choose another --instance",
+                    instance_, who, instance_));
+  }
   int removed = 0;
-  for (const auto& name : all_names(instance, max_shards)) removed += ShmSegment::remove(name);
-  return removed;
+  for (const auto& name : all_names(instance_)) removed += ShmSegment::remove(name);
+  spdlog::warn(
+      "instance '{}': removed {} shared-memory objects left by a supervisor that "
+      "is gone",
+      instance_, removed);
 }
 
 Instance::Instance(const Config& config, std::optional<FileOwner> owner)
     : instance_(config.supervisor.instance), owner_(owner), plan_(plan_memory(config)) {
   const std::size_t shards = static_cast<std::size_t>(config.flowd.shards);
   const std::string control_name = control_block_name(instance_);
-  if (ShmSegment::exists(control_name)) {
-    pid_t running_pid = -1;
-    try {
-      ShmSegment existing = ShmSegment::open(control_name);
-      running_pid = control_block_attach(existing.bytes()).supervisor_pid.load();
-    } catch (const std::exception&) {
-      // half-initialised: its creator died before formatting it
-    }
-    if (process_alive(running_pid)) {
-      throw InstanceRunning(fmt::format(
-          "instance '{}' is already running (supervisor pid {}); stop it with "
-          "`flowseal stop --instance {}` or choose another --instance",
-          instance_, running_pid, instance_));
-    }
-    const int removed = remove_leftovers(instance_, kMaxShards);
-    spdlog::warn("instance '{}': removed {} shared-memory objects left by a supervisor that "
-                 "is gone",
-                 instance_, removed);
-  }
+  clear_leftovers(owner ? std::optional<uid_t>(owner->uid) : std::nullopt);
 
   segments_.push_back(ShmSegment::create(control_name, sizeof(ControlBlock), owner_));
-  control_ = &control_block_format(segments_.back().bytes(), shards);
+  control_ = &control_block_format(segments_.back().bytes(), shards, runs_shipd(config),
+                                   process_start_ticks(getpid()));
   control_->supervisor_pid.store(getpid());
 
   for (std::size_t s = 0; s < shards; ++s) {
     create_ring(packet_edge(s), plan_.packet_ring);
     create_ring(flow_edge(s), plan_.event_ring);
-    segments_.push_back(ShmSegment::create(flow_table_name(instance_, s), plan_.flow_table_bytes, owner_));
+    segments_.push_back(
+        ShmSegment::create(flow_table_name(instance_, s), plan_.flow_table_bytes, owner_));
   }
   create_ring(std::string(kDedupEdge), plan_.event_ring);
   create_ring(std::string(kSealedEdge), plan_.sealed_ring);

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-
 namespace flowseal::supervisor {
 namespace {
 
@@ -21,7 +20,8 @@ std::uint64_t private_limit(const Config& config, const MemoryPlan& plan, StageK
                              : kind == StageKind::kFlowd   ? m.flowd_limit_mb
                              : kind == StageKind::kDedupd  ? m.dedupd_limit_mb
                              : kind == StageKind::kSignerd ? m.signerd_limit_mb
-                                                           : m.writerd_limit_mb;
+                             : kind == StageKind::kWriterd ? m.writerd_limit_mb
+                                                           : 0;  // shipd: the default
   if (explicit_mb > 0) return static_cast<std::uint64_t>(explicit_mb * double(1 << 20));
 #if defined(__SANITIZE_ADDRESS__)
   static_cast<void>(plan);
@@ -73,9 +73,10 @@ PressureLevel PressureGauge::update(double usage) {
 Usage usage_of(const UsageSample& sample) {
   Usage u;
   double table_in_use = 0;
-  const double per_shard = sample.flow_table_fill.empty()
-                               ? 0.0
-                               : double(sample.flow_table_bytes) / double(sample.flow_table_fill.size());
+  const double per_shard =
+      sample.flow_table_fill.empty()
+          ? 0.0
+          : double(sample.flow_table_bytes) / double(sample.flow_table_fill.size());
   for (double fill : sample.flow_table_fill) {
     u.flow_table_fill = std::max(u.flow_table_fill, fill);
     table_in_use += fill * per_shard;
@@ -86,8 +87,8 @@ Usage usage_of(const UsageSample& sample) {
   u.budget_share = (table_in_use + double(sample.private_bytes)) /
                    std::max<double>(double(sample.budget_bytes), 1.0);
   if (sample.system.total > 0) {
-    u.system_share = 1.0 - share(std::min(sample.system.available, sample.system.total),
-                                 sample.system.total);
+    u.system_share =
+        1.0 - share(std::min(sample.system.available, sample.system.total), sample.system.total);
   }
   u.value = std::max({u.flow_table_fill, u.budget_share, u.system_share});
   return u;
@@ -105,13 +106,16 @@ PressureMonitor::PressureMonitor(const Config& config, const MemoryPlan& plan,
       gauge_(PressureThresholds::from(config.memory)),
       count_system_(config.memory.system_pressure),
       budget_bytes_(static_cast<std::uint64_t>(config.memory.budget_mb) << 20),
-      flow_table_bytes_(plan.flow_table_bytes) {}
+      flow_table_bytes_(plan.flow_table_bytes),
+      shards_(std::min<std::size_t>(static_cast<std::size_t>(config.flowd.shards), kMaxShards)) {}
 
 void PressureMonitor::book_time(Clock::time_point now) {
   if (last_sample_) {
     const auto level = static_cast<std::size_t>(gauge_.level());
-    level_ns_[level] += std::chrono::duration_cast<std::chrono::nanoseconds>(now - *last_sample_).count();
-    control_.pressure_level_ms[level].store(static_cast<std::uint64_t>(level_ns_[level] / 1'000'000));
+    level_ns_[level] +=
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now - *last_sample_).count();
+    control_.pressure_level_ms[level].store(
+        static_cast<std::uint64_t>(level_ns_[level] / 1'000'000));
   }
   last_sample_ = now;
 }
@@ -120,9 +124,9 @@ void PressureMonitor::sample(std::uint64_t private_bytes, Clock::time_point now)
   namespace fc = flowd_counter;
   UsageSample sample;
   sample.budget_bytes = budget_bytes_;
-  sample.flow_table_bytes = flow_table_bytes_ * control_.shards;
-  for (std::size_t s = 0; s < control_.shards; ++s) {
-    const StageSlot& slot = control_.slots[slot_index(StageKind::kFlowd, s, control_.shards)];
+  sample.flow_table_bytes = flow_table_bytes_ * shards_;
+  for (std::size_t s = 0; s < shards_; ++s) {
+    const StageSlot& slot = control_.slots[slot_index(StageKind::kFlowd, s, shards_)];
     const std::uint64_t capacity = slot.counters[fc::kCapacity].load();
     sample.flow_table_fill.push_back(share(slot.counters[fc::kFlowsActive].load(), capacity));
   }
@@ -141,7 +145,8 @@ void PressureMonitor::sample(std::uint64_t private_bytes, Clock::time_point now)
   const Usage usage = usage_of(sample);
   const PressureLevel before = gauge_.level();
   const PressureLevel after = gauge_.update(usage.value);
-  control_.pressure_usage_permille.store(static_cast<std::uint32_t>(std::min(usage.value, 4.0) * 1000));
+  control_.pressure_usage_permille.store(
+      static_cast<std::uint32_t>(std::min(usage.value, 4.0) * 1000));
   if (after == before) return;
   control_.pressure_level.store(static_cast<std::uint32_t>(after));
   control_.pressure_changes.fetch_add(1);
@@ -149,9 +154,11 @@ void PressureMonitor::sample(std::uint64_t private_bytes, Clock::time_point now)
       std::max(control_.pressure_peak_level.load(), static_cast<std::uint32_t>(after)));
   // One line per change: operators grep for "memory pressure".
   if (after > before) {
-    spdlog::warn("memory pressure {} -> {}: {}", to_string(before), to_string(after), describe(usage));
+    spdlog::warn("memory pressure {} -> {}: {}", to_string(before), to_string(after),
+                 describe(usage));
   } else {
-    spdlog::info("memory pressure {} -> {}: {}", to_string(before), to_string(after), describe(usage));
+    spdlog::info("memory pressure {} -> {}: {}", to_string(before), to_string(after),
+                 describe(usage));
   }
 }
 

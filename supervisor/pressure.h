@@ -63,10 +63,10 @@ class PressureGauge {
 // What one sample measured, and the usage it gives.
 struct UsageSample {
   std::uint64_t budget_bytes = 0;
-  std::uint64_t flow_table_bytes = 0;       // all shards' segments
-  std::vector<double> flow_table_fill;      // per shard: active / capacity (0 before start)
-  std::uint64_t private_bytes = 0;          // sum of the stages' anonymous PSS
-  SystemMemory system;                      // zeros: not counted
+  std::uint64_t flow_table_bytes = 0;   // all shards' segments
+  std::vector<double> flow_table_fill;  // per shard: active / capacity (0 before start)
+  std::uint64_t private_bytes = 0;      // sum of the stages' anonymous PSS
+  SystemMemory system;                  // zeros: not counted
 };
 
 struct Usage {
@@ -108,6 +108,9 @@ class PressureMonitor {
   bool count_system_;
   std::uint64_t budget_bytes_;
   std::uint64_t flow_table_bytes_;  // per shard
+  // From the config, never from the block: with supervisor.user the block belongs to that
+  // user, who could write any shard count into it while root's supervisor loops over it.
+  std::size_t shards_;
   std::optional<Clock::time_point> last_sample_;
   std::array<std::int64_t, kPressureLevels> level_ns_{};
 };

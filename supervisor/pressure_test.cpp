@@ -72,7 +72,8 @@ TEST_CASE("a rise during a pending step down is taken at once") {
   gauge.update(0.20);
   CHECK(gauge.update(0.97) == PressureLevel::kCritical);
   // and the step-down count starts over from CRITICAL
-  CHECK(feed(gauge, {0.2, 0.2, 0.2, 0.2}) == std::vector<PressureLevel>(4, PressureLevel::kCritical));
+  CHECK(feed(gauge, {0.2, 0.2, 0.2, 0.2}) ==
+        std::vector<PressureLevel>(4, PressureLevel::kCritical));
   CHECK(gauge.update(0.2) == PressureLevel::kLow);
 }
 

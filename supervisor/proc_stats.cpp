@@ -48,8 +48,8 @@ std::array<std::uint64_t, N> kib_fields(const std::string& file,
 }  // namespace
 
 ProcessMemory process_memory(pid_t pid) {
-  const auto v = kib_fields<3>(fmt::format("/proc/{}/smaps_rollup", pid),
-                               {"Pss:", "Pss_Anon:", "Pss_Shmem:"});
+  const auto v =
+      kib_fields<3>(fmt::format("/proc/{}/smaps_rollup", pid), {"Pss:", "Pss_Anon:", "Pss_Shmem:"});
   return {v[0], v[1], v[2]};
 }
 

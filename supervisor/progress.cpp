@@ -47,16 +47,15 @@ void write_all(int fd, std::string_view text) {
 }  // namespace
 
 std::string format_progress(const ProgressView& view, int width) {
-  const double fraction =
-      view.bytes_total == 0
-          ? 0.0
-          : std::min(1.0, double(view.bytes_read) / double(view.bytes_total));
+  const double fraction = view.bytes_total == 0
+                              ? 0.0
+                              : std::min(1.0, double(view.bytes_read) / double(view.bytes_total));
   const std::string percent = fmt::format("{:5.1f}%", 100.0 * fraction);
   const std::string rate = fmt::format("{} packets/s", human_rate(view.packets_per_s));
-  const std::string left =
-      fraction >= 1.0    ? std::string("draining")
-      : view.seconds_left ? fmt::format("{} left", human_duration(*view.seconds_left))
-                          : std::string("--:-- left");
+  const std::string left = fraction >= 1.0 ? std::string("draining")
+                           : view.seconds_left
+                               ? fmt::format("{} left", human_duration(*view.seconds_left))
+                               : std::string("--:-- left");
   const std::string text = fmt::format("{}  {}  {}", percent, rate, left);
   // One column stays free: writing the last column makes some terminals wrap.
   const int room = width - 1 - static_cast<int>(text.size()) - 4;
@@ -69,8 +68,8 @@ std::string format_progress(const ProgressView& view, int width) {
 
 ProgressBar::ProgressBar(int fd) : fd_(fd), enabled_(isatty(fd) == 1) {}
 
-void ProgressBar::update(std::uint64_t bytes_read, std::uint64_t bytes_total,
-                         std::uint64_t packets, ProgressClock::time_point now) {
+void ProgressBar::update(std::uint64_t bytes_read, std::uint64_t bytes_total, std::uint64_t packets,
+                         ProgressClock::time_point now) {
   if (!enabled_ || bytes_total == 0) return;
   // The end of the input is drawn at once: the drain after it may take less than an interval.
   const bool input_done = bytes_read >= bytes_total && !drew_done_;
@@ -91,7 +90,8 @@ void ProgressBar::update(std::uint64_t bytes_read, std::uint64_t bytes_total,
   last_packets_ = packets;
 
   ProgressView view{bytes_read, bytes_total, packet_rate_, std::nullopt};
-  if (byte_rate_ > 0) view.seconds_left = double(bytes_total - std::min(bytes_read, bytes_total)) / byte_rate_;
+  if (byte_rate_ > 0)
+    view.seconds_left = double(bytes_total - std::min(bytes_read, bytes_total)) / byte_rate_;
   draw(format_progress(view, terminal_width(fd_)));
 }
 

@@ -22,7 +22,7 @@ using ProgressClock = std::chrono::steady_clock;
 // What one redraw shows; the rates are smoothed by ProgressBar.
 struct ProgressView {
   std::uint64_t bytes_read = 0;
-  std::uint64_t bytes_total = 0;      // 0: unknown (no bar)
+  std::uint64_t bytes_total = 0;  // 0: unknown (no bar)
   double packets_per_s = 0;
   std::optional<double> seconds_left;  // unknown until a rate was measured
 };
@@ -61,7 +61,7 @@ class ProgressBar {
   std::optional<ProgressClock::time_point> last_draw_;
   std::uint64_t last_bytes_ = 0;
   std::uint64_t last_packets_ = 0;
-  double byte_rate_ = 0;    // smoothed, per second
+  double byte_rate_ = 0;  // smoothed, per second
   double packet_rate_ = 0;
 };
 

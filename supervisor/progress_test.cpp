@@ -21,7 +21,8 @@ using flowseal::supervisor::ProgressView;
 std::string drain(int fd) {
   std::string out;
   char buf[4096];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+    out.append(buf, static_cast<std::size_t>(n));
   return out;
 }
 
@@ -92,7 +93,7 @@ TEST_CASE("a terminal gets the bar redrawn in place, at most every 250 ms, and e
     CHECK(drawn.find('\n') == std::string::npos);
     bar.print("a log line\n");
     CHECK(drain(master) == "\r\x1b[Ka log line\r\n");  // the tty turns \n into \r\n
-    bar.clear();  // nothing on screen: nothing to erase
+    bar.clear();                                       // nothing on screen: nothing to erase
     CHECK(drain(master).empty());
   }
   ::close(slave);

@@ -52,7 +52,8 @@ class MemberReader {
   explicit MemberReader(const Json& object) : object_(object) {}
   const Json& member(const char* name) {
     const auto it = object_.find(name);
-    if (it == object_.end()) throw std::invalid_argument(fmt::format("member \"{}\" is missing", name));
+    if (it == object_.end())
+      throw std::invalid_argument(fmt::format("member \"{}\" is missing", name));
     return *it;
   }
   std::string text(const char* name) {
@@ -103,8 +104,10 @@ std::optional<Proof> make_proof(schema::SealedBatch::Reader batch, std::uint32_t
   for (const auto r : records) leaves.push_back(seal::leaf_hash(seal::canonical_bytes(r)));
   const auto header = batch.getHeader();
   if (seal::merkle_root(leaves) != digest_of(header.getMerkleRoot())) {
-    fmt::print(stderr, "verify: {}: the batch's Merkle root does not match its records; "
-               "no proof can be given (run verify {})\n", where, dir);
+    fmt::print(stderr,
+               "verify: {}: the batch's Merkle root does not match its records; "
+               "no proof can be given (run verify {})\n",
+               where, dir);
     return std::nullopt;
   }
   const auto key = keys.find(digest_of(header.getKeyId()));
@@ -112,8 +115,10 @@ std::optional<Proof> make_proof(schema::SealedBatch::Reader batch, std::uint32_t
   const auto signature = batch.getSignature();
   if (key == keys.end() ||
       !key->second.verify(header_bytes, {signature.begin(), signature.size()})) {
-    fmt::print(stderr, "verify: {}: the batch's signature does not verify with a trusted "
-               "key; no proof can be given\n", where);
+    fmt::print(stderr,
+               "verify: {}: the batch's signature does not verify with a trusted "
+               "key; no proof can be given\n",
+               where);
     return std::nullopt;
   }
   const auto record = records[index];
@@ -145,8 +150,8 @@ std::optional<EventId> parse_event_id(std::string_view text) {
   id.uid = *uid;
   const std::string_view kind = text.substr(a + 1, b - a - 1);
   bool known = false;
-  for (const auto k : {schema::EventKind::START, schema::EventKind::UPDATE,
-                       schema::EventKind::END, schema::EventKind::SUMMARY}) {
+  for (const auto k : {schema::EventKind::START, schema::EventKind::UPDATE, schema::EventKind::END,
+                       schema::EventKind::SUMMARY}) {
     if (kind_name(k) == kind) {
       id.kind = k;
       known = true;
@@ -192,8 +197,9 @@ std::optional<Proof> parse_proof(std::string_view text, std::string& error) {
   Json object;
   try {
     object = Json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     // "[json.exception.parse_error.101] parse error at line 3, column 5: ..." without the tag.
+    // Not only parse_error: a number too large for a double is out_of_range.406.
     const std::string what = e.what();
     const auto tag_end = what.find("] ");
     error = "not JSON: " + (tag_end == std::string::npos ? what : what.substr(tag_end + 2));
@@ -292,9 +298,12 @@ std::optional<std::string> check_proof(const Proof& p, const seal::PublicKey* pi
 int print_proof(const std::vector<fs::path>& files, const VerifyOptions& options) {
   const auto id = parse_event_id(options.proof_event);
   if (!id) {
-    throw StoreInputError(exit_code::kUsage, fmt::format(
-        "--proof {}: not an event id (want UID:KIND:NUMBER, e.g. CmondrrJD8IG:end:1; kind is "
-        "start, update, end or summary)", options.proof_event));
+    throw StoreInputError(
+        exit_code::kUsage,
+        fmt::format(
+            "--proof {}: not an event id (want UID:KIND:NUMBER, e.g. CmondrrJD8IG:end:1; kind is "
+            "start, update, end or summary)",
+            options.proof_event));
   }
   const auto keys = trusted_keys(options.dir, options.public_key);
   for (const fs::path& file : files) {
@@ -307,7 +316,8 @@ int print_proof(const std::vector<fs::path>& files, const VerifyOptions& options
         std::optional<std::uint32_t> index;
         for (std::uint32_t i = 0; i < records.size() && !index; ++i) {
           const auto r = records[i];
-          if (r.getUid() == id->uid && r.getKind() == id->kind && r.getEventNumber() == id->number) {
+          if (r.getUid() == id->uid && r.getKind() == id->kind &&
+              r.getEventNumber() == id->number) {
             index = i;
           }
         }

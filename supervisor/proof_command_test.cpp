@@ -44,9 +44,9 @@ TEST_CASE("an event id is UID:KIND:NUMBER") {
   CHECK(id->uid == 12345);
   CHECK(id->kind == schema::EventKind::SUMMARY);
   CHECK(id->number == 7);
-  for (const std::string& bad : std::vector<std::string>{"garbage", "C1:end", ":end:1", uid_text(1) + ":ending:1",
-                                uid_text(1) + ":end:", uid_text(1) + ":end:4294967296",
-                                uid_text(1) + ":end:-1"}) {
+  for (const std::string& bad : std::vector<std::string>{
+           "garbage", "C1:end", ":end:1", uid_text(1) + ":ending:1",
+           uid_text(1) + ":end:", uid_text(1) + ":end:4294967296", uid_text(1) + ":end:-1"}) {
     INFO(bad);
     CHECK_FALSE(parse_event_id(bad).has_value());
   }
@@ -99,6 +99,11 @@ TEST_CASE("bad proof input is named by member, or by line and column") {
   const auto syntax = parse_error("{\n  \"event_id\": \"C1:end:1\",\n  oops\n}");
   REQUIRE(syntax);
   CHECK(syntax->find("not JSON: parse error at line 3, column") == 0);
+  // Found by tests/fuzz/fuzz_proof.cpp: a number no double can hold threw nlohmann's
+  // out_of_range out of parse_proof (exit 70) instead of being named as bad input (exit 65).
+  const auto huge = parse_error("{\"leaf_index\": 15000001203e11104000}");
+  REQUIRE(huge);
+  CHECK(huge->find("not JSON: number overflow") == 0);
 }
 
 TEST_CASE("a proof whose record bytes do not hash to its leaf fails, naming that") {

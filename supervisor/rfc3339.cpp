@@ -92,8 +92,8 @@ std::optional<std::int64_t> parse_rfc3339(std::string_view t) {
       (t[10] != 'T' && t[10] != 't' && t[10] != ' ') || t[13] != ':' || t[16] != ':') {
     return std::nullopt;
   }
-  static constexpr std::pair<std::size_t, std::size_t> kFields[] = {
-      {0, 4}, {5, 2}, {8, 2}, {11, 2}, {14, 2}, {17, 2}};
+  static constexpr std::pair<std::size_t, std::size_t> kFields[] = {{0, 4},  {5, 2},  {8, 2},
+                                                                    {11, 2}, {14, 2}, {17, 2}};
   for (const auto& [pos, len] : kFields) {
     if (!all_digits(t.substr(pos, len))) return std::nullopt;
   }

@@ -10,6 +10,8 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <optional>
 #include <thread>
 
@@ -19,18 +21,23 @@
 
 #include "child_process.h"
 #include "control_block.h"
+#include "http_server.h"
 #include "instance.h"
 #include "pressure.h"
 #include "proc_stats.h"
 #include "progress.h"
 #include "ring.h"
 #include "seal/keys.h"
+#include "ship/nats_client.h"
+#include "shipd/outputs.h"
 #include "stage_output.h"
 #include "stage_runtime.h"
+#include "stage_set.h"
 #include "stage_user.h"
 #include "summary.h"
 #include "systemd_notify.h"
 #include "unique_fd.h"
+#include "version.h"
 
 namespace flowseal::supervisor {
 namespace {
@@ -39,6 +46,7 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 std::atomic<int> g_stop_signals{0};
+std::atomic<int> g_reload_signals{0};  // SIGHUP: re-read the config file
 // The write end of the supervisor's self-pipe: a stop signal or a stage's exit writes a byte
 // so that the loop's poll() returns at once (a flag alone could be set just after the loop
 // looked at it, and would then wait for the whole tick). -1 outside run_pipeline.
@@ -55,6 +63,10 @@ extern "C" void on_supervisor_signal(int) {
   wake_loop();
 }
 extern "C" void on_child_exit(int) { wake_loop(); }
+extern "C" void on_reload_signal(int) {
+  g_reload_signals.fetch_add(1);
+  wake_loop();
+}
 
 // The self-pipe and the handlers that write to it, for one run.
 class LoopWakeup {
@@ -62,8 +74,8 @@ class LoopWakeup {
   LoopWakeup() {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
-      throw std::runtime_error(fmt::format("cannot create the supervisor's wake-up pipe: {}",
-                                           std::strerror(errno)));
+      throw std::runtime_error(
+          fmt::format("cannot create the supervisor's wake-up pipe: {}", std::strerror(errno)));
     }
     read_end_.reset(fds[0]);
     write_end_.reset(fds[1]);
@@ -78,9 +90,15 @@ class LoopWakeup {
     child.sa_flags = SA_NOCLDSTOP | SA_RESTART;
     sigemptyset(&child.sa_mask);
     sigaction(SIGCHLD, &child, nullptr);
+    struct sigaction reload {};
+    reload.sa_handler = on_reload_signal;
+    reload.sa_flags = SA_RESTART;
+    sigemptyset(&reload.sa_mask);
+    sigaction(SIGHUP, &reload, nullptr);
   }
   ~LoopWakeup() {
     signal(SIGCHLD, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
     g_wake_fd.store(-1);
   }
   LoopWakeup(const LoopWakeup&) = delete;
@@ -111,10 +129,11 @@ constexpr auto kStartTick = std::chrono::milliseconds(5);
 class RunDirectory {
  public:
   explicit RunDirectory(const std::string& instance) {
-    std::string pattern = (fs::temp_directory_path() / fmt::format("flowseal.{}.XXXXXX", instance)).string();
+    std::string pattern =
+        (fs::temp_directory_path() / fmt::format("flowseal.{}.XXXXXX", instance)).string();
     if (mkdtemp(pattern.data()) == nullptr) {
-      throw std::runtime_error(fmt::format("cannot create a run directory {}: {}", pattern,
-                                           std::strerror(errno)));
+      throw std::runtime_error(
+          fmt::format("cannot create a run directory {}: {}", pattern, std::strerror(errno)));
     }
     path_ = pattern;
   }
@@ -128,35 +147,6 @@ class RunDirectory {
 
  private:
   fs::path path_;
-};
-
-// Exit codes after which a restart cannot help: the stage said the input or config is bad.
-bool is_permanent(int code) {
-  return code == exit_code::kUsage || code == exit_code::kDataError ||
-         code == exit_code::kNoInput || code == exit_code::kConfig;
-}
-
-struct Stage {
-  StageKind kind;
-  std::size_t shard;
-  std::string name;
-  std::vector<std::string> argv;
-  ChildProcess process;
-  bool finished = false;
-  int exit_code = 0;
-  std::uint32_t restarts = 0;
-  Clock::time_point restart_at{};
-  bool waiting_restart = false;
-  // `flowseal restart`, or over its memory limit: the stage was asked to leave and is
-  // replaced at once when it exits.
-  bool operator_restart = false;
-  bool memory_restart = false;  // the request came from its memory limit
-  double cpu_seconds = 0;     // of the processes that ended
-  std::uint64_t peak_pss = 0;
-  std::uint64_t peak_private = 0;
-  std::uint64_t private_limit = 0;  // bytes; 0: none
-  std::uint32_t memory_restarts = 0;
-  Clock::time_point operator_restart_deadline{};
 };
 
 // While the progress bar is on the terminal, every log line of the supervisor erases it
@@ -192,9 +182,6 @@ class LogClearsBar {
 
 double mib(std::uint64_t bytes) { return double(bytes) / double(1 << 20); }
 
-// How long a stage asked to leave for a restart may take before it is killed.
-constexpr auto kRestartGrace = std::chrono::seconds(5);
-
 void publish_public_key(const Config& config, const fs::path& key);
 
 void ensure_key(Config& config, const std::optional<Credentials>& user) {
@@ -210,7 +197,8 @@ void ensure_key(Config& config, const std::optional<Credentials>& user) {
   if (!fs::exists(key)) {
     fs::path pub = key;
     pub.replace_extension(".pub");
-    seal::generate_key_pair(seal::parse_algorithm(config.seal.algorithm), key, pub);
+    seal::generate_key_pair(seal::parse_algorithm(config.seal.algorithm), key, pub,
+                            static_cast<mode_t>(config.writer.file_mode));
     spdlog::info("no signing key: made a new {} key pair {} (private, 0600) and {}",
                  config.seal.algorithm, key.string(), pub.string());
   }
@@ -232,17 +220,439 @@ void publish_public_key(const Config& config, const fs::path& key) {
   };
   UniqueFd dir(::open(config.writer.dir.c_str(), O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (dir.get() < 0) throw fail("open writer.dir");
-  if (::mkdirat(dir.get(), "keys", 0755) != 0 && errno != EEXIST) throw fail("mkdir keys");
+  const auto dir_mode = static_cast<mode_t>(directory_mode(config.writer.file_mode));
+  if (::mkdirat(dir.get(), "keys", dir_mode) != 0 && errno != EEXIST) throw fail("mkdir keys");
   UniqueFd keys(::openat(dir.get(), "keys", O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (keys.get() < 0) throw fail("open keys");
   const std::string name = pub.filename().string();
   if (::unlinkat(keys.get(), name.c_str(), 0) != 0 && errno != ENOENT) throw fail("unlink");
   UniqueFd out(::openat(keys.get(), name.c_str(),
-                                 O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        static_cast<mode_t>(config.writer.file_mode)));
   if (out.get() < 0) throw fail("create");
+  if (::fchmod(out.get(), static_cast<mode_t>(config.writer.file_mode)) != 0) throw fail("chmod");
   if (::write(out.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
     throw fail("write");
   }
+}
+
+// The stage processes of one run, as the StageSet starts and signals them: how to start
+// each (argv, stderr, user, signerd's key) and the ChildProcess that owns it. Restart counts
+// and failures go to the stage's control-block slot, the drain to systemd.
+class ProcessHost final : public StageHost {
+ public:
+  ProcessHost(const Config& config, const std::optional<Credentials>& user, ControlBlock& control,
+              SystemdNotifier& notifier, const StageOutput* output)
+      : config_(config), user_(user), control_(control), notifier_(notifier), output_(output) {}
+
+  void add(const StageSpec& spec, std::vector<std::string> argv) {
+    kinds_.push_back(spec.kind);
+    slots_.push_back(slot_index(spec.kind, spec.shard, control_.shards));
+    argv_.push_back(std::move(argv));
+    processes_.emplace_back();
+  }
+  ChildProcess& process(std::size_t index) { return processes_[index]; }
+  StageSlot& slot(std::size_t index) { return control_.slots[slots_[index]]; }
+
+  pid_t launch(std::size_t index) override {
+    SpawnOptions options;
+    if (output_) options.stderr_fd = output_->stage_fd();
+    if (kinds_[index] != StageKind::kCapture) options.credentials = user_;
+    // Opened for each signerd on its own: the file stays root's and 0600.
+    UniqueFd key;
+    if (user_ && kinds_[index] == StageKind::kSignerd) {
+      key = open_key_for_signerd();
+      options.pass_fd = key.get();
+    }
+    if (ships_key_fd(index)) {
+      key = tls_key_pipe();
+      options.pass_fd = key.get();
+    }
+    processes_[index] = ChildProcess::spawn(argv_[index], options);
+    return processes_[index].pid();
+  }
+  void signal(std::size_t index, int signo) override { processes_[index].signal(signo); }
+  void published(std::size_t index, const StageRecord& record) override {
+    StageSlot& s = slot(index);
+    s.restarts.store(record.restarts);
+    s.memory_restarts.store(record.memory_restarts);
+    if (record.phase == StagePhase::kBackoff || record.phase == StagePhase::kFailed) {
+      s.state.store(static_cast<std::uint32_t>(StageState::kFailed));
+    }
+  }
+  void stopping(std::string_view why) override {
+    notifier_.notify(fmt::format("STOPPING=1\nSTATUS=draining: {}", why));
+  }
+  // shipd under supervisor.user gets the TLS client key from the supervisor (--key-fd).
+  bool ships_key_fd(std::size_t index) const {
+    return user_ && kinds_[index] == StageKind::kShipd && !config_.ship.tls_key.empty();
+  }
+
+ private:
+  // The TLS client key, read as the signing key is (a real file, 0600, root's or ours), in a
+  // pipe whose read end shipd inherits: the key file itself stays out of the stage user's
+  // reach.
+  UniqueFd tls_key_pipe() const {
+    const std::string pem = ship::read_private_pem(config_.ship.tls_key, "ship.tls_key");
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) {
+      throw std::runtime_error(
+          fmt::format("cannot make a pipe for shipd's key: {}", std::strerror(errno)));
+    }
+    UniqueFd read_end(fds[0]);
+    UniqueFd write_end(fds[1]);
+    if (pem.size() > 60000 ||
+        ::write(write_end.get(), pem.data(), pem.size()) != static_cast<ssize_t>(pem.size())) {
+      throw std::runtime_error("cannot hand ship.tls_key to shipd (a key over 60 KB?)");
+    }
+    return read_end;
+  }
+
+  UniqueFd open_key_for_signerd() const {
+    UniqueFd key(::open(config_.seal.key_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (key.get() < 0) {
+      throw std::runtime_error(fmt::format("cannot open the signing key {} for signerd: {}",
+                                           config_.seal.key_file, std::strerror(errno)));
+    }
+    // Only a key of the supervisor's own is handed on: never one someone else put there.
+    struct stat st {};
+    if (::fstat(key.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077) != 0) {
+      throw ConfigError(fmt::format(
+          "seal.key_file {}: not a regular file of uid {} with mode 0600; signerd is not "
+          "given it",
+          config_.seal.key_file, geteuid()));
+    }
+    return key;
+  }
+
+  const Config& config_;
+  const std::optional<Credentials>& user_;
+  ControlBlock& control_;
+  SystemdNotifier& notifier_;
+  const StageOutput* output_;
+  std::vector<StageKind> kinds_;
+  std::vector<std::size_t> slots_;
+  std::vector<std::vector<std::string>> argv_;
+  std::vector<ChildProcess> processes_;
+};
+
+// The stages in data order (capture, flowd[0..n), dedupd, signerd, writerd: the control
+// block's slot order), each with its command line.
+void add_stages(const Config& config, const Instance& instance, const fs::path& config_file,
+                bool with_user, std::vector<StageSpec>& specs, ProcessHost& host) {
+  auto add = [&](StageKind kind, std::size_t shard) {
+    StageSpec spec;
+    spec.kind = kind;
+    spec.shard = shard;
+    spec.step = static_cast<std::uint32_t>(kind);  // StageKind is in data order
+    spec.name =
+        kind == StageKind::kFlowd ? fmt::format("flowd[{}]", shard) : std::string(to_string(kind));
+    spec.private_limit = private_limit(config, instance.plan(), kind);
+    std::vector<std::string> argv = {stage_binary(std::string(to_string(kind))).string(),
+                                     "--instance", config.supervisor.instance, "--config",
+                                     config_file.string()};
+    if (kind == StageKind::kFlowd) {
+      argv.push_back("--shard");
+      argv.push_back(std::to_string(shard));
+    }
+    if ((kind == StageKind::kSignerd && with_user) ||
+        (kind == StageKind::kShipd && with_user && !config.ship.tls_key.empty())) {
+      argv.push_back("--key-fd");
+      argv.push_back(std::to_string(kPassedFd));
+    }
+    if (kind == StageKind::kShipd) {
+      // Optional: the local store is its buffer, so its failures never end the run. It
+      // drains after writerd; it gives up by itself ship.drain_timeout_s after writerd has
+      // finished (exit 75), and is killed if it has not left a while after that.
+      spec.essential = false;
+      spec.drain_timeout = std::chrono::milliseconds(
+          static_cast<std::int64_t>(config.ship.drain_timeout_s * 1000) + 15000);
+    }
+    host.add(spec, std::move(argv));
+    specs.push_back(std::move(spec));
+  };
+  add(StageKind::kCapture, 0);
+  for (std::size_t s = 0; s < static_cast<std::size_t>(config.flowd.shards); ++s)
+    add(StageKind::kFlowd, s);
+  add(StageKind::kDedupd, 0);
+  add(StageKind::kSignerd, 0);
+  add(StageKind::kWriterd, 0);
+  if (runs_shipd(config)) add(StageKind::kShipd, 0);
+}
+
+StagePolicy policy_of(const Config& config) {
+  StagePolicy policy;
+  policy.max_restarts = static_cast<std::uint32_t>(config.supervisor.max_restarts);
+  return policy;
+}
+
+// One run's watch over its stages: each pass of run() turns what it observes (signals,
+// restart requests, exits, heartbeats, memory) into StageSet events, then sleeps until the
+// next thing is due.
+class Supervision {
+ public:
+  Supervision(Config& config, Instance& instance, SystemdNotifier& notifier,
+              const std::optional<Credentials>& user, const fs::path& config_file,
+              ConfigSource reread)
+      : config_(config),
+        instance_(instance),
+        control_(instance.control()),
+        notifier_(notifier),
+        reread_(std::move(reread)),
+        show_progress_(bar_.enabled() && !config.capture.files.empty()) {
+    // A file run on a terminal shows the progress bar; the stages' log lines then come
+    // through the supervisor so that none lands on the bar's row.
+    if (show_progress_) {
+      stage_output_.emplace();
+      log_clears_bar_.emplace(bar_);
+    }
+    host_.emplace(config_, user, control_, notifier_, stage_output_ ? &*stage_output_ : nullptr);
+    std::vector<StageSpec> specs;
+    add_stages(config_, instance_, config_file, user.has_value(), specs, *host_);
+    usage_.resize(specs.size());
+    for (std::size_t i = 0; i < specs.size(); ++i) usage_[i].name = specs[i].name;
+    stages_.emplace(std::move(specs), policy_of(config_), *host_, clock_);
+  }
+
+  int run();
+
+ private:
+  void handle_signals();
+  void reload();
+  void handle_restart_requests();
+  void poll_exits();
+  void watch_liveness();
+  void report_ready();
+  void sample_memory();
+  void show_progress();
+  void sleep();
+  void finish();
+
+  Config& config_;
+  Instance& instance_;
+  ControlBlock& control_;
+  SystemdNotifier& notifier_;
+  ConfigSource reread_;
+  int reloads_seen_ = 0;
+  SteadyClock clock_;
+  const Clock::time_point started_ = Clock::now();
+  LoopWakeup wakeup_;
+  ProgressBar bar_{STDERR_FILENO};
+  const bool show_progress_;
+  std::optional<StageOutput> stage_output_;
+  std::optional<LogClearsBar> log_clears_bar_;
+  std::optional<ProcessHost> host_;
+  std::optional<StageSet> stages_;
+  std::vector<StageUsage> usage_;
+  std::optional<PressureMonitor> pressure_;
+  bool ready_reported_ = false;
+  Clock::time_point last_watchdog_ = Clock::now();
+  Clock::time_point last_stats_ = Clock::now();
+  Clock::time_point last_memory_sample_;
+  MemoryPeaks peaks_;
+};
+
+int Supervision::run() {
+  pressure_.emplace(config_, instance_.plan(), control_);
+  const auto interval = std::chrono::milliseconds(config_.memory.sample_ms);
+  // The first memory sample comes a moment after start, when every stage has mapped its rings.
+  last_memory_sample_ =
+      Clock::now() - interval + std::min<Clock::duration>(interval, std::chrono::milliseconds(200));
+  stages_->start();
+  spdlog::info("instance '{}' running: {} stage processes, {} MiB of shared memory",
+               config_.supervisor.instance, stages_->size(), instance_.plan().total() >> 20);
+  for (;;) {
+    handle_signals();
+    if (g_reload_signals.load() != reloads_seen_) reload();
+    handle_restart_requests();
+    poll_exits();
+    stages_->tick();
+    if (stages_->done()) break;
+    watch_liveness();
+    report_ready();
+    if (const auto watchdog = notifier_.watchdog_interval();
+        watchdog && Clock::now() - last_watchdog_ >= *watchdog) {
+      last_watchdog_ = Clock::now();
+      notifier_.notify("WATCHDOG=1");
+    }
+    sample_memory();
+    if (config_.supervisor.stats_interval_s > 0 &&
+        Clock::now() - last_stats_ >= std::chrono::seconds(config_.supervisor.stats_interval_s)) {
+      last_stats_ = Clock::now();
+      bar_.clear();
+      print_stats_line(control_, instance_.rings());
+    }
+    show_progress();
+    sleep();
+  }
+  finish();
+  return stages_->result();
+}
+
+void Supervision::handle_signals() {
+  const int signals = g_stop_signals.load();
+  if (signals == 1 && control_.stop_requested.load() == 0) {
+    spdlog::info("stop requested: draining (send the signal again to abort)");
+    control_.stop_requested.store(1);
+    stages_->drain("stop requested");
+  } else if (signals >= 2 && !stages_->aborting()) {
+    spdlog::warn("second stop signal: aborting without drain");
+    stages_->abort(exit_code::kTempFail, SIGKILL, "aborting");
+  }
+}
+
+// SIGHUP: the configuration is read again as at start (file, --set, flags); the keys of
+// kRuntimeKeys take effect now, any other change is logged as needing a restart. Nothing
+// here ends the run: a file that does not load or validate leaves the running config as is.
+void Supervision::reload() {
+  reloads_seen_ = g_reload_signals.load();
+  notifier_.notify("RELOADING=1");
+  Config fresh;
+  try {
+    if (!reread_) throw ConfigError("this run has no configuration source to read again");
+    fresh = reread_();
+    if (fresh.seal.key_file.empty()) fresh.seal.key_file = config_.seal.key_file;  // as at start
+    validate(fresh);
+  } catch (const std::exception& e) {
+    spdlog::error("reload (SIGHUP): {}; keeping the running configuration", e.what());
+    notifier_.notify("READY=1");
+    return;
+  }
+  const ConfigChanges changes = apply_runtime_keys(config_, fresh);
+  for (const auto& line : changes.applied) spdlog::info("reload: {} (applied)", line);
+  for (const auto& line : changes.need_restart) {
+    spdlog::warn("reload: {} (needs a restart of the run to take effect)", line);
+  }
+  if (changes.applied.empty() && changes.need_restart.empty())
+    spdlog::info("reload: nothing changed");
+  StagePolicy policy = stages_->policy();
+  policy.max_restarts = static_cast<std::uint32_t>(config_.supervisor.max_restarts);
+  stages_->set_policy(policy);
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    stages_->set_memory_limit(i, private_limit(config_, instance_.plan(), stages_->spec(i).kind));
+  }
+  notifier_.notify("READY=1");
+}
+
+void Supervision::handle_restart_requests() {
+  const std::uint64_t requests = control_.restart_requests.exchange(0);
+  if (requests == 0 || stages_->aborting()) return;
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    const StageSpec& spec = stages_->spec(i);
+    if (((requests >> slot_index(spec.kind, spec.shard, control_.shards)) & 1) != 0) {
+      stages_->restart_requested(i);
+    }
+  }
+}
+
+void Supervision::poll_exits() {
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    if (auto exit = host_->process(i).poll()) {
+      usage_[i].cpu_seconds += exit->cpu_seconds;
+      stages_->exited(i, {exit->code, exit->describe()});
+    }
+  }
+}
+
+// Ready once its own loop heartbeats; hung (alive but silent past the timeout): killed, and
+// its exit then restarts it. Both count only once the slot's pid is this process's.
+void Supervision::watch_liveness() {
+  const std::int64_t timeout_ns = config_.supervisor.heartbeat_timeout_ms * 1'000'000;
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    const ChildProcess& process = host_->process(i);
+    if (!process.running()) continue;
+    StageSlot& slot = host_->slot(i);
+    if (slot.pid.load(std::memory_order_acquire) != process.pid()) continue;
+    if (slot.ready_ns.load(std::memory_order_acquire) != 0) stages_->ready(i);
+    const std::int64_t heartbeat = slot.heartbeat_ns.load();
+    const std::int64_t silent = monotonic_ns() - heartbeat;
+    if (heartbeat != 0 && silent > timeout_ns) {
+      stages_->heartbeat_missed(i, std::chrono::milliseconds(silent / 1'000'000));
+    }
+  }
+}
+
+// systemd (Type=notify): ready once every stage that has not already finished runs and has
+// heartbeaten from its loop (its rings and inputs are open; capture's handle too).
+void Supervision::report_ready() {
+  if (ready_reported_ || !stages_->all_ready()) return;
+  ready_reported_ = true;
+  control_.ready.store(1);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_);
+  spdlog::info("ready: every stage is up ({} ms after start)", ms.count());
+  notifier_.notify(
+      fmt::format("READY=1\nSTATUS=running: {} stage processes, instance '{}'\nMAINPID={}",
+                  stages_->size(), config_.supervisor.instance, getpid()));
+}
+
+// Every memory.sample_ms (smaps_rollup walks every mapping of a stage, the rings' too), and
+// short runs get one. Each sample also sets the pressure level and holds every stage to its
+// private-memory limit.
+void Supervision::sample_memory() {
+  if (Clock::now() - last_memory_sample_ < std::chrono::milliseconds(config_.memory.sample_ms))
+    return;
+  last_memory_sample_ = Clock::now();
+  std::uint64_t total = 0, held = 0, private_total = 0;
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    const ChildProcess& process = host_->process(i);
+    if (!process.running()) continue;
+    const ProcessMemory memory = process_memory(process.pid());
+    usage_[i].peak_pss = std::max(usage_[i].peak_pss, memory.pss);
+    usage_[i].peak_private = std::max(usage_[i].peak_private, memory.pss_anon);
+    total += memory.pss;
+    held += memory.held();
+    private_total += memory.pss_anon;
+    // Over its limit: replaced the way `flowseal restart` does it (asked to leave, its
+    // successor resumes from the rings); a stage already leaving is left to it.
+    const StageSpec& spec = stages_->spec(i);
+    if (spec.private_limit > 0 && memory.pss_anon > spec.private_limit &&
+        host_->slot(i).pid.load(std::memory_order_acquire) == process.pid()) {
+      stages_->memory_over_limit(
+          i, fmt::format("{} (pid {}) holds {:.1f} MiB of private memory, over its limit of "
+                         "{:.1f} MiB (memory.{}_limit_mb; PSS {:.1f} MiB)",
+                         spec.name, process.pid(), mib(memory.pss_anon), mib(spec.private_limit),
+                         to_string(spec.kind), mib(memory.pss)));
+    }
+  }
+  peaks_.total_pss = std::max(peaks_.total_pss, total);
+  peaks_.held = std::max(peaks_.held, held);
+  pressure_->sample(private_total, last_memory_sample_);
+}
+
+void Supervision::show_progress() {
+  if (!show_progress_) return;
+  namespace cc = capture_counter;
+  const StageSlot& capture = control_.slots[slot_index(StageKind::kCapture, 0, control_.shards)];
+  stage_output_->pump(bar_);
+  bar_.update(capture.counters[cc::kBytesRead].load(), capture.counters[cc::kBytesTotal].load(),
+              capture.counters[cc::kReceived].load(), Clock::now());
+}
+
+// Sleeps until the next thing that is due; an idle run wakes 4 times a second.
+void Supervision::sleep() {
+  const auto now = Clock::now();
+  auto next = now + (ready_reported_ ? std::chrono::duration_cast<Clock::duration>(kIdleTick)
+                                     : std::chrono::duration_cast<Clock::duration>(kStartTick));
+  next = std::min(next, last_memory_sample_ + std::chrono::milliseconds(config_.memory.sample_ms));
+  if (const auto interval = notifier_.watchdog_interval())
+    next = std::min(next, last_watchdog_ + *interval);
+  next = std::min(next, stages_->next_deadline());
+  wakeup_.wait(std::chrono::ceil<std::chrono::milliseconds>(next - now),
+               stage_output_ ? stage_output_->read_fd() : -1);
+}
+
+void Supervision::finish() {
+  stages_->report_stopping("exiting");
+  if (stage_output_) stage_output_->finish(bar_);
+  bar_.clear();
+  pressure_->finish(Clock::now());
+  const double seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    usage_[i].restarts = stages_->record(i).restarts;
+    usage_[i].memory_restarts = stages_->record(i).memory_restarts;
+  }
+  print_run_summary(config_, control_, seconds, usage_, peaks_);
 }
 
 }  // namespace
@@ -252,17 +662,62 @@ fs::path stage_binary(const std::string& stage) {
   const std::string file = "flowseal-" + stage;
   for (const fs::path& candidate :
        {self.parent_path() / file, self.parent_path().parent_path() / stage / file,
-        self.parent_path().parent_path() / "libexec" / "flowseal" / file}) {
+        self.parent_path().parent_path() / "libexec" / "flowseal" / file,
+        fs::path(FLOWSEAL_LIBEXECDIR) / file}) {
     if (fs::exists(candidate)) return candidate;
   }
-  throw std::runtime_error(
-      fmt::format("cannot find the stage binary {} next to {}", file, self.string()));
+  throw std::runtime_error(fmt::format("cannot find the stage binary {} next to {} or in {}", file,
+                                       self.string(), FLOWSEAL_LIBEXECDIR));
 }
 
-int run_pipeline(Config config) {
-  const auto started = Clock::now();
+namespace {
+
+// "section.key" -> value, from dump_config's "section:\n  key: value" lines.
+std::map<std::string, std::string> flatten(const Config& config) {
+  std::map<std::string, std::string> keys;
+  std::istringstream in(dump_config(config));
+  std::string line, section;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    if (line[0] != ' ') {
+      section = line.substr(0, line.find(':'));
+      continue;
+    }
+    const auto colon = line.find(": ");
+    if (colon == std::string::npos) continue;
+    keys[section + "." + line.substr(2, colon - 2)] = line.substr(colon + 2);
+  }
+  return keys;
+}
+
+}  // namespace
+
+ConfigChanges apply_runtime_keys(Config& running, const Config& fresh) {
+  ConfigChanges changes;
+  const auto before = flatten(running);
+  const auto after = flatten(fresh);
+  for (const auto& [key, value] : after) {
+    const auto old = before.find(key);
+    if (old == before.end() || old->second == value) continue;
+    const std::string line = fmt::format("{}: {} -> {}", key, old->second, value);
+    if (std::find(std::begin(kRuntimeKeys), std::end(kRuntimeKeys), key) !=
+        std::end(kRuntimeKeys)) {
+      apply_override(running, fmt::format("{}={}", key, value));
+      changes.applied.push_back(line);
+    } else {
+      changes.need_restart.push_back(line);
+    }
+  }
+  return changes;
+}
+
+int run_pipeline(Config config, ConfigSource reread) {
   SystemdNotifier notifier = SystemdNotifier::from_environment();
   const std::optional<Credentials> user = stage_credentials(config);
+  // Shipping's and the exports' static faults (plaintext URL, a missing TLS file, a key of the
+  // wrong mode, a bad collector URL) end the run before anything runs (78), not shipd's first
+  // start.
+  if (runs_shipd(config)) static_cast<void>(shipd::output_settings(config));
   prepare_output_dir(config, user);
   ensure_key(config, user);
 
@@ -281,346 +736,13 @@ int run_pipeline(Config config) {
   }
 
   Instance instance(config, owner_of(user));
-  ControlBlock& control = instance.control();
-  const std::size_t shards = static_cast<std::size_t>(config.flowd.shards);
-
-  // Downstream first, so every ring has its consumer before its producer starts.
-  std::vector<Stage> stages;
-  auto add_stage = [&](StageKind kind, std::size_t shard) {
-    Stage stage{kind, shard, kind == StageKind::kFlowd ? fmt::format("flowd[{}]", shard)
-                                                       : std::string(to_string(kind)),
-                {}, {}};
-    stage.argv = {stage_binary(std::string(to_string(kind))).string(), "--instance",
-                  config.supervisor.instance, "--config", config_file.string()};
-    if (kind == StageKind::kFlowd) {
-      stage.argv.push_back("--shard");
-      stage.argv.push_back(std::to_string(shard));
-    }
-    if (kind == StageKind::kSignerd && user) {
-      stage.argv.push_back("--key-fd");
-      stage.argv.push_back(std::to_string(kPassedFd));
-    }
-    stage.private_limit = private_limit(config, instance.plan(), kind);
-    stages.push_back(std::move(stage));
-  };
-  add_stage(StageKind::kWriterd, 0);
-  add_stage(StageKind::kSignerd, 0);
-  add_stage(StageKind::kDedupd, 0);
-  for (std::size_t s = 0; s < shards; ++s) add_stage(StageKind::kFlowd, s);
-  add_stage(StageKind::kCapture, 0);
-
-  LoopWakeup wakeup;
-
-  // A file run on a terminal shows the progress bar; the stages' log lines then come
-  // through the supervisor so that none lands on the bar's row.
-  ProgressBar bar(STDERR_FILENO);
-  const bool show_progress = bar.enabled() && !config.capture.files.empty();
-  std::optional<StageOutput> stage_output;
-  std::optional<LogClearsBar> log_clears_bar;
-  if (show_progress) {
-    stage_output.emplace();
-    log_clears_bar.emplace(bar);
+  std::optional<HttpServer> http;  // supervisor.http_listen: /metrics, /status.json, /
+  if (!config.supervisor.http_listen.empty()) {
+    http.emplace(parse_listen_address(config.supervisor.http_listen), config.supervisor.instance,
+                 instance.control(), std::uint64_t(config.memory.budget_mb) << 20);
   }
-
-  auto spawn = [&](Stage& stage) {
-    SpawnOptions options;
-    if (stage_output) options.stderr_fd = stage_output->stage_fd();
-    if (stage.kind != StageKind::kCapture) options.credentials = user;
-    // Opened for each signerd on its own: the file stays root's and 0600.
-    UniqueFd key;
-    if (user && stage.kind == StageKind::kSignerd) {
-      key.reset(::open(config.seal.key_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-      if (key.get() < 0) {
-        throw std::runtime_error(fmt::format("cannot open the signing key {} for signerd: {}",
-                                             config.seal.key_file, std::strerror(errno)));
-      }
-      // Only a key of the supervisor's own is handed on: never one someone else put there.
-      struct stat st {};
-      if (::fstat(key.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
-          (st.st_mode & 077) != 0) {
-        throw ConfigError(fmt::format(
-            "seal.key_file {}: not a regular file of uid {} with mode 0600; signerd is not "
-            "given it", config.seal.key_file, geteuid()));
-      }
-      options.pass_fd = key.get();
-    }
-    stage.process = ChildProcess::spawn(stage.argv, options);
-  };
-  for (auto& stage : stages) spawn(stage);
-  spdlog::info("instance '{}' running: {} stage processes, {} MiB of shared memory", config.supervisor.instance,
-               stages.size(), instance.plan().total() >> 20);
-
-  // systemd (Type=notify): ready once every stage is, stopping at the drain.
-  bool ready_reported = false;
-  bool stopping_reported = false;
-  auto report_stopping = [&](std::string_view why) {
-    if (stopping_reported) return;
-    stopping_reported = true;
-    notifier.notify(fmt::format("STOPPING=1\nSTATUS=draining: {}", why));
-  };
-  auto last_watchdog = Clock::now();
-  auto ask_to_restart = [&](Stage& stage) {
-    stage.operator_restart = true;
-    stage.operator_restart_deadline = Clock::now() + kRestartGrace;
-    // capture takes SIGTERM as the end of its input and would close its rings; it is
-    // replaced the way a crash is, which resumes after the packets it published.
-    stage.process.signal(stage.kind == StageKind::kCapture ? SIGKILL : SIGTERM);
-  };
-
-  int result = exit_code::kOk;
-  bool aborting = false;
-  // Stages asked to leave on an abort get this long before they are killed: one blocked on
-  // a full ring behind a dead consumer would otherwise hold the run for ever.
-  std::optional<Clock::time_point> abort_deadline;
-  auto slot_of = [&](const Stage& s) -> StageSlot& {
-    return control.slots[slot_index(s.kind, s.shard, shards)];
-  };
-  auto last_stats = Clock::now();
-  const auto memory_sample_interval = std::chrono::milliseconds(config.memory.sample_ms);
-  // The first memory sample comes a moment after start, when every stage has mapped its rings.
-  auto last_memory_sample = Clock::now() - memory_sample_interval +
-                            std::min<Clock::duration>(memory_sample_interval, std::chrono::milliseconds(200));
-  std::uint64_t peak_total_pss = 0;
-  std::uint64_t peak_held = 0;  // the same without mapped files
-  PressureMonitor pressure(config, instance.plan(), control);
-  const auto heartbeat_timeout_ns = config.supervisor.heartbeat_timeout_ms * 1'000'000;
-
-  for (;;) {
-    const int signals = g_stop_signals.load();
-    if (signals == 1 && control.stop_requested.load() == 0) {
-      spdlog::info("stop requested: draining (send the signal again to abort)");
-      control.stop_requested.store(1);
-      report_stopping("stop requested");
-    } else if (signals >= 2 && !aborting) {
-      spdlog::warn("second stop signal: aborting without drain");
-      report_stopping("aborting");
-      aborting = true;
-      result = exit_code::kTempFail;
-      for (auto& s : stages) s.process.signal(SIGKILL);
-    }
-
-    if (const std::uint64_t requests = control.restart_requests.exchange(0);
-        requests != 0 && !aborting) {
-      for (auto& stage : stages) {
-        const std::size_t index = slot_index(stage.kind, stage.shard, shards);
-        if (((requests >> index) & 1) == 0 || stage.finished || stage.waiting_restart) continue;
-        stage.memory_restart = false;
-        spdlog::info("{} (pid {}): restart requested", stage.name, stage.process.pid());
-        ask_to_restart(stage);
-      }
-    }
-
-    if (aborting && !abort_deadline) abort_deadline = Clock::now() + kRestartGrace;
-    if (abort_deadline && Clock::now() >= *abort_deadline) {
-      for (auto& s : stages) {
-        if (s.process.running()) {
-          spdlog::warn("{} (pid {}) still running {} s into the abort: killing it", s.name,
-                       s.process.pid(), kRestartGrace.count());
-          s.process.signal(SIGKILL);
-        }
-      }
-      abort_deadline = Clock::time_point::max();
-    }
-
-    bool all_finished = true;
-    for (auto& stage : stages) {
-      if (stage.finished) continue;
-      all_finished = false;
-      StageSlot& slot = slot_of(stage);
-      if (stage.waiting_restart && aborting) {
-        stage.waiting_restart = false;
-        stage.finished = true;  // an abort cancels the pending restart
-        continue;
-      }
-      if (stage.waiting_restart) {
-        if (Clock::now() >= stage.restart_at && !aborting) {
-          stage.waiting_restart = false;
-          spawn(stage);
-          spdlog::info("{} restarted (restart {})", stage.name, stage.restarts);
-        }
-        continue;
-      }
-      if (auto exit = stage.process.poll()) {
-        stage.exit_code = exit->code;
-        stage.cpu_seconds += exit->cpu_seconds;
-        if (stage.operator_restart && exit->code != 0 && !aborting) {
-          stage.operator_restart = false;
-          ++stage.restarts;
-          slot.restarts.store(stage.restarts);
-          if (stage.memory_restart) {
-            ++stage.memory_restarts;
-            slot.memory_restarts.store(stage.memory_restarts);
-          }
-          spawn(stage);
-          spdlog::info("{} restarted {} (pid {}, {})", stage.name,
-                       stage.memory_restart ? "after going over its memory limit" : "on request",
-                       stage.process.pid(), exit->describe());
-          continue;
-        }
-        stage.operator_restart = false;
-        if (stage.kind == StageKind::kCapture && exit->code == 0) report_stopping("end of input");
-        if (exit->code == 0 || aborting) {
-          stage.finished = true;
-          if (exit->code != 0) slot.state.store(static_cast<std::uint32_t>(StageState::kFailed));
-          continue;
-        }
-        if (is_permanent(exit->code)) {
-          stage.finished = true;
-          if (stage.kind == StageKind::kCapture && exit->code == exit_code::kDataError) {
-            // The damaged input was reported and the good packets went through: finish the
-            // drain, then exit with "data error".
-            result = exit->code;
-            spdlog::error("capture finished with input errors (see above); draining the rest");
-            continue;
-          }
-          spdlog::error("{} failed ({}): stopping", stage.name, exit->describe());
-          report_stopping(fmt::format("{} failed", stage.name));
-          result = exit->code;
-          aborting = true;
-          for (auto& s : stages) s.process.signal(SIGTERM);
-          continue;
-        }
-        if (stage.restarts >= static_cast<std::uint32_t>(config.supervisor.max_restarts)) {
-          spdlog::error("{} failed ({}) after {} restarts: giving up", stage.name,
-                        exit->describe(), stage.restarts);
-          report_stopping(fmt::format("{} keeps failing", stage.name));
-          stage.finished = true;
-          result = exit_code::kSoftware;
-          aborting = true;
-          for (auto& s : stages) s.process.signal(SIGTERM);
-          continue;
-        }
-        const auto backoff = std::chrono::milliseconds(
-            std::min<std::int64_t>(100LL << std::min<std::uint32_t>(stage.restarts, 6), 5000));
-        ++stage.restarts;
-        slot.restarts.store(stage.restarts);
-        slot.state.store(static_cast<std::uint32_t>(StageState::kFailed));
-        spdlog::warn("{} ended ({}); restarting in {} ms", stage.name, exit->describe(),
-                     backoff.count());
-        stage.waiting_restart = true;
-        stage.restart_at = Clock::now() + backoff;
-        continue;
-      }
-      if (stage.operator_restart && Clock::now() >= stage.operator_restart_deadline) {
-        spdlog::warn("{} (pid {}) did not leave within {} s of the restart request: killing it",
-                     stage.name, stage.process.pid(), kRestartGrace.count());
-        stage.process.signal(SIGKILL);
-        stage.operator_restart_deadline = Clock::time_point::max();
-      }
-      // Hung: alive but silent. Kill it; the exit above then restarts it.
-      const bool in_slot = slot.pid.load(std::memory_order_acquire) == stage.process.pid();
-      const std::int64_t silent = monotonic_ns() - slot.heartbeat_ns.load();
-      if (in_slot && slot.heartbeat_ns.load() != 0 && silent > heartbeat_timeout_ns) {
-        spdlog::warn("{} (pid {}) sent no heartbeat for {} ms: killing it", stage.name,
-                     stage.process.pid(), silent / 1'000'000);
-        stage.process.signal(SIGKILL);
-      }
-    }
-    if (all_finished) break;
-
-    if (!ready_reported) {
-      // Ready: every stage that has not already finished runs and has heartbeaten from its
-      // loop (its rings and inputs are open; capture's handle too).
-      const bool ready = std::all_of(stages.begin(), stages.end(), [&](const Stage& s) {
-        if (s.finished) return true;
-        const StageSlot& slot = slot_of(s);
-        return s.process.running() && slot.pid.load(std::memory_order_acquire) == s.process.pid() &&
-               slot.ready_ns.load(std::memory_order_acquire) != 0;
-      });
-      if (ready) {
-        ready_reported = true;
-        control.ready.store(1);
-        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
-        spdlog::info("ready: every stage is up ({} ms after start)", ms.count());
-        notifier.notify(fmt::format("READY=1\nSTATUS=running: {} stage processes, instance '{}'\nMAINPID={}",
-                                    stages.size(), config.supervisor.instance, getpid()));
-      }
-    }
-    if (const auto interval = notifier.watchdog_interval();
-        interval && Clock::now() - last_watchdog >= *interval) {
-      last_watchdog = Clock::now();
-      notifier.notify("WATCHDOG=1");
-    }
-
-    // memory.sample_ms (once a second by default: smaps_rollup walks every
-    // mapping of a stage, the rings' too), and short runs get one. Each sample also sets the pressure level and holds every stage to
-    // its private-memory limit.
-    if (Clock::now() - last_memory_sample >= memory_sample_interval) {
-      last_memory_sample = Clock::now();
-      std::uint64_t total = 0, held = 0, private_total = 0;
-      for (auto& stage : stages) {
-        if (!stage.process.running()) continue;
-        const ProcessMemory memory = process_memory(stage.process.pid());
-        stage.peak_pss = std::max(stage.peak_pss, memory.pss);
-        stage.peak_private = std::max(stage.peak_private, memory.pss_anon);
-        total += memory.pss;
-        held += memory.held();
-        private_total += memory.pss_anon;
-        // Over its limit: replaced the way `flowseal restart` does it (asked to leave, its
-        // successor resumes from the rings); a stage already leaving is left to it.
-        if (stage.private_limit > 0 && memory.pss_anon > stage.private_limit &&
-            !stage.operator_restart && !aborting &&
-            slot_of(stage).pid.load(std::memory_order_acquire) == stage.process.pid()) {
-          spdlog::warn("{} (pid {}) holds {:.1f} MiB of private memory, over its limit of {:.1f} "
-                       "MiB (memory.{}_limit_mb; PSS {:.1f} MiB): restarting it",
-                       stage.name, stage.process.pid(), mib(memory.pss_anon),
-                       mib(stage.private_limit), to_string(stage.kind), mib(memory.pss));
-          if (stage.restarts >= static_cast<std::uint32_t>(config.supervisor.max_restarts)) {
-            spdlog::error("{} over its memory limit after {} restarts: giving up", stage.name,
-                          stage.restarts);
-            report_stopping(fmt::format("{} keeps going over its memory limit", stage.name));
-            result = exit_code::kSoftware;
-            aborting = true;
-            for (auto& s : stages) s.process.signal(SIGTERM);
-            continue;
-          }
-          stage.memory_restart = true;
-          ask_to_restart(stage);
-        }
-      }
-      peak_total_pss = std::max(peak_total_pss, total);
-      peak_held = std::max(peak_held, held);
-      pressure.sample(private_total, last_memory_sample);
-    }
-    if (config.supervisor.stats_interval_s > 0 &&
-        Clock::now() - last_stats >= std::chrono::seconds(config.supervisor.stats_interval_s)) {
-      last_stats = Clock::now();
-      bar.clear();
-      print_stats_line(control, instance.rings());
-    }
-    if (show_progress) {
-      namespace cc = capture_counter;
-      const StageSlot& capture = control.slots[slot_index(StageKind::kCapture, 0, shards)];
-      stage_output->pump(bar);
-      bar.update(capture.counters[cc::kBytesRead].load(), capture.counters[cc::kBytesTotal].load(),
-                 capture.counters[cc::kReceived].load(), Clock::now());
-    }
-
-    // Sleep until the next thing that is due; an idle run wakes 4 times a second.
-    const auto now = Clock::now();
-    auto next = now + (ready_reported ? std::chrono::duration_cast<Clock::duration>(kIdleTick)
-                                      : std::chrono::duration_cast<Clock::duration>(kStartTick));
-    next = std::min(next, last_memory_sample + memory_sample_interval);
-    if (const auto interval = notifier.watchdog_interval()) next = std::min(next, last_watchdog + *interval);
-    for (const auto& stage : stages) {
-      if (stage.waiting_restart) next = std::min(next, stage.restart_at);
-    }
-    wakeup.wait(std::chrono::ceil<std::chrono::milliseconds>(next - now),
-                stage_output ? stage_output->read_fd() : -1);
-  }
-  report_stopping("exiting");
-  if (stage_output) stage_output->finish(bar);
-  bar.clear();
-
-  pressure.finish(Clock::now());
-  const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
-  std::vector<StageUsage> usage;
-  for (auto it = stages.rbegin(); it != stages.rend(); ++it) {  // capture first, as data flows
-    usage.push_back({it->name, it->cpu_seconds, it->peak_pss, it->peak_private, it->restarts,
-                     it->memory_restarts});
-  }
-  print_run_summary(config, control, seconds, usage, {peak_total_pss, peak_held});
-  return result;
+  Supervision supervision(config, instance, notifier, user, config_file, std::move(reread));
+  return supervision.run();
 }
 
 }  // namespace flowseal::supervisor

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,8 +16,28 @@ namespace flowseal::supervisor {
 // installed, or the build tree's per-stage folders.
 std::filesystem::path stage_binary(const std::string& stage);
 
+// Assembles the configuration again from the sources the run started with (SIGHUP).
+using ConfigSource = std::function<Config()>;
+
+// The keys a running supervisor applies on SIGHUP (documented in docs/OPERATIONS.md and
+// deploy/flowseal.yaml); every other key is read by the stages at start or sizes the shared
+// memory, and a change needs a new run.
+inline constexpr std::string_view kRuntimeKeys[] = {
+    "supervisor.heartbeat_timeout_ms", "supervisor.stats_interval_s",
+    "supervisor.max_restarts",         "memory.sample_ms",
+    "memory.capture_limit_mb",         "memory.flowd_limit_mb",
+    "memory.dedupd_limit_mb",          "memory.signerd_limit_mb",
+    "memory.writerd_limit_mb"};
+
+// What a reload changed: "KEY: OLD -> NEW" lines.
+struct ConfigChanges {
+  std::vector<std::string> applied;       // runtime keys, now in `running`
+  std::vector<std::string> need_restart;  // every other changed key; `running` keeps its value
+};
+ConfigChanges apply_runtime_keys(Config& running, const Config& fresh);
+
 // Runs to completion; returns the process exit code. `config` is the effective config
-// (validated by the caller).
-int run_pipeline(Config config);
+// (validated by the caller); `reread` assembles it again on SIGHUP.
+int run_pipeline(Config config, ConfigSource reread = {});
 
 }  // namespace flowseal::supervisor

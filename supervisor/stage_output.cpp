@@ -16,8 +16,8 @@ StageOutput::StageOutput() {
   // Both ends close-on-exec: a stage gets the write end as its stderr through dup2, which
   // clears the flag on the copy only.
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
-    throw std::runtime_error(fmt::format("cannot create the pipe for the stages' log lines: {}",
-                                         std::strerror(errno)));
+    throw std::runtime_error(
+        fmt::format("cannot create the pipe for the stages' log lines: {}", std::strerror(errno)));
   }
   read_end_.reset(fds[0]);
   write_end_.reset(fds[1]);

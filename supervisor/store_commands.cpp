@@ -32,12 +32,12 @@ seal::PublicKey load_public_key(const fs::path& file, const std::string& label) 
   std::error_code ec;
   const auto status = fs::status(file, ec);
   if (!fs::exists(status)) {
-    throw StoreInputError(exit_code::kNoInput, fmt::format("{}{}: no such file", label,
-                                                           file.string()));
+    throw StoreInputError(exit_code::kNoInput,
+                          fmt::format("{}{}: no such file", label, file.string()));
   }
   if (!fs::is_regular_file(status)) {
-    throw StoreInputError(exit_code::kNoInput, fmt::format("{}{}: not a regular file", label,
-                                                           file.string()));
+    throw StoreInputError(exit_code::kNoInput,
+                          fmt::format("{}{}: not a regular file", label, file.string()));
   }
   try {
     return seal::PublicKey::load(file);  // its message names the file and what is wrong
@@ -73,8 +73,8 @@ std::vector<fs::path> store_segments(const fs::path& path, bool file_allowed) {
                           fmt::format("{}: no such {}", path.string(),
                                       file_allowed ? "segment file or directory" : "directory"));
   }
-  throw StoreInputError(exit_code::kNoInput, fmt::format("{}: not a segment file or directory",
-                                                         path.string()));
+  throw StoreInputError(exit_code::kNoInput,
+                        fmt::format("{}: not a segment file or directory", path.string()));
 }
 
 fs::path store_dir_of(const fs::path& path) {
@@ -168,13 +168,14 @@ bool StoreChecker::check(const segment::SegmentReader& reader, schema::SealedBat
   // The frame header's count and times are not signed, yet readers skip frames by them: they
   // must say what the records say.
   if (const auto& extent = verifier_.last_extent();
-      extent && (meta.record_count != extent->records ||
-                 meta.first_ts_ns != extent->first_ts_ns || meta.last_ts_ns != extent->last_ts_ns)) {
-    add(fmt::format("the frame header at offset {} says {} records from {} to {}, but the "
+      extent && (meta.record_count != extent->records || meta.first_ts_ns != extent->first_ts_ns ||
+                 meta.last_ts_ns != extent->last_ts_ns)) {
+    add(
+        fmt::format("the frame header at offset {} says {} records from {} to {}, but the "
                     "records are {} from {} to {} (frame header times are not signed)",
                     reader.frame_offset(), meta.record_count, format_utc(meta.first_ts_ns),
-                    format_utc(meta.last_ts_ns), extent->records,
-                    format_utc(extent->first_ts_ns), format_utc(extent->last_ts_ns)));
+                    format_utc(meta.last_ts_ns), extent->records, format_utc(extent->first_ts_ns),
+                    format_utc(extent->last_ts_ns)));
   }
   return problems.count() == before;
 }
@@ -183,10 +184,9 @@ void StoreChecker::end_segment(const segment::SegmentReader& reader, ProblemLog&
   if (!reader.error()) return;
   // Name where the readable part ends: the batches after it are the ones lost.
   const auto& frames = reader.frames();
-  problems.add(frames.empty()
-                   ? reader.error()->message()
-                   : fmt::format("{} (the last whole batch read is seq {})",
-                                 reader.error()->message(), frames.back().batch.seq));
+  problems.add(frames.empty() ? reader.error()->message()
+                              : fmt::format("{} (the last whole batch read is seq {})",
+                                            reader.error()->message(), frames.back().batch.seq));
 }
 
 }  // namespace flowseal::supervisor

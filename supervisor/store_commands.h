@@ -20,6 +20,7 @@
 
 #include <capnp/serialize.h>
 
+#include "command_error.h"
 #include "flowseal.capnp.h"
 #include "seal/chain_verifier.h"
 #include "seal/keys.h"
@@ -27,15 +28,8 @@
 
 namespace flowseal::supervisor {
 
-class StoreInputError : public std::runtime_error {
- public:
-  StoreInputError(int exit_code, const std::string& what)
-      : std::runtime_error(what), exit_code_(exit_code) {}
-  int exit_code() const { return exit_code_; }
-
- private:
-  int exit_code_;
-};
+// A store command's start-up error: one line naming the path, with its sysexits code.
+using StoreInputError = CommandError;
 
 // The segments of `path` in stream order: a store directory or, if `file_allowed`, one
 // segment file. Throws StoreInputError: 66 if `path` is missing or unreadable, 64 if it is a

@@ -12,12 +12,13 @@ namespace {
 
 std::uint64_t counter(const ControlBlock& control, StageKind kind, std::size_t index,
                       std::size_t shard = 0) {
-  return control.slots[slot_index(kind, shard, control.shards)].counters[index].load();
+  return control.slots[slot_index(kind, shard, control.shard_count())].counters[index].load();
 }
 
 std::uint64_t flowd_total(const ControlBlock& control, std::size_t index) {
   std::uint64_t sum = 0;
-  for (std::size_t s = 0; s < control.shards; ++s) sum += counter(control, StageKind::kFlowd, index, s);
+  for (std::size_t s = 0; s < control.shard_count(); ++s)
+    sum += counter(control, StageKind::kFlowd, index, s);
   return sum;
 }
 
@@ -26,6 +27,33 @@ std::string human_bytes(std::uint64_t bytes) {
   if (bytes >= (1u << 20)) return fmt::format("{:.1f} MiB", bytes / double(1u << 20));
   if (bytes >= 1024) return fmt::format("{:.1f} KiB", bytes / 1024.0);
   return fmt::format("{} B", bytes);
+}
+
+// shipd's figures for the stats line and the summary (empty when the run does not ship).
+std::string ship_figures(const ControlBlock& control, bool summary) {
+  if (!control.ships()) return {};
+  namespace sc = ship_counter;
+  const auto c = [&](std::size_t index) { return counter(control, StageKind::kShipd, index); };
+  const std::uint64_t dropped =
+      counter(control, StageKind::kWriterd, record_counter::kShipDroppedRecords);
+  if (!summary) {
+    return fmt::format(" | shipped batches={} records={} inflight={} retried={} lag={}",
+                       c(sc::kBatchesAcked), c(sc::kRecordsAcked), c(sc::kInflight),
+                       c(sc::kRetried), c(sc::kLagBatches));
+  }
+  return fmt::format(
+      "  shipped   {} batches ({} records) acked of {} published ({} records), {} in flight, "
+      "{} retried, {} already at the server; unshipped {} batches (lag); unreachable {:.1f} s, "
+      "{} connect failures ({} TLS refused); ship.dropped_records {}{}\n",
+      c(sc::kBatchesAcked), c(sc::kRecordsAcked), c(sc::kBatchesPublished),
+      c(sc::kRecordsPublished), c(sc::kInflight), c(sc::kRetried), c(sc::kDuplicates),
+      c(sc::kLagBatches), double(c(sc::kUnreachableMs)) / 1000, c(sc::kConnectFailures),
+      c(sc::kTlsRefused), dropped,
+      dropped > 0
+          ? fmt::format(" (retention deleted {} unshipped segment(s): the disk limit "
+                        "forced it)",
+                        counter(control, StageKind::kWriterd, record_counter::kShipDroppedSegments))
+          : std::string());
 }
 
 }  // namespace
@@ -43,7 +71,7 @@ void print_stats_line(const ControlBlock& control, const std::vector<Instance::R
   std::fprintf(stderr, "%s\n",
                fmt::format("stats: packets rx={} processed={} dropped(ring)={} dropped(kernel)={} "
                            "sampled-out={} | flows active={} | records sealed={} stored batches={}"
-                           " | ring fill:{}",
+                           "{} | ring fill:{}",
                            counter(control, StageKind::kCapture, cc::kReceived),
                            flowd_total(control, fc::kPackets) + flowd_total(control, fc::kNotIp) +
                                flowd_total(control, fc::kMalformed),
@@ -52,7 +80,8 @@ void print_stats_line(const ControlBlock& control, const std::vector<Instance::R
                            counter(control, StageKind::kCapture, cc::kSampledOut),
                            flowd_total(control, fc::kFlowsActive),
                            counter(control, StageKind::kSignerd, rc::kRecordsIn),
-                           counter(control, StageKind::kWriterd, rc::kBatchesOut), fill)
+                           counter(control, StageKind::kWriterd, rc::kBatchesOut),
+                           ship_figures(control, false), fill)
                    .c_str());
 }
 
@@ -70,17 +99,18 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
   const auto kernel_dropped = counter(control, StageKind::kCapture, cc::kKernelDropped);
   const auto sampled = counter(control, StageKind::kCapture, cc::kSampledOut);
   const auto stalled_dropped = counter(control, StageKind::kCapture, cc::kWriterStalledDropped);
+  const auto bad_time = counter(control, StageKind::kCapture, cc::kBadTime);
   std::string out;
   out += fmt::format("flowseal run summary ({:.2f} s)\n", seconds);
-  out += fmt::format("  packets   received {}  processed {} ({} in flows, {} not IP, {} malformed)  "
-                     "sampled out {}  dropped: ring full {}, kernel {}{}\n",
-                     received, processed, flow_packets, not_ip, malformed, sampled, ring_dropped,
-                     kernel_dropped,
-                     stalled_dropped > 0
-                         ? fmt::format(" (of the ring-full drops, {} while writerd could not "
-                                       "write: writer stalled)",
-                                       stalled_dropped)
-                         : std::string());
+  out += fmt::format(
+      "  packets   received {}  processed {} ({} in flows, {} not IP, {} malformed)  "
+      "sampled out {}  dropped: ring full {}, kernel {}{}{}\n",
+      received, processed, flow_packets, not_ip, malformed, sampled, ring_dropped, kernel_dropped,
+      bad_time > 0 ? fmt::format(", time out of range {} (not received)", bad_time) : std::string(),
+      stalled_dropped > 0 ? fmt::format(" (of the ring-full drops, {} while writerd could not "
+                                        "write: writer stalled)",
+                                        stalled_dropped)
+                          : std::string());
   out += fmt::format("  flows     started {}  ended {}  evicted {}\n",
                      flowd_total(control, fc::kFlowsStarted), flowd_total(control, fc::kFlowsEnded),
                      flowd_total(control, fc::kEvictions));
@@ -97,6 +127,7 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
                          ? fmt::format("; {} failed writes retried (see the log)",
                                        counter(control, StageKind::kWriterd, rc::kWriteErrors))
                          : std::string());
+  out += ship_figures(control, true);
   if (seconds > 0) {
     out += fmt::format("  rate      {:.0f} packets/s\n", double(received) / seconds);
   }
@@ -110,9 +141,10 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
                            : "",
                        stage.restarts ? fmt::format(" restarts {}", stage.restarts) : "");
   }
-  out += fmt::format("\n  memory    peak total PSS {} (budget {} MiB); peak held {} (shared memory and "
-                     "private, without mapped files: programs, libraries, input captures)\n",
-                     human_bytes(peaks.total_pss), config.memory.budget_mb, human_bytes(peaks.held));
+  out += fmt::format(
+      "\n  memory    peak total PSS {} (budget {} MiB); peak held {} (shared memory and "
+      "private, without mapped files: programs, libraries, input captures)\n",
+      human_bytes(peaks.total_pss), config.memory.budget_mb, human_bytes(peaks.held));
   out += fmt::format("  pressure  peak {}, {} level changes, time at",
                      to_string(pressure_level_from(control.pressure_peak_level.load())),
                      control.pressure_changes.load());
@@ -125,8 +157,10 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
                      flowd_total(control, fc::kPressureEvictions));
   const bool accounted = received == processed + sampled + ring_dropped;
   out += fmt::format("  accounting received = processed + sampled out + dropped: {}\n",
-                     accounted ? "yes" : fmt::format("NO (difference {})",
-                                                     std::int64_t(received) - std::int64_t(processed + sampled + ring_dropped)));
+                     accounted ? "yes"
+                               : fmt::format("NO (difference {})",
+                                             std::int64_t(received) -
+                                                 std::int64_t(processed + sampled + ring_dropped)));
   std::fputs(out.c_str(), stderr);
 }
 

@@ -17,7 +17,7 @@ void print_stats_line(const ControlBlock& control, const std::vector<Instance::R
 struct StageUsage {
   std::string name;
   double cpu_seconds = 0;
-  std::uint64_t peak_pss = 0;  // bytes, at the memory samples
+  std::uint64_t peak_pss = 0;      // bytes, at the memory samples
   std::uint64_t peak_private = 0;  // anonymous PSS, what its hard memory limit bounds
   std::uint32_t restarts = 0;
   std::uint32_t memory_restarts = 0;  // of `restarts`: over its memory limit

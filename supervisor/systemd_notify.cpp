@@ -33,8 +33,8 @@ SystemdNotifier SystemdNotifier::from_environment() {
   addr.sun_family = AF_UNIX;
   if ((path[0] != '/' && path[0] != '@') || path.size() >= sizeof addr.sun_path) {
     throw std::runtime_error(fmt::format(
-        "NOTIFY_SOCKET '{}': not a unix socket path or '@' abstract name of at most {} bytes",
-        path, sizeof addr.sun_path - 1));
+        "NOTIFY_SOCKET '{}': not a unix socket path or '@' abstract name of at most {} bytes", path,
+        sizeof addr.sun_path - 1));
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   if (path[0] == '@') addr.sun_path[0] = '\0';  // abstract namespace: no trailing NUL counted
@@ -47,16 +47,16 @@ SystemdNotifier SystemdNotifier::from_environment() {
     throw std::runtime_error(
         fmt::format("NOTIFY_SOCKET {}: cannot create a socket: {}", path, std::strerror(errno)));
   }
-  if (usec > 0 && watchdog_is_ours) notifier.watchdog_interval_ = std::chrono::microseconds(usec / 2);
+  if (usec > 0 && watchdog_is_ours)
+    notifier.watchdog_interval_ = std::chrono::microseconds(usec / 2);
   return notifier;
 }
 
 void SystemdNotifier::notify(std::string_view state) {
   if (!enabled()) return;
-  const ssize_t sent =
-      ::sendto(socket_.get(), state.data(), state.size(), MSG_NOSIGNAL,
-               reinterpret_cast<const sockaddr*>(address_.data()),
-               static_cast<socklen_t>(address_.size()));
+  const ssize_t sent = ::sendto(socket_.get(), state.data(), state.size(), MSG_NOSIGNAL,
+                                reinterpret_cast<const sockaddr*>(address_.data()),
+                                static_cast<socklen_t>(address_.size()));
   if (sent < 0) {
     failure_log_.warn("notify failed", "systemd notification to NOTIFY_SOCKET {} failed: {}",
                       shown_, std::strerror(errno));

@@ -5,8 +5,8 @@
 // with WatchdogSec=, WATCHDOG_USEC (and WATCHDOG_PID, the process it is meant for). The
 // supervisor sends READY=1 once every stage is up, WATCHDOG=1 at half the watchdog period
 // while its loop runs, and STOPPING=1 when it starts to drain. Without NOTIFY_SOCKET every
-// call does nothing. A failed send is logged (rate-limited) and otherwise ignored: systemd's view of
-// the service is not worth stopping the probe for. The variables are removed from the
+// call does nothing. A failed send is logged (rate-limited) and otherwise ignored: systemd's view
+// of the service is not worth stopping the probe for. The variables are removed from the
 // environment so that the stages never talk to systemd themselves.
 #pragma once
 

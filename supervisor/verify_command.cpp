@@ -26,9 +26,9 @@ void verify_segment(const fs::path& file, StoreChecker& checker, ProblemLog& pro
       capnp::FlatArrayMessageReader message = open_batch(reader);
       checker.check(reader, message.getRoot<schema::SealedBatch>(), problems);
     } catch (const kj::Exception& e) {
-      problems.add(batch_problem(file, reader.frame().batch.seq, std::nullopt,
-                                 fmt::format("the batch cannot be read: {}",
-                                             e.getDescription().cStr())));
+      problems.add(
+          batch_problem(file, reader.frame().batch.seq, std::nullopt,
+                        fmt::format("the batch cannot be read: {}", e.getDescription().cStr())));
     }
   }
   StoreChecker::end_segment(reader, problems);
@@ -46,9 +46,10 @@ void print_summary(std::size_t segments, const seal::ChainSummary& summary) {
   for (const std::string& key : summary.key_ids) fmt::print("key id:   {}\n", key);
   if (summary.batches > 0 && summary.first_seq > 0) {
     // Legal (retention removes the oldest segments), but what was verified is only the rest.
-    fmt::print("verify: note: the chain starts at batch seq {}: batches 0..{} are not in this "
-               "store (removed by retention, or never stored here)\n",
-               summary.first_seq, summary.first_seq - 1);
+    fmt::print(
+        "verify: note: the chain starts at batch seq {}: batches 0..{} are not in this "
+        "store (removed by retention, or never stored here)\n",
+        summary.first_seq, summary.first_seq - 1);
   }
 }
 
@@ -56,9 +57,9 @@ int verify(const VerifyOptions& options) {
   const auto files = store_segments(options.dir, /*file_allowed=*/false);
   std::error_code ec;
   if (files.empty() && !fs::exists(fs::path(options.dir) / "keys", ec)) {
-    throw StoreInputError(exit_code::kNoInput,
-                          fmt::format("{}: holds no segments and no keys/: not a flowseal store",
-                                      options.dir));
+    throw StoreInputError(
+        exit_code::kNoInput,
+        fmt::format("{}: holds no segments and no keys/: not a flowseal store", options.dir));
   }
   if (!options.proof_event.empty()) return print_proof(files, options);
   StoreChecker checker(trusted_keys(options.dir, options.public_key));

@@ -6,6 +6,9 @@
 #                                        or not), e.g. main or HEAD~1: untouched lines of a
 #                                        file are not judged
 #   tests/format_check.sh --files F...   whole files
+#   tests/format_check.sh --tree         every C++ file of the tree (git's list in a clone,
+#                                        else every *.cpp/*.h outside build directories):
+#                                        the meson test `format` runs this
 #
 # Needs clang-format (Debian's clang-format, which ./setup installs; clang-format-diff for BASE).
 set -euo pipefail
@@ -13,6 +16,16 @@ cd "$(dirname "$0")/.."
 
 usage() { sed -n '2,10p' "$0" >&2; exit 64; }
 [ $# -ge 1 ] || usage
+
+if [ "$1" = "--tree" ]; then
+  command -v clang-format >/dev/null || { echo "format_check: clang-format not found (apt-get install clang-format)" >&2; exit 69; }
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    mapfile -t files < <(git ls-files '*.cpp' '*.h')
+  else
+    mapfile -t files < <(find . -path './build*' -prune -o \( -name '*.cpp' -o -name '*.h' \) -print)
+  fi
+  exec "$0" --files "${files[@]}"
+fi
 
 if [ "$1" = "--files" ]; then
   shift

@@ -11,6 +11,7 @@
 
 #include "capnp_frame.h"
 #include "export_latency.h"
+#include "segment/shipped_position.h"
 #include "flowseal.capnp.h"
 #include "frame_loop.h"
 #include "layout.h"
@@ -34,9 +35,21 @@ segment::StoreOptions store_options(const Config& full) {
   options.writer.community_id_seed = static_cast<std::uint16_t>(full.flowd.community_id_seed);
   options.writer.fsync = segment::parse_fsync_policy(config.fsync);
   options.writer.fsync_interval = std::chrono::milliseconds(config.fsync_interval_ms);
+  options.writer.file_mode = static_cast<unsigned>(config.file_mode);
+  options.directory_mode = static_cast<unsigned>(directory_mode(config.file_mode));
   options.retention_max_age = std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::duration<double>(config.retention_max_age));
   options.retention_max_bytes = static_cast<std::uint64_t>(config.retention_max_mb) << 20;
+  // Shipping or exports on: retention reads each output's durable position, the one thing
+  // that flows back upstream (docs/ARCHITECTURE.md), and keeps what one of them has not handed
+  // over unless the size forces it.
+  if (!full.ship.url.empty()) options.output_positions.push_back(segment::kShippedFileName);
+  if (!full.exports.ipfix.url.empty()) {
+    options.output_positions.push_back(segment::kIpfixExportedFileName);
+  }
+  if (!full.exports.kafka.brokers.empty()) {
+    options.output_positions.push_back(segment::kKafkaExportedFileName);
+  }
   return options;
 }
 
@@ -111,8 +124,17 @@ int run_writerd(StageRuntime& runtime) {
     retry_delay = std::min(retry_delay * 2, std::chrono::milliseconds(5000));
     return true;
   };
+  // What this process has added to ship.dropped_records (a successor adds its own).
+  std::uint64_t dropped_records = 0, dropped_segments = 0;
   auto take_notes = [&] {
     for (const std::string& note : store.take_notes()) spdlog::info("{}", note);
+    for (const std::string& alarm : store.take_alarms()) spdlog::error("{}", alarm);
+    runtime.counter(rc::kShipDroppedRecords)
+        .fetch_add(store.dropped_unshipped_records() - dropped_records);
+    runtime.counter(rc::kShipDroppedSegments)
+        .fetch_add(store.dropped_unshipped_segments() - dropped_segments);
+    dropped_records = store.dropped_unshipped_records();
+    dropped_segments = store.dropped_unshipped_segments();
   };
 
   FrameHandlers handlers;
@@ -126,8 +148,8 @@ int run_writerd(StageRuntime& runtime) {
     segment::AppendResult result;
     // On an error nothing is committed: the frame stays in the ring and is stored on a
     // later try (or by the next process).
-    while ((result = store.append(batch->stream, batch->key, batch->meta, frame,
-                                  realtime_ns())) == segment::AppendResult::kError) {
+    while ((result = store.append(batch->stream, batch->key, batch->meta, frame, realtime_ns())) ==
+           segment::AppendResult::kError) {
       report_io(store.last_error());
       if (!back_off()) return loop.stop(exit_code::kTempFail);
       take_notes();
@@ -138,6 +160,14 @@ int run_writerd(StageRuntime& runtime) {
           const std::int64_t stored = realtime_ns();
           for (auto record : reader.getRoot<schema::SealedBatch>().getRecords()) {
             latency.add(record, stored);
+          }
+          // For the supervisor's /metrics (supervisor/metrics.cpp).
+          static_assert(writerd_counter::kLatencyLe0 + ExportLatency::kCoarseBoundsS.size() ==
+                        writerd_counter::kEnd);
+          runtime.counter(writerd_counter::kLatencyCount).store(latency.count());
+          runtime.counter(writerd_counter::kLatencySumUs).store(latency.sum_us());
+          for (std::size_t i = 0; i < ExportLatency::kCoarseBoundsS.size(); ++i) {
+            runtime.counter(writerd_counter::kLatencyLe0 + i).store(latency.coarse_at_most(i));
           }
         }
         runtime.counter(rc::kRecordsIn).fetch_add(records);
@@ -163,8 +193,7 @@ int run_writerd(StageRuntime& runtime) {
       case segment::AppendResult::kForeignStream:
         spdlog::error("{}", store.last_error().what);
         return loop.stop(exit_code::kConfig);
-      case segment::AppendResult::kError:
-        break;  // retried above
+      case segment::AppendResult::kError: break;  // retried above
     }
     // Stored (durable as writer.fsync says) or held already: the ring may drop the frame.
     return FrameUse::kCommit;
@@ -180,6 +209,7 @@ int run_writerd(StageRuntime& runtime) {
     report_io(status);
     if (!back_off()) return exit_code::kTempFail;
   }
+  take_notes();
   spdlog::info("drained: {} batches stored, {} bytes in {} segments this run",
                runtime.counter(rc::kBatchesOut).load(), store.bytes_stored(),
                store.segments_started());

@@ -1,9 +1,18 @@
 """One flowseal run: the control block sampled while it runs, the run summary parsed,
-the figures derived from them."""
+the figures derived from them.
+
+The sampler reads the control block itself (a read-only mmap) rather than `flowseal status
+--json`: it samples every 5 ms until the run is ready and at 10 Hz after, and one `status
+--json` takes half a second (it samples twice for its rates) plus a process start, which
+would also cost the run under measurement CPU. So that a layout change cannot go unnoticed,
+check_layout() compares what this reader sees with `flowseal status --json` of a run once
+per harness invocation and stops the harness if they disagree."""
+import json
 import mmap
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -14,15 +23,18 @@ from .common import CLK_TCK, UNITS, dir_bytes, log, sh
 
 
 class ControlBlock:
-    """Read-only view of common/control_block.h's ControlBlock (layout version 4):
+    """Read-only view of common/control_block.h's ControlBlock (layout version 6):
     header 128 bytes, then 64-byte-aligned StageSlots of 256 bytes (pid, state, kind, shard,
-    heartbeat_ns, started_ns, restarts, exit_status, 24 counters, ready_ns, memory_restarts)."""
+    heartbeat_ns, started_ns, restarts, exit_status, 24 counters, ready_ns, memory_restarts).
+    check_layout() holds these offsets against `flowseal status --json`."""
     MAGIC = 0x314C544353574C46
     # common/control_block.h: layout 3 put the pressure figures before the slots (at 128);
-    # 5 added counters and slot fields after the ones read here.
-    VERSION = 5
+    # 5 added counters and slot fields after the ones read here; 6 a shipd slot after
+    # writerd's when the run ships (ship_slot at 96; the five core stages' slots are as before).
+    VERSION = 6
     SLOT0, SLOT_BYTES = 128, 256
-    KINDS = ["capture", "flowd", "dedupd", "signerd", "writerd"]
+    KINDS = ["capture", "flowd", "dedupd", "signerd", "writerd", "shipd"]
+    STATES = ["not-started", "running", "draining", "done", "failed"]  # StageState
 
     def __init__(self, instance):
         self.path = f"/dev/shm/flowseal.{instance}.control"
@@ -66,6 +78,100 @@ class ControlBlock:
         if self.map is not None:
             self.map.close()
             self.map = None
+
+
+def status_in_out(slot):
+    """A slot's (in, out) as `flowseal status` computes them from the counters
+    (supervisor/control_commands.cpp: capture received/published; flowd packets + not IP +
+    malformed / events out; the record stages records in / out)."""
+    c = slot["counters"]
+    if slot["name"] == "capture":
+        return c[0], c[5]
+    if slot["name"].startswith("flowd["):
+        return c[0] + c[1] + c[2], c[7]
+    return c[0], c[1]
+
+
+def layout_disagreements(before, status, after):
+    """What the control block read at this module's offsets (`before` and `after` a `flowseal
+    status --json`) says that status does not: the same stages by name, pid and state, and
+    each stage's in/out totals between the two reads (counters only grow)."""
+    stages = {s["stage"]: s for s in status["stages"] if s["stage"] != "shipd"}
+    names = [s["name"] for s in before]
+    if names != [s["name"] for s in after] or sorted(names) != sorted(stages):
+        return [f"stages {names} here, {sorted(stages)} in status --json"]
+    wrong = []
+    for b, a in zip(before, after):
+        st = stages[b["name"]]
+        state = ControlBlock.STATES[b["state"]] if b["state"] < len(ControlBlock.STATES) else b["state"]
+        if not (b["pid"] == a["pid"] == st["pid"]):
+            wrong.append(f"{b['name']}: pid {b['pid']}/{a['pid']} here, {st['pid']} in status")
+        if not (b["state"] == a["state"] and state == st["state"]):
+            wrong.append(f"{b['name']}: state {state} here, {st['state']} in status")
+        (in_b, out_b), (in_a, out_a) = status_in_out(b), status_in_out(a)
+        if not (in_b <= st["in_total"] <= in_a and out_b <= st["out_total"] <= out_a):
+            wrong.append(f"{b['name']}: in/out {in_b}..{in_a} / {out_b}..{out_a} here, "
+                         f"{st['in_total']} / {st['out_total']} in status")
+    return wrong
+
+
+def check_layout(flowseal, pcap, timeout=60):
+    """Runs `flowseal run` over `pcap` in loop mode (longer than the check), waits until it is
+    ready, and reads the control block at this module's offsets before and after a `flowseal
+    status --json` of the run that shows capture's packets: names, pids, states and counters
+    must agree (up to three tries: a stage may restart in between). Exits the
+    harness saying what differs if they do not: common/control_block.h changed and
+    ControlBlock above must follow. Returns a line saying what was compared."""
+    out = tempfile.mkdtemp(prefix="flowseal-bench-layout-")
+    instance = f"benchlayout{os.getpid()}"
+    cmd = [flowseal, "run", "-r", pcap, "-o", out, "--instance", instance,
+           "--set", "capture.loop=100000", "--set", "supervisor.stats_interval_s=0"]
+    errlog = tempfile.TemporaryFile("w+")  # a file: a pipe nobody reads could block the run
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errlog, text=True)
+    control = ControlBlock(instance)
+    problems = ["the run never became ready"]
+    try:
+        deadline = time.monotonic() + timeout
+        tries = 0
+        while time.monotonic() < deadline and p.poll() is None and tries < 3:
+            try:
+                ready = control.open() and control.ready()
+                slots = control.slots() if ready else []
+            except (ValueError, struct.error):
+                ready, slots = False, []
+            if not (slots and all(s["state"] == 1 and s["pid"] > 0 for s in slots)):
+                time.sleep(0.02)
+                continue
+            st = sh([flowseal, "status", "--instance", instance, "--json"], timeout=60)
+            after = control.slots()
+            if st.returncode != 0:
+                tries += 1
+                problems = [f"flowseal status --json exited {st.returncode}: {st.stderr.strip()}"]
+                continue
+            status = json.loads(st.stdout)
+            if not any(x["stage"] == "capture" and x["in_total"] > 0 for x in status["stages"]):
+                continue  # nothing counted yet: a comparison of zeros would prove nothing
+            tries += 1
+            problems = layout_disagreements(slots, status, after)
+            if not problems:
+                return (f"control block layout {ControlBlock.VERSION}: {len(slots)} stage slots "
+                        f"agree with `flowseal status --json`")
+    finally:
+        control.close()
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)  # a drain; then kill: never leave a run behind
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        errlog.seek(0)
+        err = errlog.read()
+        errlog.close()
+        shutil.rmtree(out, ignore_errors=True)
+    raise SystemExit("run-pipeline: the control block as benchmarks/flowbench/probe.py reads it "
+                     "disagrees with `flowseal status --json` (common/control_block.h changed?):\n  "
+                     + "\n  ".join(problems) + f"\n{err[-1500:]}")
 
 
 def proc_cpu_s(pid):

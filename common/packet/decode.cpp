@@ -7,9 +7,7 @@ namespace flowseal::packet {
 namespace {
 
 // Network-order reads; every caller has checked the length first.
-std::uint16_t be16(const std::uint8_t* p) {
-  return static_cast<std::uint16_t>((p[0] << 8) | p[1]);
-}
+std::uint16_t be16(const std::uint8_t* p) { return static_cast<std::uint16_t>((p[0] << 8) | p[1]); }
 std::uint32_t be32(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
          std::uint32_t{p[3]};
@@ -113,8 +111,7 @@ class Decoder {
 
 DecodeStatus Decoder::link(int link_type) {
   switch (link_type) {
-    case kDltEn10mb:
-      return ethernet(0);
+    case kDltEn10mb: return ethernet(0);
     case kDltLinuxSll:
       if (!have(0, 16)) return DecodeStatus::kTruncatedLink;
       return ethertype(be16(at(14)), 16);
@@ -134,12 +131,9 @@ DecodeStatus Decoder::link(int link_type) {
       if ((*at(0) >> 4) != 6) return DecodeStatus::kBadIpHeader;
       return ipv6(0);
     case kDltNull:
-    case kDltLoop:
-      return null_family(0);
-    case kDltPpp:
-      return ppp(0);
-    case kDltIeee80211:
-      return wlan(0);
+    case kDltLoop: return null_family(0);
+    case kDltPpp: return ppp(0);
+    case kDltIeee80211: return wlan(0);
     case kDltIeee80211Radio: {
       // Radiotap: version, pad, then its whole length, little-endian; the fields inside
       // (rates, channel, signal) say nothing about flows.
@@ -148,8 +142,7 @@ DecodeStatus Decoder::link(int link_type) {
       if (radiotap_len < 8) return DecodeStatus::kTruncatedLink;
       return wlan(radiotap_len);
     }
-    default:
-      return DecodeStatus::kUnsupportedLink;
+    default: return DecodeStatus::kUnsupportedLink;
   }
 }
 
@@ -191,10 +184,8 @@ DecodeStatus Decoder::ethertype(std::uint16_t type, std::size_t offset) {
         }
         return ip_by_version(offset, DecodeStatus::kTruncatedLink, DecodeStatus::kNotIp);
       }
-      case kEtherTransBridge:
-        return ethernet(offset);
-      case kEtherFabricPath:
-        return ethernet(offset + 2);
+      case kEtherTransBridge: return ethernet(offset);
+      case kEtherFabricPath: return ethernet(offset + 2);
       case kEtherVnTag:
         if (!have(offset, 6)) return DecodeStatus::kTruncatedLink;
         type = be16(at(offset + 4));
@@ -214,8 +205,7 @@ DecodeStatus Decoder::ethertype(std::uint16_t type, std::size_t offset) {
         else return DecodeStatus::kNotIp;  // LCP, IPCP, ...
         continue;
       }
-      default:
-        return DecodeStatus::kNotIp;  // ARP, LLDP, 802.3 length field, PPPoE discovery, ...
+      default: return DecodeStatus::kNotIp;  // ARP, LLDP, 802.3 length field, PPPoE discovery, ...
     }
   }
   return DecodeStatus::kTruncatedLink;
@@ -241,8 +231,7 @@ DecodeStatus Decoder::null_family(std::size_t offset) {
       if (!have(offset, 1)) return DecodeStatus::kTruncatedIp;
       if ((*at(offset) >> 4) != 6) return DecodeStatus::kBadIpHeader;
       return ipv6(offset);
-    default:
-      return DecodeStatus::kNotIp;
+    default: return DecodeStatus::kNotIp;
   }
 }
 
@@ -294,8 +283,8 @@ DecodeStatus Decoder::ipv4(std::size_t offset) {
 }
 
 // Only the outermost fragmented layer is kept: it decides when the datagram is whole.
-void Decoder::note_fragment(const std::uint8_t* src, const std::uint8_t* dst,
-                            std::size_t addr_len, FragmentInfo info) {
+void Decoder::note_fragment(const std::uint8_t* src, const std::uint8_t* dst, std::size_t addr_len,
+                            FragmentInfo info) {
   if (out_.fragment) return;
   std::memcpy(info.src.data(), src, addr_len);
   std::memcpy(info.dst.data(), dst, addr_len);
@@ -414,12 +403,9 @@ DecodeStatus Decoder::transport(const IpResult& ip) {
     // A first fragment is decapsulated like a whole packet (its inner headers are there);
     // flowd holds the result until the rest of the datagram has arrived.
     case kProtoIpip:
-    case kProtoIpv6InIp:
-      return decapsulate(false, pos, &Decoder::ip_any);
-    case kProtoGre:
-      return gre(pos, pos + ip.transport_len);
-    default:
-      return DecodeStatus::kOk;  // no ports: the whole IP payload is payload
+    case kProtoIpv6InIp: return decapsulate(false, pos, &Decoder::ip_any);
+    case kProtoGre: return gre(pos, pos + ip.transport_len);
+    default: return DecodeStatus::kOk;  // no ports: the whole IP payload is payload
   }
   if (!have(pos, ports_len)) return DecodeStatus::kTruncatedTransport;
   if (ports_len == 2) {
@@ -444,7 +430,7 @@ DecodeStatus Decoder::wlan(std::size_t offset) {
   if (!have(offset, 24)) return DecodeStatus::kTruncatedLink;
   const std::uint8_t fc = *at(offset), flags = *at(offset + 1);
   const unsigned type = (fc >> 2) & 0x3, subtype = fc >> 4;
-  if (type != 2) return DecodeStatus::kNotIp;          // management, control, extension
+  if (type != 2) return DecodeStatus::kNotIp;             // management, control, extension
   if ((subtype & 0x4) != 0) return DecodeStatus::kNotIp;  // null data, QoS null: no body
   std::size_t len = 24;
   if ((flags & 0x03) == 0x03) len += 6;  // to and from the distribution system: address 4
@@ -529,8 +515,7 @@ DecodeStatus Decoder::gre(std::size_t offset, std::size_t end) {
       if ((flags & 0x1000) != 0) len += 4;
       if ((flags & 0x0080) != 0) len += 4;
       break;
-    default:
-      return DecodeStatus::kOk;
+    default: return DecodeStatus::kOk;
   }
   offset += len;
   switch (protocol) {
@@ -542,15 +527,11 @@ DecodeStatus Decoder::gre(std::size_t offset, std::size_t end) {
       const bool platform_specific = (*at(offset + 11) & 0x01) != 0;
       return decapsulate(false, offset + 12 + (platform_specific ? 8 : 0), &Decoder::ethernet);
     }
-    case kEtherPpp:
-      return decapsulate(false, offset, &Decoder::ppp);
-    case kEtherTransBridge:
-      return decapsulate(false, offset, &Decoder::ethernet);
+    case kEtherPpp: return decapsulate(false, offset, &Decoder::ppp);
+    case kEtherTransBridge: return decapsulate(false, offset, &Decoder::ethernet);
     case kEtherIpv4:
-    case kEtherIpv6:
-      return decapsulate(false, offset, &Decoder::ip_any);
-    default:
-      return DecodeStatus::kOk;
+    case kEtherIpv6: return decapsulate(false, offset, &Decoder::ip_any);
+    default: return DecodeStatus::kOk;
   }
 }
 
@@ -656,13 +637,13 @@ DecodeStatus decode(int link_type, std::span<const std::uint8_t> bytes, std::uin
 std::optional<std::uint8_t> icmp_counterpart(std::uint8_t proto, std::uint8_t type) {
   if (proto == kProtoIcmp) {
     switch (type) {
-      case 8: return 0;    // echo request / reply
+      case 8: return 0;  // echo request / reply
       case 0: return 8;
       case 13: return 14;  // timestamp
       case 14: return 13;
       case 15: return 16;  // information
       case 16: return 15;
-      case 10: return 9;   // router solicitation / advertisement
+      case 10: return 9;  // router solicitation / advertisement
       case 9: return 10;
       case 17: return 18;  // address mask
       case 18: return 17;

@@ -47,8 +47,8 @@ enum class DecodeStatus : std::uint8_t {
   kBadTransport,        // e.g. TCP data offset < 5
   // Appended (the order is the counters' order): 802.11 frames that carry IP but cannot be
   // read. Management, control and empty (null) data frames are kNotIp.
-  kEncrypted,           // 802.11 protected frame: the payload is encrypted
-  kUnsupportedAmsdu,    // 802.11 A-MSDU: several packets in one frame, not split yet
+  kEncrypted,         // 802.11 protected frame: the payload is encrypted
+  kUnsupportedAmsdu,  // 802.11 A-MSDU: several packets in one frame, not split yet
   kCount
 };
 std::string_view to_string(DecodeStatus);
@@ -56,11 +56,11 @@ std::string_view to_string(DecodeStatus);
 struct FlowKey {
   std::array<std::uint8_t, 16> src{};  // sender of this packet
   std::array<std::uint8_t, 16> dst{};
-  std::uint16_t src_port = 0;  // ICMP: type; ICMPv6: type
-  std::uint16_t dst_port = 0;  // ICMP: code; ICMPv6: code
-  std::uint16_t vlan = 0;      // innermost 802.1Q VLAN id, 0 if none
-  std::uint8_t proto = 0;      // IP protocol number (after IPv6 extension headers)
-  std::uint8_t ip_version = 0; // 4 or 6
+  std::uint16_t src_port = 0;   // ICMP: type; ICMPv6: type
+  std::uint16_t dst_port = 0;   // ICMP: code; ICMPv6: code
+  std::uint16_t vlan = 0;       // innermost 802.1Q VLAN id, 0 if none
+  std::uint8_t proto = 0;       // IP protocol number (after IPv6 extension headers)
+  std::uint8_t ip_version = 0;  // 4 or 6
   bool operator==(const FlowKey&) const = default;
 };
 
@@ -86,16 +86,16 @@ struct FragmentInfo {
   std::uint32_t length = 0;      // fragmentable bytes this fragment carries
   std::uint16_t header_len = 0;  // the unfragmentable part: IPv4 header, IPv6 40 + extensions
   std::uint16_t vlan = 0;
-  std::uint8_t proto = 0;        // IPv4 protocol; IPv6 next header after the fragment header
+  std::uint8_t proto = 0;  // IPv4 protocol; IPv6 next header after the fragment header
   std::uint8_t ip_version = 0;
-  bool more = false;             // more fragments follow (MF / M flag)
+  bool more = false;  // more fragments follow (MF / M flag)
   // Which accounted layer this IP layer is, so the datagram's length replaces its fragment
   // length: outer[layer] when layer < outer_count and the layer was the UDP tunnel that
   // became it, `key` when layer == kKeyLayer, none (GRE, IP-in-IP decapsulated) at kNoLayer.
   std::uint8_t layer = 0;
   // outer_count when this layer was decoded: outer[0..outer_before) enclose it and are whole.
   std::uint8_t outer_before = 0;
-  std::uint8_t depth = 0;        // tunnel_depth when this layer was decoded
+  std::uint8_t depth = 0;  // tunnel_depth when this layer was decoded
 };
 inline constexpr std::uint8_t kKeyLayer = 0xFE;
 inline constexpr std::uint8_t kNoLayer = 0xFF;
@@ -111,14 +111,14 @@ struct DecodedPacket {
   std::uint8_t tcp_flags = 0;       // FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20
   std::uint32_t tcp_seq = 0;
   std::uint32_t tcp_ack = 0;
-  std::uint16_t tcp_window = 0;     // as sent, unscaled (flowd: Zeek's zero-window letter)
-  bool has_ports = false;           // false for a non-first fragment and for "other" protos
-  bool fragment = false;            // any IP fragment (first or later): see `frag`
-  bool ports_cut = false;           // the snaplen cut the transport header after the ports
-  std::uint8_t tunnel_depth = 0;    // encapsulations decoded (GRE, IP-in-IP, UDP tunnels)
+  std::uint16_t tcp_window = 0;   // as sent, unscaled (flowd: Zeek's zero-window letter)
+  bool has_ports = false;         // false for a non-first fragment and for "other" protos
+  bool fragment = false;          // any IP fragment (first or later): see `frag`
+  bool ports_cut = false;         // the snaplen cut the transport header after the ports
+  std::uint8_t tunnel_depth = 0;  // encapsulations decoded (GRE, IP-in-IP, UDP tunnels)
   std::uint8_t outer_count = 0;
   std::array<OuterFlow, kMaxOuterFlows> outer{};
-  FragmentInfo frag;                // valid when `fragment`
+  FragmentInfo frag;  // valid when `fragment`
 };
 
 // Decodes one packet of link type `link_type` (DLT_*). `wire_len` is the packet's length on

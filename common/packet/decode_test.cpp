@@ -198,8 +198,8 @@ std::vector<Case> cases() {
   c.push_back({"ethernet ipv4 with options udp", kDltEn10mb,
                ether(0x0800, ipv4(17, udp(1, 2, 3), {.option_bytes = 8})), 14, 42, 50});
   c.push_back({"802.1ad QinQ ipv6 udp", kDltEn10mb,
-               ether(0x88A8, cat(vlan_tag(100, 0x8100), cat(vlan_tag(200, 0x86DD), udp6))), 22,
-               62, 70});
+               ether(0x88A8, cat(vlan_tag(100, 0x8100), cat(vlan_tag(200, 0x86DD), udp6))), 22, 62,
+               70});
   c.push_back({"mpls two labels ipv4", kDltEn10mb,
                ether(0x8847, cat(mpls(16, false), cat(mpls(17, true), tcp4))), 23, 42, 62});
   c.push_back({"pppoe ipv4", kDltEn10mb, ether(0x8864, pppoe(0x0021, tcp4)), 22, 42, 62});
@@ -216,11 +216,10 @@ std::vector<Case> cases() {
   c.push_back({"icmpv6", kDltRaw, ipv6(58, icmp(128, 0, 32)), 0, 40, 48});
   c.push_back({"sctp", kDltRaw, ipv4(132, sctp(7, 7, 16)), 0, 20, 32});
   c.push_back({"ipv6 extension headers then tcp", kDltRaw,
-               ipv6(6, tcp(1, 2, 0x02, 0), {{0, 8}, {43, 24}, {60, 16}, {51, 16}}), 0, 104,
-               124});
+               ipv6(6, tcp(1, 2, 0x02, 0), {{0, 8}, {43, 24}, {60, 16}, {51, 16}}), 0, 104, 124});
   c.push_back({"ipv6 later fragment", kDltRaw, ipv6(6, Bytes(100, 7), {{44, 8}}, 5), 0, 48, 48});
-  c.push_back({"ipv4 later fragment", kDltRaw,
-               ipv4(17, Bytes(64, 7), {.fragment_offset = 8}), 0, 20, 20});
+  c.push_back(
+      {"ipv4 later fragment", kDltRaw, ipv4(17, Bytes(64, 7), {.fragment_offset = 8}), 0, 20, 20});
   return c;
 }
 
@@ -253,8 +252,7 @@ TEST_CASE("lengths come from the IP header, not from the captured bytes") {
   DecodedPacket p;
   const Bytes full = ether(0x0800, ipv4(17, udp(1, 2, 1000)));
   const Bytes cut(full.begin(), full.begin() + 64);  // snaplen 64
-  REQUIRE(decode(kDltEn10mb, cut, static_cast<std::uint32_t>(full.size()), p) ==
-          DecodeStatus::kOk);
+  REQUIRE(decode(kDltEn10mb, cut, static_cast<std::uint32_t>(full.size()), p) == DecodeStatus::kOk);
   CHECK(p.ip_bytes == 1028);
   CHECK(p.payload_bytes == 1000);
 
@@ -266,8 +264,8 @@ TEST_CASE("lengths come from the IP header, not from the captured bytes") {
 
 TEST_CASE("the innermost VLAN id of a QinQ packet is the flow's VLAN") {
   DecodedPacket p;
-  const Bytes b = ether(0x88A8, cat(vlan_tag(100, 0x8100),
-                                    cat(vlan_tag(200, 0x0800), ipv4(17, udp(1, 2, 0)))));
+  const Bytes b =
+      ether(0x88A8, cat(vlan_tag(100, 0x8100), cat(vlan_tag(200, 0x0800), ipv4(17, udp(1, 2, 0)))));
   REQUIRE(run(kDltEn10mb, b, p) == DecodeStatus::kOk);
   CHECK(p.key.vlan == 200);
   const Bytes single = ether(0x8100, cat(vlan_tag(7, 0x0800), ipv4(17, udp(1, 2, 0))));
@@ -369,8 +367,7 @@ TEST_CASE("a first fragment has ports, a later fragment has none") {
 TEST_CASE("packets that are not IP or not decodable get the status that names why") {
   DecodedPacket p;
   CHECK(run(kDltEn10mb, ether(0x0806, Bytes(28, 0)), p) == DecodeStatus::kNotIp);
-  CHECK(run(kDltEn10mb, ether(0x8864, pppoe(0xC021, Bytes(10, 0))), p) ==
-        DecodeStatus::kNotIp);
+  CHECK(run(kDltEn10mb, ether(0x8864, pppoe(0xC021, Bytes(10, 0))), p) == DecodeStatus::kNotIp);
   CHECK(run(kDltEn10mb, ether(0x8847, cat(mpls(3, true), Bytes(30, 0))), p) ==
         DecodeStatus::kNotIp);
   CHECK(run(147, Bytes(60, 0x45), p) == DecodeStatus::kUnsupportedLink);
@@ -744,7 +741,8 @@ TEST_CASE("802.11 data frames carry IP after LLC/SNAP, with or without radiotap"
 TEST_CASE("802.11 frames without an IP packet are named by kind, never decoded as flows") {
   const Bytes dns = snap(0x0800, ipv4(17, udp(61738, 53, 35)));
   DecodedPacket p;
-  CHECK(run(kDltIeee80211, wlan_frame(0x80, 0, Bytes(40, 0)), p) == DecodeStatus::kNotIp);  // beacon
+  CHECK(run(kDltIeee80211, wlan_frame(0x80, 0, Bytes(40, 0)), p) ==
+        DecodeStatus::kNotIp);  // beacon
   CHECK(run(kDltIeee80211Radio, radiotap(8, wlan_frame(0xD4, 0, Bytes(4, 0))), p) ==
         DecodeStatus::kNotIp);  // ACK (control): 10 bytes, under a data header's length
   CHECK(run(kDltIeee80211, wlan_frame(0x48, 0x01, {}), p) == DecodeStatus::kNotIp);  // null

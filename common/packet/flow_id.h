@@ -10,13 +10,14 @@
 // them, so changing one needs a new segment format version that keeps the old formula for
 // old files (docs/FORMAT.md, "Derived fields").
 //
-// Everything here is pure and thread-safe; community_id() only needs a SHA-1 the caller
-// fetched once (EVP_MD_fetch is too slow per record).
+// Everything here is pure and thread-safe except a Sha1, which one thread at a time uses;
+// community_id() needs a SHA-1 the caller fetched once (EVP_MD_fetch is too slow per record).
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string_view>
 
@@ -34,8 +35,8 @@ inline constexpr std::uint8_t kProtoSctp = 132;
 
 // Protocols whose flows are keyed by ports (ICMP: type and code).
 constexpr bool has_ports(std::uint8_t proto) {
-  return proto == kProtoTcp || proto == kProtoUdp || proto == kProtoSctp ||
-         proto == kProtoIcmp || proto == kProtoIcmpv6;
+  return proto == kProtoTcp || proto == kProtoUdp || proto == kProtoSctp || proto == kProtoIcmp ||
+         proto == kProtoIcmpv6;
 }
 
 // A flow's uid: stable across a replay (no clock, no counter), different per shard so two
@@ -46,11 +47,38 @@ constexpr std::uint64_t flow_uid(std::uint64_t key_hash, std::int64_t first_ts_n
                (std::uint64_t{shard} * 0x9E3779B97F4A7C15ULL));
 }
 
-// "1:" + 28 base64 characters, NUL-terminated.
+// "1:" + 28 base64 characters, NUL-terminated. Aligned to its size so that it never straddles
+// a page: glibc's memcmp/memcpy take a longer path for a short buffer near a page's end, and a
+// stack copy of this text (the column encoder compares one per record) landed there or not
+// depending on the environment's size: perfgate's counts then moved with it (tests/perfgate).
 struct CommunityIdText {
-  std::array<char, 32> chars{};
+  alignas(32) std::array<char, 32> chars{};
   std::uint8_t size = 0;  // 0: no id could be computed
   std::string_view view() const { return {chars.data(), size}; }
+};
+
+// SHA-1 for the per-flow and per-record Community ID: the algorithm fetched once and a digest
+// context initialised once, copied for each digest. OpenSSL 3.0's one-shot EVP_Digest
+// allocates, initialises, cleanses and frees a context per call; the copy of a ready one is
+// its cheapest path (callgrind, a 40-byte input: 2,579 instructions per digest one-shot,
+// 2,121 re-initialising one kept context, 2,004 copying; the SHA-1 block itself is 1,204).
+// Not thread-safe: one per thread (flowd's flow table, each BatchCodec).
+class Sha1 {
+ public:
+  Sha1();  // ok() is false if OpenSSL has no SHA-1
+  bool ok() const { return initial_ != nullptr; }
+  const EVP_MD* md() const { return md_.get(); }
+  // SHA-1 of `data` into `out`; false if OpenSSL failed (or !ok()).
+  bool digest(std::span<const std::uint8_t> data, std::array<std::uint8_t, 20>& out);
+
+ private:
+  struct Free {
+    void operator()(EVP_MD* md) const;
+    void operator()(EVP_MD_CTX* ctx) const;
+  };
+  std::unique_ptr<EVP_MD, Free> md_;
+  std::unique_ptr<EVP_MD_CTX, Free> initial_;  // initialised with md_, never updated
+  std::unique_ptr<EVP_MD_CTX, Free> work_;
 };
 
 // Community ID v1 (https://github.com/corelight/community-id-spec): SHA-1 over the seed, the
@@ -58,9 +86,13 @@ struct CommunityIdText {
 // ICMP request/reply types use the counterpart type as the "port" (flow_key() does that);
 // other ICMP types are one-way and keep the originator first. `orig` and `resp` are both 4
 // or both 16 bytes; anything else (or a failing digest) gives an empty id.
+CommunityIdText community_id(Sha1& sha1, std::uint16_t seed, std::uint8_t proto,
+                             std::span<const std::uint8_t> orig, std::span<const std::uint8_t> resp,
+                             std::uint16_t orig_port, std::uint16_t resp_port);
+// The same with a one-shot digest (a context made and freed per call): for callers that
+// compute few IDs. A null `sha1` gives an empty id.
 CommunityIdText community_id(const EVP_MD* sha1, std::uint16_t seed, std::uint8_t proto,
-                             std::span<const std::uint8_t> orig,
-                             std::span<const std::uint8_t> resp, std::uint16_t orig_port,
-                             std::uint16_t resp_port);
+                             std::span<const std::uint8_t> orig, std::span<const std::uint8_t> resp,
+                             std::uint16_t orig_port, std::uint16_t resp_port);
 
 }  // namespace flowseal::packet

@@ -2,9 +2,11 @@
 
 #include <arpa/inet.h>
 
+#include <array>
 #include <cmath>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace flowseal::record {
 namespace {
@@ -124,18 +126,10 @@ double stddev(double sum, double sumsq, double n) {
   return std::isfinite(variance) && variance > 0 ? std::sqrt(variance) : 0;
 }
 
-struct SpreadView {
-  std::uint64_t pkts, ip_bytes;
-  std::uint32_t size_min, size_max;
-  std::uint64_t size_sumsq, iat_min_us, iat_max_us, iat_sum_us;
-  double iat_sumsq_us;
-  std::uint32_t rexmits;
-};
-
 // One side's size and inter-arrival figures: mean and standard deviation derive from the
 // stored sums. A summary's gaps are those inside each folded flow: one fewer than its
 // packets per flow.
-void append_spread_json(std::string& out, std::string_view side, const SpreadView& v,
+void append_spread_json(std::string& out, std::string_view side, const DirectionStats& v,
                         std::uint32_t flow_count) {
   const double n = static_cast<double>(v.pkts);
   const double gaps = v.pkts > flow_count ? static_cast<double>(v.pkts - flow_count) : 0;
@@ -148,6 +142,17 @@ void append_spread_json(std::string& out, std::string_view side, const SpreadVie
       static_cast<double>(v.iat_min_us) / 1e6, static_cast<double>(v.iat_max_us) / 1e6,
       gaps > 0 ? static_cast<double>(v.iat_sum_us) / gaps / 1e6 : 0.0,
       stddev(static_cast<double>(v.iat_sum_us), v.iat_sumsq_us, gaps) / 1e6, v.rexmits);
+}
+
+std::string_view side_name(Side side) { return side == Side::kOrig ? "orig" : "resp"; }
+
+// conn.log's local_orig / local_resp: unset (nullopt) when net.local_nets was empty.
+std::optional<bool> is_local(const DirectionStats& d) {
+  switch (d.local) {
+    case schema::Locality::LOCAL: return true;
+    case schema::Locality::REMOTE: return false;
+    default: return std::nullopt;
+  }
 }
 
 }  // namespace
@@ -171,7 +176,7 @@ std::string proto_name(std::uint8_t proto) {
     case 1: return "icmp";
     case 58: return "icmp";  // Zeek logs ICMPv6 as icmp too
     case 132: return "sctp";
-    default: return std::to_string(proto);
+    default: return "unknown_transport";  // as Zeek: the number is in ip_proto
   }
 }
 
@@ -252,28 +257,36 @@ std::string tsv_header(std::string_view open_time) {
   return fmt::format(
       "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n"
       "#path\tconn\n#open\t{}\n"
-      "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tduration\t"
-      "orig_bytes\tresp_bytes\tconn_state\thistory\torig_pkts\torig_ip_bytes\tresp_pkts\t"
-      "resp_ip_bytes\tcommunity_id\tvlan\tevent\tevent_number\tend_reason\tsampling_rate\t"
-      "flow_count\ttunnel_parents\n"
-      "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tinterval\tcount\tcount\t"
-      "string\tstring\tcount\tcount\tcount\tcount\tstring\tcount\tstring\tcount\tstring\t"
-      "double\tcount\tset[string]\n",
+      "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\t"
+      "duration\torig_bytes\tresp_bytes\tconn_state\tlocal_orig\tlocal_resp\tmissed_bytes\t"
+      "history\torig_pkts\torig_ip_bytes\tresp_pkts\tresp_ip_bytes\tcommunity_id\tvlan\tevent\t"
+      "event_number\tend_reason\tsampling_rate\tflow_count\ttunnel_parents\tip_proto\n"
+      "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\tinterval\tcount\tcount\t"
+      "string\tbool\tbool\tcount\tstring\tcount\tcount\tcount\tcount\tstring\tcount\tstring\t"
+      "count\tstring\tdouble\tcount\tset[string]\tcount\n",
       open_time);
 }
 
 std::string to_tsv_line(schema::FlowEvent::Reader e) {
+  const DirectionStats orig = direction(e, Side::kOrig);
+  const DirectionStats resp = direction(e, Side::kResp);
+  const auto bool_text = [](std::optional<bool> b) { return b ? (*b ? "T" : "F") : "-"; };
   std::string out;
   out.reserve(384);
-  out += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t", seconds(e.getFirstTsNs()),
+  out += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t", seconds(e.getFirstTsNs()),
                      uid_text(e.getUid()), address_to_string(e.getOrigAddr()), e.getOrigPort(),
-                     address_to_string(e.getRespAddr()), e.getRespPort(),
-                     proto_name(e.getProto()), duration(e), e.getOrigBytes(), e.getRespBytes());
+                     address_to_string(e.getRespAddr()), e.getRespPort(), proto_name(e.getProto()));
+  if (e.hasService()) {
+    append_tsv_value(out, text(e.getService()));
+  } else {
+    out += '-';  // no analyzer named it: unset, as Zeek
+  }
+  out += fmt::format("\t{}\t{}\t{}\t", duration(e), orig.bytes, resp.bytes);
   append_tsv_value(out, text(e.getConnState()));
-  out += '\t';
+  out += fmt::format("\t{}\t{}\t{}\t", bool_text(is_local(orig)), bool_text(is_local(resp)),
+                     e.getMissedBytes());
   append_tsv_value(out, text(e.getHistory()));
-  out += fmt::format("\t{}\t{}\t{}\t{}\t", e.getOrigPkts(), e.getOrigIpBytes(), e.getRespPkts(),
-                     e.getRespIpBytes());
+  out += fmt::format("\t{}\t{}\t{}\t{}\t", orig.pkts, orig.ip_bytes, resp.pkts, resp.ip_bytes);
   append_tsv_value(out, text(e.getCommunityId()));
   out += fmt::format("\t{}\t{}\t{}\t{}\t{}\t{}", e.getVlan(), kind_name(e.getKind()),
                      e.getEventNumber(), reason_name(e.getEndReason()),
@@ -281,44 +294,64 @@ std::string to_tsv_line(schema::FlowEvent::Reader e) {
   // Zeek's set: comma-separated; unset ("-") when the flow was in no tunnel.
   out += '\t';
   out += e.getTunnelParents().size() > 0 ? tunnel_parent_list(e, ",", "") : "-";
+  out += fmt::format("\t{}", e.getProto());
   return out;
 }
 
 std::string to_json_line(schema::FlowEvent::Reader e) {
+  const std::array<DirectionStats, 2> sides = {direction(e, Side::kOrig),
+                                               direction(e, Side::kResp)};
+  const DirectionStats& orig = sides[0];
+  const DirectionStats& resp = sides[1];
   std::string out;
   out.reserve(512);
   const auto orig_h = address_to_string(e.getOrigAddr());
   const auto resp_h = address_to_string(e.getRespAddr());
-  out += fmt::format("{{\"ts\":{},\"uid\":\"{}\",\"id.orig_h\":\"{}\",\"id.orig_p\":{},"
-                     "\"id.resp_h\":\"{}\",\"id.resp_p\":{},\"proto\":\"{}\",",
-                     seconds(e.getFirstTsNs()), uid_text(e.getUid()), orig_h, e.getOrigPort(),
-                     resp_h, e.getRespPort(), proto_name(e.getProto()));
+  out += fmt::format(
+      "{{\"ts\":{},\"uid\":\"{}\",\"id.orig_h\":\"{}\",\"id.orig_p\":{},"
+      "\"id.resp_h\":\"{}\",\"id.resp_p\":{},\"proto\":\"{}\",",
+      seconds(e.getFirstTsNs()), uid_text(e.getUid()), orig_h, e.getOrigPort(), resp_h,
+      e.getRespPort(), proto_name(e.getProto()));
+  if (e.hasService()) {  // unset: left out, as Zeek does
+    out += "\"service\":";
+    append_json_string(out, text(e.getService()));
+    out += ',';
+  }
   out += fmt::format("\"duration\":{},\"orig_bytes\":{},\"resp_bytes\":{},\"conn_state\":",
-                     duration(e), e.getOrigBytes(), e.getRespBytes());
+                     duration(e), orig.bytes, resp.bytes);
   append_json_string(out, text(e.getConnState()));
-  out += ",\"history\":";
+  for (const Side side : kSides) {
+    if (const auto local = is_local(sides[index_of(side)])) {
+      out += fmt::format(",\"local_{}\":{}", side_name(side), *local);
+    }
+  }
+  out += fmt::format(",\"missed_bytes\":{},\"history\":", e.getMissedBytes());
   append_json_string(out, text(e.getHistory()));
-  out += fmt::format(",\"orig_pkts\":{},\"orig_ip_bytes\":{},\"resp_pkts\":{},"
-                     "\"resp_ip_bytes\":{},\"community_id\":",
-                     e.getOrigPkts(), e.getOrigIpBytes(), e.getRespPkts(), e.getRespIpBytes());
+  out += fmt::format(
+      ",\"orig_pkts\":{},\"orig_ip_bytes\":{},\"resp_pkts\":{},"
+      "\"resp_ip_bytes\":{},\"community_id\":",
+      orig.pkts, orig.ip_bytes, resp.pkts, resp.ip_bytes);
   append_json_string(out, text(e.getCommunityId()));
-  out += fmt::format(",\"vlan\":{},\"event\":\"{}\",\"event_number\":{},\"end_reason\":\"{}\","
-                     "\"sampling_rate\":{},\"flow_count\":{}",
-                     e.getVlan(), kind_name(e.getKind()), e.getEventNumber(),
-                     reason_name(e.getEndReason()), number(e.getSamplingRate(), "null"),
-                     e.getFlowCount());
-  append_spread_json(out, "orig",
-                     {e.getOrigPkts(), e.getOrigIpBytes(), e.getOrigSizeMin(), e.getOrigSizeMax(),
-                      e.getOrigSizeSumSq(), e.getOrigIatMinUs(), e.getOrigIatMaxUs(),
-                      e.getOrigIatSumUs(), e.getOrigIatSumSqUs(), e.getOrigRexmits()},
-                     e.getFlowCount());
-  append_spread_json(out, "resp",
-                     {e.getRespPkts(), e.getRespIpBytes(), e.getRespSizeMin(), e.getRespSizeMax(),
-                      e.getRespSizeSumSq(), e.getRespIatMinUs(), e.getRespIatMaxUs(),
-                      e.getRespIatSumUs(), e.getRespIatSumSqUs(), e.getRespRexmits()},
-                     e.getFlowCount());
+  out += fmt::format(
+      ",\"vlan\":{},\"event\":\"{}\",\"event_number\":{},\"end_reason\":\"{}\","
+      "\"sampling_rate\":{},\"flow_count\":{}",
+      e.getVlan(), kind_name(e.getKind()), e.getEventNumber(), reason_name(e.getEndReason()),
+      number(e.getSamplingRate(), "null"), e.getFlowCount());
+  for (const Side side : kSides) {
+    append_spread_json(out, side_name(side), sides[index_of(side)], e.getFlowCount());
+  }
   out += ",\"tunnel_parents\":[" + tunnel_parent_list(e, ",", "\"") + "]";
-  out += '}';
+  out += fmt::format(",\"ip_proto\":{}}}", e.getProto());
+  return out;
+}
+
+std::string to_json_line(schema::FlowEvent::Reader e, const SealedAt& sealed) {
+  std::string out = to_json_line(e);
+  out.pop_back();  // cat's closing brace
+  out += fmt::format(
+      ",\"event_id\":\"{}\",\"stream_id\":\"{:02x}\",\"batch_seq\":{},"
+      "\"leaf_index\":{}}}",
+      event_id_text(e), fmt::join(sealed.stream_id, ""), sealed.batch_seq, sealed.leaf_index);
   return out;
 }
 

@@ -64,8 +64,8 @@ TEST_CASE("the ends of int64 and a duration between them print as plain numbers"
 TEST_CASE("a sampling rate that is not a number prints as null, or unset in TSV") {
   Record r(0, 0);
   r.e.setSamplingRate(std::numeric_limits<float>::quiet_NaN());
-  r.e.setOrigPkts(3);
-  r.e.setOrigIatSumSqUs(std::numeric_limits<double>::infinity());
+  r.e.getOrig().setPkts(3);
+  r.e.getOrig().setIatSumSqUs(std::numeric_limits<double>::infinity());
   const std::string line = to_json_line(r.e.asReader());
   CHECK(member(line, "sampling_rate") == "null");
   CHECK(line.find("nan") == std::string::npos);
@@ -118,7 +118,8 @@ TEST_CASE("a JSON string is valid UTF-8 with every control byte escaped, whateve
   std::mt19937 random(20261205);
   for (int i = 0; i < 50000; ++i) {
     std::string bytes(random() % 12, '\0');
-    for (auto& c : bytes) c = static_cast<char>(random() % 2 ? random() % 256 : 0x80 + random() % 64);
+    for (auto& c : bytes)
+      c = static_cast<char>(random() % 2 ? random() % 256 : 0x80 + random() % 64);
     const std::string literal = json_string(bytes);
     INFO("input of " << bytes.size() << " bytes: " << literal);
     REQUIRE(no_raw_control(literal));
@@ -130,13 +131,14 @@ TEST_CASE("well-formed UTF-8 passes unchanged, malformed sequences are escaped b
   CHECK(parsed(json_string("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80")) ==
         "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
   CHECK(json_string("\"\\/") == R"("\"\\/")");
-  CHECK(json_string("\x7f\xc2\x85\xc2\xa0") == "\"\\u007f\\u0085\xc2\xa0\"");  // DEL, NEL; NBSP passes
+  CHECK(json_string("\x7f\xc2\x85\xc2\xa0") ==
+        "\"\\u007f\\u0085\xc2\xa0\"");  // DEL, NEL; NBSP passes
   CHECK(json_string(std::string("\0\n", 2)) == R"("\u0000\u000a")");
-  CHECK(parsed(json_string("\xc0\x80")) == R"(\xc0\x80)");              // overlong NUL
-  CHECK(parsed(json_string("\xe0\x80\x80")) == R"(\xe0\x80\x80)");      // overlong
-  CHECK(parsed(json_string("\xed\xa0\x80")) == R"(\xed\xa0\x80)");      // a surrogate
+  CHECK(parsed(json_string("\xc0\x80")) == R"(\xc0\x80)");                  // overlong NUL
+  CHECK(parsed(json_string("\xe0\x80\x80")) == R"(\xe0\x80\x80)");          // overlong
+  CHECK(parsed(json_string("\xed\xa0\x80")) == R"(\xed\xa0\x80)");          // a surrogate
   CHECK(parsed(json_string("\xf4\x90\x80\x80")) == R"(\xf4\x90\x80\x80)");  // > U+10FFFF
-  CHECK(parsed(json_string("\xe2\x82")) == R"(\xe2\x82)");              // cut short
+  CHECK(parsed(json_string("\xe2\x82")) == R"(\xe2\x82)");                  // cut short
   CHECK(parsed(json_string("\xe2\x82z")) == R"(\xe2\x82z)");
 }
 
@@ -153,4 +155,27 @@ TEST_CASE("a record whose texts hold any bytes still prints as one valid JSON li
   CHECK(json["conn_state"] == "S\x01\n\\xff\"");
   CHECK(json["history"] == "\xc3\xa9\x7f");
   CHECK(json["community_id"] == std::string("1:\0x", 4));
+}
+
+TEST_CASE("an exported line is cat's line plus its event id and where it is sealed") {
+  Record r(1'000'000'000, 2'000'000'000);
+  r.e.setUid(12345);
+  r.e.setKind(schema::EventKind::END);
+  r.e.setEventNumber(2);
+  const std::uint8_t stream[16] = {0x00, 0x01, 0xab, 0xff, 4,  5,  6,  7,
+                                   8,    9,    10,   11,   12, 13, 14, 15};
+  const std::string cat = to_json_line(r.e.asReader());
+  const std::string exported = to_json_line(r.e.asReader(), {stream, 77, 5});
+  REQUIRE(exported.size() > cat.size());
+  CHECK(exported.substr(0, cat.size() - 1) == cat.substr(0, cat.size() - 1));
+  const auto json = nlohmann::json::parse(exported);
+  CHECK(json["event_id"] == flowseal::record::event_id_text(r.e.asReader()));
+  CHECK(json["event_id"] == flowseal::record::uid_text(12345) + ":end:2");
+  CHECK(json["stream_id"] == "0001abff0405060708090a0b0c0d0e0f");
+  CHECK(json["batch_seq"] == 77);
+  CHECK(json["leaf_index"] == 5);
+  // Every member of cat's line is there, unchanged, in cat's order.
+  auto without = json;
+  for (const char* name : {"event_id", "stream_id", "batch_seq", "leaf_index"}) without.erase(name);
+  CHECK(without == nlohmann::json::parse(cat));
 }

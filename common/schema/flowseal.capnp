@@ -70,15 +70,17 @@ struct FlowEvent {
   firstTsNs    @11 :Int64;
   lastTsNs     @12 :Int64;
 
-  origPkts     @13 :UInt64;
-  origIpBytes  @14 :UInt64;
-  origBytes    @15 :UInt64;     # payload bytes (TCP: from sequence numbers, as Zeek)
-  respPkts     @16 :UInt64;
-  respIpBytes  @17 :UInt64;
-  respBytes    @18 :UInt64;
-
-  origTcpFlags @19 :UInt8;      # OR of the TCP flags each side sent
-  respTcpFlags @20 :UInt8;
+  # @13..@20 and @27..@42: the two directions' figures as records sealed in segment format 2
+  # hold them (see orig/resp below for what each means). Never written any more; read only to
+  # print and re-verify those records (common/record/direction.h names them by side).
+  legacyOrigPkts     @13 :UInt64;
+  legacyOrigIpBytes  @14 :UInt64;
+  legacyOrigBytes    @15 :UInt64;
+  legacyRespPkts     @16 :UInt64;
+  legacyRespIpBytes  @17 :UInt64;
+  legacyRespBytes    @18 :UInt64;
+  legacyOrigTcpFlags @19 :UInt8;
+  legacyRespTcpFlags @20 :UInt8;
   connState    @21 :Text;       # Zeek conn_state (S0, SF, REJ, ...)
   history      @22 :Text;       # Zeek history letters
   communityId  @23 :Text;       # Community ID v1
@@ -88,35 +90,66 @@ struct FlowEvent {
   firstUid     @25 :UInt64;     # summary: uid range it folds
   lastUid      @26 :UInt64;
 
-  # Per direction: IP packet sizes and inter-arrival times, kept as exact sums so that mean
-  # and standard deviation derive from them (mean = sum / n, var = sumsq / n - mean^2) and a
-  # dedupd summary can add several flows' figures without losing anything. Sizes are IP
-  # bytes (as origIpBytes); inter-arrival times are between one side's consecutive packets,
-  # in microseconds, so a direction with n packets has n - 1 of them.
-  origSizeMin    @27 :UInt32;
-  origSizeMax    @28 :UInt32;
-  origSizeSumSq  @29 :UInt64;
-  origIatMinUs   @30 :UInt64;
-  origIatMaxUs   @31 :UInt64;
-  origIatSumUs   @32 :UInt64;
-  origIatSumSqUs @33 :Float64;   # sum of squared inter-arrival times, microseconds squared
-  respSizeMin    @34 :UInt32;
-  respSizeMax    @35 :UInt32;
-  respSizeSumSq  @36 :UInt64;
-  respIatMinUs   @37 :UInt64;
-  respIatMaxUs   @38 :UInt64;
-  respIatSumUs   @39 :UInt64;
-  respIatSumSqUs @40 :Float64;
-  # TCP segments with payload that did not advance the side's highest sequence number
-  # (Zeek's retransmission count behind the history letters t and T).
-  origRexmits    @41 :UInt32;
-  respRexmits    @42 :UInt32;
+  legacyOrigSizeMin    @27 :UInt32;
+  legacyOrigSizeMax    @28 :UInt32;
+  legacyOrigSizeSumSq  @29 :UInt64;
+  legacyOrigIatMinUs   @30 :UInt64;
+  legacyOrigIatMaxUs   @31 :UInt64;
+  legacyOrigIatSumUs   @32 :UInt64;
+  legacyOrigIatSumSqUs @33 :Float64;
+  legacyRespSizeMin    @34 :UInt32;
+  legacyRespSizeMax    @35 :UInt32;
+  legacyRespSizeSumSq  @36 :UInt64;
+  legacyRespIatMinUs   @37 :UInt64;
+  legacyRespIatMaxUs   @38 :UInt64;
+  legacyRespIatSumUs   @39 :UInt64;
+  legacyRespIatSumSqUs @40 :Float64;
+  legacyOrigRexmits    @41 :UInt32;
+  legacyRespRexmits    @42 :UInt32;
   # The uids of the tunnel connections this flow's packets came through, as Zeek's conn.log
   # tunnel_parents: for each packet the connection directly around it (a UDP tunnel flowseal
   # logs as a flow of its own: VXLAN, Geneve, GTP-U, Teredo, AYIYA; GRE and IP-in-IP have
   # none). A set, in order of first use, at most two (flowd keeps two per flow: uplink and
   # downlink tunnels of GTP); null for a flow never seen in a tunnel.
   tunnelParents  @43 :List(UInt64);
+
+  # Segment format 3 on: each direction's figures, one struct for either side (both always
+  # set; a record with neither is one sealed in format 2, see the legacy fields).
+  orig           @44 :Direction;   # what the originator sent
+  resp           @45 :Direction;   # what the responder sent
+  # Zeek conn.log's missed_bytes: bytes lost in content gaps. 0: flowd tracks no gaps yet.
+  missedBytes    @46 :UInt64;
+  # Zeek conn.log's service: the application protocols found, comma-separated; null (unset in
+  # conn.log) until flowd labels applications.
+  service        @47 :Text;
+}
+
+enum Locality {
+  unknown @0;   # net.local_nets is empty: conn.log leaves local_orig / local_resp unset
+  remote  @1;   # the side's address is in none of net.local_nets
+  local   @2;   # the side's address is in one of net.local_nets
+}
+
+struct Direction {
+  # What one side of a flow sent. Sizes and inter-arrival times are kept as exact sums so
+  # that mean and standard deviation derive from them (mean = sum / n, var = sumsq / n -
+  # mean^2) and a dedupd summary can add several flows' figures without losing anything.
+  pkts       @0  :UInt64;
+  ipBytes    @1  :UInt64;    # IP bytes, headers included
+  bytes      @2  :UInt64;    # payload bytes (TCP: from sequence numbers, as Zeek)
+  tcpFlags   @3  :UInt8;     # OR of the TCP flags this side sent
+  sizeMin    @4  :UInt32;    # IP packet sizes (as ipBytes)
+  sizeMax    @5  :UInt32;
+  sizeSumSq  @6  :UInt64;
+  # Between this side's consecutive packets, in microseconds: n packets have n - 1 of them.
+  iatMinUs   @7  :UInt64;
+  iatMaxUs   @8  :UInt64;
+  iatSumUs   @9  :UInt64;
+  iatSumSqUs @10 :Float64;   # sum of squared inter-arrival times, microseconds squared
+  # TCP segments with payload that did not advance the side's highest sequence number
+  # (Zeek's retransmission count behind the history letters t and T).
+  rexmits    @11 :UInt32;
+  local      @12 :Locality;  # conn.log's local_orig / local_resp
 }
 
 struct FlowEventBatch {

@@ -4,6 +4,7 @@
 
 #include <capnp/any.h>
 #include <capnp/message.h>
+#include <capnp/serialize.h>
 #include <catch2/catch.hpp>
 
 #include "flowseal.capnp.h"
@@ -42,20 +43,26 @@ void fill(schema::FlowEvent::Builder e, std::mt19937_64& rng) {
   }
   if (maybe()) e.setOrigPort(static_cast<std::uint16_t>(rng()));
   if (maybe()) e.setFirstTsNs(static_cast<std::int64_t>(rng()));
-  if (maybe()) e.setRespBytes(rng());
+  if (maybe()) e.getResp().setBytes(rng());
   if (maybe()) e.setConnState(blob(9));
   if (maybe()) e.setHistory(blob(20));
   if (maybe()) e.setCommunityId(blob(30));
   if (maybe()) e.setFlowCount(static_cast<std::uint32_t>(rng() % 3));
   if (maybe()) e.setFirstUid(rng());
   if (maybe()) e.setLastUid(rng());
-  if (maybe()) e.setOrigSizeMax(static_cast<std::uint32_t>(rng()));
-  if (maybe()) e.setOrigIatSumSqUs(static_cast<double>(rng() % 1000000));
-  if (maybe()) e.setRespIatMaxUs(rng());
-  if (maybe()) e.setRespRexmits(static_cast<std::uint32_t>(rng()));
+  if (maybe()) e.getOrig().setSizeMax(static_cast<std::uint32_t>(rng()));
+  if (maybe()) e.getOrig().setIatSumSqUs(static_cast<double>(rng() % 1000000));
+  if (maybe()) e.getResp().setIatMaxUs(rng());
+  if (maybe()) e.getResp().setRexmits(static_cast<std::uint32_t>(rng()));
+  if (maybe()) e.initOrig();  // an empty Direction: a zero-sized struct
+  if (maybe()) e.getResp().setLocal(schema::Locality::LOCAL);
+  if (maybe()) e.setMissedBytes(rng());
+  if (maybe()) e.setService(blob(12));
+  if (maybe()) e.setLegacyOrigPkts(rng());  // a record sealed in segment format 2
   if (maybe()) {
     // Mostly one or two uids; an empty list (declined: zero-sized) now and then.
-    auto parents = e.initTunnelParents(rng() % 16 == 0 ? 0u : 1u + static_cast<unsigned>(rng() % 2));
+    auto parents =
+        e.initTunnelParents(rng() % 16 == 0 ? 0u : 1u + static_cast<unsigned>(rng() % 2));
     for (unsigned i = 0; i < parents.size(); ++i) parents.set(i, rng());
   }
 }
@@ -75,7 +82,8 @@ TEST_CASE("append_canonical writes what capnp::canonicalize writes, or declines"
       out.assign(3, capnp::word());  // appends after what is there
       if (seal::append_canonical(record, out)) {
         ++written;
-        REQUIRE(bytes_of(out.data() + 3, out.size() - 3) == bytes_of(expect.begin(), expect.size()));
+        REQUIRE(bytes_of(out.data() + 3, out.size() - 3) ==
+                bytes_of(expect.begin(), expect.size()));
       } else {
         ++declined;
         CHECK(out.size() == 3);
@@ -129,4 +137,35 @@ TEST_CASE("a tunnel parent list of another element size is left to capnp::canoni
   std::vector<capnp::word> out;
   CHECK_FALSE(seal::append_canonical(message.getRoot<schema::FlowEvent>().asReader(), out));
   CHECK(out.empty());
+}
+
+TEST_CASE("copy_canonical copies what setWithCaveats copies") {
+  std::mt19937_64 rng(7);
+  std::size_t copied = 0;
+  std::vector<capnp::word> out;
+  for (int round = 0; round < 50; ++round) {
+    capnp::MallocMessageBuilder message;
+    auto list = message.initRoot<schema::FlowEventBatch>().initEvents(50);
+    for (auto e : list) fill(e, rng);
+    capnp::MallocMessageBuilder general, direct;
+    auto expect = general.initRoot<schema::FlowEventBatch>().initEvents(list.size());
+    auto got = direct.initRoot<schema::FlowEventBatch>().initEvents(list.size());
+    for (unsigned i = 0; i < list.size(); ++i) {
+      const auto record = list.asReader()[i];
+      expect.setWithCaveats(i, record);
+      out.clear();
+      if (!seal::append_canonical(record, out)) continue;
+      seal::copy_canonical(out.data(), got[i]);
+      ++copied;
+      // The same fields (canonical forms), and the same data section, format-2 slots included.
+      const kj::Array<capnp::word> want = capnp::canonicalize(expect.asReader()[i]);
+      const kj::Array<capnp::word> have = capnp::canonicalize(got.asReader()[i]);
+      REQUIRE(bytes_of(have.begin(), have.size()) == bytes_of(want.begin(), want.size()));
+      const auto want_data = capnp::AnyStruct::Reader(expect.asReader()[i]).getDataSection();
+      const auto have_data = capnp::AnyStruct::Reader(got.asReader()[i]).getDataSection();
+      CHECK(std::vector<std::uint8_t>(have_data.begin(), have_data.end()) ==
+            std::vector<std::uint8_t>(want_data.begin(), want_data.end()));
+    }
+  }
+  CHECK(copied > 2000);
 }

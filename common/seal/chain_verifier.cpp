@@ -62,8 +62,8 @@ std::vector<std::string> shape_problems(schema::BatchHeader::Reader header) {
   std::vector<std::string> shape;
   const auto field = [&](const char* name, capnp::Data::Reader data, std::size_t expected) {
     if (data.size() != expected) {
-      shape.push_back(fmt::format("header field {} has {} bytes, expected {}", name, data.size(),
-                                  expected));
+      shape.push_back(
+          fmt::format("header field {} has {} bytes, expected {}", name, data.size(), expected));
     }
   };
   field("streamId", header.getStreamId(), 16);
@@ -137,8 +137,8 @@ void check_records(schema::SealedBatch::Reader batch, const RecordScan& scan,
   if (hasher.root(scan.leaves) != merkle_root) {
     // The root proves the damage; the unsigned leaf hints, if any, say where it is.
     const auto hints = batch.getLeafHints();
-    const DamageLocation where = locate_damage({hints.begin(), hints.size()},
-                                               header.getRecordCount(), scan.leaves);
+    const DamageLocation where =
+        locate_damage({hints.begin(), hints.size()}, header.getRecordCount(), scan.leaves);
     if (where.located()) problem.record = where.first;
     content.push_back("Merkle root does not match the records: " + where.describe() +
                       (where.located() ? " (located by the batch's unsigned leaf hints)" : ""));
@@ -168,8 +168,8 @@ bool ChainVerifier::check_signature(schema::SealedBatch::Reader batch, const Dig
   const auto header = batch.getHeader();
   const auto key = keys_.find(key_id);
   if (key == keys_.end()) {
-    content.push_back(fmt::format("signed with key {}, which is not a trusted key",
-                                  to_hex(key_id)));
+    content.push_back(
+        fmt::format("signed with key {}, which is not a trusted key", to_hex(key_id)));
     return false;
   }
   // The schema's enum and Algorithm share their values (batch_sealer.cpp asserts it).
@@ -188,8 +188,7 @@ bool ChainVerifier::check_signature(schema::SealedBatch::Reader batch, const Dig
 }
 
 std::optional<std::string> ChainVerifier::check_position(const StreamId& stream_id,
-                                                         std::uint64_t seq,
-                                                         const Digest& prev_root,
+                                                         std::uint64_t seq, const Digest& prev_root,
                                                          const Digest& merkle_root,
                                                          BatchProblem& problem,
                                                          std::vector<std::string>& content,
@@ -215,11 +214,10 @@ std::optional<std::string> ChainVerifier::check_position(const StreamId& stream_
   if (seq > next_seq_) {
     problem.seq = next_seq_;  // the batch that is gone is the one to name
     if (!content.empty()) content.front() = fmt::format("batch seq {}: {}", seq, content.front());
-    return seq - next_seq_ == 1
-               ? fmt::format("batch seq {} missing (expected {}, found {})", next_seq_,
-                             next_seq_, seq)
-               : fmt::format("batches seq {}..{} missing (expected {}, found {})", next_seq_,
-                             seq - 1, next_seq_, seq);
+    return seq - next_seq_ == 1 ? fmt::format("batch seq {} missing (expected {}, found {})",
+                                              next_seq_, next_seq_, seq)
+                                : fmt::format("batches seq {}..{} missing (expected {}, found {})",
+                                              next_seq_, seq - 1, next_seq_, seq);
   }
   if (prev_root_trusted_ && prev_root != prev_root_) {
     return fmt::format("prevRoot {} does not match the Merkle root {} of batch seq {}",

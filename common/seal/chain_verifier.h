@@ -27,9 +27,9 @@ std::vector<std::uint8_t> canonical_bytes(schema::FlowEvent::Reader record);
 std::vector<std::uint8_t> canonical_bytes(schema::BatchHeader::Reader header);
 
 struct BatchProblem {
-  std::uint64_t seq = 0;                    // the batch's seq as stored (or expected)
-  std::optional<std::uint32_t> record;      // index of the offending record, if one
-  std::string what;                         // "Merkle root does not match the records", ...
+  std::uint64_t seq = 0;                // the batch's seq as stored (or expected)
+  std::optional<std::uint32_t> record;  // index of the offending record, if one
+  std::string what;                     // "Merkle root does not match the records", ...
 };
 
 // What a batch's records themselves say about it: how many there are, the earliest first

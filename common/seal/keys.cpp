@@ -94,9 +94,8 @@ SecretBytes read_all(int fd, const std::filesystem::path& file) {
     if (n == 0) break;
     if (out.bytes.size() + static_cast<std::size_t>(n) > out.bytes.capacity()) {
       OPENSSL_cleanse(buf, sizeof buf);
-      throw std::runtime_error(
-          fmt::format("{}: too large for a key file (over {} bytes)", file.string(),
-                      out.bytes.capacity()));
+      throw std::runtime_error(fmt::format("{}: too large for a key file (over {} bytes)",
+                                           file.string(), out.bytes.capacity()));
     }
     out.bytes.insert(out.bytes.end(), buf, buf + n);
   }
@@ -114,18 +113,18 @@ Algorithm algorithm_of(EVP_PKEY* pkey, const std::filesystem::path& file) {
         (std::strcmp(group, "prime256v1") == 0 || std::strcmp(group, "P-256") == 0)) {
       return Algorithm::kEcdsaP256;
     }
-    throw std::runtime_error(fmt::format(
-        "{}: EC key on curve {}: only P-256 is supported", file.string(), group));
+    throw std::runtime_error(
+        fmt::format("{}: EC key on curve {}: only P-256 is supported", file.string(), group));
   }
   if (EVP_PKEY_is_a(pkey, "RSA")) {
     const int bits = EVP_PKEY_get_bits(pkey);
     if (bits == 4096) return Algorithm::kRsa4096;
-    throw std::runtime_error(fmt::format(
-        "{}: RSA key of {} bits: only RSA-4096 is supported", file.string(), bits));
+    throw std::runtime_error(
+        fmt::format("{}: RSA key of {} bits: only RSA-4096 is supported", file.string(), bits));
   }
-  throw std::runtime_error(fmt::format(
-      "{}: {} key: supported are ed25519, ecdsa-p256 and rsa-4096", file.string(),
-      EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "unknown"));
+  throw std::runtime_error(
+      fmt::format("{}: {} key: supported are ed25519, ecdsa-p256 and rsa-4096", file.string(),
+                  EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "unknown"));
 }
 
 std::vector<std::uint8_t> spki_der(EVP_PKEY* pkey, const std::filesystem::path& file) {
@@ -192,12 +191,10 @@ std::string to_hex(std::span<const std::uint8_t> bytes) {
 }
 
 void generate_key_pair(Algorithm algorithm, const std::filesystem::path& private_key,
-                       const std::filesystem::path& public_key) {
+                       const std::filesystem::path& public_key, mode_t public_mode) {
   EvpPkeyPtr pkey;
   switch (algorithm) {
-    case Algorithm::kEd25519:
-      pkey.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
-      break;
+    case Algorithm::kEd25519: pkey.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")); break;
     case Algorithm::kEcdsaP256:
       pkey.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
       break;
@@ -211,8 +208,8 @@ void generate_key_pair(Algorithm algorithm, const std::filesystem::path& private
   BioPtr pub_pem(BIO_new(BIO_s_mem()));
   if (!priv_pem || !pub_pem) fail(private_key, "cannot allocate a memory BIO");
   // PEM_write_bio_PrivateKey writes PKCS#8 ("BEGIN PRIVATE KEY") in OpenSSL 3.
-  if (PEM_write_bio_PrivateKey(priv_pem.get(), pkey.get(), nullptr, nullptr, 0, nullptr,
-                               nullptr) != 1) {
+  if (PEM_write_bio_PrivateKey(priv_pem.get(), pkey.get(), nullptr, nullptr, 0, nullptr, nullptr) !=
+      1) {
     fail(private_key, "cannot encode the private key");
   }
   if (PEM_write_bio_PUBKEY(pub_pem.get(), pkey.get()) != 1) {
@@ -225,7 +222,8 @@ void generate_key_pair(Algorithm algorithm, const std::filesystem::path& private
 
   // O_EXCL: an existing key is never overwritten; 0600 from the first byte written.
   {
-    UniqueFd fd(::open(private_key.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    UniqueFd fd(
+        ::open(private_key.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (fd.get() < 0) {
       OPENSSL_cleanse(priv_data, static_cast<std::size_t>(priv_len));
       fail_errno(private_key, "cannot create the private key file");
@@ -241,11 +239,27 @@ void generate_key_pair(Algorithm algorithm, const std::filesystem::path& private
     OPENSSL_cleanse(priv_data, static_cast<std::size_t>(priv_len));
   }
   try {
-    // The public key is derived from the new private key, so a stale one is replaced.
-    UniqueFd fd(::open(public_key.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (fd.get() < 0) fail_errno(public_key, "cannot create the public key file");
-    if (::fchmod(fd.get(), 0644) != 0) fail_errno(public_key, "cannot chmod 644");
-    write_all(fd.get(), public_key, pub_data, static_cast<std::size_t>(pub_len));
+    // The public key is derived from the new private key, so a stale one is replaced: but
+    // never written through. A new file of a private name (O_EXCL | O_NOFOLLOW: a symlink
+    // planted there is refused, not followed) is renamed over the old name, which replaces
+    // a symlink at that name instead of writing to what it points at.
+    std::filesystem::path temp = public_key;
+    temp += fmt::format(".new-{}", ::getpid());
+    UniqueFd fd(
+        ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, public_mode));
+    if (fd.get() < 0) fail_errno(temp, "cannot create the public key file");
+    try {
+      if (::fchmod(fd.get(), public_mode) != 0) {
+        fail_errno(temp, fmt::format("cannot chmod {:04o}", public_mode));
+      }
+      write_all(fd.get(), temp, pub_data, static_cast<std::size_t>(pub_len));
+      if (::rename(temp.c_str(), public_key.c_str()) != 0) {
+        fail_errno(public_key, "cannot rename the new public key into place");
+      }
+    } catch (...) {
+      ::unlink(temp.c_str());
+      throw;
+    }
   } catch (...) {
     ::unlink(private_key.c_str());  // no private key without its public half
     throw;
@@ -320,10 +334,9 @@ std::vector<std::uint8_t> PrivateKey::public_der() const { return state_->public
 
 std::vector<std::uint8_t> PrivateKey::sign(std::span<const std::uint8_t> message) const {
   EVP_MD_CTX* ctx = state_->work.get();
-  const bool ready =
-      state_->initialised
-          ? EVP_MD_CTX_copy_ex(ctx, state_->initialised.get()) == 1
-          : EVP_DigestSignInit(ctx, nullptr, nullptr, nullptr, state_->pkey.get()) == 1;
+  const bool ready = state_->initialised ? EVP_MD_CTX_copy_ex(ctx, state_->initialised.get()) == 1
+                                         : EVP_DigestSignInit(ctx, nullptr, nullptr, nullptr,
+                                                              state_->pkey.get()) == 1;
   if (!ready) {
     throw std::runtime_error(fmt::format("{} key {}: cannot start a signature: {}",
                                          to_string(state_->algorithm), to_hex(state_->key_id),
@@ -415,10 +428,9 @@ std::vector<std::uint8_t> PublicKey::public_der() const { return state_->public_
 bool PublicKey::verify(std::span<const std::uint8_t> message,
                        std::span<const std::uint8_t> signature) const {
   EVP_MD_CTX* ctx = state_->work.get();
-  const bool ready =
-      state_->initialised
-          ? EVP_MD_CTX_copy_ex(ctx, state_->initialised.get()) == 1
-          : EVP_DigestVerifyInit(ctx, nullptr, nullptr, nullptr, state_->pkey.get()) == 1;
+  const bool ready = state_->initialised ? EVP_MD_CTX_copy_ex(ctx, state_->initialised.get()) == 1
+                                         : EVP_DigestVerifyInit(ctx, nullptr, nullptr, nullptr,
+                                                                state_->pkey.get()) == 1;
   const bool good = ready && EVP_DigestVerify(ctx, signature.data(), signature.size(),
                                               message.data(), message.size()) == 1;
   // A bad signature is an answer, not an error: leave no stale error for the next caller.

@@ -8,6 +8,8 @@
 // reused: fetching the algorithm per signature costs ~2.6x.
 #pragma once
 
+#include <sys/types.h>
+
 #include <array>
 #include <cstdint>
 #include <filesystem>
@@ -30,10 +32,12 @@ Digest sha256(std::span<const std::uint8_t> bytes);
 std::string to_hex(std::span<const std::uint8_t> bytes);
 
 // Writes a new key pair: `private_key` as PKCS#8 PEM with mode 0600 (created exclusively:
-// an existing file is an error, never overwritten), `public_key` as SPKI PEM with mode 0644.
-// Throws std::runtime_error naming the file on any failure.
+// an existing file or a symlink is an error, never overwritten or followed), `public_key`
+// as SPKI PEM with `public_mode` (writer.file_mode in a store). The public key replaces an
+// existing file by rename from a new private name, so a symlink at `public_key` is replaced,
+// never written through. Throws std::runtime_error naming the file on any failure.
 void generate_key_pair(Algorithm algorithm, const std::filesystem::path& private_key,
-                       const std::filesystem::path& public_key);
+                       const std::filesystem::path& public_key, mode_t public_mode = 0644);
 
 class PrivateKey {
  public:
@@ -72,8 +76,7 @@ class PublicKey {
   Algorithm algorithm() const;
   const Digest& key_id() const;
   std::vector<std::uint8_t> public_der() const;  // DER SubjectPublicKeyInfo
-  bool verify(std::span<const std::uint8_t> message,
-              std::span<const std::uint8_t> signature) const;
+  bool verify(std::span<const std::uint8_t> message, std::span<const std::uint8_t> signature) const;
 
  private:
   struct State;

@@ -68,8 +68,8 @@ const TempDir& rsa_dir() {
 }  // namespace
 
 TEST_CASE("algorithm names parse and print both ways, and an unknown one is refused by name") {
-  for (auto a : {seal::Algorithm::kEd25519, seal::Algorithm::kEcdsaP256,
-                 seal::Algorithm::kRsa4096}) {
+  for (auto a :
+       {seal::Algorithm::kEd25519, seal::Algorithm::kEcdsaP256, seal::Algorithm::kRsa4096}) {
     CHECK(seal::parse_algorithm(seal::to_string(a)) == a);
   }
   CHECK_THROWS_WITH(seal::parse_algorithm("dsa"), Catch::Contains("'dsa'"));
@@ -100,14 +100,46 @@ TEST_CASE("an existing private key is never overwritten") {
   CHECK_FALSE(fs::exists(dir / "other.pub"));
 }
 
+TEST_CASE("a symlink at the public key's name is replaced, never written through") {
+  TempDir dir;
+  // A file the key's writer must not touch (root's 0600 file in the finding), and a symlink
+  // to it where the public key goes.
+  std::ofstream(dir / "victim") << "precious";
+  fs::permissions(dir / "victim", fs::perms(0600));
+  fs::create_symlink(dir / "victim", dir / "k.pub");
+  seal::generate_key_pair(seal::Algorithm::kEd25519, dir / "k.key", dir / "k.pub", 0640);
+  CHECK(read_text(dir / "victim") == "precious");
+  CHECK(mode_of(dir / "victim") == 0600);
+  CHECK_FALSE(fs::is_symlink(dir / "k.pub"));
+  CHECK(read_text(dir / "k.pub").rfind("-----BEGIN PUBLIC KEY-----", 0) == 0);
+  CHECK(mode_of(dir / "k.pub") == 0640);
+  // No temporary name is left behind.
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& entry : fs::directory_iterator(dir / ".")) ++files;
+  CHECK(files == 3);
+}
+
+TEST_CASE("a symlink at the private key's name is refused, not followed") {
+  TempDir dir;
+  std::ofstream(dir / "victim") << "precious";
+  fs::create_symlink(dir / "victim", dir / "k.key");
+  fs::create_symlink(dir / "nowhere", dir / "d.key");  // dangling: O_CREAT would make it
+  CHECK_THROWS_WITH(
+      seal::generate_key_pair(seal::Algorithm::kEd25519, dir / "k.key", dir / "k.pub"),
+      Catch::Contains((dir / "k.key").string()));
+  CHECK_THROWS(seal::generate_key_pair(seal::Algorithm::kEd25519, dir / "d.key", dir / "d.pub"));
+  CHECK(read_text(dir / "victim") == "precious");
+  CHECK_FALSE(fs::exists(dir / "nowhere"));
+  CHECK_FALSE(fs::exists(dir / "k.pub"));
+}
+
 TEST_CASE("a private key readable by group or others is refused with the chmod to run") {
   TempDir dir;
   const auto key = dir / "k.key";
   seal::generate_key_pair(seal::Algorithm::kEd25519, key, dir / "k.pub");
   ::chmod(key.c_str(), 0644);
-  CHECK_THROWS_WITH(seal::PrivateKey::load(key),
-                    Catch::Contains(key.string() + " has mode 0644") &&
-                        Catch::Contains("chmod 600 " + key.string()));
+  CHECK_THROWS_WITH(seal::PrivateKey::load(key), Catch::Contains(key.string() + " has mode 0644") &&
+                                                     Catch::Contains("chmod 600 " + key.string()));
   ::chmod(key.c_str(), 0640);
   CHECK_THROWS_WITH(seal::PrivateKey::load(key), Catch::Contains("has mode 0640"));
   ::chmod(key.c_str(), 0600);

@@ -22,22 +22,26 @@ std::string DamageLocation::describe() const {
   };
   switch (kind) {
     case Kind::kChanged:
-      return first == last
-                 ? fmt::format("record {} differs from the record that was sealed", first)
-                 : fmt::format("records {}..{} differ from the records that were sealed", first,
-                               last);
+      return first == last ? fmt::format("record {} differs from the record that was sealed", first)
+                           : fmt::format("records {}..{} differ from the records that were sealed",
+                                         first, last);
     case Kind::kRemoved:
-      return first == last
-                 ? fmt::format("{} removed at record index {}", range("a record was", "records were"), first)
-                 : fmt::format("{} removed at one of record indexes {}..{} (their leaf hints "
-                               "are equal, so which cannot be told)",
-                               range("a record was", "records were"), first, last);
+      return first == last ? fmt::format("{} removed at record index {}",
+                                         range("a record was", "records were"), first)
+                           : fmt::format(
+                                 "{} removed at one of record indexes {}..{} (their leaf hints "
+                                 "are equal, so which cannot be told)",
+                                 range("a record was", "records were"), first, last);
     case Kind::kInserted:
       return first == last
-                 ? fmt::format("{} inserted at record index {}",
-                               range("a record that was not sealed is", "records that were not sealed are"), first)
-                 : fmt::format("{} inserted at one of record indexes {}..{}",
-                               range("a record that was not sealed is", "records that were not sealed are"), first, last);
+                 ? fmt::format(
+                       "{} inserted at record index {}",
+                       range("a record that was not sealed is", "records that were not sealed are"),
+                       first)
+                 : fmt::format(
+                       "{} inserted at one of record indexes {}..{}",
+                       range("a record that was not sealed is", "records that were not sealed are"),
+                       first, last);
     case Kind::kReordered:
       return fmt::format("the records from index {} on differ from the sealed ones", first);
     case Kind::kNotLocated:
@@ -45,8 +49,7 @@ std::string DamageLocation::describe() const {
              "hint, so the hints were changed too";
     case Kind::kNoHints:
       return "the damaged record could not be located: the batch carries no leaf hints";
-    case Kind::kBadHints:
-      return fmt::format("the damaged record could not be located: {}", why);
+    case Kind::kBadHints: return fmt::format("the damaged record could not be located: {}", why);
   }
   return "unknown";
 }
@@ -58,14 +61,14 @@ DamageLocation locate_damage(std::span<const std::uint8_t> hints, std::uint64_t 
   where.kind = DamageLocation::Kind::kBadHints;
   const unsigned width = hints[0];
   if (width < 1 || width > kMaxLeafHintBytes) {
-    where.why = fmt::format("the leaf hints name a width of {} bytes (1..{})", width,
-                            kMaxLeafHintBytes);
+    where.why =
+        fmt::format("the leaf hints name a width of {} bytes (1..{})", width, kMaxLeafHintBytes);
     return where;
   }
   const auto prefixes = hints.subspan(1);
   if (prefixes.size() != sealed_count * width) {
-    where.why = fmt::format("{} bytes of {}-byte leaf hints for {} sealed records",
-                            prefixes.size(), width, sealed_count);
+    where.why = fmt::format("{} bytes of {}-byte leaf hints for {} sealed records", prefixes.size(),
+                            width, sealed_count);
     return where;
   }
   const std::size_t n_sealed = static_cast<std::size_t>(sealed_count);
@@ -97,8 +100,8 @@ DamageLocation locate_damage(std::span<const std::uint8_t> hints, std::uint64_t 
   // r lies in [shorter - back, front]; if that range is empty, no single block explains it.
   const std::size_t lo = shorter - back;
   if (lo <= front) {
-    where.kind = n_sealed > n_stored ? DamageLocation::Kind::kRemoved
-                                     : DamageLocation::Kind::kInserted;
+    where.kind =
+        n_sealed > n_stored ? DamageLocation::Kind::kRemoved : DamageLocation::Kind::kInserted;
     where.first = index(lo);
     where.last = index(front);
     where.count = index(n_sealed > n_stored ? n_sealed - n_stored : n_stored - n_sealed);

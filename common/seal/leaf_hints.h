@@ -46,13 +46,13 @@ std::vector<std::uint8_t> make_leaf_hints(std::span<const Digest> leaves, unsign
 // Where the stored records depart from the sealed ones, as the hints tell it.
 struct DamageLocation {
   enum class Kind {
-    kChanged,      // same count; records [first, last] differ from what was sealed
-    kRemoved,      // `count` sealed records missing, starting at index `first` (see below)
-    kInserted,     // `count` records that were not sealed, starting at stored index `first`
-    kReordered,    // counts differ and no single removal or insertion explains it: from `first`
-    kNotLocated,   // every stored record matches its hint: the hints were changed too
-    kNoHints,      // the batch carries no hints (stored before they existed)
-    kBadHints,     // the hints' shape does not fit the batch
+    kChanged,     // same count; records [first, last] differ from what was sealed
+    kRemoved,     // `count` sealed records missing, starting at index `first` (see below)
+    kInserted,    // `count` records that were not sealed, starting at stored index `first`
+    kReordered,   // counts differ and no single removal or insertion explains it: from `first`
+    kNotLocated,  // every stored record matches its hint: the hints were changed too
+    kNoHints,     // the batch carries no hints (stored before they existed)
+    kBadHints,    // the hints' shape does not fit the batch
   };
   Kind kind = Kind::kNoHints;
   std::uint32_t first = 0;  // the first index named (the one verify reports)

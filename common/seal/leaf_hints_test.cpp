@@ -139,7 +139,8 @@ TEST_CASE("missing or misshapen hints are said to be so, never trusted") {
   const auto l = leaves(8);
   CHECK(seal::locate_damage({}, 8, l).kind == Kind::kNoHints);
   auto hints = seal::make_leaf_hints(l, 2);
-  const auto short_hints = std::span(hints).first(hints.size() - 2);  // a hint dropped with its record
+  const auto short_hints =
+      std::span(hints).first(hints.size() - 2);  // a hint dropped with its record
   const auto where = seal::locate_damage(short_hints, 8, l);
   CHECK(where.kind == Kind::kBadHints);
   CHECK(where.describe().find("14 bytes of 2-byte leaf hints for 8 sealed records") !=

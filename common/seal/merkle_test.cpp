@@ -26,9 +26,14 @@ std::vector<std::uint8_t> from_hex(const std::string& hex) {
 std::string hex(const seal::Digest& d) { return seal::to_hex(d); }
 
 // The eight leaf inputs of the RFC 6962 test vectors.
-const std::vector<std::string> kLeafInputs = {
-    "", "00", "10", "2021", "3031", "40414243", "5051525354555657",
-    "606162636465666768696a6b6c6d6e6f"};
+const std::vector<std::string> kLeafInputs = {"",
+                                              "00",
+                                              "10",
+                                              "2021",
+                                              "3031",
+                                              "40414243",
+                                              "5051525354555657",
+                                              "606162636465666768696a6b6c6d6e6f"};
 
 std::vector<seal::Digest> vector_leaves(std::size_t n) {
   std::vector<seal::Digest> leaves;

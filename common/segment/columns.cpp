@@ -16,36 +16,136 @@
 
 #include "flowseal.capnp.h"
 #include "packet/flow_id.h"
+#include "record/direction.h"
 
 namespace flowseal::segment {
 namespace {
 
 using schema::FlowEvent;
 
-// The columns in stored order (docs/FORMAT.md, "Columns").
-enum Column : std::size_t {
-  kFlags, kShard, kUid, kKind, kEventNumber, kEndReason, kSamplingRate, kProto,
-  kAddresses, kOrigAddr, kRespAddr, kOrigPort, kRespPort, kVlan, kFirstTs, kDuration,
-  kOrigPkts, kOrigIpOverhead, kOrigBytes, kRespPkts, kRespIpOverhead, kRespBytes,
-  kOrigTcpFlags, kRespTcpFlags, kTexts, kConnState, kHistory, kCommunityId, kFlowCount,
-  kFirstUid, kLastUid,
-  // Per direction: size min, max - min, sum of squares; inter-arrival min, max - min, sum,
-  // sum of squares (the raw float64 bits); retransmissions.
-  kOrigSizeMin, kOrigSizeSpan, kOrigSizeSumSq, kOrigIatMin, kOrigIatSpan, kOrigIatSum,
-  kOrigIatSumSq, kOrigRexmits, kRespSizeMin, kRespSizeSpan, kRespSizeSumSq, kRespIatMin,
-  kRespIatSpan, kRespIatSum, kRespIatSumSq, kRespRexmits,
-  // Appended: per record 0 (null) or 1 + the parent count, then each parent uid (8 bytes).
-  kTunnelParents, kColumnCount
+using record::DirectionStats;
+using record::index_of;
+using record::kSides;
+using record::Side;
+
+// Each side's columns (docs/FORMAT.md, "Columns"): packets, IP bytes as their overhead over
+// the payload bytes, payload bytes, TCP flags, size min, max - min, sum of squares;
+// inter-arrival min, max - min, sum, sum of squares (the raw float64 bits); retransmissions;
+// locality (format 3 only).
+enum DirectionColumn : std::size_t {
+  kPkts,
+  kIpOverhead,
+  kBytes,
+  kTcpFlags,
+  kSizeMin,
+  kSizeSpan,
+  kSizeSumSq,
+  kIatMin,
+  kIatSpan,
+  kIatSum,
+  kIatSumSq,
+  kRexmits,
+  kLocal,
+  kDirectionColumns
 };
-constexpr std::array<std::string_view, kColumnCount> kColumnNames = {
-    "flags", "shard", "uid", "kind", "eventNumber", "endReason", "samplingRate", "proto",
-    "addresses", "origAddr", "respAddr", "origPort", "respPort", "vlan", "firstTs",
-    "duration", "origPkts", "origIpOverhead", "origBytes", "respPkts", "respIpOverhead",
-    "respBytes", "origTcpFlags", "respTcpFlags", "texts", "connState", "history",
-    "communityId", "flowCount", "firstUid", "lastUid", "origSizeMin", "origSizeSpan",
-    "origSizeSumSq", "origIatMin", "origIatSpan", "origIatSum", "origIatSumSq", "origRexmits",
-    "respSizeMin", "respSizeSpan", "respSizeSumSq", "respIatMin", "respIatSpan", "respIatSum",
-    "respIatSumSq", "respRexmits", "tunnelParents"};
+constexpr std::array<std::string_view, kDirectionColumns> kDirectionColumnNames = {
+    "Pkts",   "IpOverhead", "Bytes",  "TcpFlags", "SizeMin", "SizeSpan", "SizeSumSq",
+    "IatMin", "IatSpan",    "IatSum", "IatSumSq", "Rexmits", "Local"};
+
+// Every column, in format 3's stored order: the record's own columns, then the originator's
+// kDirectionColumns, then the responder's.
+enum Column : std::size_t {
+  kFlags,
+  kShard,
+  kUid,
+  kKind,
+  kEventNumber,
+  kEndReason,
+  kSamplingRate,
+  kProto,
+  kAddresses,
+  kOrigAddr,
+  kRespAddr,
+  kOrigPort,
+  kRespPort,
+  kVlan,
+  kFirstTs,
+  kDuration,
+  kTexts,
+  kConnState,
+  kHistory,
+  kCommunityId,
+  kFlowCount,
+  kFirstUid,
+  kLastUid,
+  // Per record 0 (null) or 1 + the parent count, then each parent uid (8 bytes).
+  kTunnelParents,
+  kMissedBytes,
+  kService,
+  kDirections,
+  kColumnCount = kDirections + 2 * kDirectionColumns
+};
+constexpr std::array<std::string_view, kDirections> kRecordColumnNames = {
+    "flags",        "shard",       "uid",       "kind",     "eventNumber", "endReason",
+    "samplingRate", "proto",       "addresses", "origAddr", "respAddr",    "origPort",
+    "respPort",     "vlan",        "firstTs",   "duration", "texts",       "connState",
+    "history",      "communityId", "flowCount", "firstUid", "lastUid",     "tunnelParents",
+    "missedBytes",  "service"};
+
+constexpr Column column_of(Side side, DirectionColumn c) {
+  return static_cast<Column>(kDirections + index_of(side) * kDirectionColumns + c);
+}
+std::string column_name(std::size_t c) {
+  if (c < kDirections) return std::string(kRecordColumnNames[c]);
+  const std::size_t d = c - kDirections;
+  return fmt::format("{}{}", d < kDirectionColumns ? "orig" : "resp",
+                     kDirectionColumnNames[d % kDirectionColumns]);
+}
+
+// Format 2's 48 columns in their stored order (docs/FORMAT.md), as format 3's columns; its
+// encoding 1 stored all but the last (tunnelParents).
+constexpr std::size_t kFormat2Columns = 48;
+constexpr std::array<Column, kFormat2Columns> kFormat2Order = [] {
+  std::array<Column, kFormat2Columns> order{};
+  std::size_t n = 0;
+  for (const Column c :
+       {kFlags, kShard, kUid, kKind, kEventNumber, kEndReason, kSamplingRate, kProto, kAddresses,
+        kOrigAddr, kRespAddr, kOrigPort, kRespPort, kVlan, kFirstTs, kDuration}) {
+    order[n++] = c;
+  }
+  for (const Side side : kSides) {
+    for (const DirectionColumn c : {kPkts, kIpOverhead, kBytes}) order[n++] = column_of(side, c);
+  }
+  for (const Side side : kSides) order[n++] = column_of(side, kTcpFlags);
+  for (const Column c :
+       {kTexts, kConnState, kHistory, kCommunityId, kFlowCount, kFirstUid, kLastUid}) {
+    order[n++] = c;
+  }
+  for (const Side side : kSides) {
+    for (const DirectionColumn c :
+         {kSizeMin, kSizeSpan, kSizeSumSq, kIatMin, kIatSpan, kIatSum, kIatSumSq, kRexmits}) {
+      order[n++] = column_of(side, c);
+    }
+  }
+  order[n++] = kTunnelParents;
+  return order;
+}();
+constexpr std::array<Column, kColumnCount> kFormat3Order = [] {
+  std::array<Column, kColumnCount> order{};
+  for (std::size_t i = 0; i < kColumnCount; ++i) order[i] = static_cast<Column>(i);
+  return order;
+}();
+
+// How a batch encoding lays out its columns.
+struct Layout {
+  std::span<const Column> stored;  // the columns it holds, in stored order
+  bool format3;                    // records in format 3's layout (Direction structs)
+  bool tunnel_parents;             // it has the tunnelParents column
+};
+constexpr Layout kFormat3Layout{kFormat3Order, true, true};
+constexpr Layout kFormat2Layout{kFormat2Order, false, true};
+constexpr Layout kFormat2NoParentsLayout{
+    std::span<const Column>(kFormat2Order).first(kFormat2Columns - 1), false, false};
 
 // Per-record flags.
 constexpr std::uint64_t kUidDerived = 1;          // uid = flow_uid(key hash, firstTs, shard)
@@ -93,7 +193,8 @@ std::uint64_t size_span(std::uint32_t min, std::uint32_t max) {
 }
 // nullopt if min + span leaves the 32-bit range.
 std::optional<std::uint32_t> size_from_span(std::uint64_t min, std::uint64_t stored) {
-  const std::int64_t v = static_cast<std::int64_t>(min) + static_cast<std::int64_t>(unzigzag(stored));
+  const std::int64_t v =
+      static_cast<std::int64_t>(min) + static_cast<std::int64_t>(unzigzag(stored));
   if (v < 0 || v > 0xFFFFFFFFll) return std::nullopt;
   return static_cast<std::uint32_t>(v);
 }
@@ -119,8 +220,9 @@ std::optional<std::uint64_t> key_hash(std::uint8_t proto, std::span<const std::u
   return packet::symmetric_hash64(key);
 }
 
-// The data-section bits that belong to some FlowEvent field. A record with any other bit set
-// (a field of a newer schema, or junk) cannot be rebuilt from its fields.
+// The data-section bits that belong to some FlowEvent field of format 3 (the format-2 flat
+// fields are not among them). A record with any other bit set (a field of a newer schema, a
+// format-2 field, or junk) cannot be rebuilt from its fields.
 std::vector<std::uint8_t> known_field_bits() {
   capnp::MallocMessageBuilder m;
   auto e = m.initRoot<FlowEvent>();
@@ -135,38 +237,53 @@ std::vector<std::uint8_t> known_field_bits() {
   e.setVlan(0xFFFF);
   e.setFirstTsNs(-1);
   e.setLastTsNs(-1);
-  e.setOrigPkts(~0ull);
-  e.setOrigIpBytes(~0ull);
-  e.setOrigBytes(~0ull);
-  e.setRespPkts(~0ull);
-  e.setRespIpBytes(~0ull);
-  e.setRespBytes(~0ull);
-  e.setOrigTcpFlags(0xFF);
-  e.setRespTcpFlags(0xFF);
   e.setFlowCount(~1u);  // stored XOR the default 1: all ones
   e.setFirstUid(~0ull);
   e.setLastUid(~0ull);
-  e.setOrigSizeMin(~0u);
-  e.setOrigSizeMax(~0u);
-  e.setOrigSizeSumSq(~0ull);
-  e.setOrigIatMinUs(~0ull);
-  e.setOrigIatMaxUs(~0ull);
-  e.setOrigIatSumUs(~0ull);
-  e.setOrigIatSumSqUs(std::bit_cast<double>(~0ull));
-  e.setOrigRexmits(~0u);
-  e.setRespSizeMin(~0u);
-  e.setRespSizeMax(~0u);
-  e.setRespSizeSumSq(~0ull);
-  e.setRespIatMinUs(~0ull);
-  e.setRespIatMaxUs(~0ull);
-  e.setRespIatSumUs(~0ull);
-  e.setRespIatSumSqUs(std::bit_cast<double>(~0ull));
-  e.setRespRexmits(~0u);
+  e.setMissedBytes(~0ull);
   const auto data = capnp::AnyStruct::Reader(e.asReader()).getDataSection();
   return {data.begin(), data.end()};
 }
-// origAddr, respAddr, connState, history, communityId, tunnelParents
-constexpr unsigned kPointerFields = 6;
+// The same for a Direction struct.
+std::vector<std::uint8_t> known_direction_bits() {
+  capnp::MallocMessageBuilder m;
+  auto d = m.initRoot<schema::Direction>();
+  DirectionStats{~0ull,
+                 ~0ull,
+                 ~0ull,
+                 0xFF,
+                 ~0u,
+                 ~0u,
+                 ~0ull,
+                 ~0ull,
+                 ~0ull,
+                 ~0ull,
+                 std::bit_cast<double>(~0ull),
+                 ~0u,
+                 static_cast<schema::Locality>(0xFFFF)}
+      .write(d);
+  const auto data = capnp::AnyStruct::Reader(d.asReader()).getDataSection();
+  return {data.begin(), data.end()};
+}
+// True if no bit of `data` lies outside `known`. Eight bytes at a time (data and mask loaded
+// the same way, so byte order does not matter): a record's data sections are 392 bytes,
+// and a byte loop over them was a third of the encoder's work.
+bool only_known_bits(kj::ArrayPtr<const kj::byte> data, const std::vector<std::uint8_t>& known) {
+  const std::size_t whole = std::min(data.size(), known.size()) / 8 * 8;
+  for (std::size_t i = 0; i < whole; i += 8) {
+    std::uint64_t d = 0, k = 0;
+    std::memcpy(&d, data.begin() + i, 8);
+    std::memcpy(&k, known.data() + i, 8);
+    if ((d & ~k) != 0) return false;
+  }
+  for (std::size_t i = whole; i < data.size(); ++i) {
+    const std::uint8_t k = i < known.size() ? known[i] : 0;
+    if ((static_cast<std::uint8_t>(data[i]) & ~k) != 0) return false;
+  }
+  return true;
+}
+// origAddr, respAddr, connState, history, communityId, tunnelParents, orig, resp, service
+constexpr unsigned kPointerFields = 9;
 constexpr unsigned kTunnelParentsPointer = 5;
 
 // A batch-wide dictionary of byte strings (addresses; texts), entry 0 first seen first.
@@ -209,7 +326,8 @@ class Dictionary {
 class Cursor {
  public:
   Cursor() = default;
-  explicit Cursor(std::span<const std::uint8_t> bytes) : p_(bytes.data()), end_(p_ + bytes.size()) {}
+  explicit Cursor(std::span<const std::uint8_t> bytes)
+      : p_(bytes.data()), end_(p_ + bytes.size()) {}
 
   // A minimal LEB128 varint no larger than `max`.
   std::uint64_t varint(std::uint64_t max) {
@@ -279,12 +397,10 @@ std::vector<Entry> read_dictionary(Cursor& c) {
 }  // namespace
 
 struct BatchCodec::State {
-  struct FreeMd {
-    void operator()(EVP_MD* md) const { EVP_MD_free(md); }
-  };
   ColumnOptions options;
-  std::unique_ptr<EVP_MD, FreeMd> sha1;
+  packet::Sha1 sha1;  // Without SHA-1 no Community ID is left out, and none can be rebuilt
   std::vector<std::uint8_t> field_bits = known_field_bits();
+  std::vector<std::uint8_t> direction_bits = known_direction_bits();
   std::array<std::vector<std::uint8_t>, kColumnCount> columns;
   Dictionary addresses, texts;
   std::vector<capnp::word> aligned;
@@ -292,43 +408,47 @@ struct BatchCodec::State {
   bool fits_columns(FlowEvent::Reader record) const;
   bool encode_columns(std::span<const std::byte> message, std::vector<std::uint8_t>& out);
   // `body`: the stored batch after its encoding byte (and leaf hints). `hints`: the leaf
-  // hints to put back into the batch, nullopt if it had none. `stored_columns`: how many of
-  // the columns the batch's encoding holds (older encodings lack the last ones).
+  // hints to put back into the batch, nullopt if it had none. `layout`: which columns the
+  // batch's encoding holds, in which order, and the record layout to rebuild.
   std::optional<std::string> decode_columns(std::span<const std::uint8_t> body,
                                             std::optional<std::span<const std::uint8_t>> hints,
                                             std::uint32_t expected_records,
                                             std::vector<std::uint64_t>& out, std::size_t& bytes,
-                                            std::size_t stored_columns);
+                                            const Layout& layout);
 };
 
 BatchCodec::BatchCodec(ColumnOptions options) : state_(std::make_unique<State>()) {
   state_->options = options;
-  // Without SHA-1 no Community ID is left out, and none can be rebuilt (decode says so).
-  state_->sha1.reset(EVP_MD_fetch(nullptr, "SHA1", nullptr));
 }
 BatchCodec::BatchCodec(BatchCodec&&) noexcept = default;
 BatchCodec& BatchCodec::operator=(BatchCodec&&) noexcept = default;
 BatchCodec::~BatchCodec() = default;
 
-// True if rebuilding `record` from its field values gives back its canonical encoding: no
-// bit outside the known fields, no pointer beyond them, and every pointer of the right kind
-// (the getters throw on a wrong one).
+// True if rebuilding `record` from its field values in format 3 gives back its canonical
+// encoding: no bit outside the known fields (format 2's flat fields included), no pointer
+// beyond them, both Direction structs present with nothing unknown in them, and every
+// pointer of the right kind (the getters throw on a wrong one).
 bool BatchCodec::State::fits_columns(FlowEvent::Reader record) const {
   const capnp::AnyStruct::Reader any(record);
-  const auto data = any.getDataSection();
-  for (std::size_t i = 0; i < data.size(); ++i) {
-    const std::uint8_t known = i < field_bits.size() ? field_bits[i] : 0;
-    if ((static_cast<std::uint8_t>(data[i]) & ~known) != 0) return false;
-  }
+  if (!only_known_bits(any.getDataSection(), field_bits)) return false;
   const auto pointers = any.getPointerSection();
   for (unsigned i = kPointerFields; i < pointers.size(); ++i) {
     if (!pointers[i].isNull()) return false;
+  }
+  if (!record.hasOrig() || !record.hasResp()) return false;
+  for (const auto side : {record.getOrig(), record.getResp()}) {
+    const capnp::AnyStruct::Reader d(side);
+    if (!only_known_bits(d.getDataSection(), direction_bits)) return false;
+    for (const auto pointer : d.getPointerSection()) {
+      if (!pointer.isNull()) return false;
+    }
   }
   record.getOrigAddr();
   record.getRespAddr();
   record.getConnState();
   record.getHistory();
   record.getCommunityId();
+  record.getService();
   // Parents are rebuilt as a list of 8-byte elements: any other shape stays a message.
   if (!pointers[kTunnelParentsPointer].isNull() &&
       pointers[kTunnelParentsPointer].getAs<capnp::AnyList>().getElementSize() !=
@@ -395,6 +515,26 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
   addresses.clear();
   texts.clear();
   auto varint = [&](Column c, std::uint64_t v) { put_varint(columns[c], v); };
+  // One side's columns. IP bytes as their overhead over the payload bytes, maxima as their
+  // distance from the minima (zigzag: damaged data may have max < min).
+  auto put_direction = [&](Side side, const DirectionStats& d) {
+    auto put = [&](DirectionColumn c, std::uint64_t v) {
+      put_varint(columns[column_of(side, c)], v);
+    };
+    put(kPkts, d.pkts);
+    put(kIpOverhead, zigzag(d.ip_bytes - d.bytes));
+    put(kBytes, d.bytes);
+    put(kTcpFlags, d.tcp_flags);
+    put(kSizeMin, d.size_min);
+    put(kSizeSpan, size_span(d.size_min, d.size_max));
+    put(kSizeSumSq, d.size_sumsq);
+    put(kIatMin, d.iat_min_us);
+    put(kIatSpan, zigzag(d.iat_max_us - d.iat_min_us));
+    put(kIatSum, d.iat_sum_us);
+    put_u64(columns[column_of(side, kIatSumSq)], std::bit_cast<std::uint64_t>(d.iat_sumsq_us));
+    put(kRexmits, d.rexmits);
+    put(kLocal, static_cast<std::uint16_t>(d.local));
+  };
   std::uint64_t prev_first = 0;
   std::uint32_t last_shard = 0;
   for (const auto r : records) {
@@ -403,8 +543,8 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
     const auto orig = bytes_of(r.getOrigAddr());
     const auto resp = bytes_of(r.getRespAddr());
     const std::uint64_t uid = r.getUid();
-    if (const auto hash = key_hash(r.getProto(), orig, resp, r.getOrigPort(), r.getRespPort(),
-                                   r.getVlan())) {
+    if (const auto hash =
+            key_hash(r.getProto(), orig, resp, r.getOrigPort(), r.getRespPort(), r.getVlan())) {
       // The shard of the record before first: records of one shard come in runs.
       for (std::uint32_t i = 0; i <= kShardsTried; ++i) {
         const std::uint32_t shard = i == 0 ? last_shard : i - 1;
@@ -433,20 +573,12 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
     varint(kFirstTs, zigzag(first - prev_first));
     varint(kDuration, zigzag(last - first));
     prev_first = first;
-    varint(kOrigPkts, r.getOrigPkts());
-    varint(kOrigIpOverhead, zigzag(r.getOrigIpBytes() - r.getOrigBytes()));
-    varint(kOrigBytes, r.getOrigBytes());
-    varint(kRespPkts, r.getRespPkts());
-    varint(kRespIpOverhead, zigzag(r.getRespIpBytes() - r.getRespBytes()));
-    varint(kRespBytes, r.getRespBytes());
-    varint(kOrigTcpFlags, r.getOrigTcpFlags());
-    varint(kRespTcpFlags, r.getRespTcpFlags());
     varint(kConnState, texts.add(r.hasConnState(), bytes_of(r.getConnState())));
     varint(kHistory, texts.add(r.hasHistory(), bytes_of(r.getHistory())));
     const auto community = r.getCommunityId();
-    const packet::CommunityIdText derived = packet::community_id(
-        sha1.get(), options.community_id_seed, r.getProto(), orig, resp, r.getOrigPort(),
-        r.getRespPort());
+    const packet::CommunityIdText derived =
+        packet::community_id(sha1, options.community_id_seed, r.getProto(), orig, resp,
+                             r.getOrigPort(), r.getRespPort());
     if (r.hasCommunityId() && derived.size > 0 &&
         derived.view() == std::string_view(community.begin(), community.size())) {
       flags |= kCommunityIdDerived;
@@ -464,23 +596,7 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
     } else {
       put_u64(columns[kLastUid], r.getLastUid());
     }
-    // Spreads: max as its distance from min (zigzag: damaged data may have max < min).
-    varint(kOrigSizeMin, r.getOrigSizeMin());
-    varint(kOrigSizeSpan, size_span(r.getOrigSizeMin(), r.getOrigSizeMax()));
-    varint(kOrigSizeSumSq, r.getOrigSizeSumSq());
-    varint(kOrigIatMin, r.getOrigIatMinUs());
-    varint(kOrigIatSpan, zigzag(r.getOrigIatMaxUs() - r.getOrigIatMinUs()));
-    varint(kOrigIatSum, r.getOrigIatSumUs());
-    put_u64(columns[kOrigIatSumSq], std::bit_cast<std::uint64_t>(r.getOrigIatSumSqUs()));
-    varint(kOrigRexmits, r.getOrigRexmits());
-    varint(kRespSizeMin, r.getRespSizeMin());
-    varint(kRespSizeSpan, size_span(r.getRespSizeMin(), r.getRespSizeMax()));
-    varint(kRespSizeSumSq, r.getRespSizeSumSq());
-    varint(kRespIatMin, r.getRespIatMinUs());
-    varint(kRespIatSpan, zigzag(r.getRespIatMaxUs() - r.getRespIatMinUs()));
-    varint(kRespIatSum, r.getRespIatSumUs());
-    put_u64(columns[kRespIatSumSq], std::bit_cast<std::uint64_t>(r.getRespIatSumSqUs()));
-    varint(kRespRexmits, r.getRespRexmits());
+    for (const Side side : kSides) put_direction(side, record::direction(r, side));
     if (r.hasTunnelParents()) {
       const auto parents = r.getTunnelParents();
       varint(kTunnelParents, std::uint64_t{parents.size()} + 1);
@@ -488,6 +604,8 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
     } else {
       varint(kTunnelParents, 0);
     }
+    varint(kMissedBytes, r.getMissedBytes());
+    varint(kService, texts.add(r.hasService(), bytes_of(r.getService())));
     varint(kFlags, flags);
   }
   addresses.write(columns[kAddresses]);
@@ -521,60 +639,69 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
 
 std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stored,
                                               std::uint32_t expected_records,
-                                              std::vector<std::uint64_t>& out,
-                                              std::size_t& bytes) {
+                                              std::vector<std::uint64_t>& out, std::size_t& bytes,
+                                              std::uint16_t format_version) {
   if (stored.empty()) return "empty batch";
-  switch (static_cast<BatchEncoding>(stored[0])) {
-    case BatchEncoding::kColumns:
-      return state_->decode_columns(stored.subspan(1), std::nullopt, expected_records, out,
-                                    bytes, kColumnCount);
-    case BatchEncoding::kColumnsNoParents:  // written before tunnelParents: none in them
-      return state_->decode_columns(stored.subspan(1), std::nullopt, expected_records, out,
-                                    bytes, kTunnelParents);
-    case BatchEncoding::kColumnsWithHints: {
-      Cursor c(stored.subspan(1));
-      const auto hints = c.bytes(c.varint(c.left()));
-      if (c.error()) return fmt::format("leaf hints: {}", *c.error());
-      return state_->decode_columns(stored.subspan(stored.size() - c.left()), hints,
-                                    expected_records, out, bytes, kColumnCount);
+  const auto encoding = static_cast<BatchEncoding>(stored[0]);
+  if (encoding == BatchEncoding::kCapnp) {
+    const std::size_t size = stored.size() - std::min<std::size_t>(stored.size(), 8);
+    if (stored.size() < 16 || size % 8 != 0 ||
+        std::any_of(stored.begin() + 1, stored.begin() + 8, [](auto b) { return b != 0; })) {
+      return fmt::format(
+          "a Cap'n Proto batch of {} bytes is not 8 bytes of encoding and "
+          "whole 8-byte words",
+          stored.size());
     }
-    case BatchEncoding::kCapnp: {
-      const std::size_t size = stored.size() - std::min<std::size_t>(stored.size(), 8);
-      if (stored.size() < 16 || size % 8 != 0 ||
-          std::any_of(stored.begin() + 1, stored.begin() + 8, [](auto b) { return b != 0; })) {
-        return fmt::format("a Cap'n Proto batch of {} bytes is not 8 bytes of encoding and "
-                           "whole 8-byte words",
-                           stored.size());
-      }
-      out.resize(size / 8);
-      std::memcpy(out.data(), stored.data() + 8, size);
-      bytes = size;
-      return std::nullopt;
-    }
+    out.resize(size / 8);
+    std::memcpy(out.data(), stored.data() + 8, size);
+    bytes = size;
+    return std::nullopt;
   }
-  return fmt::format("unknown batch encoding {}", stored[0]);
+  const Layout* layout = nullptr;
+  bool hinted = false;
+  switch (encoding) {
+    case BatchEncoding::kColumnsWithHints: hinted = true; [[fallthrough]];
+    case BatchEncoding::kColumns: layout = &kFormat3Layout; break;
+    case BatchEncoding::kFormat2ColumnsWithHints: hinted = true; [[fallthrough]];
+    case BatchEncoding::kFormat2Columns: layout = &kFormat2Layout; break;
+    case BatchEncoding::kFormat2ColumnsNoParents: layout = &kFormat2NoParentsLayout; break;
+    default: return fmt::format("unknown batch encoding {}", stored[0]);
+  }
+  if (layout->format3 != (format_version >= 3)) {
+    return fmt::format("batch encoding {} does not belong in a segment of format version {}",
+                       stored[0], format_version);
+  }
+  if (!hinted) {
+    return state_->decode_columns(stored.subspan(1), std::nullopt, expected_records, out, bytes,
+                                  *layout);
+  }
+  Cursor c(stored.subspan(1));
+  const auto hints = c.bytes(c.varint(c.left()));
+  if (c.error()) return fmt::format("leaf hints: {}", *c.error());
+  return state_->decode_columns(stored.subspan(stored.size() - c.left()), hints, expected_records,
+                                out, bytes, *layout);
 }
 
 std::optional<std::string> BatchCodec::State::decode_columns(
     std::span<const std::uint8_t> body, std::optional<std::span<const std::uint8_t>> hints,
     std::uint32_t expected_records, std::vector<std::uint64_t>& out, std::size_t& out_bytes,
-    std::size_t stored_columns) {
+    const Layout& layout) {
   Cursor c(body);
-  const std::uint64_t n = c.varint(std::min<std::uint64_t>(kMaxRecords, body.size() / kMinRecordBytes));
+  const std::uint64_t n =
+      c.varint(std::min<std::uint64_t>(kMaxRecords, body.size() / kMinRecordBytes));
   const std::uint64_t scale = c.varint(kMaxTsScale);
   const auto seed = static_cast<std::uint16_t>(c.varint(0xFFFF));
   const auto header_bytes = c.bytes(c.varint(c.left()));
   const std::uint64_t signature_size = c.varint(c.left() + 1);
   const auto signature = c.bytes(signature_size == 0 ? 0 : signature_size - 1);
   std::array<Cursor, kColumnCount> col;
-  for (std::size_t i = 0; i < stored_columns && !c.error(); ++i) {
-    col[i] = Cursor(c.bytes(c.varint(c.left())));
+  for (std::size_t i = 0; i < layout.stored.size() && !c.error(); ++i) {
+    col[layout.stored[i]] = Cursor(c.bytes(c.varint(c.left())));
   }
   if (c.error()) return fmt::format("batch prologue: {}", *c.error());
   if (c.left() != 0) return fmt::format("{} bytes after the last column", c.left());
   if (n != expected_records) {
-    return fmt::format("the batch holds {} records, its frame header says {}", n,
-                       expected_records);
+    return fmt::format("the batch holds {} records, its frame header says {}", n, expected_records);
   }
   if (header_bytes.empty() || header_bytes.size() % sizeof(capnp::word) != 0) {
     return fmt::format("the signed header is {} bytes, not whole 8-byte words",
@@ -588,7 +715,8 @@ std::optional<std::string> BatchCodec::State::decode_columns(
   std::optional<std::string> problem;
   std::uint64_t record = 0;
   auto bad = [&](Column column, const std::string& what) {
-    if (!problem) problem = fmt::format("column {}, record {}: {}", kColumnNames[column], record, what);
+    if (!problem)
+      problem = fmt::format("column {}, record {}: {}", column_name(column), record, what);
   };
   try {
     capnp::MallocMessageBuilder builder;
@@ -616,9 +744,32 @@ std::optional<std::string> BatchCodec::State::decode_columns(
       return &entries[i];
     };
     auto data = [](const Entry* e) {
-      return e ? std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(e->bytes.data()),
-                                               e->bytes.size())
+      return e ? std::span<const std::uint8_t>(
+                     reinterpret_cast<const std::uint8_t*>(e->bytes.data()), e->bytes.size())
                : std::span<const std::uint8_t>();
+    };
+    // One side's columns (see put_direction in encode_columns).
+    auto read_direction = [&](Side side, bool format3) {
+      auto column = [&](DirectionColumn which) -> Cursor& { return col[column_of(side, which)]; };
+      DirectionStats d;
+      d.pkts = column(kPkts).varint(~0ull);
+      const std::uint64_t overhead = unzigzag(column(kIpOverhead).varint(~0ull));
+      d.bytes = column(kBytes).varint(~0ull);
+      d.ip_bytes = d.bytes + overhead;
+      d.tcp_flags = static_cast<std::uint8_t>(column(kTcpFlags).varint(0xFF));
+      const std::uint64_t size_min = column(kSizeMin).varint(0xFFFFFFFF);
+      d.size_min = static_cast<std::uint32_t>(size_min);
+      const auto size_max = size_from_span(size_min, column(kSizeSpan).varint(kSizeSpanLimit));
+      if (!size_max) bad(column_of(side, kSizeSpan), "the largest size leaves 32 bits");
+      d.size_max = size_max.value_or(0);
+      d.size_sumsq = column(kSizeSumSq).varint(~0ull);
+      d.iat_min_us = column(kIatMin).varint(~0ull);
+      d.iat_max_us = d.iat_min_us + unzigzag(column(kIatSpan).varint(~0ull));
+      d.iat_sum_us = column(kIatSum).varint(~0ull);
+      d.iat_sumsq_us = std::bit_cast<double>(column(kIatSumSq).u64());
+      d.rexmits = static_cast<std::uint32_t>(column(kRexmits).varint(0xFFFFFFFF));
+      if (format3) d.local = static_cast<schema::Locality>(column(kLocal).varint(0xFFFF));
+      return d;
     };
     std::uint64_t prev_first = 0;
     for (record = 0; record < n && !problem; ++record) {
@@ -649,28 +800,14 @@ std::optional<std::string> BatchCodec::State::decode_columns(
       const auto first_ts = static_cast<std::int64_t>(first * static_cast<std::uint64_t>(unit));
       r.setFirstTsNs(first_ts);
       r.setLastTsNs(static_cast<std::int64_t>(last * static_cast<std::uint64_t>(unit)));
-      const std::uint64_t orig_pkts = col[kOrigPkts].varint(~0ull);
-      const std::uint64_t orig_overhead = unzigzag(col[kOrigIpOverhead].varint(~0ull));
-      const std::uint64_t orig_bytes = col[kOrigBytes].varint(~0ull);
-      const std::uint64_t resp_pkts = col[kRespPkts].varint(~0ull);
-      const std::uint64_t resp_overhead = unzigzag(col[kRespIpOverhead].varint(~0ull));
-      const std::uint64_t resp_bytes = col[kRespBytes].varint(~0ull);
-      r.setOrigPkts(orig_pkts);
-      r.setOrigIpBytes(orig_bytes + orig_overhead);
-      r.setOrigBytes(orig_bytes);
-      r.setRespPkts(resp_pkts);
-      r.setRespIpBytes(resp_bytes + resp_overhead);
-      r.setRespBytes(resp_bytes);
-      r.setOrigTcpFlags(static_cast<std::uint8_t>(col[kOrigTcpFlags].varint(0xFF)));
-      r.setRespTcpFlags(static_cast<std::uint8_t>(col[kRespTcpFlags].varint(0xFF)));
       const Entry* state = index(kConnState, text_entries, text_used);
       const Entry* history = index(kHistory, text_entries, text_used);
       if (state && state->present) r.setConnState(state->text());
       if (history && history->present) r.setHistory(history->text());
       if (flags & kCommunityIdDerived) {
-        const packet::CommunityIdText id = packet::community_id(
-            sha1.get(), seed, proto, data(orig), data(resp), orig_port, resp_port);
-        if (!sha1) {
+        const packet::CommunityIdText id =
+            packet::community_id(sha1, seed, proto, data(orig), data(resp), orig_port, resp_port);
+        if (!sha1.ok()) {
           bad(kFlags, "a Community ID to derive, but OpenSSL has no SHA-1");
         } else if (id.size == 0 || !orig->present || !resp->present) {
           bad(kFlags, "a Community ID to derive, but there is no 5-tuple to derive it from");
@@ -694,35 +831,20 @@ std::optional<std::string> BatchCodec::State::decode_columns(
       r.setUid(uid);
       r.setFirstUid(flags & kFirstUidIsUid ? uid : col[kFirstUid].u64());
       r.setLastUid(flags & kLastUidIsUid ? uid : col[kLastUid].u64());
-      {
-        const std::uint64_t size_min = col[kOrigSizeMin].varint(0xFFFFFFFF);
-        r.setOrigSizeMin(static_cast<std::uint32_t>(size_min));
-        const auto size_max = size_from_span(size_min, col[kOrigSizeSpan].varint(kSizeSpanLimit));
-        if (!size_max) bad(kOrigSizeSpan, "the largest size leaves 32 bits");
-        r.setOrigSizeMax(size_max.value_or(0));
-        r.setOrigSizeSumSq(col[kOrigSizeSumSq].varint(~0ull));
-        const std::uint64_t iat_min = col[kOrigIatMin].varint(~0ull);
-        r.setOrigIatMinUs(iat_min);
-        r.setOrigIatMaxUs(iat_min + unzigzag(col[kOrigIatSpan].varint(~0ull)));
-        r.setOrigIatSumUs(col[kOrigIatSum].varint(~0ull));
-        r.setOrigIatSumSqUs(std::bit_cast<double>(col[kOrigIatSumSq].u64()));
-        r.setOrigRexmits(static_cast<std::uint32_t>(col[kOrigRexmits].varint(0xFFFFFFFF)));
+      for (const Side side : kSides) {
+        const DirectionStats d = read_direction(side, layout.format3);
+        if (layout.format3) {
+          record::set_direction(r, side, d);
+        } else {
+          record::set_legacy_direction(r, side, d);  // the layout its leaf was hashed over
+        }
       }
-      {
-        const std::uint64_t size_min = col[kRespSizeMin].varint(0xFFFFFFFF);
-        r.setRespSizeMin(static_cast<std::uint32_t>(size_min));
-        const auto size_max = size_from_span(size_min, col[kRespSizeSpan].varint(kSizeSpanLimit));
-        if (!size_max) bad(kRespSizeSpan, "the largest size leaves 32 bits");
-        r.setRespSizeMax(size_max.value_or(0));
-        r.setRespSizeSumSq(col[kRespSizeSumSq].varint(~0ull));
-        const std::uint64_t iat_min = col[kRespIatMin].varint(~0ull);
-        r.setRespIatMinUs(iat_min);
-        r.setRespIatMaxUs(iat_min + unzigzag(col[kRespIatSpan].varint(~0ull)));
-        r.setRespIatSumUs(col[kRespIatSum].varint(~0ull));
-        r.setRespIatSumSqUs(std::bit_cast<double>(col[kRespIatSumSq].u64()));
-        r.setRespRexmits(static_cast<std::uint32_t>(col[kRespRexmits].varint(0xFFFFFFFF)));
+      if (layout.format3) {
+        r.setMissedBytes(col[kMissedBytes].varint(~0ull));
+        const Entry* service = index(kService, text_entries, text_used);
+        if (service && service->present) r.setService(service->text());
       }
-      if (stored_columns > kTunnelParents) {
+      if (layout.tunnel_parents) {
         Cursor& parents_col = col[kTunnelParents];
         const std::uint64_t stored = parents_col.varint(parents_col.left() / 8 + 1);
         if (stored > 0) {
@@ -736,9 +858,9 @@ std::optional<std::string> BatchCodec::State::decode_columns(
     }
     if (problem) return problem;
     for (std::size_t i = 0; i < kColumnCount; ++i) {
-      if (col[i].error()) return fmt::format("column {}: {}", kColumnNames[i], *col[i].error());
+      if (col[i].error()) return fmt::format("column {}: {}", column_name(i), *col[i].error());
       if (col[i].left() != 0) {
-        return fmt::format("column {}: {} bytes left after the last record", kColumnNames[i],
+        return fmt::format("column {}: {} bytes left after the last record", column_name(i),
                            col[i].left());
       }
     }

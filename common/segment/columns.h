@@ -30,14 +30,20 @@
 #include <string>
 #include <vector>
 
+#include "segment/format.h"
+
 namespace flowseal::segment {
 
 // The first byte of a stored batch.
+// Encodings 1, 3 and 4 are segment format 2's (records with the flat legacy fields), read
+// only in format-2 segments; 5 and 6 are format 3's; 2 is either's.
 enum class BatchEncoding : std::uint8_t {
-  kColumnsNoParents = 1,  // columns without tunnelParents (the last column): read, not written
-  kCapnp = 2,    // 7 zero bytes, then the SealedBatch flat-array message as signerd made it
-  kColumnsWithHints = 3,  // varint L, L bytes of SealedBatch.leafHints, then as kColumns
-  kColumns = 4,  // columns, this header's layout (every column, tunnelParents included)
+  kFormat2ColumnsNoParents = 1,  // format 2's columns but tunnelParents (its last column)
+  kCapnp = 2,  // 7 zero bytes, then the SealedBatch flat-array message as signerd made it
+  kFormat2ColumnsWithHints = 3,  // varint L, L bytes of leafHints, then as kFormat2Columns
+  kFormat2Columns = 4,           // format 2's 48 columns
+  kColumns = 5,  // format 3's columns (Direction structs, conn.log columns): what is written
+  kColumnsWithHints = 6,  // varint L, L bytes of SealedBatch.leafHints, then as kColumns
 };
 
 struct ColumnOptions {
@@ -63,9 +69,11 @@ class BatchCodec {
   // Decodes a stored batch into a SealedBatch flat-array message in `out` (words, so Cap'n
   // Proto can read it in place), of `bytes` bytes. nullopt on success, else what is wrong.
   // `expected_records`: the frame header's record count, which the batch must match.
+  // `format_version`: the segment's (format.h); each version has its own column encodings.
   std::optional<std::string> decode(std::span<const std::uint8_t> stored,
-                                    std::uint32_t expected_records,
-                                    std::vector<std::uint64_t>& out, std::size_t& bytes);
+                                    std::uint32_t expected_records, std::vector<std::uint64_t>& out,
+                                    std::size_t& bytes,
+                                    std::uint16_t format_version = kFormatVersion);
 
  private:
   struct State;

@@ -102,13 +102,15 @@ std::optional<FileHeader> decode_file_header(std::span<const std::uint8_t, kFile
   }
   FileHeader h;
   h.version = get16(p + 8);
-  if (h.version != kFormatVersion) {
-    why = h.version < kFormatVersion
-              ? fmt::format("segment format version {} is not supported: this build reads "
-                            "version {} only (version {} was never deployed; re-run the capture)",
-                            h.version, kFormatVersion, h.version)
-              : fmt::format("unsupported segment format version {} (this build reads {})",
-                            h.version, kFormatVersion);
+  if (h.version < kOldestFormatVersion || h.version > kFormatVersion) {
+    why = h.version < kOldestFormatVersion
+              ? fmt::format(
+                    "segment format version {} is not supported: this build reads "
+                    "versions {} to {} (version {} was never deployed; re-run the "
+                    "capture)",
+                    h.version, kOldestFormatVersion, kFormatVersion, h.version)
+              : fmt::format("unsupported segment format version {} (this build reads {} to {})",
+                            h.version, kOldestFormatVersion, kFormatVersion);
     return std::nullopt;
   }
   if (get16(p + 10) != kFileHeaderBytes || get32(p + 12) != 0 || get32(p + 76) != 0) {
@@ -132,8 +134,8 @@ void encode(const FrameHeader& h, std::span<std::uint8_t, kFrameHeaderBytes> out
   put32(p + 44, crc32c({p, 44}));
 }
 
-std::optional<FrameHeader> decode_frame_header(
-    std::span<const std::uint8_t, kFrameHeaderBytes> in, std::string& why) {
+std::optional<FrameHeader> decode_frame_header(std::span<const std::uint8_t, kFrameHeaderBytes> in,
+                                               std::string& why) {
   const std::uint8_t* p = in.data();
   if (get32(p) != kFrameMagic) {
     why = fmt::format("bad frame magic {:08x}", get32(p));
@@ -149,8 +151,8 @@ std::optional<FrameHeader> decode_frame_header(
   h.batch = get_batch(p + 16);
   h.batch.record_count = get32(p + 12);
   h.data_crc = get32(p + 40);
-  if (h.compressed_bytes == 0 || h.compressed_bytes > kMaxFrameBytes ||
-      h.uncompressed_bytes == 0 || h.uncompressed_bytes > kMaxFrameBytes) {
+  if (h.compressed_bytes == 0 || h.compressed_bytes > kMaxFrameBytes || h.uncompressed_bytes == 0 ||
+      h.uncompressed_bytes > kMaxFrameBytes) {
     why = fmt::format("frame lengths {} / {} outside 1..{}", h.compressed_bytes,
                       h.uncompressed_bytes, kMaxFrameBytes);
     return std::nullopt;
@@ -184,8 +186,7 @@ std::vector<std::uint8_t> encode_index(std::span<const IndexEntry> entries,
 
 // Kept here, beside encode_index, so the two cannot drift apart.
 std::optional<std::vector<IndexEntry>> decode_index(std::span<const std::uint8_t> in,
-                                                    std::uint64_t index_offset,
-                                                    std::string& why) {
+                                                    std::uint64_t index_offset, std::string& why) {
   if (in.size() < kIndexHeaderBytes + kIndexCrcBytes + kTrailerBytes ||
       std::memcmp(in.data(), kIndexMagic.data(), 8) != 0) {
     why = "bad index magic";
@@ -206,8 +207,8 @@ std::optional<std::vector<IndexEntry>> decode_index(std::span<const std::uint8_t
     return std::nullopt;
   }
   const std::uint8_t* trailer = crc_at + kIndexCrcBytes;
-  if (std::memcmp(trailer + 16, kTrailerMagic.data(), 8) != 0 ||
-      get64(trailer) != index_offset || get64(trailer + 8) != count) {
+  if (std::memcmp(trailer + 16, kTrailerMagic.data(), 8) != 0 || get64(trailer) != index_offset ||
+      get64(trailer + 8) != count) {
     why = "trailer does not match the index";
     return std::nullopt;
   }

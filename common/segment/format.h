@@ -31,8 +31,11 @@ namespace flowseal::segment {
 using StreamId = std::array<std::uint8_t, 16>;
 using KeyId = std::array<std::uint8_t, 32>;
 
-// 2: batches stored as columns (columns.h). 1 stored the Cap'n Proto message; not read.
-inline constexpr std::uint16_t kFormatVersion = 2;
+// What is written: 3, records with Direction structs and conn.log's columns (columns.h).
+// Also read: 2, records with flat per-direction fields. 1 stored the Cap'n Proto message and
+// was never deployed; not read.
+inline constexpr std::uint16_t kFormatVersion = 3;
+inline constexpr std::uint16_t kOldestFormatVersion = 2;
 inline constexpr std::size_t kFileHeaderBytes = 80;
 inline constexpr std::size_t kFrameHeaderBytes = 48;
 inline constexpr std::size_t kIndexHeaderBytes = 16;
@@ -88,8 +91,8 @@ std::optional<FileHeader> decode_file_header(std::span<const std::uint8_t, kFile
                                              std::string& why);
 
 void encode(const FrameHeader& header, std::span<std::uint8_t, kFrameHeaderBytes> out);
-std::optional<FrameHeader> decode_frame_header(
-    std::span<const std::uint8_t, kFrameHeaderBytes> in, std::string& why);
+std::optional<FrameHeader> decode_frame_header(std::span<const std::uint8_t, kFrameHeaderBytes> in,
+                                               std::string& why);
 
 // Index and trailer together, as written after the last frame at `index_offset`.
 std::vector<std::uint8_t> encode_index(std::span<const IndexEntry> entries,

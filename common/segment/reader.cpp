@@ -46,8 +46,8 @@ namespace {
 bool pread_all(int fd, std::uint64_t offset, std::span<std::uint8_t> out, int& err) {
   std::size_t done = 0;
   while (done < out.size()) {
-    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done,
-                              static_cast<off_t>(offset + done));
+    const ssize_t n =
+        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       err = n < 0 ? errno : 0;
@@ -170,19 +170,19 @@ SegmentReader::Next SegmentReader::next() {
                 "the zstd frame's declared size does not match the frame header");
   }
   stored_.resize(header->uncompressed_bytes);
-  const std::size_t n = ZSTD_decompressDCtx(zstd_->dctx.get(), stored_.data(),
-                                            header->uncompressed_bytes, compressed_.data(),
-                                            compressed_.size());
+  const std::size_t n =
+      ZSTD_decompressDCtx(zstd_->dctx.get(), stored_.data(), header->uncompressed_bytes,
+                          compressed_.data(), compressed_.size());
   if (ZSTD_isError(n)) {
     return fail(Damage::kZstd, data_at, fmt::format("zstd: {}", ZSTD_getErrorName(n)));
   }
   if (n != header->uncompressed_bytes) {
-    return fail(Damage::kZstd, data_at,
-                fmt::format("decompressed to {} bytes, header says {}", n,
-                            header->uncompressed_bytes));
+    return fail(
+        Damage::kZstd, data_at,
+        fmt::format("decompressed to {} bytes, header says {}", n, header->uncompressed_bytes));
   }
-  if (auto bad = zstd_->codec.decode(stored_, header->batch.record_count, message_,
-                                     message_bytes_)) {
+  if (auto bad = zstd_->codec.decode(stored_, header->batch.record_count, message_, message_bytes_,
+                                     header_.version)) {
     return fail(Damage::kBadBatch, data_at,
                 fmt::format("batch seq {}: {}", header->batch.seq, *bad));
   }
@@ -197,12 +197,13 @@ SegmentReader::Next SegmentReader::read_index_here() {
   const std::uint64_t at = offset_;
   const std::uint64_t left = size_ - at;
   // An index is 80 bytes plus 40 per frame: bounded by the frames already read.
-  const std::uint64_t expect = kIndexHeaderBytes + frames_.size() * kIndexEntryBytes +
-                               kIndexCrcBytes + kTrailerBytes;
+  const std::uint64_t expect =
+      kIndexHeaderBytes + frames_.size() * kIndexEntryBytes + kIndexCrcBytes + kTrailerBytes;
   if (!sought_ && left != expect) {
-    return fail(left < expect ? Damage::kTruncated : Damage::kBadIndex, at,
-                fmt::format("index of {} frames should be {} bytes to the end of the file, found {}",
-                            frames_.size(), expect, left));
+    return fail(
+        left < expect ? Damage::kTruncated : Damage::kBadIndex, at,
+        fmt::format("index of {} frames should be {} bytes to the end of the file, found {}",
+                    frames_.size(), expect, left));
   }
   std::vector<std::uint8_t> raw(static_cast<std::size_t>(left));
   if (!read_at(at, raw)) return Next::kError;
@@ -234,7 +235,8 @@ std::optional<std::vector<IndexEntry>> read_index(const std::filesystem::path& f
     return std::nullopt;
   }
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  const std::uint64_t min_size = kFileHeaderBytes + kIndexHeaderBytes + kIndexCrcBytes + kTrailerBytes;
+  const std::uint64_t min_size =
+      kFileHeaderBytes + kIndexHeaderBytes + kIndexCrcBytes + kTrailerBytes;
   int err = 0;
   std::array<std::uint8_t, kTrailerBytes> trailer{};
   std::uint64_t count = 0;

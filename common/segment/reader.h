@@ -3,10 +3,10 @@
 //
 // Guarantees: it never throws and never crashes on a damaged file. Every damage — bad magic,
 // a truncated header or frame, a checksum mismatch, a zstd error, a length out of bounds, a
-// batch whose columns do not decode, an index that disagrees with the frames — ends the read with a SegmentError naming the file,
-// the byte offset and what is wrong. Lengths are checked against kMaxFrameBytes and the file
-// size before anything is allocated. A closed segment (not `.part`) must end with its index;
-// one that ends early is reported as truncated.
+// batch whose columns do not decode, an index that disagrees with the frames — ends the read with a
+// SegmentError naming the file, the byte offset and what is wrong. Lengths are checked against
+// kMaxFrameBytes and the file size before anything is allocated. A closed segment (not `.part`)
+// must end with its index; one that ends early is reported as truncated.
 //
 // One reader owns one file descriptor and one zstd context; it is not thread-safe.
 #pragma once
@@ -26,15 +26,15 @@
 namespace flowseal::segment {
 
 enum class Damage {
-  kIo,          // the file could not be opened or read
-  kBadHeader,   // the file header is missing, torn or corrupt
-  kBadMagic,    // a frame does not start where the previous one ended
-  kTruncated,   // the file ends inside a frame or before its index
-  kChecksum,    // a frame header or frame's bytes do not match their CRC32C
-  kOversize,    // a length is out of bounds
-  kZstd,        // the frame does not decompress (or to another length than declared)
-  kBadIndex,    // the index or trailer is corrupt or disagrees with the frames
-  kBadBatch,    // the decompressed batch does not decode (columns.h)
+  kIo,         // the file could not be opened or read
+  kBadHeader,  // the file header is missing, torn or corrupt
+  kBadMagic,   // a frame does not start where the previous one ended
+  kTruncated,  // the file ends inside a frame or before its index
+  kChecksum,   // a frame header or frame's bytes do not match their CRC32C
+  kOversize,   // a length is out of bounds
+  kZstd,       // the frame does not decompress (or to another length than declared)
+  kBadIndex,   // the index or trailer is corrupt or disagrees with the frames
+  kBadBatch,   // the decompressed batch does not decode (columns.h)
 };
 
 struct SegmentError {
@@ -66,6 +66,8 @@ class SegmentReader {
   // every later call returns kError too.
   Next next();
   const FrameHeader& frame() const { return frame_; }
+  // The last frame's zstd bytes as stored (frame() is their header): what shipd publishes.
+  std::span<const std::uint8_t> compressed() const { return compressed_; }
   std::uint64_t frame_offset() const { return frame_offset_; }
   // The SealedBatch message of the last frame, rebuilt from its columns (columns.h), 8-byte
   // aligned for Cap'n Proto; valid until the next call to next().

@@ -1,7 +1,9 @@
 #include "segment/store.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -10,16 +12,41 @@
 #include <fmt/format.h>
 
 #include "segment/reader.h"
+#include "segment/shipped_position.h"
 
 namespace flowseal::segment {
 
+std::error_code make_directories(const std::filesystem::path& dir, unsigned mode) {
+  std::error_code ec;
+  make_directories(dir, mode, ec);
+  return ec;
+}
+
+void make_directories(const std::filesystem::path& dir, unsigned mode, std::error_code& ec) {
+  std::filesystem::path path;
+  for (const auto& part : dir) {
+    path /= part;
+    if (::mkdir(path.c_str(), static_cast<mode_t>(mode)) == 0) {
+      if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
+        ec.assign(errno, std::generic_category());
+        return;
+      }
+    } else if (errno != EEXIST) {
+      ec.assign(errno, std::generic_category());
+      return;
+    }
+  }
+  if (!std::filesystem::is_directory(dir, ec) && !ec) {
+    ec = std::make_error_code(std::errc::not_a_directory);
+  }
+}
+
 SegmentStore::SegmentStore(StoreOptions options) : options_(std::move(options)) {
   std::error_code ec;
-  std::filesystem::create_directories(options_.dir, ec);
+  make_directories(options_.dir, options_.directory_mode, ec);
   if (ec) {
-    throw std::runtime_error(
-        fmt::format("{}: cannot create the output directory: {}", options_.dir.string(),
-                    ec.message()));
+    throw std::runtime_error(fmt::format("{}: cannot create the output directory: {}",
+                                         options_.dir.string(), ec.message()));
   }
   recover();
 }
@@ -29,8 +56,8 @@ void SegmentStore::recover() {
   try {
     segments = list_segments(options_.dir);
   } catch (const std::filesystem::filesystem_error& e) {
-    throw std::runtime_error(fmt::format("{}: cannot list segments: {}", options_.dir.string(),
-                                         e.code().message()));
+    throw std::runtime_error(
+        fmt::format("{}: cannot list segments: {}", options_.dir.string(), e.code().message()));
   }
   std::vector<std::filesystem::path> closed_segments, parts;
   for (auto& s : segments) (is_part(s) ? parts : closed_segments).push_back(s);
@@ -73,12 +100,13 @@ void SegmentStore::recover_part(const std::filesystem::path& part, bool newest) 
     return;
   }
   IoStatus status;
-  auto writer = SegmentWriter::adopt(part, reader.header(), reader.frames(),
-                                     reader.end_of_frames(), options_.writer, status);
+  auto writer = SegmentWriter::adopt(part, reader.header(), reader.frames(), reader.end_of_frames(),
+                                     options_.writer, status);
   if (!writer) throw std::runtime_error(status.what);
   highest_seq_ = reader.frames().back().batch.seq;
   stream_id_ = reader.header().stream_id;
-  if (newest) {
+  // A .part of an older format version is closed, never continued: one file, one version.
+  if (newest && reader.header().version == kFormatVersion) {
     notes_.push_back(fmt::format("{}: continuing after batch {} ({} batches)", part.string(),
                                  *highest_seq_, reader.frames().size()));
     writer_ = std::move(writer);
@@ -123,14 +151,33 @@ IoStatus SegmentStore::close_writer() {
   return status;
 }
 
+namespace {
+
+// The batches of a closed segment (seq, record count): from its index, or by reading its
+// frames when the index is missing.
+std::vector<BatchMeta> batches_of(const std::filesystem::path& file, StreamId& stream) {
+  std::vector<BatchMeta> batches;
+  SegmentReader reader(file);
+  stream = reader.header().stream_id;
+  SegmentError error;
+  if (auto index = read_index(file, error)) {
+    for (const IndexEntry& entry : *index) batches.push_back(entry.batch);
+    return batches;
+  }
+  while (reader.next() == SegmentReader::Next::kFrame) batches.push_back(reader.frame().batch);
+  return batches;
+}
+
+}  // namespace
+
 void SegmentStore::enforce_retention(std::int64_t now_ns) {
   if (options_.retention_max_age.count() <= 0 && options_.retention_max_bytes == 0) return;
   std::vector<std::filesystem::path> segments;
   try {
     segments = list_segments(options_.dir);
   } catch (const std::filesystem::filesystem_error& e) {
-    notes_.push_back(fmt::format("retention: {}: cannot list segments: {}",
-                                 options_.dir.string(), e.code().message()));
+    notes_.push_back(fmt::format("retention: {}: cannot list segments: {}", options_.dir.string(),
+                                 e.code().message()));
     return;
   }
   struct Closed {
@@ -152,37 +199,85 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
     closed.push_back(
         {file, bytes, std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch).count()});
   }
+  // What every output has handed over (nothing of an output with no position yet).
+  std::vector<std::optional<ShippedPosition>> positions;
+  for (const std::string& name : options_.output_positions) {
+    std::string why;
+    positions.push_back(load_output_position(options_.dir, name, why));
+    if (!why.empty()) {
+      notes_.push_back(fmt::format("retention: {}: taking nothing as handed over", why));
+    }
+  }
+  const auto handed_over = [&positions](const StreamId& stream, std::uint64_t seq) {
+    return std::all_of(positions.begin(), positions.end(), [&](const auto& position) {
+      return position && position->stream == stream && seq <= position->seq;
+    });
+  };
+  bool age_hold = false;
   for (const Closed& segment : closed) {
     const bool too_old = options_.retention_max_age.count() > 0 &&
                          now_ns - segment.closed_ns > options_.retention_max_age.count();
     const bool too_big = options_.retention_max_bytes > 0 && total > options_.retention_max_bytes;
     if (!too_old && !too_big) break;  // oldest first: the rest are newer and the total fits
+    std::uint64_t unshipped_records = 0;
+    std::optional<std::uint64_t> first_unshipped, last_unshipped;
+    if (!options_.output_positions.empty()) {
+      StreamId stream{};
+      for (const BatchMeta& batch : batches_of(segment.file, stream)) {
+        if (handed_over(stream, batch.seq)) continue;
+        unshipped_records += batch.record_count;
+        if (!first_unshipped) first_unshipped = batch.seq;
+        last_unshipped = batch.seq;
+      }
+      if (first_unshipped && !too_big) {
+        // Past its age only: kept until every output has it (the newer ones are not handed
+        // over either, so none goes).
+        age_hold = true;
+        if (!age_hold_noted_) {
+          notes_.push_back(fmt::format(
+              "retention: keeping {} and newer past writer.retention_max_age: not shipped yet "
+              "(batch seq {} onwards)",
+              segment.file.filename().string(), *first_unshipped));
+          age_hold_noted_ = true;
+        }
+        break;
+      }
+    }
     std::error_code ec;
     std::filesystem::remove(segment.file, ec);
     if (ec) {
-      notes_.push_back(fmt::format("retention: {}: cannot delete: {}", segment.file.string(),
-                                   ec.message()));
+      notes_.push_back(
+          fmt::format("retention: {}: cannot delete: {}", segment.file.string(), ec.message()));
       return;
     }
     total -= segment.bytes;
     ++segments_deleted_;
-    notes_.push_back(fmt::format("retention: deleted {} ({} bytes, {})",
-                                 segment.file.filename().string(), segment.bytes,
-                                 too_old ? "past writer.retention_max_age"
-                                         : "past writer.retention_max_mb"));
+    if (first_unshipped) {
+      dropped_unshipped_records_ += unshipped_records;
+      ++dropped_unshipped_segments_;
+      alarms_.push_back(
+          fmt::format("retention: DELETED {} BEFORE IT WAS SHIPPED: the disk limit "
+                      "(writer.retention_max_mb) forced it; batch seq {}..{}, {} records given up "
+                      "(ship.dropped_records {} in all): the Core never gets them",
+                      segment.file.filename().string(), *first_unshipped, *last_unshipped,
+                      unshipped_records, dropped_unshipped_records_));
+      continue;
+    }
+    notes_.push_back(fmt::format(
+        "retention: deleted {} ({} bytes, {})", segment.file.filename().string(), segment.bytes,
+        too_old ? "past writer.retention_max_age" : "past writer.retention_max_mb"));
   }
+  if (!age_hold) age_hold_noted_ = false;
 }
 
-AppendResult SegmentStore::append(const StreamId& stream, const KeyId& key,
-                                  const BatchMeta& batch, std::span<const std::byte> message,
-                                  std::int64_t now_ns) {
+AppendResult SegmentStore::append(const StreamId& stream, const KeyId& key, const BatchMeta& batch,
+                                  std::span<const std::byte> message, std::int64_t now_ns) {
   last_error_ = {};  // describes this append only: writerd tells "works again" by it
   if (stream_id_ && *stream_id_ != stream) {
     last_error_ = IoStatus::failure(
         EINVAL, fmt::format("{} holds stream {}; batch {} belongs to stream {}: use another "
                             "output directory for a new stream",
-                            options_.dir.string(), to_hex(*stream_id_), batch.seq,
-                            to_hex(stream)));
+                            options_.dir.string(), to_hex(*stream_id_), batch.seq, to_hex(stream)));
     return AppendResult::kForeignStream;
   }
   if (highest_seq_ && batch.seq <= *highest_seq_) return AppendResult::kDuplicate;

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <system_error>
 #include <optional>
 #include <span>
 #include <string>
@@ -27,8 +28,14 @@
 
 namespace flowseal::segment {
 
+// create_directories, but each directory made here gets `mode` exactly (not umask's idea of
+// it); directories that exist already are left as their owner set them.
+std::error_code make_directories(const std::filesystem::path& dir, unsigned mode);
+void make_directories(const std::filesystem::path& dir, unsigned mode, std::error_code& ec);
+
 struct StoreOptions {
   std::filesystem::path dir;
+  unsigned directory_mode = 0750;  // of the directories the store makes (writer.file_mode)
   std::uint64_t segment_max_bytes = 64u << 20;
   std::chrono::nanoseconds segment_max_age = std::chrono::minutes(5);
   WriterOptions writer;
@@ -37,6 +44,12 @@ struct StoreOptions {
   // The open segment is never deleted, so the total may exceed the size limit by one segment.
   std::chrono::nanoseconds retention_max_age{0};
   std::uint64_t retention_max_bytes = 0;
+  // The position files (in DIR, segment/shipped_position.h) of the outputs that follow the
+  // store (shipd: `shipped`, `ipfix-exported`, `kafka-exported`, each when configured).
+  // Retention never deletes, for its age, a segment holding a batch one of them has not
+  // handed over yet; only the size limit (the disk) may force it, and then every record
+  // given up is counted (dropped_unshipped_records) and said loudly (take_alarms).
+  std::vector<std::string> output_positions;
 };
 
 enum class AppendResult { kStored, kDuplicate, kForeignStream, kError };
@@ -66,6 +79,11 @@ class SegmentStore {
   std::uint64_t segments_started() const { return segments_started_; }
   bool has_open_segment() const { return writer_.has_value(); }
   std::uint64_t segments_deleted() const { return segments_deleted_; }
+  // output_positions: what the size limit forced retention to delete before shipd had it acked.
+  std::uint64_t dropped_unshipped_records() const { return dropped_unshipped_records_; }
+  std::uint64_t dropped_unshipped_segments() const { return dropped_unshipped_segments_; }
+  // Lines to log as errors, handed over once: unshipped data deleted.
+  std::vector<std::string> take_alarms() { return std::exchange(alarms_, {}); }
 
  private:
   void recover();
@@ -85,6 +103,10 @@ class SegmentStore {
   std::uint64_t segments_started_ = 0;
   std::uint64_t segments_deleted_ = 0;
   std::int64_t last_retention_ns_ = 0;
+  std::uint64_t dropped_unshipped_records_ = 0;
+  std::uint64_t dropped_unshipped_segments_ = 0;
+  std::vector<std::string> alarms_;
+  bool age_hold_noted_ = false;  // "kept past its age: not shipped" said once per hold
 };
 
 }  // namespace flowseal::segment

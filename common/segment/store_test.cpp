@@ -1,5 +1,6 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -7,10 +8,12 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include "flowseal.capnp.h"
 #include "segment/format.h"
 #include "segment/reader.h"
+#include "segment/shipped_position.h"
 #include "segment/store.h"
 
 namespace fs = std::filesystem;
@@ -56,8 +59,8 @@ std::vector<std::byte> batch_bytes(std::uint64_t seq, std::uint32_t records = 20
   for (auto record : list) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     record.setUid(x);
-    record.setOrigBytes(x * 3);
-    record.setRespBytes(x * 5);
+    record.getOrig().setBytes(x * 3);
+    record.getResp().setBytes(x * 5);
   }
   auto words = capnp::messageToFlatArray(message);
   auto bytes = words.asBytes();
@@ -288,4 +291,130 @@ TEST_CASE("retention by age deletes closed segments past the limit when idle") {
   CHECK_FALSE(fs::exists(segments[0]));
   CHECK_FALSE(fs::exists(segments[1]));
   CHECK(fs::exists(open_part));
+}
+
+// Batches 0.. into `store` until it has at least 10 and an open segment, then every closed
+// segment marked as closed two hours ago; the segments, oldest first (more than three).
+std::vector<fs::path> fill_and_age(SegmentStore& store, const fs::path& dir) {
+  for (std::uint64_t seq = 0; seq < 10 || !store.has_open_segment(); ++seq) {
+    REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), real_now_ns()) ==
+            AppendResult::kStored);
+  }
+  auto segments = list_segments(dir);
+  REQUIRE(segments.size() > 3);
+  const auto old = fs::file_time_type::clock::now() - std::chrono::hours(2);
+  for (std::size_t i = 0; i + 1 < segments.size(); ++i) fs::last_write_time(segments[i], old);
+  return segments;
+}
+
+TEST_CASE(
+    "shipping on: retention by age keeps what shipd has not had acked, and deletes what it has") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_bytes = 2048;
+  o.retention_max_age = std::chrono::hours(1);
+  o.output_positions = {kShippedFileName};
+  SegmentStore store(o);
+  const auto segments = fill_and_age(store, dir.path);
+
+  // No shipped position: nothing is shipped, every old segment stays.
+  REQUIRE(store.maintain(real_now_ns() + 2'000'000'000).ok());
+  CHECK(store.segments_deleted() == 0);
+  CHECK(store.take_alarms().empty());
+  const auto notes = store.take_notes();
+  CHECK(std::any_of(notes.begin(), notes.end(), [](const std::string& n) {
+    return n.find("not shipped yet") != std::string::npos;
+  }));
+
+  // shipd has had everything of the first segment and part of the second acked: only the
+  // first goes (the second still holds unshipped batches).
+  SegmentReader second(segments[1]);
+  REQUIRE(second.next() == SegmentReader::Next::kFrame);
+  const std::uint64_t first_of_second = second.frame().batch.seq;
+  std::string why;
+  REQUIRE(save_shipped_position(dir.path, {stream(), first_of_second}, why));
+  REQUIRE(store.maintain(real_now_ns() + 4'000'000'000).ok());
+  CHECK(store.segments_deleted() == 1);
+  CHECK_FALSE(fs::exists(segments[0]));
+  CHECK(fs::exists(segments[1]));
+  CHECK(store.dropped_unshipped_records() == 0);
+  CHECK(store.take_alarms().empty());
+
+  // A position of another stream ships nothing of this one.
+  REQUIRE(save_shipped_position(dir.path, {stream(8), 1000}, why));
+  REQUIRE(store.maintain(real_now_ns() + 6'000'000'000).ok());
+  CHECK(store.segments_deleted() == 1);
+  CHECK(fs::exists(segments[1]));
+}
+
+TEST_CASE(
+    "several outputs: retention by age keeps what any one has not handed over (an IPFIX state "
+    "is read by its head)") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_bytes = 2048;
+  o.retention_max_age = std::chrono::hours(1);
+  o.output_positions = {kShippedFileName, kIpfixExportedFileName, kKafkaExportedFileName};
+  SegmentStore store(o);
+  const auto segments = fill_and_age(store, dir.path);
+  SegmentReader second(segments[1]);
+  REQUIRE(second.next() == SegmentReader::Next::kFrame);
+  const std::uint64_t first_of_second = second.frame().batch.seq;
+
+  // Shipped and Kafka past the first segment, IPFIX not started: nothing goes.
+  std::string why;
+  REQUIRE(save_shipped_position(dir.path, {stream(), 1000}, why));
+  REQUIRE(save_shipped_position(dir.path, {stream(), 1000}, why, kKafkaExportedFileName));
+  REQUIRE(store.maintain(real_now_ns() + 2'000'000'000).ok());
+  CHECK(store.segments_deleted() == 0);
+
+  // The IPFIX state (its position, then a long per-flow part retention does not read) reaches
+  // into the second segment: the first goes, the second stays.
+  std::string state = fmt::format("flowseal-ipfix-exported 1\nstream {}\nseq {}\n",
+                                  to_hex(stream()), first_of_second);
+  state.append(1 << 20, 'x');
+  REQUIRE(write_file_atomically(dir.path, kIpfixExportedFileName, state, why));
+  REQUIRE(store.maintain(real_now_ns() + 4'000'000'000).ok());
+  CHECK(store.segments_deleted() == 1);
+  CHECK_FALSE(fs::exists(segments[0]));
+  CHECK(fs::exists(segments[1]));
+  CHECK(store.take_alarms().empty());
+
+  // A damaged position counts as nothing handed over, said in a note.
+  REQUIRE(write_file_atomically(dir.path, kKafkaExportedFileName, "garbage", why));
+  REQUIRE(store.maintain(real_now_ns() + 6'000'000'000).ok());
+  CHECK(store.segments_deleted() == 1);
+  const auto notes = store.take_notes();
+  CHECK(std::any_of(notes.begin(), notes.end(), [](const std::string& n) {
+    return n.find("kafka-exported: not a position") != std::string::npos;
+  }));
+}
+
+TEST_CASE("shipping on: the size limit forces unshipped segments out, loudly and counted") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_bytes = 2048;
+  o.retention_max_bytes = 6000;
+  o.output_positions = {kShippedFileName};
+  SegmentStore store(o);
+  std::string why;
+  // shipd has had batches 0..4 acked.
+  REQUIRE(save_shipped_position(dir.path, {stream(), 4}, why));
+  std::uint64_t last = 0;
+  for (std::uint64_t seq = 0; seq < 40 || !store.has_open_segment(); ++seq) {
+    REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), real_now_ns()) ==
+            AppendResult::kStored);
+    last = seq;
+  }
+  REQUIRE(store.segments_deleted() > 0);
+  const auto seqs = stored_seqs(dir.path);
+  REQUIRE_FALSE(seqs.empty());
+  REQUIRE(seqs.front() > 5);
+  // Every batch deleted past seq 4 was unshipped: 20 records each (meta()), all counted.
+  CHECK(store.dropped_unshipped_records() == (seqs.front() - 5) * 20);
+  CHECK(store.dropped_unshipped_segments() > 0);
+  const auto alarms = store.take_alarms();
+  REQUIRE(alarms.size() == store.dropped_unshipped_segments());
+  CHECK(alarms.front().find("BEFORE IT WAS SHIPPED") != std::string::npos);
+  CHECK(seqs.back() == last);
 }

@@ -1,6 +1,7 @@
 #include "segment/writer.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,8 +38,8 @@ IoStatus sync_directory(const std::filesystem::path& dir) {
   UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd || ::fsync(fd.get()) != 0) {
     const int err = errno;
-    return IoStatus::failure(err, fmt::format("{}: cannot fsync the directory: {}", dir.string(),
-                                              std::strerror(err)));
+    return IoStatus::failure(
+        err, fmt::format("{}: cannot fsync the directory: {}", dir.string(), std::strerror(err)));
   }
   return {};
 }
@@ -57,21 +58,28 @@ SegmentWriter& SegmentWriter::operator=(SegmentWriter&&) noexcept = default;
 SegmentWriter::~SegmentWriter() = default;
 
 IoStatus SegmentWriter::fail(int error, std::string_view action) {
-  return IoStatus::failure(error, fmt::format("{}: {}: {}", path_.string(), action,
-                                              std::strerror(error)));
+  return IoStatus::failure(error,
+                           fmt::format("{}: {}: {}", path_.string(), action, std::strerror(error)));
 }
 
 std::optional<SegmentWriter> SegmentWriter::create(const std::filesystem::path& dir,
                                                    std::uint64_t first_seq,
                                                    const FileHeader& header,
-                                                   const WriterOptions& options,
-                                                   IoStatus& status) {
+                                                   const WriterOptions& options, IoStatus& status) {
   std::filesystem::path path = dir / (segment_name(first_seq) + std::string(kPartSuffix));
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                     static_cast<mode_t>(options.file_mode)));
+  if (fd && ::fchmod(fd.get(), static_cast<mode_t>(options.file_mode)) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    status = IoStatus::failure(err, fmt::format("{}: cannot chmod {:04o}: {}", path.string(),
+                                                options.file_mode, std::strerror(err)));
+    return std::nullopt;
+  }
   if (!fd) {
     const int err = errno;
-    status = IoStatus::failure(err, fmt::format("{}: cannot create: {}", path.string(),
-                                                std::strerror(err)));
+    status = IoStatus::failure(
+        err, fmt::format("{}: cannot create: {}", path.string(), std::strerror(err)));
     return std::nullopt;
   }
   SegmentWriter writer(path, std::move(fd), header, options);
@@ -97,9 +105,8 @@ std::optional<SegmentWriter> SegmentWriter::create(const std::filesystem::path& 
 
 std::optional<SegmentWriter> SegmentWriter::adopt(const std::filesystem::path& part,
                                                   const FileHeader& header,
-                                                  std::vector<IndexEntry> frames,
-                                                  std::uint64_t end, const WriterOptions& options,
-                                                  IoStatus& status) {
+                                                  std::vector<IndexEntry> frames, std::uint64_t end,
+                                                  const WriterOptions& options, IoStatus& status) {
   UniqueFd fd(::open(part.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd || ::ftruncate(fd.get(), static_cast<off_t>(end)) != 0 || ::fsync(fd.get()) != 0) {
     const int err = errno;
@@ -147,9 +154,9 @@ IoStatus SegmentWriter::append(const BatchMeta& batch, std::span<const std::byte
   }
   zstd_->codec.encode(message, stored_);
   if (stored_.size() > kMaxFrameBytes) {
-    return IoStatus::failure(EINVAL, fmt::format("{}: batch {}: {} bytes encoded, more than {}",
-                                                 path_.string(), batch.seq, stored_.size(),
-                                                 kMaxFrameBytes));
+    return IoStatus::failure(
+        EINVAL, fmt::format("{}: batch {}: {} bytes encoded, more than {}", path_.string(),
+                            batch.seq, stored_.size(), kMaxFrameBytes));
   }
   ZSTD_CCtx* cctx = zstd_->cctx.get();
   ZSTD_CCtx_reset(cctx, ZSTD_reset_session_only);
@@ -157,9 +164,9 @@ IoStatus SegmentWriter::append(const BatchMeta& batch, std::span<const std::byte
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
   buffer_.resize(kFrameHeaderBytes + ZSTD_compressBound(stored_.size()));
-  const std::size_t n = ZSTD_compress2(cctx, buffer_.data() + kFrameHeaderBytes,
-                                       buffer_.size() - kFrameHeaderBytes, stored_.data(),
-                                       stored_.size());
+  const std::size_t n =
+      ZSTD_compress2(cctx, buffer_.data() + kFrameHeaderBytes, buffer_.size() - kFrameHeaderBytes,
+                     stored_.data(), stored_.size());
   if (ZSTD_isError(n) || n > kMaxFrameBytes) {
     return IoStatus::failure(EIO, fmt::format("{}: batch {}: zstd: {}", path_.string(), batch.seq,
                                               ZSTD_isError(n) ? ZSTD_getErrorName(n) : "too big"));
@@ -215,8 +222,7 @@ IoStatus SegmentWriter::close() {
     const int err = errno;
     ::ftruncate(fd_.get(), static_cast<off_t>(end_));
     return IoStatus::failure(err, fmt::format("{}: cannot rename to {}: {}", path_.string(),
-                                              final_path.filename().string(),
-                                              std::strerror(err)));
+                                              final_path.filename().string(), std::strerror(err)));
   }
   fd_.reset();
   path_ = final_path;

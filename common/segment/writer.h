@@ -34,6 +34,8 @@ struct WriterOptions {
   std::uint16_t community_id_seed = 0;  // flowd.community_id_seed (see columns.h)
   FsyncPolicy fsync = FsyncPolicy::kBatch;
   std::chrono::milliseconds fsync_interval{1000};
+  // Mode of each segment file (writer.file_mode), set exactly whatever the umask.
+  unsigned file_mode = 0640;
 };
 
 struct IoStatus {

@@ -36,8 +36,8 @@
 #include <string_view>
 #include <vector>
 
+#include <capnp/any.h>
 #include <capnp/message.h>
-#include <capnp/orphan.h>
 #include <capnp/serialize.h>
 #include <fmt/format.h>
 #include <valgrind/callgrind.h>
@@ -46,6 +46,7 @@
 #include "capnp_frame.h"
 #include "config.h"
 #include "dedup_engine.h"
+#include "record_buffer.h"
 #include "event_encode.h"
 #include "flow_table.h"
 #include "flowseal.capnp.h"
@@ -54,6 +55,7 @@
 #include "packet_batcher.h"
 #include "pcap_source.h"
 #include "ring.h"
+#include "ring_message.h"
 #include "seal/keys.h"
 #include "segment/store.h"
 
@@ -74,7 +76,8 @@ Burn burn_from_env() {
   if (value == nullptr || *value == '\0') return {};
   const std::string_view spec(value);
   const auto colon = spec.find(':');
-  if (colon == std::string_view::npos) throw std::runtime_error("FLOWSEAL_PERFGATE_BURN: want PART:N");
+  if (colon == std::string_view::npos)
+    throw std::runtime_error("FLOWSEAL_PERFGATE_BURN: want PART:N");
   return {std::string(spec.substr(0, colon)), std::stoull(std::string(spec.substr(colon + 1)))};
 }
 
@@ -145,10 +148,6 @@ const std::function<bool()> kRingFull = [] {
   return true;
 };
 
-void write_frame(RingProducer& out, capnp::MessageBuilder& message) {
-  if (!write_message(out, message, kRingFull)) throw std::runtime_error("frame too large");
-}
-
 // ---- capture ----------------------------------------------------------------------------------
 
 std::uint64_t run_capture(const std::vector<std::string>& files, RingProducer& out) {
@@ -199,11 +198,11 @@ class EventFrames final : public flowd::EventSink {
   static constexpr std::size_t kEventsPerFrame = 512;
   void write_pending() {
     if (pending_.empty()) return;
-    capnp::MallocMessageBuilder message(flow_event_batch_words(pending_.size()));
+    RingMessageBuilder message(out_, flowd::event_batch_words(pending_));
     auto events = message.initRoot<schema::FlowEventBatch>().initEvents(
         static_cast<unsigned>(pending_.size()));
     for (unsigned i = 0; i < pending_.size(); ++i) flowd::encode(pending_[i], events[i]);
-    write_frame(out_, message);
+    if (!message.write(kRingFull)) throw std::runtime_error("frame too large");
     pending_.clear();
   }
   RingProducer& out_;
@@ -232,9 +231,9 @@ flowd::FlowTableOptions flowd_options(const FlowdConfig& c) {
 }
 
 std::uint64_t run_flowd(RingConsumer& in, RingProducer& out, FlowdState& state) {
-  flowd::FlowTable table({reinterpret_cast<std::byte*>(state.memory.data()),
-                          state.memory.size() * 8},
-                         FlowdState::kCapacity, flowd_options(FlowdConfig{}));
+  flowd::FlowTable table(
+      {reinterpret_cast<std::byte*>(state.memory.data()), state.memory.size() * 8},
+      FlowdState::kCapacity, flowd_options(FlowdConfig{}));
   EventFrames writer(out);
   packet::DecodedPacket decoded;
   std::uint64_t packets = 0;
@@ -288,31 +287,23 @@ std::uint64_t run_flowd(RingConsumer& in, RingProducer& out, FlowdState& state) 
 class DedupFrames final : public dedupd::DedupSink {
  public:
   explicit DedupFrames(RingProducer& out) : out_(out) {}
-  void emit(schema::FlowEvent::Reader event) override {
-    pending_.push_back(scratch_->getOrphanage().newOrphanCopy(event));
-  }
+  void emit(schema::FlowEvent::Reader event) override { pending_.add(event); }
   void publish() {
     const std::size_t total = pending_.size();
     for (std::size_t at = 0; at < total; at += kEventsPerFrame) {
       const std::size_t n = std::min(kEventsPerFrame, total - at);
-      capnp::MallocMessageBuilder message(flow_event_batch_words(n));
-      auto events = message.initRoot<schema::FlowEventBatch>().initEvents(static_cast<unsigned>(n));
-      for (std::size_t i = 0; i < n; ++i) {
-        events.setWithCaveats(static_cast<unsigned>(i), pending_[at + i].getReader());
-      }
-      write_frame(out_, message);
+      RingMessageBuilder message(out_, pending_.words(at, n));
+      pending_.build(at, n, message);
+      if (!message.write(kRingFull)) throw std::runtime_error("frame too large");
     }
     if (total > 0) out_.publish();
     pending_.clear();
-    scratch_ = std::make_unique<capnp::MallocMessageBuilder>();
   }
 
  private:
   static constexpr std::size_t kEventsPerFrame = 256;
   RingProducer& out_;
-  std::unique_ptr<capnp::MallocMessageBuilder> scratch_ =
-      std::make_unique<capnp::MallocMessageBuilder>();
-  std::vector<capnp::Orphan<schema::FlowEvent>> pending_;
+  dedupd::RecordBuffer pending_;
 };
 
 std::uint64_t run_dedupd(RingConsumer& in, RingProducer& out) {
@@ -343,25 +334,27 @@ std::uint64_t run_signerd(RingConsumer& in, RingProducer& out, const seal::Priva
   const SealConfig config;
   const auto batch_records = static_cast<std::size_t>(config.batch_records);
   signerd::BatchSealer sealer(key, {}, 0, {}, static_cast<unsigned>(config.leaf_hint_bytes));
-  std::vector<capnp::word> first_segment(flow_event_batch_words(batch_records, 1024));
   std::uint64_t records = 0;
   // As in signer_stage.cpp: sealed by count only (its timers would make batches depend on
   // the clock).
   auto seal_and_write = [&] {
     if (sealer.size() == 0) return;
-    capnp::MallocMessageBuilder message(kj::arrayPtr(first_segment.data(), first_segment.size()));
+    RingMessageBuilder message(out, sealer.words());
     sealer.seal(message);
-    write_frame(out, message);
+    if (!message.write(kRingFull)) throw std::runtime_error("frame too large");
     out.publish();
     in.commit();
   };
   while (auto frame = in.next()) {
     capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
     auto batch = reader.getRoot<schema::FlowEventBatch>();
-    static_cast<void>(batch.totalSize());
+    if (capnp::AnyStruct::Reader(batch).getPointerSection().size() >
+        schema::FlowEventBatch::_capnpPrivate::pointerCount) {
+      static_cast<void>(batch.totalSize());
+    }
     auto events = batch.getEvents();
     if (sealer.size() > 0 && sealer.size() + events.size() > batch_records) seal_and_write();
-    for (auto event : events) sealer.add(event);
+    sealer.add_all(events);
     records += events.size();
     in.advance();
     if (sealer.size() >= batch_records) seal_and_write();
@@ -448,9 +441,8 @@ std::vector<PartResult> run_pipeline(const std::vector<std::string>& files,
   parts.push_back(measure(collect, "flowd", "packet", slow, [&] {
     return run_flowd(packets.consumer(), events.producer(), flowd_state);
   }));
-  parts.push_back(measure(collect, "dedupd", "record", slow, [&] {
-    return run_dedupd(events.consumer(), deduplicated.producer());
-  }));
+  parts.push_back(measure(collect, "dedupd", "record", slow,
+                          [&] { return run_dedupd(events.consumer(), deduplicated.producer()); }));
   parts.push_back(measure(collect, "signerd", "record", slow, [&] {
     return run_signerd(deduplicated.consumer(), sealed.producer(), key);
   }));
@@ -475,8 +467,8 @@ int main(int argc, char** argv) {
     const auto parts = run_pipeline(files, key, scratch.dir / "measured", true, slow);
     std::string json = "{";
     for (const PartResult& p : parts) {
-      json += fmt::format("{}\"{}\": {{\"items\": {}, \"unit\": \"{}\"}}", json.size() > 1 ? ", " : "",
-                          p.name, p.items, p.unit);
+      json += fmt::format("{}\"{}\": {{\"items\": {}, \"unit\": \"{}\"}}",
+                          json.size() > 1 ? ", " : "", p.name, p.items, p.unit);
     }
     std::printf("%s}\n", json.c_str());
   } catch (const std::exception& e) {

@@ -10,6 +10,7 @@ collide.
 """
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -65,8 +66,8 @@ def test_the_sample_runs_seals_and_verifies(sample_run, run_flowseal, cat):
             assert field in f, f"cat line has Zeek field {field}"
     events = cat(out, "--events")
     assert len(events) >= len(flows), "--events prints at least every end event"
-    ends = [e for e in events if e["event"] == "end"]
-    assert len(ends) == len(flows), "cat without --events prints exactly the end events"
+    ends = [e for e in events if e["event"] in ("end", "summary")]
+    assert len(ends) == len(flows), "cat without --events prints exactly the end and summary events"
     uids = [f["uid"] for f in flows]
     assert len(uids) == len(set(uids)), "every finished flow has its own uid"
 
@@ -78,6 +79,23 @@ def test_the_same_input_gives_the_same_records(sample_run, module_tmp, sample, r
     strip = lambda fs: sorted(json.dumps(f, sort_keys=True) for f in fs)
     assert strip(cat(out)) == strip(cat(sample_run[0])), \
         "a replay of the same capture gives the same records"
+
+
+def test_cat_by_default_accounts_for_every_finished_flow(sample_run, cat):
+    """With dedup on, `cat` without --events prints the flow ends and dedupd's summaries, so
+    the flows they stand for (1 per end, flow_count per summary) are every flow that ended."""
+    out, r = sample_run
+    ended = re.search(r"flows\s+started \d+\s+ended (\d+)", r.stderr)
+    assert ended, r.stderr[-2000:]
+    rows = cat(out)
+    kinds = {row["event"] for row in rows}
+    assert kinds == {"end", "summary"}, f"default cat shows ends and summaries, nothing else: {kinds}"
+    accounted = sum(row["flow_count"] if row["event"] == "summary" else 1 for row in rows)
+    assert accounted == int(ended.group(1)), \
+        f"ends + summaries' flow counts ({accounted}) = flows ended ({ended.group(1)})"
+    everything = cat(out, "--events")
+    assert {row["event"] for row in everything} >= {"start", "end", "summary"}
+    assert len(everything) > len(rows)
 
 
 def test_tampering_is_found_and_the_segment_named(sample_run, module_tmp, run_flowseal):

@@ -1,14 +1,15 @@
-#!/usr/bin/env python3
 """Store tests through the real binaries: tampering with segment files, inclusion proofs,
 `flowseal cat` filters and formats, writerd killed over and over, and a full disk.
 
-usage: store_test.py FLOWSEAL_BINARY TEST_DATA_DIR [CHECK ...]
+Run by meson as `python3 -m pytest -q store_test.py` (pytest -k NAME picks tests). Environment:
+FLOWSEAL (the flowseal binary), FLOWSEAL_TEST_DATA (tests/data), FLOWSEAL_TAMPER (the test-only
+flowseal-tamper of tests/tools).
 
 Damage that only the seal can catch (a record's content changed, a record or batch dropped,
-batches swapped, a batch re-signed with another key) is made with the test-only program
-flowseal-tamper (tests/tools; its path in $FLOWSEAL_TAMPER), which rewrites a segment with valid frames, CRCs and index, so the
-failure verify reports comes from the Merkle roots, signatures and chain, not from a CRC.
-Every process a check starts is bounded in time; only processes this test started are killed.
+batches swapped, a batch re-signed with another key) is made with flowseal-tamper, which
+rewrites a segment with valid frames, CRCs and index, so the failure verify reports comes from
+the Merkle roots, signatures and chain, not from a CRC. Every process a test starts is bounded
+in time; only processes this test started are killed.
 """
 import json
 import os
@@ -16,28 +17,16 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 
-FLOWSEAL = os.path.abspath(sys.argv[1])
-DATA = os.path.abspath(sys.argv[2])
-ONLY = set(sys.argv[3:])
+import pytest
+
+FLOWSEAL = os.environ["FLOWSEAL"]
+DATA = os.environ["FLOWSEAL_TEST_DATA"]
+TAMPER = os.environ["FLOWSEAL_TAMPER"]
 SYNSCAN = os.path.join(DATA, "synscan.pcap")
 TIMEOUT = 120
-TAMPER = os.environ["FLOWSEAL_TAMPER"]
-
-failures = []
-checks = 0
-
-
-def check(condition, what):
-    global checks
-    checks += 1
-    if not condition:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
 
 
 def instance(tag):
@@ -63,7 +52,7 @@ def run_args(pcaps, out, tag, extra=()):
 def pipeline(pcaps, out, tag, extra=()):
     r = subprocess.run(run_args(pcaps, out, tag, extra), capture_output=True, text=True,
                        timeout=TIMEOUT)
-    check(r.returncode == 0, f"run {tag} exits 0 (got {r.returncode}: {r.stderr[-1500:]})")
+    assert r.returncode == 0, f"run {tag} exits 0 (got {r.returncode}: {r.stderr[-1500:]})"
     return r
 
 
@@ -77,23 +66,12 @@ def verify(d, *extra):
 
 def event_ids(d, *extra):
     r = run(["cat", d, "--events"] + list(extra))
-    check(r.returncode == 0, f"cat --events {d} exits 0 ({r.stderr.strip()})")
+    assert r.returncode == 0, f"cat --events {d} exits 0 ({r.stderr.strip()})"
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
     return [f"{e['uid']}:{e['event']}:{e['event_number']}" for e in rows]
 
 
 # ---------------------------------------------------------------------------- tampering
-
-def sealed_store(tmp):
-    """synscan in batches of <= 64 records, the segment split into segments of two batches."""
-    out = os.path.join(tmp, "clean")
-    pipeline([SYNSCAN], out, "clean",
-             ["--set", "seal.batch_records=64", "--set", "writer.segment_max_mb=1"])
-    for seg in segments(out):
-        r = tamper([os.path.join(out, seg), "--split", "2"])
-        check(r.returncode == 0, f"flowseal-tamper --split works ({r.stderr.strip()})")
-    return out
-
 
 def batch_seqs(d, seg):
     """Batch seqs of a segment, from its frame headers (48 bytes each, after an 80-byte header)."""
@@ -108,99 +86,155 @@ def batch_seqs(d, seg):
     return seqs
 
 
-def test_tampering(tmp):
-    clean = sealed_store(tmp)
-    segs = segments(clean)
-    check(len(segs) >= 3, f"the store has at least three segments (has {segs})")
-    v = verify(clean)
-    check(v.returncode == 0, f"the undamaged store verifies ({v.stderr.strip()})")
-    if len(segs) < 3:
-        return
-    middle = segs[1]
-    seqs = batch_seqs(clean, middle)
-    check(len(seqs) == 2, f"the middle segment holds two batches ({seqs})")
-    a, b = seqs[0], seqs[-1]
-    other_key = os.path.join(tmp, "other.key")
-    run(["keygen", "-o", other_key])
+class Sealed:
+    """synscan in batches of <= 64 records, the segment split into segments of two batches;
+    the damage of each tampering case is made to a copy of it."""
 
-    def damaged(name, action, *expect):
-        d = os.path.join(tmp, "damaged-" + name)
-        shutil.copytree(clean, d)
-        path = os.path.join(d, middle)
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.clean = os.path.join(tmp, "clean")
+        pipeline([SYNSCAN], self.clean, "clean",
+                 ["--set", "seal.batch_records=64", "--set", "writer.segment_max_mb=1"])
+        for seg in segments(self.clean):
+            r = tamper([os.path.join(self.clean, seg), "--split", "2"])
+            assert r.returncode == 0, f"flowseal-tamper --split works ({r.stderr.strip()})"
+        self.segs = segments(self.clean)
+        assert len(self.segs) >= 3, f"the store has at least three segments (has {self.segs})"
+        self.middle = self.segs[1]
+        self.seqs = batch_seqs(self.clean, self.middle)
+        self.a, self.b = self.seqs[0], self.seqs[-1]
+        self.other_key = os.path.join(tmp, "other.key")
+        run(["keygen", "-o", self.other_key])
+
+    def damaged(self, name, action, *expect):
+        """A copy of the store with `action` done to its middle segment (flowseal-tamper's
+        arguments, or a function of (dir, path)): verify exits 65 and its first FAILED line
+        names every part of `expect`. Returns that line."""
+        d = os.path.join(self.tmp, "damaged-" + name)
+        shutil.copytree(self.clean, d)
+        path = os.path.join(d, self.middle)
         if isinstance(action, list):
             r = tamper([path] + action)
-            check(r.returncode == 0, f"{name}: the damage could be made ({r.stderr.strip()})")
+            assert r.returncode == 0, f"{name}: the damage could be made ({r.stderr.strip()})"
         else:
             action(d, path)
         v = verify(d)
-        check(v.returncode == 65, f"{name}: verify exits 65 (got {v.returncode})")
+        assert v.returncode == 65, \
+            f"{name}: verify exits 65 (got {v.returncode}: {v.stderr.strip()})"
         failed = [l for l in v.stderr.splitlines() if "FAILED" in l]
         line = failed[0] if failed else ""
         for part in expect:
-            check(part in line, f"{name}: verify's verdict names '{part}': {line!r}")
+            assert part in line, f"{name}: verify's verdict names '{part}': {line!r}"
         return line
 
-    # The signed Merkle root proves that some record of the batch changed; the unsigned leaf
-    # hints stored beside it (two bytes of each record's leaf hash) say which one.
-    for k in (0, 5, 40):
-        damaged(f"record-{k}-changed", ["--edit-record", f"{b}:{k}"], middle,
-                f"batch seq {b}, record {k}: Merkle root",
-                f"record {k} differs from the record that was sealed")
-    for k in (0, 7, 63):
-        damaged(f"record-{k}-removed", ["--drop-record", f"{b}:{k}"], middle,
-                f"batch seq {b}, record {k}: recordCount",
-                f"a record was removed at record index {k}")
-    # A tamperer who rewrites the hints to fit the changed record: still caught by the root,
-    # and verify says it cannot tell which record it was rather than naming a wrong one.
-    line = damaged("record-changed-hints-rewritten", ["--edit-record", f"{b}:5", "--rehint", str(b)],
-                   middle, f"batch seq {b}: Merkle root", "could not be located")
-    check(", record " not in line, f"no record is named when the hints were rewritten: {line!r}")
-    line = damaged("record-removed-hints-rewritten", ["--drop-record", f"{b}:7", "--rehint", str(b)],
-                   middle, f"batch seq {b}: recordCount", "could not be located")
-    damaged("batch-removed", ["--drop-batch", str(b)], f"batch seq {b}", "missing")
-    damaged("batches-swapped", ["--swap", f"{a}:{b}"], middle, f"batch seq {b}")
-    damaged("other-key", ["--reseal", str(b), "--key", other_key], middle, f"batch seq {b}")
 
+@pytest.fixture(scope="module")
+def sealed(module_tmp):
+    return Sealed(module_tmp)
+
+
+def test_tampering_the_undamaged_store_verifies(sealed):
+    v = verify(sealed.clean)
+    assert v.returncode == 0, f"the undamaged store verifies ({v.stderr.strip()})"
+    assert len(sealed.seqs) == 2, f"the middle segment holds two batches ({sealed.seqs})"
+
+
+# The signed Merkle root proves that some record of the batch changed; the unsigned leaf
+# hints stored beside it (two bytes of each record's leaf hash) say which one.
+@pytest.mark.parametrize("k", [0, 5, 40])
+def test_tampering_record_changed(sealed, k):
+    b = sealed.b
+    sealed.damaged(f"record-{k}-changed", ["--edit-record", f"{b}:{k}"], sealed.middle,
+                   f"batch seq {b}, record {k}: Merkle root",
+                   f"record {k} differs from the record that was sealed")
+
+
+@pytest.mark.parametrize("k", [0, 7, 63])
+def test_tampering_record_removed(sealed, k):
+    b = sealed.b
+    sealed.damaged(f"record-{k}-removed", ["--drop-record", f"{b}:{k}"], sealed.middle,
+                   f"batch seq {b}, record {k}: recordCount",
+                   f"a record was removed at record index {k}")
+
+
+# A tamperer who rewrites the hints to fit the changed record: still caught by the root,
+# and verify says it cannot tell which record it was rather than naming a wrong one.
+def test_tampering_record_changed_hints_rewritten(sealed):
+    b = sealed.b
+    line = sealed.damaged("record-changed-hints-rewritten",
+                          ["--edit-record", f"{b}:5", "--rehint", str(b)],
+                          sealed.middle, f"batch seq {b}: Merkle root", "could not be located")
+    assert ", record " not in line, f"no record is named when the hints were rewritten: {line!r}"
+
+
+def test_tampering_record_removed_hints_rewritten(sealed):
+    b = sealed.b
+    sealed.damaged("record-removed-hints-rewritten",
+                   ["--drop-record", f"{b}:7", "--rehint", str(b)],
+                   sealed.middle, f"batch seq {b}: recordCount", "could not be located")
+
+
+def test_tampering_batch_removed(sealed):
+    b = sealed.b
+    sealed.damaged("batch-removed", ["--drop-batch", str(b)], f"batch seq {b}", "missing")
+
+
+def test_tampering_batches_swapped(sealed):
+    a, b = sealed.a, sealed.b
+    sealed.damaged("batches-swapped", ["--swap", f"{a}:{b}"], sealed.middle, f"batch seq {b}")
+
+
+def test_tampering_other_key(sealed):
+    b = sealed.b
+    sealed.damaged("other-key", ["--reseal", str(b), "--key", sealed.other_key], sealed.middle,
+                   f"batch seq {b}")
+
+
+def test_tampering_segment_truncated(sealed):
     def truncate(d, path):
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) - 100)
-    damaged("segment-truncated", truncate, middle, "truncated", f"seq {b}")
+    sealed.damaged("segment-truncated", truncate, sealed.middle, "truncated", f"seq {sealed.b}")
 
+
+def test_tampering_segment_removed(sealed):
     def remove(d, path):
         os.remove(path)
-    damaged("segment-removed", remove, segs[2], f"batch seq {a}", "missing")
+    sealed.damaged("segment-removed", remove, sealed.segs[2], f"batch seq {sealed.a}", "missing")
 
+
+def test_tampering_pinned_foreign_key(sealed):
     # Pinning a key: the original store fails against another key.
-    v = verify(clean, "--pubkey", other_key.replace(".key", ".pub"))
-    check(v.returncode == 65 and "not a trusted key" in v.stderr,
-          f"verify --pubkey with a foreign key fails ({v.returncode})")
+    v = verify(sealed.clean, "--pubkey", sealed.other_key.replace(".key", ".pub"))
+    assert v.returncode == 65 and "not a trusted key" in v.stderr, \
+        f"verify --pubkey with a foreign key fails ({v.returncode}: {v.stderr.strip()})"
 
 
-def test_format2_store(tmp):
+def test_format2_store(tmp_path):
     """A store written before leaf hints existed (segment batches of encoding 1, made by
     commit 58474d0): it still verifies and reads, and damage to it is still found, only not
     located."""
     old = os.path.join(DATA, "store-format2")
     v = verify(old)
-    check(v.returncode == 0 and "records:  3988" in v.stdout,
-          f"the format-2 store without leaf hints verifies ({v.returncode}: {v.stderr.strip()})")
+    assert v.returncode == 0 and "records:  3988" in v.stdout, \
+        f"the format-2 store without leaf hints verifies ({v.returncode}: {v.stderr.strip()})"
     r = run(["cat", old, "--events"])
-    check(r.returncode == 0 and len(r.stdout.splitlines()) == 3988,
-          f"cat reads every record of the format-2 store ({r.returncode})")
-    d = os.path.join(tmp, "format2-damaged")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 3988, \
+        f"cat reads every record of the format-2 store ({r.returncode}: {r.stderr.strip()})"
+    d = str(tmp_path / "format2-damaged")
     shutil.copytree(old, d)
     seg = os.path.join(d, segments(d)[0])
     seq = batch_seqs(d, segments(d)[0])[3]
     r = tamper([seg, "--edit-record", f"{seq}:5"])
-    check(r.returncode == 0, f"format-2 damage could be made ({r.stderr.strip()})")
+    assert r.returncode == 0, f"format-2 damage could be made ({r.stderr.strip()})"
     v = verify(d)
     line = next((l for l in v.stderr.splitlines() if "FAILED" in l), "")
-    check(v.returncode == 65 and f"batch seq {seq}: Merkle root" in line and
-          "carries no leaf hints" in line,
-          f"a changed record of a format-2 store fails, unlocated: {v.returncode} {line!r}")
+    assert v.returncode == 65 and f"batch seq {seq}: Merkle root" in line and \
+        "carries no leaf hints" in line, \
+        f"a changed record of a format-2 store fails, unlocated: {v.returncode} {line!r}"
     r = run(["verify", old, "--proof", first_event(old)])
-    check(r.returncode == 0 and json.loads(r.stdout)["leaf_count"] > 0,
-          f"verify --proof works on the format-2 store ({r.stderr.strip()})")
+    assert r.returncode == 0 and json.loads(r.stdout)["leaf_count"] > 0, \
+        f"verify --proof works on the format-2 store ({r.stderr.strip()})"
 
 
 def first_event(d):
@@ -210,25 +244,24 @@ def first_event(d):
 
 # ---------------------------------------------------------------------------- proofs
 
-def test_proof(tmp):
+def test_proof(tmp_path):
+    tmp = str(tmp_path)
     out = os.path.join(tmp, "proof")
     pipeline([SYNSCAN], out, "proof", ["--set", "seal.batch_records=64"])
     ids = event_ids(out)
-    check(len(ids) > 100, "the proof store holds events")
-    if not ids:
-        return
+    assert len(ids) > 100, f"the proof store holds events ({len(ids)})"
     for event in (ids[0], ids[len(ids) // 2], ids[-1]):
         r = run(["verify", out, "--proof", event])
-        check(r.returncode == 0, f"verify --proof {event} exits 0 ({r.stderr.strip()})")
+        assert r.returncode == 0, f"verify --proof {event} exits 0 ({r.stderr.strip()})"
         proof = json.loads(r.stdout)
-        check(proof["event_id"] == event, "the proof names the event")
+        assert proof["event_id"] == event, "the proof names the event"
         path = os.path.join(tmp, "proof.json")
         with open(path, "w") as f:
             f.write(r.stdout)
         v = run(["verify-proof", path])
-        check(v.returncode == 0, f"verify-proof accepts the proof of {event} ({v.stderr.strip()})")
+        assert v.returncode == 0, f"verify-proof accepts the proof of {event} ({v.stderr.strip()})"
         v = run(["verify-proof", path, "--pubkey", os.path.join(out, "keys", "flowseal.pub")])
-        check(v.returncode == 0, f"verify-proof accepts the pinned key ({v.stderr.strip()})")
+        assert v.returncode == 0, f"verify-proof accepts the pinned key ({v.stderr.strip()})"
         # A changed count in the record, a flipped proof node: both refused.
         rec = proof["record"]
         bad = r.stdout.replace(f"\"orig_pkts\":{rec['orig_pkts']},",
@@ -236,74 +269,74 @@ def test_proof(tmp):
         with open(path, "w") as f:
             f.write(bad)
         v = run(["verify-proof", path])
-        check(v.returncode == 65, f"verify-proof refuses a changed record ({v.returncode})")
+        assert v.returncode == 65, f"verify-proof refuses a changed record ({v.returncode})"
         canon = proof["record_canonical"]
         flipped = canon[:40] + ("0" if canon[40] != "0" else "1") + canon[41:]
         with open(path, "w") as f:
             f.write(r.stdout.replace(canon, flipped))
         v = run(["verify-proof", path])
-        check(v.returncode == 65, f"verify-proof refuses changed canonical bytes ({v.returncode})")
+        assert v.returncode == 65, f"verify-proof refuses changed canonical bytes ({v.returncode})"
         if proof["proof"]:
             node = proof["proof"][0]
             with open(path, "w") as f:
                 f.write(r.stdout.replace(node, node[::-1]))
             v = run(["verify-proof", path])
-            check(v.returncode == 65, f"verify-proof refuses a changed path ({v.returncode})")
+            assert v.returncode == 65, f"verify-proof refuses a changed path ({v.returncode})"
     r = run(["verify", out, "--proof", "Cnotthere1:end:9"])
-    check(r.returncode == 65, "verify --proof of an unknown event exits 65")
+    assert r.returncode == 65, "verify --proof of an unknown event exits 65"
     r = run(["verify", out, "--proof", "garbage"])
-    check(r.returncode == 64, "verify --proof of a malformed event id exits 64")
+    assert r.returncode == 64, "verify --proof of a malformed event id exits 64"
 
 
 # ---------------------------------------------------------------------------- cat
 
-def test_cat(tmp):
+def test_cat(tmp_path):
+    tmp = str(tmp_path)
     out = os.path.join(tmp, "cat")
     pipeline([SYNSCAN], out, "cat", ["--set", "seal.batch_records=64"])
     r = run(["cat", out])
     rows = [json.loads(l) for l in r.stdout.splitlines()]
-    check(len(rows) > 100, "cat prints flows")
+    assert len(rows) > 100, f"cat prints flows ({len(rows)})"
     t = run(["cat", out, "--format", "tsv"])
     lines = t.stdout.splitlines()
     fields = [l for l in lines if l.startswith("#fields\t")]
-    check(len(fields) == 1, "tsv has one #fields line")
+    assert len(fields) == 1, f"tsv has one #fields line ({fields})"
     data = [l for l in lines if not l.startswith("#")]
-    check(len(data) == len(rows), f"tsv has a row per flow ({len(data)} vs {len(rows)})")
-    if fields and data:
-        names = fields[0].split("\t")[1:]
-        first = dict(zip(names, data[0].split("\t")))
-        check(first.get("uid") == rows[0]["uid"] and
-              first.get("id.orig_h") == rows[0]["id.orig_h"] and
-              int(first.get("orig_pkts", -1)) == rows[0]["orig_pkts"],
-              "the first tsv row says what the first json line says")
-    check(lines[-1].startswith("#close"), "tsv ends with #close")
+    assert len(data) == len(rows), f"tsv has a row per flow ({len(data)} vs {len(rows)})"
+    names = fields[0].split("\t")[1:]
+    first = dict(zip(names, data[0].split("\t")))
+    assert (first.get("uid") == rows[0]["uid"] and
+            first.get("id.orig_h") == rows[0]["id.orig_h"] and
+            int(first.get("orig_pkts", -1)) == rows[0]["orig_pkts"]), \
+        f"the first tsv row says what the first json line says ({first} vs {rows[0]})"
+    assert lines[-1].startswith("#close"), f"tsv ends with #close ({lines[-1]!r})"
     # Zeek's header, line by line, and rows that fit it (zeek-cut and Zeek's readers rely on it).
     head = [l for l in lines if l.startswith("#")]
-    check(head[:5] == ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)",
-                       "#unset_field\t-", "#path\tconn"], f"tsv opens with Zeek's header: {head[:5]}")
+    assert head[:5] == ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)",
+                        "#unset_field\t-", "#path\tconn"], f"tsv opens with Zeek's header: {head[:5]}"
     stamp = re.compile(r"^#(open|close)\t\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d$")
-    check(stamp.match(head[5] if len(head) > 5 else "") and stamp.match(lines[-1]),
-          f"#open and #close carry Zeek's YYYY-MM-DD-HH-MM-SS stamp ({head[5:6]}, {lines[-1]})")
+    assert stamp.match(head[5] if len(head) > 5 else "") and stamp.match(lines[-1]), \
+        f"#open and #close carry Zeek's YYYY-MM-DD-HH-MM-SS stamp ({head[5:6]}, {lines[-1]})"
     types = [l for l in lines if l.startswith("#types\t")]
     zeek_types = {"time", "string", "addr", "port", "enum", "interval", "count", "int", "double",
                   "bool", "set[string]"}
-    if fields and types:
-        names, kinds = fields[0].split("\t")[1:], types[0].split("\t")[1:]
-        check(len(names) == len(kinds) and set(kinds) <= zeek_types,
-              f"#types names a Zeek type for each of the {len(names)} fields ({kinds})")
-        check(all(len(r.split("\t")) == len(names) for r in data),
-              "every tsv row has a value for each field")
+    if types:
+        kinds = types[0].split("\t")[1:]
+        assert len(names) == len(kinds) and set(kinds) <= zeek_types, \
+            f"#types names a Zeek type for each of the {len(names)} fields ({kinds})"
+        assert all(len(r.split("\t")) == len(names) for r in data), \
+            "every tsv row has a value for each field"
         col = dict(zip(names, range(len(names))))
-        check(all(float(r.split("\t")[col["ts"]]) > 1e9 and
-                  0 <= int(r.split("\t")[col["id.orig_p"]]) <= 65535 for r in data),
-              "ts and port columns hold what their types say")
+        assert all(float(r.split("\t")[col["ts"]]) > 1e9 and
+                   0 <= int(r.split("\t")[col["id.orig_p"]]) <= 65535 for r in data), \
+            "ts and port columns hold what their types say"
 
     def subset(args, keep, what):
         r = run(["cat", out] + args)
-        check(r.returncode == 0, f"cat {args} exits 0 ({r.stderr.strip()})")
+        assert r.returncode == 0, f"cat {args} exits 0 ({r.stderr.strip()})"
         got = [json.loads(l)["uid"] for l in r.stdout.splitlines()]
         want = [x["uid"] for x in rows if keep(x)]
-        check(got == want and len(want) > 0, f"{what}: {len(got)} flows, expected {len(want)}")
+        assert got == want and len(want) > 0, f"{what}: {len(got)} flows, expected {len(want)}"
 
     host = rows[0]["id.resp_h"]
     subset(["--host", host], lambda x: host in (x["id.orig_h"], x["id.resp_h"]), "--host")
@@ -320,19 +353,22 @@ def test_cat(tmp):
     subset(["--until", iso], lambda x: x["ts"] < int(mid), "--until RFC 3339")
     # Filters together: both must hold; a port on either side matches.
     subset(["--host", host, "--port", str(port)],
-           lambda x: host in (x["id.orig_h"], x["id.resp_h"]) and port in (x["id.orig_p"], x["id.resp_p"]),
+           lambda x: (host in (x["id.orig_h"], x["id.resp_h"]) and
+                      port in (x["id.orig_p"], x["id.resp_p"])),
            "--host with --port")
     subset(["--since", str(ts[len(ts) // 4]), "--until", str(mid)],
            lambda x: x["ts"] + x["duration"] >= ts[len(ts) // 4] - 1e-6 and x["ts"] < mid,
            "--since with --until")
     r = run(["cat", out, "--host", "10.0.0.0/99"])
-    check(r.returncode == 64 and "--host 10.0.0.0/99" in r.stderr, "cat --host with a bad prefix exits 64")
+    assert r.returncode == 64 and "--host 10.0.0.0/99" in r.stderr, \
+        f"cat --host with a bad prefix exits 64 ({r.returncode}: {r.stderr.strip()})"
     r = run(["cat", out, "--port", "70000"])
-    check(r.returncode == 64 and "out of range" in r.stderr, "cat --port 70000 exits 64")
+    assert r.returncode == 64 and "out of range" in r.stderr, \
+        f"cat --port 70000 exits 64 ({r.returncode}: {r.stderr.strip()})"
     r = run(["cat", out, "--host", "10.255.255.254"])
-    check(r.returncode == 0 and r.stdout == "", "cat --host of an absent address prints nothing")
+    assert r.returncode == 0 and r.stdout == "", "cat --host of an absent address prints nothing"
     r = run(["cat", out, "--since", "yesterday"])
-    check(r.returncode == 64, "cat --since with a bad time exits 64")
+    assert r.returncode == 64, "cat --since with a bad time exits 64"
 
     # A record stored twice (a crash replays it into another batch) is printed once.
     dup = os.path.join(tmp, "cat-dup")
@@ -340,24 +376,24 @@ def test_cat(tmp):
     seg = segments(dup)[0]
     shutil.copy(os.path.join(dup, seg), os.path.join(dup, "seg-00000000000000009999.fsg"))
     ids = event_ids(dup, "--no-verify")  # the copied segment repeats batches: not a chain
-    check(len(ids) == len(set(ids)) and set(ids) == set(event_ids(out)),
-          "cat drops repeated event ids")
+    assert len(ids) == len(set(ids)) and set(ids) == set(event_ids(out)), \
+        "cat drops repeated event ids"
 
 
-def test_cat_loop_times(tmp):
+def test_cat_loop_times(tmp_path):
     """Loop mode over all of tests/data (packet times 2000..2024) twenty times: every pass is
     moved past the one before by the whole span, and passes past the year 2262 once wrapped
     around int64 and gave records times near -9.2e9 s, which cat printed as invalid JSON
     ("ts":-9223372036.-854775). Capture now stops at the last pass that fits and says so."""
-    out = os.path.join(tmp, "loop20")
+    out = str(tmp_path / "loop20")
     r = subprocess.run(run_args(big_input(), out, "loop20", ["--set", "capture.loop=20"]),
                        capture_output=True, text=True, timeout=TIMEOUT)
-    check(r.returncode == 65 and "loop mode: stopped after 10 of 20 passes" in r.stderr,
-          f"capture says it stopped looping before times overflow ({r.returncode}: {r.stderr[-800:]})")
+    assert r.returncode == 65 and "loop mode: stopped after 10 of 20 passes" in r.stderr, \
+        f"capture says it stopped looping before times overflow ({r.returncode}: {r.stderr[-800:]})"
     v = verify(out)
-    check(v.returncode == 0, f"the looped store verifies ({v.stderr.strip()})")
+    assert v.returncode == 0, f"the looped store verifies ({v.stderr.strip()})"
     c = run(["cat", out, "--events"])
-    check(c.returncode == 0, f"cat of the looped store exits 0 ({c.stderr.strip()})")
+    assert c.returncode == 0, f"cat of the looped store exits 0 ({c.stderr.strip()})"
     lines = c.stdout.splitlines()
     bad, insane = [], []
     for line in lines:
@@ -369,13 +405,14 @@ def test_cat_loop_times(tmp):
         # 2000-01-01 .. 2262-04-11: the inputs' first time to the end of int64 nanoseconds.
         if not (946684800 <= row["ts"] <= 9223372036 and 0 <= row["duration"] < 86400 * 366):
             insane.append(line)
-    check(len(lines) > 10000, f"the looped store holds its records ({len(lines)})")
-    check(not bad, f"every line cat prints is JSON ({len(bad)} are not, e.g. {bad[:1]})")
-    check(not insane, f"every ts lies within the looped input's time ({len(insane)} do not, e.g. {insane[:1]})")
+    assert len(lines) > 10000, f"the looped store holds its records ({len(lines)})"
+    assert not bad, f"every line cat prints is JSON ({len(bad)} are not, e.g. {bad[:1]})"
+    assert not insane, \
+        f"every ts lies within the looped input's time ({len(insane)} do not, e.g. {insane[:1]})"
     t = run(["cat", out, "--events", "--format", "tsv"])
     rows = [l.split("\t") for l in t.stdout.splitlines() if not l.startswith("#")]
-    check(len(rows) == len(lines) and all(float(r[0]) >= 946684800 for r in rows),
-          "tsv rows carry the same sane times")
+    assert len(rows) == len(lines) and all(float(r[0]) >= 946684800 for r in rows), \
+        "tsv rows carry the same sane times"
 
 
 # ---------------------------------------------------------------------------- writerd
@@ -399,7 +436,8 @@ def big_input():
     return sorted(os.path.join(DATA, f) for f in os.listdir(DATA) if f.endswith((".pcap", ".pcapng")))
 
 
-def test_writerd_killed(tmp):
+def test_writerd_killed(tmp_path, report):
+    tmp = str(tmp_path)
     # Ten passes over the data (loop mode rewrites the addresses, so flows stay unique): long
     # enough on a fast, idle machine that writerd is seen and killed mid-run, which the
     # single pass was not (CI once finished it before the first poll).
@@ -430,29 +468,29 @@ def test_writerd_killed(tmp):
         if p.poll() is None:
             p.kill()
             p.wait()
-    print(f"writerd killed {kills} times", flush=True)
-    check(kills >= 1, "writerd was killed at least once during the run")
-    check(p.returncode == 0, f"the run with writerd killed completes ({p.returncode}: {output[-1500:]})")
+    report(f"writerd killed {kills} times")
+    assert kills >= 1, "writerd was killed at least once during the run"
+    assert p.returncode == 0, \
+        f"the run with writerd killed completes ({p.returncode}: {output[-1500:]})"
     v = verify(out)
-    check(v.returncode == 0, f"the store verifies after writerd was killed ({v.stderr.strip()})")
+    assert v.returncode == 0, f"the store verifies after writerd was killed ({v.stderr.strip()})"
     raw = run(["cat", out, "--events"]).stdout.splitlines()
     ids = event_ids(out)
     want = event_ids(calm)
-    check(len(ids) == len(set(ids)) == len(raw), "every record is stored exactly once")
-    check(set(ids) == set(want), f"the same events as an undisturbed run ({len(ids)} vs {len(want)})")
+    assert len(ids) == len(set(ids)) == len(raw), "every record is stored exactly once"
+    assert set(ids) == set(want), \
+        f"the same events as an undisturbed run ({len(ids)} vs {len(want)})"
 
 
-def test_disk_full(tmp):
+def test_disk_full(tmp_path):
     if os.geteuid() != 0:
-        print("SKIP disk full: needs root to mount a tmpfs", flush=True)
-        return
-    mnt = os.path.join(tmp, "small")
+        pytest.skip("disk full: needs root to mount a tmpfs")
+    mnt = str(tmp_path / "small")
     os.mkdir(mnt)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        print(f"SKIP disk full: cannot mount a tmpfs: {r.stderr.strip()}", flush=True)
-        return
+        pytest.skip(f"disk full: cannot mount a tmpfs: {r.stderr.strip()}")
     try:
         filler = os.path.join(mnt, "filler")
         # Leave about 16 KiB: the two key files take a 4 KiB page each, and synscan's segments
@@ -477,8 +515,8 @@ def test_disk_full(tmp):
         t.start()
         try:
             saw_full.wait(60)
-            check(saw_full.is_set(), "writerd logs that the disk is full")
-            check(p.poll() is None, "the run waits while the disk is full")
+            assert saw_full.is_set(), "writerd logs that the disk is full"
+            assert p.poll() is None, "the run waits while the disk is full"
             os.remove(filler)
             p.wait(TIMEOUT)
         finally:
@@ -487,31 +525,11 @@ def test_disk_full(tmp):
                 p.wait()
         t.join(10)
         text = "".join(lines)
-        check(p.returncode == 0, f"the run completes once space is free ({p.returncode}: {text[-1500:]})")
-        check("writing works again" in text, "writerd says writing resumed")
+        assert p.returncode == 0, \
+            f"the run completes once space is free ({p.returncode}: {text[-1500:]})"
+        assert "writing works again" in text, "writerd says writing resumed"
         v = verify(out)
-        check(v.returncode == 0, f"the store verifies after a full disk ({v.stderr.strip()})")
-        check(len(event_ids(out)) > 1000, "the records are all there after a full disk")
+        assert v.returncode == 0, f"the store verifies after a full disk ({v.stderr.strip()})"
+        assert len(event_ids(out)) > 1000, "the records are all there after a full disk"
     finally:
         subprocess.run(["umount", mnt], capture_output=True)
-
-
-TESTS = [test_tampering, test_format2_store, test_proof, test_cat, test_cat_loop_times,
-         test_writerd_killed,
-         test_disk_full]
-
-if __name__ == "__main__":
-    with tempfile.TemporaryDirectory(prefix="flowseal-store-") as tmp:
-        for test in TESTS:
-            if ONLY and test.__name__ not in ONLY:
-                continue
-            print(f"-- {test.__name__}", flush=True)
-            before = len(failures)
-            try:
-                test(tmp)
-            except Exception as e:  # a crash in a check is a failure, not a stop
-                failures.append(f"{test.__name__}: {type(e).__name__}: {e}")
-                print(f"FAIL: {test.__name__}: {type(e).__name__}: {e}", flush=True)
-            print(f"   {'ok' if len(failures) == before else 'FAILED'}", flush=True)
-    print(f"{checks - len(failures)} passed, {len(failures)} failed")
-    sys.exit(1 if failures else 0)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Unprivileged stages (supervisor.user) through the real binaries, as root.
 
-usage: privilege_test.py FLOWSEAL_BINARY TEST_DATA_DIR [--sanitized]
+Run by meson as `python3 -m pytest -q privilege_test.py`; environment: FLOWSEAL, FLOWSEAL_TEST_DATA,
+FLOWSEAL_SANITIZED (see tests/conftest.py).
 
-Needs root (exit 77, skipped, otherwise). Makes a throwaway system user (useradd --system,
+Needs root (every test skipped, exit 77, otherwise). Makes a throwaway system user (useradd --system,
 removed with userdel at the end; `nobody` if useradd is missing) and:
   - runs `flowseal run -r ... --set supervisor.user=USER` and, while it runs, reads
     /proc/PID/status of every stage: flowd, dedupd, signerd and writerd have the user's uid
@@ -24,32 +25,20 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-FLOWSEAL = os.path.abspath(sys.argv[1])
-DATA = os.path.abspath(sys.argv[2])
-SANITIZED = "--sanitized" in sys.argv[3:]
+import pytest
+
+FLOWSEAL = os.environ["FLOWSEAL"]
+DATA = os.environ["FLOWSEAL_TEST_DATA"]
+SANITIZED = os.environ.get("FLOWSEAL_SANITIZED") == "1"
 CAPTURE = os.path.join(DATA, "sample.pcap")
 LOOP = 300 if SANITIZED else 2500  # 1-2 s on an idle machine: long enough to look at the stages while they run
 TIMEOUT = 240
 UNPRIVILEGED = ["flowd", "dedupd", "signerd", "writerd"]
 STAGES = ["capture"] + UNPRIVILEGED
-
-failures = []
-checks = 0
-
-
-def check(condition, what):
-    global checks
-    checks += 1
-    if not condition:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return condition
-
 
 def instance(tag):
     return f"pv{os.getpid()}-{tag}"
@@ -88,7 +77,7 @@ def status_of(pid):
 
 def records(out):
     r = subprocess.run([FLOWSEAL, "cat", out, "--events"], capture_output=True, text=True, timeout=TIMEOUT)
-    check(r.returncode == 0, f"cat {out} exits 0 ({r.stderr[-500:]})")
+    assert r.returncode == 0, f"cat {out} exits 0 ({r.stderr[-500:]})"
     keys = ("uid", "event", "event_number", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p",
             "proto", "orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes", "end_reason", "ts")
     events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
@@ -100,18 +89,48 @@ def verify(out):
     return v.returncode == 0, (v.stdout + v.stderr)[-1000:]
 
 
-def make_user():
+def make_user(report):
     name = f"fsu{os.getpid() % 1000000}"
     if shutil.which("useradd"):
         r = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
                            capture_output=True, text=True)
         if r.returncode == 0:
             return pwd.getpwnam(name), True
-        print(f"   useradd failed ({r.stderr.strip()}): using nobody", flush=True)
+        report(f"   useradd failed ({r.stderr.strip()}): using nobody")
     return pwd.getpwnam("nobody"), False
 
 
-def test_unprivileged_run(tmp, user):
+@pytest.fixture(scope="module", autouse=True)
+def needs_root():
+    """Every test is skipped without root (then pytest exits 77, see tests/conftest.py: a
+    module-level skip would collect nothing, exit 5, which meson counts as a failure)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (switching users)")
+
+
+@pytest.fixture(scope="module")
+def tmp():
+    """A temp dir the user can reach into (pytest's own temp dirs are root's, mode 0700)."""
+    d = tempfile.mkdtemp(prefix="flowseal-privilege-")
+    os.chmod(d, 0o711)  # the user reaches the directories inside, not the listing
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+    for leftover in glob.glob(f"/dev/shm/flowseal.pv{os.getpid()}-*"):
+        os.remove(leftover)
+
+
+@pytest.fixture(scope="module")
+def user(report):
+    """A throwaway system user (removed at the end), or `nobody` without useradd."""
+    u, made = make_user(report)
+    report(f"user {u.pw_name} (uid {u.pw_uid}, gid {u.pw_gid})"
+           f"{' made for this test' if made else ''}")
+    yield u
+    if made:
+        subprocess.run(["userdel", u.pw_name], capture_output=True)
+
+
+def test_unprivileged_run(tmp, user, report):
     tag = "run"
     out = os.path.join(tmp, "store")
     seen = {}
@@ -143,57 +162,61 @@ def test_unprivileged_run(tmp, user):
             p.wait()
         reader.join(10)
     text = "".join(lines)
-    check(p.returncode == 0, f"the run with supervisor.user exits 0 ({p.returncode}: {text[-2000:]})")
-    if not check(all(s in seen for s in STAGES), "every stage was seen running"):
-        return
+    assert p.returncode == 0, \
+        f"the run with supervisor.user exits 0 ({p.returncode}: {text[-2000:]})"
+    assert all(s in seen for s in STAGES), f"every stage was seen running ({sorted(seen)})"
     uid, gid = str(user.pw_uid), str(user.pw_gid)
     for s in UNPRIVILEGED:
         pid, st = seen[s]
-        print(f"   {s} (pid {pid}): Uid {st['Uid']} Gid {st['Gid']} Groups {st.get('Groups', [])} "
-              f"CapEff {st['CapEff'][0]} NoNewPrivs {st['NoNewPrivs'][0]}", flush=True)
-        check(st["Uid"] == [uid] * 4, f"{s} runs as {user.pw_name}: real, effective, saved and fs uid ({st['Uid']})")
-        check(st["Gid"] == [gid] * 4, f"{s} runs with the user's gid ({st['Gid']})")
-        check(st.get("Groups", []) == [], f"{s} has no supplementary groups ({st.get('Groups')})")
+        report(f"   {s} (pid {pid}): Uid {st['Uid']} Gid {st['Gid']} Groups {st.get('Groups', [])} "
+               f"CapEff {st['CapEff'][0]} NoNewPrivs {st['NoNewPrivs'][0]}")
+        assert st["Uid"] == [uid] * 4, \
+            f"{s} runs as {user.pw_name}: real, effective, saved and fs uid ({st['Uid']})"
+        assert st["Gid"] == [gid] * 4, f"{s} runs with the user's gid ({st['Gid']})"
+        assert st.get("Groups", []) == [], f"{s} has no supplementary groups ({st.get('Groups')})"
         for caps in ("CapEff", "CapPrm", "CapAmb"):
-            check(int(st[caps][0], 16) == 0, f"{s} has no capabilities in {caps} ({st[caps][0]})")
-        check(st["NoNewPrivs"] == ["1"], f"{s} cannot gain privileges by exec (NoNewPrivs)")
-    check(seen["capture"][1]["Uid"][0] == "0", "capture (offline: no capture.user) still starts as root")
+            assert int(st[caps][0], 16) == 0, f"{s} has no capabilities in {caps} ({st[caps][0]})"
+        assert st["NoNewPrivs"] == ["1"], f"{s} cannot gain privileges by exec (NoNewPrivs)"
+    assert seen["capture"][1]["Uid"][0] == "0", \
+        "capture (offline: no capture.user) still starts as root"
     # With a user the key lives in a root directory beside writer.dir (writer.dir is the
     # user's, who could otherwise swap the key); its public half is copied into out/keys.
     key = out.rstrip("/") + ".keys/flowseal.key"
-    check(os.path.isfile(os.path.join(out, "keys", "flowseal.pub")),
-          "the public key is copied into writer.dir/keys for verify")
-    check(not [l for l in seen["fds:signerd"] if l == key],
-          f"signerd holds no descriptor of the key file once it has read it ({seen['fds:signerd']})")
-    check(len(seen["shm"]) >= 6, f"the instance's shared memory was seen ({sorted(seen['shm'])})")
+    assert os.path.isfile(os.path.join(out, "keys", "flowseal.pub")), \
+        "the public key is copied into writer.dir/keys for verify"
+    assert not [l for l in seen["fds:signerd"] if l == key], \
+        f"signerd holds no descriptor of the key file once it has read it ({seen['fds:signerd']})"
+    assert len(seen["shm"]) >= 6, f"the instance's shared memory was seen ({sorted(seen['shm'])})"
     for path, st in seen["shm"].items():
-        check(st.st_uid == user.pw_uid and stat.S_IMODE(st.st_mode) == 0o600,
-              f"{path} belongs to {user.pw_name} with mode 0600 (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+        assert st.st_uid == user.pw_uid and stat.S_IMODE(st.st_mode) == 0o600, \
+            f"{path} belongs to {user.pw_name} with mode 0600 (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})"
     ok, why = verify(out)
-    check(ok, f"the store of the unprivileged run verifies ({why})")
+    assert ok, f"the store of the unprivileged run verifies ({why})"
     kst = os.stat(key)
-    check(kst.st_uid == 0 and stat.S_IMODE(kst.st_mode) == 0o600,
-          f"the private key stays root's with mode 0600 (uid {kst.st_uid}, mode {stat.S_IMODE(kst.st_mode):o})")
+    assert kst.st_uid == 0 and stat.S_IMODE(kst.st_mode) == 0o600, \
+        f"the private key stays root's with mode 0600 (uid {kst.st_uid}, mode {stat.S_IMODE(kst.st_mode):o})"
     segments = [f for f in glob.glob(os.path.join(out, "*")) if os.path.isfile(f)]
-    check(segments and all(os.stat(f).st_uid == user.pw_uid for f in segments),
-          f"writerd's segments belong to {user.pw_name} ({[(os.path.basename(f), os.stat(f).st_uid) for f in segments][:4]})")
-    check(os.stat(out).st_uid == user.pw_uid, "writer.dir, made by the supervisor, belongs to the user")
+    assert segments and all(os.stat(f).st_uid == user.pw_uid for f in segments), \
+        f"writerd's segments belong to {user.pw_name} ({[(os.path.basename(f), os.stat(f).st_uid) for f in segments][:4]})"
+    assert os.stat(out).st_uid == user.pw_uid, \
+        "writer.dir, made by the supervisor, belongs to the user"
 
     root_out = os.path.join(tmp, "store-root")
     r = subprocess.run(run_args(root_out, "root"), capture_output=True, text=True, timeout=TIMEOUT)
-    check(r.returncode == 0, f"the same run as root exits 0 ({r.stderr[-1000:]})")
+    assert r.returncode == 0, f"the same run as root exits 0 ({r.stderr[-1000:]})"
     a, b = records(out), records(root_out)
-    check(a == b and len(a) > 0, f"the unprivileged run stored the same records as the run as root "
-                                 f"({len(a)} vs {len(b)})")
+    assert a == b and len(a) > 0, (f"the unprivileged run stored the same records as the run as "
+                                   f"root ({len(a)} vs {len(b)})")
 
 
 def test_unknown_user(tmp):
     r = subprocess.run(run_args(os.path.join(tmp, "nouser"), "nouser",
                                 ["--set", "supervisor.user=no-such-user-flowseal"]),
                        capture_output=True, text=True, timeout=60)
-    check(r.returncode == 78, f"an unknown supervisor.user is a config error, exit 78 ({r.returncode})")
-    check("supervisor.user" in r.stderr and "no-such-user-flowseal" in r.stderr and "no such user" in r.stderr,
-          f"the message names the key and the user: {r.stderr.strip()!r}")
+    assert r.returncode == 78, \
+        f"an unknown supervisor.user is a config error, exit 78 ({r.returncode})"
+    assert "supervisor.user" in r.stderr and "no-such-user-flowseal" in r.stderr and "no such user" in r.stderr, \
+        f"the message names the key and the user: {r.stderr.strip()!r}"
 
 
 def test_unwritable_output(tmp, user):
@@ -201,10 +224,12 @@ def test_unwritable_output(tmp, user):
     os.mkdir(out, 0o700)
     r = subprocess.run(run_args(out, "rootonly", ["--set", f"supervisor.user={user.pw_name}"]),
                        capture_output=True, text=True, timeout=60)
-    check(r.returncode == 78, f"a writer.dir the user cannot write is refused, exit 78 ({r.returncode})")
-    check("writer.dir" in r.stderr and out in r.stderr and user.pw_name in r.stderr,
-          f"the message names writer.dir, the directory and the user: {r.stderr.strip()!r}")
-    check(not glob.glob(f"/dev/shm/flowseal.{instance('rootonly')}.*"), "no shared memory was created")
+    assert r.returncode == 78, \
+        f"a writer.dir the user cannot write is refused, exit 78 ({r.returncode})"
+    assert "writer.dir" in r.stderr and out in r.stderr and user.pw_name in r.stderr, \
+        f"the message names writer.dir, the directory and the user: {r.stderr.strip()!r}"
+    assert not glob.glob(f"/dev/shm/flowseal.{instance('rootonly')}.*"), \
+        "no shared memory was created"
 
 
 def test_key_within_reach(tmp, user):
@@ -218,41 +243,9 @@ def test_key_within_reach(tmp, user):
     r = subprocess.run(run_args(out, "reach", ["--set", f"supervisor.user={user.pw_name}",
                                                "--set", f"seal.key_file={keydir}/k.key"]),
                        capture_output=True, text=True, timeout=60)
-    check(r.returncode == 78, f"a signing key in a directory the user can write is refused, exit 78 ({r.returncode})")
-    check("seal.key_file" in r.stderr and keydir in r.stderr and user.pw_name in r.stderr,
-          f"the message names seal.key_file, the directory and the user: {r.stderr.strip()!r}")
-    check(not os.path.exists(os.path.join(keydir, "k.key")), "no key was made there")
-    check(not glob.glob(f"/dev/shm/flowseal.{instance('reach')}.*"), "no shared memory was created")
-
-
-if __name__ == "__main__":
-    if os.geteuid() != 0:
-        print("skipped: needs root (switching users)")
-        sys.exit(77)
-    started = time.time()
-    tmp = tempfile.mkdtemp(prefix="flowseal-privilege-")
-    os.chmod(tmp, 0o711)  # the user reaches the directories inside, not the listing
-    user, made = make_user()
-    print(f"user {user.pw_name} (uid {user.pw_uid}, gid {user.pw_gid}){' made for this test' if made else ''}",
-          flush=True)
-    try:
-        for test, args in ((test_unprivileged_run, (tmp, user)), (test_unknown_user, (tmp,)),
-                           (test_unwritable_output, (tmp, user)), (test_key_within_reach, (tmp, user))):
-            print(f"-- {test.__name__}", flush=True)
-            before = len(failures)
-            t0 = time.time()
-            try:
-                test(*args)
-            except Exception as e:
-                failures.append(f"{test.__name__}: {type(e).__name__}: {e}")
-                print(f"FAIL: {test.__name__}: {type(e).__name__}: {e}", flush=True)
-            print(f"   {'ok' if len(failures) == before else 'FAILED'} ({time.time() - t0:.1f} s)",
-                  flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for leftover in glob.glob(f"/dev/shm/flowseal.pv{os.getpid()}-*"):
-            os.remove(leftover)
-        if made:
-            subprocess.run(["userdel", user.pw_name], capture_output=True)
-    print(f"{checks - len(failures)} passed, {len(failures)} failed ({time.time() - started:.1f} s)")
-    sys.exit(1 if failures else 0)
+    assert r.returncode == 78, \
+        f"a signing key in a directory the user can write is refused, exit 78 ({r.returncode})"
+    assert "seal.key_file" in r.stderr and keydir in r.stderr and user.pw_name in r.stderr, \
+        f"the message names seal.key_file, the directory and the user: {r.stderr.strip()!r}"
+    assert not os.path.exists(os.path.join(keydir, "k.key")), "no key was made there"
+    assert not glob.glob(f"/dev/shm/flowseal.{instance('reach')}.*"), "no shared memory was created"

@@ -3,7 +3,8 @@
 manager: it binds a unix datagram socket, runs `flowseal run` with NOTIFY_SOCKET pointing at
 it and reads what arrives.
 
-usage: systemd_test.py FLOWSEAL_BINARY TEST_DATA_DIR [--sanitized]
+Run by meson as `python3 -m pytest -q systemd_test.py`; environment: FLOWSEAL,
+FLOWSEAL_TEST_DATA, FLOWSEAL_SANITIZED (see tests/conftest.py).
 
   - stopped by SIGTERM (filesystem socket, WATCHDOG_USEC set): READY=1 arrives once, with
     MAINPID = the supervisor's pid and a STATUS; when it arrives every stage process is
@@ -16,42 +17,36 @@ usage: systemd_test.py FLOWSEAL_BINARY TEST_DATA_DIR [--sanitized]
 Only processes this test started are signalled, by PID; sockets and temp dirs are removed.
 """
 import glob
+import mmap
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-import mmap
 
-FLOWSEAL = os.path.abspath(sys.argv[1])
-DATA = os.path.abspath(sys.argv[2])
-SANITIZED = "--sanitized" in sys.argv[3:]
+import pytest
+
+FLOWSEAL = os.environ["FLOWSEAL"]
+DATA = os.environ["FLOWSEAL_TEST_DATA"]
+SANITIZED = os.environ.get("FLOWSEAL_SANITIZED") == "1"
 CAPTURE = os.path.join(DATA, "sample.pcap")
 LONG = 100000  # passes over sample.pcap: longer than the test waits; it is stopped
 SHORT = 100 if SANITIZED else 400
 TIMEOUT = 120
 STAGES = ["capture", "flowd", "dedupd", "signerd", "writerd"]
 
-failures = []
-checks = 0
-
-
-def check(condition, what):
-    global checks
-    checks += 1
-    if not condition:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return condition
-
-
 def instance(tag):
     return f"sd{os.getpid()}-{tag}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_shm_left():
+    """What a failed run left in /dev/shm under this test's instance names is removed."""
+    yield
+    for leftover in glob.glob(f"/dev/shm/flowseal.sd{os.getpid()}-*"):
+        os.remove(leftover)
 
 
 def child_pids(parent):
@@ -122,12 +117,12 @@ class Manager:
         self.sock.close()
 
 
-def start(tag, loop, address, env_extra):
+def start(tmp, tag, loop, address, env_extra):
     env = dict(os.environ, NOTIFY_SOCKET=address, **env_extra)
     for k in ("WATCHDOG_USEC", "WATCHDOG_PID"):
         if k not in env_extra:
             env.pop(k, None)
-    out = os.path.join(TMP, tag)
+    out = os.path.join(tmp, tag)
     return subprocess.Popen(
         [FLOWSEAL, "run", "-r", CAPTURE, "-o", out, "--set", f"supervisor.instance={instance(tag)}",
          "--set", f"capture.loop={loop}", "--set", "supervisor.stats_interval_s=0", "--budget", "16"],
@@ -140,7 +135,7 @@ def finish(p, timeout=TIMEOUT):
     except subprocess.TimeoutExpired:
         p.kill()
         out, _ = p.communicate()
-        check(False, f"the run ends within {timeout} s")
+        pytest.fail(f"the run ends within {timeout} s ({out[-1500:]})")
     return p.returncode, out
 
 
@@ -153,15 +148,15 @@ def wait_for(condition, seconds, step=0.05):
     return condition()
 
 
-def test_stopped_by_sigterm():
+def test_stopped_by_sigterm(tmp_path, report):
     tag = "term"
-    address = os.path.join(TMP, "notify.sock")
+    address = str(tmp_path / "notify.sock")
     m = Manager(address, tag)
-    p = start(tag, LONG, address, {"WATCHDOG_USEC": "300000"})  # keep-alive every 150 ms
+    p = start(str(tmp_path), tag, LONG, address, {"WATCHDOG_USEC": "300000"})  # keep-alive every 150 ms
     m.supervisor = p.pid
     try:
         got_ready = wait_for(lambda: m.at_ready is not None or p.poll() is not None, 60)
-        check(got_ready and m.at_ready is not None, "READY=1 arrives while the run goes on")
+        assert got_ready and m.at_ready is not None, "READY=1 arrives while the run goes on"
         time.sleep(1.0)
         p.send_signal(signal.SIGTERM)
         code, out = finish(p)
@@ -171,93 +166,67 @@ def test_stopped_by_sigterm():
             p.kill()
             p.wait()
         m.close()
-    check(code == 0, f"a SIGTERM drains and exits 0 ({code}: {out[-1500:]})")
+    assert code == 0, f"a SIGTERM drains and exits 0 ({code}: {out[-1500:]})"
     t_ready, ready = m.first("READY")
-    if ready is None:
-        return
-    check(ready.get("READY") == "1", "READY=1")
-    check(ready.get("MAINPID") == str(p.pid), f"MAINPID is the supervisor's pid ({ready})")
-    check("STATUS" in ready and ready["STATUS"], f"READY comes with a STATUS ({ready})")
-    check(m.keys().count("READY") == 1, "READY=1 is sent once")
+    assert ready is not None and ready.get("READY") == "1", f"READY=1 ({m.messages[:3]})"
+    assert ready.get("MAINPID") == str(p.pid), f"MAINPID is the supervisor's pid ({ready})"
+    assert "STATUS" in ready and ready["STATUS"], f"READY comes with a STATUS ({ready})"
+    assert m.keys().count("READY") == 1, "READY=1 is sent once"
     procs, slot_rows = m.at_ready
-    check(all(len(procs.get(s, [])) >= 1 for s in STAGES),
-          f"when READY=1 arrives every stage process runs ({procs})")
+    assert all(len(procs.get(s, [])) >= 1 for s in STAGES), \
+        f"when READY=1 arrives every stage process runs ({procs})"
     running = sorted(pid for pids in procs.values() for pid in pids)
-    check(sorted(pid for pid, _ in slot_rows) == running and all(hb != 0 for _, hb in slot_rows),
-          f"when READY=1 arrives every stage has attached its control-block slot "
-          f"(slots {slot_rows}, processes {running})")
-    check("ready: every stage is up" in out, "the supervisor logs its readiness")
+    assert sorted(pid for pid, _ in slot_rows) == running and all(hb != 0 for _, hb in slot_rows), \
+        (f"when READY=1 arrives every stage has attached its control-block slot "
+         f"(slots {slot_rows}, processes {running})")
+    assert "ready: every stage is up" in out, "the supervisor logs its readiness"
     t_stop, stopping = m.first("STOPPING")
-    check(stopping is not None and stopping.get("STOPPING") == "1", "STOPPING=1 arrives")
-    if stopping:
-        check(t_stop > t_ready, "STOPPING=1 comes after READY=1")
-        check("draining" in stopping.get("STATUS", ""), f"STOPPING comes with a draining STATUS ({stopping})")
+    assert stopping is not None and stopping.get("STOPPING") == "1", "STOPPING=1 arrives"
+    assert t_stop > t_ready, "STOPPING=1 comes after READY=1"
+    assert "draining" in stopping.get("STATUS", ""), \
+        f"STOPPING comes with a draining STATUS ({stopping})"
     dogs = [t for t, f in m.messages if f.get("WATCHDOG") == "1"]
-    check(len(dogs) >= 4, f"WATCHDOG=1 keep-alives arrive at half the period ({len(dogs)} in the run)")
+    assert len(dogs) >= 4, \
+        f"WATCHDOG=1 keep-alives arrive at half the period ({len(dogs)} in the run)"
     gaps = [b - a for a, b in zip(dogs, dogs[1:])]
-    print(f"   watchdog: {len(dogs)} keep-alives, largest gap {max(gaps, default=0):.3f} s", flush=True)
+    report(f"   watchdog: {len(dogs)} keep-alives, largest gap {max(gaps, default=0):.3f} s")
     unexpected = {k for k in m.keys()} - {"READY", "STATUS", "MAINPID", "WATCHDOG", "STOPPING"}
-    check(not unexpected, f"no other assignments are sent ({unexpected})")
+    assert not unexpected, f"no other assignments are sent ({unexpected})"
 
 
-def test_end_of_input_abstract_socket():
+def test_end_of_input_abstract_socket(tmp_path):
     tag = "eof"
     name = f"@flowseal-test-{os.getpid()}"
     m = Manager("\0" + name[1:], tag)
-    p = start(tag, SHORT, name, {})
+    p = start(str(tmp_path), tag, SHORT, name, {})
     m.supervisor = p.pid
     try:
         code, out = finish(p)
         wait_for(lambda: "STOPPING" in m.keys(), 5)
     finally:
         m.close()
-    check(code == 0, f"the run to the end of its input exits 0 ({code}: {out[-1500:]})")
+    assert code == 0, f"the run to the end of its input exits 0 ({code}: {out[-1500:]})"
     t_ready, ready = m.first("READY")
     t_stop, stopping = m.first("STOPPING")
-    check(ready is not None and ready.get("MAINPID") == str(p.pid),
-          f"READY=1 with MAINPID arrives on an abstract socket ({m.messages[:3]})")
-    check(stopping is not None, "STOPPING=1 arrives at the drain")
-    if ready and stopping:
-        check(t_stop >= t_ready, "STOPPING=1 comes after READY=1")
-        check("end of input" in stopping.get("STATUS", ""), f"the drain says why ({stopping})")
-    check("WATCHDOG" not in m.keys(), "no keep-alives without WATCHDOG_USEC")
+    assert ready is not None and ready.get("MAINPID") == str(p.pid), \
+        f"READY=1 with MAINPID arrives on an abstract socket ({m.messages[:3]})"
+    assert stopping is not None, "STOPPING=1 arrives at the drain"
+    assert t_stop >= t_ready, "STOPPING=1 comes after READY=1"
+    assert "end of input" in stopping.get("STATUS", ""), f"the drain says why ({stopping})"
+    assert "WATCHDOG" not in m.keys(), "no keep-alives without WATCHDOG_USEC"
 
 
-def test_watchdog_for_another_process():
+def test_watchdog_for_another_process(tmp_path):
     tag = "otherpid"
-    address = os.path.join(TMP, "other.sock")
+    address = str(tmp_path / "other.sock")
     m = Manager(address, tag)
-    p = start(tag, SHORT, address, {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
+    p = start(str(tmp_path), tag, SHORT, address, {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
     m.supervisor = p.pid
     try:
         code, out = finish(p)
         wait_for(lambda: "STOPPING" in m.keys(), 5)
     finally:
         m.close()
-    check(code == 0, f"the run exits 0 ({code}: {out[-1000:]})")
-    check("READY" in m.keys(), "READY=1 arrives")
-    check("WATCHDOG" not in m.keys(), "no keep-alives when WATCHDOG_PID names another process")
-
-
-if __name__ == "__main__":
-    started = time.time()
-    TMP = tempfile.mkdtemp(prefix="flowseal-systemd-")
-    try:
-        for test in (test_stopped_by_sigterm, test_end_of_input_abstract_socket,
-                     test_watchdog_for_another_process):
-            print(f"-- {test.__name__}", flush=True)
-            before = len(failures)
-            t0 = time.time()
-            try:
-                test()
-            except Exception as e:
-                failures.append(f"{test.__name__}: {type(e).__name__}: {e}")
-                print(f"FAIL: {test.__name__}: {type(e).__name__}: {e}", flush=True)
-            print(f"   {'ok' if len(failures) == before else 'FAILED'} ({time.time() - t0:.1f} s)",
-                  flush=True)
-    finally:
-        shutil.rmtree(TMP, ignore_errors=True)
-        for leftover in glob.glob(f"/dev/shm/flowseal.sd{os.getpid()}-*"):
-            os.remove(leftover)
-    print(f"{checks - len(failures)} passed, {len(failures)} failed ({time.time() - started:.1f} s)")
-    sys.exit(1 if failures else 0)
+    assert code == 0, f"the run exits 0 ({code}: {out[-1000:]})"
+    assert "READY" in m.keys(), "READY=1 arrives"
+    assert "WATCHDOG" not in m.keys(), "no keep-alives when WATCHDOG_PID names another process"

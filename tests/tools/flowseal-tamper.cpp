@@ -37,12 +37,12 @@ struct Options {
   std::vector<std::string> edit_records;  // SEQ:INDEX: origPkts + 1
   std::vector<std::string> drop_records;  // SEQ:INDEX
   std::vector<std::uint64_t> drop_batches;
-  std::string swap;                       // SEQ:SEQ
-  std::vector<std::uint64_t> reseal;      // re-signed with `key`
-  std::vector<std::uint64_t> rehint;      // leaf hints recomputed from the records as they are
-  std::vector<std::string> frame_times;   // SEQ:FIRST_NS:LAST_NS written into the frame header
+  std::string swap;                      // SEQ:SEQ
+  std::vector<std::uint64_t> reseal;     // re-signed with `key`
+  std::vector<std::uint64_t> rehint;     // leaf hints recomputed from the records as they are
+  std::vector<std::string> frame_times;  // SEQ:FIRST_NS:LAST_NS written into the frame header
   std::string key;
-  std::size_t split = 0;                  // > 0: write segments of this many batches
+  std::size_t split = 0;  // > 0: write segments of this many batches
 };
 
 struct Frame {
@@ -152,7 +152,7 @@ void edit_records(Segment& segment, const Options& options) {
     const auto index = static_cast<std::uint32_t>(std::stoul(parts[1]));
     segment.rebuild(std::stoull(parts[0]), [&](schema::SealedBatch::Builder batch) {
       auto record = batch.getRecords()[index];
-      record.setOrigPkts(record.getOrigPkts() + 1);
+      record.getOrig().setPkts(record.getOrig().getPkts() + 1);
     });
   }
   for (const auto& text : options.drop_records) {

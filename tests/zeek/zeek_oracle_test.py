@@ -248,6 +248,8 @@ def run_flowseal(flowseal, folder, out, n):
     if c.returncode != 0:
         raise RuntimeError(f"flowseal cat exited {c.returncode}: {c.stderr[-1500:]}")
     recs = [json.loads(line) for line in c.stdout.splitlines() if line.strip()]
+    for r in recs:  # unknown_transport + ip_proto, as Zeek prints it: compared by the number
+        r["proto"] = str(zeek_proto(r))
     return [r for r in recs if r.get("event") == "end"]
 
 

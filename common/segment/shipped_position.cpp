@@ -1,0 +1,160 @@
+#include "segment/shipped_position.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "unique_fd.h"
+#include "segment/writer.h"
+
+namespace flowseal::segment {
+
+namespace {
+
+// "MAGIC 1 / stream HEX / seq N" at the head of `text`, the magic one of `magics`.
+std::optional<ShippedPosition> parse_position(const std::string& text,
+                                              std::initializer_list<std::string_view> magics,
+                                              const std::filesystem::path& file, std::string& why) {
+  std::istringstream in(text);
+  std::string magic, version, stream_word, stream_hex, seq_word;
+  ShippedPosition position;
+  const bool ok = static_cast<bool>(in >> magic >> version >> stream_word >> stream_hex >>
+                                    seq_word >> position.seq) &&
+                  std::find(magics.begin(), magics.end(), magic) != magics.end() &&
+                  version == "1" && stream_word == "stream" && seq_word == "seq" &&
+                  parse_stream_id(stream_hex, position.stream);
+  if (!ok) {
+    why = fmt::format("{}: not a position (want '{} 1', 'stream HEX', 'seq N')", file.string(),
+                      *magics.begin());
+    return std::nullopt;
+  }
+  return position;
+}
+
+}  // namespace
+
+std::optional<ShippedPosition> load_shipped_position(const std::filesystem::path& dir,
+                                                     std::string& why, const char* name) {
+  const std::optional<std::string> text = read_small_file(dir, name, 256, why);
+  if (!text) return std::nullopt;
+  return parse_position(*text, {"flowseal-shipped"}, dir / name, why);
+}
+
+std::optional<ShippedPosition> load_output_position(const std::filesystem::path& dir,
+                                                    const std::string& name, std::string& why) {
+  const std::optional<std::string> head = read_file_head(dir, name, 256, why);
+  if (!head) return std::nullopt;
+  return parse_position(*head, {"flowseal-shipped", "flowseal-ipfix-exported"}, dir / name, why);
+}
+
+bool parse_stream_id(std::string_view hex, StreamId& out) {
+  if (hex.size() != 2 * out.size()) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const int high = nibble(hex[2 * i]), low = nibble(hex[2 * i + 1]);
+    if (high < 0 || low < 0) return false;
+    out[i] = static_cast<std::uint8_t>(high << 4 | low);
+  }
+  return true;
+}
+
+bool save_shipped_position(const std::filesystem::path& dir, const ShippedPosition& position,
+                           std::string& why, const char* name) {
+  return write_file_atomically(
+      dir, name,
+      fmt::format("flowseal-shipped 1\nstream {}\nseq {}\n", to_hex(position.stream), position.seq),
+      why);
+}
+
+bool write_file_atomically(const std::filesystem::path& dir, const std::string& name,
+                           std::string_view text, std::string& why) {
+  const std::filesystem::path file = dir / name;
+  const std::filesystem::path temp = dir / (name + ".tmp");
+  ::unlink(temp.c_str());  // a leftover of a crash; O_EXCL below refuses anything planted since
+  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!fd) {
+    why = fmt::format("{}: cannot create: {}", temp.string(), std::strerror(errno));
+    return false;
+  }
+  std::size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      why = fmt::format("{}: write failed: {}", temp.string(), std::strerror(errno));
+      ::unlink(temp.c_str());
+      return false;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd.get()) != 0) {
+    why = fmt::format("{}: fsync failed: {}", temp.string(), std::strerror(errno));
+    ::unlink(temp.c_str());
+    return false;
+  }
+  fd.reset();
+  if (::rename(temp.c_str(), file.c_str()) != 0) {
+    why = fmt::format("{}: rename to {} failed: {}", temp.string(), file.string(),
+                      std::strerror(errno));
+    ::unlink(temp.c_str());
+    return false;
+  }
+  const IoStatus synced = sync_directory(dir);
+  if (!synced.ok()) {
+    why = synced.what;
+    return false;
+  }
+  return true;
+}
+
+std::optional<std::string> read_small_file(const std::filesystem::path& dir,
+                                           const std::string& name, std::size_t max_bytes,
+                                           std::string& why) {
+  std::optional<std::string> text = read_file_head(dir, name, max_bytes + 1, why);
+  if (text && text->size() > max_bytes) {
+    why = fmt::format("{}: larger than {} bytes", (dir / name).string(), max_bytes);
+    return std::nullopt;
+  }
+  return text;
+}
+
+std::optional<std::string> read_file_head(const std::filesystem::path& dir, const std::string& name,
+                                          std::size_t max_bytes, std::string& why) {
+  why.clear();
+  const std::filesystem::path file = dir / name;
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) {
+    if (errno != ENOENT) why = fmt::format("{}: {}", file.string(), std::strerror(errno));
+    return std::nullopt;
+  }
+  std::string text;
+  char buffer[65536];
+  while (text.size() < max_bytes) {
+    const std::size_t want = std::min(sizeof buffer, max_bytes - text.size());
+    const ssize_t n = ::read(fd.get(), buffer, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      why = fmt::format("{}: read failed: {}", file.string(), std::strerror(errno));
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
+  }
+  return text;
+}
+
+}  // namespace flowseal::segment

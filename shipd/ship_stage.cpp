@@ -1,0 +1,328 @@
+#include "shipd/ship_stage.h"
+
+#include <deque>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "seal/keys.h"
+#include "segment/shipped_position.h"
+#include "shipd/segment_follower.h"
+#include "shipd/store_output.h"
+#include "stage_runtime.h"
+
+namespace flowseal::shipd {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The signing keys' public halves, by key id, as hex DER (the Flowseal-Key header), read
+// from the store's keys/ folder when a key id is first met.
+class PublicKeys {
+ public:
+  explicit PublicKeys(fs::path dir) : dir_(std::move(dir)) {}
+  const std::string& hex_der(const segment::KeyId& id) {
+    auto it = known_.find(id);
+    if (it != known_.end()) return it->second;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir_ / "keys", ec)) {
+      if (entry.path().extension() != ".pub") continue;
+      try {
+        const seal::PublicKey key = seal::PublicKey::load(entry.path());
+        segment::KeyId key_id;
+        std::copy(key.key_id().begin(), key.key_id().end(), key_id.begin());
+        known_[key_id] = seal::to_hex(key.public_der());
+      } catch (const std::exception&) {
+      }
+    }
+    it = known_.find(id);
+    if (it != known_.end()) return it->second;
+    spdlog::warn(
+        "ship: no public key for key id {} in {}/keys: batches go without it (collect "
+        "then needs --pubkey)",
+        segment::to_hex(id), dir_.string());
+    return known_[id];  // empty from now on
+  }
+
+ private:
+  fs::path dir_;
+  std::map<segment::KeyId, std::string> known_;
+};
+
+struct Inflight {
+  std::uint64_t seq = 0;
+  std::uint32_t records = 0;
+  bool acked = false;
+  Clock::time_point sent;
+};
+
+// Ships batches to the Core, at most settings.max_inflight unacked at a time; an ack moves the
+// position only when every batch before it is acked too. A failed or timed-out publish
+// rewinds to the first unacked batch and sends from there again.
+class ShipOutput final : public StoreOutput {
+ public:
+  ShipOutput(const Config& config, const PublisherSettings& settings,
+             std::function<void(const ShipStats&)> publish)
+      : dir_(config.writer.dir),
+        settings_(settings),
+        publish_(std::move(publish)),
+        position_("ship", dir_, load_position(dir_), save_position_file(dir_)),
+        follower_(dir_, position_.upto()),
+        publisher_(settings),
+        keys_(dir_) {}
+
+  bool pass(Clock::time_point now) override {
+    if (!publisher_.reachable()) {
+      stats_.unreachable_ms +=
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - last_pass_).count();
+    }
+    last_pass_ = now;
+    if (!publisher_.connected() && now >= next_connect_) connect(now);
+    if (!publisher_.connected()) {
+      read_ahead();
+      return false;
+    }
+    bool busy = take_acks(now);
+    position_.save(inflight_.empty());
+    busy = publish_more() || busy;
+    return busy;
+  }
+
+  bool drained() override {
+    return inflight_.empty() && publisher_.connected() && follower_.at_end_of_closed_store();
+  }
+  void save_position(bool force) override { position_.save(force); }
+  std::uint64_t lag() const override { return stats_.lag_batches; }
+
+  void publish_stats() override {
+    stats_.inflight = inflight_.size();
+    stats_.store_errors = follower_.error_count();
+    stats_.lag_batches = position_.lag(follower_.newest_seen());
+    stats_.shipped_seq = position_.upto().value_or(0);
+    if (publish_) publish_(stats_);
+  }
+
+  void log_stats(std::string_view what) override {
+    spdlog::info(
+        "ship {}: {} batches ({} records) acked, {} in flight, {} published, {} "
+        "re-sent from the store, {} already held by the server, lag {} batches, "
+        "unreachable {:.1f} s, {} connect failures ({} TLS refused)",
+        what, stats_.batches_acked, stats_.records_acked, stats_.inflight, stats_.batches_published,
+        stats_.rewinds, stats_.duplicates, stats_.lag_batches, double(stats_.unreachable_ms) / 1e3,
+        stats_.connect_failures, stats_.tls_refused);
+  }
+
+ private:
+  static std::optional<segment::ShippedPosition> load_position(const fs::path& dir) {
+    std::string why;
+    std::optional<segment::ShippedPosition> position = segment::load_shipped_position(dir, why);
+    if (!why.empty()) spdlog::warn("ship: {}: shipping from the first stored batch", why);
+    if (position) {
+      spdlog::info("ship: {} shipped up to batch seq {}: resuming after it", dir.string(),
+                   position->seq);
+    }
+    return position;
+  }
+  static OutputPosition::Writer save_position_file(const fs::path& dir) {
+    return [dir](const segment::ShippedPosition& position, std::string& error) {
+      return segment::save_shipped_position(dir, position, error);
+    };
+  }
+
+  void connect(Clock::time_point now) {
+    ship::ConnectFailure failure = ship::ConnectFailure::kNone;
+    std::string cause;
+    if (publisher_.connect(failure, cause)) {
+      spdlog::info("ship: connected to {} (stream {})", settings_.connect.url, settings_.stream);
+      backoff_ = std::chrono::milliseconds(200);
+      last_cause_.clear();
+      inflight_.clear();
+      follower_.rewind(position_.upto());
+      return;
+    }
+    ++stats_.connect_failures;
+    if (failure == ship::ConnectFailure::kTlsRefused) ++stats_.tls_refused;
+    if (cause != last_cause_) {
+      spdlog::error(
+          "ship: cannot connect to {}: {}: {} (retrying with backoff; the store "
+          "keeps every batch meanwhile)",
+          settings_.connect.url, ship::to_string(failure), cause);
+      last_cause_ = cause;
+    }
+    next_connect_ = now + backoff_;
+    backoff_ = std::min(backoff_ * 2, std::chrono::milliseconds(30000));
+  }
+
+  // Nothing can be published: the follower still reads ahead (a bounded number of frames per
+  // pass), only so that the lag (stored, not acked) is known while the Core is away. The
+  // connect rewinds it to the first unacked batch.
+  void read_ahead() {
+    for (int n = 0; n < 256; ++n) {
+      const std::optional<StoredFrame> frame = follower_.next();
+      if (!frame) break;
+      position_.met(frame->frame.batch.seq);
+    }
+  }
+
+  // Marks the acked batches, moves the position over the acked front, rewinds on a failure.
+  bool take_acks(Clock::time_point now) {
+    outcomes_.clear();
+    publisher_.take_outcomes(outcomes_);
+    bool failed = false;
+    for (const PublishOutcome& outcome : outcomes_) {
+      if (inflight_.empty() || outcome.seq < inflight_.front().seq) continue;  // stale
+      const std::uint64_t index = outcome.seq - inflight_.front().seq;
+      if (index >= inflight_.size() || inflight_[index].seq != outcome.seq) continue;
+      if (outcome.acked) {
+        inflight_[index].acked = true;
+        if (outcome.duplicate) ++stats_.duplicates;
+      } else {
+        failed = true;
+        if (!failure_logged_) {
+          spdlog::warn("ship: batch seq {} not acked: {} (re-sending from the store)", outcome.seq,
+                       outcome.error);
+          failure_logged_ = true;
+        }
+      }
+    }
+    bool busy = false;
+    while (!inflight_.empty() && inflight_.front().acked) {
+      position_.advance(inflight_.front().seq);
+      ++stats_.batches_acked;
+      stats_.records_acked += inflight_.front().records;
+      inflight_.pop_front();
+      failure_logged_ = false;
+      busy = true;
+    }
+    // No ack for far longer than libnats' own timeout (a connection that died with the acks):
+    // re-send.
+    if (!inflight_.empty() && now - inflight_.front().sent > 3 * settings_.ack_wait) failed = true;
+    if (failed) {
+      rewind();
+      busy = true;
+    }
+    return busy;
+  }
+
+  bool publish_more() {
+    bool busy = false;
+    while (static_cast<std::int64_t>(inflight_.size()) < settings_.max_inflight) {
+      std::optional<StoredFrame> frame = follower_.next();
+      if (!frame) break;
+      position_.met(frame->frame.batch.seq);
+      if (!position_.same_stream(frame->file.stream_id)) {
+        inflight_.clear();
+        follower_.rewind(std::nullopt);
+        continue;
+      }
+      std::string error;
+      if (!publisher_.publish(*frame, keys_.hex_der(frame->file.key_id), error)) {
+        if (!failure_logged_) {
+          spdlog::warn("ship: publishing batch seq {} failed: {} (re-sending from the store)",
+                       frame->frame.batch.seq, error);
+          failure_logged_ = true;
+        }
+        rewind();
+        break;
+      }
+      inflight_.push_back(
+          {frame->frame.batch.seq, frame->frame.batch.record_count, false, Clock::now()});
+      ++stats_.batches_published;
+      stats_.records_published += frame->frame.batch.record_count;
+      busy = true;
+    }
+    return busy;
+  }
+
+  void rewind() {
+    publisher_.abandon_pending();
+    inflight_.clear();
+    follower_.rewind(position_.upto());
+    ++stats_.rewinds;
+  }
+
+  fs::path dir_;
+  const PublisherSettings& settings_;
+  std::function<void(const ShipStats&)> publish_;
+  OutputPosition position_;
+  SegmentFollower follower_;
+  Publisher publisher_;
+  PublicKeys keys_;
+  ShipStats stats_;
+  std::deque<Inflight> inflight_;
+  std::vector<PublishOutcome> outcomes_;
+  std::chrono::milliseconds backoff_{200};
+  Clock::time_point next_connect_ = Clock::now();
+  Clock::time_point last_pass_ = Clock::now();
+  std::string last_cause_;
+  bool failure_logged_ = false;
+};
+
+}  // namespace
+
+PublisherSettings publisher_settings(const Config& config, std::string key_pem) {
+  const ShipConfig& ship = config.ship;
+  if (ship.url.empty()) throw ConfigError("ship.url is empty: shipd has nowhere to ship");
+  PublisherSettings settings;
+  settings.connect.url = ship.url;
+  settings.connect.insecure = ship.insecure;
+  settings.connect.name = "flowseal-shipd";
+  try {
+    ship::check_connect_settings(settings.connect, "ship.url");
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(e.what());
+  }
+  std::string why;
+  const bool tls = ship::parse_nats_url(ship.url, why)->scheme == "tls";
+  if (tls) {
+    if (ship.tls_ca.empty() || ship.tls_cert.empty() || ship.tls_key.empty()) {
+      throw ConfigError(fmt::format(
+          "ship.url = '{}' needs ship.tls_ca, ship.tls_cert and ship.tls_key (mutual TLS)",
+          ship.url));
+    }
+    try {
+      ship::read_text_file(ship.tls_ca, "ship.tls_ca");
+      ship::read_text_file(ship.tls_cert, "ship.tls_cert");
+      settings.connect.tls.key_pem = key_pem.empty()
+                                         ? ship::read_private_pem(ship.tls_key, "ship.tls_key")
+                                         : std::move(key_pem);
+    } catch (const std::runtime_error& e) {
+      throw ConfigError(e.what());
+    }
+    settings.connect.tls.ca_file = ship.tls_ca;
+    settings.connect.tls.cert_file = ship.tls_cert;
+  }
+  if (ship.subject_prefix.empty() ||
+      ship.subject_prefix.find_first_of(" \t*>") != std::string::npos ||
+      ship.subject_prefix.front() == '.' || ship.subject_prefix.back() == '.') {
+    throw ConfigError(fmt::format("ship.subject_prefix = '{}' is not a NATS subject prefix",
+                                  ship.subject_prefix));
+  }
+  if (ship.stream.empty() || ship.stream.find_first_of(" \t.*>/\\") != std::string::npos) {
+    throw ConfigError(
+        fmt::format("ship.stream = '{}' is not a JetStream stream name", ship.stream));
+  }
+  settings.stream = ship.stream;
+  settings.subject_prefix = ship.subject_prefix;
+  settings.max_inflight = ship.max_inflight;
+  return settings;
+}
+
+int run_ship(const Config& config, const PublisherSettings& settings, const OutputHooks& hooks,
+             std::function<void(const ShipStats&)> publish_stats) {
+  if (settings.connect.insecure && settings.connect.url.rfind("nats://", 0) == 0) {
+    spdlog::warn(
+        "ship: {} is PLAINTEXT (ship.insecure=true): batches and their signatures "
+        "travel unencrypted and the server is not authenticated",
+        settings.connect.url);
+  }
+  ShipOutput output(config, settings, std::move(publish_stats));
+  const DrainRule drain{"ship", "ship.drain_timeout_s",
+                        std::chrono::duration<double>(config.ship.drain_timeout_s), "acked"};
+  return follow_store(output, drain, config.writer.dir, hooks);
+}
+
+}  // namespace flowseal::shipd

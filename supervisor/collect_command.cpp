@@ -1,0 +1,467 @@
+#include "collect_command.h"
+
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "capnp_frame.h"
+#include "config.h"
+#include "flowseal.capnp.h"
+#include "seal/chain_verifier.h"
+#include "seal/keys.h"
+#include "segment/reader.h"
+#include "segment/store.h"
+#include "ship/nats_client.h"
+#include "ship/ship_message.h"
+#include "stage_runtime.h"
+
+namespace flowseal::supervisor {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+inline constexpr int kExitUnavailable = 69;  // sysexits EX_UNAVAILABLE: no server
+inline constexpr int kExitNoPerm = 77;       // EX_NOPERM: the TLS handshake was refused
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+struct Counters {
+  std::uint64_t received = 0;
+  std::uint64_t stored = 0;
+  std::uint64_t records_stored = 0;
+  std::uint64_t repeats = 0;
+  std::uint64_t refused_bad = 0;  // frame damage, Merkle root, signature
+  std::uint64_t refused_key = 0;  // unknown or mismatched key
+  std::uint64_t refused_fork = 0;
+  std::uint64_t refused_gap = 0;   // handed back for redelivery
+  std::uint64_t store_errors = 0;  // handed back for redelivery
+};
+
+std::string pem_of(const std::vector<std::uint8_t>& der) {
+  std::string b64(4 * ((der.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), der.data(),
+                                static_cast<int>(der.size()));
+  b64.resize(static_cast<std::size_t>(n));
+  std::string out = "-----BEGIN PUBLIC KEY-----\n";
+  for (std::size_t i = 0; i < b64.size(); i += 64) out += b64.substr(i, 64) + "\n";
+  return out + "-----END PUBLIC KEY-----\n";
+}
+
+template <std::size_t N>
+std::optional<std::array<std::uint8_t, N>> fixed(capnp::Data::Reader data) {
+  if (data.size() != N) return std::nullopt;
+  std::array<std::uint8_t, N> out{};
+  std::copy(data.begin(), data.end(), out.begin());
+  return out;
+}
+
+// (seq, Merkle root) of every batch of a store, from `from` on, newest file last.
+void for_each_stored(const fs::path& dir,
+                     const std::function<void(std::uint64_t, const seal::Digest&)>& visit) {
+  for (const fs::path& file : segment::list_segments(dir)) {
+    segment::SegmentReader reader(file);
+    while (reader.next() == segment::SegmentReader::Next::kFrame) {
+      capnp::FlatArrayMessageReader message(as_words(reader.message()), frame_reader_options());
+      auto header = message.getRoot<schema::SealedBatch>().getHeader();
+      if (auto root = fixed<32>(header.getMerkleRoot())) visit(header.getSeq(), *root);
+    }
+  }
+}
+
+// One probe stream's store and where its chain stands.
+struct StreamStore {
+  fs::path dir;
+  std::unique_ptr<segment::SegmentStore> store;
+  std::optional<std::uint64_t> next_seq;
+  seal::Digest last_root{};
+  std::map<std::uint64_t, seal::Digest> recent_roots;  // for repeats; older ones read back
+
+  std::optional<seal::Digest> root_of(std::uint64_t seq) {
+    if (auto it = recent_roots.find(seq); it != recent_roots.end()) return it->second;
+    std::optional<seal::Digest> found;
+    try {
+      for_each_stored(dir, [&](std::uint64_t s, const seal::Digest& root) {
+        if (s == seq) found = root;
+      });
+    } catch (const std::exception&) {
+    }
+    return found;
+  }
+  void remember(std::uint64_t seq, const seal::Digest& root) {
+    recent_roots[seq] = root;
+    if (recent_roots.size() > 4096) recent_roots.erase(recent_roots.begin());
+    next_seq = seq + 1;
+    last_root = root;
+  }
+};
+
+enum class Verdict { kAck, kTerm, kRetry };
+
+class Collector {
+ public:
+  Collector(const CollectOptions& options, std::map<seal::Digest, std::vector<std::uint8_t>> pinned)
+      : options_(options), pinned_(std::move(pinned)), pinning_(!options.pubkey_dir.empty()) {}
+
+  Verdict handle(natsMsg* msg);
+  void close_all() {
+    for (auto& [id, stream] : streams_) {
+      const segment::IoStatus status = stream.store->close();
+      if (!status.ok()) spdlog::error("collect: {}", status.what);
+    }
+  }
+  const Counters& counters() const { return counters_; }
+
+ private:
+  StreamStore& stream_for(const seal::Digest& key, const segment::StreamId& stream,
+                          const std::vector<std::uint8_t>& der);
+  Verdict refuse(std::uint64_t& counter, Verdict verdict, const std::string& who,
+                 const std::string& what) {
+    ++counter;
+    // A gap repeats on every redelivery until the missing batch comes: logged sparingly.
+    if (&counter == &counters_.refused_gap && (counter & (counter - 1)) != 0) return verdict;
+    spdlog::error("collect: refused {}: {}{}", who, what,
+                  verdict == Verdict::kRetry ? " (handed back for redelivery)" : " (not stored)");
+    return verdict;
+  }
+
+  const CollectOptions& options_;
+  std::map<seal::Digest, std::vector<std::uint8_t>> pinned_;  // key id -> DER
+  bool pinning_;
+  std::map<seal::Digest, std::vector<std::uint8_t>> learned_;
+  std::map<std::pair<seal::Digest, segment::StreamId>, StreamStore> streams_;
+  ship::FrameDecoder decoder_;
+  Counters counters_;
+};
+
+StreamStore& Collector::stream_for(const seal::Digest& key, const segment::StreamId& stream,
+                                   const std::vector<std::uint8_t>& der) {
+  auto id = std::make_pair(key, stream);
+  if (auto it = streams_.find(id); it != streams_.end()) return it->second;
+  StreamStore entry;
+  entry.dir = fs::path(options_.output_dir) / seal::to_hex(key) / segment::to_hex(stream);
+  fs::create_directories(entry.dir / "keys");
+  const fs::path pub = entry.dir / "keys" / (seal::to_hex(key) + ".pub");
+  if (!fs::exists(pub)) {
+    const fs::path temp = entry.dir / "keys" / ".pub.tmp";
+    {
+      std::FILE* f = std::fopen(temp.c_str(), "w");
+      if (f == nullptr)
+        throw std::runtime_error(fmt::format("collect: cannot write {}", temp.string()));
+      const std::string pem = pem_of(der);
+      std::fwrite(pem.data(), 1, pem.size(), f);
+      std::fflush(f);
+      ::fsync(fileno(f));
+      std::fclose(f);
+    }
+    fs::rename(temp, pub);
+  }
+  segment::StoreOptions store_options;
+  store_options.dir = entry.dir;
+  store_options.writer.fsync = segment::FsyncPolicy::kBatch;
+  entry.store = std::make_unique<segment::SegmentStore>(store_options);
+  for (const std::string& note : entry.store->take_notes()) spdlog::warn("collect: {}", note);
+  // Where the stored chain ends: the next batch must link to its root.
+  for_each_stored(entry.dir,
+                  [&](std::uint64_t seq, const seal::Digest& root) { entry.remember(seq, root); });
+  if (entry.next_seq) {
+    spdlog::info("collect: {} holds the chain up to seq {}", entry.dir.string(),
+                 *entry.next_seq - 1);
+  } else {
+    spdlog::info("collect: new probe stream: {}", entry.dir.string());
+  }
+  return streams_.emplace(id, std::move(entry)).first->second;
+}
+
+Verdict Collector::handle(natsMsg* msg) {
+  ++counters_.received;
+  const char* hint_stream = nullptr;
+  const char* hint_seq = nullptr;
+  const char* hint_key = nullptr;
+  natsMsgHeader_Get(msg, ship::kHeaderStream, &hint_stream);
+  natsMsgHeader_Get(msg, ship::kHeaderSeq, &hint_seq);
+  natsMsgHeader_Get(msg, ship::kHeaderKey, &hint_key);
+  std::string who = fmt::format("message on {} (stream {}, batch seq {})", natsMsg_GetSubject(msg),
+                                hint_stream ? hint_stream : "?", hint_seq ? hint_seq : "?");
+  const auto* data = reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(msg));
+  const std::span<const std::uint8_t> bytes(data,
+                                            static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+  if (auto bad = decoder_.decode(bytes))
+    return refuse(counters_.refused_bad, Verdict::kTerm, who, *bad);
+
+  try {
+    capnp::FlatArrayMessageReader message(as_words(decoder_.message()), frame_reader_options());
+    auto batch = message.getRoot<schema::SealedBatch>();
+    auto header = batch.getHeader();
+    const auto key = fixed<32>(header.getKeyId());
+    const auto stream = fixed<16>(header.getStreamId());
+    const auto root = fixed<32>(header.getMerkleRoot());
+    const auto prev = fixed<32>(header.getPrevRoot());
+    const std::uint64_t seq = header.getSeq();
+    if (!key || !stream || !root || !prev) {
+      return refuse(counters_.refused_bad, Verdict::kTerm, who,
+                    "batch header ids of the wrong length");
+    }
+    who = fmt::format("probe {} stream {} batch seq {}", seal::to_hex(*key).substr(0, 16),
+                      segment::to_hex(*stream), seq);
+    if (header.getSeq() != decoder_.frame().batch.seq) {
+      return refuse(counters_.refused_bad, Verdict::kTerm, who,
+                    fmt::format("frame header says seq {}", decoder_.frame().batch.seq));
+    }
+    // The key: pinned, or learned (from the store, or from the message on first sight).
+    std::vector<std::uint8_t> der;
+    if (pinning_) {
+      auto it = pinned_.find(*key);
+      if (it == pinned_.end()) {
+        return refuse(counters_.refused_key, Verdict::kTerm, who,
+                      "signed by a key not pinned in " + options_.pubkey_dir);
+      }
+      der = it->second;
+    } else if (auto it = learned_.find(*key); it != learned_.end()) {
+      der = it->second;
+    } else {
+      const fs::path stored = fs::path(options_.output_dir) / seal::to_hex(*key);
+      std::error_code ec;
+      for (const auto& s : fs::directory_iterator(stored, ec)) {
+        const fs::path pub = s.path() / "keys" / (seal::to_hex(*key) + ".pub");
+        if (fs::exists(pub)) {
+          der = seal::PublicKey::load(pub).public_der();
+          break;
+        }
+      }
+      if (der.empty()) {
+        auto from_header = hint_key ? ship::from_hex(hint_key) : std::nullopt;
+        if (!from_header) {
+          return refuse(counters_.refused_key, Verdict::kTerm, who,
+                        "unknown key and no Flowseal-Key header (pin it with --pubkey)");
+        }
+        der = *from_header;
+      }
+      if (seal::sha256(der) != *key) {
+        return refuse(counters_.refused_key, Verdict::kTerm, who,
+                      "the public key sent does not hash to the key id the batch names");
+      }
+      learned_[*key] = der;
+    }
+    // Root, signature and key, as verify checks them.
+    std::map<seal::Digest, seal::PublicKey> keys;
+    keys.emplace(*key, seal::PublicKey::from_der(der));
+    seal::ChainVerifier verifier(std::move(keys));
+    if (auto problem = verifier.check(batch)) {
+      return refuse(counters_.refused_bad, Verdict::kTerm, who,
+                    problem->record ? fmt::format("record {}: {}", *problem->record, problem->what)
+                                    : problem->what);
+    }
+    StreamStore& target = stream_for(*key, *stream, der);
+    if (target.next_seq) {
+      if (seq < *target.next_seq) {
+        const auto held = target.root_of(seq);
+        if (held && *held == *root) {
+          ++counters_.repeats;
+          return Verdict::kAck;
+        }
+        return refuse(counters_.refused_fork, Verdict::kTerm, who,
+                      held ? "a fork: the store holds another batch with this seq"
+                           : "a batch before the stored chain's start");
+      }
+      if (seq > *target.next_seq) {
+        return refuse(
+            counters_.refused_gap, Verdict::kRetry, who,
+            fmt::format("a gap: the next batch of this stream is seq {}", *target.next_seq));
+      }
+      if (*prev != target.last_root) {
+        return refuse(counters_.refused_fork, Verdict::kTerm, who,
+                      fmt::format("a fork: prevRoot does not match the root of stored batch seq {}",
+                                  seq - 1));
+      }
+    }
+    segment::BatchMeta meta = decoder_.frame().batch;
+    const auto result =
+        target.store->append(*stream, *key, meta, decoder_.message(), realtime_ns());
+    if (result == segment::AppendResult::kStored || result == segment::AppendResult::kDuplicate) {
+      target.remember(seq, *root);
+      ++counters_.stored;
+      counters_.records_stored += meta.record_count;
+      return Verdict::kAck;
+    }
+    return refuse(counters_.store_errors, Verdict::kRetry, who, target.store->last_error().what);
+  } catch (const kj::Exception& e) {
+    return refuse(counters_.refused_bad, Verdict::kTerm, who, e.getDescription().cStr());
+  }
+}
+
+std::map<seal::Digest, std::vector<std::uint8_t>> load_pinned(const std::string& dir) {
+  std::map<seal::Digest, std::vector<std::uint8_t>> keys;
+  if (dir.empty()) return keys;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".pub") continue;
+    try {
+      const seal::PublicKey key = seal::PublicKey::load(entry.path());
+      keys.emplace(key.key_id(), key.public_der());
+    } catch (const std::exception& e) {
+      throw ConfigError(fmt::format("--pubkey: {}", e.what()));
+    }
+  }
+  if (ec) throw ConfigError(fmt::format("--pubkey {}: {}", dir, ec.message()));
+  if (keys.empty()) throw ConfigError(fmt::format("--pubkey {}: holds no *.pub key", dir));
+  return keys;
+}
+
+}  // namespace
+
+int collect_command(const CollectOptions& options) {
+  ship::ConnectSettings settings;
+  settings.url = options.url;
+  settings.insecure = options.insecure;
+  settings.name = "flowseal-collect";
+  try {
+    ship::check_connect_settings(settings, "--url");
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(e.what());
+  }
+  std::string why;
+  if (ship::parse_nats_url(options.url, why)->scheme == "tls") {
+    if (options.tls_ca.empty() || options.tls_cert.empty() || options.tls_key.empty()) {
+      throw ConfigError("--url tls://... needs --tls-ca, --tls-cert and --tls-key (mutual TLS)");
+    }
+    try {
+      ship::read_text_file(options.tls_ca, "--tls-ca");
+      ship::read_text_file(options.tls_cert, "--tls-cert");
+      settings.tls.key_pem = ship::read_private_pem(options.tls_key, "--tls-key");
+    } catch (const std::runtime_error& e) {
+      throw ConfigError(e.what());
+    }
+    settings.tls.ca_file = options.tls_ca;
+    settings.tls.cert_file = options.tls_cert;
+  }
+  Collector collector(options, load_pinned(options.pubkey_dir));
+  fs::create_directories(options.output_dir);
+
+  ship::ConnectFailure failure = ship::ConnectFailure::kNone;
+  std::string cause;
+  auto client = ship::NatsClient::connect(settings, failure, cause);
+  if (!client) {
+    spdlog::error("collect: cannot connect to {}: {}: {}", options.url, ship::to_string(failure),
+                  cause);
+    return failure == ship::ConnectFailure::kTlsRefused ? kExitNoPerm : kExitUnavailable;
+  }
+  jsCtx* js = client->jetstream();
+  if (js == nullptr) {
+    spdlog::error("collect: no JetStream context");
+    return kExitUnavailable;
+  }
+  // Bind to the stream, or create it as shipd would (collect may start first).
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&info, js, options.stream.c_str(), nullptr, &code);
+  if (s == NATS_NOT_FOUND || code == JSStreamNotFoundErr) {
+    const std::string subjects = options.subject_prefix + ".>";
+    const char* list[] = {subjects.c_str()};
+    jsStreamConfig config;
+    jsStreamConfig_Init(&config);
+    config.Name = options.stream.c_str();
+    config.Subjects = list;
+    config.SubjectsLen = 1;
+    config.Storage = js_FileStorage;
+    s = js_AddStream(&info, js, &config, nullptr, &code);
+  }
+  if (info != nullptr) jsStreamInfo_Destroy(info);
+  if (s != NATS_OK) {
+    spdlog::error("collect: stream {}: {}", options.stream, ship::nats_error(s));
+    return kExitUnavailable;
+  }
+  const std::string filter = options.subject_prefix + ".*.batches";
+  jsSubOptions sub_options;
+  jsSubOptions_Init(&sub_options);
+  sub_options.Stream = options.stream.c_str();
+  sub_options.Config.AckPolicy = js_AckExplicit;
+  // ns: a batch fetched but not acked this long (its collect was killed) is redelivered.
+  sub_options.Config.AckWait = 10'000'000'000LL;
+  sub_options.Config.MaxAckPending = 4096;
+  natsSubscription* sub = nullptr;
+  s = js_PullSubscribe(&sub, js, filter.c_str(), options.durable.c_str(), nullptr, &sub_options,
+                       &code);
+  if (s != NATS_OK) {
+    spdlog::error("collect: consumer {} on {}: {}", options.durable, filter, ship::nats_error(s));
+    return kExitUnavailable;
+  }
+  spdlog::info("collect: consuming {} of stream {} as durable {} into {}", filter, options.stream,
+               options.durable, options.output_dir);
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+
+  Clock::time_point last_message = Clock::now();
+  int exit = exit_code::kOk;
+  while (!g_stop) {
+    natsMsgList list{};
+    s = natsSubscription_Fetch(&list, sub, 64, 500, &code);
+    if (s == NATS_OK) {
+      for (int i = 0; i < list.Count; ++i) {
+        natsMsg* msg = list.Msgs[i];
+        switch (collector.handle(msg)) {
+          case Verdict::kAck: natsMsg_Ack(msg, nullptr); break;
+          case Verdict::kTerm: natsMsg_Term(msg, nullptr); break;
+          case Verdict::kRetry: natsMsg_NakWithDelay(msg, 1000, nullptr); break;
+        }
+      }
+      if (list.Count > 0) last_message = Clock::now();
+      natsMsgList_Destroy(&list);
+    } else if (s != NATS_TIMEOUT) {
+      // The server is away (libnats reconnects meanwhile): wait a little and fetch again.
+      natsMsgList_Destroy(&list);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    // Caught up: nothing arrived for that long and the consumer has nothing pending, not
+    // even messages a killed predecessor fetched and never acked (redelivered after AckWait).
+    if (options.idle_exit_s > 0 &&
+        Clock::now() - last_message > std::chrono::duration<double>(options.idle_exit_s)) {
+      jsConsumerInfo* consumer = nullptr;
+      const natsStatus info_status = js_GetConsumerInfo(&consumer, js, options.stream.c_str(),
+                                                        options.durable.c_str(), nullptr, &code);
+      if (info_status == NATS_OK) {
+        const bool caught_up = consumer->NumPending == 0 && consumer->NumAckPending == 0;
+        spdlog::debug("collect: consumer: {} pending, {} unacked", consumer->NumPending,
+                      consumer->NumAckPending);
+        jsConsumerInfo_Destroy(consumer);
+        if (caught_up) break;
+      } else {
+        spdlog::warn("collect: consumer info: {}", ship::nats_error(info_status));
+      }
+    }
+  }
+  collector.close_all();
+  natsSubscription_Destroy(sub);
+  const Counters& c = collector.counters();
+  spdlog::info(
+      "collect: {} messages: {} batches ({} records) stored, {} repeats skipped, refused: "
+      "{} bad, {} key, {} fork, {} gap; {} store errors",
+      c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
+      c.refused_fork, c.refused_gap, c.store_errors);
+  if (options.json) {
+    fmt::print(
+        "{{\"received\": {}, \"stored\": {}, \"records_stored\": {}, \"repeats\": {}, "
+        "\"refused_bad\": {}, \"refused_key\": {}, \"refused_fork\": {}, "
+        "\"refused_gap\": {}, \"store_errors\": {}}}\n",
+        c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
+        c.refused_fork, c.refused_gap, c.store_errors);
+  }
+  return exit;
+}
+
+}  // namespace flowseal::supervisor

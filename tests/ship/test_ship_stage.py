@@ -1,0 +1,182 @@
+"""shipd as the supervisor's optional sixth stage: `flowseal run` with ship.url set starts it,
+watches it like the other stages, counts it in status --json and the summary, and an offline
+run drains through it (every batch acked, or exit 75 after ship.drain_timeout_s with the
+unshipped count). Each test starts its own nats-server (conftest.py) on loopback."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+
+from shiplib import (DATA, FLOWSEAL, TIMEOUT, collect, collected_stores, events, flowseal,
+                     free_port, tls_settings)
+
+# Under ASan everything is several times slower: waits scale (they wait for events; the
+# factor only bounds how long before a test gives up).
+SCALE = 4 if os.environ.get("FLOWSEAL_ASAN") or "asan" in FLOWSEAL else 1
+PCAPS = [os.path.join(DATA, p) for p in ("sample.pcap", "synscan.pcap", "tumblr.pcap")]
+SMALL = ["--set", "seal.batch_records=16", "--set", "writer.segment_max_mb=1"]
+
+
+def run_args(out, instance, settings, pcaps=PCAPS, extra=()):
+    args = [FLOWSEAL, "run", "-o", out, "--instance", instance,
+            "--set", "supervisor.stats_interval_s=1"]
+    for p in pcaps:
+        args += ["-r", p]
+    for s in settings:
+        args += ["--set", s]
+    return args + SMALL + list(extra)
+
+
+def instance_name(tag):
+    return f"shipst-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def summary_int(stderr, pattern):
+    m = re.search(pattern, stderr)
+    assert m, f"no /{pattern}/ in the summary:\n{stderr[-3000:]}"
+    return int(m.group(1))
+
+
+def stored_batches(stderr):
+    return summary_int(stderr, r"stored\s+(\d+) batches")
+
+
+def no_capture_drops(stderr):
+    assert re.search(r"dropped: ring full 0, kernel 0", stderr), stderr[-3000:]
+    assert "accounting received = processed + sampled out + dropped: yes" in stderr, stderr[-3000:]
+
+
+def status(instance):
+    r = flowseal("status", "--instance", instance, "--json", timeout=60 * SCALE)
+    if r.returncode != 0:
+        return None
+    return json.loads(r.stdout)
+
+
+def shipd_of(st):
+    return next(s for s in st["stages"] if s["stage"] == "shipd")
+
+
+def wait_status(instance, proc, predicate, what, timeout=120):
+    deadline = time.monotonic() + timeout * SCALE
+    while True:
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()[1][-3000:]}"
+        st = status(instance)
+        if st is not None and "ship" in st and predicate(st):
+            return st
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {st}"
+        time.sleep(0.1)
+
+
+def same_as_probe(server, pki, cert, key, tmp_path, store, batches):
+    out = str(tmp_path / "core")
+    c = collect(server, pki, cert, key, out, timeout=TIMEOUT * SCALE)
+    assert c.returncode == 0, c.stderr
+    counts = json.loads(c.stdout)
+    stores = collected_stores(out)
+    assert len(stores) == 1, stores
+    v = flowseal("verify", stores[0])
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert events(stores[0]) == events(store)
+    # Nothing twice: the stream holds each batch once, and collect met no repeat.
+    assert counts["stored"] == batches, counts
+    assert counts["received"] == batches, counts
+    assert counts["repeats"] == 0 and counts["refused_fork"] == 0, counts
+    assert counts["refused_bad"] == 0 and counts["refused_gap"] == 0, counts
+
+
+def test_a_run_with_ship_url_ships_everything_through_its_shipd_stage(
+        tmp_path, pki, server, client):
+    cert, key = client
+    store = str(tmp_path / "probe")
+    r = subprocess.run(run_args(store, instance_name("all"),
+                                tls_settings(pki, cert, key, server.url)),
+                       capture_output=True, text=True, timeout=TIMEOUT * SCALE)
+    assert r.returncode == 0, r.stderr[-4000:]
+    batches = stored_batches(r.stderr)
+    assert batches > 10
+    # The summary: everything acked, nothing unshipped, shipd among the stages.
+    assert summary_int(r.stderr, r"shipped\s+(\d+) batches") == batches, r.stderr[-3000:]
+    assert summary_int(r.stderr, r"unshipped (\d+) batches") == 0
+    assert summary_int(r.stderr, r"ship\.dropped_records (\d+)") == 0
+    assert re.search(r"stages .* shipd cpu", r.stderr), r.stderr[-3000:]
+    no_capture_drops(r.stderr)
+    same_as_probe(server, pki, cert, key, tmp_path, store, batches)
+
+
+def test_shipd_restarted_and_killed_mid_run_loses_nothing_and_ships_nothing_twice(
+        tmp_path, pki, server, client):
+    cert, key = client
+    store = str(tmp_path / "probe")
+    instance = instance_name("restart")
+    settings = tls_settings(pki, cert, key, server.url) + ["ship.drain_timeout_s=600"]
+    # The Core does not answer from the start (stopped): the run cannot end (its drain waits
+    # for shipd) until it is continued, whatever the machine's speed, and batches stay
+    # unacked. (Stopped after the first ack instead, a fast machine had shipped the whole
+    # run before the test saw that ack.)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    proc = subprocess.Popen(run_args(store, instance, settings, extra=["--set", "capture.loop=20"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        st = wait_status(instance, proc, lambda s: s["ship"]["lag_batches"] > 0,
+                         "batches stored and not acked")
+        old_pid = shipd_of(st)["pid"]
+        r = flowseal("restart", "--instance", instance, "shipd", timeout=120 * SCALE)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "shipd restarted" in r.stdout, r.stdout
+        # Its successor is then SIGKILLed (a crash): the supervisor replaces it with backoff.
+        st = wait_status(instance, proc, lambda s: shipd_of(s)["pid"] not in (0, old_pid)
+                         and shipd_of(s)["state"] == "running", "the restarted shipd")
+        pid = shipd_of(st)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_status(instance, proc,
+                    lambda s: shipd_of(s)["pid"] not in (0, pid) and shipd_of(s)["restarts"] >= 2
+                    and shipd_of(s)["state"] == "running", "shipd replaced after SIGKILL")
+        os.kill(server.proc.pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=TIMEOUT * 2 * SCALE)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-4000:]
+    assert re.search(r"shipd cpu [^;]* restarts 2;", stderr), stderr[-3000:]
+    assert summary_int(stderr, r"unshipped (\d+) batches") == 0
+    no_capture_drops(stderr)
+    same_as_probe(server, pki, cert, key, tmp_path, store, stored_batches(stderr))
+
+
+def test_no_server_ends_the_run_after_the_drain_timeout_with_exit_75_and_the_count(tmp_path, pki,
+                                                                                   client):
+    cert, key = client
+    store = str(tmp_path / "probe")
+    url = f"tls://localhost:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    r = subprocess.run(run_args(store, instance_name("noserver"),
+                                tls_settings(pki, cert, key, url) + ["ship.drain_timeout_s=2"]),
+                       capture_output=True, text=True, timeout=TIMEOUT * SCALE)
+    assert r.returncode == 75, r.stderr[-4000:]
+    assert time.monotonic() - started >= 2
+    batches = stored_batches(r.stderr)
+    assert batches > 10
+    assert summary_int(r.stderr, r"unshipped (\d+) batches") == batches, r.stderr[-3000:]
+    assert summary_int(r.stderr, r"shipped\s+(\d+) batches") == 0
+    assert "drain timeout" in r.stderr
+    assert re.search(r"[1-9]\d* connect failures", r.stderr), r.stderr[-3000:]
+    # Capture dropped nothing, the local store is whole, and nothing counts as shipped.
+    no_capture_drops(r.stderr)
+    v = flowseal("verify", store)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert not os.path.exists(os.path.join(store, "shipped"))
+
+
+def test_a_plaintext_ship_url_ends_the_run_before_anything_runs(tmp_path):
+    store = str(tmp_path / "probe")
+    r = subprocess.run(run_args(store, instance_name("plain"), ["ship.url=nats://127.0.0.1:4222"]),
+                       capture_output=True, text=True, timeout=TIMEOUT * SCALE)
+    assert r.returncode == 78, r.stderr[-3000:]
+    assert "plaintext" in r.stderr
+    assert not os.path.exists(store) or not [f for f in os.listdir(store) if f.endswith(".seg")]
