@@ -73,8 +73,11 @@ struct Burn {
 
 Burn burn_from_env() {
   const char* value = std::getenv("FLOWSEAL_PERFGATE_BURN");
-  if (value == nullptr || *value == '\0') return {};
-  const std::string_view spec(value);
+  if (value == nullptr) return {};
+  // run-perfgate pads the value with spaces to a fixed width (see its measure()).
+  std::string_view spec(value);
+  while (!spec.empty() && spec.back() == ' ') spec.remove_suffix(1);
+  if (spec.empty()) return {};
   const auto colon = spec.find(':');
   if (colon == std::string_view::npos)
     throw std::runtime_error("FLOWSEAL_PERFGATE_BURN: want PART:N");
