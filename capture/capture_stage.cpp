@@ -31,11 +31,8 @@
 namespace flowseal::capture {
 namespace {
 
-namespace cc = capture_counter;
-
 // Per-shard next sequence numbers sit after the named capture counters.
-constexpr std::size_t kShardSeqCounter = cc::kCount;
-static_assert(kShardSeqCounter + kMaxShards <= kStageCounters);
+static_assert(capture_counter::kCount + kMaxShards <= kStageCounters);
 
 void drop_privileges(const std::string& user) {
   if (user.empty()) return;
@@ -95,183 +92,261 @@ std::size_t payload_keep_for(std::uint32_t level, std::size_t snaplen) {
   return std::min(snaplen, pressure_effects(pressure_level_from(level)).payload_keep);
 }
 
-int run_capture(StageRuntime& runtime) {
-  const CaptureConfig& config = runtime.config().capture;
-  const std::size_t shards = runtime.shards();
+namespace {
 
-  std::vector<ShmSegment> segments;
-  std::vector<RingProducer> producers;
-  std::vector<RingProducer*> rings;
-  segments.reserve(shards);
-  producers.reserve(shards);
-  for (std::size_t s = 0; s < shards; ++s) {
-    segments.push_back(runtime.open_ring(packet_edge(s)));
-    producers.emplace_back(segments.back().bytes());
-    producers.back().reopen();
+// One shard ring per flowd shard, opened and reopened for a restarted producer.
+class ShardRings {
+ public:
+  explicit ShardRings(StageRuntime& runtime) {
+    const std::size_t shards = runtime.shards();
+    segments_.reserve(shards);
+    producers_.reserve(shards);
+    for (std::size_t s = 0; s < shards; ++s) {
+      segments_.push_back(runtime.open_ring(packet_edge(s)));
+      producers_.emplace_back(segments_.back().bytes());
+      producers_.back().reopen();
+    }
+    for (auto& p : producers_) rings_.push_back(&p);
   }
-  for (auto& p : producers) rings.push_back(&p);
 
-  std::optional<PcapSource> opened;
-  try {
-    opened.emplace(open_source(config));
-  } catch (const SourceStartError& e) {
-    spdlog::error("{}", without_stage_prefix(e.what()));
-    return e.exit_code;
+  std::span<RingProducer* const> rings() const { return rings_; }
+  std::size_t max_frame() const { return producers_.front().max_frame(); }
+
+  void count_drop() {
+    for (auto* ring : rings_) ring->count_drop();
   }
-  PcapSource& source = *opened;
+  void close() {
+    for (auto* ring : rings_) ring->close();
+  }
 
-  auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
-  counter(cc::kBytesTotal).store(source.bytes_total());
-  runtime.heartbeat();  // the first from here on marks capture ready: its source is open
+ private:
+  std::vector<ShmSegment> segments_;
+  std::vector<RingProducer> producers_;
+  std::vector<RingProducer*> rings_;
+};
 
-  const std::size_t max_frame = producers.front().max_frame();
-  PacketBatcher batcher(shards, static_cast<std::size_t>(config.batch_packets),
-                        std::min<std::size_t>(max_frame / 2, 4u << 20));
+// The stage's loop over an open source: decode, hash, sample, batch, publish, count.
+class CaptureLoop {
+ public:
+  CaptureLoop(StageRuntime& runtime, PcapSource& source, ShardRings& rings)
+      : runtime_(runtime),
+        config_(runtime.config().capture),
+        source_(source),
+        rings_(rings),
+        shards_(runtime.shards()),
+        live_(source.is_live()),
+        batcher_(shards_, static_cast<std::size_t>(config_.batch_packets),
+                 std::min<std::size_t>(rings.max_frame() / 2, 4u << 20)),
+        resume_seq_(shards_),
+        seen_in_shard_(shards_, 0),
+        writer_stalled_since_(runtime.control()
+                                  .slots[slot_index(StageKind::kWriterd, 0, shards_)]
+                                  .counters[record_counter::kStalledSinceNs]) {
+    // Loop mode rewrites addresses in a copy: the file mapping is read-only.
+    if (config_.loop > 1) rewritten_.resize(kMaxCaplen);
+    resume();
+  }
+
+  // Runs until the source ends or a stop is requested; returns the number published.
+  std::uint64_t run();
+
+ private:
+  std::atomic<std::uint64_t>& counter(std::size_t i) { return runtime_.counter(i); }
+  void resume();
+  void read_pressure();
+  // Hashes, samples and stages one packet; true when a batch is full.
+  bool take(Packet& packet);
+  void publish_counters(bool final);
+  void flush();
+
   // Resume after a restart: each shard's next sequence number says how many of its packets
   // flowd has (or will get from the ring), so a packet is skipped when its shard already
   // had it. Per shard, because the counters are stored one by one: a kill between two
   // stores must not skip a packet nobody got, nor give two packets one number.
-  std::vector<std::uint64_t> resume_seq(shards), seen_in_shard(shards, 0);
-  std::uint64_t already_published = 0;
-  for (std::size_t s = 0; s < shards; ++s) {
-    resume_seq[s] = counter(kShardSeqCounter + s).load();
-    already_published += resume_seq[s];
-    batcher.set_next_seq(s, resume_seq[s]);
-  }
-  if (already_published > 0) {
-    spdlog::info("resuming after {} packets already published", already_published);
-  }
+  static constexpr std::size_t kShardSeqCounter = capture_counter::kCount;
+
+  StageRuntime& runtime_;
+  const CaptureConfig& config_;
+  PcapSource& source_;
+  ShardRings& rings_;
+  const std::size_t shards_;
+  const bool live_;
+  PacketBatcher batcher_;
+  std::vector<std::uint64_t> resume_seq_, seen_in_shard_;
+  std::uint64_t already_published_ = 0;
+  std::uint64_t published_ = 0;
   // Only packets read in this run that are past the resume point are counted.
-  std::uint64_t received = 0, sampled_out = 0, truncated = 0, ring_dropped = 0;
-  std::uint64_t stalled_dropped = 0;  // of ring_dropped: while writerd could not write
+  std::uint64_t received_ = 0, sampled_out_ = 0, truncated_ = 0, ring_dropped_ = 0;
+  std::uint64_t stalled_dropped_ = 0;  // of ring_dropped_: while writerd could not write
   // writerd says when its writes fail (a full disk): every ring behind it fills and a live
   // capture drops; the drops are counted and logged with that cause.
-  const auto& writer_stalled_since = runtime.control()
-                                         .slots[slot_index(StageKind::kWriterd, 0, shards)]
-                                         .counters[record_counter::kStalledSinceNs];
-  RateLimitedLog log;
-  std::uint64_t published = already_published;
-
-  const bool live = source.is_live();
+  const std::atomic<std::uint64_t>& writer_stalled_since_;
+  RateLimitedLog log_;
   // libpcap's stats open and read sysfs files (if_dropped): idle, at every wake they were
   // most of capture's syscalls. Read at most once a second, and at the end.
-  constexpr auto kKernelStatsEvery = std::chrono::seconds(1);
-  auto kernel_stats_at = std::chrono::steady_clock::time_point{};
-  auto publish_counters = [&](bool final) {
-    counter(cc::kReceived).store(already_published + received);
-    counter(cc::kSampledOut).fetch_add(std::exchange(sampled_out, 0));
-    counter(cc::kTruncated).fetch_add(std::exchange(truncated, 0));
-    counter(cc::kRingFullDropped).fetch_add(std::exchange(ring_dropped, 0));
-    counter(cc::kWriterStalledDropped).fetch_add(std::exchange(stalled_dropped, 0));
-    counter(cc::kBytesRead).store(source.bytes_read());
-    const auto now = std::chrono::steady_clock::now();
-    if (live && (final || now - kernel_stats_at >= kKernelStatsEvery)) {
-      kernel_stats_at = now;
-      const KernelStats k = source.kernel_stats();
-      counter(cc::kKernelDropped).store(k.dropped + k.if_dropped);
-    }
-    runtime.heartbeat();
-  };
-  auto flush = [&](float rate) {
-    const std::size_t pending = batcher.pending_packets();
-    if (pending == 0) return;
-    // Offline: wait for room (backpressure, nothing dropped). Live: a full ring drops.
-    auto give_up = [&] {
-      runtime.heartbeat();  // waiting on a full ring is alive, not hung
-      return live;
-    };
-    // Live: not a moment's sleep on a full ring, or the kernel's buffer overflows meanwhile.
-    if (!batcher.flush(rings, rate, give_up,
-                       live ? std::chrono::milliseconds(0) : std::chrono::milliseconds(50))) {
-      const std::size_t lost = batcher.discard();
-      ring_dropped += lost;
-      if (writer_stalled_since.load(std::memory_order_relaxed) != 0) {
-        stalled_dropped += lost;
-        log.warn("writer stalled",
-                 "dropping packets: the rings are full because writerd cannot write "
-                 "(its log says why); counted as dropped, ring full (writer stalled), "
-                 "until writing works again");
-      } else {
-        log.rearm("writer stalled");  // the next stall is logged at once
-      }
-      for (auto* ring : rings) ring->count_drop();
-      published += pending - lost;
-    } else {
-      published += pending;
-    }
-    counter(cc::kPublished).store(published);
-    for (std::size_t s = 0; s < shards; ++s) {
-      counter(kShardSeqCounter + s).store(batcher.next_seq(s));
-    }
-  };
+  std::chrono::steady_clock::time_point kernel_stats_at_{};
+  float rate_ = 1.0f;
+  std::size_t keep_ = 0;
+  packet::DecodedPacket decoded_;
+  FragmentRouter router_;  // all pieces of a datagram to its flow's shard
+  std::vector<std::uint8_t> rewritten_;
+};
 
+void CaptureLoop::resume() {
+  for (std::size_t s = 0; s < shards_; ++s) {
+    resume_seq_[s] = counter(kShardSeqCounter + s).load();
+    already_published_ += resume_seq_[s];
+    batcher_.set_next_seq(s, resume_seq_[s]);
+  }
+  published_ = already_published_;
+  if (already_published_ > 0) {
+    spdlog::info("resuming after {} packets already published", already_published_);
+  }
+}
+
+void CaptureLoop::read_pressure() {
+  const std::uint32_t level = runtime_.control().pressure_level.load(std::memory_order_relaxed);
+  rate_ = sampling_rate_for(level);
+  keep_ = payload_keep_for(level, static_cast<std::size_t>(config_.snaplen));
+}
+
+void CaptureLoop::publish_counters(bool final) {
+  namespace cc = capture_counter;
+  constexpr auto kKernelStatsEvery = std::chrono::seconds(1);
+  counter(cc::kReceived).store(already_published_ + received_);
+  counter(cc::kSampledOut).fetch_add(std::exchange(sampled_out_, 0));
+  counter(cc::kTruncated).fetch_add(std::exchange(truncated_, 0));
+  counter(cc::kRingFullDropped).fetch_add(std::exchange(ring_dropped_, 0));
+  counter(cc::kWriterStalledDropped).fetch_add(std::exchange(stalled_dropped_, 0));
+  counter(cc::kBytesRead).store(source_.bytes_read());
+  const auto now = std::chrono::steady_clock::now();
+  if (live_ && (final || now - kernel_stats_at_ >= kKernelStatsEvery)) {
+    kernel_stats_at_ = now;
+    const KernelStats k = source_.kernel_stats();
+    counter(cc::kKernelDropped).store(k.dropped + k.if_dropped);
+  }
+  runtime_.heartbeat();
+}
+
+void CaptureLoop::flush() {
+  const std::size_t pending = batcher_.pending_packets();
+  if (pending == 0) return;
+  // Offline: wait for room (backpressure, nothing dropped). Live: a full ring drops.
+  auto give_up = [&] {
+    runtime_.heartbeat();  // waiting on a full ring is alive, not hung
+    return live_;
+  };
+  // Live: not a moment's sleep on a full ring, or the kernel's buffer overflows meanwhile.
+  if (!batcher_.flush(rings_.rings(), rate_, give_up,
+                      live_ ? std::chrono::milliseconds(0) : std::chrono::milliseconds(50))) {
+    const std::size_t lost = batcher_.discard();
+    ring_dropped_ += lost;
+    if (writer_stalled_since_.load(std::memory_order_relaxed) != 0) {
+      stalled_dropped_ += lost;
+      log_.warn("writer stalled",
+                "dropping packets: the rings are full because writerd cannot write "
+                "(its log says why); counted as dropped, ring full (writer stalled), "
+                "until writing works again");
+    } else {
+      log_.rearm("writer stalled");  // the next stall is logged at once
+    }
+    rings_.count_drop();
+    published_ += pending - lost;
+  } else {
+    published_ += pending;
+  }
+  counter(capture_counter::kPublished).store(published_);
+  for (std::size_t s = 0; s < shards_; ++s) {
+    counter(kShardSeqCounter + s).store(batcher_.next_seq(s));
+  }
+}
+
+bool CaptureLoop::take(Packet& packet) {
+  std::uint32_t hash = 0;
+  if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded_) ==
+      packet::DecodeStatus::kOk) {
+    if (packet.pass > 0) {
+      std::copy(packet.bytes.begin(), packet.bytes.end(), rewritten_.begin());
+      const std::span<std::uint8_t> copy(rewritten_.data(), packet.bytes.size());
+      if (rewrite_for_pass(copy, decoded_, packet.pass)) packet.bytes = copy;
+    }
+    hash = router_.route(decoded_, packet::symmetric_hash(decoded_.key));
+  }
+  // Sample whole flows, not packets: a flow is kept or left out as a unit, so the flows
+  // that are kept stay exact (and carry their sampling rate).
+  const bool sampled = rate_ < 1.0f && static_cast<float>(hash % 10000) >= rate_ * 10000.0f;
+  const std::size_t shard = hash % shards_;
+  if (!live_ && !sampled && seen_in_shard_[shard]++ < resume_seq_[shard]) {
+    return false;  // published before a restart
+  }
+  ++received_;
+  if (sampled) {
+    ++sampled_out_;
+    return false;
+  }
+  if (packet.bytes.size() < packet.wire_len) ++truncated_;
+  return batcher_.add(shard, packet, hash, keep_);
+}
+
+std::uint64_t CaptureLoop::run() {
   Packet packet;
-  packet::DecodedPacket decoded;
-  FragmentRouter router;  // all pieces of a datagram to its flow's shard
-  // Loop mode rewrites addresses in a copy: the file mapping is read-only.
-  std::vector<std::uint8_t> rewritten;
-  if (config.loop > 1) rewritten.resize(kMaxCaplen);
-  std::uint32_t level = runtime.control().pressure_level.load(std::memory_order_relaxed);
-  float rate = sampling_rate_for(level);
-  std::size_t keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
+  read_pressure();
   std::uint64_t since_check = 0;
   for (;;) {
     if (++since_check >= 4096) {
       since_check = 0;
       publish_counters(false);
-      level = runtime.control().pressure_level.load(std::memory_order_relaxed);
-      rate = sampling_rate_for(level);
-      keep = payload_keep_for(level, static_cast<std::size_t>(config.snaplen));
-      if (runtime.stop_requested()) break;
+      read_pressure();
+      if (runtime_.stop_requested()) break;
     }
-    // The kernel's block timeout wakes the poll as soon as packets arrive, so a long wait
-    // with nothing pending delays no packet.
-    // Live, nothing waiting to be published: a read waits kIdleWait (every stage's idle slice,
-    // ring_io.h) for the next packet; the stop flag and pressure level are seen that often.
-    if (live) source.set_idle_wait(batcher.pending_packets() > 0 ? source.batch_wait() : kIdleWait);
-    const auto status = source.next(packet);
+    // Live, nothing waiting to be published: a read waits kIdleWait (every stage's idle
+    // slice, ring_io.h) for the next packet; the stop flag and pressure level are seen that
+    // often. The kernel's block timeout wakes the poll as soon as packets arrive, so a long
+    // wait with nothing pending delays no packet.
+    if (live_) {
+      source_.set_idle_wait(batcher_.pending_packets() > 0 ? source_.batch_wait() : kIdleWait);
+    }
+    const auto status = source_.next(packet);
     if (status == PcapSource::Status::kEnd) break;
     if (status == PcapSource::Status::kIdle) {
-      flush(rate);
+      flush();
       publish_counters(false);
-      if (runtime.stop_requested()) break;
+      if (runtime_.stop_requested()) break;
       continue;
     }
-    std::uint32_t hash = 0;
-    if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded) ==
-        packet::DecodeStatus::kOk) {
-      if (packet.pass > 0) {
-        std::copy(packet.bytes.begin(), packet.bytes.end(), rewritten.begin());
-        const std::span<std::uint8_t> copy(rewritten.data(), packet.bytes.size());
-        if (rewrite_for_pass(copy, decoded, packet.pass)) packet.bytes = copy;
-      }
-      hash = router.route(decoded, packet::symmetric_hash(decoded.key));
-    }
-    // Sample whole flows, not packets: a flow is kept or left out as a unit, so the flows
-    // that are kept stay exact (and carry their sampling rate).
-    const bool sampled = rate < 1.0f && static_cast<float>(hash % 10000) >= rate * 10000.0f;
-    if (!live && !sampled && seen_in_shard[hash % shards]++ < resume_seq[hash % shards]) {
-      continue;  // published before a restart
-    }
-    ++received;
-    if (sampled) {
-      ++sampled_out;
-      continue;
-    }
-    if (packet.bytes.size() < packet.wire_len) ++truncated;
-    if (batcher.add(hash % shards, packet, hash, keep)) flush(rate);
+    if (take(packet)) flush();
   }
-  flush(rate);
+  flush();
   publish_counters(true);
-  for (auto* ring : rings) ring->close();
+  rings_.close();
+  return published_;
+}
+
+}  // namespace
+
+int run_capture(StageRuntime& runtime) {
+  namespace cc = capture_counter;
+  ShardRings rings(runtime);
+  std::optional<PcapSource> opened;
+  try {
+    opened.emplace(open_source(runtime.config().capture));
+  } catch (const SourceStartError& e) {
+    spdlog::error("{}", without_stage_prefix(e.what()));
+    return e.exit_code;
+  }
+  PcapSource& source = *opened;
+  runtime.counter(cc::kBytesTotal).store(source.bytes_total());
+  runtime.heartbeat();  // the first from here on marks capture ready: its source is open
+
+  const std::uint64_t published = CaptureLoop(runtime, source, rings).run();
   runtime.set_state(StageState::kDraining);
 
   for (const auto& error : source.errors())
     spdlog::error("{}", without_stage_prefix(error.message));
-  counter(cc::kBadRecords).store(source.skipped());
-  counter(cc::kBadTime).store(source.bad_times());
-  spdlog::info("{} packets received, {} published to {} shard(s)", counter(cc::kReceived).load(),
-               published, shards);
+  runtime.counter(cc::kBadRecords).store(source.skipped());
+  runtime.counter(cc::kBadTime).store(source.bad_times());
+  spdlog::info("{} packets received, {} published to {} shard(s)",
+               runtime.counter(cc::kReceived).load(), published, runtime.shards());
   return source.errors().empty() ? exit_code::kOk : exit_code::kDataError;
 }
 
