@@ -1,0 +1,145 @@
+"""Fault injection into writerd's file I/O through an LD_PRELOAD shim (fault_shim.cpp).
+
+Run by meson: python3 -m pytest -q tests/faults/faults_test.py (see tests/conftest.py).
+FLOWSEAL_FAULT_SHIM names the shim. Each test runs `flowseal run` over a capture with the shim
+preloaded (the supervisor passes its environment to the stages; the shim acts only in
+flowseal-writerd and only on files under the run's output directory), makes one kind of call
+fail a few times (ENOSPC, EIO, a short write, a write torn by a full disk, a failing fsync, a
+failing rename, a failing create), and checks what issue 13 asks for each fault:
+  - no crash: the run exits 0 and writerd is never restarted;
+  - a clear log line naming the file and the error;
+  - nothing already durable lost: the store holds exactly the events of an undisturbed run;
+  - `flowseal verify` passes on what was stored;
+  - every packet accounted for in the run summary (the ledger balances, no drops).
+The shim appends one line per injected fault to a log, so each test also checks that its
+fault really happened.
+"""
+import json
+import os
+import subprocess
+
+import pytest
+
+TIMEOUT = 120
+SETTINGS = ["supervisor.stats_interval_s=0", "seal.batch_records=64", "dedup.enabled=false",
+            "writer.fsync=batch"]
+
+
+@pytest.fixture(scope="session")
+def shim():
+    path = os.environ.get("FLOWSEAL_FAULT_SHIM")
+    if not path:
+        raise pytest.UsageError("FLOWSEAL_FAULT_SHIM is not set: run this test through meson")
+    return os.path.abspath(path)
+
+
+def flowseal_run(flowseal, data_dir, out, name, env=None, extra=()):
+    args = [flowseal, "run", "-r", os.path.join(data_dir, "synscan.pcap"), "-o", out,
+            "--instance", name]
+    for s in SETTINGS + list(extra):
+        args += ["--set", s]
+    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=dict(os.environ, **(env or {})))
+
+
+def event_ids(flowseal, out):
+    r = subprocess.run([flowseal, "cat", out, "--events"], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 0, f"cat --events {out} exits 0 ({r.stderr.strip()})"
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return [f"{e['uid']}:{e['event']}:{e['event_number']}" for e in rows]
+
+
+@pytest.fixture(scope="module")
+def calm(flowseal, data_dir, module_tmp, instance):
+    """The events of an undisturbed run: what every faulty run must store."""
+    out = os.path.join(module_tmp, "calm")
+    r = flowseal_run(flowseal, data_dir, out, instance("calm"))
+    assert r.returncode == 0, r.stderr[-1500:]
+    return sorted(event_ids(flowseal, out))
+
+
+def faulty_run(flowseal, data_dir, shim, tmp_path, name, fault, after, count, extra=()):
+    """A run with `fault` injected into writerd; returns (result, injected fault lines, out)."""
+    out = str(tmp_path / "out")
+    log = str(tmp_path / "faults.log")
+    env = {"LD_PRELOAD": shim, "FLOWSEAL_FAULT": fault, "FLOWSEAL_FAULT_PATH": out,
+           "FLOWSEAL_FAULT_AFTER": str(after), "FLOWSEAL_FAULT_COUNT": str(count),
+           "FLOWSEAL_FAULT_LOG": log}
+    r = flowseal_run(flowseal, data_dir, out, name, env, extra)
+    injected = open(log).read().splitlines() if os.path.exists(log) else []
+    return r, injected, out
+
+
+def check_survived(flowseal, calm, r, injected, out, log_needles=()):
+    text = r.stderr + r.stdout
+    assert injected, "the shim injected the fault"
+    assert r.returncode == 0, f"the run completes (exit {r.returncode}): {text[-2000:]}"
+    assert "writerd ended" not in text, f"writerd was never restarted: {text[-2000:]}"
+    for needle in log_needles:
+        assert needle in text, f"the log says {needle!r}: {text[-2000:]}"
+    assert "accounting received = processed + sampled out + dropped: yes" in text, \
+        f"the ledger balances: {text[-1500:]}"
+    assert "dropped: ring full 0, kernel 0" in text, f"nothing dropped: {text[-1500:]}"
+    assert not any(f.endswith(".part") for f in os.listdir(out)), "no .part left after drain"
+    v = subprocess.run([flowseal, "verify", out], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert v.returncode == 0, f"the store verifies: {v.stdout}{v.stderr}"
+    ids = event_ids(flowseal, out)
+    assert len(ids) == len(set(ids)), "no record stored twice"
+    assert sorted(ids) == calm, f"the events of an undisturbed run ({len(ids)} vs {len(calm)})"
+
+
+def segment_part(out):
+    return os.path.join(out, "seg-00000000000000000000.fsg.part")
+
+
+@pytest.mark.parametrize("fault,errno_text", [("enospc", "No space left on device"),
+                                              ("eio", "Input/output error")])
+def test_a_failing_frame_write_is_retried_and_loses_nothing(
+        flowseal, data_dir, shim, tmp_path, instance, calm, fault, errno_text):
+    # The header and four frames go through; the next three frame writes fail.
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance(fault), fault,
+                                  after=5, count=3)
+    assert len(injected) == 3, injected
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: write at offset", errno_text, "writing works again"])
+
+
+@pytest.mark.parametrize("fault,errno_text", [("enospc", "No space left on device"),
+                                              ("eio", "Input/output error")])
+def test_a_failing_segment_header_write_is_retried(flowseal, data_dir, shim, tmp_path, instance,
+                                                   calm, fault, errno_text):
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("h" + fault),
+                                  fault, after=0, count=2)
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: write at offset 0 failed: {errno_text}"])
+
+
+def test_short_writes_are_finished_not_taken_for_whole(flowseal, data_dir, shim, tmp_path,
+                                                        instance, calm):
+    # Every write of the segment writes half of what was asked: the writer must go on writing
+    # the rest, never take a short count for the whole.
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("short"),
+                                  "short", after=0, count=-1)
+    assert len(injected) > 100, "many short writes"
+    check_survived(flowseal, calm, r, injected, out)
+    assert "write error" not in r.stderr, "a short write is not an error"
+
+
+def test_a_frame_torn_by_a_full_disk_is_cut_off(flowseal, data_dir, shim, tmp_path, instance,
+                                                calm):
+    # Half a frame reaches the file, then the disk is full: the torn half must not stay in
+    # front of the next frame.
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("torn"), "torn",
+                                  after=5, count=2)
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: write at offset", "No space left on device"])
+
+
+def test_a_failing_segment_create_is_retried(flowseal, data_dir, shim, tmp_path, instance, calm):
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("create"),
+                                  "open-enospc", after=0, count=2)
+    assert len(injected) == 2, injected
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: cannot create: No space left on device"])
