@@ -143,3 +143,51 @@ def test_a_failing_segment_create_is_retried(flowseal, data_dir, shim, tmp_path,
     assert len(injected) == 2, injected
     check_survived(flowseal, calm, r, injected, out,
                    [f"{segment_part(out)}: cannot create: No space left on device"])
+
+
+def test_a_failing_frame_fsync_is_retried_and_loses_nothing(flowseal, data_dir, shim, tmp_path,
+                                                             instance, calm):
+    # writer.fsync=batch: the segment's fsync and its directory's at create, then one per frame;
+    # the fsyncs of the third and fourth frames fail. The frame is cut off and written again.
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("fsync"),
+                                  "fsync-eio", after=4, count=2)
+    assert len(injected) == 2, injected
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: fsync failed: Input/output error",
+                    "writing works again"])
+
+
+def test_a_failing_directory_fsync_at_create_is_retried(flowseal, data_dir, shim, tmp_path,
+                                                        instance, calm):
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("dirsync"),
+                                  "fsync-eio", after=1, count=1)
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{out}: cannot fsync the directory: Input/output error"])
+
+
+def test_a_failing_rename_at_drain_is_retried(flowseal, data_dir, shim, tmp_path, instance, calm):
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("rename"),
+                                  "rename-eio", after=0, count=2)
+    assert len(injected) == 2, injected
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: cannot rename to seg-00000000000000000000.fsg: "
+                    "Input/output error"])
+    assert os.listdir(out).count("seg-00000000000000000000.fsg") == 1
+
+
+def test_a_failing_rename_at_rotation_keeps_writing(flowseal, data_dir, shim, tmp_path, instance,
+                                                    tmp_path_factory):
+    # 40 passes over the capture: about 1.1 MiB of segments, so one rotation at 1 MiB before
+    # the drain closes the second segment. The rotation's rename fails once: the batch is
+    # stored either way, the segment grows on and is closed at the next try.
+    loop = ["capture.loop=40", "writer.segment_max_mb=1", "seal.batch_records=256"]
+    calm_out = str(tmp_path_factory.mktemp("calm-loop") / "out")
+    r = flowseal_run(flowseal, data_dir, calm_out, instance("calmloop"), extra=loop)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert len([f for f in os.listdir(calm_out) if f.startswith("seg-")]) >= 2, \
+        "the undisturbed run rotates at least once"
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("rotate"),
+                                  "rename-eio", after=0, count=1, extra=loop)
+    check_survived(flowseal, sorted(event_ids(flowseal, calm_out)), r, injected, out,
+                   [f"{segment_part(out)}: cannot rename to seg-00000000000000000000.fsg: "
+                    "Input/output error"])
