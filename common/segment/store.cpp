@@ -141,11 +141,28 @@ void SegmentStore::learn_from_closed(const std::filesystem::path& segment) {
   }
 }
 
+bool SegmentStore::segment_due(std::int64_t now_ns) {
+  const std::int64_t age = now_ns - writer_->header().created_ns;
+  if (age >= 0) return age >= options_.segment_max_age.count();
+  // The wall clock went back behind the segment's creation (an NTP step, an operator): its
+  // age would stay negative for as long as the step, keeping it open that much past
+  // segment_max_age. Closed now; the next segment ages from the new time.
+  if (!clock_step_noted_) {
+    notes_.push_back(fmt::format(
+        "{}: the wall clock went back {:.1f} s behind the segment's creation: closing it now "
+        "(segment ages are measured from the new time)",
+        writer_->path().string(), double(-age) / 1e9));
+    clock_step_noted_ = true;
+  }
+  return true;
+}
+
 IoStatus SegmentStore::close_writer() {
   if (!writer_) return {};
   IoStatus status = writer_->close();
   if (writer_->closed()) {
     writer_.reset();
+    clock_step_noted_ = false;
     return {};  // a directory fsync failure after the rename leaves a complete segment
   }
   return status;
@@ -281,8 +298,7 @@ AppendResult SegmentStore::append(const StreamId& stream, const KeyId& key, cons
     return AppendResult::kForeignStream;
   }
   if (highest_seq_ && batch.seq <= *highest_seq_) return AppendResult::kDuplicate;
-  if (writer_ && (writer_->header().key_id != key ||
-                  now_ns - writer_->header().created_ns >= options_.segment_max_age.count())) {
+  if (writer_ && (writer_->header().key_id != key || segment_due(now_ns))) {
     // A segment has one key id in its header, so a key change starts a new one.
     if (IoStatus s = close_writer(); !s.ok()) {
       last_error_ = s;
@@ -319,8 +335,7 @@ AppendResult SegmentStore::append(const StreamId& stream, const KeyId& key, cons
 }
 
 IoStatus SegmentStore::maintain(std::int64_t now_ns) {
-  if (writer_ && (writer_->bytes() >= options_.segment_max_bytes ||
-                  now_ns - writer_->header().created_ns >= options_.segment_max_age.count())) {
+  if (writer_ && (writer_->bytes() >= options_.segment_max_bytes || segment_due(now_ns))) {
     if (IoStatus s = close_writer(); !s.ok()) return s;
   }
   // Age-based retention must act when no batch comes: it is checked here, at most once a second.

@@ -90,6 +90,9 @@ class SegmentStore {
   void recover_part(const std::filesystem::path& part, bool newest);
   void learn_from_closed(const std::filesystem::path& segment);
   IoStatus close_writer();
+  // Whether the open segment is past segment_max_age at `now_ns`, or the wall clock went back
+  // behind its creation (then noted once).
+  bool segment_due(std::int64_t now_ns);
   // Deletes closed segments past the retention limits (a failure is noted, retried later).
   void enforce_retention(std::int64_t now_ns);
 
@@ -106,7 +109,8 @@ class SegmentStore {
   std::uint64_t dropped_unshipped_records_ = 0;
   std::uint64_t dropped_unshipped_segments_ = 0;
   std::vector<std::string> alarms_;
-  bool age_hold_noted_ = false;  // "kept past its age: not shipped" said once per hold
+  bool clock_step_noted_ = false;  // "the wall clock went back" said once per open segment
+  bool age_hold_noted_ = false;    // "kept past its age: not shipped" said once per hold
 };
 
 }  // namespace flowseal::segment

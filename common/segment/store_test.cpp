@@ -138,6 +138,32 @@ TEST_CASE("rotation by age closes an idle segment") {
   CHECK_FALSE(is_part(list_segments(dir.path)[0]));
 }
 
+TEST_CASE(
+    "a wall clock stepped back behind the open segment's creation closes it, not freezes it") {
+  // An NTP step (or an operator) sets the clock back an hour: measured on the wall clock, the
+  // open segment would be "-1 h" old and stay open for an hour past writer.segment_max_age.
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_age = std::chrono::seconds(10);
+  SegmentStore store(o);
+  REQUIRE(store.append(stream(), key(), meta(0), batch_bytes(0), kNow) == AppendResult::kStored);
+  const std::int64_t back = kNow - 3600'000'000'000;
+  REQUIRE(store.maintain(back).ok());
+  CHECK_FALSE(store.has_open_segment());
+  const auto notes = store.take_notes();
+  REQUIRE(notes.size() == 1);
+  CHECK(notes[0].find("the wall clock went back 3600.0 s") != std::string::npos);
+  // The next segment ages from the new time, and appends after a step back close the same way.
+  REQUIRE(store.append(stream(), key(), meta(1), batch_bytes(1), back) == AppendResult::kStored);
+  REQUIRE(store.maintain(back + 5'000'000'000).ok());
+  CHECK(store.has_open_segment());
+  REQUIRE(store.append(stream(), key(), meta(2), batch_bytes(2), back - 1'000'000'000) ==
+          AppendResult::kStored);
+  CHECK(list_segments(dir.path).size() == 3);
+  REQUIRE(store.close().ok());
+  CHECK(stored_seqs(dir.path) == iota(3));
+}
+
 TEST_CASE("a new signing key starts a new segment, since a header names one key") {
   TempDir dir;
   SegmentStore store(options(dir.path));
