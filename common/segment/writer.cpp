@@ -181,7 +181,10 @@ IoStatus SegmentWriter::append(const BatchMeta& batch, std::span<const std::byte
   IoStatus status = write_at(end_, {buffer_.data(), kFrameHeaderBytes + n});
   if (status.ok()) {
     unsynced_ = true;
-    if (options_.fsync == FsyncPolicy::kBatch) status = sync();
+    // The `interval` fsync due now is part of this append too: if it fails, the frame is cut
+    // off like any failed write, so that the caller's retry stores the batch once (it used to
+    // stay in the file while append said it failed, and the retry stored it twice).
+    if (options_.fsync == FsyncPolicy::kBatch || sync_due()) status = sync();
   }
   if (!status.ok()) {
     // Whatever part of the frame reached the file is cut off again: the file keeps only whole
@@ -194,15 +197,15 @@ IoStatus SegmentWriter::append(const BatchMeta& batch, std::span<const std::byte
   }
   frames_.push_back(IndexEntry{batch, end_});
   end_ += kFrameHeaderBytes + n;
-  if (options_.fsync == FsyncPolicy::kInterval) return sync_if_due();
   return {};
 }
 
-IoStatus SegmentWriter::sync_if_due() {
-  if (!fd_ || !unsynced_ || options_.fsync != FsyncPolicy::kInterval) return {};
-  if (std::chrono::steady_clock::now() - last_sync_ < options_.fsync_interval) return {};
-  return sync();
+bool SegmentWriter::sync_due() const {
+  return fd_ && unsynced_ && options_.fsync == FsyncPolicy::kInterval &&
+         std::chrono::steady_clock::now() - last_sync_ >= options_.fsync_interval;
 }
+
+IoStatus SegmentWriter::sync_if_due() { return sync_due() ? sync() : IoStatus{}; }
 
 IoStatus SegmentWriter::close() {
   if (!fd_) return {};

@@ -83,6 +83,7 @@ class SegmentWriter {
                 const WriterOptions& options);
   IoStatus write_at(std::uint64_t offset, std::span<const std::uint8_t> bytes);
   IoStatus sync();
+  bool sync_due() const;  // `interval` policy, unsynced bytes, the interval passed
   IoStatus fail(int error, std::string_view action);
 
   std::filesystem::path path_;

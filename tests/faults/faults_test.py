@@ -191,3 +191,15 @@ def test_a_failing_rename_at_rotation_keeps_writing(flowseal, data_dir, shim, tm
     check_survived(flowseal, sorted(event_ids(flowseal, calm_out)), r, injected, out,
                    [f"{segment_part(out)}: cannot rename to seg-00000000000000000000.fsg: "
                     "Input/output error"])
+
+
+def test_a_failing_interval_fsync_stores_the_batch_once(flowseal, data_dir, shim, tmp_path,
+                                                        instance, calm):
+    # writer.fsync=interval with a 1 ms interval: the fsync due after a frame's write fails.
+    # append() used to report the failure with the frame still in the file, writerd retried the
+    # batch and stored it twice: verify failed with "batch seq N repeated".
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("isync"),
+                                  "fsync-eio", after=3, count=2,
+                                  extra=["writer.fsync=interval", "writer.fsync_interval_ms=1"])
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: fsync failed: Input/output error"])
