@@ -121,6 +121,7 @@ std::optional<SegmentWriter> SegmentWriter::adopt(const std::filesystem::path& p
   }
   writer.end_ = end;
   writer.frames_ = std::move(frames);
+  writer.synced_frames_ = writer.frames_.size();  // fsynced after the cut above
   status = {};
   return writer;
 }
@@ -138,8 +139,21 @@ IoStatus SegmentWriter::write_at(std::uint64_t offset, std::span<const std::uint
 }
 
 IoStatus SegmentWriter::sync() {
-  if (::fsync(fd_.get()) != 0) return fail(errno, "fsync failed");
+  if (::fsync(fd_.get()) != 0) {
+    IoStatus status = fail(errno, "fsync failed");
+    // Batches appended since the last good fsync were reported stored (`interval`, `rotate`)
+    // and the ring has let them go. The kernel may have dropped the pages it could not
+    // write, and a retried fsync then succeeds without them: say which batches that risks.
+    if (frames_.size() > synced_frames_) {
+      status.what += fmt::format(
+          " (batches {}..{}, stored since the last good fsync, may not be on disk: a retried "
+          "fsync can succeed without them)",
+          frames_[synced_frames_].batch.seq, frames_.back().batch.seq);
+    }
+    return status;
+  }
   unsynced_ = false;
+  synced_frames_ = frames_.size();
   last_sync_ = std::chrono::steady_clock::now();
   return {};
 }

@@ -95,6 +95,7 @@ class SegmentWriter {
   std::vector<std::uint8_t> stored_;  // the batch as columns, reused
   std::vector<std::uint8_t> buffer_;  // frame header + compressed bytes, reused
   bool unsynced_ = false;
+  std::size_t synced_frames_ = 0;  // frames_ covered by the last good fsync
   std::chrono::steady_clock::time_point last_sync_;
   std::unique_ptr<ZstdState> zstd_;
 };

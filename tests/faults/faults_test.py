@@ -203,3 +203,17 @@ def test_a_failing_interval_fsync_stores_the_batch_once(flowseal, data_dir, shim
                                   extra=["writer.fsync=interval", "writer.fsync_interval_ms=1"])
     check_survived(flowseal, calm, r, injected, out,
                    [f"{segment_part(out)}: fsync failed: Input/output error"])
+
+
+def test_a_failing_fsync_names_the_batches_it_may_cost(flowseal, data_dir, shim, tmp_path,
+                                                       instance, calm):
+    # writer.fsync=interval with an hour's interval: nothing is fsynced between the segment's
+    # create (file and directory) and its close at drain, whose fsync fails once. The batches
+    # stored meanwhile were released from the ring: the log says which ones a lost page costs.
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("risk"),
+                                  "fsync-eio", after=2, count=1,
+                                  extra=["writer.fsync=interval",
+                                         "writer.fsync_interval_ms=3600000"])
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: fsync failed: Input/output error (batches 0..",
+                    "stored since the last good fsync, may not be on disk"])
