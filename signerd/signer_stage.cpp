@@ -2,10 +2,8 @@
 
 #include <sys/random.h>
 
-#include <array>
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 
 #include <capnp/any.h>
 #include <capnp/message.h>
@@ -14,6 +12,7 @@
 
 #include "batch_sealer.h"
 #include "capnp_frame.h"
+#include "chain_position.h"
 #include "flowseal.capnp.h"
 #include "frame_loop.h"
 #include "layout.h"
@@ -25,54 +24,17 @@ namespace flowseal::signerd {
 namespace {
 
 namespace rc = record_counter;
-// Chain position in signerd's slot, after the named counters: stream id (2 words), next
-// seq, previous root (4 words), and a flag saying the position is valid.
-constexpr std::size_t kStreamId = rc::kCount;
-constexpr std::size_t kNextSeq = kStreamId + 2;
-constexpr std::size_t kPrevRoot = kNextSeq + 1;
-constexpr std::size_t kChainValid = kPrevRoot + 4;
-static_assert(kChainValid < kStageCounters);
 
-struct ChainPosition {
-  std::array<std::uint8_t, 16> stream_id{};
-  std::uint64_t next_seq = 0;
-  seal::Digest prev_root{};
-};
-
+// The position stored in the slot (by an earlier signerd of this run, or by the supervisor
+// when the run continues its store's stream), else a new stream: a random id, seq 0.
 ChainPosition load_position(StageRuntime& runtime) {
+  if (auto stored = load_chain_position(runtime.slot())) return *stored;
   ChainPosition pos;
-  if (runtime.counter(kChainValid).load() == 0) {
-    if (getrandom(pos.stream_id.data(), pos.stream_id.size(), 0) !=
-        static_cast<ssize_t>(pos.stream_id.size())) {
-      throw std::runtime_error("signerd: cannot read random bytes for the stream id");
-    }
-    return pos;
-  }
-  for (std::size_t i = 0; i < 2; ++i) {
-    const std::uint64_t w = runtime.counter(kStreamId + i).load();
-    std::memcpy(pos.stream_id.data() + 8 * i, &w, 8);
-  }
-  pos.next_seq = runtime.counter(kNextSeq).load();
-  for (std::size_t i = 0; i < 4; ++i) {
-    const std::uint64_t w = runtime.counter(kPrevRoot + i).load();
-    std::memcpy(pos.prev_root.data() + 8 * i, &w, 8);
+  if (getrandom(pos.stream_id.data(), pos.stream_id.size(), 0) !=
+      static_cast<ssize_t>(pos.stream_id.size())) {
+    throw std::runtime_error("signerd: cannot read random bytes for the stream id");
   }
   return pos;
-}
-
-void store_position(StageRuntime& runtime, const ChainPosition& pos) {
-  for (std::size_t i = 0; i < 2; ++i) {
-    std::uint64_t w;
-    std::memcpy(&w, pos.stream_id.data() + 8 * i, 8);
-    runtime.counter(kStreamId + i).store(w);
-  }
-  runtime.counter(kNextSeq).store(pos.next_seq);
-  for (std::size_t i = 0; i < 4; ++i) {
-    std::uint64_t w;
-    std::memcpy(&w, pos.prev_root.data() + 8 * i, 8);
-    runtime.counter(kPrevRoot + i).store(w);
-  }
-  runtime.counter(kChainValid).store(1);
 }
 
 }  // namespace
@@ -88,7 +50,7 @@ int run_signerd(StageRuntime& runtime) {
   FrameLoop loop(stage_process(runtime, rc::kBadFrames), inputs, log, "FlowEventBatch");
 
   ChainPosition position = load_position(runtime);
-  store_position(runtime, position);
+  store_chain_position(runtime.slot(), position);
   if (position.next_seq > 0) {
     spdlog::info("continuing the chain at batch {}", position.next_seq);
   }
@@ -137,7 +99,7 @@ int run_signerd(StageRuntime& runtime) {
       ++batches;
       position.next_seq = sealer.next_seq();
       position.prev_root = sealer.prev_root();
-      store_position(runtime, position);
+      store_chain_position(runtime.slot(), position);
     }
     seal_due = Clock::time_point::max();
     loop.commit(0);  // every frame read so far is inside a published batch

@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -245,15 +246,11 @@ void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
     }
   }
   if (!any) return;
-  // Alive if any process maps one of its objects (the supervisor or a stage it left), or if
-  // the block names a supervisor that really maps it.
+  // Alive if the block names a supervisor that really maps it, or if any process maps one
+  // of its objects: the stages a dead supervisor left leave within seconds, so they are
+  // waited for (bounded) before the instance counts as running.
   pid_t owner = -1;
   std::string who;  // how the message names the owner
-  const InstanceUsers users = processes_using(instance_);
-  if (!users.pids.empty()) {
-    owner = users.pids.front();
-    who = fmt::format("pid {} uses its shared memory", owner);
-  }
   try {
     ShmSegment existing = ShmSegment::open(control_name);
     ControlBlock& block = control_block_attach(existing.bytes());
@@ -265,6 +262,22 @@ void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
     }
   } catch (const std::exception&) {
     // half-initialised (its creator died before formatting it), or not a control block
+  }
+  if (owner <= 0) {
+    const auto deadline = std::chrono::steady_clock::now() + kOrphanWait;
+    InstanceUsers users = processes_using(instance_);
+    if (!users.pids.empty()) {
+      spdlog::info("instance '{}': waiting for {} process(es) its dead supervisor left (pid {}…)",
+                   instance_, users.pids.size(), users.pids.front());
+    }
+    while (!users.pids.empty() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      users = processes_using(instance_);
+    }
+    if (!users.pids.empty()) {
+      owner = users.pids.front();
+      who = fmt::format("pid {} uses its shared memory", owner);
+    }
   }
   if (owner > 0) {
     throw InstanceRunning(

@@ -3,15 +3,17 @@
 //
 // Creation is exclusive: if the instance's control block already exists and its supervisor
 // is alive, creation is refused with a message naming the PID; if that supervisor is dead,
-// the leftovers of the crashed instance are removed first. A leftover name that belongs to a
-// user other than this process's (or supervisor.user's) is not ours to remove or believe:
-// creation is refused with a message naming that user. The Instance owns every name and
+// the leftovers of the crashed instance are removed first, once the stages it left (which
+// follow it within seconds) are gone: up to kOrphanWait is waited for them. A leftover name that
+// belongs to a user other than this process's (or supervisor.user's) is not ours to remove or
+// believe: creation is refused with a message naming that user. The Instance owns every name and
 // removes them when destroyed.
 //
 // Below the class: what `status`, `stop`, `restart` and `cleanup` use to decide whether the
 // shared memory under an instance's name is really that instance's, and who uses it.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -23,6 +25,10 @@
 #include "shm.h"
 
 namespace flowseal::supervisor {
+
+// How long a new run waits for the stages a SIGKILLed supervisor left behind (they leave
+// within common/stage_runtime.cpp's grace of 3 s after its death) before it refuses.
+inline constexpr std::chrono::milliseconds kOrphanWait{10'000};
 
 // Another supervisor of the same name is alive: a temporary condition (exit 75).
 struct InstanceRunning : std::runtime_error {

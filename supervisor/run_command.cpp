@@ -19,7 +19,9 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "chain_position.h"
 #include "child_process.h"
+#include "command_error.h"
 #include "control_block.h"
 #include "http_server.h"
 #include "instance.h"
@@ -28,12 +30,15 @@
 #include "progress.h"
 #include "ring.h"
 #include "seal/keys.h"
+#include "segment/format.h"
 #include "ship/nats_client.h"
 #include "shipd/outputs.h"
 #include "stage_output.h"
 #include "stage_runtime.h"
 #include "stage_set.h"
 #include "stage_user.h"
+#include "store_lock.h"
+#include "stream_adoption.h"
 #include "summary.h"
 #include "systemd_notify.h"
 #include "unique_fd.h"
@@ -234,6 +239,37 @@ void publish_public_key(const Config& config, const fs::path& key) {
   if (::write(out.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
     throw fail("write");
   }
+}
+
+// A store already in writer.dir is continued (stream_adoption.h): its stream, from its newest
+// batch. Only then is the key read here (its key id must be the store's): an empty directory
+// leaves the key to signerd, as before.
+std::optional<AdoptedStream> continue_stream(const Config& config) {
+  const fs::path dir(config.writer.dir);
+  std::vector<fs::path> segments;
+  try {
+    segments = segment::list_segments(dir);
+  } catch (const fs::filesystem_error& e) {
+    throw CommandError(exit_code::kNoInput, fmt::format("writer.dir {}: cannot list segments: {}",
+                                                        dir.string(), e.code().message()));
+  }
+  if (segments.empty()) return std::nullopt;
+  std::optional<seal::PublicKey> key;
+  try {
+    const seal::PrivateKey secret = seal::PrivateKey::load(config.seal.key_file);
+    key.emplace(seal::PublicKey::from_der(secret.public_der()));
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(fmt::format("seal.key_file: {}", e.what()));
+  }
+  auto adopted = adopt_stream(dir, *key, config.seal.key_file);
+  if (adopted) {
+    spdlog::info(
+        "writer.dir {} holds stream {} up to batch {} ({}; the newest {} batch(es) verified): "
+        "this run continues it at batch {}",
+        dir.string(), seal::to_hex(adopted->position.stream_id), adopted->last_seq,
+        adopted->file.filename().string(), adopted->batches_checked, adopted->position.next_seq);
+  }
+  return adopted;
 }
 
 // The stage processes of one run, as the StageSet starts and signals them: how to start
@@ -719,7 +755,11 @@ int run_pipeline(Config config, ConfigSource reread) {
   // start.
   if (runs_shipd(config)) static_cast<void>(shipd::output_settings(config));
   prepare_output_dir(config, user);
+  // Held until the run's last process has gone (store_lock.h): taken before the store is
+  // read, so what the stream's adoption sees is what writerd will find.
+  const StoreLock store_lock = StoreLock::acquire(config.writer.dir, kOrphanWait);
   ensure_key(config, user);
+  const std::optional<AdoptedStream> adopted = continue_stream(config);
 
   RunDirectory run_dir(config.supervisor.instance);
   const fs::path config_file = run_dir.path() / "config.yaml";
@@ -736,6 +776,14 @@ int run_pipeline(Config config, ConfigSource reread) {
   }
 
   Instance instance(config, owner_of(user));
+  if (adopted) {
+    // signerd starts from the position in its slot (common/chain_position.h), as a restarted
+    // signerd does: written here once, before it first starts. A launch argument would have
+    // to lose to the slot on every restart; the slot is the one place signerd already trusts.
+    ControlBlock& control = instance.control();
+    store_chain_position(control.slots[slot_index(StageKind::kSignerd, 0, control.shards)],
+                         adopted->position);
+  }
   std::optional<HttpServer> http;  // supervisor.http_listen: /metrics, /status.json, /
   if (!config.supervisor.http_listen.empty()) {
     http.emplace(parse_listen_address(config.supervisor.http_listen), config.supervisor.instance,

@@ -117,7 +117,7 @@ capnp::FlatArrayMessageReader open_batch(const segment::SegmentReader& reader) {
 }
 
 void ProblemLog::add(std::string line) {
-  if (count_ < kShown) fmt::print(stderr, "{}: problem: {}\n", command_, line);
+  if (print_ && count_ < kShown) fmt::print(stderr, "{}: problem: {}\n", command_, line);
   if (count_ == 0) first_ = std::move(line);
   ++count_;
 }
@@ -131,8 +131,8 @@ std::string batch_problem(const fs::path& file, std::uint64_t seq,
 StoreChecker::StoreChecker(std::map<seal::Digest, seal::PublicKey> keys)
     : verifier_(std::move(keys)) {}
 
-void StoreChecker::start_segment(const segment::SegmentReader& reader) {
-  named_seq_ = first_seq_of(reader.file());
+void StoreChecker::start_segment(const segment::SegmentReader& reader, bool at_first_frame) {
+  named_seq_ = at_first_frame ? first_seq_of(reader.file()) : std::nullopt;
   first_in_segment_ = true;
 }
 

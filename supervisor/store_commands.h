@@ -51,10 +51,12 @@ std::map<seal::Digest, seal::PublicKey> trusted_keys(const std::filesystem::path
 capnp::FlatArrayMessageReader open_batch(const segment::SegmentReader& reader);
 
 // Counts problems and remembers the first, which is the one a verdict names. The first 20
-// are printed as they come, as "<command>: problem: <line>".
+// are printed as they come, as "<command>: problem: <line>" (unless `print` is false: a
+// caller that reports the first itself).
 class ProblemLog {
  public:
-  explicit ProblemLog(std::string command) : command_(std::move(command)) {}
+  explicit ProblemLog(std::string command, bool print = true)
+      : command_(std::move(command)), print_(print) {}
   void add(std::string line);
   std::uint64_t count() const { return count_; }
   const std::string& first() const { return first_; }
@@ -62,6 +64,7 @@ class ProblemLog {
  private:
   static constexpr std::uint64_t kShown = 20;
   std::string command_;
+  bool print_;
   std::uint64_t count_ = 0;
   std::string first_;
 };
@@ -79,8 +82,9 @@ class StoreChecker {
  public:
   explicit StoreChecker(std::map<seal::Digest, seal::PublicKey> keys);
 
-  // Call before the first frame of each segment.
-  void start_segment(const segment::SegmentReader& reader);
+  // Call before the first frame checked of each segment; `at_first_frame` false when the
+  // reader was moved past the segment's first frame (then its name is not checked).
+  void start_segment(const segment::SegmentReader& reader, bool at_first_frame = true);
   // Checks the batch of `reader`'s current frame (already decoded as `batch`), adding every
   // problem to `problems`. True if nothing is wrong with it.
   bool check(const segment::SegmentReader& reader, schema::SealedBatch::Reader batch,
