@@ -65,6 +65,8 @@ std::chrono::milliseconds sleeper_fence(std::chrono::milliseconds slice) {
 
 }  // namespace
 
+std::size_t ring_max_frame(std::size_t capacity) { return max_frame_for(capacity); }
+
 std::size_t ring_bytes(std::size_t capacity) { return sizeof(RingHeader) + capacity; }
 
 void ring_format(std::span<std::byte> memory, std::size_t capacity) {

@@ -108,6 +108,9 @@ static_assert(sizeof(FrameHeader) == 8);
 // Bytes of shared memory a ring with `capacity` data bytes needs.
 std::size_t ring_bytes(std::size_t capacity);
 
+// Largest payload one frame of a ring with `capacity` data bytes carries (a quarter of it).
+std::size_t ring_max_frame(std::size_t capacity);
+
 // Formats a fresh ring in `memory` (which the caller zeroed). `capacity` must be a power of
 // two of at least 4 KiB; `memory` must be ring_bytes(capacity) long and 64-byte aligned.
 void ring_format(std::span<std::byte> memory, std::size_t capacity);

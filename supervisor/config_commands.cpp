@@ -11,6 +11,7 @@
 #include "command_error.h"
 #include "commands.h"
 #include "config.h"
+#include "plan_check.h"
 #include "run_command.h"
 #include "seal/keys.h"
 #include "stage_runtime.h"
@@ -43,6 +44,7 @@ Config assemble_run(const RunOptions& options) {
 int run_command(const RunOptions& options) {
   Config config = assemble_run(options);
   validate(config);
+  require_runnable(config);  // before any output, key, run directory or shared memory
   if (config.capture.files.empty() && config.capture.interface.empty()) {
     throw ConfigError(
         "no input: give -r FILE... or -i INTERFACE (or capture.files / "
@@ -61,6 +63,7 @@ int run_command(const RunOptions& options) {
 int config_check_command(const ConfigCheckOptions& options) {
   Config config = assemble(options.config_file, options.overrides);
   validate(config);
+  require_runnable(config);
   std::fputs(dump_config(config, true).c_str(), stdout);
   return exit_code::kOk;
 }
