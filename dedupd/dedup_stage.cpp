@@ -17,6 +17,7 @@
 #include "record_buffer.h"
 #include "ring_message.h"
 #include "ring_io.h"
+#include "record_list.h"
 
 namespace flowseal::dedupd {
 namespace {
@@ -72,7 +73,8 @@ int pass_through(StageRuntime& runtime, FrameLoop& loop, RingOutput& output,
   FrameHandlers handlers;
   handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t) {
     capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
-    auto events = reader.getRoot<schema::FlowEventBatch>().getEvents();
+    auto events = sized_records(reader.getRoot<schema::FlowEventBatch>().getEvents(),
+                                "FlowEventBatch.events");
     records_in += events.size();
     if (events.size() > 0) {
       capnp::MallocMessageBuilder message;
@@ -159,7 +161,8 @@ int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log, Rin
   handlers.before_pass = apply_pressure;
   handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t i) {
     capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
-    for (auto event : reader.getRoot<schema::FlowEventBatch>().getEvents()) {
+    for (auto event : sized_records(reader.getRoot<schema::FlowEventBatch>().getEvents(),
+                                    "FlowEventBatch.events")) {
       try {
         engine.on_event(event, static_cast<std::uint32_t>(i));
       } catch (const kj::Exception& e) {  // one bad record: the rest of the frame goes on

@@ -15,6 +15,7 @@
 #include "shipd/segment_follower.h"
 #include "shipd/store_output.h"
 #include "stage_runtime.h"
+#include "record_list.h"
 
 namespace flowseal::shipd {
 namespace {
@@ -380,8 +381,8 @@ class IpfixOutput final : public StoreOutput {
           kj::arrayPtr(reinterpret_cast<const capnp::word*>(frame.message.data()),
                        frame.message_bytes / sizeof(capnp::word)),
           frame_reader_options());
-      for (const schema::FlowEvent::Reader event :
-           message.getRoot<schema::SealedBatch>().getRecords()) {
+      for (const schema::FlowEvent::Reader event : sized_records(
+               message.getRoot<schema::SealedBatch>().getRecords(), "SealedBatch.records")) {
         const std::size_t before = records_.size();
         mapper_.map(event, records_);
         if (records_.size() > before) ++events;

@@ -20,6 +20,7 @@
 #include "shipd/segment_follower.h"
 #include "shipd/store_output.h"
 #include "stage_runtime.h"
+#include "record_list.h"
 
 namespace flowseal::shipd {
 namespace {
@@ -381,7 +382,8 @@ class KafkaOutput final : public StoreOutput {
       capnp::FlatArrayMessageReader reader(
           as_words({reinterpret_cast<const std::byte*>(pending_->words.data()), pending_->bytes}),
           frame_reader_options());
-      const auto list = reader.getRoot<schema::SealedBatch>().getRecords();
+      const auto list =
+          sized_records(reader.getRoot<schema::SealedBatch>().getRecords(), "SealedBatch.records");
       if (!pending_->in_ledger) ledger_.produced_batch(pending_->seq, list.size());
       pending_->in_ledger = true;
       for (; pending_->next < list.size(); ++pending_->next) {

@@ -19,6 +19,7 @@
 #include "ring_io.h"
 #include "ring_message.h"
 #include "seal/keys.h"
+#include "record_list.h"
 
 namespace flowseal::signerd {
 namespace {
@@ -123,7 +124,7 @@ int run_signerd(StageRuntime& runtime) {
         schema::FlowEventBatch::_capnpPrivate::pointerCount) {
       static_cast<void>(batch.totalSize());
     }
-    auto events = batch.getEvents();
+    auto events = sized_records(batch.getEvents(), "FlowEventBatch.events");
     if (sealer.size() > 0 && (sealer.size() + events.size() > batch_records ||
                               would_overflow(frame.size(), events.size()))) {
       seal_and_publish();  // keeps a batch within batch_records and the frame limit (unless

@@ -15,6 +15,7 @@
 #include "rfc3339.h"
 #include "stage_runtime.h"
 #include "store_commands.h"
+#include "record_list.h"
 
 namespace flowseal::supervisor {
 namespace {
@@ -87,7 +88,7 @@ void cat_segment(const fs::path& file, const RecordFilter& filter, StoreChecker*
       capnp::FlatArrayMessageReader message = open_batch(reader);
       const auto batch = message.getRoot<schema::SealedBatch>();
       if (checker) checker->check(reader, batch, problems);
-      for (const auto record : batch.getRecords()) {
+      for (const auto record : sized_records(batch.getRecords(), "SealedBatch.records")) {
         if (filter.wanted(record)) printer.print(record);
       }
     } catch (const kj::Exception& e) {

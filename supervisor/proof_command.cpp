@@ -15,6 +15,7 @@
 #include "seal/merkle.h"
 #include "stage_runtime.h"
 #include "store_commands.h"
+#include "record_list.h"
 
 namespace flowseal::supervisor {
 namespace {
@@ -98,7 +99,7 @@ kj::Array<capnp::word> words_of(const std::vector<std::uint8_t>& bytes) {
 std::optional<Proof> make_proof(schema::SealedBatch::Reader batch, std::uint32_t index,
                                 const std::map<seal::Digest, seal::PublicKey>& keys,
                                 const std::string& where, const std::string& dir) {
-  const auto records = batch.getRecords();
+  const auto records = sized_records(batch.getRecords(), "SealedBatch.records");
   std::vector<seal::Digest> leaves;
   leaves.reserve(records.size());
   for (const auto r : records) leaves.push_back(seal::leaf_hash(seal::canonical_bytes(r)));
@@ -312,7 +313,7 @@ int print_proof(const std::vector<fs::path>& files, const VerifyOptions& options
       try {
         capnp::FlatArrayMessageReader message = open_batch(reader);
         const auto batch = message.getRoot<schema::SealedBatch>();
-        const auto records = batch.getRecords();
+        const auto records = sized_records(batch.getRecords(), "SealedBatch.records");
         std::optional<std::uint32_t> index;
         for (std::uint32_t i = 0; i < records.size() && !index; ++i) {
           const auto r = records[i];

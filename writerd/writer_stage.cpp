@@ -17,6 +17,7 @@
 #include "layout.h"
 #include "ring_io.h"
 #include "segment/store.h"
+#include "record_list.h"
 
 namespace flowseal::writerd {
 namespace {
@@ -77,7 +78,7 @@ std::optional<Batch> read_batch(schema::SealedBatch::Reader sealed, std::string&
   batch.meta.seq = header.getSeq();
   batch.meta.first_ts_ns = header.getFirstTsNs();
   batch.meta.last_ts_ns = header.getLastTsNs();
-  batch.meta.record_count = sealed.getRecords().size();
+  batch.meta.record_count = sized_records(sealed.getRecords(), "SealedBatch.records").size();
   return batch;
 }
 

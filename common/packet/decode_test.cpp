@@ -443,7 +443,7 @@ TEST_CASE("random bytes under every link type never crash the decoder") {
 }
 
 TEST_CASE("the symmetric hash is the same both ways and differs between flows") {
-  DecodedPacket a, b;
+  DecodedPacket a;
   REQUIRE(run(kDltRaw, ipv4(6, tcp(40000, 443, 0x02, 0)), a) == DecodeStatus::kOk);
   FlowKey reverse = a.key;
   std::swap(reverse.src, reverse.dst);

@@ -12,6 +12,7 @@
 #include "seal/canonical_record.h"
 #include "seal/leaf_hints.h"
 #include "seal/merkle.h"
+#include "record_list.h"
 
 namespace flowseal::seal {
 namespace {
@@ -259,7 +260,7 @@ std::optional<BatchProblem> ChainVerifier::check(schema::SealedBatch::Reader bat
     const auto prev_root = to_array<32>(header.getPrevRoot());
     const auto merkle_root = to_array<32>(header.getMerkleRoot());
     const auto key_id = to_array<32>(header.getKeyId());
-    const auto records = batch.getRecords();
+    const auto records = sized_records(batch.getRecords(), "SealedBatch.records");
 
     // ---- content: the records against the header, the header against its signature.
     std::vector<std::string> content;

@@ -17,6 +17,7 @@
 #include "flowseal.capnp.h"
 #include "packet/flow_id.h"
 #include "record/direction.h"
+#include "record_list.h"
 
 namespace flowseal::segment {
 namespace {
@@ -498,7 +499,7 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
   }
   const kj::Array<capnp::word> header = capnp::canonicalize(batch.getHeader());
   const auto signature = batch.getSignature();
-  const auto records = batch.getRecords();
+  const auto records = sized_records(batch.getRecords(), "SealedBatch.records");
   if (records.size() > kMaxRecords) return false;
 
   // The largest power of ten dividing every timestamp: pcap gives microseconds (10^3 ns).

@@ -30,6 +30,7 @@
 #include "seal/chain_verifier.h"
 #include "seal/keys.h"
 #include "segment/columns.h"
+#include "record_list.h"
 
 namespace {
 
@@ -100,7 +101,7 @@ void sealed_batch(std::span<const std::byte> frame) {
   // A list of empty structs costs Cap'n Proto's traversal limit one word per element: a short
   // input can claim millions of records, each printed below. Real batches are capped by
   // seal.batch_records; the first 4096 are enough to exercise the printers here.
-  for (auto record : batch.getRecords()) {
+  for (auto record : sized_records(batch.getRecords(), "SealedBatch.records")) {
     if (leaf == 4096) break;
     (void)record::to_json_line(record);
     (void)record::to_json_line(record, {stream, 7, leaf++});
@@ -116,7 +117,8 @@ void event_batch(std::span<const std::byte> frame) {
   const auto batch = reader.getRoot<schema::FlowEventBatch>();
   static_cast<void>(batch.totalSize());  // signerd: a frame that does not traverse is skipped
   signerd::BatchSealer sealer(keys().priv, {1, 2, 3}, 0, seal::Digest{});
-  for (auto event : batch.getEvents()) sealer.add(event);
+  // As signerd: a list of empty records is refused before any is sealed (record_list.h).
+  for (auto event : sized_records(batch.getEvents(), "FlowEventBatch.events")) sealer.add(event);
   capnp::MallocMessageBuilder message;
   sealer.seal(message);
   const kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
