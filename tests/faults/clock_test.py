@@ -31,6 +31,14 @@ def closed_segments(out):
         return []
 
 
+def preload(flowseal):
+    """LD_PRELOAD for libfaketime. A sanitized build needs its ASan runtime first in the list
+    ("ASan runtime does not come first in initial library list"), so it is named before."""
+    linked = subprocess.run(["ldd", flowseal], capture_output=True, text=True).stdout
+    asan = re.search(r"=>\s*(\S*libasan\.so[.\d]*)\s", linked)
+    return f"{asan.group(1)}:{LIBFAKETIME}" if asan else LIBFAKETIME
+
+
 def wait_until(run, test, timeout=60):
     """True once test() holds (polled), False on timeout or when the run ended."""
     deadline = time.monotonic() + timeout
@@ -48,7 +56,7 @@ def test_the_wall_clock_jumping_back_and_forward_loses_nothing(flowseal, data_di
     out = str(tmp_path / "out")
     offset = tmp_path / "offset"
     offset.write_text("+0\n")
-    env = dict(os.environ, LD_PRELOAD=LIBFAKETIME, FAKETIME_TIMESTAMP_FILE=str(offset),
+    env = dict(os.environ, LD_PRELOAD=preload(flowseal), FAKETIME_TIMESTAMP_FILE=str(offset),
                FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
     args = [flowseal, "run", "-r", os.path.join(data_dir, "synscan.pcap"), "-o", out,
             "--instance", instance("clock")]
