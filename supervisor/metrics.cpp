@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <array>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -130,23 +132,23 @@ void flow_figures(Exposition& e, const Counters& n) {
            n.flowd_sum(fc::kEventsOut));
 }
 
+// One sample of `name` per record stage, labelled by stage.
+void record_stage_samples(Exposition& e, const Counters& n, const char* name, std::size_t counter) {
+  constexpr std::array<std::pair<StageKind, const char*>, 3> kStages{{
+      {StageKind::kDedupd, "stage=\"dedupd\""},
+      {StageKind::kSignerd, "stage=\"signerd\""},
+      {StageKind::kWriterd, "stage=\"writerd\""},
+  }};
+  for (const auto& [kind, label] : kStages) e.sample(name, label, n.of(kind, counter));
+}
+
 void record_figures(Exposition& e, const Counters& n) {
   // Records through dedupd, signerd, writerd.
   e.family("flowseal_records_in_total", "counter", "Records a record stage read.");
-  e.sample("flowseal_records_in_total", "stage=\"dedupd\"",
-           n.of(StageKind::kDedupd, rc::kRecordsIn));
-  e.sample("flowseal_records_in_total", "stage=\"signerd\"",
-           n.of(StageKind::kSignerd, rc::kRecordsIn));
-  e.sample("flowseal_records_in_total", "stage=\"writerd\"",
-           n.of(StageKind::kWriterd, rc::kRecordsIn));
+  record_stage_samples(e, n, "flowseal_records_in_total", rc::kRecordsIn);
   e.family("flowseal_records_out_total", "counter",
            "Records a record stage passed on (writerd: stored).");
-  e.sample("flowseal_records_out_total", "stage=\"dedupd\"",
-           n.of(StageKind::kDedupd, rc::kRecordsOut));
-  e.sample("flowseal_records_out_total", "stage=\"signerd\"",
-           n.of(StageKind::kSignerd, rc::kRecordsOut));
-  e.sample("flowseal_records_out_total", "stage=\"writerd\"",
-           n.of(StageKind::kWriterd, rc::kRecordsOut));
+  record_stage_samples(e, n, "flowseal_records_out_total", rc::kRecordsOut);
   e.single("flowseal_dedup_summaries_total", "counter", "Summary records dedupd emitted.",
            n.of(StageKind::kDedupd, rc::kSummaries));
   e.single("flowseal_dedup_suppressed_total", "counter", "Records dedupd folded or held back.",
@@ -174,12 +176,7 @@ void record_figures(Exposition& e, const Counters& n) {
              stage_label(n.control(), slot_index(StageKind::kFlowd, s, n.shards())),
              n.of(n.slot(StageKind::kFlowd, s), fc::kBadFrames));
   }
-  e.sample("flowseal_bad_frames_total", "stage=\"dedupd\"",
-           n.of(StageKind::kDedupd, rc::kBadFrames));
-  e.sample("flowseal_bad_frames_total", "stage=\"signerd\"",
-           n.of(StageKind::kSignerd, rc::kBadFrames));
-  e.sample("flowseal_bad_frames_total", "stage=\"writerd\"",
-           n.of(StageKind::kWriterd, rc::kBadFrames));
+  record_stage_samples(e, n, "flowseal_bad_frames_total", rc::kBadFrames);
 }
 
 void export_latency(Exposition& e, const Counters& n) {
