@@ -226,6 +226,7 @@ KeySpec topic_key(std::string path, std::function<std::string&(Config&)> field, 
 constexpr std::int64_t kMaxI = std::numeric_limits<std::int32_t>::max();
 constexpr double kYear = 365.0 * 86400;
 
+// function-length: data table (every config key: path, bounds, help; one entry per key)
 const std::vector<KeySpec>& key_table() {
   static const std::vector<KeySpec> table = [] {
     std::vector<KeySpec> t;

@@ -4,9 +4,18 @@
 Usage: tests/function_length_check.py [--max N] [--list] [FILE...]
 
 Without FILE, checks every C++ file git knows outside tests/ and *_test.cpp (tests may be
-long: a test reads top to bottom). Prints each function over the limit as FILE:LINE: NAME is
-N lines, and exits 1 if there is any; --list prints every function over 60 lines too, longest
-first, and exits 0.
+long: a test reads top to bottom); outside a git clone, every *.cpp and *.h outside build
+directories. Prints each function over the limit as FILE:LINE: NAME is N lines, and exits 1 if
+there is any; --list prints every function over 60 lines too, longest first, and exits 0.
+The meson test `function_length` runs it without arguments.
+
+One exemption, and only one: a function that is a data table rather than logic (a table of
+config keys, an HTML page in a raw string) may carry, on the line right before its first line,
+
+    // function-length: data table (why it is one)
+
+with a non-empty reason in the parentheses. It is then not judged; --list shows it with its
+reason, and the summary counts it, so an exemption stays visible.
 
 How it finds functions (the tree is clang-formatted, which keeps this simple): a small lexer
 drops comments, string and character literals and preprocessor lines, then follows braces. A
@@ -22,6 +31,9 @@ import subprocess
 import sys
 
 LIMIT = 120
+LIST_OVER = 60
+# The exemption comment: exactly this wording, a reason required.
+EXEMPTION = re.compile(r"^\s*// function-length: data table \((?P<reason>.*\S.*)\)\s*$")
 SCOPE_WORDS = ("namespace", "class", "struct", "union", "enum", "extern")
 
 
@@ -89,6 +101,14 @@ def function_name(head):
     return before_paren[-1] if before_paren else head[:40]
 
 
+def exemption(lines, first):
+    """The reason of the data-table exemption on the line before line `first` (1-based)."""
+    if first < 2:
+        return None
+    m = EXEMPTION.match(lines[first - 2])
+    return m.group("reason").strip() if m else None
+
+
 def functions(text):
     """(first line, line count, name) of every function body at namespace or class scope."""
     code = strip_code(text)
@@ -138,8 +158,17 @@ def functions(text):
 
 
 def product_files(root):
-    listed = subprocess.run(["git", "-C", root, "ls-files", "*.cpp", "*.h"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    git = subprocess.run(["git", "-C", root, "ls-files", "*.cpp", "*.h"],
+                         capture_output=True, text=True, check=False)
+    if git.returncode == 0:
+        listed = git.stdout.split()
+    else:  # not a clone (a release tarball): every C++ file outside build directories
+        listed = []
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(("build", ".")))
+            rel = os.path.relpath(folder, root)
+            listed += [os.path.normpath(os.path.join(rel, n)) for n in sorted(names)
+                       if n.endswith((".cpp", ".h"))]
     return [os.path.join(root, f) for f in listed
             if not f.startswith("tests/") and not f.endswith("_test.cpp")]
 
@@ -152,22 +181,26 @@ def main():
     args = parser.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files = args.files or product_files(root)
-    rows = []
+    rows = []  # (line count, path, first line, name, exemption reason or None)
     for path in files:
         with open(path, encoding="utf-8") as f:
-            for first, count, name in functions(f.read()):
-                rows.append((count, os.path.relpath(path, root), first, name))
-    rows.sort(reverse=True)
+            text = f.read()
+        lines = text.split("\n")
+        for first, count, name in functions(text):
+            rows.append((count, os.path.relpath(path, root), first, name, exemption(lines, first)))
+    rows.sort(key=lambda r: (-r[0], r[1], r[2]))
     if args.list:
-        for count, path, first, name in rows:
-            if count > 60:
-                print(f"{path}:{first}: {name} is {count} lines")
+        for count, path, first, name, reason in rows:
+            if count > LIST_OVER:
+                exempt = f" (exempt: data table: {reason})" if reason else ""
+                print(f"{path}:{first}: {name} is {count} lines{exempt}")
         return 0
-    over = [r for r in rows if r[0] > args.max]
-    for count, path, first, name in over:
+    over = [r for r in rows if r[0] > args.max and r[4] is None]
+    exempt = [r for r in rows if r[0] > args.max and r[4] is not None]
+    for count, path, first, name, _ in over:
         print(f"{path}:{first}: {name} is {count} lines (the limit is {args.max})")
     print(f"function_length_check: {len(files)} files, {len(rows)} functions, "
-          f"{len(over)} over {args.max} lines")
+          f"{len(over)} over {args.max} lines, {len(exempt)} data tables exempt")
     return 1 if over else 0
 
 
