@@ -263,8 +263,12 @@ void CaptureLoop::flush() {
 
 bool CaptureLoop::take(Packet& packet) {
   std::uint32_t hash = 0;
+  // A packet flowd cannot decode goes whole (up to the payload cut), so that flowd counts it
+  // by the same cause; a decoded one goes as the headers decode() read, which decode the same.
+  std::size_t keep = keep_;
   if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded_) ==
       packet::DecodeStatus::kOk) {
+    keep = std::min<std::size_t>(keep, decoded_.header_bytes);
     if (packet.pass > 0) {
       std::copy(packet.bytes.begin(), packet.bytes.end(), rewritten_.begin());
       const std::span<std::uint8_t> copy(rewritten_.data(), packet.bytes.size());
@@ -285,7 +289,7 @@ bool CaptureLoop::take(Packet& packet) {
     return false;
   }
   if (packet.bytes.size() < packet.wire_len) ++truncated_;
-  return batcher_.add(shard, packet, hash, keep_);
+  return batcher_.add(shard, packet, hash, keep);
 }
 
 std::uint64_t CaptureLoop::run() {

@@ -15,8 +15,9 @@ static_assert(std::is_standard_layout_v<FragmentSlot> &&
               std::is_trivially_copyable_v<FragmentSlot>);
 static_assert(sizeof(FragmentSlot) == 288 && alignof(FragmentSlot) == 8);
 // store_first() / load_first() copy DecodedPacket field by field: a field added to it must be
-// added to FragmentSlot too (and this size updated).
-static_assert(sizeof(packet::DecodedPacket) == 268, "DecodedPacket changed: update FragmentSlot");
+// added to FragmentSlot too (and this size updated). header_bytes is not: it tells capture how
+// much of the packet to forward, and flowd has no use for it.
+static_assert(sizeof(packet::DecodedPacket) == 272, "DecodedPacket changed: update FragmentSlot");
 
 namespace {
 

@@ -68,10 +68,15 @@ class Decoder {
       : bytes_(bytes), wire_len_(std::max<std::size_t>(wire_len, bytes.size())), out_(out) {}
 
   DecodeStatus link(int link_type);
+  // The end of the furthest range a length check granted: every byte the decoder read lies
+  // before it, and every check that failed asked for more than the packet had.
+  std::size_t bytes_read() const { return read_end_; }
 
  private:
-  bool have(std::size_t offset, std::size_t n) const {
-    return offset <= bytes_.size() && n <= bytes_.size() - offset;
+  bool have(std::size_t offset, std::size_t n) {
+    if (offset > bytes_.size() || n > bytes_.size() - offset) return false;
+    read_end_ = std::max(read_end_, offset + n);
+    return true;
   }
   const std::uint8_t* at(std::size_t offset) const { return bytes_.data() + offset; }
 
@@ -107,6 +112,7 @@ class Decoder {
   std::span<const std::uint8_t> bytes_;
   std::size_t wire_len_;
   DecodedPacket& out_;
+  std::size_t read_end_ = 0;
 };
 
 DecodeStatus Decoder::link(int link_type) {
@@ -629,8 +635,13 @@ std::string_view to_string(DecodeStatus status) {
 DecodeStatus decode(int link_type, std::span<const std::uint8_t> bytes, std::uint32_t wire_len,
                     DecodedPacket& out) {
   out = DecodedPacket{};
-  const DecodeStatus status = Decoder(bytes, wire_len, out).link(link_type);
-  if (status != DecodeStatus::kOk) out = DecodedPacket{};
+  Decoder decoder(bytes, wire_len, out);
+  const DecodeStatus status = decoder.link(link_type);
+  if (status != DecodeStatus::kOk) {
+    out = DecodedPacket{};
+  } else {
+    out.header_bytes = static_cast<std::uint32_t>(decoder.bytes_read());
+  }
   return status;
 }
 

@@ -70,6 +70,7 @@ struct OuterFlow {
   FlowKey key;
   std::uint32_t ip_bytes = 0;
   std::uint32_t payload_bytes = 0;
+  bool operator==(const OuterFlow&) const = default;
 };
 inline constexpr std::size_t kMaxOuterFlows = 3;  // tunnel nesting decode() follows
 
@@ -96,6 +97,7 @@ struct FragmentInfo {
   // outer_count when this layer was decoded: outer[0..outer_before) enclose it and are whole.
   std::uint8_t outer_before = 0;
   std::uint8_t depth = 0;  // tunnel_depth when this layer was decoded
+  bool operator==(const FragmentInfo&) const = default;
 };
 inline constexpr std::uint8_t kKeyLayer = 0xFE;
 inline constexpr std::uint8_t kNoLayer = 0xFF;
@@ -119,6 +121,12 @@ struct DecodedPacket {
   std::uint8_t outer_count = 0;
   std::array<OuterFlow, kMaxOuterFlows> outer{};
   FragmentInfo frag;  // valid when `fragment`
+  // How many leading bytes of the packet decode() read. The packet cut to this length
+  // decodes to the same DecodedPacket (this field aside): no length check that passed on the
+  // whole packet fails on the cut one, and none that failed can pass. Capture forwards only
+  // these bytes to flowd: flows are made of headers, and the payload would only be copied.
+  std::uint32_t header_bytes = 0;
+  bool operator==(const DecodedPacket&) const = default;
 };
 
 // Decodes one packet of link type `link_type` (DLT_*). `wire_len` is the packet's length on

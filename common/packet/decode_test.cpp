@@ -3,6 +3,7 @@
 #include <pcap/pcap.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -175,8 +176,21 @@ Bytes null_header(std::uint32_t family, bool big_endian, const Bytes& payload) {
   return cat(b, payload);
 }
 
+// Capture forwards a decoded packet cut to its header_bytes: every decode in these tests also
+// checks that the cut packet decodes to the same result.
+void check_header_cut(int link, std::span<const std::uint8_t> bytes, std::uint32_t wire_len,
+                      const DecodedPacket& whole) {
+  REQUIRE(whole.header_bytes <= bytes.size());
+  DecodedPacket cut;
+  REQUIRE(decode(link, bytes.first(whole.header_bytes), wire_len, cut) == DecodeStatus::kOk);
+  CHECK(cut == whole);
+}
+
 DecodeStatus run(int link, const Bytes& bytes, DecodedPacket& out) {
-  return decode(link, bytes, static_cast<std::uint32_t>(bytes.size()), out);
+  const auto wire_len = static_cast<std::uint32_t>(bytes.size());
+  const DecodeStatus status = decode(link, bytes, wire_len, out);
+  if (status == DecodeStatus::kOk) check_header_cut(link, bytes, wire_len, out);
+  return status;
 }
 
 // One packet plus where its layers end: a cut before link_end is a truncated link, before
@@ -763,4 +777,39 @@ TEST_CASE("802.11 frames without an IP packet are named by kind, never decoded a
   CHECK(run(kDltIeee80211Radio, Bytes{0, 0, 4, 0, 1, 2}, p) == DecodeStatus::kTruncatedLink);
   CHECK(to_string(DecodeStatus::kEncrypted) == "encrypted");
   CHECK(to_string(DecodeStatus::kUnsupportedAmsdu) == "unsupported_amsdu");
+}
+
+TEST_CASE("every decoded packet of the real captures decodes alike from its header bytes alone") {
+  // The captures tests use (tests/data) and the decoder's own (testdata): tunnels, VLAN, MPLS,
+  // PPPoE, IPv6 extension headers, fragments, pcapng.
+  std::size_t decoded = 0, cut_shorter = 0;
+  std::uint64_t captured_bytes = 0, header_bytes = 0;
+  for (const char* dir : {FLOWSEAL_PACKET_TESTDATA, FLOWSEAL_TESTS_DATA}) {
+    for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+      const std::string ext = entry.path().extension();
+      if (ext != ".pcap" && ext != ".pcapng") continue;
+      char error[PCAP_ERRBUF_SIZE] = {};
+      std::unique_ptr<pcap_t, PcapCloser> handle(pcap_open_offline(entry.path().c_str(), error));
+      INFO(entry.path() << ": " << error);
+      REQUIRE(handle);
+      pcap_pkthdr* header = nullptr;
+      const u_char* data = nullptr;
+      while (pcap_next_ex(handle.get(), &header, &data) == 1) {
+        const std::span<const std::uint8_t> bytes(data, header->caplen);
+        DecodedPacket whole;
+        if (decode(pcap_datalink(handle.get()), bytes, header->len, whole) != DecodeStatus::kOk) {
+          continue;
+        }
+        ++decoded;
+        check_header_cut(pcap_datalink(handle.get()), bytes, header->len, whole);
+        cut_shorter += whole.header_bytes < bytes.size();
+        captured_bytes += bytes.size();
+        header_bytes += whole.header_bytes;
+      }
+    }
+  }
+  INFO(decoded << " packets decoded, " << header_bytes << " of " << captured_bytes
+               << " captured bytes read by decode()");
+  CHECK(decoded > 5000);
+  CHECK(cut_shorter > decoded / 2);  // most packets carry payload flowd need not see
 }

@@ -1,6 +1,7 @@
 // libFuzzer target: the packet decoder (common/packet/decode.h), as capture and flowd call it.
 // Input: a 2-byte link-type selector, then one packet's captured bytes. decode() must never
-// read outside the span (ASan), and what it returns must be self-consistent.
+// read outside the span (ASan), and what it returns must be self-consistent; the packet cut to
+// the header_bytes it reports must decode to the same result.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -48,6 +49,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     (void)flow_key(out.key);
     (void)icmp_counterpart(out.key.proto, static_cast<std::uint8_t>(out.key.src_port));
+    // Capture forwards only the header_bytes decode() read: they must decode alike.
+    if (out.header_bytes > len) std::abort();
+    DecodedPacket cut;
+    if (decode(link, std::span<const std::uint8_t>(bytes, out.header_bytes),
+               static_cast<std::uint32_t>(len) + extra, cut) != DecodeStatus::kOk ||
+        !(cut == out)) {
+      std::abort();
+    }
   }
   std::free(bytes);
   return 0;

@@ -167,12 +167,14 @@ std::uint64_t run_capture(const std::vector<std::string>& files, RingProducer& o
   // As in capture_stage.cpp's loop (one shard, no sampling, no loop passes).
   while (source.next(packet) == capture::PcapSource::Status::kPacket) {
     std::uint32_t hash = 0;
+    std::size_t packet_keep = keep;
     if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded) ==
         packet::DecodeStatus::kOk) {
+      packet_keep = std::min<std::size_t>(keep, decoded.header_bytes);
       hash = router.route(decoded, packet::symmetric_hash(decoded.key));
     }
     ++packets;
-    if (batcher.add(0, packet, hash, keep)) batcher.flush(rings, 1.0f, kRingFull);
+    if (batcher.add(0, packet, hash, packet_keep)) batcher.flush(rings, 1.0f, kRingFull);
   }
   batcher.flush(rings, 1.0f, kRingFull);
   out.close();
