@@ -323,6 +323,197 @@ class Dictionary {
   std::uint32_t count_ = 0;
 };
 
+// The largest power of ten dividing every timestamp: pcap gives microseconds (10^3 ns).
+std::uint64_t timestamp_scale(capnp::List<FlowEvent>::Reader records) {
+  std::uint64_t scale = kMaxTsScale;
+  for (const auto record : records) {
+    while (scale > 0 && (record.getFirstTsNs() % kPow10[scale] != 0 ||
+                         record.getLastTsNs() % kPow10[scale] != 0)) {
+      --scale;
+    }
+  }
+  return scale;
+}
+
+using Columns = std::array<std::vector<std::uint8_t>, kColumnCount>;
+
+// Turns records into a batch's columns (docs/FORMAT.md, "Columns"), one step per group of
+// columns. writerd encodes every record it stores: the steps are private to this file and
+// called once per record, so the compiler inlines them into add(). The encoder owns the
+// columns and dictionaries (kept across batches: their memory is reused), so that every step
+// reaches them through `this` alone.
+class ColumnEncoder {
+ public:
+  // Starts a batch whose timestamps are whole multiples of `unit` ns (10^timestamp_scale()).
+  void start(std::int64_t unit) {
+    for (auto& column : columns_) column.clear();
+    addresses_.clear();
+    texts_.clear();
+    unit_ = unit;
+    prev_first_ = 0;
+    last_shard_ = 0;
+  }
+
+  // Ends the batch: the dictionaries go into their columns.
+  const Columns& finish() {
+    addresses_.write(columns_[kAddresses]);
+    texts_.write(columns_[kTexts]);
+    return columns_;
+  }
+
+  // `r` must fit the columns (State::fits_columns). `sha1` and `seed` derive Community IDs.
+  void add(FlowEvent::Reader r, packet::Sha1& sha1, std::uint16_t seed) {
+    // Read once: several steps need them, and a getter cannot be merged across the stores
+    // in between.
+    const Tuple t{bytes_of(r.getOrigAddr()), bytes_of(r.getRespAddr()), r.getProto(),
+                  r.getOrigPort(),           r.getRespPort(),           r.getVlan()};
+    const std::uint64_t uid = r.getUid();
+    const std::int64_t first_ts = r.getFirstTsNs();
+    std::uint64_t flags = shard_or_uid(t, first_ts, uid);
+    event(r);
+    endpoints(r, t);
+    times(first_ts, r.getLastTsNs());
+    flags |= state_texts(r, t, sha1, seed);
+    flags |= lineage(r, uid);
+    // Each side spelled out: with `side` a constant, every column's address is one too.
+    direction<Side::kOrig>(record::direction(r, Side::kOrig));
+    direction<Side::kResp>(record::direction(r, Side::kResp));
+    extras(r);
+    put(kFlags, flags);
+  }
+
+ private:
+  // A record's flow key fields.
+  struct Tuple {
+    std::span<const std::uint8_t> orig, resp;
+    std::uint8_t proto;
+    std::uint16_t orig_port, resp_port, vlan;
+  };
+
+  void put(Column c, std::uint64_t v) { put_varint(columns_[c], v); }
+
+  // The shard when the uid is the one flowd derives from the flow key (kUidDerived), else the
+  // uid itself.
+  std::uint64_t shard_or_uid(const Tuple& t, std::int64_t first_ts, std::uint64_t uid) {
+    if (const auto hash = key_hash(t.proto, t.orig, t.resp, t.orig_port, t.resp_port, t.vlan)) {
+      // The shard of the record before first: records of one shard come in runs.
+      for (std::uint32_t i = 0; i <= kShardsTried; ++i) {
+        const std::uint32_t shard = i == 0 ? last_shard_ : i - 1;
+        if (packet::flow_uid(*hash, first_ts, shard) == uid) {
+          last_shard_ = shard;
+          put(kShard, shard);
+          return kUidDerived;
+        }
+      }
+    }
+    put_u64(columns_[kUid], uid);
+    return 0;
+  }
+
+  // kind, eventNumber, endReason, samplingRate.
+  void event(FlowEvent::Reader r) {
+    put(kKind, static_cast<std::uint16_t>(r.getKind()));
+    put(kEventNumber, r.getEventNumber());
+    put(kEndReason, static_cast<std::uint16_t>(r.getEndReason()));
+    put(kSamplingRate, std::bit_cast<std::uint32_t>(r.getSamplingRate()) ^ kOneBits);
+  }
+
+  // proto, both addresses (as indices into the address dictionary), ports, VLAN.
+  void endpoints(FlowEvent::Reader r, const Tuple& t) {
+    put(kProto, t.proto);
+    put(kOrigAddr, addresses_.add(r.hasOrigAddr(), t.orig));
+    put(kRespAddr, addresses_.add(r.hasRespAddr(), t.resp));
+    put(kOrigPort, t.orig_port);
+    put(kRespPort, t.resp_port);
+    put(kVlan, t.vlan);
+  }
+
+  // firstTs as its distance from the record before's, lastTs as the duration, in units.
+  void times(std::int64_t first_ts, std::int64_t last_ts) {
+    // Exact: `unit_` divides both. Differences wrap in uint64, as the decoder's sums do.
+    const auto first = static_cast<std::uint64_t>(first_ts / unit_);
+    const auto last = static_cast<std::uint64_t>(last_ts / unit_);
+    put(kFirstTs, zigzag(first - prev_first_));
+    put(kDuration, zigzag(last - first));
+    prev_first_ = first;
+  }
+
+  // connState, history and communityId (as indices into the text dictionary); the Community
+  // ID is left out when it is the one the 5-tuple gives (kCommunityIdDerived).
+  std::uint64_t state_texts(FlowEvent::Reader r, const Tuple& t, packet::Sha1& sha1,
+                            std::uint16_t seed) {
+    put(kConnState, texts_.add(r.hasConnState(), bytes_of(r.getConnState())));
+    put(kHistory, texts_.add(r.hasHistory(), bytes_of(r.getHistory())));
+    const auto community = r.getCommunityId();
+    const packet::CommunityIdText derived =
+        packet::community_id(sha1, seed, t.proto, t.orig, t.resp, t.orig_port, t.resp_port);
+    if (r.hasCommunityId() && derived.size > 0 &&
+        derived.view() == std::string_view(community.begin(), community.size())) {
+      return kCommunityIdDerived;
+    }
+    put(kCommunityId, texts_.add(r.hasCommunityId(), bytes_of(community)));
+    return 0;
+  }
+
+  // flowCount, firstUid and lastUid (each left out when it is the record's uid).
+  std::uint64_t lineage(FlowEvent::Reader r, std::uint64_t uid) {
+    std::uint64_t flags = 0;
+    put(kFlowCount, r.getFlowCount());
+    if (r.getFirstUid() == uid) {
+      flags |= kFirstUidIsUid;
+    } else {
+      put_u64(columns_[kFirstUid], r.getFirstUid());
+    }
+    if (r.getLastUid() == uid) {
+      flags |= kLastUidIsUid;
+    } else {
+      put_u64(columns_[kLastUid], r.getLastUid());
+    }
+    return flags;
+  }
+
+  // One side's columns. IP bytes as their overhead over the payload bytes, maxima as their
+  // distance from the minima (zigzag: damaged data may have max < min).
+  template <Side side>
+  void direction(const DirectionStats& d) {
+    auto put = [&](DirectionColumn c, std::uint64_t v) {
+      put_varint(columns_[column_of(side, c)], v);
+    };
+    put(kPkts, d.pkts);
+    put(kIpOverhead, zigzag(d.ip_bytes - d.bytes));
+    put(kBytes, d.bytes);
+    put(kTcpFlags, d.tcp_flags);
+    put(kSizeMin, d.size_min);
+    put(kSizeSpan, size_span(d.size_min, d.size_max));
+    put(kSizeSumSq, d.size_sumsq);
+    put(kIatMin, d.iat_min_us);
+    put(kIatSpan, zigzag(d.iat_max_us - d.iat_min_us));
+    put(kIatSum, d.iat_sum_us);
+    put_u64(columns_[column_of(side, kIatSumSq)], std::bit_cast<std::uint64_t>(d.iat_sumsq_us));
+    put(kRexmits, d.rexmits);
+    put(kLocal, static_cast<std::uint16_t>(d.local));
+  }
+
+  // tunnelParents (0 for none, else 1 + their count, then each), missedBytes, service.
+  void extras(FlowEvent::Reader r) {
+    if (r.hasTunnelParents()) {
+      const auto parents = r.getTunnelParents();
+      put(kTunnelParents, std::uint64_t{parents.size()} + 1);
+      for (const std::uint64_t parent : parents) put_u64(columns_[kTunnelParents], parent);
+    } else {
+      put(kTunnelParents, 0);
+    }
+    put(kMissedBytes, r.getMissedBytes());
+    put(kService, texts_.add(r.hasService(), bytes_of(r.getService())));
+  }
+
+  Columns columns_;
+  Dictionary addresses_, texts_;
+  std::int64_t unit_ = 1;
+  std::uint64_t prev_first_ = 0;
+  std::uint32_t last_shard_ = 0;
+};
+
 // Reads one column (or the batch prologue) without ever leaving it. The first problem sticks.
 class Cursor {
  public:
@@ -402,12 +593,14 @@ struct BatchCodec::State {
   packet::Sha1 sha1;  // Without SHA-1 no Community ID is left out, and none can be rebuilt
   std::vector<std::uint8_t> field_bits = known_field_bits();
   std::vector<std::uint8_t> direction_bits = known_direction_bits();
-  std::array<std::vector<std::uint8_t>, kColumnCount> columns;
-  Dictionary addresses, texts;
+  ColumnEncoder encoder;
   std::vector<capnp::word> aligned;
 
   bool fits_columns(FlowEvent::Reader record) const;
   bool encode_columns(std::span<const std::byte> message, std::vector<std::uint8_t>& out);
+  void write_batch(schema::SealedBatch::Reader batch, kj::ArrayPtr<const kj::byte> header_bytes,
+                   std::size_t records, std::uint64_t scale, const Columns& columns,
+                   std::vector<std::uint8_t>& out) const;
   // `body`: the stored batch after its encoding byte (and leaf hints). `hints`: the leaf
   // hints to put back into the batch, nullopt if it had none. `layout`: which columns the
   // batch's encoding holds, in which order, and the record layout to rebuild.
@@ -498,120 +691,25 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
     if (!any_batch.getPointerSection()[i].isNull()) return false;
   }
   const kj::Array<capnp::word> header = capnp::canonicalize(batch.getHeader());
-  const auto signature = batch.getSignature();
   const auto records = sized_records(batch.getRecords(), "SealedBatch.records");
   if (records.size() > kMaxRecords) return false;
 
-  // The largest power of ten dividing every timestamp: pcap gives microseconds (10^3 ns).
-  std::uint64_t scale = kMaxTsScale;
-  for (const auto record : records) {
-    while (scale > 0 && (record.getFirstTsNs() % kPow10[scale] != 0 ||
-                         record.getLastTsNs() % kPow10[scale] != 0)) {
-      --scale;
-    }
-  }
-  const std::int64_t unit = kPow10[scale];
-
-  for (auto& column : columns) column.clear();
-  addresses.clear();
-  texts.clear();
-  auto varint = [&](Column c, std::uint64_t v) { put_varint(columns[c], v); };
-  // One side's columns. IP bytes as their overhead over the payload bytes, maxima as their
-  // distance from the minima (zigzag: damaged data may have max < min).
-  auto put_direction = [&](Side side, const DirectionStats& d) {
-    auto put = [&](DirectionColumn c, std::uint64_t v) {
-      put_varint(columns[column_of(side, c)], v);
-    };
-    put(kPkts, d.pkts);
-    put(kIpOverhead, zigzag(d.ip_bytes - d.bytes));
-    put(kBytes, d.bytes);
-    put(kTcpFlags, d.tcp_flags);
-    put(kSizeMin, d.size_min);
-    put(kSizeSpan, size_span(d.size_min, d.size_max));
-    put(kSizeSumSq, d.size_sumsq);
-    put(kIatMin, d.iat_min_us);
-    put(kIatSpan, zigzag(d.iat_max_us - d.iat_min_us));
-    put(kIatSum, d.iat_sum_us);
-    put_u64(columns[column_of(side, kIatSumSq)], std::bit_cast<std::uint64_t>(d.iat_sumsq_us));
-    put(kRexmits, d.rexmits);
-    put(kLocal, static_cast<std::uint16_t>(d.local));
-  };
-  std::uint64_t prev_first = 0;
-  std::uint32_t last_shard = 0;
+  const std::uint64_t scale = timestamp_scale(records);
+  encoder.start(kPow10[scale]);
   for (const auto r : records) {
     if (!fits_columns(r)) return false;
-    std::uint64_t flags = 0;
-    const auto orig = bytes_of(r.getOrigAddr());
-    const auto resp = bytes_of(r.getRespAddr());
-    const std::uint64_t uid = r.getUid();
-    if (const auto hash =
-            key_hash(r.getProto(), orig, resp, r.getOrigPort(), r.getRespPort(), r.getVlan())) {
-      // The shard of the record before first: records of one shard come in runs.
-      for (std::uint32_t i = 0; i <= kShardsTried; ++i) {
-        const std::uint32_t shard = i == 0 ? last_shard : i - 1;
-        if (packet::flow_uid(*hash, r.getFirstTsNs(), shard) == uid) {
-          flags |= kUidDerived;
-          last_shard = shard;
-          varint(kShard, shard);
-          break;
-        }
-      }
-    }
-    if ((flags & kUidDerived) == 0) put_u64(columns[kUid], uid);
-    varint(kKind, static_cast<std::uint16_t>(r.getKind()));
-    varint(kEventNumber, r.getEventNumber());
-    varint(kEndReason, static_cast<std::uint16_t>(r.getEndReason()));
-    varint(kSamplingRate, std::bit_cast<std::uint32_t>(r.getSamplingRate()) ^ kOneBits);
-    varint(kProto, r.getProto());
-    varint(kOrigAddr, addresses.add(r.hasOrigAddr(), orig));
-    varint(kRespAddr, addresses.add(r.hasRespAddr(), resp));
-    varint(kOrigPort, r.getOrigPort());
-    varint(kRespPort, r.getRespPort());
-    varint(kVlan, r.getVlan());
-    // Exact: `unit` divides both. Differences wrap in uint64, as the decoder's sums do.
-    const auto first = static_cast<std::uint64_t>(r.getFirstTsNs() / unit);
-    const auto last = static_cast<std::uint64_t>(r.getLastTsNs() / unit);
-    varint(kFirstTs, zigzag(first - prev_first));
-    varint(kDuration, zigzag(last - first));
-    prev_first = first;
-    varint(kConnState, texts.add(r.hasConnState(), bytes_of(r.getConnState())));
-    varint(kHistory, texts.add(r.hasHistory(), bytes_of(r.getHistory())));
-    const auto community = r.getCommunityId();
-    const packet::CommunityIdText derived =
-        packet::community_id(sha1, options.community_id_seed, r.getProto(), orig, resp,
-                             r.getOrigPort(), r.getRespPort());
-    if (r.hasCommunityId() && derived.size > 0 &&
-        derived.view() == std::string_view(community.begin(), community.size())) {
-      flags |= kCommunityIdDerived;
-    } else {
-      varint(kCommunityId, texts.add(r.hasCommunityId(), bytes_of(community)));
-    }
-    varint(kFlowCount, r.getFlowCount());
-    if (r.getFirstUid() == uid) {
-      flags |= kFirstUidIsUid;
-    } else {
-      put_u64(columns[kFirstUid], r.getFirstUid());
-    }
-    if (r.getLastUid() == uid) {
-      flags |= kLastUidIsUid;
-    } else {
-      put_u64(columns[kLastUid], r.getLastUid());
-    }
-    for (const Side side : kSides) put_direction(side, record::direction(r, side));
-    if (r.hasTunnelParents()) {
-      const auto parents = r.getTunnelParents();
-      varint(kTunnelParents, std::uint64_t{parents.size()} + 1);
-      for (const std::uint64_t parent : parents) put_u64(columns[kTunnelParents], parent);
-    } else {
-      varint(kTunnelParents, 0);
-    }
-    varint(kMissedBytes, r.getMissedBytes());
-    varint(kService, texts.add(r.hasService(), bytes_of(r.getService())));
-    varint(kFlags, flags);
+    encoder.add(r, sha1, options.community_id_seed);
   }
-  addresses.write(columns[kAddresses]);
-  texts.write(columns[kTexts]);
+  write_batch(batch, header.asBytes(), records.size(), scale, encoder.finish(), out);
+  return true;
+}
 
+// The stored batch: encoding byte (and leaf hints), the prologue (record count, timestamp
+// scale, Community ID seed, signed header, signature), then every column with its length.
+void BatchCodec::State::write_batch(schema::SealedBatch::Reader batch,
+                                    kj::ArrayPtr<const kj::byte> header_bytes, std::size_t records,
+                                    std::uint64_t scale, const Columns& columns,
+                                    std::vector<std::uint8_t>& out) const {
   out.clear();
   if (batch.hasLeafHints()) {
     // Unsigned hints (seal/leaf_hints.h), kept byte for byte: random hash bytes that zstd
@@ -623,19 +721,18 @@ bool BatchCodec::State::encode_columns(std::span<const std::byte> message,
   } else {
     out.push_back(static_cast<std::uint8_t>(BatchEncoding::kColumns));
   }
-  put_varint(out, records.size());
+  put_varint(out, records);
   put_varint(out, scale);
   put_varint(out, options.community_id_seed);
-  const auto header_bytes = header.asBytes();
   put_varint(out, header_bytes.size());
   out.insert(out.end(), header_bytes.begin(), header_bytes.end());
+  const auto signature = batch.getSignature();
   put_varint(out, batch.hasSignature() ? signature.size() + 1 : 0);
   out.insert(out.end(), signature.begin(), signature.end());
   for (const auto& column : columns) {
     put_varint(out, column.size());
     out.insert(out.end(), column.begin(), column.end());
   }
-  return true;
 }
 
 std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stored,
