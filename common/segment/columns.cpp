@@ -586,6 +586,283 @@ std::vector<Entry> read_dictionary(Cursor& c) {
   return entries;
 }
 
+using Cursors = std::array<Cursor, kColumnCount>;
+
+// A stored batch's prologue (State::write_batch): record count, timestamp scale, Community ID
+// seed, signed header, signature, then each column its layout holds.
+struct Prologue {
+  std::uint64_t records = 0;
+  std::uint64_t scale = 0;
+  std::uint16_t seed = 0;
+  std::span<const std::uint8_t> header;
+  std::optional<std::span<const std::uint8_t>> signature;  // nullopt: the batch has none
+  Cursors columns;
+};
+
+// Reads `body` (the stored batch after its encoding byte and leaf hints) into `p`; the
+// problem if it is not a whole prologue of `expected_records` records.
+std::optional<std::string> read_prologue(std::span<const std::uint8_t> body, const Layout& layout,
+                                         std::uint32_t expected_records, Prologue& p) {
+  Cursor c(body);
+  p.records = c.varint(std::min<std::uint64_t>(kMaxRecords, body.size() / kMinRecordBytes));
+  p.scale = c.varint(kMaxTsScale);
+  p.seed = static_cast<std::uint16_t>(c.varint(0xFFFF));
+  p.header = c.bytes(c.varint(c.left()));
+  const std::uint64_t signature_size = c.varint(c.left() + 1);
+  const auto signature = c.bytes(signature_size == 0 ? 0 : signature_size - 1);
+  if (signature_size != 0) p.signature = signature;
+  for (std::size_t i = 0; i < layout.stored.size() && !c.error(); ++i) {
+    p.columns[layout.stored[i]] = Cursor(c.bytes(c.varint(c.left())));
+  }
+  if (c.error()) return fmt::format("batch prologue: {}", *c.error());
+  if (c.left() != 0) return fmt::format("{} bytes after the last column", c.left());
+  if (p.records != expected_records) {
+    return fmt::format("the batch holds {} records, its frame header says {}", p.records,
+                       expected_records);
+  }
+  if (p.header.empty() || p.header.size() % sizeof(capnp::word) != 0) {
+    return fmt::format("the signed header is {} bytes, not whole 8-byte words", p.header.size());
+  }
+  return std::nullopt;
+}
+
+// Puts the signed header back into `batch` as it was stored; false if it is not in canonical
+// form (then it is not what was signed).
+bool set_header(schema::SealedBatch::Builder batch, std::span<const std::uint8_t> bytes) {
+  std::vector<capnp::word> words(bytes.size() / sizeof(capnp::word));
+  std::memcpy(words.data(), bytes.data(), bytes.size());
+  kj::ArrayPtr<const capnp::word> segments[] = {kj::arrayPtr(words.data(), words.size())};
+  capnp::SegmentArrayMessageReader header(segments);
+  if (!header.isCanonical()) return false;
+  batch.setHeader(header.getRoot<schema::BatchHeader>());
+  return true;
+}
+
+std::span<const std::uint8_t> data_of(const Entry* e) {
+  return e ? std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(e->bytes.data()),
+                                           e->bytes.size())
+           : std::span<const std::uint8_t>();
+}
+
+// Rebuilds records from a batch's columns, one step per group of columns, in the order
+// ColumnEncoder wrote them. The first problem sticks, named by its column and record.
+class ColumnDecoder {
+ public:
+  // `columns`: the batch's columns (read_prologue). `seed` and `unit` come from the prologue.
+  ColumnDecoder(Cursors columns, const Layout& layout, packet::Sha1& sha1, std::uint16_t seed,
+                std::int64_t unit)
+      : col_(std::move(columns)),
+        layout_(layout),
+        sha1_(sha1),
+        seed_(seed),
+        unit_(unit),
+        addresses_(read_dictionary(col_[kAddresses])),
+        texts_(read_dictionary(col_[kTexts])),
+        address_used_(addresses_.size()),
+        text_used_(texts_.size()) {}
+
+  // Reads record number `record` into `r`; false once the batch has a problem.
+  bool read(std::uint64_t record, FlowEvent::Builder r) {
+    record_ = record;
+    const std::uint64_t flags = col_[kFlags].varint(kAllFlags);
+    const std::uint64_t shard = flags & kUidDerived ? col_[kShard].varint(0xFFFFFFFF) : 0;
+    const std::uint64_t stored_uid = flags & kUidDerived ? 0 : col_[kUid].u64();
+    event(r);
+    const Endpoints e = endpoints(r);
+    const std::int64_t first_ts = times(r);
+    state_texts(r, flags, e);
+    r.setFlowCount(static_cast<std::uint32_t>(col_[kFlowCount].varint(0xFFFFFFFF)));
+    uids(r, flags, e, shard, stored_uid, first_ts);
+    // Each side spelled out: with `side` a constant, every column's address is one too.
+    direction<Side::kOrig>(r);
+    direction<Side::kResp>(r);
+    if (layout_.format3) {
+      r.setMissedBytes(col_[kMissedBytes].varint(~0ull));
+      const Entry* service = index(kService, texts_, text_used_);
+      if (service && service->present) r.setService(service->text());
+    }
+    if (layout_.tunnel_parents) tunnel_parents(r);
+    for (std::size_t i = 0; i < kColumnCount && !problem_; ++i) {
+      if (col_[i].error()) bad(static_cast<Column>(i), *col_[i].error());
+    }
+    return !problem_;
+  }
+
+  // After the last record: the batch's problem, a column not read to its end, or a dictionary
+  // entry no record used; nullopt if there is none.
+  std::optional<std::string> finish() const {
+    if (problem_) return problem_;
+    for (std::size_t i = 0; i < kColumnCount; ++i) {
+      if (col_[i].error()) return fmt::format("column {}: {}", column_name(i), *col_[i].error());
+      if (col_[i].left() != 0) {
+        return fmt::format("column {}: {} bytes left after the last record", column_name(i),
+                           col_[i].left());
+      }
+    }
+    for (std::size_t i = 0; i < address_used_.size(); ++i) {
+      if (!address_used_[i]) return fmt::format("column addresses: entry {} is not used", i);
+    }
+    for (std::size_t i = 0; i < text_used_.size(); ++i) {
+      if (!text_used_[i]) return fmt::format("column texts: entry {} is not used", i);
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // A record's flow key fields (addresses: nullptr after a problem).
+  struct Endpoints {
+    const Entry* orig;
+    const Entry* resp;
+    std::uint8_t proto;
+    std::uint16_t orig_port, resp_port, vlan;
+  };
+
+  void bad(Column column, const std::string& what) {
+    if (!problem_) {
+      problem_ = fmt::format("column {}, record {}: {}", column_name(column), record_, what);
+    }
+  }
+
+  // The dictionary entry a column refers to; nullptr if the dictionary is empty.
+  const Entry* index(Column column, const std::vector<Entry>& entries, std::vector<bool>& used) {
+    const std::uint64_t i = col_[column].varint(entries.size() - (entries.empty() ? 0 : 1));
+    if (entries.empty()) {
+      bad(column, "refers to an empty dictionary");
+      return nullptr;
+    }
+    used[i] = true;
+    return &entries[i];
+  }
+
+  // kind, eventNumber, endReason, samplingRate.
+  void event(FlowEvent::Builder r) {
+    r.setKind(static_cast<schema::EventKind>(col_[kKind].varint(0xFFFF)));
+    r.setEventNumber(static_cast<std::uint32_t>(col_[kEventNumber].varint(0xFFFFFFFF)));
+    r.setEndReason(static_cast<schema::EndReason>(col_[kEndReason].varint(0xFFFF)));
+    r.setSamplingRate(std::bit_cast<float>(
+        static_cast<std::uint32_t>(col_[kSamplingRate].varint(0xFFFFFFFF)) ^ kOneBits));
+  }
+
+  // proto, both addresses, ports, VLAN.
+  Endpoints endpoints(FlowEvent::Builder r) {
+    Endpoints e{};
+    e.proto = static_cast<std::uint8_t>(col_[kProto].varint(0xFF));
+    r.setProto(e.proto);
+    e.orig = index(kOrigAddr, addresses_, address_used_);
+    e.resp = index(kRespAddr, addresses_, address_used_);
+    if (e.orig && e.orig->present) r.setOrigAddr({data_of(e.orig).data(), data_of(e.orig).size()});
+    if (e.resp && e.resp->present) r.setRespAddr({data_of(e.resp).data(), data_of(e.resp).size()});
+    e.orig_port = static_cast<std::uint16_t>(col_[kOrigPort].varint(0xFFFF));
+    e.resp_port = static_cast<std::uint16_t>(col_[kRespPort].varint(0xFFFF));
+    e.vlan = static_cast<std::uint16_t>(col_[kVlan].varint(0xFFFF));
+    r.setOrigPort(e.orig_port);
+    r.setRespPort(e.resp_port);
+    r.setVlan(e.vlan);
+    return e;
+  }
+
+  // firstTs and lastTs; returns firstTs.
+  std::int64_t times(FlowEvent::Builder r) {
+    const std::uint64_t first = prev_first_ + unzigzag(col_[kFirstTs].varint(~0ull));
+    const std::uint64_t last = first + unzigzag(col_[kDuration].varint(~0ull));
+    prev_first_ = first;
+    const auto first_ts = static_cast<std::int64_t>(first * static_cast<std::uint64_t>(unit_));
+    r.setFirstTsNs(first_ts);
+    r.setLastTsNs(static_cast<std::int64_t>(last * static_cast<std::uint64_t>(unit_)));
+    return first_ts;
+  }
+
+  // connState, history, and the Community ID: stored, or derived from the 5-tuple.
+  void state_texts(FlowEvent::Builder r, std::uint64_t flags, const Endpoints& e) {
+    const Entry* state = index(kConnState, texts_, text_used_);
+    const Entry* history = index(kHistory, texts_, text_used_);
+    if (state && state->present) r.setConnState(state->text());
+    if (history && history->present) r.setHistory(history->text());
+    if (flags & kCommunityIdDerived) {
+      const packet::CommunityIdText id = packet::community_id(
+          sha1_, seed_, e.proto, data_of(e.orig), data_of(e.resp), e.orig_port, e.resp_port);
+      if (!sha1_.ok()) {
+        bad(kFlags, "a Community ID to derive, but OpenSSL has no SHA-1");
+      } else if (id.size == 0 || !e.orig->present || !e.resp->present) {
+        bad(kFlags, "a Community ID to derive, but there is no 5-tuple to derive it from");
+      } else {
+        r.setCommunityId({id.chars.data(), id.size});
+      }
+    } else {
+      const Entry* id = index(kCommunityId, texts_, text_used_);
+      if (id && id->present) r.setCommunityId(id->text());
+    }
+  }
+
+  // uid (stored, or derived from the flow key and the shard), firstUid, lastUid.
+  void uids(FlowEvent::Builder r, std::uint64_t flags, const Endpoints& e, std::uint64_t shard,
+            std::uint64_t stored_uid, std::int64_t first_ts) {
+    std::uint64_t uid = stored_uid;
+    if (flags & kUidDerived) {
+      const auto hash =
+          key_hash(e.proto, data_of(e.orig), data_of(e.resp), e.orig_port, e.resp_port, e.vlan);
+      if (!hash || !e.orig->present || !e.resp->present) {
+        bad(kFlags, "a uid to derive, but there is no flow key to derive it from");
+      } else {
+        uid = packet::flow_uid(*hash, first_ts, static_cast<std::uint32_t>(shard));
+      }
+    }
+    r.setUid(uid);
+    r.setFirstUid(flags & kFirstUidIsUid ? uid : col_[kFirstUid].u64());
+    r.setLastUid(flags & kLastUidIsUid ? uid : col_[kLastUid].u64());
+  }
+
+  // One side's columns (see ColumnEncoder::direction).
+  template <Side side>
+  void direction(FlowEvent::Builder r) {
+    auto column = [&](DirectionColumn which) -> Cursor& { return col_[column_of(side, which)]; };
+    DirectionStats d;
+    d.pkts = column(kPkts).varint(~0ull);
+    const std::uint64_t overhead = unzigzag(column(kIpOverhead).varint(~0ull));
+    d.bytes = column(kBytes).varint(~0ull);
+    d.ip_bytes = d.bytes + overhead;
+    d.tcp_flags = static_cast<std::uint8_t>(column(kTcpFlags).varint(0xFF));
+    const std::uint64_t size_min = column(kSizeMin).varint(0xFFFFFFFF);
+    d.size_min = static_cast<std::uint32_t>(size_min);
+    const auto size_max = size_from_span(size_min, column(kSizeSpan).varint(kSizeSpanLimit));
+    if (!size_max) bad(column_of(side, kSizeSpan), "the largest size leaves 32 bits");
+    d.size_max = size_max.value_or(0);
+    d.size_sumsq = column(kSizeSumSq).varint(~0ull);
+    d.iat_min_us = column(kIatMin).varint(~0ull);
+    d.iat_max_us = d.iat_min_us + unzigzag(column(kIatSpan).varint(~0ull));
+    d.iat_sum_us = column(kIatSum).varint(~0ull);
+    d.iat_sumsq_us = std::bit_cast<double>(column(kIatSumSq).u64());
+    d.rexmits = static_cast<std::uint32_t>(column(kRexmits).varint(0xFFFFFFFF));
+    if (layout_.format3) {
+      d.local = static_cast<schema::Locality>(column(kLocal).varint(0xFFFF));
+      record::set_direction(r, side, d);
+    } else {
+      record::set_legacy_direction(r, side, d);  // the layout its leaf was hashed over
+    }
+  }
+
+  // 0 for no list, else 1 + the parent count, then each parent.
+  void tunnel_parents(FlowEvent::Builder r) {
+    Cursor& parents_col = col_[kTunnelParents];
+    const std::uint64_t stored = parents_col.varint(parents_col.left() / 8 + 1);
+    if (stored > 0) {
+      auto parents = r.initTunnelParents(static_cast<unsigned>(stored - 1));
+      for (unsigned i = 0; i < parents.size(); ++i) parents.set(i, parents_col.u64());
+    }
+  }
+
+  Cursors col_;
+  const Layout& layout_;
+  packet::Sha1& sha1_;
+  const std::uint16_t seed_;
+  const std::int64_t unit_;
+  const std::vector<Entry> addresses_, texts_;
+  std::vector<bool> address_used_, text_used_;
+  std::uint64_t record_ = 0;
+  std::uint64_t prev_first_ = 0;
+  std::optional<std::string> problem_;
+};
+
 }  // namespace
 
 struct BatchCodec::State {
@@ -784,190 +1061,20 @@ std::optional<std::string> BatchCodec::State::decode_columns(
     std::span<const std::uint8_t> body, std::optional<std::span<const std::uint8_t>> hints,
     std::uint32_t expected_records, std::vector<std::uint64_t>& out, std::size_t& out_bytes,
     const Layout& layout) {
-  Cursor c(body);
-  const std::uint64_t n =
-      c.varint(std::min<std::uint64_t>(kMaxRecords, body.size() / kMinRecordBytes));
-  const std::uint64_t scale = c.varint(kMaxTsScale);
-  const auto seed = static_cast<std::uint16_t>(c.varint(0xFFFF));
-  const auto header_bytes = c.bytes(c.varint(c.left()));
-  const std::uint64_t signature_size = c.varint(c.left() + 1);
-  const auto signature = c.bytes(signature_size == 0 ? 0 : signature_size - 1);
-  std::array<Cursor, kColumnCount> col;
-  for (std::size_t i = 0; i < layout.stored.size() && !c.error(); ++i) {
-    col[layout.stored[i]] = Cursor(c.bytes(c.varint(c.left())));
-  }
-  if (c.error()) return fmt::format("batch prologue: {}", *c.error());
-  if (c.left() != 0) return fmt::format("{} bytes after the last column", c.left());
-  if (n != expected_records) {
-    return fmt::format("the batch holds {} records, its frame header says {}", n, expected_records);
-  }
-  if (header_bytes.empty() || header_bytes.size() % sizeof(capnp::word) != 0) {
-    return fmt::format("the signed header is {} bytes, not whole 8-byte words",
-                       header_bytes.size());
-  }
-  const std::vector<Entry> address_entries = read_dictionary(col[kAddresses]);
-  const std::vector<Entry> text_entries = read_dictionary(col[kTexts]);
-  std::vector<bool> address_used(address_entries.size()), text_used(text_entries.size());
-
-  const std::int64_t unit = kPow10[scale];
-  std::optional<std::string> problem;
-  std::uint64_t record = 0;
-  auto bad = [&](Column column, const std::string& what) {
-    if (!problem)
-      problem = fmt::format("column {}, record {}: {}", column_name(column), record, what);
-  };
+  Prologue p;
+  if (auto problem = read_prologue(body, layout, expected_records, p)) return problem;
+  ColumnDecoder decoder(std::move(p.columns), layout, sha1, p.seed, kPow10[p.scale]);
   try {
     capnp::MallocMessageBuilder builder;
     auto batch = builder.initRoot<schema::SealedBatch>();
-    {
-      std::vector<capnp::word> words(header_bytes.size() / sizeof(capnp::word));
-      std::memcpy(words.data(), header_bytes.data(), header_bytes.size());
-      kj::ArrayPtr<const capnp::word> segments[] = {kj::arrayPtr(words.data(), words.size())};
-      capnp::SegmentArrayMessageReader header(segments);
-      if (!header.isCanonical()) return "the signed header is not in canonical form";
-      batch.setHeader(header.getRoot<schema::BatchHeader>());
-    }
-    if (signature_size != 0) batch.setSignature({signature.data(), signature.size()});
+    if (!set_header(batch, p.header)) return "the signed header is not in canonical form";
+    if (p.signature) batch.setSignature({p.signature->data(), p.signature->size()});
     if (hints) batch.setLeafHints({hints->data(), hints->size()});
-    auto records = batch.initRecords(static_cast<unsigned>(n));
-
-    auto index = [&](Column column, const std::vector<Entry>& entries,
-                     std::vector<bool>& used) -> const Entry* {
-      const std::uint64_t i = col[column].varint(entries.size() - (entries.empty() ? 0 : 1));
-      if (entries.empty()) {
-        bad(column, "refers to an empty dictionary");
-        return nullptr;
-      }
-      used[i] = true;
-      return &entries[i];
-    };
-    auto data = [](const Entry* e) {
-      return e ? std::span<const std::uint8_t>(
-                     reinterpret_cast<const std::uint8_t*>(e->bytes.data()), e->bytes.size())
-               : std::span<const std::uint8_t>();
-    };
-    // One side's columns (see put_direction in encode_columns).
-    auto read_direction = [&](Side side, bool format3) {
-      auto column = [&](DirectionColumn which) -> Cursor& { return col[column_of(side, which)]; };
-      DirectionStats d;
-      d.pkts = column(kPkts).varint(~0ull);
-      const std::uint64_t overhead = unzigzag(column(kIpOverhead).varint(~0ull));
-      d.bytes = column(kBytes).varint(~0ull);
-      d.ip_bytes = d.bytes + overhead;
-      d.tcp_flags = static_cast<std::uint8_t>(column(kTcpFlags).varint(0xFF));
-      const std::uint64_t size_min = column(kSizeMin).varint(0xFFFFFFFF);
-      d.size_min = static_cast<std::uint32_t>(size_min);
-      const auto size_max = size_from_span(size_min, column(kSizeSpan).varint(kSizeSpanLimit));
-      if (!size_max) bad(column_of(side, kSizeSpan), "the largest size leaves 32 bits");
-      d.size_max = size_max.value_or(0);
-      d.size_sumsq = column(kSizeSumSq).varint(~0ull);
-      d.iat_min_us = column(kIatMin).varint(~0ull);
-      d.iat_max_us = d.iat_min_us + unzigzag(column(kIatSpan).varint(~0ull));
-      d.iat_sum_us = column(kIatSum).varint(~0ull);
-      d.iat_sumsq_us = std::bit_cast<double>(column(kIatSumSq).u64());
-      d.rexmits = static_cast<std::uint32_t>(column(kRexmits).varint(0xFFFFFFFF));
-      if (format3) d.local = static_cast<schema::Locality>(column(kLocal).varint(0xFFFF));
-      return d;
-    };
-    std::uint64_t prev_first = 0;
-    for (record = 0; record < n && !problem; ++record) {
-      auto r = records[static_cast<unsigned>(record)];
-      const std::uint64_t flags = col[kFlags].varint(kAllFlags);
-      const std::uint64_t shard = flags & kUidDerived ? col[kShard].varint(0xFFFFFFFF) : 0;
-      const std::uint64_t stored_uid = flags & kUidDerived ? 0 : col[kUid].u64();
-      r.setKind(static_cast<schema::EventKind>(col[kKind].varint(0xFFFF)));
-      r.setEventNumber(static_cast<std::uint32_t>(col[kEventNumber].varint(0xFFFFFFFF)));
-      r.setEndReason(static_cast<schema::EndReason>(col[kEndReason].varint(0xFFFF)));
-      r.setSamplingRate(std::bit_cast<float>(
-          static_cast<std::uint32_t>(col[kSamplingRate].varint(0xFFFFFFFF)) ^ kOneBits));
-      const auto proto = static_cast<std::uint8_t>(col[kProto].varint(0xFF));
-      r.setProto(proto);
-      const Entry* orig = index(kOrigAddr, address_entries, address_used);
-      const Entry* resp = index(kRespAddr, address_entries, address_used);
-      if (orig && orig->present) r.setOrigAddr({data(orig).data(), data(orig).size()});
-      if (resp && resp->present) r.setRespAddr({data(resp).data(), data(resp).size()});
-      const auto orig_port = static_cast<std::uint16_t>(col[kOrigPort].varint(0xFFFF));
-      const auto resp_port = static_cast<std::uint16_t>(col[kRespPort].varint(0xFFFF));
-      const auto vlan = static_cast<std::uint16_t>(col[kVlan].varint(0xFFFF));
-      r.setOrigPort(orig_port);
-      r.setRespPort(resp_port);
-      r.setVlan(vlan);
-      const std::uint64_t first = prev_first + unzigzag(col[kFirstTs].varint(~0ull));
-      const std::uint64_t last = first + unzigzag(col[kDuration].varint(~0ull));
-      prev_first = first;
-      const auto first_ts = static_cast<std::int64_t>(first * static_cast<std::uint64_t>(unit));
-      r.setFirstTsNs(first_ts);
-      r.setLastTsNs(static_cast<std::int64_t>(last * static_cast<std::uint64_t>(unit)));
-      const Entry* state = index(kConnState, text_entries, text_used);
-      const Entry* history = index(kHistory, text_entries, text_used);
-      if (state && state->present) r.setConnState(state->text());
-      if (history && history->present) r.setHistory(history->text());
-      if (flags & kCommunityIdDerived) {
-        const packet::CommunityIdText id =
-            packet::community_id(sha1, seed, proto, data(orig), data(resp), orig_port, resp_port);
-        if (!sha1.ok()) {
-          bad(kFlags, "a Community ID to derive, but OpenSSL has no SHA-1");
-        } else if (id.size == 0 || !orig->present || !resp->present) {
-          bad(kFlags, "a Community ID to derive, but there is no 5-tuple to derive it from");
-        } else {
-          r.setCommunityId({id.chars.data(), id.size});
-        }
-      } else {
-        const Entry* id = index(kCommunityId, text_entries, text_used);
-        if (id && id->present) r.setCommunityId(id->text());
-      }
-      r.setFlowCount(static_cast<std::uint32_t>(col[kFlowCount].varint(0xFFFFFFFF)));
-      std::uint64_t uid = stored_uid;
-      if (flags & kUidDerived) {
-        const auto hash = key_hash(proto, data(orig), data(resp), orig_port, resp_port, vlan);
-        if (!hash || !orig->present || !resp->present) {
-          bad(kFlags, "a uid to derive, but there is no flow key to derive it from");
-        } else {
-          uid = packet::flow_uid(*hash, first_ts, static_cast<std::uint32_t>(shard));
-        }
-      }
-      r.setUid(uid);
-      r.setFirstUid(flags & kFirstUidIsUid ? uid : col[kFirstUid].u64());
-      r.setLastUid(flags & kLastUidIsUid ? uid : col[kLastUid].u64());
-      for (const Side side : kSides) {
-        const DirectionStats d = read_direction(side, layout.format3);
-        if (layout.format3) {
-          record::set_direction(r, side, d);
-        } else {
-          record::set_legacy_direction(r, side, d);  // the layout its leaf was hashed over
-        }
-      }
-      if (layout.format3) {
-        r.setMissedBytes(col[kMissedBytes].varint(~0ull));
-        const Entry* service = index(kService, text_entries, text_used);
-        if (service && service->present) r.setService(service->text());
-      }
-      if (layout.tunnel_parents) {
-        Cursor& parents_col = col[kTunnelParents];
-        const std::uint64_t stored = parents_col.varint(parents_col.left() / 8 + 1);
-        if (stored > 0) {
-          auto parents = r.initTunnelParents(static_cast<unsigned>(stored - 1));
-          for (unsigned i = 0; i < parents.size(); ++i) parents.set(i, parents_col.u64());
-        }
-      }
-      for (std::size_t i = 0; i < kColumnCount && !problem; ++i) {
-        if (col[i].error()) bad(static_cast<Column>(i), *col[i].error());
-      }
+    auto records = batch.initRecords(static_cast<unsigned>(p.records));
+    for (std::uint64_t i = 0; i < p.records; ++i) {
+      if (!decoder.read(i, records[static_cast<unsigned>(i)])) break;
     }
-    if (problem) return problem;
-    for (std::size_t i = 0; i < kColumnCount; ++i) {
-      if (col[i].error()) return fmt::format("column {}: {}", column_name(i), *col[i].error());
-      if (col[i].left() != 0) {
-        return fmt::format("column {}: {} bytes left after the last record", column_name(i),
-                           col[i].left());
-      }
-    }
-    for (std::size_t i = 0; i < address_used.size(); ++i) {
-      if (!address_used[i]) return fmt::format("column addresses: entry {} is not used", i);
-    }
-    for (std::size_t i = 0; i < text_used.size(); ++i) {
-      if (!text_used[i]) return fmt::format("column texts: entry {} is not used", i);
-    }
+    if (auto problem = decoder.finish()) return problem;
     const kj::Array<capnp::word> flat = capnp::messageToFlatArray(builder);
     out.resize(flat.size());
     std::memcpy(out.data(), flat.begin(), flat.asBytes().size());
