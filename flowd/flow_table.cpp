@@ -96,7 +96,9 @@ struct FlowSlot {
   std::uint8_t history_len;
   // 1: the originator opened with a SYN, so Zeek's attempt timer runs (see is_attempt()).
   std::uint8_t attempt_timer;
-  std::uint8_t pad0[4];
+  // The step (TableHeader::step) that last journaled this slot: a step saves a slot once,
+  // before its first change, however many of the step's packets touch it.
+  std::uint32_t journal_step;
 
   std::uint64_t hash;
   std::uint64_t uid;
@@ -134,6 +136,10 @@ struct TableHeader {
   std::uint64_t next_seq;  // input packets before this one are applied (see the journal)
   std::uint32_t fragment_capacity;
   std::uint32_t fragment_slot_bytes;
+  // Numbers the steps, for FlowSlot::journal_step. Never journaled or rolled back: after a
+  // kill the next step takes a number no slot carries for it. Never 0 (a fresh slot's).
+  std::uint32_t step;
+  std::uint32_t pad;
 };
 
 // The undo journal of one step (see flow_table.h): what the step found before it changed
@@ -160,8 +166,8 @@ struct Journal {
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
 constexpr std::uint32_t kLayoutVersion =
-    7;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state,
-        // attempt, letters); 7: IP fragments in the table
+    8;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state,
+        // attempt, letters); 7: IP fragments in the table; 8: slots journaled once per step
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
@@ -184,6 +190,14 @@ using detail::TableHeader;
 using namespace detail;
 
 constexpr std::uint32_t kNil = 0;
+
+// Empties a slot the step has saved, keeping its journal stamp: the step's later changes to
+// it (a new flow in the freed slot) need no second copy.
+void clear_slot(FlowSlot& s) {
+  const std::uint32_t stamp = s.journal_step;
+  s = FlowSlot{};
+  s.journal_step = stamp;
+}
 constexpr std::size_t kMaxCapacity = std::size_t{1} << 31;
 // A bucket chain longer than this evicts its oldest flow: lookups stay bounded even when
 // someone crafts colliding keys (the hash is unseeded so shards agree across processes).
@@ -677,15 +691,25 @@ bool flip_roles(const packet::DecodedPacket& p, const packet::FlowKey& key) {
 
 using packet::has_ports;
 
+// std::array's == calls memcmp, once per address per probe of every packet's lookup.
+bool same_address(const std::array<std::uint8_t, 16>& a, const std::array<std::uint8_t, 16>& b) {
+  std::uint64_t a0, a1, b0, b1;
+  std::memcpy(&a0, a.data(), 8);
+  std::memcpy(&a1, a.data() + 8, 8);
+  std::memcpy(&b0, b.data(), 8);
+  std::memcpy(&b1, b.data() + 8, 8);
+  return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+}
+
 bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig) {
   if (s.proto != k.proto || s.vlan != k.vlan || s.ip_version != k.ip_version) return false;
-  if (s.orig_port == k.src_port && s.resp_port == k.dst_port && s.orig_addr == k.src &&
-      s.resp_addr == k.dst) {
+  if (s.orig_port == k.src_port && s.resp_port == k.dst_port && same_address(s.orig_addr, k.src) &&
+      same_address(s.resp_addr, k.dst)) {
     from_orig = true;
     return true;
   }
-  if (s.orig_port == k.dst_port && s.resp_port == k.src_port && s.orig_addr == k.dst &&
-      s.resp_addr == k.src) {
+  if (s.orig_port == k.dst_port && s.resp_port == k.src_port && same_address(s.orig_addr, k.dst) &&
+      same_address(s.resp_addr, k.src)) {
     from_orig = false;
     return true;
   }
@@ -781,6 +805,12 @@ std::uint64_t FlowTable::next_seq() const { return header_->next_seq; }
 void FlowTable::set_next_seq(std::uint64_t seq) { header_->next_seq = seq; }
 
 void FlowTable::begin_step() {
+  if (++header_->step == 0) {
+    // Wrapped (after 2^32 steps): a slot last saved 2^32 steps ago would look saved in this
+    // one. Forget every stamp first.
+    for (std::size_t i = 1; i <= header_->capacity; ++i) slots_[i].journal_step = 0;
+    header_->step = 1;
+  }
   journal_->count = 0;
   journal_->active_before = header_->active;
   journal_->next_seq_before = header_->next_seq;
@@ -798,15 +828,20 @@ void FlowTable::commit_step() {
 
 void FlowTable::save(std::uint32_t index) {
   if (journal_->open == 0) return;
+  FlowSlot& slot = slots_[index];
+  // Saved in this step already: its first entry restores it (a busy flow is copied once
+  // per step, not once per packet).
+  if (slot.journal_step == header_->step) return;
   // on_packet() and expire() checkpoint before the journal can fill (kJournalPerPacket).
   if (journal_->count >= detail::kJournalEntries) std::abort();
   detail::JournalEntry& entry = journal_->entries[journal_->count];
   entry.index = index;
   entry.kind = detail::kFlowEntry;
-  entry.before.flow = slots_[index];
+  entry.before.flow = slot;
   order_point();
   ++journal_->count;
   order_point();
+  slot.journal_step = header_->step;
 }
 
 void FlowTable::save_fragment(std::uint32_t index, const detail::FragmentSlot& before) {
@@ -1016,7 +1051,8 @@ std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t
   const bool is_new = index == kNil;
   if (is_new) {
     index = create(packet, key, hash, ts_ns, sink);
-    from_orig = slots_[index].orig_addr == key.src && slots_[index].orig_port == key.src_port;
+    from_orig =
+        same_address(slots_[index].orig_addr, key.src) && slots_[index].orig_port == key.src_port;
   }
 
   FlowSlot& s = slots_[index];
@@ -1085,7 +1121,7 @@ std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packe
 
   save(index);
   FlowSlot& s = slots_[index];
-  s = FlowSlot{};
+  clear_slot(s);
   const bool flip = flip_roles(packet, key);
   s.orig_addr = flip ? key.dst : key.src;
   s.resp_addr = flip ? key.src : key.dst;
@@ -1173,7 +1209,7 @@ void FlowTable::end_flow(std::uint32_t index, schema::EndReason reason, EventSin
   List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
   List<&FlowSlot::active>{slots_, header_->active_list}.remove(index);
 
-  s = FlowSlot{};
+  clear_slot(s);
   s.hash_next = header_->free_head;
   header_->free_head = index;
   --header_->active;

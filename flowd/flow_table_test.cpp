@@ -1770,3 +1770,70 @@ TEST_CASE("once both sides have closed, later packets count but do not extend th
   REQUIRE(half.of_kind(EventKind::END).size() == 1);
   CHECK(half.of_kind(EventKind::END)[0].last_ts_ns == 3 * kMs);
 }
+
+TEST_CASE("a killed step restores the flows its packets touched many times, ended and reopened") {
+  // A step saves a slot once, before its first change (FlowSlot::journal_step). Here one
+  // step's packets touch a connection forty times, end it, and start a new connection on
+  // the same ports, which reuses its slot; killed before the commit, the step must leave the
+  // table exactly as before it, so that its replay gives the events of a run never killed.
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::pair<DecodedPacket, std::int64_t>> before{
+      {c2s(kSyn), 0}, {s2c(kSyn | kAck), 1 * kMs}, {c2s(kAck), 2 * kMs}};
+  std::vector<std::pair<DecodedPacket, std::int64_t>> step;
+  std::int64_t now = 3 * kMs;
+  for (int i = 0; i < 20; ++i) {
+    step.emplace_back(c2s(kPsh | kAck, 100), now += kMs);
+    step.emplace_back(s2c(kAck, 50), now += kMs);
+  }
+  step.emplace_back(c2s(kFin | kAck), now += kMs);
+  step.emplace_back(s2c(kFin | kAck), now += kMs);
+  step.emplace_back(c2s(kAck), now += kMs);
+  step.emplace_back(v4(6, 1, 40000, 2, 80, kSyn), now += 10 * kSec);  // a new connection
+  step.emplace_back(v4(6, 2, 80, 1, 40000, kSyn | kAck), now += kMs);
+
+  // `kills` lives end in the middle of the step; the next life replays it.
+  const auto events_after = [&](int kills) {
+    std::vector<std::byte> memory(FlowTable::bytes_needed(16));
+    Recorder earlier_lives;
+    {
+      FlowTable table(memory, 16, o);
+      table.begin_step();
+      for (const auto& [packet, ts] : before) table.on_packet(packet, ts, earlier_lives);
+      table.commit_step();
+    }
+    for (int life = 0; life < kills; ++life) {
+      FlowTable table(memory, 16, o);
+      CHECK(table.rolled_back() == (life > 0));
+      table.begin_step();
+      for (const auto& [packet, ts] : step) table.on_packet(packet, ts, earlier_lives);
+    }
+    Recorder sink;
+    FlowTable table(memory, 16, o);
+    CHECK(table.rolled_back() == (kills > 0));
+    table.begin_step();
+    for (const auto& [packet, ts] : step) table.on_packet(packet, ts, sink);
+    table.commit_step();
+    table.flush(sink);
+    return sink.events;
+  };
+  const std::vector<FlowEventData> undisturbed = events_after(0);
+  // Twice: the second life's step must not take the first's step number (its slots carry it).
+  const std::vector<FlowEventData> replayed = events_after(2);
+  REQUIRE(undisturbed.size() == replayed.size());
+  REQUIRE(std::count_if(undisturbed.begin(), undisturbed.end(),
+                        [](const FlowEventData& e) { return e.kind == EventKind::END; }) == 2);
+  for (std::size_t i = 0; i < undisturbed.size(); ++i) {
+    const FlowEventData& a = undisturbed[i];
+    const FlowEventData& b = replayed[i];
+    INFO("event " << i << " history " << a.history.view() << " / " << b.history.view());
+    CHECK(a.kind == b.kind);
+    CHECK(a.uid == b.uid);
+    CHECK(a.event_number == b.event_number);
+    CHECK(a.history.view() == b.history.view());
+    CHECK(a.conn_state.view() == b.conn_state.view());
+    CHECK(a.orig.pkts == b.orig.pkts);
+    CHECK(a.orig.ip_bytes == b.orig.ip_bytes);
+    CHECK(a.resp.pkts == b.resp.pkts);
+    CHECK(a.resp.ip_bytes == b.resp.ip_bytes);
+  }
+}
