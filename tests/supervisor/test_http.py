@@ -479,5 +479,11 @@ def test_export_counters_move(exporting_run):
         return samples if samples[("flowseal_export_ipfix_records_sent_total", "")] > 0 else None
     samples = wait_until("flowseal_export_ipfix_records_sent_total > 0", sent)
     assert samples[("flowseal_export_ipfix_batches_exported_total", "")] > 0
-    assert samples[("flowseal_export_ipfix_exported_seq", "")] > 0
+
+    # The position is the last batch exported: 0 after the first one (and shipd publishes it
+    # after the batch count), so wait for it to move past batch 0.
+    def moved():
+        samples = parse_exposition(get(run.base + "/metrics")[2])[1]
+        return samples if samples[("flowseal_export_ipfix_exported_seq", "")] > 0 else None
+    samples = wait_until("flowseal_export_ipfix_exported_seq > 0", moved)
     assert samples[("flowseal_export_kafka_records_delivered_total", "")] == 0
