@@ -323,9 +323,9 @@ std::map<seal::Digest, std::vector<std::uint8_t>> load_pinned(const std::string&
   return keys;
 }
 
-}  // namespace
-
-int collect_command(const CollectOptions& options) {
+// The connection settings the options ask for; ConfigError naming the option if they cannot
+// work (a bad URL, tls:// without the three TLS files, a file that cannot be read).
+ship::ConnectSettings connect_settings(const CollectOptions& options) {
   ship::ConnectSettings settings;
   settings.url = options.url;
   settings.insecure = options.insecure;
@@ -350,23 +350,12 @@ int collect_command(const CollectOptions& options) {
     settings.tls.ca_file = options.tls_ca;
     settings.tls.cert_file = options.tls_cert;
   }
-  Collector collector(options, load_pinned(options.pubkey_dir));
-  fs::create_directories(options.output_dir);
+  return settings;
+}
 
-  ship::ConnectFailure failure = ship::ConnectFailure::kNone;
-  std::string cause;
-  auto client = ship::NatsClient::connect(settings, failure, cause);
-  if (!client) {
-    spdlog::error("collect: cannot connect to {}: {}: {}", options.url, ship::to_string(failure),
-                  cause);
-    return failure == ship::ConnectFailure::kTlsRefused ? kExitNoPerm : kExitUnavailable;
-  }
-  jsCtx* js = client->jetstream();
-  if (js == nullptr) {
-    spdlog::error("collect: no JetStream context");
-    return kExitUnavailable;
-  }
-  // Bind to the stream, or create it as shipd would (collect may start first).
+// Binds to the stream, or creates it as shipd would (collect may start first). False (logged)
+// if neither works.
+bool bind_stream(jsCtx* js, const CollectOptions& options) {
   jsStreamInfo* info = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
   natsStatus s = js_GetStreamInfo(&info, js, options.stream.c_str(), nullptr, &code);
@@ -384,8 +373,13 @@ int collect_command(const CollectOptions& options) {
   if (info != nullptr) jsStreamInfo_Destroy(info);
   if (s != NATS_OK) {
     spdlog::error("collect: stream {}: {}", options.stream, ship::nats_error(s));
-    return kExitUnavailable;
+    return false;
   }
+  return true;
+}
+
+// The durable pull consumer of every probe's batches; nullptr (logged) if the server refuses.
+natsSubscription* subscribe(jsCtx* js, const CollectOptions& options) {
   const std::string filter = options.subject_prefix + ".*.batches";
   jsSubOptions sub_options;
   jsSubOptions_Init(&sub_options);
@@ -395,22 +389,45 @@ int collect_command(const CollectOptions& options) {
   sub_options.Config.AckWait = 10'000'000'000LL;
   sub_options.Config.MaxAckPending = 4096;
   natsSubscription* sub = nullptr;
-  s = js_PullSubscribe(&sub, js, filter.c_str(), options.durable.c_str(), nullptr, &sub_options,
-                       &code);
+  jsErrCode code = static_cast<jsErrCode>(0);
+  const natsStatus s = js_PullSubscribe(&sub, js, filter.c_str(), options.durable.c_str(), nullptr,
+                                        &sub_options, &code);
   if (s != NATS_OK) {
     spdlog::error("collect: consumer {} on {}: {}", options.durable, filter, ship::nats_error(s));
-    return kExitUnavailable;
+    return nullptr;
   }
   spdlog::info("collect: consuming {} of stream {} as durable {} into {}", filter, options.stream,
                options.durable, options.output_dir);
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
+  return sub;
+}
 
+// True if the consumer has nothing pending, not even messages a killed predecessor fetched
+// and never acked (redelivered after AckWait).
+bool caught_up(jsCtx* js, const CollectOptions& options) {
+  jsConsumerInfo* consumer = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  const natsStatus s = js_GetConsumerInfo(&consumer, js, options.stream.c_str(),
+                                          options.durable.c_str(), nullptr, &code);
+  if (s != NATS_OK) {
+    spdlog::warn("collect: consumer info: {}", ship::nats_error(s));
+    return false;
+  }
+  const bool done = consumer->NumPending == 0 && consumer->NumAckPending == 0;
+  spdlog::debug("collect: consumer: {} pending, {} unacked", consumer->NumPending,
+                consumer->NumAckPending);
+  jsConsumerInfo_Destroy(consumer);
+  return done;
+}
+
+// Fetches and handles batches until SIGINT/SIGTERM, or with --idle-exit until nothing arrived
+// for that long and the consumer is caught up.
+void consume(jsCtx* js, natsSubscription* sub, Collector& collector,
+             const CollectOptions& options) {
   Clock::time_point last_message = Clock::now();
-  int exit = exit_code::kOk;
   while (!g_stop) {
     natsMsgList list{};
-    s = natsSubscription_Fetch(&list, sub, 64, 500, &code);
+    jsErrCode code = static_cast<jsErrCode>(0);
+    const natsStatus s = natsSubscription_Fetch(&list, sub, 64, 500, &code);
     if (s == NATS_OK) {
       for (int i = 0; i < list.Count; ++i) {
         natsMsg* msg = list.Msgs[i];
@@ -427,33 +444,22 @@ int collect_command(const CollectOptions& options) {
       natsMsgList_Destroy(&list);
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    // Caught up: nothing arrived for that long and the consumer has nothing pending, not
-    // even messages a killed predecessor fetched and never acked (redelivered after AckWait).
     if (options.idle_exit_s > 0 &&
-        Clock::now() - last_message > std::chrono::duration<double>(options.idle_exit_s)) {
-      jsConsumerInfo* consumer = nullptr;
-      const natsStatus info_status = js_GetConsumerInfo(&consumer, js, options.stream.c_str(),
-                                                        options.durable.c_str(), nullptr, &code);
-      if (info_status == NATS_OK) {
-        const bool caught_up = consumer->NumPending == 0 && consumer->NumAckPending == 0;
-        spdlog::debug("collect: consumer: {} pending, {} unacked", consumer->NumPending,
-                      consumer->NumAckPending);
-        jsConsumerInfo_Destroy(consumer);
-        if (caught_up) break;
-      } else {
-        spdlog::warn("collect: consumer info: {}", ship::nats_error(info_status));
-      }
+        Clock::now() - last_message > std::chrono::duration<double>(options.idle_exit_s) &&
+        caught_up(js, options)) {
+      break;
     }
   }
-  collector.close_all();
-  natsSubscription_Destroy(sub);
-  const Counters& c = collector.counters();
+}
+
+// The closing counts: one log line, and with --json one JSON object on stdout.
+void report(const Counters& c, bool json) {
   spdlog::info(
       "collect: {} messages: {} batches ({} records) stored, {} repeats skipped, refused: "
       "{} bad, {} key, {} fork, {} gap; {} store errors",
       c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
       c.refused_fork, c.refused_gap, c.store_errors);
-  if (options.json) {
+  if (json) {
     fmt::print(
         "{{\"received\": {}, \"stored\": {}, \"records_stored\": {}, \"repeats\": {}, "
         "\"refused_bad\": {}, \"refused_key\": {}, \"refused_fork\": {}, "
@@ -461,7 +467,38 @@ int collect_command(const CollectOptions& options) {
         c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
         c.refused_fork, c.refused_gap, c.store_errors);
   }
-  return exit;
+}
+
+}  // namespace
+
+int collect_command(const CollectOptions& options) {
+  const ship::ConnectSettings settings = connect_settings(options);
+  Collector collector(options, load_pinned(options.pubkey_dir));
+  fs::create_directories(options.output_dir);
+
+  ship::ConnectFailure failure = ship::ConnectFailure::kNone;
+  std::string cause;
+  auto client = ship::NatsClient::connect(settings, failure, cause);
+  if (!client) {
+    spdlog::error("collect: cannot connect to {}: {}: {}", options.url, ship::to_string(failure),
+                  cause);
+    return failure == ship::ConnectFailure::kTlsRefused ? kExitNoPerm : kExitUnavailable;
+  }
+  jsCtx* js = client->jetstream();
+  if (js == nullptr) {
+    spdlog::error("collect: no JetStream context");
+    return kExitUnavailable;
+  }
+  if (!bind_stream(js, options)) return kExitUnavailable;
+  natsSubscription* sub = subscribe(js, options);
+  if (sub == nullptr) return kExitUnavailable;
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  consume(js, sub, collector, options);
+  collector.close_all();
+  natsSubscription_Destroy(sub);
+  report(collector.counters(), options.json);
+  return exit_code::kOk;
 }
 
 }  // namespace flowseal::supervisor
