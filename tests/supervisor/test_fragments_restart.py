@@ -4,9 +4,9 @@ A capture of many fragmented datagrams (UDP and ICMP, IPv4 and IPv6, pieces out 
 interleaved across hundreds of datagrams, so that some are always half-received) is written
 by this test itself (pcap bytes, no scapy), run once undisturbed and once while flowd is
 SIGKILLed several times (its pid from `flowseal status --json`, each kill when flowd has
-applied the next share of the packets), both with dedup off. Every flow must come out of
-the disturbed run with the same packets and bytes per direction as out of the undisturbed
-one. When flowd kept its fragment table in process memory, a datagram whose first pieces
+applied the next share of the packets). With dedup off, every flow must come out of the
+disturbed run with the same packets and bytes per direction as out of the undisturbed one;
+with dedup on, the flows, packets and bytes over ends and summaries must be the same. When flowd kept its fragment table in process memory, a datagram whose first pieces
 it had committed before a kill was never counted.
 
 Environment: FLOWSEAL (the flowseal binary), FLOWSEAL_SANITIZED (1 under ASan/UBSan).
@@ -169,9 +169,10 @@ class Run:
         return self.p.returncode
 
 
-def run_args(pcap, out, name):
+def run_args(pcap, out, name, dedup):
     return ["run", "-r", pcap, "-o", out, "--instance", name, "--budget", "16",
-            "--set", "dedup.enabled=false", "--set", "supervisor.stats_interval_s=0",
+            "--set", f"dedup.enabled={'true' if dedup else 'false'}",
+            "--set", "supervisor.stats_interval_s=0",
             "--set", "supervisor.max_restarts=100", "--set", f"capture.loop={LOOP}",
             "--set", "capture.batch_packets=64",
             # Stages are held stopped (SIGSTOP) while the test paces them: no heartbeat
@@ -326,6 +327,25 @@ def flows(out):
     return table
 
 
+def totals(out):
+    """Flows, packets and IP bytes over the flow ends and dedup summaries (`cat`'s default
+    output), each event id (uid, kind, number) counted once: a repeat of one event after a
+    kill is allowed, a flow counted in a summary and again as its own end is not."""
+    r = subprocess.run([FLOWSEAL, "cat", out], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = {}
+    for line in r.stdout.splitlines():
+        e = json.loads(line)
+        event_id = (e["uid"], e["event"], e["event_number"])
+        value = (e["flow_count"], e["orig_pkts"] + e["resp_pkts"],
+                 e["orig_ip_bytes"] + e["resp_ip_bytes"])
+        assert seen.get(event_id, value) == value, f"one event, two contents: {event_id}"
+        seen[event_id] = value
+    summaries = sum(1 for (_, kind, _) in seen if kind == "summary")
+    return tuple(sum(v[i] for v in seen.values()) for i in range(3)), summaries
+
+
 def cleanup(name):
     for leftover in os.listdir("/dev/shm"):
         if leftover.startswith(f"flowseal.{name}."):
@@ -339,18 +359,23 @@ def capture(tmp_path_factory):
     return str(path)
 
 
-def test_killed_flowd_loses_no_fragmented_datagram(capture, tmp_path):
+@pytest.mark.parametrize("dedup", [False, True], ids=["dedup_off", "dedup_on"])
+def test_killed_flowd_loses_no_fragmented_datagram(capture, tmp_path, dedup):
+    """Dedup off: exactly the flow ends of the undisturbed run. Dedup on: exactly its flows,
+    packets and bytes over ends and summaries (issue 13, what to build 1)."""
     pcap = capture
-    calm_name, chaos_name = f"fragcalm{os.getpid()}", f"fragkill{os.getpid()}"
+    calm_name = f"fragcalm{os.getpid()}{int(dedup)}"
+    chaos_name = f"fragkill{os.getpid()}{int(dedup)}"
     try:
-        calm = Run(run_args(pcap, str(tmp_path / "calm"), calm_name))
+        calm = Run(run_args(pcap, str(tmp_path / "calm"), calm_name, dedup))
         assert calm.finish() == 0, calm.text()[-3000:]
-        want = flows(str(tmp_path / "calm"))
-        assert len(want) == 600 * LOOP, "every flow of the capture is there undisturbed"
+        want = flows(str(tmp_path / "calm")) if not dedup else None
+        want_totals, want_summaries = totals(str(tmp_path / "calm"))
+        assert want_totals[0] == 600 * LOOP, "every flow of the capture is there undisturbed"
         assert "0 incomplete, 0 without first piece, 0 evicted" in calm.text(), \
             calm.text()[-3000:]
 
-        chaos = Run(run_args(pcap, str(tmp_path / "chaos"), chaos_name))
+        chaos = Run(run_args(pcap, str(tmp_path / "chaos"), chaos_name, dedup))
         try:
             killed = chaos_kills(chaos_name, chaos)
         except BaseException:
@@ -362,14 +387,19 @@ def test_killed_flowd_loses_no_fragmented_datagram(capture, tmp_path):
         assert len(killed) == KILLS, \
             f"flowd was killed {len(killed)} times of {KILLS} before the input ended:\n{text[-3000:]}"
 
-        got = flows(str(tmp_path / "chaos"))
-        missing = sorted(set(want) - set(got))
-        extra = sorted(set(got) - set(want))
-        differ = sorted(k for k in set(want) & set(got) if want[k] != got[k])
-        assert not missing and not extra and not differ, (
-            f"{len(missing)} flows missing (e.g. {missing[:3]}), {len(extra)} extra "
-            f"(e.g. {extra[:3]}), {len(differ)} with other counts "
-            f"(e.g. {[(k, want[k], got[k]) for k in differ[:3]]})")
+        got_totals, got_summaries = totals(str(tmp_path / "chaos"))
+        assert got_totals == want_totals, (
+            f"flows, packets, IP bytes: {got_totals} after the kills, {want_totals} undisturbed "
+            f"({got_summaries} and {want_summaries} summaries)")
+        if not dedup:
+            got = flows(str(tmp_path / "chaos"))
+            missing = sorted(set(want) - set(got))
+            extra = sorted(set(got) - set(want))
+            differ = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+            assert not missing and not extra and not differ, (
+                f"{len(missing)} flows missing (e.g. {missing[:3]}), {len(extra)} extra "
+                f"(e.g. {extra[:3]}), {len(differ)} with other counts "
+                f"(e.g. {[(k, want[k], got[k]) for k in differ[:3]]})")
         # The kills met datagrams in flight (what a restarted flowd found in its table).
         in_flight = [int(m) for m in re.findall(r"and (\d+) IP datagrams in flight", text)]
         assert sum(n > 0 for n in in_flight) >= KILLS // 2, text[-3000:]
