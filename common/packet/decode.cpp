@@ -51,6 +51,7 @@ constexpr std::uint16_t kPortGeneve = 6081;
 constexpr std::uint16_t kPortGtpU = 2152;
 constexpr std::uint16_t kPortTeredo = 3544;
 constexpr std::uint16_t kPortAyiya = 5072;
+constexpr std::uint16_t kPortGreInUdp = 4754;  // RFC 8086
 
 // Bounds on encapsulation depth: real traffic stays far below; a crafted packet cannot loop.
 constexpr int kMaxLinkLayers = 16;
@@ -93,6 +94,7 @@ class Decoder {
   DecodeStatus ppp(std::size_t offset);
   DecodeStatus wlan(std::size_t offset);
   DecodeStatus gre(std::size_t offset, std::size_t end);
+  DecodeStatus gre_in_udp(std::size_t offset);
   DecodeStatus udp_tunnel(std::size_t offset, std::size_t end);
   DecodeStatus decapsulate(bool outer_is_flow, std::size_t offset,
                            DecodeStatus (Decoder::*inner)(std::size_t));
@@ -114,6 +116,7 @@ class Decoder {
   std::size_t wire_len_;
   DecodedPacket& out_;
   std::size_t read_end_ = 0;
+  std::size_t gre_in_udp_end_ = 0;  // where the UDP datagram gre_in_udp() opens ends
 };
 
 DecodeStatus Decoder::link(int link_type) {
@@ -542,6 +545,17 @@ DecodeStatus Decoder::gre(std::size_t offset, std::size_t end) {
   }
 }
 
+// GRE in a UDP datagram (RFC 8086): the UDP connection is a tunnel of its own, as VXLAN's.
+// gre() leaves a packet it cannot open as it was and says kOk (from IP, that is a GRE flow
+// of its own); here it is a UDP datagram that is not GRE after all, so it stays one.
+DecodeStatus Decoder::gre_in_udp(std::size_t offset) {
+  const std::uint8_t depth = out_.tunnel_depth;
+  if (gre(offset, gre_in_udp_end_) != DecodeStatus::kOk || out_.tunnel_depth == depth) {
+    return DecodeStatus::kBadTransport;
+  }
+  return DecodeStatus::kOk;
+}
+
 DecodeStatus Decoder::udp_tunnel(std::size_t offset, std::size_t end) {
   const std::uint16_t sp = out_.key.src_port, dp = out_.key.dst_port;
   auto port = [&](std::uint16_t p) { return sp == p || dp == p; };
@@ -586,6 +600,10 @@ DecodeStatus Decoder::udp_tunnel(std::size_t offset, std::size_t end) {
     if (h[3] == kProtoIpv6InIp) return decapsulate(true, offset + len, &Decoder::ipv6_only);
     if (h[3] == kProtoIpip) return decapsulate(true, offset + len, &Decoder::ip_any);
     return DecodeStatus::kOk;
+  }
+  if (port(kPortGreInUdp)) {
+    gre_in_udp_end_ = end;
+    return decapsulate(true, offset, &Decoder::gre_in_udp);
   }
   if (port(kPortTeredo)) {
     std::size_t pos = offset;

@@ -691,6 +691,38 @@ TEST_CASE("a tunnel in the first fragment of an outer datagram is decapsulated")
   CHECK(p.key.dst_port == 53);
 }
 
+TEST_CASE("GRE in UDP (RFC 8086, port 4754) is a UDP tunnel around the inner connection") {
+  const Bytes inner = ipv4(6, tcp(1923, 80, 0x02, 0));
+  const Bytes gre{0x00, 0x00, 0x08, 0x00};  // no options, IPv4
+  DecodedPacket p;
+  REQUIRE(run(kDltRaw, ipv4(17, cat(cat(udp(50000, 4754, 0), gre), inner)), p) ==
+          DecodeStatus::kOk);
+  CHECK(p.key.proto == 6);
+  CHECK(p.key.dst_port == 80);
+  CHECK(p.tunnel_depth == 2);  // the UDP tunnel, then GRE
+  REQUIRE(p.outer_count == 1);
+  CHECK(p.outer[0].key.proto == 17);
+  CHECK(p.outer[0].key.dst_port == 4754);
+
+  // With a key and a sequence number, around an Ethernet frame.
+  const Bytes keyed{0x30, 0x00, 0x65, 0x58, 0, 0, 0, 7, 0, 0, 0, 1};
+  REQUIRE(run(kDltRaw, ipv4(17, cat(cat(udp(4754, 4754, 0), keyed), ether(0x0800, inner))), p) ==
+          DecodeStatus::kOk);
+  CHECK(p.key.dst_port == 80);
+  CHECK(p.outer_count == 1);
+
+  // Not GRE after all (a version GRE does not have, or nothing inside it decodes): the
+  // datagram stays a UDP flow on port 4754.
+  for (const Bytes& payload : {Bytes{0x00, 0x07, 0x08, 0x00, 1, 2, 3, 4}, Bytes{0, 0, 0x08, 0x00},
+                               cat(Bytes{0, 0, 0x08, 0x00}, Bytes(20, 0xFF))}) {
+    REQUIRE(run(kDltRaw, ipv4(17, cat(udp(50000, 4754, 0), payload)), p) == DecodeStatus::kOk);
+    CHECK(p.key.proto == 17);
+    CHECK(p.key.dst_port == 4754);
+    CHECK(p.outer_count == 0);
+    CHECK(p.tunnel_depth == 0);
+  }
+}
+
 // ------------------------------------------------------------------ 802.11
 
 // An 802.11 frame: frame control (type/subtype byte, flags byte), duration, three addresses,
