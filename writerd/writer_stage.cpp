@@ -93,6 +93,153 @@ bool pause(StageRuntime& runtime, std::chrono::milliseconds total) {
   return true;
 }
 
+// writerd's work on each sealed batch: append it to the store (while writes fail, retry with
+// a growing delay: the ring holds the batches meanwhile), count it, and pass on what the store
+// has to say (recovery notes, retention alarms, unshipped batches retention dropped).
+class SealedBatchWriter {
+ public:
+  SealedBatchWriter(StageRuntime& runtime, segment::SegmentStore& store, RateLimitedLog& log)
+      : runtime_(runtime),
+        store_(store),
+        log_(log),
+        // Packet time is wall time only on a live capture: only there is export latency a
+        // delay.
+        live_(!runtime.config().capture.interface.empty()),
+        latency_(runtime.config().flowd) {}
+
+  // FrameHandlers::on_frame: kCommit once the batch is stored (durable as writer.fsync says)
+  // or held already.
+  FrameUse on_frame(std::span<const std::byte> frame, FrameLoop& loop) {
+    capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
+    std::string why;
+    auto batch = read_batch(reader.getRoot<schema::SealedBatch>(), why);
+    if (!batch) KJ_FAIL_REQUIRE(why.c_str());
+    const std::uint32_t records = batch->meta.record_count;
+    segment::AppendResult result;
+    // On an error nothing is committed: the frame stays in the ring and is stored on a
+    // later try (or by the next process).
+    while ((result = store_.append(batch->stream, batch->key, batch->meta, frame, realtime_ns())) ==
+           segment::AppendResult::kError) {
+      report_io(store_.last_error());
+      if (!back_off()) return loop.stop(exit_code::kTempFail);
+      take_notes();
+    }
+    switch (result) {
+      case segment::AppendResult::kStored:
+        if (live_) publish_latency(reader.getRoot<schema::SealedBatch>());
+        count_stored(records);
+        break;
+      case segment::AppendResult::kDuplicate:
+        runtime_.counter(rc::kRecordsIn).fetch_add(records);
+        runtime_.counter(rc::kDuplicates).fetch_add(1);
+        break;
+      case segment::AppendResult::kForeignStream:
+        spdlog::error("{}", store_.last_error().what);
+        return loop.stop(exit_code::kConfig);
+      case segment::AppendResult::kError: break;  // retried above
+    }
+    // Stored or held already: the ring may drop the frame.
+    return FrameUse::kCommit;
+  }
+
+  // FrameHandlers::before_pass, and after each failed write: the store's notes and alarms to
+  // the log, what retention dropped unshipped to the counters.
+  void take_notes() {
+    for (const std::string& note : store_.take_notes()) spdlog::info("{}", note);
+    for (const std::string& alarm : store_.take_alarms()) spdlog::error("{}", alarm);
+    runtime_.counter(rc::kShipDroppedRecords)
+        .fetch_add(store_.dropped_unshipped_records() - dropped_records_);
+    runtime_.counter(rc::kShipDroppedSegments)
+        .fetch_add(store_.dropped_unshipped_segments() - dropped_segments_);
+    dropped_records_ = store_.dropped_unshipped_records();
+    dropped_segments_ = store_.dropped_unshipped_segments();
+  }
+
+  // FrameHandlers::after_pass: rotation by age and retention while there is nothing to store.
+  void after_pass(bool progressed) {
+    if (!progressed) report_io(store_.maintain(realtime_ns()));
+  }
+
+  // After the loop: closes the store (retrying as a write does) and logs the run's figures.
+  int finish() {
+    for (;;) {
+      const segment::IoStatus status = store_.close();
+      if (status.ok()) break;
+      report_io(status);
+      if (!back_off()) return exit_code::kTempFail;
+    }
+    take_notes();
+    spdlog::info("drained: {} batches stored, {} bytes in {} segments this run",
+                 runtime_.counter(rc::kBatchesOut).load(), store_.bytes_stored(),
+                 store_.segments_started());
+    if (latency_.count() > 0) {
+      spdlog::info("export latency (flow end due -> stored): {}", latency_.describe());
+      spdlog::info("export latency histogram (bucket upper edge in us: flow ends): {}",
+                   latency_.histogram());
+    }
+    return exit_code::kOk;
+  }
+
+ private:
+  void report_io(const segment::IoStatus& status) {
+    if (status.ok()) return;
+    runtime_.counter(rc::kWriteErrors).fetch_add(1);
+    // Published so that a live capture, whose rings fill behind us, can say why it drops.
+    if (runtime_.counter(rc::kStalledSinceNs).load() == 0) {
+      runtime_.counter(rc::kStalledSinceNs).store(monotonic_ns());
+    }
+    log_.error("write error", "{} (retrying; the ring holds the batches meanwhile)", status.what);
+  }
+
+  // Sleeps out the retry delay (false if a signal came meanwhile), then doubles it.
+  bool back_off() {
+    if (!pause(runtime_, retry_delay_)) return false;
+    retry_delay_ = std::min(retry_delay_ * 2, std::chrono::milliseconds(5000));
+    return true;
+  }
+
+  // Each record's export latency, and the coarse histogram for the supervisor's /metrics
+  // (supervisor/metrics.cpp).
+  void publish_latency(schema::SealedBatch::Reader batch) {
+    const std::int64_t stored = realtime_ns();
+    for (auto record : batch.getRecords()) latency_.add(record, stored);
+    static_assert(writerd_counter::kLatencyLe0 + ExportLatency::kCoarseBoundsS.size() ==
+                  writerd_counter::kEnd);
+    runtime_.counter(writerd_counter::kLatencyCount).store(latency_.count());
+    runtime_.counter(writerd_counter::kLatencySumUs).store(latency_.sum_us());
+    for (std::size_t i = 0; i < ExportLatency::kCoarseBoundsS.size(); ++i) {
+      runtime_.counter(writerd_counter::kLatencyLe0 + i).store(latency_.coarse_at_most(i));
+    }
+  }
+
+  void count_stored(std::uint32_t records) {
+    runtime_.counter(rc::kRecordsIn).fetch_add(records);
+    runtime_.counter(rc::kRecordsOut).fetch_add(records);
+    runtime_.counter(rc::kBatchesOut).fetch_add(1);
+    runtime_.counter(rc::kBytesStored).store(store_.bytes_stored());
+    runtime_.counter(rc::kSegments).store(store_.segments_started());
+    report_io(store_.last_error());  // a failed rotation after the batch was stored
+    if (store_.last_error().ok()) {
+      // Also clears what a writerd killed while stalled left in the counter.
+      if (const std::int64_t since = runtime_.counter(rc::kStalledSinceNs).exchange(0)) {
+        spdlog::info("writing works again (after {:.1f} s of failed writes)",
+                     double(monotonic_ns() - since) / 1e9);
+        retry_delay_ = std::chrono::milliseconds(200);
+        log_.rearm("write error");  // the next failure is a new episode: said at once
+      }
+    }
+  }
+
+  StageRuntime& runtime_;
+  segment::SegmentStore& store_;
+  RateLimitedLog& log_;
+  const bool live_;
+  ExportLatency latency_;
+  std::chrono::milliseconds retry_delay_{200};
+  // What this process has added to ship.dropped_records (a successor adds its own).
+  std::uint64_t dropped_records_ = 0, dropped_segments_ = 0;
+};
+
 }  // namespace
 
 int run_writerd(StageRuntime& runtime) {
@@ -105,121 +252,16 @@ int run_writerd(StageRuntime& runtime) {
   RingInputs inputs(runtime, {std::string(kSealedEdge)});
   RateLimitedLog log;
   FrameLoop loop(stage_process(runtime, rc::kBadFrames), inputs, log, "SealedBatch");
-
-  // Packet time is wall time only on a live capture: only there is export latency a delay.
-  const bool live = !runtime.config().capture.interface.empty();
-  ExportLatency latency(runtime.config().flowd);
-  auto retry_delay = std::chrono::milliseconds(200);
-  auto report_io = [&](const segment::IoStatus& status) {
-    if (status.ok()) return;
-    runtime.counter(rc::kWriteErrors).fetch_add(1);
-    // Published so that a live capture, whose rings fill behind us, can say why it drops.
-    if (runtime.counter(rc::kStalledSinceNs).load() == 0) {
-      runtime.counter(rc::kStalledSinceNs).store(monotonic_ns());
-    }
-    log.error("write error", "{} (retrying; the ring holds the batches meanwhile)", status.what);
-  };
-  // Sleeps out the retry delay (false if a signal came meanwhile), then doubles it.
-  auto back_off = [&] {
-    if (!pause(runtime, retry_delay)) return false;
-    retry_delay = std::min(retry_delay * 2, std::chrono::milliseconds(5000));
-    return true;
-  };
-  // What this process has added to ship.dropped_records (a successor adds its own).
-  std::uint64_t dropped_records = 0, dropped_segments = 0;
-  auto take_notes = [&] {
-    for (const std::string& note : store.take_notes()) spdlog::info("{}", note);
-    for (const std::string& alarm : store.take_alarms()) spdlog::error("{}", alarm);
-    runtime.counter(rc::kShipDroppedRecords)
-        .fetch_add(store.dropped_unshipped_records() - dropped_records);
-    runtime.counter(rc::kShipDroppedSegments)
-        .fetch_add(store.dropped_unshipped_segments() - dropped_segments);
-    dropped_records = store.dropped_unshipped_records();
-    dropped_segments = store.dropped_unshipped_segments();
-  };
+  SealedBatchWriter writer(runtime, store, log);
 
   FrameHandlers handlers;
-  handlers.before_pass = take_notes;
+  handlers.before_pass = [&] { writer.take_notes(); };
   handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t) {
-    capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
-    std::string why;
-    auto batch = read_batch(reader.getRoot<schema::SealedBatch>(), why);
-    if (!batch) KJ_FAIL_REQUIRE(why.c_str());
-    const std::uint32_t records = batch->meta.record_count;
-    segment::AppendResult result;
-    // On an error nothing is committed: the frame stays in the ring and is stored on a
-    // later try (or by the next process).
-    while ((result = store.append(batch->stream, batch->key, batch->meta, frame, realtime_ns())) ==
-           segment::AppendResult::kError) {
-      report_io(store.last_error());
-      if (!back_off()) return loop.stop(exit_code::kTempFail);
-      take_notes();
-    }
-    switch (result) {
-      case segment::AppendResult::kStored:
-        if (live) {
-          const std::int64_t stored = realtime_ns();
-          for (auto record : reader.getRoot<schema::SealedBatch>().getRecords()) {
-            latency.add(record, stored);
-          }
-          // For the supervisor's /metrics (supervisor/metrics.cpp).
-          static_assert(writerd_counter::kLatencyLe0 + ExportLatency::kCoarseBoundsS.size() ==
-                        writerd_counter::kEnd);
-          runtime.counter(writerd_counter::kLatencyCount).store(latency.count());
-          runtime.counter(writerd_counter::kLatencySumUs).store(latency.sum_us());
-          for (std::size_t i = 0; i < ExportLatency::kCoarseBoundsS.size(); ++i) {
-            runtime.counter(writerd_counter::kLatencyLe0 + i).store(latency.coarse_at_most(i));
-          }
-        }
-        runtime.counter(rc::kRecordsIn).fetch_add(records);
-        runtime.counter(rc::kRecordsOut).fetch_add(records);
-        runtime.counter(rc::kBatchesOut).fetch_add(1);
-        runtime.counter(rc::kBytesStored).store(store.bytes_stored());
-        runtime.counter(rc::kSegments).store(store.segments_started());
-        report_io(store.last_error());  // a failed rotation after the batch was stored
-        if (store.last_error().ok()) {
-          // Also clears what a writerd killed while stalled left in the counter.
-          if (const std::int64_t since = runtime.counter(rc::kStalledSinceNs).exchange(0)) {
-            spdlog::info("writing works again (after {:.1f} s of failed writes)",
-                         double(monotonic_ns() - since) / 1e9);
-            retry_delay = std::chrono::milliseconds(200);
-            log.rearm("write error");  // the next failure is a new episode: said at once
-          }
-        }
-        break;
-      case segment::AppendResult::kDuplicate:
-        runtime.counter(rc::kRecordsIn).fetch_add(records);
-        runtime.counter(rc::kDuplicates).fetch_add(1);
-        break;
-      case segment::AppendResult::kForeignStream:
-        spdlog::error("{}", store.last_error().what);
-        return loop.stop(exit_code::kConfig);
-      case segment::AppendResult::kError: break;  // retried above
-    }
-    // Stored (durable as writer.fsync says) or held already: the ring may drop the frame.
-    return FrameUse::kCommit;
+    return writer.on_frame(frame, loop);
   };
-  handlers.after_pass = [&](bool progressed) {
-    if (!progressed) report_io(store.maintain(realtime_ns()));
-  };
+  handlers.after_pass = [&](bool progressed) { writer.after_pass(progressed); };
   if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
-
-  for (;;) {
-    const segment::IoStatus status = store.close();
-    if (status.ok()) break;
-    report_io(status);
-    if (!back_off()) return exit_code::kTempFail;
-  }
-  take_notes();
-  spdlog::info("drained: {} batches stored, {} bytes in {} segments this run",
-               runtime.counter(rc::kBatchesOut).load(), store.bytes_stored(),
-               store.segments_started());
-  if (latency.count() > 0) {
-    spdlog::info("export latency (flow end due -> stored): {}", latency.describe());
-    spdlog::info("export latency histogram (bucket upper edge in us: flow ends): {}",
-                 latency.histogram());
-  }
-  return exit_code::kOk;
+  return writer.finish();
 }
 
 }  // namespace flowseal::writerd
