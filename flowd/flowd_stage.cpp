@@ -231,23 +231,18 @@ std::size_t capacity_for(std::size_t bytes) {
   return lo;
 }
 
-}  // namespace
-
-int run_flowd(StageRuntime& runtime) {
-  const FlowdConfig& config = runtime.config().flowd;
-  const bool live = !runtime.config().capture.interface.empty();
-  RingInputs inputs(runtime, {packet_edge(runtime.shard())});
-  RingOutput output(runtime, flow_edge(runtime.shard()));
-  ShmSegment table_memory = ShmSegment::open(flow_table_name(runtime.instance(), runtime.shard()));
-
-  std::size_t capacity = capacity_for(table_memory.bytes().size());
-  if (config.max_flows > 0) capacity = std::min<std::size_t>(capacity, config.max_flows);
+// The table's options from the config: timeouts, Community ID seed, shard, local networks.
+FlowTableOptions table_options(const StageRuntime& runtime) {
   FlowTableOptions options;
-  options.timeouts = timeouts_from(config);
-  options.community_id_seed = static_cast<std::uint16_t>(config.community_id_seed);
+  options.timeouts = timeouts_from(runtime.config().flowd);
+  options.community_id_seed = static_cast<std::uint16_t>(runtime.config().flowd.community_id_seed);
   options.shard = static_cast<std::uint32_t>(runtime.shard());
   options.local_nets = LocalNets(runtime.config().net.local_nets);  // validated with the config
-  FlowTable table(table_memory.bytes(), capacity, options);
+  return options;
+}
+
+// What a restarted flowd found in shared memory.
+void log_resumed(const FlowTable& table) {
   if (table.rolled_back()) {
     spdlog::info("undid the step a killed flowd left half done (resuming at packet {})",
                  table.next_seq());
@@ -262,6 +257,65 @@ int run_flowd(StageRuntime& runtime) {
         "(since the table was formatted)",
         corrupt);
   }
+}
+
+// The table's figures into the control block's counters (copies: the table holds the
+// originals, committed with its steps), and a heartbeat.
+void publish_counters(StageRuntime& runtime, const FlowTable& table, std::uint64_t events_out,
+                      std::uint64_t pressure_evictions) {
+  auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
+  const FlowTableStats stats = table.stats();
+  std::uint64_t malformed = 0;
+  for (std::size_t k = 0; k < stats.weird.size(); ++k) {
+    if (k != static_cast<std::size_t>(packet::DecodeStatus::kNotIp)) malformed += stats.weird[k];
+  }
+  counter(kNextSeq).store(table.next_seq());
+  counter(fc::kPackets).store(stats.packets);
+  counter(fc::kNotIp).store(stats.weird[static_cast<std::size_t>(packet::DecodeStatus::kNotIp)]);
+  counter(fc::kMalformed).store(malformed);
+  counter(fc::kFlowsActive).store(table.active());
+  counter(fc::kFlowsStarted).store(stats.flows_started);
+  counter(fc::kFlowsEnded).store(stats.flows_ended);
+  counter(fc::kEvictions).store(stats.evictions);
+  counter(fc::kEventsOut).store(events_out);
+  counter(fc::kCapacity).store(table.capacity());
+  counter(fc::kPressureEvictions).store(pressure_evictions);
+  runtime.heartbeat();
+}
+
+// The drained run's figures: events out, export latency (live), IP fragments.
+void log_drained(std::uint64_t events_out, const ExportLatency& latency, const FlowTable& table) {
+  spdlog::info("drained: {} events out", events_out);
+  if (latency.count() > 0) {
+    spdlog::info("export latency (flow end due -> flowd output ring): {}", latency.describe());
+    spdlog::info(
+        "export latency to the output ring, histogram (bucket upper edge in us: flow "
+        "ends): {}",
+        latency.histogram());
+  }
+  if (const FragmentStats& f = table.fragment_stats(); f.fragments > 0) {
+    spdlog::info(
+        "IP fragments: {} pieces, {} datagrams counted; weird: {} incomplete, {} "
+        "without first piece, {} evicted (table full, {} datagrams), {} overlapping, "
+        "{} invalid in shared memory",
+        f.fragments, f.datagrams, f.incomplete, f.without_first, f.evicted,
+        table.fragment_capacity(), f.overlapping, f.corrupt);
+  }
+}
+
+}  // namespace
+
+int run_flowd(StageRuntime& runtime) {
+  const FlowdConfig& config = runtime.config().flowd;
+  const bool live = !runtime.config().capture.interface.empty();
+  RingInputs inputs(runtime, {packet_edge(runtime.shard())});
+  RingOutput output(runtime, flow_edge(runtime.shard()));
+  ShmSegment table_memory = ShmSegment::open(flow_table_name(runtime.instance(), runtime.shard()));
+
+  std::size_t capacity = capacity_for(table_memory.bytes().size());
+  if (config.max_flows > 0) capacity = std::min<std::size_t>(capacity, config.max_flows);
+  FlowTable table(table_memory.bytes(), capacity, table_options(runtime));
+  log_resumed(table);
 
   TablePressure pressure(runtime.config(), table);
   auto pressure_level = [&] {
@@ -271,34 +325,14 @@ int run_flowd(StageRuntime& runtime) {
   // Packet time is wall time only live, so only there is it measured.
   ExportLatency latency(config);
   EventBatchWriter writer(output.producer(), runtime, live ? &latency : nullptr);
-  auto counter = [&](std::size_t i) -> std::atomic<std::uint64_t>& { return runtime.counter(i); };
   // Packets applied and counts by kind live in the table, committed with its steps, so a
   // restart neither repeats nor loses them (the control-block counters are copies).
-  std::uint64_t events_out = counter(fc::kEventsOut).load();
-  std::uint64_t pressure_evictions = counter(fc::kPressureEvictions).load();
+  std::uint64_t events_out = runtime.counter(fc::kEventsOut).load();
+  std::uint64_t pressure_evictions = runtime.counter(fc::kPressureEvictions).load();
   packet::DecodedPacket decoded;
+  auto publish = [&] { publish_counters(runtime, table, events_out, pressure_evictions); };
 
-  auto publish_counters = [&] {
-    const FlowTableStats stats = table.stats();
-    std::uint64_t malformed = 0;
-    for (std::size_t k = 0; k < stats.weird.size(); ++k) {
-      if (k != static_cast<std::size_t>(packet::DecodeStatus::kNotIp)) malformed += stats.weird[k];
-    }
-    counter(kNextSeq).store(table.next_seq());
-    counter(fc::kPackets).store(stats.packets);
-    counter(fc::kNotIp).store(stats.weird[static_cast<std::size_t>(packet::DecodeStatus::kNotIp)]);
-    counter(fc::kMalformed).store(malformed);
-    counter(fc::kFlowsActive).store(table.active());
-    counter(fc::kFlowsStarted).store(stats.flows_started);
-    counter(fc::kFlowsEnded).store(stats.flows_ended);
-    counter(fc::kEvictions).store(stats.evictions);
-    counter(fc::kEventsOut).store(events_out);
-    counter(fc::kCapacity).store(table.capacity());
-    counter(fc::kPressureEvictions).store(pressure_evictions);
-    runtime.heartbeat();
-  };
-
-  writer.set_on_wait(publish_counters);
+  writer.set_on_wait(publish);
   // Ends the table step a frame (or the idle work) began: its events are published before
   // the commit, so a kill in between replays the step, repeating (never losing) them.
   auto end_step = [&] {
@@ -319,14 +353,14 @@ int run_flowd(StageRuntime& runtime) {
   // What the frame applied before it turned out malformed stays, with its events.
   handlers.on_bad_frame = [&](std::size_t) { end_step(); };
   handlers.after_pass = [&](bool progressed) {
-    if (progressed) publish_counters();
+    if (progressed) publish();
   };
   handlers.on_idle = [&] {
     table.begin_step();
     if (live) table.expire(realtime_ns(), writer);
     pressure_evictions += pressure.apply(pressure_level(), writer);
     end_step();
-    publish_counters();
+    publish();
     // Live, the next flow end is due at a wall-clock moment: sleep until then, so the end
     // reaches the output ring within milliseconds of it, not a slice later.
     return live ? idle_wait_ns(table.next_due_ns(), realtime_ns()) : kIdleWait;
@@ -336,24 +370,9 @@ int run_flowd(StageRuntime& runtime) {
   table.begin_step();
   table.flush(writer);
   end_step();
-  publish_counters();
+  publish();
   output.producer().close();
-  spdlog::info("drained: {} events out", events_out);
-  if (latency.count() > 0) {
-    spdlog::info("export latency (flow end due -> flowd output ring): {}", latency.describe());
-    spdlog::info(
-        "export latency to the output ring, histogram (bucket upper edge in us: flow "
-        "ends): {}",
-        latency.histogram());
-  }
-  if (const FragmentStats& f = table.fragment_stats(); f.fragments > 0) {
-    spdlog::info(
-        "IP fragments: {} pieces, {} datagrams counted; weird: {} incomplete, {} "
-        "without first piece, {} evicted (table full, {} datagrams), {} overlapping, "
-        "{} invalid in shared memory",
-        f.fragments, f.datagrams, f.incomplete, f.without_first, f.evicted,
-        table.fragment_capacity(), f.overlapping, f.corrupt);
-  }
+  log_drained(events_out, latency, table);
   return exit_code::kOk;
 }
 
