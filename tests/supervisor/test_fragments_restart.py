@@ -308,14 +308,18 @@ def chaos_kills(name, run):
     return killed
 
 
-def flows(out):
-    """Every flow end: (endpoints, proto) -> packets and bytes per direction."""
+def cat_lines(out):
+    """`cat`'s default output (flow ends and dedup summaries), parsed."""
     r = subprocess.run([FLOWSEAL, "cat", out], capture_output=True, text=True,
                        timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr[-2000:]
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def flows(out):
+    """Every flow end: (endpoints, proto) -> packets and bytes per direction."""
     table = {}
-    for line in r.stdout.splitlines():
-        e = json.loads(line)
+    for e in cat_lines(out):
         if e["event"] != "end":
             continue
         key = (e["id.orig_h"], e["id.orig_p"], e["id.resp_h"], e["id.resp_p"], e["proto"])
@@ -331,12 +335,8 @@ def totals(out):
     """Flows, packets and IP bytes over the flow ends and dedup summaries (`cat`'s default
     output), each event id (uid, kind, number) counted once: a repeat of one event after a
     kill is allowed, a flow counted in a summary and again as its own end is not."""
-    r = subprocess.run([FLOWSEAL, "cat", out], capture_output=True, text=True,
-                       timeout=TIMEOUT)
-    assert r.returncode == 0, r.stderr[-2000:]
     seen = {}
-    for line in r.stdout.splitlines():
-        e = json.loads(line)
+    for e in cat_lines(out):
         event_id = (e["uid"], e["event"], e["event_number"])
         value = (e["flow_count"], e["orig_pkts"] + e["resp_pkts"],
                  e["orig_ip_bytes"] + e["resp_ip_bytes"])
