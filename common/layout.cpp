@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "control_block.h"
+#include "ring.h"
 
 namespace flowseal {
 namespace {
@@ -24,13 +25,15 @@ std::size_t pow2_within(std::size_t n, std::size_t lo, std::size_t hi) {
 }  // namespace
 
 std::size_t MemoryPlan::total() const {
-  return packet_ring + event_ring + sealed_ring + flow_table_bytes + dedup_bytes;
+  return sizeof(ControlBlock) + (ring_bytes(packet_ring) + flow_table_bytes) * shards +
+         ring_bytes(event_ring) * (shards + 1) + ring_bytes(sealed_ring);
 }
 
 MemoryPlan plan_memory(const Config& config) {
   const std::size_t budget = static_cast<std::size_t>(config.memory.budget_mb) * kMiB;
   const std::size_t shards = static_cast<std::size_t>(config.flowd.shards);
   MemoryPlan plan;
+  plan.shards = shards;
   // Rings take about a quarter of the budget: packets dominate, so they get most of it.
   plan.packet_ring = pow2_within(budget / 8 / shards, 1 * kMiB, 64 * kMiB);
   plan.event_ring = pow2_within(budget / 64, 1 * kMiB, 16 * kMiB);

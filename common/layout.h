@@ -14,11 +14,15 @@
 namespace flowseal {
 
 struct MemoryPlan {
+  std::size_t shards = 1;            // flowd.shards: how many of the per-shard parts there are
   std::size_t packet_ring = 0;       // capacity of each capture -> flowd[i] ring
   std::size_t event_ring = 0;        // each flowd[i] -> dedupd ring, and dedupd -> signerd
   std::size_t sealed_ring = 0;       // signerd -> writerd
   std::size_t flow_table_bytes = 0;  // per flowd shard
-  std::size_t dedup_bytes = 0;
+  std::size_t dedup_bytes = 0;       // dedupd's share, in its own process memory (not shared)
+  // Bytes of every shared-memory object the instance creates, as their sizes in /dev/shm
+  // say: the control block, each ring with its header (a packet ring and an event ring per
+  // shard, dedupd's event ring, the sealed ring) and each shard's flow table.
   std::size_t total() const;
 };
 

@@ -34,8 +34,7 @@ Config with_budget(const Config& config, std::int64_t budget_mb) {
 bool fits(const Config& config) {
   const MemoryPlan plan = plan_memory(config);
   return plan.flow_table_bytes >= kMinFlowTableBytes &&
-         shared_bytes(plan, config.flowd.shards) <=
-             static_cast<std::uint64_t>(config.memory.budget_mb) * kMiB;
+         fixed_bytes(plan) <= static_cast<std::uint64_t>(config.memory.budget_mb) * kMiB;
 }
 
 void check_budget_floor(const Config& config, const MemoryPlan& plan,
@@ -46,10 +45,8 @@ void check_budget_floor(const Config& config, const MemoryPlan& plan,
       "and each shard's flow table would get {} KiB, of at least {} KiB for its journal and "
       "first flows)",
       config.memory.budget_mb, min_budget_mb(config.flowd.shards), config.flowd.shards,
-      in_mib(shared_bytes(plan, config.flowd.shards) -
-             plan.flow_table_bytes * static_cast<std::uint64_t>(config.flowd.shards) -
-             plan.dedup_bytes),
-      plan.flow_table_bytes / 1024, kMinFlowTableBytes / 1024));
+      in_mib(plan.total() - plan.flow_table_bytes * plan.shards), plan.flow_table_bytes / 1024,
+      kMinFlowTableBytes / 1024));
 }
 
 // A sealed record is at least its struct and its two Direction structs (texts and lists come on
@@ -93,7 +90,7 @@ void check_batch(const Config& config, const MemoryPlan& plan, std::vector<std::
 
 void check_machine(const Config& config, const MemoryPlan& plan, const MachineLimits& machine,
                    std::vector<std::string>& problems) {
-  const std::uint64_t shared = shared_bytes(plan, config.flowd.shards);
+  const std::uint64_t shared = plan.total();  // the objects in /dev/shm; dedupd's share is not
   const std::uint64_t budget = static_cast<std::uint64_t>(config.memory.budget_mb) * kMiB;
   if (shared > machine.shm_free_bytes || budget > machine.ram_bytes) {
     problems.push_back(fmt::format(
@@ -121,11 +118,7 @@ MachineLimits machine_limits(const std::filesystem::path& shm_dir) {
   return limits;
 }
 
-std::uint64_t shared_bytes(const MemoryPlan& plan, std::int64_t shards) {
-  const auto n = static_cast<std::uint64_t>(shards);
-  return plan.packet_ring * n + plan.event_ring * (n + 1) + plan.sealed_ring +
-         plan.flow_table_bytes * n + plan.dedup_bytes;
-}
+std::uint64_t fixed_bytes(const MemoryPlan& plan) { return plan.total() + plan.dedup_bytes; }
 
 std::int64_t min_budget_mb(std::int64_t shards) {
   Config config;

@@ -31,9 +31,9 @@ struct MachineLimits {
 // (not checked rather than refused).
 MachineLimits machine_limits(const std::filesystem::path& shm_dir = "/dev/shm");
 
-// Bytes of shared memory an instance with `plan` creates: every ring (one packet ring per
-// shard, one event ring per shard and dedupd's), every shard's flow table and dedup's state.
-std::uint64_t shared_bytes(const MemoryPlan& plan, std::int64_t shards);
+// Bytes of the budget that `plan` fixes before anything runs: its shared memory (plan.total())
+// and dedupd's share (process memory, but sized from the budget all the same).
+std::uint64_t fixed_bytes(const MemoryPlan& plan);
 
 // The smallest memory.budget_mb whose plan gives each of `shards` flow tables their minimum
 // and keeps the shared memory inside the budget.

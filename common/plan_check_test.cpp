@@ -108,12 +108,15 @@ TEST_CASE("every reason is named, not just the first") {
   CHECK_NOTHROW(require_runnable(Config{}));
 }
 
-TEST_CASE("shared_bytes counts every shard's rings and tables") {
+TEST_CASE("the budget holds every shared object of every shard and dedupd's share") {
   const Config config = with({"flowd.shards=4"});
   const MemoryPlan plan = plan_memory(config);
-  CHECK(shared_bytes(plan, 4) == plan.packet_ring * 4 + plan.event_ring * 5 + plan.sealed_ring +
-                                     plan.flow_table_bytes * 4 + plan.dedup_bytes);
-  CHECK(shared_bytes(plan, 4) <= std::uint64_t{256} << 20);
+  CHECK(fixed_bytes(plan) == plan.total() + plan.dedup_bytes);
+  CHECK(fixed_bytes(plan) <= std::uint64_t{256} << 20);
+  // /dev/shm is asked for the shared objects alone: exactly their total refuses one byte less.
+  const std::uint64_t ram = 64 * kGiB;
+  CHECK(problems(config, MachineLimits{plan.total(), ram}).empty());
+  CHECK(problems(config, MachineLimits{plan.total() - 1, ram}).size() == 1);
 }
 
 }  // namespace

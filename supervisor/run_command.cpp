@@ -496,8 +496,8 @@ int Supervision::run() {
   last_memory_sample_ =
       Clock::now() - interval + std::min<Clock::duration>(interval, std::chrono::milliseconds(200));
   stages_->start();
-  spdlog::info("instance '{}' running: {} stage processes, {} MiB of shared memory",
-               config_.supervisor.instance, stages_->size(), instance_.plan().total() >> 20);
+  spdlog::info("instance '{}' running: {} stage processes, {:.1f} MiB of shared memory",
+               config_.supervisor.instance, stages_->size(), mib(instance_.plan().total()));
   for (;;) {
     handle_signals();
     if (g_reload_signals.load() != reloads_seen_) reload();
