@@ -160,8 +160,8 @@ static_assert(sizeof(StageSlot) == 256, "harnesses read slots as 256 bytes");
 
 struct alignas(64) ControlBlock {
   static constexpr std::uint64_t kMagic = 0x314C5443'53574C46ULL;  // "FLWSCTL1"
-  static constexpr std::uint32_t kLayoutVersion =
-      6;  // 4: writer-stalled counters; 5: ready_ns, memory_restarts; 6: shipd's slot
+  // 4: writer-stalled counters; 5: ready_ns, memory_restarts; 6: shipd's slot; 7: reloads
+  static constexpr std::uint32_t kLayoutVersion = 7;
 
   std::uint64_t magic;
   std::uint32_t layout_version;
@@ -188,6 +188,11 @@ struct alignas(64) ControlBlock {
   std::uint64_t supervisor_start_ticks;
   // 1 when the run ships (ship.url): the slot after writerd's is shipd's.
   std::uint32_t ship_slot;
+  // SIGHUP reloads the supervisor applied, and those it refused (the file did not load, did
+  // not validate, or its memory plan could not run: the log names each reason). Written by
+  // the supervisor only; `flowseal status` shows them.
+  std::atomic<std::uint32_t> reloads_applied;
+  std::atomic<std::uint32_t> reloads_refused;
 
   // slots: capture, flowd[0..shards), dedupd, signerd, writerd, then shipd if ship_slot
   StageSlot slots[3 + kMaxShards + 2];
@@ -202,6 +207,8 @@ static_assert(std::is_standard_layout_v<ControlBlock>);
 // benchmarks/run-pipeline and the python tests read the block at these offsets.
 static_assert(offsetof(ControlBlock, ready) == 28 && offsetof(ControlBlock, slots) == 128);
 static_assert(offsetof(ControlBlock, supervisor_start_ticks) == 96);
+static_assert(offsetof(ControlBlock, reloads_refused) + 4 <= offsetof(ControlBlock, slots),
+              "the reload counts live in what was padding before the slots");
 static_assert(offsetof(StageSlot, counters) == 40 && offsetof(StageSlot, ready_ns) == 232);
 
 // Slot index of a stage (shard only for flowd).

@@ -57,7 +57,11 @@ int run_command(const RunOptions& options) {
     }
   }
   // SIGHUP assembles it again the same way (run_pipeline applies what can change).
-  return run_pipeline(std::move(config), [options] { return assemble_run(options); });
+  ConfigSource reread;
+  reread.origin = options.config_file.empty() ? std::string("the command line (no config file)")
+                                              : options.config_file;
+  reread.read = [options] { return assemble_run(options); };
+  return run_pipeline(std::move(config), std::move(reread));
 }
 
 int config_check_command(const ConfigCheckOptions& options) {

@@ -157,6 +157,12 @@ static int show_status(const StatusOptions& options, const ControlBlock& control
       options.instance, supervisor, process_alive(supervisor) ? "running" : "GONE",
       to_string(level), usage_pct, level_changes,
       control.stop_requested.load() != 0 ? ", draining" : "");
+  if (const std::uint32_t refused = control.reloads_refused.load(),
+      applied = control.reloads_applied.load();
+      refused + applied != 0) {
+    out += fmt::format("reloads (SIGHUP): {} applied, {} refused{}\n", applied, refused,
+                       refused != 0 ? " (the supervisor's log names each reason)" : "");
+  }
   out += fmt::format("{:<10} {:>8} {:<9} {:>9} {:>8} {:>10} {:>9} {:>12} {:>12}\n", "STAGE", "PID",
                      "STATE", "UPTIME", "RESTARTS", "HEARTBEAT", "PSS", "IN/s", "OUT/s");
   std::uint64_t total_pss = 0;

@@ -331,6 +331,10 @@ void pressure_figures(Exposition& e, const Counters& n, const RingFill& fill,
   }
   e.single("flowseal_stop_requested", "gauge", "1 once the run drains.",
            n.control().stop_requested.load() != 0 ? 1 : 0);
+  e.family("flowseal_reloads_total", "counter",
+           "SIGHUP reloads, applied or refused (the log names each refusal's reasons).");
+  e.sample("flowseal_reloads_total", "result=\"applied\"", n.control().reloads_applied.load());
+  e.sample("flowseal_reloads_total", "result=\"refused\"", n.control().reloads_refused.load());
 }
 
 }  // namespace

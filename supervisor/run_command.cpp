@@ -25,6 +25,7 @@
 #include "control_block.h"
 #include "http_server.h"
 #include "instance.h"
+#include "plan_check.h"
 #include "pressure.h"
 #include "proc_stats.h"
 #include "progress.h"
@@ -538,20 +539,56 @@ void Supervision::handle_signals() {
   }
 }
 
-// SIGHUP: the configuration is read again as at start (file, --set, flags); the keys of
-// kRuntimeKeys take effect now, any other change is logged as needing a restart. Nothing
-// here ends the run: a file that does not load or validate leaves the running config as is.
+// Bytes of /dev/shm this run's objects occupy now (they are sparse: pages touched so far).
+std::uint64_t resident_shm_bytes(const std::string& instance) {
+  std::uint64_t bytes = 0;
+  for (const auto& name : Instance::all_names(instance)) {
+    struct stat st {};
+    if (::stat(ShmSegment::path_of(name).c_str(), &st) == 0) {
+      bytes += static_cast<std::uint64_t>(st.st_blocks) * 512;
+    }
+  }
+  return bytes;
+}
+
+// Why `fresh` could not start a run, as `config check` says it: empty if it could. The
+// machine is measured as the next start would find it, this run's shared memory released.
+std::vector<std::string> plan_refusals(const Config& fresh, const std::string& instance) {
+  MachineLimits machine = machine_limits();
+  const std::uint64_t ours = resident_shm_bytes(instance);
+  machine.shm_free_bytes += std::min(ours, ~std::uint64_t{0} - machine.shm_free_bytes);
+  return plan_problems(fresh, plan_memory(fresh), machine);
+}
+
+// SIGHUP: the configuration is read again as at start (file, --set, flags) and checked as
+// `config check` checks it; the keys of kRuntimeKeys take effect now, any other change is
+// logged as needing a restart. Nothing here ends the run: a file that does not load,
+// validate or make a runnable memory plan is refused whole (each reason logged, naming the
+// file, and counted in the control block for `flowseal status`), and the running
+// configuration stays as it is. A plan is refused although its keys would only apply at the
+// next start: that start would exit 78, under systemd's Restart= a loop, long after the
+// operator's reload seemed to work.
 void Supervision::reload() {
   reloads_seen_ = g_reload_signals.load();
   notifier_.notify("RELOADING=1");
   Config fresh;
+  std::vector<std::string> refusals;
   try {
-    if (!reread_) throw ConfigError("this run has no configuration source to read again");
-    fresh = reread_();
+    if (!reread_.read) throw ConfigError("this run has no configuration source to read again");
+    fresh = reread_.read();
     if (fresh.seal.key_file.empty()) fresh.seal.key_file = config_.seal.key_file;  // as at start
     validate(fresh);
+    refusals = plan_refusals(fresh, config_.supervisor.instance);
   } catch (const std::exception& e) {
-    spdlog::error("reload (SIGHUP): {}; keeping the running configuration", e.what());
+    refusals = {e.what()};
+  }
+  if (!refusals.empty()) {
+    for (const auto& why : refusals) {
+      spdlog::error("reload (SIGHUP) refused: {}: {}", reread_.origin, why);
+    }
+    spdlog::error("reload (SIGHUP): {} refused for {} reason(s); keeping the running configuration",
+                  reread_.origin, refusals.size());
+    control_.reloads_refused.fetch_add(1);
     notifier_.notify("READY=1");
     return;
   }
@@ -568,6 +605,7 @@ void Supervision::reload() {
   for (std::size_t i = 0; i < stages_->size(); ++i) {
     stages_->set_memory_limit(i, private_limit(config_, instance_.plan(), stages_->spec(i).kind));
   }
+  control_.reloads_applied.fetch_add(1);
   notifier_.notify("READY=1");
 }
 

@@ -17,7 +17,10 @@ namespace flowseal::supervisor {
 std::filesystem::path stage_binary(const std::string& stage);
 
 // Assembles the configuration again from the sources the run started with (SIGHUP).
-using ConfigSource = std::function<Config()>;
+struct ConfigSource {
+  std::string origin;            // what reload messages name: the config file, or the flags
+  std::function<Config()> read;  // empty: nothing to read again (every reload is refused)
+};
 
 // The keys a running supervisor applies on SIGHUP (documented in docs/OPERATIONS.md and
 // deploy/flowseal.yaml); every other key is read by the stages at start or sizes the shared

@@ -148,6 +148,8 @@ nlohmann::ordered_json status_json(const std::string& instance, const ControlBlo
   out["pressure_changes"] = control.pressure_changes.load();
   out["pressure_peak"] = to_string(pressure_level_from(control.pressure_peak_level.load()));
   out["stop_requested"] = control.stop_requested.load() != 0;
+  out["reloads"] = {{"applied", control.reloads_applied.load()},
+                    {"refused", control.reloads_refused.load()}};
   out["drops"] = {{"ring_full", capture.counters[cc::kRingFullDropped].load()},
                   {"kernel", capture.counters[cc::kKernelDropped].load()},
                   {"sampled_out", capture.counters[cc::kSampledOut].load()},

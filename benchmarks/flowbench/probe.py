@@ -23,7 +23,7 @@ from .common import CLK_TCK, UNITS, dir_bytes, log, sh
 
 
 class ControlBlock:
-    """Read-only view of common/control_block.h's ControlBlock (layout version 6):
+    """Read-only view of common/control_block.h's ControlBlock (layout version 7):
     header 128 bytes, then 64-byte-aligned StageSlots of 256 bytes (pid, state, kind, shard,
     heartbeat_ns, started_ns, restarts, exit_status, 24 counters, ready_ns, memory_restarts).
     check_layout() holds these offsets against `flowseal status --json`."""

@@ -23,7 +23,7 @@ import pytest
 FLOWSEAL = os.environ["FLOWSEAL"]
 DATA = os.environ["TEST_DATA"]
 MAGIC = 0x314C544353574C46
-VERSION = 6
+VERSION = 7  # common/control_block.h kLayoutVersion
 BLOCK_BYTES = 128 + 13 * 256  # kMaxShards 8: capture, 8 flowd, dedupd, signerd, writerd, shipd
 
 
