@@ -17,6 +17,7 @@
 #include "flowseal.capnp.h"
 #include "frame_loop.h"
 #include "layout.h"
+#include "packet_batch.h"
 #include "packet/decode.h"
 #include "pressure_level.h"
 #include "ring_io.h"
@@ -42,7 +43,7 @@ std::size_t events_per_frame(std::size_t max_frame) {
 }
 
 // Collects the events one input frame produces and writes them as FlowEventBatch frames.
-class EventBatchWriter final : public EventSink {
+class EventBatchWriter final : public SampledEventSink {
  public:
   // `latency`, if given, gets (published - due) of every flow end with a due time (live).
   EventBatchWriter(RingProducer& out, StageRuntime& runtime, ExportLatency* latency)
@@ -58,7 +59,7 @@ class EventBatchWriter final : public EventSink {
     pending_.back().sampling_rate = sampling_rate_;
     if (pending_.size() >= events_per_frame_) write_pending();
   }
-  void set_sampling_rate(float rate) { sampling_rate_ = rate; }
+  void set_sampling_rate(float rate) override { sampling_rate_ = rate; }
   // The flow table cuts a long step short: publish what it emitted before it commits.
   void sync() override { synced_ += flush(); }
   std::uint64_t take_synced() { return std::exchange(synced_, 0); }
@@ -180,46 +181,6 @@ class TablePressure {
   const std::size_t hold_;
   PressureLevel level_ = PressureLevel::kLow;
 };
-
-// Applies one PacketBatch frame to the table, in the step the caller opened; throws
-// kj::Exception if the frame is malformed (what it applied until then stays).
-void apply_batch(std::span<const std::byte> frame, FlowTable& table, EventBatchWriter& writer,
-                 packet::DecodedPacket& decoded) {
-  capnp::FlatArrayMessageReader reader(as_words(frame), frame_reader_options());
-  auto batch = reader.getRoot<schema::PacketBatch>();
-  const auto data = batch.getData();
-  const auto index = batch.getIndex();
-  std::uint64_t seq = batch.getFirstSeq();
-  writer.set_sampling_rate(batch.getSamplingRate());
-  std::int64_t last_ts = 0;
-  for (auto ref : index) {
-    // Packets before next_seq() were applied already (capture repeated a batch after a
-    // restart, or this frame was cut by a commit before a kill); their time still
-    // drives expire() below, so a replayed frame expires what the first try did.
-    last_ts = ref.getTsNs();
-    if (seq < table.next_seq()) {
-      ++seq;
-      continue;
-    }
-    const std::uint64_t end = std::uint64_t{ref.getOffset()} + ref.getCapLen();
-    if (end > data.size()) {
-      table.count_weird(packet::DecodeStatus::kTruncatedLink);
-    } else {
-      const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(), ref.getCapLen());
-      const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
-      if (status == packet::DecodeStatus::kOk) {
-        table.on_packet(decoded, ref.getTsNs(), writer);
-      } else {
-        table.count_weird(status);
-      }
-    }
-    table.set_next_seq(++seq);
-  }
-  // Packet time drives expiry while packets come, live too: a live input that lags the
-  // wire (the kernel buffer absorbs bursts) must not end flows whose next packets are
-  // still queued. Wall time takes over only when the input is idle (run_flowd's on_idle).
-  if (last_ts != 0) table.expire(last_ts, writer);
-}
 
 std::size_t capacity_for(std::size_t bytes) {
   std::size_t lo = 0, hi = bytes;  // bytes_needed grows with capacity: largest that fits
@@ -345,7 +306,7 @@ int run_flowd(StageRuntime& runtime) {
   FrameHandlers handlers;
   handlers.on_frame = [&](std::span<const std::byte> frame, std::size_t) {
     table.begin_step();
-    apply_batch(frame, table, writer, decoded);
+    apply_packet_batch(frame, table, writer, decoded);
     pressure_evictions += pressure.apply(pressure_level(), writer);
     end_step();
     return FrameUse::kCommit;

@@ -52,6 +52,7 @@
 #include "flowseal.capnp.h"
 #include "fragment_router.h"
 #include "packet/decode.h"
+#include "packet_batch.h"
 #include "packet_batcher.h"
 #include "pcap_source.h"
 #include "ring.h"
@@ -184,7 +185,7 @@ std::uint64_t run_capture(const std::vector<std::string>& files, RingProducer& o
 // ---- flowd ------------------------------------------------------------------------------------
 
 // As in flowd_stage.cpp's EventBatchWriter (no export latency: offline).
-class EventFrames final : public flowd::EventSink {
+class EventFrames final : public flowd::SampledEventSink {
  public:
   explicit EventFrames(RingProducer& out) : out_(out) {}
   void on_event(const flowd::FlowEventData& event) override {
@@ -193,7 +194,7 @@ class EventFrames final : public flowd::EventSink {
     if (pending_.size() >= kEventsPerFrame) write_pending();
   }
   void sync() override { flush(); }
-  void set_sampling_rate(float rate) { sampling_rate_ = rate; }
+  void set_sampling_rate(float rate) override { sampling_rate_ = rate; }
   void flush() {
     write_pending();
     out_.publish();
@@ -242,37 +243,10 @@ std::uint64_t run_flowd(RingConsumer& in, RingProducer& out, FlowdState& state) 
   EventFrames writer(out);
   packet::DecodedPacket decoded;
   std::uint64_t packets = 0;
-  // As in flowd_stage.cpp's loop.
+  // As flowd_stage.cpp's frame handler (without the pressure ladder: no pressure here).
   while (auto frame = in.next()) {
-    capnp::FlatArrayMessageReader reader(as_words(*frame), frame_reader_options());
-    auto batch = reader.getRoot<schema::PacketBatch>();
-    const auto data = batch.getData();
-    std::uint64_t seq = batch.getFirstSeq();
-    writer.set_sampling_rate(batch.getSamplingRate());
-    std::int64_t last_ts = 0;
     table.begin_step();
-    for (auto ref : batch.getIndex()) {
-      last_ts = ref.getTsNs();
-      ++packets;
-      if (seq < table.next_seq()) {
-        ++seq;
-        continue;
-      }
-      const std::uint64_t end = std::uint64_t{ref.getOffset()} + ref.getCapLen();
-      if (end > data.size()) {
-        table.count_weird(packet::DecodeStatus::kTruncatedLink);
-      } else {
-        const std::span<const std::uint8_t> bytes(data.begin() + ref.getOffset(), ref.getCapLen());
-        const auto status = packet::decode(ref.getLinkType(), bytes, ref.getWireLen(), decoded);
-        if (status == packet::DecodeStatus::kOk) {
-          table.on_packet(decoded, ref.getTsNs(), writer);
-        } else {
-          table.count_weird(status);
-        }
-      }
-      table.set_next_seq(++seq);
-    }
-    if (last_ts != 0) table.expire(last_ts, writer);
+    packets += flowd::apply_packet_batch(*frame, table, writer, decoded);
     writer.flush();
     table.commit_step();
     in.advance();
