@@ -285,6 +285,9 @@ void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
                     "`flowseal stop --instance {}` or choose another --instance",
                     instance_, who, instance_));
   }
+  // Counted before they go: what the dead instance's stages had not processed is lost from
+  // the rings now, and the run says how much (and recovers the sealed batches it can).
+  leftovers_ = read_leftover_rings(instance_, stage_user);
   int removed = 0;
   for (const auto& name : all_names(instance_)) removed += ShmSegment::remove(name);
   spdlog::warn(
@@ -312,6 +315,13 @@ Instance::Instance(const Config& config, std::optional<FileOwner> owner)
   }
   create_ring(std::string(kDedupEdge), plan_.event_ring);
   create_ring(std::string(kSealedEdge), plan_.sealed_ring);
+}
+
+std::span<std::byte> Instance::sealed_ring() {
+  for (const auto& ring : rings_) {
+    if (ring.edge == kSealedEdge) return ring.memory;
+  }
+  throw std::logic_error("the instance has no sealed ring");
 }
 
 void Instance::create_ring(const std::string& edge, std::size_t capacity) {

@@ -4,7 +4,8 @@
 // Creation is exclusive: if the instance's control block already exists and its supervisor
 // is alive, creation is refused with a message naming the PID; if that supervisor is dead,
 // the leftovers of the crashed instance are removed first, once the stages it left (which
-// follow it within seconds) are gone: up to kOrphanWait is waited for them. A leftover name that
+// follow it within seconds) are gone: up to kOrphanWait is waited for them. What its rings
+// still held is read before (leftovers()). A leftover name that
 // belongs to a user other than this process's (or supervisor.user's) is not ours to remove or
 // believe: creation is refused with a message naming that user. The Instance owns every name and
 // removes them when destroyed.
@@ -22,6 +23,7 @@
 #include "config.h"
 #include "control_block.h"
 #include "layout.h"
+#include "leftover_rings.h"
 #include "shm.h"
 
 namespace flowseal::supervisor {
@@ -52,6 +54,12 @@ class Instance {
   // Every shared-memory name an instance may have (for up to kMaxShards shards).
   static std::vector<std::string> all_names(const std::string& instance);
 
+  // What a dead instance of this name left in its rings, read before they were removed
+  // (leftover_rings.h): one entry per ring object it had; empty if there was none.
+  const std::vector<LeftoverRing>& leftovers() const { return leftovers_; }
+  // The new sealed ring (signerd -> writerd), before any stage starts.
+  std::span<std::byte> sealed_ring();
+
  private:
   // Refuses leftovers someone else owns, refuses a live instance, removes a dead one's.
   void clear_leftovers(std::optional<uid_t> stage_user);
@@ -64,6 +72,7 @@ class Instance {
   std::vector<ShmSegment> segments_;
   ControlBlock* control_ = nullptr;
   std::vector<RingView> rings_;
+  std::vector<LeftoverRing> leftovers_;
 };
 
 // Processes that map any shared-memory object of `instance` (its supervisor and stages),

@@ -31,6 +31,7 @@
 #include "progress.h"
 #include "ring.h"
 #include "seal/keys.h"
+#include "sealed_recovery.h"
 #include "segment/format.h"
 #include "ship/nats_client.h"
 #include "shipd/outputs.h"
@@ -431,12 +432,13 @@ class Supervision {
  public:
   Supervision(Config& config, Instance& instance, SystemdNotifier& notifier,
               const std::optional<Credentials>& user, const fs::path& config_file,
-              ConfigSource reread)
+              ConfigSource reread, std::vector<std::string> leftovers)
       : config_(config),
         instance_(instance),
         control_(instance.control()),
         notifier_(notifier),
         reread_(std::move(reread)),
+        leftovers_(std::move(leftovers)),
         show_progress_(bar_.enabled() && !config.capture.files.empty()) {
     // A file run on a terminal shows the progress bar; the stages' log lines then come
     // through the supervisor so that none lands on the bar's row.
@@ -471,6 +473,7 @@ class Supervision {
   ControlBlock& control_;
   SystemdNotifier& notifier_;
   ConfigSource reread_;
+  std::vector<std::string> leftovers_;  // what a dead instance left: the summary says it
   int reloads_seen_ = 0;
   SteadyClock clock_;
   const Clock::time_point started_ = Clock::now();
@@ -726,7 +729,7 @@ void Supervision::finish() {
     usage_[i].restarts = stages_->record(i).restarts;
     usage_[i].memory_restarts = stages_->record(i).memory_restarts;
   }
-  print_run_summary(config_, control_, seconds, usage_, peaks_);
+  print_run_summary(config_, control_, seconds, usage_, peaks_, leftovers_);
 }
 
 }  // namespace
@@ -814,20 +817,27 @@ int run_pipeline(Config config, ConfigSource reread) {
   }
 
   Instance instance(config, owner_of(user));
-  if (adopted) {
+  // A dead instance's rings: counted, and its sealed batches that continue this directory's
+  // chain placed in the new sealed ring, so that the chain goes on through them.
+  std::optional<ChainPosition> position;
+  if (adopted) position = adopted->position;
+  const std::vector<std::string> leftovers = take_over_leftovers(
+      instance.leftovers(), instance.sealed_ring(), position, config.seal.key_file);
+  if (position) {
     // signerd starts from the position in its slot (common/chain_position.h), as a restarted
     // signerd does: written here once, before it first starts. A launch argument would have
     // to lose to the slot on every restart; the slot is the one place signerd already trusts.
     ControlBlock& control = instance.control();
     store_chain_position(control.slots[slot_index(StageKind::kSignerd, 0, control.shards)],
-                         adopted->position);
+                         *position);
   }
   std::optional<HttpServer> http;  // supervisor.http_listen: /metrics, /status.json, /
   if (!config.supervisor.http_listen.empty()) {
     http.emplace(parse_listen_address(config.supervisor.http_listen), config.supervisor.instance,
                  instance.control(), std::uint64_t(config.memory.budget_mb) << 20);
   }
-  Supervision supervision(config, instance, notifier, user, config_file, std::move(reread));
+  Supervision supervision(config, instance, notifier, user, config_file, std::move(reread),
+                          leftovers);
   return supervision.run();
 }
 

@@ -86,7 +86,8 @@ void print_stats_line(const ControlBlock& control, const std::vector<Instance::R
 }
 
 void print_run_summary(const Config& config, const ControlBlock& control, double seconds,
-                       const std::vector<StageUsage>& usage, const MemoryPeaks& peaks) {
+                       const std::vector<StageUsage>& usage, const MemoryPeaks& peaks,
+                       const std::vector<std::string>& leftovers) {
   namespace cc = capture_counter;
   namespace fc = flowd_counter;
   namespace rc = record_counter;
@@ -127,6 +128,7 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
                          ? fmt::format("; {} failed writes retried (see the log)",
                                        counter(control, StageKind::kWriterd, rc::kWriteErrors))
                          : std::string());
+  for (const auto& line : leftovers) out += fmt::format("  leftover  {}\n", line);
   out += ship_figures(control, true);
   if (seconds > 0) {
     out += fmt::format("  rate      {:.0f} packets/s\n", double(received) / seconds);

@@ -29,7 +29,10 @@ struct MemoryPeaks {
   std::uint64_t held = 0;  // anonymous + shmem: without mapped files (programs, input files)
 };
 
+// `leftovers`: what a dead instance of the same name left in its rings and what of it was
+// recovered (sealed_recovery.h), one line each.
 void print_run_summary(const Config& config, const ControlBlock& control, double seconds,
-                       const std::vector<StageUsage>& usage, const MemoryPeaks& peaks);
+                       const std::vector<StageUsage>& usage, const MemoryPeaks& peaks,
+                       const std::vector<std::string>& leftovers = {});
 
 }  // namespace flowseal::supervisor

@@ -9,7 +9,9 @@ process's exit), each bounded; only processes this test started are signalled, b
 import glob
 import hashlib
 import os
+import re
 import signal
+import struct
 import subprocess
 import time
 
@@ -232,3 +234,63 @@ def test_a_concurrent_second_run_into_the_directory_is_refused(tmp_path):
     finally:
         first.kill()
     batches(out)
+
+
+def sealed_ring_bytes(tag):
+    """head - tail of the run's signerd -> writerd ring (common/ring.h: head at 64, tail at
+    128), read from /dev/shm."""
+    try:
+        with open(f"/dev/shm/flowseal.{instance(tag)}.ring.signerd-writerd", "rb") as f:
+            header = f.read(192)
+    except OSError:
+        return 0
+    head, = struct.unpack_from("<Q", header, 64)
+    tail, = struct.unpack_from("<Q", header, 128)
+    return head - tail
+
+
+def test_sealed_batches_a_killed_run_left_in_its_ring_are_stored_by_the_next(tmp_path):
+    """The supervisor SIGKILLed while writerd is stopped, so that the signerd -> writerd ring
+    holds sealed batches nothing stored: the next run into the same directory counts what the
+    dead instance's rings held, stores those batches first and seals on after them, and the
+    store verifies as one chain from seq 0."""
+    out = str(tmp_path / "store")
+    tag = "sealed"
+    r = Background(run_args(out, tag, ["--set", "capture.loop=100000",
+                                       "--set", "writer.fsync=batch",
+                                       # writerd is stopped on purpose: not replaced meanwhile
+                                       "--set", "supervisor.heartbeat_timeout_ms=600000"]),
+                   str(tmp_path / "1.log"))
+    writerd = None
+    try:
+        assert r.wait_for("ready: every stage is up"), r.text()[-1500:]
+        assert wait_for(lambda: any(os.path.getsize(f) > 4096
+                                    for f in glob.glob(os.path.join(out, "seg-*"))), 120), \
+            "the run stores batches"
+        writerd = next(p for p in stage_pids(r.p.pid)
+                       if os.readlink(f"/proc/{p}/exe").endswith("/flowseal-writerd"))
+        os.kill(writerd, signal.SIGSTOP)
+        # signerd goes on sealing into the ring that writerd no longer empties.
+        assert wait_for(lambda: sealed_ring_bytes(tag) > 256 * 1024, 120), \
+            f"sealed batches pile up in the ring ({sealed_ring_bytes(tag)} bytes)"
+        held = sealed_ring_bytes(tag)
+    finally:
+        r.kill()  # the supervisor and every stage, the stopped writerd too (SIGKILL)
+    again = run(out, tag)
+    text = again.stderr
+    assert again.returncode == 0, f"the rerun exits 0 ({text[-2500:]})"
+    counted = re.search(r"ring signerd-writerd \(sealed batches not yet stored\): (\d+) frame", text)
+    assert counted and int(counted.group(1)) > 0, text[-2500:]
+    recovered = re.search(r"recovered (\d+) sealed batch\(es\), seq (\d+)\.\.(\d+), (\d+) records",
+                          text)
+    assert recovered, f"the sealed batches are recovered ({held} bytes held) ({text[-2500:]})"
+    n, first, last, _ = map(int, recovered.groups())
+    durable = re.search(r"this run continues it at batch (\d+)", text)
+    assert durable, text[-2500:]
+    assert first == int(durable.group(1)), "recovery starts right after the newest durable batch"
+    assert last - first + 1 == n and n > 0
+    assert f"signerd goes on at seq {last + 1}" in text
+    assert "  leftover  recovered" in text, "the run summary says it"
+    store_first, store_last = batches(out)
+    assert store_first == 0 and store_last > last, \
+        "the recovered batches and the rerun's verify as one chain from seq 0"
