@@ -303,12 +303,14 @@ std::uint64_t CaptureLoop::run() {
       read_pressure();
       if (runtime_.stop_requested()) break;
     }
-    // Live, nothing waiting to be published: a read waits kIdleWait (every stage's idle
-    // slice, ring_io.h) for the next packet; the stop flag and pressure level are seen that
-    // often. The kernel's block timeout wakes the poll as soon as packets arrive, so a long
-    // wait with nothing pending delays no packet.
+    // Live, nothing waiting to be published: a read waits the stage's idle slice (its
+    // heartbeat interval, 1 s by default) for the next packet; the pressure level is seen
+    // that often. A stop wakes it at once: the supervisor sends kLookAtControl, whose handler
+    // makes the wake fd readable. The kernel's block timeout wakes the poll as soon as packets
+    // arrive, so a long wait with nothing pending delays no packet.
     if (live_) {
-      source_.set_idle_wait(batcher_.pending_packets() > 0 ? source_.batch_wait() : kIdleWait);
+      source_.set_idle_wait(batcher_.pending_packets() > 0 ? source_.batch_wait()
+                                                           : runtime_.idle_slice());
     }
     const auto status = source_.next(packet);
     if (status == PcapSource::Status::kEnd) break;
@@ -339,6 +341,7 @@ int run_capture(StageRuntime& runtime) {
     return e.exit_code;
   }
   PcapSource& source = *opened;
+  source.set_wake_fd(StageRuntime::wake_fd());  // a stop or a signal ends its idle poll at once
   runtime.counter(cc::kBytesTotal).store(source.bytes_total());
   runtime.heartbeat();  // the first from here on marks capture ready: its source is open
 

@@ -263,8 +263,14 @@ PcapSource::Status PcapSource::next(Packet& packet) {
     const u_char* data = nullptr;
     int rc = pcap_next_ex(handle_.get(), &header, &data);
     if (rc == 0) {
-      pollfd fd{pcap_get_selectable_fd(handle_.get()), POLLIN, 0};
-      if (::poll(&fd, 1, poll_timeout_ms_) <= 0) return Status::kIdle;
+      pollfd fds[2] = {{pcap_get_selectable_fd(handle_.get()), POLLIN, 0},
+                       {wake_fd_, POLLIN, 0}};  // poll skips fd -1
+      if (::poll(fds, 2, poll_timeout_ms_) <= 0) return Status::kIdle;
+      if (fds[1].revents != 0) {  // an eventfd: one read empties it
+        std::uint64_t count = 0;
+        [[maybe_unused]] const ssize_t n = ::read(wake_fd_, &count, sizeof count);
+      }
+      if (fds[0].revents == 0) return Status::kIdle;
       rc = pcap_next_ex(handle_.get(), &header, &data);
       if (rc == 0) return Status::kIdle;
     }

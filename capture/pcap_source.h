@@ -106,10 +106,15 @@ class PcapSource {
   int selectable_fd() const;
   // Live: how long an idle next() waits for a packet before it returns kIdle. A short wait
   // (capture.batch_timeout_ms) while a partial batch waits to be published; a long one
-  // when nothing is pending, so that an idle capture wakes ten times a second, not a hundred.
+  // when nothing is pending (the stage's heartbeat interval), so that an idle capture wakes
+  // about once a second, not a hundred times.
   void set_idle_wait(std::chrono::milliseconds wait) {
     poll_timeout_ms_ = static_cast<int>(wait.count());
   }
+  // Live: a descriptor polled beside libpcap's (the stage's wake fd): when it is readable,
+  // next() empties it (an eventfd) and returns kIdle at once, so a stop is seen without
+  // waiting out the idle wait. -1: none.
+  void set_wake_fd(int fd) { wake_fd_ = fd; }
   std::chrono::milliseconds batch_wait() const {
     return std::chrono::milliseconds(batch_timeout_ms_);
   }
@@ -127,6 +132,7 @@ class PcapSource {
   bool live_ = false;
   int poll_timeout_ms_ = 10;  // live: an idle read returns kIdle after this long
   int batch_timeout_ms_ = 10;
+  int wake_fd_ = -1;
   std::vector<std::string> files_;
   std::size_t file_index_ = 0;  // index of the file after the open one
   std::string filter_;

@@ -1,5 +1,7 @@
 #include "frame_loop.h"
 
+#include <algorithm>
+
 #include <kj/exception.h>
 
 #include "ring.h"
@@ -19,6 +21,7 @@ LoopProcess stage_process(StageRuntime& runtime, std::size_t bad_frame_counter) 
       .signalled = [&runtime] { return runtime.signalled(); },
       .heartbeat = [&runtime] { runtime.heartbeat(); },
       .bad_frames = &runtime.counter(bad_frame_counter),
+      .idle_slice = runtime.idle_slice(),
   };
 }
 
@@ -58,9 +61,9 @@ int FrameLoop::run(const FrameHandlers& handlers) {
     if (progressed) continue;
     if (inputs_.drained()) return exit_code::kOk;
     if (process_.signalled()) return exit_code::kTempFail;
-    const std::chrono::milliseconds wait = handlers.on_idle ? handlers.on_idle() : kIdleWait;
+    const std::chrono::milliseconds due = handlers.on_idle ? handlers.on_idle() : kIdleWait;
     process_.heartbeat();
-    inputs_.wait(wait);
+    inputs_.wait(std::min(due, process_.idle_slice));
   }
 }
 

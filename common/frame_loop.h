@@ -29,8 +29,8 @@
 //   6. Otherwise, once every producer closed its ring and every frame was read, run()
 //      returns exit_code::kOk: the stage then flushes, commits what it holds and closes its
 //      output. Not drained and not signalled: `on_idle` does the work due while idle and
-//      says how long to sleep (at most kIdleWait, so signals and the heartbeat are seen);
-//      the loop sleeps on the input futexes until a frame comes or that time is up.
+//      says how long to sleep; the loop sleeps on the input futexes until a frame comes, that
+//      time is up, the heartbeat is due (LoopProcess::idle_slice) or a signal comes.
 //
 // Everything here is single-threaded; a frame span stays valid until its input is committed.
 #pragma once
@@ -60,7 +60,8 @@ struct FrameHandlers {
   std::function<void()> before_pass;
   // `progressed`: some input had a frame in this pass. Runs before the drain check.
   std::function<void(bool progressed)> after_pass;
-  // Work due while idle; returns how long to sleep (kIdleWait if not set).
+  // Work due while idle; returns how long to sleep until the stage's next timer (kIdleWait
+  // if not set or nothing is due; the loop wakes for the heartbeat anyway).
   std::function<std::chrono::milliseconds()> on_idle;
 };
 
@@ -69,6 +70,8 @@ struct LoopProcess {
   std::function<bool()> signalled;
   std::function<void()> heartbeat;
   std::atomic<std::uint64_t>* bad_frames;  // the stage's bad-frame counter
+  // Longest idle sleep: the heartbeat must be kept this often (heartbeat_every()).
+  std::chrono::milliseconds idle_slice = kIdleWait;
 };
 
 // The process of a stage whose bad frames are counted in its counter `bad_frame_counter`.

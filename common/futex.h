@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <span>
 
 namespace flowseal {
 
@@ -22,6 +23,13 @@ namespace flowseal {
 void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
                 std::chrono::nanoseconds timeout) noexcept;
 void futex_wake_all(std::atomic<std::uint32_t>& word) noexcept;
+// Sleeps while every `*words[i] == expected[i]` (at most 128 words), at most `timeout`:
+// returns on a wake of any of them, timeout, signal or if a value already differs (callers
+// re-check). False if the kernel has no futex_waitv(2) (before 5.16): nothing was waited
+// for, and the caller must poll instead.
+bool futex_wait_any(std::span<std::atomic<std::uint32_t>* const> words,
+                    std::span<const std::uint32_t> expected,
+                    std::chrono::nanoseconds timeout) noexcept;
 
 // Registers this process to receive asymmetric_fence_heavy() barriers (idempotent). True if
 // the kernel supports it: only then may this process use the light side.

@@ -1,6 +1,7 @@
 #include "ring.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 #include <new>
@@ -21,10 +22,10 @@ constexpr std::uint64_t frame_bytes(std::uint64_t payload) {
 
 // A sleeper is woken by its peer's futex wake, by close(), or by a signal (a stage's stop);
 // the slice only bounds how long it sleeps if a peer died between announcing and delivering
-// a wake. Stages wait 100 ms at a time anyway (their heartbeat), so a longer slice costs no
-// latency, and a shorter one woke every idle stage 50 times a second (each wake a membarrier
-// IPI to every CPU), most of an idle pipeline's CPU.
-constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(250);
+// a wake. Stages wait at most a second at a time anyway (their heartbeat, ring_io.h), so the
+// slice must not be shorter: each extra wake is a futex call and a membarrier IPI to every
+// CPU, and at 250 ms these were most of an idle pipeline's CPU.
+constexpr auto kDefaultSleepSlice = std::chrono::milliseconds(1000);
 
 // Frame lengths are 32-bit and 0xFFFFFFFF marks a wrap, so a quarter of the ring must fit.
 constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;
@@ -364,7 +365,60 @@ bool RingConsumer::wait(std::chrono::milliseconds timeout) {
     }
     futex_wait(header_->data_seq, seq, std::min<std::chrono::nanoseconds>(deadline - now, slice));
     header_->consumer_sleeping.store(0, std::memory_order_relaxed);
+    // Timed out: one look and back to the caller, without announcing sleep (and paying
+    // its membarrier) again only to find the deadline passed.
+    if (std::chrono::steady_clock::now() >= deadline) return has_data();
   }
+}
+
+bool RingConsumer::wait_any(std::span<RingConsumer> consumers, std::chrono::milliseconds timeout) {
+  if (consumers.size() == 1) return consumers.front().wait(timeout);
+  auto any_frame = [&] {
+    bool any = false;
+    for (auto& c : consumers) any |= c.refresh_head();
+    return any;
+  };
+  if (any_frame()) return true;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  constexpr std::size_t kMaxWords = 64;  // kMaxShards inputs at most, in practice
+  std::array<std::atomic<std::uint32_t>*, kMaxWords> words{};
+  std::array<std::uint32_t, kMaxWords> seqs{};
+  const std::size_t n = std::min(consumers.size(), kMaxWords);
+  auto stop_sleeping = [&] {
+    for (auto& c : consumers) c.header_->consumer_sleeping.store(0, std::memory_order_relaxed);
+  };
+  bool vectored = consumers.size() <= kMaxWords;
+  while (vectored) {
+    // As wait(), for each ring: announce sleep, one fence for all, then look once more.
+    for (std::size_t i = 0; i < n; ++i) {
+      RingHeader& h = *consumers[i].header_;
+      seqs[i] = h.data_seq.load(std::memory_order_acquire);
+      h.consumer_sleeping.store(1, std::memory_order_relaxed);
+      words[i] = &h.data_seq;
+    }
+    const auto slice = sleeper_fence(consumers.front().sleep_slice_);
+    bool closed = false;
+    for (auto& c : consumers) closed |= c.closed();
+    if (any_frame() || closed) {
+      stop_sleeping();
+      return any_frame();
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      stop_sleeping();
+      return false;
+    }
+    vectored = futex_wait_any({words.data(), n}, {seqs.data(), n},
+                              std::min<std::chrono::nanoseconds>(deadline - now, slice));
+    stop_sleeping();
+    if (std::chrono::steady_clock::now() >= deadline) return any_frame();
+  }
+  // No futex_waitv: look at each ring briefly, sleeping on the first in short slices.
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (any_frame()) return true;
+    consumers.front().wait(std::chrono::milliseconds(2));
+  }
+  return any_frame();
 }
 
 bool RingConsumer::drained() const {

@@ -30,7 +30,7 @@
 // RingConsumer registers the process that constructs it for that fence: construct it in the
 // process that uses it, not before a fork().
 // Every wait takes a timeout so callers can also watch stop flags and heartbeats, and a
-// sleeper re-checks at least every sleep slice (250 ms by default) so that it notices a peer
+// sleeper re-checks at least every sleep slice (1 s by default) so that it notices a peer
 // that died between announcing and delivering a wake. Tests set a long slice to prove that
 // no wake is ever lost (a lost wake then shows as a timeout, not as a short delay).
 #pragma once
@@ -189,12 +189,21 @@ class RingConsumer {
 
   // Sleeps until a frame is published after the read cursor, or `timeout`. True if one is.
   bool wait(std::chrono::milliseconds timeout);
+  // The same over several rings (a stage with several inputs: dedupd behind N flowd shards):
+  // one futex_waitv(2) on all their wake words, so it sleeps as long as on one ring. True if
+  // one has a frame. Where the kernel lacks futex_waitv, it looks at each every 2 ms.
+  static bool wait_any(std::span<RingConsumer> consumers, std::chrono::milliseconds timeout);
   // True when the producer closed the ring and every frame was read.
   bool drained() const;
   // Frames read since the last commit (a crash would replay these).
   std::uint64_t uncommitted_frames() const { return uncommitted_; }
   std::size_t used_bytes() const;
   bool closed() const { return header_->producer_closed.load(std::memory_order_acquire) != 0; }
+  // Reloads the producer's head: true if a frame is published after the read cursor.
+  bool refresh_head() {
+    cached_head_ = header_->head.load(std::memory_order_acquire);
+    return cached_head_ != read_;
+  }
   // Longest single futex sleep inside wait() before the ring is looked at again.
   void set_sleep_slice(std::chrono::milliseconds slice) { sleep_slice_ = slice; }
 

@@ -14,13 +14,15 @@
 
 namespace flowseal {
 
-// Longest sleep of a stage on idle input: it looks at signals, its heartbeat and its timers
-// at least this often. Each wake costs a few tens of microseconds; at this slice an idle
-// process set stays well under 1 % of a core.
-inline constexpr std::chrono::milliseconds kIdleWait{100};
+// Longest sleep of a stage on idle input. A stage sleeps until a frame comes, its own next
+// timer is due, or its heartbeat is (heartbeat_every(), stage_runtime.h: at most this); a
+// signal (restart, stop) interrupts the sleep. An idle stage thus wakes about once a second,
+// each wake a futex timeout and one membarrier.
+inline constexpr std::chrono::milliseconds kIdleWait{1000};
 
 // How long a stage that has something due at `due` sleeps on idle input: until then, at
-// least 1 ms (a due time just past never spins), at most kIdleWait.
+// least 1 ms (a due time just past never spins), at most kIdleWait (FrameLoop then bounds
+// it by the stage's heartbeat interval).
 std::chrono::milliseconds idle_wait(std::chrono::steady_clock::time_point due,
                                     std::chrono::steady_clock::time_point now);
 // The same for a due time in nanoseconds of one clock (flowd: realtime, as packet times).

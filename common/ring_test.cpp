@@ -4,6 +4,7 @@
 #include "ring.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -747,6 +748,90 @@ TEST_CASE("a sleeping side is always woken: no wait runs out in a ping-pong acro
   INFO(report.error());
   CHECK(error.empty());
   CHECK(exit_code == 0);
+}
+
+TEST_CASE("a consumer asleep on several rings is woken by a frame on any of them") {
+  // dedupd behind N flowd shards: one futex_waitv on every ring's wake word. The pings come
+  // on two rings in a seeded order; the responder sleeps on both with a slice so long that a
+  // lost wake shows as a timeout.
+  ShmRing ping0("anyping0", 4096);
+  ShmRing ping1("anyping1", 4096);
+  ShmRing pong("anypong", 4096);
+  SharedReport report("anypong");
+  const std::uint64_t rounds = kWakeRounds / 4;
+
+  Child responder([&] {
+    std::array<RingConsumer, 2> in = {RingConsumer(ping0.memory()), RingConsumer(ping1.memory())};
+    for (auto& c : in) c.set_sleep_slice(kNoLostWakeSlice);
+    RingProducer out(pong.memory());
+    for (std::uint64_t round = 0; round < rounds; ++round) {
+      if (!RingConsumer::wait_any(in, kWakeLimit)) {
+        return child_fails(*report.report, fmt::format("ping {} never woke the responder", round));
+      }
+      RingConsumer& from = in[mix(round) % 2];
+      auto frame = from.next();
+      if (!frame || seq_of(*frame) != round) {
+        return child_fails(*report.report, fmt::format("ping {} missing or wrong", round));
+      }
+      from.advance();
+      from.commit();
+      if (!produce(out, round, kMinPayload, kWakeLimit)) {
+        return child_fails(*report.report, fmt::format("pong ring full at {}", round));
+      }
+      out.publish();
+    }
+    return 0;
+  });
+
+  std::array<RingProducer, 2> out = {RingProducer(ping0.memory()), RingProducer(ping1.memory())};
+  RingConsumer in(pong.memory());
+  in.set_sleep_slice(kNoLostWakeSlice);
+  std::string error;
+  const auto started = Clock::now();
+  for (std::uint64_t round = 0; round < rounds && error.empty(); ++round) {
+    RingProducer& to = out[mix(round) % 2];
+    jitter(mix(round + 3));  // sometimes the responder is asleep already, sometimes not yet
+    if (!produce(to, round, kMinPayload, kWakeLimit)) {
+      error = fmt::format("ping ring full at {}", round);
+      break;
+    }
+    to.publish();
+    if (!in.wait(kWakeLimit)) {
+      error = fmt::format("pong {} never woke the initiator", round);
+      break;
+    }
+    auto frame = in.next();
+    if (!frame || seq_of(*frame) != round) error = fmt::format("pong {} missing or wrong", round);
+    in.advance();
+    in.commit();
+  }
+  const int exit_code = responder.reap(kChildLimit);
+  INFO(error);
+  INFO(report.error());
+  CHECK(error.empty());
+  CHECK(exit_code == 0);
+  // Not a wait of a whole slice anywhere: every round was woken, none timed out.
+  CHECK(Clock::now() - started < kWakeLimit);
+}
+
+TEST_CASE("a wait on several idle rings sleeps out its timeout, not a poll loop") {
+  ShmRing a("idlea", 4096);
+  ShmRing b("idleb", 4096);
+  std::array<RingConsumer, 2> in = {RingConsumer(a.memory()), RingConsumer(b.memory())};
+  auto sleeps = [] {  // voluntary context switches of this thread: one per sleep
+    rusage usage{};
+    getrusage(RUSAGE_THREAD, &usage);
+    return usage.ru_nvcsw;
+  };
+  const auto t0 = Clock::now();
+  const long before = sleeps();
+  CHECK_FALSE(RingConsumer::wait_any(in, 200ms));
+  const long slept = sleeps() - before;
+  const auto waited = Clock::now() - t0;
+  CHECK(waited >= 190ms);
+  CHECK(waited < (kSanitized ? 5000ms : 2000ms));
+  // One sleep (a few with the membarrier's IPIs); the 2 ms poll of before slept 100 times.
+  CHECK(slept <= 5);
 }
 
 TEST_CASE("a producer sleeping on a full ring is always woken by the consumer's commit") {

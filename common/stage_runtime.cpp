@@ -1,8 +1,10 @@
 #include "stage_runtime.h"
 
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <exception>
 
@@ -11,15 +13,29 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "ring_io.h"
 #include "version.h"
 
 namespace flowseal {
 namespace {
 
-// Set from the signal handler; the only process-wide state a stage has.
+// Set from the signal handlers; the only process-wide state a stage has.
 std::atomic<int> g_signal_received{0};
+// An eventfd every handler writes to (StageRuntime::wake_fd): made before any handler.
+std::atomic<int> g_wake_fd{-1};
 
-extern "C" void on_stop_signal(int signo) { g_signal_received.store(signo); }
+void wake_process() {  // async-signal-safe
+  const int fd = g_wake_fd.load();
+  if (fd < 0) return;
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(fd, &one, sizeof one);
+}
+
+extern "C" void on_stop_signal(int signo) {
+  g_signal_received.store(signo);
+  wake_process();
+}
+extern "C" void on_look_at_control(int) { wake_process(); }
 
 // How long a stage whose supervisor died may take to leave on its own. A stage blocked on a
 // full ring whose consumer died with the supervisor would wait for ever; past this the
@@ -34,9 +50,16 @@ constexpr int kSupervisorDied = SIGUSR2;
 extern "C" void on_supervisor_death(int) {
   g_signal_received.store(kSupervisorDied);
   alarm(kOrphanGraceSeconds);  // async-signal-safe
+  wake_process();
 }
 
 void install_signal_handlers() {
+  g_wake_fd.store(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  // No SA_RESTART anywhere: a stage asleep in futex(2) or poll(2) wakes with EINTR.
+  struct sigaction look {};
+  look.sa_handler = on_look_at_control;
+  sigemptyset(&look.sa_mask);
+  sigaction(kLookAtControl, &look, nullptr);
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
@@ -53,6 +76,13 @@ void install_signal_handlers() {
 }
 
 }  // namespace
+
+std::chrono::milliseconds heartbeat_every(std::int64_t heartbeat_timeout_ms) {
+  return std::chrono::milliseconds(std::clamp<std::int64_t>(
+      heartbeat_timeout_ms / 5, 100, std::chrono::milliseconds(kIdleWait).count()));
+}
+
+int StageRuntime::wake_fd() { return g_wake_fd.load(); }
 
 StageRuntime::StageRuntime(StageKind kind, std::string instance, Config config, std::size_t shard)
     : instance_(std::move(instance)),

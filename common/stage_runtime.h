@@ -7,6 +7,7 @@
 // body(StageRuntime&) maps its rings and runs its loop.
 #pragma once
 
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <functional>
@@ -34,6 +35,19 @@ inline constexpr int kTempFail = 75;
 inline constexpr int kNoPermission = 77;
 inline constexpr int kConfig = 78;
 }  // namespace exit_code
+
+// How often a stage heartbeats when nothing else wakes it, from the timeout after which the
+// supervisor calls it hung: a fifth of it (a stage descheduled on a loaded machine, or
+// busy for a moment, still beats several times before the timeout), at most once a second
+// (the idle cost: each beat is a wake-up), at least every 100 ms. The supervisor looks at
+// heartbeat ages as often (supervisor/run_command.cpp). Default timeout 5 s: 1 s.
+std::chrono::milliseconds heartbeat_every(std::int64_t heartbeat_timeout_ms);
+
+// The signal the supervisor sends a stage to make it look at the control block now (capture:
+// the stop flag), and that `flowseal restart` sends the supervisor (restart_requests). Its
+// default action is to ignore it, so one that arrives before the handler is installed is
+// harmless; the handler only wakes the process (StageRuntime::wake_fd()).
+inline constexpr int kLookAtControl = SIGURG;
 
 class StageRuntime {
  public:
@@ -68,6 +82,15 @@ class StageRuntime {
   // A signal to this process only (SIGTERM, or the supervisor died): leave now; whatever was
   // not committed is replayed by a successor.
   bool signalled() const;
+
+  // How often this stage heartbeats when idle (heartbeat_every of its config).
+  std::chrono::milliseconds idle_slice() const {
+    return heartbeat_every(config_.supervisor.heartbeat_timeout_ms);
+  }
+  // An eventfd, readable once a signal came (stop, restart, kLookAtControl): a stage that
+  // sleeps in poll() polls it too, so that a signal arriving just before the poll is not
+  // slept through; reading it empties it. -1 if it could not be made (then only EINTR wakes).
+  static int wake_fd();
 
   // Maps an existing ring segment of this instance (created by the supervisor).
   ShmSegment open_ring(std::string_view edge) const;

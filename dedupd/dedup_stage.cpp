@@ -195,7 +195,9 @@ int deduplicate(StageRuntime& runtime, FrameLoop& loop, RateLimitedLog& log, Rin
       flush();
       last_input = std::chrono::steady_clock::now();
     }
-    return kIdleWait;
+    // Asleep until what it holds is due to go out, not a slice at a time.
+    return engine.holds_any() ? idle_wait(last_input + idle_limit, std::chrono::steady_clock::now())
+                              : kIdleWait;
   };
   if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
   flush();

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -103,10 +104,14 @@ ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv,
     execv(args[0], args.data());
     _exit(127);
   }
-  return ChildProcess(pid);
+  // The child is ours and not reaped, so the pid cannot be reused before this: the pidfd
+  // is of this process. Close-on-exec by default, so no stage inherits another's.
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  return ChildProcess(pid, pidfd);
 }
 
-ChildProcess::ChildProcess(ChildProcess&& other) noexcept : pid_(std::exchange(other.pid_, -1)) {}
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)), pidfd_(std::exchange(other.pidfd_, -1)) {}
 
 ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
   if (this != &other) {
@@ -114,7 +119,9 @@ ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
       kill(pid_, SIGKILL);
       waitpid(pid_, nullptr, 0);
     }
+    close_pidfd();
     pid_ = std::exchange(other.pid_, -1);
+    pidfd_ = std::exchange(other.pidfd_, -1);
   }
   return *this;
 }
@@ -124,6 +131,12 @@ ChildProcess::~ChildProcess() {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
   }
+  close_pidfd();
+}
+
+void ChildProcess::close_pidfd() {
+  if (pidfd_ >= 0) ::close(pidfd_);
+  pidfd_ = -1;
 }
 
 std::optional<ExitInfo> ChildProcess::poll() {
@@ -133,6 +146,7 @@ std::optional<ExitInfo> ChildProcess::poll() {
   const pid_t r = wait4(pid_, &status, WNOHANG, &usage);
   if (r != pid_) return std::nullopt;
   pid_ = -1;
+  close_pidfd();
   ExitInfo info;
   info.cpu_seconds = double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
                      double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;

@@ -308,7 +308,7 @@ int restart_command(const RestartOptions& options) {
 
 static int request_restart(const RestartOptions& options, AttachedInstance& attached) {
   ControlBlock& control = attached.control;
-  // Only bits in the block are written here, no signal: a live pid is enough.
+  // Bits in the block, then kLookAtControl (ignored unless handled): a live pid is enough.
   if (const pid_t supervisor = control.supervisor_pid.load(); !process_alive(supervisor)) {
     throw CommandError(exit_code::kUnavailable,
                        fmt::format("instance '{}' is not running: its supervisor (pid {}) is "
@@ -339,6 +339,9 @@ static int request_restart(const RestartOptions& options, AttachedInstance& atta
   std::vector<pid_t> old_pids;
   for (std::size_t i : chosen) old_pids.push_back(control.slots[i].pid.load());
   control.restart_requests.fetch_or(mask);
+  // Looked at at once, not at the supervisor's next wake (up to a second away when idle).
+  // Ignored by default, so even a process that took over the pid is not harmed.
+  ::kill(control.supervisor_pid.load(), kLookAtControl);
   const auto deadline = Clock::now() + std::chrono::seconds(options.timeout_s);
   for (std::size_t k = 0; k < chosen.size(); ++k) {
     const StageSlot& slot = control.slots[chosen[k]];

@@ -97,6 +97,12 @@ class LoopWakeup {
     child.sa_flags = SA_NOCLDSTOP | SA_RESTART;
     sigemptyset(&child.sa_mask);
     sigaction(SIGCHLD, &child, nullptr);
+    // `flowseal restart` sets bits in the control block, then sends this: looked at at once.
+    struct sigaction look {};
+    look.sa_handler = on_child_exit;
+    look.sa_flags = SA_RESTART;
+    sigemptyset(&look.sa_mask);
+    sigaction(kLookAtControl, &look, nullptr);
     struct sigaction reload {};
     reload.sa_handler = on_reload_signal;
     reload.sa_flags = SA_RESTART;
@@ -106,15 +112,17 @@ class LoopWakeup {
   ~LoopWakeup() {
     signal(SIGCHLD, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
+    signal(kLookAtControl, SIG_DFL);
     g_wake_fd.store(-1);
   }
   LoopWakeup(const LoopWakeup&) = delete;
   LoopWakeup& operator=(const LoopWakeup&) = delete;
 
-  // Sleeps until a signal, a stage's exit, `also` readable (if >= 0) or the timeout.
-  void wait(std::chrono::milliseconds timeout, int also) {
-    pollfd fds[2] = {{read_end_.get(), POLLIN, 0}, {also, POLLIN, 0}};  // poll skips fd -1
-    ::poll(fds, 2, static_cast<int>(std::max<std::int64_t>(timeout.count(), 0)));
+  // Sleeps until a signal, a stage's exit, one of `fds` readable (those of -1 are skipped) or
+  // the timeout; `fds` then holds what poll() found. fds[0] is the self-pipe's place.
+  void wait(std::chrono::milliseconds timeout, std::vector<pollfd>& fds) {
+    fds[0] = {read_end_.get(), POLLIN, 0};
+    ::poll(fds.data(), fds.size(), static_cast<int>(std::max<std::int64_t>(timeout.count(), 0)));
     char buf[64];
     while (::read(read_end_.get(), buf, sizeof buf) > 0) {
     }
@@ -125,10 +133,11 @@ class LoopWakeup {
   UniqueFd write_end_;
 };
 
-// The supervisor's longest sleep once the run is up: what it only polls (restart requests
-// of `flowseal restart`, heartbeat ages) is seen within this. Exits and signals wake it at
-// once; timed work (restart backoff, memory samples, the watchdog) sets its own deadline.
-constexpr auto kIdleTick = std::chrono::milliseconds(250);
+// The supervisor's longest sleep once the run is up is the stages' heartbeat interval
+// (heartbeat_every, stage_runtime.h: a fifth of supervisor.heartbeat_timeout_ms, at most 1 s):
+// heartbeat ages are what it only polls. A stage's exit (its pidfd), a signal and a restart
+// request (`flowseal restart` sends kLookAtControl) wake it at once; timed work (restart
+// backoff, memory samples, the watchdog) sets its own deadline.
 // Until every stage is ready: readiness is reported within this of happening.
 constexpr auto kStartTick = std::chrono::milliseconds(5);
 
@@ -451,6 +460,7 @@ class Supervision {
     add_stages(config_, instance_, config_file, user.has_value(), specs, *host_);
     usage_.resize(specs.size());
     for (std::size_t i = 0; i < specs.size(); ++i) usage_[i].name = specs[i].name;
+    exit_pending_.assign(specs.size(), false);
     stages_.emplace(std::move(specs), policy_of(config_), *host_, clock_);
   }
 
@@ -460,6 +470,7 @@ class Supervision {
   void handle_signals();
   void reload();
   void handle_restart_requests();
+  void wake_capture();
   void poll_exits();
   void watch_liveness();
   void report_ready();
@@ -486,6 +497,14 @@ class Supervision {
   std::optional<StageSet> stages_;
   std::vector<StageUsage> usage_;
   std::optional<PressureMonitor> pressure_;
+  // What the last sleep polled: [0] the self-pipe, [1] the stage output, [2 + i] stage i's
+  // pidfd; and the stages whose pidfd said they have ended (reaped by poll_exits).
+  std::vector<pollfd> poll_fds_;
+  std::vector<bool> exit_pending_;
+  // How often the stages heartbeat: from the timeout their config had at start (a reload
+  // does not reach a running stage).
+  const std::chrono::milliseconds stage_beat_ =
+      heartbeat_every(config_.supervisor.heartbeat_timeout_ms);
   bool ready_reported_ = false;
   Clock::time_point last_watchdog_ = Clock::now();
   Clock::time_point last_stats_ = Clock::now();
@@ -535,6 +554,7 @@ void Supervision::handle_signals() {
   if (signals == 1 && control_.stop_requested.load() == 0) {
     spdlog::info("stop requested: draining (send the signal again to abort)");
     control_.stop_requested.store(1);
+    wake_capture();
     stages_->drain("stop requested");
   } else if (signals >= 2 && !stages_->aborting()) {
     spdlog::warn("second stop signal: aborting without drain");
@@ -623,9 +643,27 @@ void Supervision::handle_restart_requests() {
   }
 }
 
+// capture sleeps in poll() for up to its heartbeat interval; the stop flag is for it, so it
+// is woken to look (kLookAtControl: ignored by a process that has no handler yet, and only
+// sent once the slot's pid says the stage installed its handlers).
+void Supervision::wake_capture() {
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    const ChildProcess& process = host_->process(i);
+    if (stages_->spec(i).kind != StageKind::kCapture || !process.running()) continue;
+    if (host_->slot(i).pid.load(std::memory_order_acquire) == process.pid()) {
+      process.signal(kLookAtControl);
+    }
+  }
+}
+
+// Reaps the stages whose pidfd the last sleep found readable (every running one where the
+// kernel gives no pidfd): no wait4 per stage per wake.
 void Supervision::poll_exits() {
   for (std::size_t i = 0; i < stages_->size(); ++i) {
-    if (auto exit = host_->process(i).poll()) {
+    ChildProcess& process = host_->process(i);
+    if (process.pidfd() >= 0 && !exit_pending_[i]) continue;
+    exit_pending_[i] = false;
+    if (auto exit = process.poll()) {
       usage_[i].cpu_seconds += exit->cpu_seconds;
       stages_->exited(i, {exit->code, exit->describe()});
     }
@@ -635,7 +673,11 @@ void Supervision::poll_exits() {
 // Ready once its own loop heartbeats; hung (alive but silent past the timeout): killed, and
 // its exit then restarts it. Both count only once the slot's pid is this process's.
 void Supervision::watch_liveness() {
-  const std::int64_t timeout_ns = config_.supervisor.heartbeat_timeout_ms * 1'000'000;
+  // A reload may lower the timeout, but the stages keep beating at the interval their start
+  // gave them: it is not taken below three of their beats, or an idle stage would be "hung".
+  const std::int64_t timeout_ns =
+      std::max<std::int64_t>(config_.supervisor.heartbeat_timeout_ms, 3 * stage_beat_.count()) *
+      1'000'000;
   for (std::size_t i = 0; i < stages_->size(); ++i) {
     const ChildProcess& process = host_->process(i);
     if (!process.running()) continue;
@@ -706,17 +748,24 @@ void Supervision::show_progress() {
               capture.counters[cc::kReceived].load(), Clock::now());
 }
 
-// Sleeps until the next thing that is due; an idle run wakes 4 times a second.
+// Sleeps until the next thing that is due; an idle run wakes about once a second (the memory
+// sample and the heartbeat check fall due together).
 void Supervision::sleep() {
   const auto now = Clock::now();
-  auto next = now + (ready_reported_ ? std::chrono::duration_cast<Clock::duration>(kIdleTick)
+  const auto tick = std::min(heartbeat_every(config_.supervisor.heartbeat_timeout_ms), stage_beat_);
+  auto next = now + (ready_reported_ ? std::chrono::duration_cast<Clock::duration>(tick)
                                      : std::chrono::duration_cast<Clock::duration>(kStartTick));
   next = std::min(next, last_memory_sample_ + std::chrono::milliseconds(config_.memory.sample_ms));
   if (const auto interval = notifier_.watchdog_interval())
     next = std::min(next, last_watchdog_ + *interval);
   next = std::min(next, stages_->next_deadline());
-  wakeup_.wait(std::chrono::ceil<std::chrono::milliseconds>(next - now),
-               stage_output_ ? stage_output_->read_fd() : -1);
+  poll_fds_.assign(2 + stages_->size(), pollfd{-1, POLLIN, 0});
+  if (stage_output_) poll_fds_[1].fd = stage_output_->read_fd();
+  for (std::size_t i = 0; i < stages_->size(); ++i) poll_fds_[2 + i].fd = host_->process(i).pidfd();
+  wakeup_.wait(std::chrono::ceil<std::chrono::milliseconds>(next - now), poll_fds_);
+  for (std::size_t i = 0; i < stages_->size(); ++i) {
+    if (poll_fds_[2 + i].revents != 0) exit_pending_[i] = true;
+  }
 }
 
 void Supervision::finish() {

@@ -159,6 +159,11 @@ class SealedBatchWriter {
   void after_pass(bool progressed) {
     if (!progressed) report_io(store_.maintain(realtime_ns()));
   }
+  // FrameHandlers::on_idle: asleep until the `interval` fsync is due (segment age and
+  // retention are seconds-coarse: the stage's heartbeat wakes are often enough for them).
+  std::chrono::milliseconds until_due() const {
+    return idle_wait(store_.sync_due_at(), std::chrono::steady_clock::now());
+  }
 
   // After the loop: closes the store (retrying as a write does) and logs the run's figures.
   int finish() {
@@ -260,6 +265,7 @@ int run_writerd(StageRuntime& runtime) {
     return writer.on_frame(frame, loop);
   };
   handlers.after_pass = [&](bool progressed) { writer.after_pass(progressed); };
+  handlers.on_idle = [&] { return writer.until_due(); };
   if (const int code = loop.run(handlers); code != exit_code::kOk) return code;
   return writer.finish();
 }

@@ -65,6 +65,11 @@ class SegmentStore {
   // Closes the open segment once it is older than segment_max_age, and fsyncs on the
   // `interval` policy: call it when idle.
   IoStatus maintain(std::int64_t now_ns);
+  // When maintain() has an fsync to do if nothing else is appended (time_point::max():
+  // nothing; segment age and retention are seconds-coarse and need no wake of their own).
+  std::chrono::steady_clock::time_point sync_due_at() const {
+    return writer_ ? writer_->sync_due_at() : std::chrono::steady_clock::time_point::max();
+  }
   // Closes the open segment (drain). Ok if none is open.
   IoStatus close();
 

@@ -219,6 +219,14 @@ bool SegmentWriter::sync_due() const {
          std::chrono::steady_clock::now() - last_sync_ >= options_.fsync_interval;
 }
 
+std::chrono::steady_clock::time_point SegmentWriter::sync_due_at() const {
+  if (!fd_ || !unsynced_ || options_.fsync != FsyncPolicy::kInterval) {
+    return std::chrono::steady_clock::time_point::max();
+  }
+  return last_sync_ +
+         std::chrono::duration_cast<std::chrono::steady_clock::duration>(options_.fsync_interval);
+}
+
 IoStatus SegmentWriter::sync_if_due() { return sync_due() ? sync() : IoStatus{}; }
 
 IoStatus SegmentWriter::close() {

@@ -67,6 +67,9 @@ class SegmentWriter {
   IoStatus append(const BatchMeta& batch, std::span<const std::byte> message);
   // fsyncs if the policy is `interval` and the interval passed since the last fsync.
   IoStatus sync_if_due();
+  // When sync_if_due() has an fsync to do if nothing else is written (time_point::max():
+  // none: other policy, nothing unsynced or no file).
+  std::chrono::steady_clock::time_point sync_due_at() const;
   // Index, trailer, fsync, rename to the final name, fsync of the directory. After ok, the
   // writer holds nothing; after a failure the `.part` is as before and close() may be retried.
   IoStatus close();
