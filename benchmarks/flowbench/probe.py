@@ -30,8 +30,9 @@ class ControlBlock:
     MAGIC = 0x314C544353574C46
     # common/control_block.h: layout 3 put the pressure figures before the slots (at 128);
     # 5 added counters and slot fields after the ones read here; 6 a shipd slot after
-    # writerd's when the run ships (ship_slot at 96; the five core stages' slots are as before).
-    VERSION = 6
+    # writerd's when the run ships (ship_slot at 96; the five core stages' slots are as before);
+    # 7 the reload counters in the padding before the slots (nothing read here moved).
+    VERSION = 7
     SLOT0, SLOT_BYTES = 128, 256
     KINDS = ["capture", "flowd", "dedupd", "signerd", "writerd", "shipd"]
     STATES = ["not-started", "running", "draining", "done", "failed"]  # StageState
