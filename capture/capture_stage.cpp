@@ -266,12 +266,15 @@ bool CaptureLoop::take(Packet& packet) {
   // A packet flowd cannot decode goes whole (up to the payload cut), so that flowd counts it
   // by the same cause; a decoded one goes as the headers decode() read, which decode the same.
   std::size_t keep = keep_;
+  const bool truncated = packet.bytes.size() < packet.wire_len;  // by the capture, not by us
   if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded_) ==
       packet::DecodeStatus::kOk) {
     keep = std::min<std::size_t>(keep, decoded_.header_bytes);
     if (packet.pass > 0) {
-      std::copy(packet.bytes.begin(), packet.bytes.end(), rewritten_.begin());
-      const std::span<std::uint8_t> copy(rewritten_.data(), packet.bytes.size());
+      // Only the headers go on, and the addresses to rewrite lie in them: copy just those.
+      const std::size_t headers = decoded_.header_bytes;
+      std::copy_n(packet.bytes.begin(), headers, rewritten_.begin());
+      const std::span<std::uint8_t> copy(rewritten_.data(), headers);
       if (rewrite_for_pass(copy, decoded_, packet.pass)) packet.bytes = copy;
     }
     hash = router_.route(decoded_, packet::symmetric_hash(decoded_.key));
@@ -288,7 +291,7 @@ bool CaptureLoop::take(Packet& packet) {
     ++sampled_out_;
     return false;
   }
-  if (packet.bytes.size() < packet.wire_len) ++truncated_;
+  if (truncated) ++truncated_;
   return batcher_.add(shard, packet, hash, keep);
 }
 

@@ -237,6 +237,17 @@ bool produce(RingProducer& producer, std::uint64_t seq, std::size_t size,
   return true;
 }
 
+// The initiator's half of a ping-pong round: waits for the responder's pong `round` and
+// takes it; empty if it came, else what went wrong.
+std::string take_pong(RingConsumer& in, std::uint64_t round) {
+  if (!in.wait(kWakeLimit)) return fmt::format("pong {} never woke the initiator", round);
+  auto frame = in.next();
+  const bool right = frame && seq_of(*frame) == round;
+  in.advance();
+  in.commit();
+  return right ? std::string() : fmt::format("pong {} missing or wrong", round);
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------- one process
@@ -734,14 +745,7 @@ TEST_CASE("a sleeping side is always woken: no wait runs out in a ping-pong acro
     }
     out.publish();
     jitter(mix(round + 7));
-    if (!in.wait(kWakeLimit)) {
-      error = fmt::format("pong {} never woke the initiator", round);
-      break;
-    }
-    auto frame = in.next();
-    if (!frame || seq_of(*frame) != round) error = fmt::format("pong {} missing or wrong", round);
-    in.advance();
-    in.commit();
+    error = take_pong(in, round);
   }
   const int exit_code = responder.reap(kChildLimit);
   INFO(error);
@@ -796,14 +800,7 @@ TEST_CASE("a consumer asleep on several rings is woken by a frame on any of them
       break;
     }
     to.publish();
-    if (!in.wait(kWakeLimit)) {
-      error = fmt::format("pong {} never woke the initiator", round);
-      break;
-    }
-    auto frame = in.next();
-    if (!frame || seq_of(*frame) != round) error = fmt::format("pong {} missing or wrong", round);
-    in.advance();
-    in.commit();
+    error = take_pong(in, round);
   }
   const int exit_code = responder.reap(kChildLimit);
   INFO(error);

@@ -111,7 +111,7 @@ ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv,
 }
 
 ChildProcess::ChildProcess(ChildProcess&& other) noexcept
-    : pid_(std::exchange(other.pid_, -1)), pidfd_(std::exchange(other.pidfd_, -1)) {}
+    : pid_(std::exchange(other.pid_, -1)), pidfd_(std::move(other.pidfd_)) {}
 
 ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
   if (this != &other) {
@@ -119,9 +119,8 @@ ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
       kill(pid_, SIGKILL);
       waitpid(pid_, nullptr, 0);
     }
-    close_pidfd();
     pid_ = std::exchange(other.pid_, -1);
-    pidfd_ = std::exchange(other.pidfd_, -1);
+    pidfd_ = std::move(other.pidfd_);
   }
   return *this;
 }
@@ -131,12 +130,6 @@ ChildProcess::~ChildProcess() {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
   }
-  close_pidfd();
-}
-
-void ChildProcess::close_pidfd() {
-  if (pidfd_ >= 0) ::close(pidfd_);
-  pidfd_ = -1;
 }
 
 std::optional<ExitInfo> ChildProcess::poll() {
@@ -146,7 +139,7 @@ std::optional<ExitInfo> ChildProcess::poll() {
   const pid_t r = wait4(pid_, &status, WNOHANG, &usage);
   if (r != pid_) return std::nullopt;
   pid_ = -1;
-  close_pidfd();
+  pidfd_.reset();
   ExitInfo info;
   info.cpu_seconds = double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
                      double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "unique_fd.h"
+
 namespace flowseal::supervisor {
 
 struct ExitInfo {
@@ -59,16 +61,15 @@ class ChildProcess {
   // A pidfd of the process (pidfd_open(2)): readable once it has ended, so the supervisor
   // sleeps in poll() until a stage exits instead of calling wait4 on every wake. -1 if the
   // kernel has none (before 5.3): then poll() is the only way to tell.
-  int pidfd() const { return pidfd_; }
+  int pidfd() const { return pidfd_.get(); }
   // Non-blocking reap; the exit once the process has ended (then running() is false).
   std::optional<ExitInfo> poll();
   void signal(int signo) const;
 
  private:
   ChildProcess(pid_t pid, int pidfd) : pid_(pid), pidfd_(pidfd) {}
-  void close_pidfd();
   pid_t pid_ = -1;
-  int pidfd_ = -1;
+  UniqueFd pidfd_;
 };
 
 // Whether `credentials` may access `path` with `mode` (access(2) R_OK/W_OK/X_OK), checked

@@ -754,10 +754,7 @@ void Supervision::sleep() {
   const auto now = Clock::now();
   auto tick = std::min(heartbeat_every(config_.supervisor.heartbeat_timeout_ms), stage_beat_);
   // A progress bar on a terminal (a file run, never idle) moves at its own redraw rate.
-  if (show_progress_) {
-    tick = std::min<decltype(tick)>(
-        tick, std::chrono::duration_cast<decltype(tick)>(ProgressBar::kRedrawInterval));
-  }
+  if (show_progress_) tick = std::min(tick, ProgressBar::kRedrawInterval);
   auto next = now + (ready_reported_ ? std::chrono::duration_cast<Clock::duration>(tick)
                                      : std::chrono::duration_cast<Clock::duration>(kStartTick));
   next = std::min(next, last_memory_sample_ + std::chrono::milliseconds(config_.memory.sample_ms));

@@ -5,6 +5,7 @@ cannot run) is refused whole on reload, every reason named, and `status` counts 
 
 Environment: FLOWSEAL (the flowseal binary), FLOWSEAL_TEST_DATA (tests/data).
 """
+import contextlib
 import json
 import os
 import re
@@ -44,16 +45,34 @@ def write_config(path, max_restarts, batch_records):
                     f"  batch_records: {batch_records}\n")
 
 
+@contextlib.contextmanager
+def busy_run(config, out, name):
+    """A run under `config` that is still busy (sample.pcap looped) when the test sends its
+    signals: yields it once every stage is up, then stops it with SIGTERM, and checks that it
+    drains to exit 0 and that its store verifies."""
+    r = Run(["run", "-c", str(config), "-r", os.path.join(DATA, "sample.pcap"), "-o", str(out),
+             "--instance", name, "--loop", "1000000", "--budget", "16"])
+    try:
+        assert r.wait_for_line("ready: every stage is up"), r.text()[-2000:]
+        yield r
+        r.p.send_signal(signal.SIGTERM)
+        code = r.p.wait(TIMEOUT)
+    finally:
+        if r.p.poll() is None:
+            r.p.kill()
+            r.p.wait()
+    assert code == 0, r.text()[-2000:]
+    v = subprocess.run([FLOWSEAL, "verify", str(out)], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
 def test_sighup_reloads_and_the_run_goes_on(run_dir):
     tmp, name = run_dir
     config = tmp / "flowseal.yaml"
     out = tmp / "out"
     write_config(config, 10, 64)
-    # A long input: the run is still busy when the reload comes; it is stopped with SIGTERM.
-    r = Run(["run", "-c", str(config), "-r", os.path.join(DATA, "sample.pcap"), "-o", str(out),
-             "--instance", name, "--loop", "1000000", "--budget", "16"])
-    try:
-        assert r.wait_for_line("ready: every stage is up"), r.text()[-2000:]
+    with busy_run(config, out, name) as r:
         write_config(config, 42, 128)
         r.p.send_signal(signal.SIGHUP)
         assert r.wait_for_line("reload: supervisor.max_restarts: 10 -> 42 (applied)"), r.text()[-2000:]
@@ -64,18 +83,9 @@ def test_sighup_reloads_and_the_run_goes_on(run_dir):
         r.p.send_signal(signal.SIGHUP)
         assert r.wait_for_line("keeping the running configuration"), r.text()[-2000:]
         assert r.p.poll() is None
-        r.p.send_signal(signal.SIGTERM)
-        code = r.p.wait(TIMEOUT)
-    finally:
-        if r.p.poll() is None:
-            r.p.kill()
-            r.p.wait()
-    text = r.text()
-    assert code == 0, text[-2000:]
-    assert "restarts" not in next((l for l in text.splitlines() if l.strip().startswith("stages")), ""), \
+    assert "restarts" not in next((l for l in r.text().splitlines()
+                                   if l.strip().startswith("stages")), ""), \
         "no stage was restarted by the reload"
-    v = subprocess.run([FLOWSEAL, "verify", str(out)], capture_output=True, text=True, timeout=TIMEOUT)
-    assert v.returncode == 0, v.stdout + v.stderr
 
 
 def status(name, *extra):
@@ -92,10 +102,7 @@ def test_a_reload_that_config_check_would_refuse_is_refused_whole(run_dir):
     config = tmp / "flowseal.yaml"
     out = tmp / "out"
     write_config(config, 10, 64)
-    r = Run(["run", "-c", str(config), "-r", os.path.join(DATA, "sample.pcap"), "-o", str(out),
-             "--instance", name, "--loop", "1000000", "--budget", "16"])
-    try:
-        assert r.wait_for_line("ready: every stage is up"), r.text()[-2000:]
+    with busy_run(config, out, name) as r:
         check = subprocess.run([FLOWSEAL, "config", "check", "-c", str(config), "--set",
                                 "memory.budget_mb=16", "--set", "flowd.shards=8", "--set",
                                 "seal.batch_records=100000"], capture_output=True, text=True,
@@ -123,12 +130,3 @@ def test_a_reload_that_config_check_would_refuse_is_refused_whole(run_dir):
         js = status(name, "--json")
         assert js.returncode == 0, js.stdout + js.stderr
         assert json.loads(js.stdout)["reloads"] == {"applied": 1, "refused": 1}, js.stdout
-        r.p.send_signal(signal.SIGTERM)
-        code = r.p.wait(TIMEOUT)
-    finally:
-        if r.p.poll() is None:
-            r.p.kill()
-            r.p.wait()
-    assert code == 0, r.text()[-2000:]
-    v = subprocess.run([FLOWSEAL, "verify", str(out)], capture_output=True, text=True, timeout=TIMEOUT)
-    assert v.returncode == 0, v.stdout + v.stderr
