@@ -98,6 +98,19 @@ void MappedFile::release(std::uint64_t offset) {
   released_ = end;
 }
 
+void MappedFile::populate(std::uint64_t offset) {
+  static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (data_ == nullptr || populated_ >= size_) return;
+  const std::uint64_t from = std::max(populated_, offset / page * page);
+  // Page-aligned, so that the next call starts where this one ended (madvise wants that).
+  const std::uint64_t to =
+      std::min<std::uint64_t>((offset + 2 * kReleaseStep) / page * page, size_);
+  populated_ = to;
+  if (from >= to) return;
+  // A failure (a kernel before 5.14: EINVAL) changes nothing: the pages fault in as read.
+  ::madvise(const_cast<std::uint8_t*>(data_) + from, to - from, MADV_POPULATE_READ);
+}
+
 void MappedFile::unmap() noexcept {
   if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
   data_ = nullptr;
@@ -108,7 +121,8 @@ MappedFile::MappedFile(MappedFile&& other) noexcept
       size_(std::exchange(other.size_, 0)),
       fd_(std::move(other.fd_)),
       drop_cache_(other.drop_cache_),
-      released_(std::exchange(other.released_, 0)) {}
+      released_(std::exchange(other.released_, 0)),
+      populated_(std::exchange(other.populated_, 0)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
@@ -118,6 +132,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     fd_ = std::move(other.fd_);
     drop_cache_ = other.drop_cache_;
     released_ = std::exchange(other.released_, 0);
+    populated_ = std::exchange(other.populated_, 0);
   }
   return *this;
 }
