@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <pcap/pcap.h>
@@ -54,6 +55,29 @@ std::string link_type_name(int link_type) {
   return name != nullptr ? fmt::format("{} ({})", link_type, name) : std::to_string(link_type);
 }
 
+namespace {
+
+// True if every page of the mapping is in the page cache (mincore), checked in chunks and
+// stopping at the first page that is not: cheap for a file that is not cached.
+bool wholly_cached(const std::uint8_t* data, std::size_t size) {
+  static const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  constexpr std::size_t kChunkPages = 16384;
+  std::vector<unsigned char> resident(kChunkPages);
+  for (std::size_t at = 0; at < size; at += kChunkPages * page) {
+    const std::size_t length = std::min(size - at, kChunkPages * page);
+    if (::mincore(const_cast<std::uint8_t*>(data) + at, length, resident.data()) != 0) {
+      return false;
+    }
+    const std::size_t pages = (length + page - 1) / page;
+    for (std::size_t i = 0; i < pages; ++i) {
+      if ((resident[i] & 1) == 0) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 std::optional<MappedFile> MappedFile::open(const std::string& path, std::string& error,
                                            bool drop_cache) {
   UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -76,9 +100,14 @@ std::optional<MappedFile> MappedFile::open(const std::string& path, std::string&
     if (data == MAP_FAILED) {
       error = fmt::format("cannot map: {}", std::strerror(errno));
     } else {
-      ::madvise(data, static_cast<std::size_t>(st.st_size), MADV_SEQUENTIAL);
-      result = MappedFile(static_cast<const std::uint8_t*>(data),
-                          static_cast<std::size_t>(st.st_size), std::move(file), drop_cache);
+      const auto* bytes = static_cast<const std::uint8_t*>(data);
+      const auto size = static_cast<std::size_t>(st.st_size);
+      ::madvise(data, size, MADV_SEQUENTIAL);
+      // A file wholly in the page cache was put there by someone who reads it (a replay of
+      // the same capture, a benchmark): dropping it would make their next read go to disk and
+      // free nobody's charge but theirs. Only what this run brings in is dropped.
+      if (drop_cache && wholly_cached(bytes, size)) drop_cache = false;
+      result = MappedFile(bytes, size, std::move(file), drop_cache);
     }
   }
   return result;

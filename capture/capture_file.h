@@ -53,7 +53,8 @@ class MappedFile {
   static constexpr std::size_t kReleaseStep = std::size_t{4} << 20;
 
   // Maps `path`; on failure returns nullopt and sets `error` (what failed and why).
-  // `drop_cache`: released pages may also leave the page cache (the file is read once).
+  // `drop_cache`: released pages may also leave the page cache (the file is read once),
+  // unless the file is wholly in the page cache when it is opened.
   static std::optional<MappedFile> open(const std::string& path, std::string& error,
                                         bool drop_cache = true);
   MappedFile(MappedFile&& other) noexcept;
@@ -72,6 +73,7 @@ class MappedFile {
     if (offset + kReleaseStep > populated_) populate(offset);
   }
   std::uint64_t released() const { return released_; }
+  bool drops_cache() const { return drop_cache_; }
 
  private:
   MappedFile(const std::uint8_t* data, std::size_t size, UniqueFd fd, bool drop_cache)
@@ -86,7 +88,7 @@ class MappedFile {
   const std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
   UniqueFd fd_;
-  bool drop_cache_ = true;
+  bool drop_cache_ = true;       // after open(): false for a file that was wholly cached
   std::uint64_t released_ = 0;   // page-aligned: bytes before it have been released
   std::uint64_t populated_ = 0;  // bytes before it have been mapped ahead of the reader
 };

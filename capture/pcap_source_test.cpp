@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -249,6 +251,65 @@ TEST_CASE("the pages ahead of the cursor are mapped before the reader touches th
   INFO("minor faults touching 2048 pages already mapped: " << faults << " (sum " << sum << ")");
   // Without the populate call each page (or each fault-around group of 16) faults: 128+.
   CHECK(faults < 16);
+  ::unlink(path.c_str());
+}
+
+// Pages of [data, data + size) in the page cache (mincore).
+std::size_t resident_pages(const std::uint8_t* data, std::size_t size) {
+  std::vector<unsigned char> resident((size + 4095) / 4096);
+  REQUIRE(::mincore(const_cast<std::uint8_t*>(data), size, resident.data()) == 0);
+  return static_cast<std::size_t>(
+      std::count_if(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; }));
+}
+
+// Reads the file's pages from disk into the page cache, or writes them back and evicts them.
+void set_cached(const std::string& path, bool cached) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  ::fdatasync(fd);
+  if (cached) {
+    std::vector<char> buffer(1 << 20);
+    while (::read(fd, buffer.data(), buffer.size()) > 0) {
+    }
+  } else {
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  }
+  ::close(fd);
+}
+
+TEST_CASE("a file read once leaves the page cache behind the cursor; one already cached stays") {
+  constexpr std::uint64_t kFile = std::uint64_t{12} << 20;
+  const std::string path = write_big_pcap(kFile);
+  for (const bool cached : {false, true}) {
+    set_cached(path, cached);
+    std::string error;
+    auto mapped = MappedFile::open(path, error);
+    REQUIRE(mapped);
+    const auto bytes = mapped->bytes();
+    if (!cached && resident_pages(bytes.data(), bytes.size()) > bytes.size() / 4096 / 2) {
+      ::unlink(path.c_str());
+      WARN("not checked: the kernel kept the evicted file in the page cache (tmpfs?)");
+      return;
+    }
+    CHECK(mapped->drops_cache() == !cached);
+    unsigned sum = 0;
+    for (std::uint64_t at = 0; at < bytes.size(); at += 4096) {
+      mapped->release_before(at);
+      sum += bytes[at];
+    }
+    mapped->release_before(bytes.size());
+    const std::size_t released_pages = mapped->released() / 4096;
+    const std::size_t resident = resident_pages(bytes.data(), mapped->released());
+    INFO("cached before: " << cached << ", released pages " << released_pages
+                           << ", of them still in the page cache " << resident << " (sum " << sum
+                           << ")");
+    CHECK(released_pages >= 3000);
+    if (cached) {
+      CHECK(resident == released_pages);
+    } else {
+      CHECK(resident < released_pages / 10);
+    }
+  }
   ::unlink(path.c_str());
 }
 
