@@ -149,6 +149,12 @@ def test_systemd_unit_starts_the_installed_binary(destdir, layout):
     assert exec_start.group(1) == os.path.join(layout["bindir"], "flowseal")
     assert exec_start.group(2) == os.path.join(layout["sysconfdir"], "flowseal", "flowseal.yaml")
     assert "@" not in text, "an unreplaced @VARIABLE@ in the unit"
+    # An error a restart cannot mend (a damaged store: 65, bad config: 78, usage, permission)
+    # ends the unit rather than restart-looping it; transient ones (69, 70, 73-75) restart.
+    prevent = re.search(r"^RestartPreventExitStatus=(.*)$", text, re.M)
+    assert prevent, "the unit restarts on every failure, also on a damaged store or bad config"
+    assert sorted(int(code) for code in prevent.group(1).split()) == [64, 65, 77, 78]
+    assert re.search(r"^Restart=on-failure$", text, re.M)
     if shutil.which("systemd-analyze"):
         # Checks the unit's syntax; the binary path is the one it will have once installed.
         r = sh(["systemd-analyze", "verify", "--man=no", unit])
