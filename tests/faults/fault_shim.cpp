@@ -13,12 +13,19 @@
 //   fsync-eio   fsync/fdatasync fail with EIO
 //   rename-eio  rename/renameat/renameat2 of a matching path fail with EIO
 //   open-enospc creating (O_CREAT) a matching file fails with ENOSPC
+//   ftruncate-eio  ftruncate of a tracked file fails with EIO (cutting a torn frame or a
+//               .part's tail back)
+//   torn-ftruncate a torn write (as `torn`), and then ftruncate fails with EIO: the torn
+//               bytes cannot be cut off (COUNT counts the torn writes; each one's cut fails)
+//   unlink-eio  unlink/unlinkat/remove of a matching path fail with EIO (retention)
 // FLOWSEAL_FAULT_AFTER=N lets the first N matching calls through, FLOWSEAL_FAULT_COUNT=M fails
 // the M calls after them (default 1; -1: all). Counts are per process: a restarted writerd
-// starts again at zero. Each injected fault is appended as a line to FLOWSEAL_FAULT_LOG (if
-// set), so a test can tell that the fault it asked for happened.
-// Both names of each call are defined here (open and open64, ...): glibc's redirection of
-// the first to the second is turned off.
+// starts again at zero, unless FLOWSEAL_FAULT_ONCE=FILE is set: the first process that injects a
+// fault creates FILE, and a process started while FILE exists injects none (a fault that a
+// restarted writerd must get past). Each injected fault is appended as a line to FLOWSEAL_FAULT_LOG
+// (if set), so a test can tell that the fault it asked for happened. Both names of each call are
+// defined here (open and open64, ...): glibc's redirection of the first to the second is turned
+// off.
 #undef _FILE_OFFSET_BITS
 #include <dlfcn.h>
 #include <errno.h>
@@ -35,7 +42,19 @@
 
 namespace {
 
-enum class Fault { kNone, kEnospc, kEio, kShort, kTorn, kFsyncEio, kRenameEio, kOpenEnospc };
+enum class Fault {
+  kNone,
+  kEnospc,
+  kEio,
+  kShort,
+  kTorn,
+  kFsyncEio,
+  kRenameEio,
+  kOpenEnospc,
+  kFtruncateEio,
+  kTornFtruncate,
+  kUnlinkEio,
+};
 
 constexpr int kMaxFds = 4096;
 
@@ -43,10 +62,12 @@ struct State {
   Fault fault = Fault::kNone;
   const char* path = nullptr;
   const char* log = nullptr;
+  const char* once = nullptr;
   long after = 0;
   long count = 1;
   std::atomic<long> calls{0};
   std::atomic<bool> torn_pending{false};
+  std::atomic<bool> cut_pending{false};  // torn-ftruncate: the next ftruncate fails
   std::atomic<bool> tracked[kMaxFds] = {};
 };
 
@@ -61,6 +82,9 @@ Fault parse(const char* name) {
   if (!strcmp(name, "fsync-eio")) return Fault::kFsyncEio;
   if (!strcmp(name, "rename-eio")) return Fault::kRenameEio;
   if (!strcmp(name, "open-enospc")) return Fault::kOpenEnospc;
+  if (!strcmp(name, "ftruncate-eio")) return Fault::kFtruncateEio;
+  if (!strcmp(name, "torn-ftruncate")) return Fault::kTornFtruncate;
+  if (!strcmp(name, "unlink-eio")) return Fault::kUnlinkEio;
   return Fault::kNone;
 }
 
@@ -71,6 +95,8 @@ __attribute__((constructor)) void init() {
   if (!state.path || !*state.path) return;
   state.fault = parse(getenv("FLOWSEAL_FAULT"));
   state.log = getenv("FLOWSEAL_FAULT_LOG");
+  state.once = getenv("FLOWSEAL_FAULT_ONCE");
+  if (state.once && access(state.once, F_OK) == 0) state.fault = Fault::kNone;
   if (const char* a = getenv("FLOWSEAL_FAULT_AFTER")) state.after = atol(a);
   if (const char* c = getenv("FLOWSEAL_FAULT_COUNT")) state.count = atol(c);
 }
@@ -90,8 +116,12 @@ bool hit() {
 }
 
 void note(const char* call, int fd, const char* what) {
-  if (!state.log) return;
   static auto real_open = next<int (*)(const char*, int, ...)>("open");
+  if (state.once) {
+    const int marker = real_open(state.once, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (marker >= 0) close(marker);
+  }
+  if (!state.log) return;
   static auto real_write = next<ssize_t (*)(int, const void*, size_t)>("write");
   char line[256];
   const int n = snprintf(line, sizeof line, "pid %d: %s fd %d: %s\n", getpid(), call, fd, what);
@@ -119,11 +149,15 @@ int write_fault(const char* call, int fd, size_t* size) {
       return -1;
     case Fault::kShort:
     case Fault::kTorn:
+    case Fault::kTornFtruncate: {
       if (*size < 2 || !hit()) return 0;
       *size /= 2;
-      note(call, fd, state.fault == Fault::kTorn ? "torn (half written)" : "short (half written)");
-      if (state.fault == Fault::kTorn) state.torn_pending = true;
+      const bool torn = state.fault != Fault::kShort;
+      note(call, fd, torn ? "torn (half written)" : "short (half written)");
+      if (torn) state.torn_pending = true;
+      if (state.fault == Fault::kTornFtruncate) state.cut_pending = true;
       return 0;
+    }
     default: return 0;
   }
 }
@@ -245,6 +279,54 @@ int fdatasync(int fd) {
     return -1;
   }
   return real(fd);
+}
+
+static bool ftruncate_fault(int fd) {
+  if (!tracked(fd)) return false;
+  const bool fails = state.fault == Fault::kFtruncateEio    ? hit()
+                     : state.fault == Fault::kTornFtruncate ? state.cut_pending.exchange(false)
+                                                            : false;
+  if (!fails) return false;
+  note("ftruncate", fd, "EIO");
+  errno = EIO;
+  return true;
+}
+
+int ftruncate(int fd, off_t length) {
+  static auto real = next<int (*)(int, off_t)>("ftruncate");
+  if (ftruncate_fault(fd)) return -1;
+  return real(fd, length);
+}
+
+int ftruncate64(int fd, off_t length) {
+  static auto real = next<int (*)(int, off_t)>("ftruncate64");
+  if (ftruncate_fault(fd)) return -1;
+  return real(fd, length);
+}
+
+static bool unlink_fault(const char* call, const char* path) {
+  if (state.fault != Fault::kUnlinkEio || !matches(path) || !hit()) return false;
+  note(call, -1, "EIO");
+  errno = EIO;
+  return true;
+}
+
+int unlink(const char* path) {
+  static auto real = next<int (*)(const char*)>("unlink");
+  if (unlink_fault("unlink", path)) return -1;
+  return real(path);
+}
+
+int unlinkat(int dir, const char* path, int flags) {
+  static auto real = next<int (*)(int, const char*, int)>("unlinkat");
+  if (unlink_fault("unlinkat", path)) return -1;
+  return real(dir, path, flags);
+}
+
+int remove(const char* path) {
+  static auto real = next<int (*)(const char*)>("remove");
+  if (unlink_fault("remove", path)) return -1;
+  return real(path);
 }
 
 static bool rename_fault(const char* call, const char* from, const char* to) {

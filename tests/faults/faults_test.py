@@ -5,7 +5,8 @@ FLOWSEAL_FAULT_SHIM names the shim. Each test runs `flowseal run` over a capture
 preloaded (the supervisor passes its environment to the stages; the shim acts only in
 flowseal-writerd and only on files under the run's output directory), makes one kind of call
 fail a few times (ENOSPC, EIO, a short write, a write torn by a full disk, a failing fsync, a
-failing rename, a failing create), and checks what issue 13 asks for each fault:
+failing rename, a failing create, a failing ftruncate at a torn frame and at start-up's cut of a
+.part, a failing retention delete), and checks what issue 13 asks for each fault:
   - no crash: the run exits 0 and writerd is never restarted;
   - a clear log line naming the file and the error;
   - nothing already durable lost: the store holds exactly the events of an undisturbed run;
@@ -16,6 +17,7 @@ fault really happened.
 """
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -217,3 +219,82 @@ def test_a_failing_fsync_names_the_batches_it_may_cost(flowseal, data_dir, shim,
     check_survived(flowseal, calm, r, injected, out,
                    [f"{segment_part(out)}: fsync failed: Input/output error (batches 0..",
                     "stored since the last good fsync, may not be on disk"])
+
+
+def test_a_torn_frame_that_cannot_be_cut_off_is_overwritten_by_its_retry(
+        flowseal, data_dir, shim, tmp_path, instance, calm):
+    # Half a frame reaches the file, the disk is full, and the ftruncate that would cut the
+    # torn half off fails too. The retry writes the same batch at the same offset, over it.
+    r, injected, out = faulty_run(flowseal, data_dir, shim, tmp_path, instance("torncut"),
+                                  "torn-ftruncate", after=5, count=1)
+    assert any("ftruncate" in line and "EIO" in line for line in injected), injected
+    check_survived(flowseal, calm, r, injected, out,
+                   [f"{segment_part(out)}: write at offset", "No space left on device",
+                    "and cutting back to offset"])
+
+
+def test_a_part_that_cannot_be_cut_back_at_recovery_is_retried_by_the_restarted_writerd(
+        flowseal, data_dir, shim, tmp_path, instance, calm):
+    # A first run leaves a store; its segment, made a .part again with garbage after its last
+    # frame, is what a writerd killed mid-frame leaves. The second run's writerd must cut the
+    # garbage off before it appends; that ftruncate fails once: writerd says so naming the file
+    # and exits, the supervisor restarts it, the second writerd cuts and goes on.
+    out = str(tmp_path / "out")
+    r = flowseal_run(flowseal, data_dir, out, instance("recover1"))
+    assert r.returncode == 0, r.stderr[-1500:]
+    segments = sorted(f for f in os.listdir(out) if f.startswith("seg-"))
+    assert len(segments) == 1, segments
+    first_run = sorted(event_ids(flowseal, out))
+    assert first_run == calm
+    # Frames, then the index a close appends: cutting at the last frame's end drops the index;
+    # 100 bytes of garbage stand for a torn frame.
+    closed = os.path.join(out, segments[0])
+    part = closed + ".part"
+    os.rename(closed, part)
+    with open(part, "ab") as f:
+        f.write(b"\xA5" * 100)
+    log = str(tmp_path / "faults.log")
+    env = {"LD_PRELOAD": shim, "FLOWSEAL_FAULT": "ftruncate-eio", "FLOWSEAL_FAULT_PATH": out,
+           "FLOWSEAL_FAULT_AFTER": "0", "FLOWSEAL_FAULT_COUNT": "1", "FLOWSEAL_FAULT_LOG": log,
+           "FLOWSEAL_FAULT_ONCE": str(tmp_path / "faulted")}  # the restarted writerd: none
+    r = flowseal_run(flowseal, data_dir, out, instance("recover2"), env)
+    injected = open(log).read().splitlines() if os.path.exists(log) else []
+    text = r.stderr + r.stdout
+    assert any("ftruncate" in line for line in injected), injected
+    assert r.returncode == 0, f"the second run completes: {text[-2500:]}"
+    assert f"{part}: cannot cut back to offset" in text and "Input/output error" in text, \
+        f"writerd names the .part it could not cut back: {text[-2500:]}"
+    assert "accounting received = processed + sampled out + dropped: yes" in text, text[-1500:]
+    v = subprocess.run([flowseal, "verify", out], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert v.returncode == 0, f"both runs' batches verify as one chain: {v.stdout}{v.stderr}"
+    # The second run stores the same flows again (same uids: cat shows an event id once).
+    assert re.search(rf"^records:\s+{2 * len(calm)}$", v.stdout, re.M), v.stdout
+    assert sorted(event_ids(flowseal, out)) == calm
+
+
+def test_a_failing_retention_delete_is_named_and_tried_again(flowseal, data_dir, shim,
+                                                             tmp_path, instance,
+                                                             tmp_path_factory):
+    # 40 passes in 1 MiB segments with a 1 MiB disk limit: retention deletes the oldest
+    # segment as new ones close. The first deletion fails: it is named, the run goes on, a
+    # later pass deletes it, and what is kept verifies (the chain starting at a later batch).
+    loop = ["capture.loop=40", "writer.segment_max_mb=1", "seal.batch_records=256",
+            "writer.retention_max_mb=1"]
+    out = str(tmp_path / "out")
+    log = str(tmp_path / "faults.log")
+    env = {"LD_PRELOAD": shim, "FLOWSEAL_FAULT": "unlink-eio", "FLOWSEAL_FAULT_PATH": out,
+           "FLOWSEAL_FAULT_AFTER": "0", "FLOWSEAL_FAULT_COUNT": "1", "FLOWSEAL_FAULT_LOG": log}
+    r = flowseal_run(flowseal, data_dir, out, instance("retention"), env, extra=loop)
+    injected = open(log).read().splitlines() if os.path.exists(log) else []
+    text = r.stderr + r.stdout
+    assert injected, "the shim failed a deletion"
+    assert r.returncode == 0, f"the run completes: {text[-2500:]}"
+    assert "writerd ended" not in text, text[-2000:]
+    assert "retention: " in text and "cannot delete: Input/output error" in text, text[-2500:]
+    oldest = "seg-00000000000000000000.fsg"
+    assert oldest not in os.listdir(out), \
+        f"the segment whose deletion failed is deleted later: {sorted(os.listdir(out))}"
+    v = subprocess.run([flowseal, "verify", out], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert v.returncode == 0, f"what retention kept verifies: {v.stdout}{v.stderr}"
