@@ -62,7 +62,7 @@ namespace {
 bool wholly_cached(const std::uint8_t* data, std::size_t size) {
   static const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   constexpr std::size_t kChunkPages = 16384;
-  std::vector<unsigned char> resident(kChunkPages);
+  std::vector<unsigned char> resident(std::min(kChunkPages, (size + page - 1) / page));
   for (std::size_t at = 0; at < size; at += kChunkPages * page) {
     const std::size_t length = std::min(size - at, kChunkPages * page);
     if (::mincore(const_cast<std::uint8_t*>(data) + at, length, resident.data()) != 0) {

@@ -70,7 +70,7 @@ class MappedFile {
   // ahead of the cursor in one call (cheap to call per record).
   void release_before(std::uint64_t offset) {
     if (offset >= released_ + kReleaseStep) release(offset);
-    if (offset + kReleaseStep > populated_) populate(offset);
+    if (populated_ < size_ && offset + kReleaseStep > populated_) populate(offset);
   }
   std::uint64_t released() const { return released_; }
   bool drops_cache() const { return drop_cache_; }

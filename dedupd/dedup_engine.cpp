@@ -132,7 +132,7 @@ void DedupEngine::on_start(schema::FlowEvent::Reader event, std::uint32_t source
     erase_flow(it);
   }
   Flow& flow = new_flow(event.getUid());
-  flow.held_start = canonical_copy(event);
+  flow.held_start = canonical_copy(event, &flow.held_direct);
   flow.source = source;
   ++held_[source];
   ++held_starts_;
@@ -328,10 +328,11 @@ void DedupEngine::emit_summary(const GroupKey& key, Group& group) {
 
 void DedupEngine::release_start(Flow& flow) {
   if (flow.held_start == nullptr) return;
-  const auto start = capnp::readMessageUnchecked<schema::FlowEvent>(flow.held_start.begin());
   --held_[flow.source];
   --held_starts_;
-  pass(start);
+  ++stats_.records_out;
+  // Canonical already: the sink need not traverse it again (pass() would hand it a reader).
+  sink_.emit_canonical(flow.held_start.asPtr(), flow.held_direct);
   flow.held_start = nullptr;
 }
 

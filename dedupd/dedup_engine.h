@@ -61,6 +61,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <capnp/message.h>
 #include <kj/array.h>
 
 #include "config.h"
@@ -92,6 +93,13 @@ class DedupSink {
  public:
   virtual ~DedupSink() = default;
   virtual void emit(schema::FlowEvent::Reader event) = 0;
+  // A record the engine kept as its canonical form (a held start: record_buffer.h
+  // canonical_copy(); `direct`: written by seal::append_canonical()). A sink that keeps
+  // canonical bytes itself can take them as they are; by default, emit() of a reader on them.
+  virtual void emit_canonical(kj::ArrayPtr<const capnp::word> canonical, bool direct) {
+    (void)direct;
+    emit(capnp::readMessageUnchecked<schema::FlowEvent>(canonical.begin()));
+  }
 };
 
 struct DedupStats {
@@ -180,6 +188,7 @@ class DedupEngine {
   };
   struct Flow {
     kj::Array<capnp::word> held_start;  // canonical start record while held
+    bool held_direct = false;           // held_start written by seal::append_canonical()
     std::uint32_t source = 0;           // where the held start came from
     std::int64_t hold_until_ns = 0;
     std::int64_t reported_ns = 0;  // lastTs of the last passed record

@@ -10,12 +10,11 @@
 
 #include "capnp_frame.h"
 #include "dedup_engine.h"
+#include "frame_sink.h"
 #include "flowseal.capnp.h"
 #include "frame_loop.h"
 #include "layout.h"
 #include "pressure_level.h"
-#include "record_buffer.h"
-#include "ring_message.h"
 #include "ring_io.h"
 #include "record_list.h"
 
@@ -24,48 +23,11 @@ namespace {
 
 namespace rc = record_counter;
 
-// Output frames carry at most this many events (~80 KiB): below the frame limit of the
-// smallest event ring (a quarter of 1 MiB).
-constexpr std::size_t kEventsPerFrame = 256;
-
 std::vector<std::string> input_edges(std::size_t shards) {
   std::vector<std::string> edges;
   for (std::size_t s = 0; s < shards; ++s) edges.push_back(flow_edge(s));
   return edges;
 }
-
-// Collects what the engine emits (copied at once: the engine's readers are short-lived) and
-// writes it out as FlowEventBatch frames.
-class FrameSink final : public DedupSink {
- public:
-  explicit FrameSink(RingProducer& producer, std::function<bool()> give_up)
-      : producer_(producer), give_up_(std::move(give_up)) {}
-
-  void emit(schema::FlowEvent::Reader event) override { pending_.add(event); }
-
-  // Writes and publishes everything emitted so far; returns how many records went out.
-  std::size_t publish() {
-    const std::size_t total = pending_.size();
-    for (std::size_t at = 0; at < total; at += kEventsPerFrame) {
-      const std::size_t n = std::min(kEventsPerFrame, total - at);
-      // Built in its ring frame at its exact size (ring_message.h: no heap segment zeroed
-      // and copied into the ring).
-      RingMessageBuilder message(producer_, pending_.words(at, n));
-      pending_.build(at, n, message);
-      if (!message.write(give_up_)) {
-        throw std::runtime_error("a FlowEventBatch exceeds the output ring's frame limit");
-      }
-    }
-    if (total > 0) producer_.publish();
-    pending_.clear();
-    return total;
-  }
-
- private:
-  RingProducer& producer_;
-  std::function<bool()> give_up_;
-  RecordBuffer pending_;
-};
 
 int pass_through(StageRuntime& runtime, FrameLoop& loop, RingOutput& output,
                  const std::function<bool()>& never) {

@@ -28,10 +28,12 @@ void append_words(kj::ArrayPtr<const capnp::word> words, std::vector<capnp::word
 
 }  // namespace
 
-kj::Array<capnp::word> canonical_copy(schema::FlowEvent::Reader record) {
+kj::Array<capnp::word> canonical_copy(schema::FlowEvent::Reader record, bool* direct) {
   thread_local std::vector<capnp::word> scratch;
   scratch.clear();
-  if (!try_append_canonical(record, scratch)) return capnp::canonicalize(record);
+  const bool written = try_append_canonical(record, scratch);
+  if (direct != nullptr) *direct = written;
+  if (!written) return capnp::canonicalize(record);
   auto out = kj::heapArray<capnp::word>(scratch.size());
   std::memcpy(out.begin(), scratch.data(), scratch.size() * sizeof(capnp::word));
   return out;
@@ -45,6 +47,14 @@ void RecordBuffer::add(schema::FlowEvent::Reader record) {
   direct_.push_back(direct ? 1 : 0);
   // capnp's general copy of a canonical form adds at most the form's own words.
   extra_.push_back(direct ? seal::copied_words(words_.data() + start) : words_.size() - start);
+}
+
+void RecordBuffer::add_canonical(kj::ArrayPtr<const capnp::word> canonical, bool direct) {
+  const std::size_t start = words_.size();
+  append_words(canonical, words_);
+  offsets_.push_back(start);
+  direct_.push_back(direct ? 1 : 0);
+  extra_.push_back(direct ? seal::copied_words(words_.data() + start) : canonical.size());
 }
 
 std::size_t RecordBuffer::words(std::size_t at, std::size_t n) const {

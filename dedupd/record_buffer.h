@@ -27,12 +27,16 @@
 namespace flowseal::dedupd {
 
 // The canonical form of `record` (exactly capnp::canonicalize()'s bytes), built without
-// capnp's general path where seal::append_canonical() covers the record.
-kj::Array<capnp::word> canonical_copy(schema::FlowEvent::Reader record);
+// capnp's general path where seal::append_canonical() covers the record (then `*direct`,
+// if given, is set: what RecordBuffer::add_canonical() needs to know).
+kj::Array<capnp::word> canonical_copy(schema::FlowEvent::Reader record, bool* direct = nullptr);
 
 class RecordBuffer {
  public:
   void add(schema::FlowEvent::Reader record);
+  // Adds a record given as canonical_copy()'s output, without traversing it again. ONLY for
+  // canonical_copy()'s output (`direct` as it set it): nothing in it is checked.
+  void add_canonical(kj::ArrayPtr<const capnp::word> canonical, bool direct);
   std::size_t size() const { return offsets_.size(); }
   // The words of the message build(at, n, ...) makes: exact when every record took the
   // direct path, an upper bound otherwise (a builder's first segment of this size holds it).

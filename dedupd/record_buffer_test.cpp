@@ -160,3 +160,33 @@ TEST_CASE("canonical_copy is capnp::canonicalize's form, direct or not") {
     CHECK(same({copy.begin(), copy.end()}, canonical(record)));
   }
 }
+
+TEST_CASE("a record added as canonical_copy's form builds as the record itself would") {
+  capnp::MallocMessageBuilder input;
+  auto list = input.initRoot<schema::FlowEventBatch>().initEvents(15);
+  fill(list);
+  const auto records = list.asReader();
+  RecordBuffer from_readers, from_copies;
+  std::vector<kj::Array<capnp::word>> copies;
+  unsigned direct_count = 0;
+  for (const auto record : records) {
+    from_readers.add(record);
+    bool direct = false;
+    copies.push_back(canonical_copy(record, &direct));
+    direct_count += direct ? 1 : 0;
+    from_copies.add_canonical(copies.back().asPtr(), direct);
+  }
+  CHECK(direct_count == 6);  // the two of flowd's shape in every five
+  REQUIRE(from_copies.size() == records.size());
+  CHECK(from_copies.words(0, records.size()) == from_readers.words(0, records.size()));
+  capnp::MallocMessageBuilder a, b;
+  from_readers.build(0, records.size(), a);
+  from_copies.build(0, records.size(), b);
+  const auto x = a.getRoot<schema::FlowEventBatch>().asReader().getEvents();
+  const auto y = b.getRoot<schema::FlowEventBatch>().asReader().getEvents();
+  REQUIRE(x.size() == y.size());
+  for (unsigned i = 0; i < x.size(); ++i) {
+    INFO("record " << i);
+    CHECK(same(canonical(x[i]), canonical(y[i])));
+  }
+}

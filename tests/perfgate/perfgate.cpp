@@ -46,7 +46,7 @@
 #include "capnp_frame.h"
 #include "config.h"
 #include "dedup_engine.h"
-#include "record_buffer.h"
+#include "frame_sink.h"
 #include "event_encode.h"
 #include "flow_table.h"
 #include "flowseal.capnp.h"
@@ -262,31 +262,8 @@ std::uint64_t run_flowd(RingConsumer& in, RingProducer& out, FlowdState& state) 
 
 // ---- dedupd -----------------------------------------------------------------------------------
 
-// As in dedup_stage.cpp's FrameSink.
-class DedupFrames final : public dedupd::DedupSink {
- public:
-  explicit DedupFrames(RingProducer& out) : out_(out) {}
-  void emit(schema::FlowEvent::Reader event) override { pending_.add(event); }
-  void publish() {
-    const std::size_t total = pending_.size();
-    for (std::size_t at = 0; at < total; at += kEventsPerFrame) {
-      const std::size_t n = std::min(kEventsPerFrame, total - at);
-      RingMessageBuilder message(out_, pending_.words(at, n));
-      pending_.build(at, n, message);
-      if (!message.write(kRingFull)) throw std::runtime_error("frame too large");
-    }
-    if (total > 0) out_.publish();
-    pending_.clear();
-  }
-
- private:
-  static constexpr std::size_t kEventsPerFrame = 256;
-  RingProducer& out_;
-  dedupd::RecordBuffer pending_;
-};
-
 std::uint64_t run_dedupd(RingConsumer& in, RingProducer& out) {
-  DedupFrames sink(out);
+  dedupd::FrameSink sink(out, kRingFull);
   dedupd::DedupEngine engine(dedupd::DedupOptions::from_config(Config{}), sink);
   std::uint64_t records = 0;
   // As in dedup_stage.cpp's loop (one input; no pressure, no idle flush).
