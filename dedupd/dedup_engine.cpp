@@ -105,8 +105,9 @@ bool DedupEngine::holds_any() const {
 }
 
 void DedupEngine::on_event(schema::FlowEvent::Reader event, std::uint32_t source) {
-  // Traverses every pointer once: a malformed record throws here, before any state changes.
-  (void)event.totalSize();
+  // The record's canonical form, which the engine passes on or holds as it is: writing it
+  // traverses every pointer once, so a malformed record throws here, before any state changes.
+  current_direct_ = canonical_into(event, current_);
   source = std::min(source, kMaxSources - 1);
   ++stats_.records_in;
   now_ns_ = std::max({now_ns_, event.getFirstTsNs(), event.getLastTsNs()});
@@ -114,7 +115,7 @@ void DedupEngine::on_event(schema::FlowEvent::Reader event, std::uint32_t source
     case schema::EventKind::START: on_start(event, source); break;
     case schema::EventKind::UPDATE: on_update(event); break;
     case schema::EventKind::END: on_end(event, source); break;
-    default: pass(event); break;  // a summary from upstream, or a kind added later
+    default: pass_current(); break;  // a summary from upstream, or a kind added later
   }
   fire_timers();
 }
@@ -122,6 +123,11 @@ void DedupEngine::on_event(schema::FlowEvent::Reader event, std::uint32_t source
 void DedupEngine::pass(schema::FlowEvent::Reader event) {
   ++stats_.records_out;
   sink_.emit(event);
+}
+
+void DedupEngine::pass_current() {
+  ++stats_.records_out;
+  sink_.emit_canonical({current_.data(), current_.size()}, current_direct_);
 }
 
 void DedupEngine::on_start(schema::FlowEvent::Reader event, std::uint32_t source) {
@@ -132,7 +138,8 @@ void DedupEngine::on_start(schema::FlowEvent::Reader event, std::uint32_t source
     erase_flow(it);
   }
   Flow& flow = new_flow(event.getUid());
-  flow.held_start = canonical_copy(event, &flow.held_direct);
+  flow.held_start = kj::heapArray<capnp::word>(current_.data(), current_.size());
+  flow.held_direct = current_direct_;
   flow.source = source;
   ++held_[source];
   ++held_starts_;
@@ -149,7 +156,7 @@ void DedupEngine::on_update(schema::FlowEvent::Reader event) {
   auto it = flows_.find(event.getUid());
   if (it == flows_.end()) {
     // No state (evicted, or a restarted dedupd): pass it, and remember it from here on.
-    pass(event);
+    pass_current();
     Flow& flow = new_flow(event.getUid());
     flow.reported_ns = flow.seen_ns = event.getLastTsNs();
     flow.seen_bytes = ip_bytes(event);
@@ -179,7 +186,7 @@ void DedupEngine::on_update(schema::FlowEvent::Reader event) {
     flow.reported_ns = last;
     if (rate >= 0) flow.reported_rate = rate;
     flow.conn_state = short_text(event.getConnState());
-    pass(event);
+    pass_current();
   } else {
     ++stats_.updates_suppressed;
   }
@@ -194,7 +201,7 @@ void DedupEngine::on_end(schema::FlowEvent::Reader event, std::uint32_t source) 
       release_start(it->second);
       erase_flow(it);
     }
-    pass(event);
+    pass_current();
     return;
   }
   touch(it->second);
@@ -223,7 +230,7 @@ void DedupEngine::on_end(schema::FlowEvent::Reader event, std::uint32_t source) 
       release_start(it->second);
       erase_flow(it);
     }
-    pass(event);
+    pass_current();
     return;
   }
   Flow& flow = it->second;

@@ -212,6 +212,8 @@ class DedupEngine {
   void on_update(schema::FlowEvent::Reader event);
   void on_end(schema::FlowEvent::Reader event, std::uint32_t source);
   void pass(schema::FlowEvent::Reader event);
+  // Passes the record on_event() is at, as the canonical form it wrote of it.
+  void pass_current();
   void release_start(Flow& flow);
   void emit_summary(const GroupKey& key, Group& group);
   void fold(Group& group, schema::FlowEvent::Reader end, std::uint32_t source);
@@ -241,6 +243,9 @@ class DedupEngine {
   // Deadlines in arrival order (nearly time order); stale ones are skipped when they come up.
   std::deque<FlowTimer> flow_timers_;
   std::deque<GroupTimer> group_timers_;
+  // The canonical form of the record on_event() is at (record_buffer.h canonical_into()).
+  std::vector<capnp::word> current_;
+  bool current_direct_ = false;
 };
 
 }  // namespace flowseal::dedupd

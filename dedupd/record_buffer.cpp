@@ -39,6 +39,13 @@ kj::Array<capnp::word> canonical_copy(schema::FlowEvent::Reader record, bool* di
   return out;
 }
 
+bool canonical_into(schema::FlowEvent::Reader record, std::vector<capnp::word>& out) {
+  out.clear();
+  if (try_append_canonical(record, out)) return true;
+  append_words(capnp::canonicalize(record), out);
+  return false;
+}
+
 void RecordBuffer::add(schema::FlowEvent::Reader record) {
   const std::size_t start = words_.size();
   const bool direct = try_append_canonical(record, words_);

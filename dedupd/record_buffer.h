@@ -30,6 +30,9 @@ namespace flowseal::dedupd {
 // capnp's general path where seal::append_canonical() covers the record (then `*direct`,
 // if given, is set: what RecordBuffer::add_canonical() needs to know).
 kj::Array<capnp::word> canonical_copy(schema::FlowEvent::Reader record, bool* direct = nullptr);
+// The same form written into `out` (cleared first); returns whether append_canonical() wrote
+// it (`direct`). Throws kj::Exception for a malformed record, having traversed all of it.
+bool canonical_into(schema::FlowEvent::Reader record, std::vector<capnp::word>& out);
 
 class RecordBuffer {
  public:
