@@ -30,8 +30,11 @@ void Publisher::on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* error, 
                           ? std::string(error->ErrText)
                           : std::string(natsStatus_GetText(error->Err));
     }
-    std::lock_guard lock(shared->mutex);
-    shared->outcomes.push_back(std::move(outcome));
+    {
+      std::lock_guard lock(shared->mutex);
+      shared->outcomes.push_back(std::move(outcome));
+    }
+    shared->arrived.notify_one();
   }
   natsMsg_Destroy(msg);
 }
@@ -121,6 +124,11 @@ void Publisher::take_outcomes(std::vector<PublishOutcome>& out) {
   std::lock_guard lock(shared_->mutex);
   for (auto& outcome : shared_->outcomes) out.push_back(std::move(outcome));
   shared_->outcomes.clear();
+}
+
+void Publisher::wait_for_outcomes(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(shared_->mutex);
+  shared_->arrived.wait_for(lock, timeout, [&] { return !shared_->outcomes.empty(); });
 }
 
 void Publisher::abandon_pending() {

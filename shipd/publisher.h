@@ -10,6 +10,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -52,6 +53,8 @@ class Publisher {
   bool publish(const StoredFrame& frame, const std::string& public_key_hex, std::string& why);
   // Moves the outcomes that arrived since the last call into `out` (appended).
   void take_outcomes(std::vector<PublishOutcome>& out);
+  // Waits until an outcome is there to take, at most `timeout`.
+  void wait_for_outcomes(std::chrono::milliseconds timeout);
   // Forgets every publish still waiting for its ack (they will be re-sent from the store).
   void abandon_pending();
   // Closes the connection (a reconnect starts over with connect()).
@@ -60,6 +63,7 @@ class Publisher {
  private:
   struct Shared {
     std::mutex mutex;
+    std::condition_variable arrived;
     std::vector<PublishOutcome> outcomes;
   };
   static void on_ack(jsCtx* js, natsMsg* msg, jsPubAck* ack, jsPubAckErr* error, void* closure);

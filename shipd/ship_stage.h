@@ -8,7 +8,9 @@
 // While the Core is away, slow or refusing us, nothing upstream waits: the store is the
 // buffer, the lag grows, and every refused connect is logged with its cause, counted and
 // retried with capped exponential backoff. A failed or timed-out publish rewinds to the first
-// unacked batch.
+// unacked batch and re-sends from there after a back-off (50 ms doubling up to the ack wait),
+// one batch at a time until an ack moves the position: a full stream that refuses every
+// publish at once costs a publish per back-off, not a spin.
 #pragma once
 
 #include <chrono>

@@ -61,7 +61,9 @@ class NatsServer:
     """nats-server with JetStream (file store under `directory`) and, with a Pki, TLS that
     verifies client certificates. Same port and store across restart()."""
 
-    def __init__(self, directory, pki=None, port=None):
+    def __init__(self, directory, pki=None, port=None, cluster=None):
+        """cluster: (server name, cluster name, route port, [route ports of every node]) makes
+        this node one of a JetStream cluster (routes in plaintext on loopback)."""
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
         self.pki = pki
@@ -70,6 +72,12 @@ class NatsServer:
         self.conf = os.path.join(directory, "nats.conf")
         lines = [f"listen: 127.0.0.1:{self.port}",
                  f'jetstream {{ store_dir: "{os.path.join(directory, "js")}" }}']
+        if cluster is not None:
+            name, cluster_name, route_port, route_ports = cluster
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in route_ports)
+            lines += [f"server_name: {name}",
+                      f"cluster {{ name: {cluster_name}, listen: 127.0.0.1:{route_port}, "
+                      f"routes: [ {routes} ] }}"]
         if pki is not None:
             cert, key = pki.issue("localhost", server=True)
             lines.append(f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{pki.ca}", '
@@ -181,6 +189,115 @@ class SlowProxy:
     def close(self):
         self.closed = True
         self.listener.close()
+
+
+class NatsCluster:
+    """Three (or `size`) JetStream nodes on loopback, one cluster, each with its own port,
+    route port and store dir; every node's client port speaks mutual TLS with `pki`."""
+
+    def __init__(self, directory, pki, size=3, name="flowseal-core"):
+        route_ports = [free_port() for _ in range(size)]
+        self.nodes = [NatsServer(os.path.join(directory, f"n{i + 1}"), pki,
+                                 cluster=(f"n{i + 1}", name, route_ports[i], route_ports))
+                      for i in range(size)]
+
+    def start(self):
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def node(self, name):
+        return next(n for n in self.nodes if n.dir.endswith(os.sep + name))
+
+    def kill(self):
+        for node in self.nodes:
+            node.kill()
+
+
+class JsApi:
+    """A few JetStream API requests ($JS.API.*) over a plain NATS connection with mutual TLS:
+    what the `nats` CLI would do (Debian has no package of it). Replies are JSON; a reply
+    with "error" raises JsApiError."""
+
+    def __init__(self, port, pki, cert, key, timeout=10):
+        import json
+        import ssl
+        self.json = json
+        context = ssl.create_default_context(cafile=pki.ca)
+        context.load_cert_chain(cert, key)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        info = b""
+        while not info.endswith(b"\r\n"):
+            chunk = raw.recv(1)
+            if not chunk:
+                raise ConnectionError(f"port {port} closed before INFO")
+            info += chunk
+        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        self.buf = b""
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":false,'
+                          b'"tls_required":true}\r\nSUB _INBOX.jsapi 1\r\n')
+        self.sock.sendall(b"PING\r\n")
+        while self._line() != b"PONG":
+            pass
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"server closed: {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        if line.startswith(b"-ERR"):
+            raise ConnectionError(line.decode())
+        if line == b"PING":
+            self.sock.sendall(b"PONG\r\n")
+            return self._line()
+        return line
+
+    def _payload(self, size):
+        while len(self.buf) < size + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed mid-message")
+            self.buf += chunk
+        data, self.buf = self.buf[:size], self.buf[size + 2:]
+        return data
+
+    def request(self, subject, body=None):
+        data = b"" if body is None else self.json.dumps(body).encode()
+        self.sock.sendall(f"PUB {subject} _INBOX.jsapi {len(data)}\r\n".encode() + data +
+                          b"\r\n")
+        while True:
+            line = self._line()
+            if line.startswith(b"MSG "):
+                reply = self.json.loads(self._payload(int(line.split()[-1])))
+                if "error" in reply:
+                    raise JsApiError(subject, reply["error"])
+                return reply
+
+    def stream_create(self, config):
+        return self.request(f"$JS.API.STREAM.CREATE.{config['name']}", config)
+
+    def stream_update(self, config):
+        return self.request(f"$JS.API.STREAM.UPDATE.{config['name']}", config)
+
+    def stream_info(self, name):
+        return self.request(f"$JS.API.STREAM.INFO.{name}")
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class JsApiError(Exception):
+    def __init__(self, subject, error):
+        super().__init__(f"{subject}: {error}")
+        self.error = error
 
 
 def tls_settings(pki, cert, key, url):
