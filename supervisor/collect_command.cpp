@@ -353,9 +353,17 @@ ship::ConnectSettings connect_settings(const CollectOptions& options) {
   return settings;
 }
 
+// A JetStream request that a Core in the middle of an election answers late or not at all (a
+// cluster node just died: the stream's or the consumer's group elects a new leader): worth
+// asking again rather than exiting 69.
+bool transient(natsStatus s, jsErrCode code) {
+  return s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS || code == JSClusterNotAvailErr ||
+         code == JSClusterNoPeersErr;
+}
+
 // Binds to the stream, or creates it as shipd would (collect may start first). False (logged)
-// if neither works.
-bool bind_stream(jsCtx* js, const CollectOptions& options) {
+// if neither works; `retry` says the failure may pass (transient()).
+bool bind_stream(jsCtx* js, const CollectOptions& options, bool& retry) {
   jsStreamInfo* info = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
   natsStatus s = js_GetStreamInfo(&info, js, options.stream.c_str(), nullptr, &code);
@@ -372,14 +380,16 @@ bool bind_stream(jsCtx* js, const CollectOptions& options) {
   }
   if (info != nullptr) jsStreamInfo_Destroy(info);
   if (s != NATS_OK) {
+    retry = transient(s, code);
     spdlog::error("collect: stream {}: {}", options.stream, ship::nats_error(s));
     return false;
   }
   return true;
 }
 
-// The durable pull consumer of every probe's batches; nullptr (logged) if the server refuses.
-natsSubscription* subscribe(jsCtx* js, const CollectOptions& options) {
+// The durable pull consumer of every probe's batches; nullptr (logged) if the server refuses;
+// `retry` says the failure may pass (transient()).
+natsSubscription* subscribe(jsCtx* js, const CollectOptions& options, bool& retry) {
   const std::string filter = options.subject_prefix + ".*.batches";
   jsSubOptions sub_options;
   jsSubOptions_Init(&sub_options);
@@ -393,12 +403,33 @@ natsSubscription* subscribe(jsCtx* js, const CollectOptions& options) {
   const natsStatus s = js_PullSubscribe(&sub, js, filter.c_str(), options.durable.c_str(), nullptr,
                                         &sub_options, &code);
   if (s != NATS_OK) {
+    retry = transient(s, code);
     spdlog::error("collect: consumer {} on {}: {}", options.durable, filter, ship::nats_error(s));
     return nullptr;
   }
   spdlog::info("collect: consuming {} of stream {} as durable {} into {}", filter, options.stream,
                options.durable, options.output_dir);
   return sub;
+}
+
+// bind_stream() and subscribe(), asked again with backoff for up to kSetupRetry while the
+// failure is transient (measured: creating the durable consumer of a three-replica stream
+// timed out once, 5 s after its leader node was SIGKILLed, and collect exited 69).
+natsSubscription* bind_and_subscribe(jsCtx* js, const CollectOptions& options) {
+  constexpr auto kSetupRetry = std::chrono::seconds(60);
+  const Clock::time_point give_up = Clock::now() + kSetupRetry;
+  std::chrono::milliseconds backoff(250);
+  for (;;) {
+    bool retry = false;
+    if (bind_stream(js, options, retry)) {
+      if (natsSubscription* sub = subscribe(js, options, retry)) return sub;
+    }
+    if (!retry || g_stop || Clock::now() + backoff > give_up) return nullptr;
+    spdlog::warn("collect: the Core may be electing a leader: asking again in {} ms",
+                 backoff.count());
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+  }
 }
 
 // True if the consumer has nothing pending, not even messages a killed predecessor fetched
@@ -489,11 +520,10 @@ int collect_command(const CollectOptions& options) {
     spdlog::error("collect: no JetStream context");
     return kExitUnavailable;
   }
-  if (!bind_stream(js, options)) return kExitUnavailable;
-  natsSubscription* sub = subscribe(js, options);
-  if (sub == nullptr) return kExitUnavailable;
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
+  natsSubscription* sub = bind_and_subscribe(js, options);
+  if (sub == nullptr) return kExitUnavailable;
   consume(js, sub, collector, options);
   collector.close_all();
   natsSubscription_Destroy(sub);
