@@ -437,6 +437,18 @@ StagePolicy policy_of(const Config& config) {
 // One run's watch over its stages: each pass of run() turns what it observes (signals,
 // restart requests, exits, heartbeats, memory) into StageSet events, then sleeps until the
 // next thing is due.
+// Changes whenever any stage does anything: every slot's pid, restarts and counters.
+std::uint64_t activity_fingerprint(const ControlBlock& control) {
+  std::uint64_t h = 0;
+  auto mix = [&h](std::uint64_t v) { h = (h ^ v) * 0x100000001B3ULL; };
+  for (const StageSlot& slot : control.slots) {
+    mix(static_cast<std::uint32_t>(slot.pid.load(std::memory_order_relaxed)));
+    mix(slot.restarts.load(std::memory_order_relaxed));
+    for (const auto& counter : slot.counters) mix(counter.load(std::memory_order_relaxed));
+  }
+  return h;
+}
+
 class Supervision {
  public:
   Supervision(Config& config, Instance& instance, SystemdNotifier& notifier,
@@ -475,6 +487,7 @@ class Supervision {
   void watch_liveness();
   void report_ready();
   void sample_memory();
+  std::uint64_t read_stage_memory();
   void show_progress();
   void sleep();
   void finish();
@@ -509,6 +522,11 @@ class Supervision {
   Clock::time_point last_watchdog_ = Clock::now();
   Clock::time_point last_stats_ = Clock::now();
   Clock::time_point last_memory_sample_;
+  // The last reading of the stages' memory (sample_memory) and what it was taken at.
+  static constexpr std::chrono::seconds kQuietMemoryReading{10};
+  Clock::time_point last_memory_reading_;
+  std::uint64_t last_activity_ = 0;
+  std::uint64_t last_private_total_ = 0;
   MemoryPeaks peaks_;
 };
 
@@ -705,13 +723,27 @@ void Supervision::report_ready() {
                   stages_->size(), config_.supervisor.instance, getpid()));
 }
 
-// Every memory.sample_ms (smaps_rollup walks every mapping of a stage, the rings' too), and
-// short runs get one. Each sample also sets the pressure level and holds every stage to its
-// private-memory limit.
+// Every memory.sample_ms, and short runs get one. Each sample sets the pressure level; the
+// stages' own memory is read (smaps_rollup, which walks every mapping of a stage, the rings'
+// too: most of what an idle supervisor costs) and held to the private-memory limits only when
+// something moved since the last reading, or kQuietMemoryReading after it: a stage's memory
+// grows with its work, and every piece of work moves a counter of its slot.
 void Supervision::sample_memory() {
   if (Clock::now() - last_memory_sample_ < std::chrono::milliseconds(config_.memory.sample_ms))
     return;
   last_memory_sample_ = Clock::now();
+  const std::uint64_t activity = activity_fingerprint(control_);
+  if (activity != last_activity_ ||
+      last_memory_sample_ - last_memory_reading_ >= kQuietMemoryReading) {
+    last_activity_ = activity;
+    last_memory_reading_ = last_memory_sample_;
+    last_private_total_ = read_stage_memory();
+  }
+  pressure_->sample(last_private_total_, last_memory_sample_);
+}
+
+// Reads every running stage's memory (peaks, limits); returns their private memory in all.
+std::uint64_t Supervision::read_stage_memory() {
   std::uint64_t total = 0, held = 0, private_total = 0;
   for (std::size_t i = 0; i < stages_->size(); ++i) {
     const ChildProcess& process = host_->process(i);
@@ -736,7 +768,7 @@ void Supervision::sample_memory() {
   }
   peaks_.total_pss = std::max(peaks_.total_pss, total);
   peaks_.held = std::max(peaks_.held, held);
-  pressure_->sample(private_total, last_memory_sample_);
+  return private_total;
 }
 
 void Supervision::show_progress() {
