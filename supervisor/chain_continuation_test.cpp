@@ -413,6 +413,56 @@ TEST_CASE("a .part whose header is damaged is refused (65), although recovery wo
   CHECK(snapshot(dir) == before);
 }
 
+TEST_CASE("key rotation: asked for, a store of another key is continued with the new key") {
+  TempDir tmp;
+  const Key old_key = make_key(tmp, "old");
+  const Key new_key = make_key(tmp, "new");
+  const fs::path dir = tmp / "store";
+  signerd::BatchSealer sealer(old_key.priv, kStream, 0, seal::Digest{});
+  store_frames(dir, seal_batches(sealer, 2));
+  fs::create_directory(dir / "keys");
+
+  SECTION("refused (78) without the old key's public half in keys/, naming what to copy") {
+    const auto before = snapshot(dir);
+    try {
+      adopt_stream(dir, new_key.pub, new_key.file.string(), /*rotate_key=*/true);
+      FAIL("rotated without the old key in keys/");
+    } catch (const CommandError& e) {
+      CHECK(e.exit_code() == exit_code::kConfig);
+      CHECK_THAT(e.what(),
+                 Contains("cannot rotate: " + (dir / "keys").string() +
+                          "/ holds no public key of key id " + hex(old_key.pub.key_id())));
+    }
+    CHECK(snapshot(dir) == before);
+  }
+  SECTION("with it, the chain goes on from the newest batch, verified with the old key") {
+    fs::copy_file(tmp / "old.pub", dir / "keys" / "flowseal.pub");
+    const auto adopted = adopt_stream(dir, new_key.pub, new_key.file.string(), true);
+    REQUIRE(adopted);
+    CHECK(adopted->position == position_of(sealer));
+    REQUIRE(adopted->rotated_from);
+    CHECK(*adopted->rotated_from == old_key.pub.key_id());
+    // The refusal without --rotate-key says how to rotate.
+    const Refusal r = refusal_of(dir, new_key);
+    CHECK(r.code == exit_code::kConfig);
+    CHECK_THAT(r.what, Contains("run once with --rotate-key"));
+    // The same key asked to rotate: nothing to rotate.
+    const auto same = adopt_stream(dir, old_key.pub, old_key.file.string(), true);
+    REQUIRE(same);
+    CHECK_FALSE(same->rotated_from);
+  }
+  SECTION("a rotated store's newest batches must still verify") {
+    fs::copy_file(tmp / "old.pub", dir / "keys" / "flowseal.pub");
+    overwrite(segment_files(dir).back(), data_offset(segment_files(dir).back(), 1) + 4, "\xff");
+    try {
+      adopt_stream(dir, new_key.pub, new_key.file.string(), true);
+      FAIL("rotated onto a damaged batch");
+    } catch (const CommandError& e) {
+      CHECK(e.exit_code() == exit_code::kDataError);
+    }
+  }
+}
+
 TEST_CASE("a newest batch whose signature does not verify is refused (65), naming seq and file") {
   TempDir tmp;
   const Key key = make_key(tmp, "k");

@@ -32,6 +32,9 @@ void add_run_command(CLI::App& app, Action& action) {
   cmd->add_option("--instance", run->instance, "instance name (supervisor.instance)");
   cmd->add_option("--set", run->overrides, "override a config key: KEY=VALUE")->take_all();
   cmd->add_option("--loop", run->loop, "offline: passes over the input (capture.loop)");
+  cmd->add_flag("--rotate-key", run->rotate_key,
+                "continue a store sealed with another key, signing from here on with "
+                "seal.key_file's (key rotation; the old public key must be in OUT/keys/)");
 }
 
 void add_cat_command(CLI::App& app, Action& action) {
@@ -50,14 +53,15 @@ void add_cat_command(CLI::App& app, Action& action) {
   cmd->add_flag("--no-verify", cat->no_verify,
                 "do not check signatures, Merkle roots and the chain as records are read "
                 "(stderr says the output is unverified)");
-  cmd->add_option("--pubkey", cat->public_key, "public key to pin (PEM)");
+  cmd->add_option("--pubkey", cat->public_key, "public key to pin (PEM, or a directory of *.pub)");
 }
 
 void add_verify_command(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("verify", "check every signature, Merkle root and the chain");
   auto verify = options_for<VerifyOptions>(cmd, action, verify_command);
   cmd->add_option("dir", verify->dir, "output directory")->required();
-  cmd->add_option("--pubkey", verify->public_key, "public key to pin (PEM)");
+  cmd->add_option("--pubkey", verify->public_key,
+                  "public key to pin (PEM, or a directory of *.pub)");
   cmd->add_option("--proof", verify->proof_event,
                   "print the inclusion proof of event UID:KIND:NUMBER (e.g. C4a:end:1)");
 }

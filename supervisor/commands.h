@@ -18,6 +18,7 @@ struct RunOptions {
   std::optional<std::int64_t> loop;
   std::string instance;
   std::vector<std::string> overrides;
+  bool rotate_key = false;  // continue a store sealed with another key (key rotation)
 };
 int run_command(const RunOptions& options);
 

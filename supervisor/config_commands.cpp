@@ -61,7 +61,7 @@ int run_command(const RunOptions& options) {
   reread.origin = options.config_file.empty() ? std::string("the command line (no config file)")
                                               : options.config_file;
   reread.read = [options] { return assemble_run(options); };
-  return run_pipeline(std::move(config), std::move(reread));
+  return run_pipeline(std::move(config), std::move(reread), options.rotate_key);
 }
 
 int config_check_command(const ConfigCheckOptions& options) {

@@ -218,18 +218,33 @@ void ensure_key(Config& config, const std::optional<Credentials>& user) {
     spdlog::info("no signing key: made a new {} key pair {} (private, 0600) and {}",
                  config.seal.algorithm, key.string(), pub.string());
   }
-  if (user) publish_public_key(config, key);
 }
 
-// With a user the key lives outside writer.dir; `flowseal verify DIR` looks for DIR/keys/
-// *.pub, so the public half is copied there. writer.dir is the user's: every step refuses a
-// symbolic link and the file is made afresh (O_EXCL), so root never writes through one.
+// With a user the key lives outside writer.dir, and after a key rotation the new one may
+// too; `flowseal verify DIR` looks for DIR/keys/*.pub, so the public half is copied there.
+// Called after the stream's adoption, so that a refused run leaves keys/ as it was. A .pub of
+// the same name holding another key (the key that sealed the batches before a rotation) is
+// never replaced: the new one is published as NAME-<key id prefix>.pub beside it. writer.dir
+// is the user's: every step refuses a symbolic link and the file is made afresh (O_EXCL), so
+// root never writes through one.
 void publish_public_key(const Config& config, const fs::path& key) {
   fs::path pub = key;
   pub.replace_extension(".pub");
   std::ifstream in(pub, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (!in && !in.eof()) throw std::runtime_error(fmt::format("cannot read {}", pub.string()));
+  const fs::path published = fs::path(config.writer.dir) / "keys" / pub.filename();
+  std::error_code ec;
+  if (fs::equivalent(published, pub, ec)) return;  // seal.key_file lives in DIR/keys already
+  std::string name = pub.filename().string();
+  if (!fs::is_symlink(published, ec) && fs::is_regular_file(published, ec)) {
+    std::ifstream old(published, std::ios::binary);
+    const std::string held((std::istreambuf_iterator<char>(old)), std::istreambuf_iterator<char>());
+    if (held != text) {
+      const std::string id = seal::to_hex(seal::PublicKey::load(pub).key_id()).substr(0, 16);
+      name = fmt::format("{}-{}.pub", pub.stem().string(), id);
+    }
+  }
   auto fail = [&](const char* step) {
     return std::runtime_error(fmt::format("cannot copy the public key into {}/keys ({}): {}",
                                           config.writer.dir, step, std::strerror(errno)));
@@ -240,7 +255,6 @@ void publish_public_key(const Config& config, const fs::path& key) {
   if (::mkdirat(dir.get(), "keys", dir_mode) != 0 && errno != EEXIST) throw fail("mkdir keys");
   UniqueFd keys(::openat(dir.get(), "keys", O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (keys.get() < 0) throw fail("open keys");
-  const std::string name = pub.filename().string();
   if (::unlinkat(keys.get(), name.c_str(), 0) != 0 && errno != ENOENT) throw fail("unlink");
   UniqueFd out(::openat(keys.get(), name.c_str(),
                         O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
@@ -255,7 +269,7 @@ void publish_public_key(const Config& config, const fs::path& key) {
 // A store already in writer.dir is continued (stream_adoption.h): its stream, from its newest
 // batch. Only then is the key read here (its key id must be the store's): an empty directory
 // leaves the key to signerd, as before.
-std::optional<AdoptedStream> continue_stream(const Config& config) {
+std::optional<AdoptedStream> continue_stream(const Config& config, bool rotate_key) {
   const fs::path dir(config.writer.dir);
   std::vector<fs::path> segments;
   try {
@@ -272,7 +286,18 @@ std::optional<AdoptedStream> continue_stream(const Config& config) {
   } catch (const std::runtime_error& e) {
     throw ConfigError(fmt::format("seal.key_file: {}", e.what()));
   }
-  auto adopted = adopt_stream(dir, *key, config.seal.key_file);
+  auto adopted = adopt_stream(dir, *key, config.seal.key_file, rotate_key);
+  if (adopted && adopted->rotated_from) {
+    spdlog::warn(
+        "writer.dir {}: key rotation (--rotate-key): batches up to seq {} are sealed with key id "
+        "{}, from seq {} on with key id {} (seal.key_file {}); the chain goes on through the "
+        "change, writerd starts a new segment, `flowseal verify` needs both public keys",
+        dir.string(), adopted->last_seq, seal::to_hex(*adopted->rotated_from),
+        adopted->position.next_seq, seal::to_hex(key->key_id()), config.seal.key_file);
+  } else if (rotate_key) {
+    spdlog::info("--rotate-key: writer.dir {} holds no stream of another key; nothing rotated",
+                 dir.string());
+  }
   if (adopted) {
     spdlog::info(
         "writer.dir {} holds stream {} up to batch {} ({}; the newest {} batch(es) verified): "
@@ -871,7 +896,7 @@ ConfigChanges apply_runtime_keys(Config& running, const Config& fresh) {
   return changes;
 }
 
-int run_pipeline(Config config, ConfigSource reread) {
+int run_pipeline(Config config, ConfigSource reread, bool rotate_key) {
   SystemdNotifier notifier = SystemdNotifier::from_environment();
   const std::optional<Credentials> user = stage_credentials(config);
   // Shipping's and the exports' static faults (plaintext URL, a missing TLS file, a key of the
@@ -883,7 +908,8 @@ int run_pipeline(Config config, ConfigSource reread) {
   // read, so what the stream's adoption sees is what writerd will find.
   const StoreLock store_lock = StoreLock::acquire(config.writer.dir, kOrphanWait);
   ensure_key(config, user);
-  const std::optional<AdoptedStream> adopted = continue_stream(config);
+  const std::optional<AdoptedStream> adopted = continue_stream(config, rotate_key);
+  if (user || (adopted && adopted->rotated_from)) publish_public_key(config, config.seal.key_file);
 
   RunDirectory run_dir(config.supervisor.instance);
   const fs::path config_file = run_dir.path() / "config.yaml";

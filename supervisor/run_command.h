@@ -40,7 +40,9 @@ struct ConfigChanges {
 ConfigChanges apply_runtime_keys(Config& running, const Config& fresh);
 
 // Runs to completion; returns the process exit code. `config` is the effective config
-// (validated by the caller); `reread` assembles it again on SIGHUP.
-int run_pipeline(Config config, ConfigSource reread = {});
+// (validated by the caller); `reread` assembles it again on SIGHUP. `rotate_key`: `run
+// --rotate-key`, continue a store sealed with another key with seal.key_file's
+// (stream_adoption.h).
+int run_pipeline(Config config, ConfigSource reread = {}, bool rotate_key = false);
 
 }  // namespace flowseal::supervisor

@@ -92,7 +92,21 @@ std::map<seal::Digest, seal::PublicKey> trusted_keys(const fs::path& store_dir,
     keys.emplace(id, std::move(key));
   };
   if (!pinned.empty()) {
-    add(load_public_key(pinned, "--pubkey "));  // pinned: only this key is trusted
+    // Pinned: only this key is trusted, or the keys of this directory's *.pub (a store whose
+    // keys were rotated holds batches of each; an auditor pins every one of them).
+    std::error_code ec;
+    if (!fs::is_directory(pinned, ec)) {
+      add(load_public_key(pinned, "--pubkey "));
+      return keys;
+    }
+    for (const auto& entry : fs::directory_iterator(pinned, ec)) {
+      if (entry.path().extension() == ".pub") add(load_public_key(entry.path(), "--pubkey "));
+    }
+    if (keys.empty()) {
+      throw StoreInputError(exit_code::kNoInput,
+                            fmt::format("--pubkey {}: a directory holding no *.pub file{}", pinned,
+                                        ec ? " (" + ec.message() + ")" : ""));
+    }
     return keys;
   }
   const fs::path key_dir = store_dir / "keys";

@@ -41,7 +41,8 @@ std::vector<std::filesystem::path> store_segments(const std::filesystem::path& p
 std::filesystem::path store_dir_of(const std::filesystem::path& path);
 
 // The keys a batch of the store in `store_dir` may be signed with: only `pinned` if it is
-// given (--pubkey), else every keys/*.pub of the store. Throws StoreInputError 66 naming the
+// given (--pubkey: a PEM file, or a directory whose *.pub are the keys of a store that
+// rotated keys), else every keys/*.pub of the store. Throws StoreInputError 66 naming the
 // file that is missing or holds no public key, or the keys/ directory that holds none.
 std::map<seal::Digest, seal::PublicKey> trusted_keys(const std::filesystem::path& store_dir,
                                                      const std::string& pinned);

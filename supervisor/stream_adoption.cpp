@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -104,20 +105,39 @@ std::map<seal::Digest, seal::PublicKey> keys_for(const fs::path& dir, const seal
 }  // namespace
 
 std::optional<AdoptedStream> adopt_stream(const fs::path& dir, const seal::PublicKey& key,
-                                          const std::string& key_file) {
+                                          const std::string& key_file, bool rotate_key) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return std::nullopt;
   const std::vector<SegmentBatches> segments = newest_segments(dir);
   if (segments.empty()) return std::nullopt;
   const SegmentBatches& newest = segments.back();
+  auto keys = keys_for(dir, key);
+  AdoptedStream adopted;
   if (newest.header.key_id != key.key_id()) {
-    throw CommandError(
-        exit_code::kConfig,
-        fmt::format("writer.dir {} holds a stream sealed with key id {} (batch seq {} in {}), "
-                    "but seal.key_file {} is key id {}: a run continues its directory's stream "
-                    "with the same key. Give that key, or another writer.dir for a new stream",
-                    dir.string(), segment::to_hex(newest.header.key_id), newest.last_seq(),
-                    newest.file.filename().string(), key_file, seal::to_hex(key.key_id())));
+    const std::string sealed_by = fmt::format(
+        "writer.dir {} holds a stream sealed with key id {} (batch seq {} in {}), "
+        "but seal.key_file {} is key id {}",
+        dir.string(), segment::to_hex(newest.header.key_id), newest.last_seq(),
+        newest.file.filename().string(), key_file, seal::to_hex(key.key_id()));
+    if (!rotate_key) {
+      throw CommandError(
+          exit_code::kConfig,
+          sealed_by +
+              ": a run continues its directory's stream with the same key. Give that key, "
+              "another writer.dir for a new stream, or, to sign this stream with the new key "
+              "from here on, run once with --rotate-key");
+    }
+    if (!keys.contains(newest.header.key_id)) {
+      throw CommandError(
+          exit_code::kConfig,
+          sealed_by + fmt::format(": cannot rotate: {}/keys/ holds no public key "
+                                  "of key id {}, so `flowseal verify {}` could not "
+                                  "check the batches sealed before the rotation. "
+                                  "Copy that key's .pub there first",
+                                  dir.string(), segment::to_hex(newest.header.key_id),
+                                  dir.string()));
+    }
+    adopted.rotated_from = newest.header.key_id;
   }
 
   // The newest batch and the one before it, in stream order, so the link between them is
@@ -135,9 +155,8 @@ std::optional<AdoptedStream> adopt_stream(const fs::path& dir, const seal::Publi
   }
   places.push_back({&newest, newest.entries.size() - 1});
 
-  StoreChecker checker(keys_for(dir, key));
+  StoreChecker checker(std::move(keys));
   ProblemLog problems("run", /*print=*/false);
-  AdoptedStream adopted;
   for (const Place& place : places) {
     const segment::IndexEntry& entry = place.segment->entries[place.index];
     SegmentReader reader(place.segment->file);

@@ -12,8 +12,12 @@
 // Merkle root. Only the newest batches are read: `flowseal verify` is the check of the rest.
 //
 // Refusals (CommandError, nothing in the directory is changed):
-//   78  the newest batch is sealed with another key than seal.key_file: a continued chain
-//       would change keys in the middle, which is rotation, not a restart
+//   78  the newest batch is sealed with another key than seal.key_file, and the run was not
+//       asked to rotate keys (`run --rotate-key`): a new key file is as often a mistake (a
+//       wrong path, a key made afresh where none was found) as a rotation, and continuing
+//       would make the batches an auditor pinned the old key for unverifiable with it
+//   78  asked to rotate, but DIR/keys/ holds no public half of the key that sealed the
+//       store: `flowseal verify DIR` could not check the batches before the rotation
 //   65  the newest segment cannot be read (header, index, the newest frames), or the newest
 //       batches do not verify: continuing would chain onto something unproven
 #pragma once
@@ -33,12 +37,18 @@ struct AdoptedStream {
   std::uint64_t last_seq = 0;  // the newest durable batch
   std::uint64_t batches_checked = 0;
   std::filesystem::path file;  // the segment holding it
+  // Set when the store was sealed with another key and the run rotates to seal.key_file's:
+  // the key id that sealed the newest batch (its public half is in DIR/keys/).
+  std::optional<seal::Digest> rotated_from;
 };
 
 // nullopt: `dir` holds no whole batch (empty, missing, or only torn `.part` files that
 // recovery removes): the run starts a new stream. `key` is the public half of
-// seal.key_file, named `key_file` in messages.
+// seal.key_file, named `key_file` in messages. `rotate_key`: a store sealed with another key
+// is continued with this one (key rotation: the chain goes on, the next batch is signed with
+// the new key, writerd starts a new segment for it), provided DIR/keys/ holds the old key.
 std::optional<AdoptedStream> adopt_stream(const std::filesystem::path& dir,
-                                          const seal::PublicKey& key, const std::string& key_file);
+                                          const seal::PublicKey& key, const std::string& key_file,
+                                          bool rotate_key = false);
 
 }  // namespace flowseal::supervisor

@@ -47,8 +47,10 @@ def test_verify_with_a_garbage_pubkey_file_exits_66_naming_it(tmp_path):
     refused(["verify", STORE, "--pubkey", str(garbage)], 66, str(garbage), "not a PEM public key")
 
 
-def test_verify_with_a_directory_as_pubkey_exits_66(tmp_path):
-    refused(["verify", STORE, "--pubkey", str(tmp_path)], 66, str(tmp_path), "not a regular file")
+def test_verify_with_a_directory_of_no_keys_as_pubkey_exits_66(tmp_path):
+    # A directory pins each *.pub in it (a store that rotated keys); one with none is refused.
+    refused(["verify", STORE, "--pubkey", str(tmp_path)], 66, str(tmp_path),
+            "a directory holding no *.pub file")
 
 
 def test_verify_of_an_empty_directory_exits_66_naming_it(tmp_path):

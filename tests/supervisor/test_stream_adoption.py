@@ -294,3 +294,47 @@ def test_sealed_batches_a_killed_run_left_in_its_ring_are_stored_by_the_next(tmp
     store_first, store_last = batches(out)
     assert store_first == 0 and store_last > last, \
         "the recovered batches and the rerun's verify as one chain from seq 0"
+
+
+def test_key_rotation_continues_the_chain_under_the_new_key(tmp_path):
+    """`flowseal keygen` makes a new key; `run` into the store of the old one refuses (78)
+    unless asked to rotate (--rotate-key). Rotated, the chain goes on: batches up to seq N are
+    the old key's, from N+1 the new key's (a new segment), both public keys in keys/, and the
+    store verifies as one chain, by keys/ or pinned with a directory holding both keys; pinned
+    with the old key alone it does not."""
+    out = str(tmp_path / "store")
+    assert run(out, "rot1").returncode == 0
+    _, last_before = batches(out)
+    old_pub = os.path.join(out, "keys", "flowseal.pub")
+    new_key = tmp_path / "rotated" / "flowseal.key"  # same file name as the old one
+    os.makedirs(new_key.parent)
+    k = flowseal("keygen", "-o", str(new_key))
+    assert k.returncode == 0, k.stderr
+
+    before = snapshot(out)
+    r = run(out, "rot2", ["--set", f"seal.key_file={new_key}"])
+    assert r.returncode == 78, f"exit 78 ({r.returncode}: {r.stderr[-1500:]})"
+    assert "--rotate-key" in r.stderr, r.stderr[-1500:]
+    assert snapshot(out) == before, "the refused run left the store (and keys/) as it was"
+
+    r = run(out, "rot3", ["--rotate-key", "--set", f"seal.key_file={new_key}"])
+    assert r.returncode == 0, f"exit 0 ({r.returncode}: {r.stderr[-2000:]})"
+    assert f"key rotation (--rotate-key): batches up to seq {last_before}" in r.stderr, \
+        r.stderr[-2000:]
+    first, last = batches(out)
+    assert first == 0 and last > last_before, (first, last, last_before)
+    code, text = verify(out)
+    key_ids = [l for l in text.splitlines() if l.startswith("key id:")]
+    assert len(key_ids) == 2, text[-1500:]
+    pubs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "keys", "*.pub")))
+    assert len(pubs) == 2 and "flowseal.pub" in pubs, pubs  # the old one kept, not replaced
+
+    pinned = tmp_path / "pinned"
+    os.makedirs(pinned)
+    for i, p in enumerate(glob.glob(os.path.join(out, "keys", "*.pub"))):
+        with open(p, "rb") as src, open(pinned / f"{i}.pub", "wb") as dst:
+            dst.write(src.read())
+    v = flowseal("verify", out, "--pubkey", str(pinned))
+    assert v.returncode == 0, v.stdout + v.stderr
+    v = flowseal("verify", out, "--pubkey", old_pub)
+    assert v.returncode != 0, "the new key's batches fail a verify pinned to the old key alone"
