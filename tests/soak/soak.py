@@ -89,13 +89,14 @@ class SoakConfig:
     warmup_s: float = 20.0       # after the first disturbance: memory and fds not judged yet
     process_warmup_s: float = 5.0  # a process's own first seconds: not judged either
     timeout_s: float = 3600.0    # any single run's bound (only hit if it hangs)
+    spare: tuple = ()            # stages never disturbed (e.g. capture: see RELIABILITY.md)
     say: object = print
 
 
 @dataclass
 class Sample:
     t: float                     # seconds since the soak began
-    status: dict                 # `status --json`
+    ledger: dict                 # ledger_of(`status --json`)
     procs: dict = field(default_factory=dict)  # pid -> {name, age, pss, anon, shmem, fds}
 
 
@@ -237,7 +238,7 @@ class Sampler(threading.Thread):
 
     def take(self, st):
         now = time.monotonic()
-        sample = Sample(round(now - self.t0, 2), st)
+        sample = Sample(round(now - self.t0, 2), ledger_of(st))
         targets = [(self.run_.p.pid, "supervisor")] + [
             (s["pid"], s["stage"]) for s in st["stages"] if s["pid"] > 0]
         for pid, name in targets:
@@ -255,7 +256,7 @@ class Sampler(threading.Thread):
         self.shm_size = max(self.shm_size, shm_bytes(self.instance))
         self.samples.append(sample)
         self.log.write(json.dumps({"t": sample.t, "procs": sample.procs,
-                                   "ledger": ledger_of(st)}) + "\n")
+                                   "ledger": sample.ledger, "shm": self.shm_size}) + "\n")
         self.log.flush()
 
 
@@ -278,7 +279,7 @@ class Disturber:
             except subprocess.TimeoutExpired:
                 pass
             if self.rng.random() < self.cfg.restart_share:
-                self.restart(self.rng.choice(STAGES))
+                self.restart(self.rng.choice([s for s in STAGES if s not in self.cfg.spare]))
             else:
                 self.kill(self.rng.randrange(1 << 30))
 
@@ -294,7 +295,8 @@ class Disturber:
         if st is None:
             self.note("kill", "-", "no status (the run is ending)")
             return
-        procs = [s for s in st["stages"] if s["pid"] > 0]
+        procs = [s for s in st["stages"]
+                 if s["pid"] > 0 and stage_of(s["stage"]) not in self.cfg.spare]
         target = procs[pick % len(procs)]
         pid, name = target["pid"], target["stage"]
         # Only a process this soak started: a child of its supervisor, alive now.
@@ -349,7 +351,7 @@ def check_ledger(samples, shards):
     number: nothing is counted twice, and the end balances). Reported, not a violation."""
     bad, lags = [], []
     most = shards * BATCH_PACKETS
-    led = [(s.t, ledger_of(s.status)) for s in samples]
+    led = [(s.t, s.ledger) for s in samples]
     for k, (t, x) in enumerate(led):
         pending = x["R"] - x["P"] - x["S"] - x["D"]
         if not -(PACKETS_PER_READ + most) <= pending <= most:
@@ -370,7 +372,7 @@ def check_ledger(samples, shards):
 
 
 def max_in_flight(samples):
-    return max((ledger_of(s.status)["P"] - ledger_of(s.status)["F"] for s in samples), default=0)
+    return max((s.ledger["P"] - s.ledger["F"] for s in samples), default=0)
 
 
 SUMMARY = re.compile(r"packets\s+received (\d+)\s+processed (\d+) .*?sampled out (\d+)\s+"
@@ -411,25 +413,30 @@ def slope(points):
     return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
 
 
-def check_memory(samples, after_t, process_warmup_s, bound, shm_size, min_span_s=45):
+LONG_S = 600  # a stage process or a stage's run of processes judged over at least this long
+
+
+def check_memory(samples, after_t, process_warmup_s, bound, shm_size):
     """Memory after warm-up; returns (figures, violations). Growth is per 10 minutes: the
     least-squares slope over the soak's time x 600 s, of PSS and of its parts, per process
     name (a stage's successive processes together) for the figures.
 
-    What is judged is the private part of PSS, Pss_Anon: the rest of a process's PSS is its
-    share of pages that other processes map too (libraries, the shared memory), which moves
-    whenever another process starts, dies or touches a page (the supervisor's PSS swings by
-    2 MiB as stages are killed while its private memory stays the same to the KiB). Like with
-    like:
-    - each process judged over its own life (past its warm-up, and the soak's) when that is
-      at least `min_span_s` long: the supervisor always, a stage process that lived long
-      enough: private growth under `bound(span)`;
-    - a stage's successive processes (most live seconds between kills, and a fresh process's
-      heap grows for its first 10-25 s, by up to 1 MiB in signerd): the largest private
-      memory of the earlier and the later half of its processes, reported, not judged (which
-      processes lived long enough to reach their plateau is chance: a half whose processes
-      all died young peaks lower); a process starts from the shared memory, which is judged
-      whole:
+    What is judged is the private part of PSS, Pss_Anon (each process's series through a
+    5-sample running median: a fork shares the supervisor's pages with the child for a moment,
+    halving its Pss_Anon for one sample). The rest of a process's PSS is its share of pages
+    that other processes map too (libraries, the shared memory), which moves whenever another
+    process starts, dies or touches a page: the supervisor's PSS swings by 2 MiB as stages are
+    killed while its private memory stays the same to the KiB. Like with like:
+    - the supervisor, one process for the whole soak: private growth under `bound(span)`;
+    - a stage process that lived at least LONG_S judged (past its own warm-up): the same. Stage
+      processes mostly live seconds to a few minutes between kills, and their heaps grow in
+      steps to a plateau that depends on the work (signerd 1.4 -> 1.9 MiB when the
+      disturbances stop and it runs flat out): over such a short life a step reads as many
+      MiB per 10 minutes, so shorter lives are reported, not judged;
+    - a stage's successive processes, when the soak judged them over at least LONG_S: the
+      private peak of the later half of its processes is at most that of the earlier half
+      plus 1 MiB per 10 minutes of the span (a process starts from the shared memory; growing
+      shared state, or a leak every process repeats, shows here). Shorter: reported only;
     - the shared memory whole: the sum of every process's Pss_Shmem never exceeds the size
       of the instance's shared-memory objects (fixed at start by the plan).
     """
@@ -447,9 +454,10 @@ def check_memory(samples, after_t, process_warmup_s, bound, shm_size, min_span_s
                              pss_growth_per_10min=round(per["pss"]),
                              anon_growth_per_10min=round(per["anon"]),
                              shmem_growth_per_10min=round(per["shmem"]))
-        bad += judge_processes(name, pts, bound, min_span_s, figures[name])
+        min_span = 0 if name == "supervisor" else LONG_S
+        bad += judge_processes(name, pts, bound, min_span, figures[name])
         if name != "supervisor":
-            successors(name, samples, figures[name])
+            bad += judge_successors(name, pts, span, figures[name])
     shared = max((sum(p.get("shmem", 0) for p in s.procs.values()) for s in samples), default=0)
     figures["shared memory"] = dict(most_pss_shmem=shared, objects=shm_size)
     if shm_size and shared > shm_size:
@@ -458,72 +466,98 @@ def check_memory(samples, after_t, process_warmup_s, bound, shm_size, min_span_s
     return figures, bad
 
 
+def running_median(values, width=5):
+    half = width // 2
+    return [sorted(values[max(0, i - half):i + half + 1])[len(values[max(0, i - half):
+                                                                     i + half + 1]) // 2]
+            for i in range(len(values))]
+
+
 def judge_processes(name, pts, bound, min_span_s, fig):
-    """Private growth of each process of `name` that lived at least `min_span_s` judged."""
-    bad, judged = [], []
+    """Private growth of each process of `name` judged over at least `min_span_s` (figures of
+    the longest-lived eight, judged or not)."""
+    bad, lives = [], []
     for pid in {pid for _, pid, _ in pts}:
         own = [(t, p["anon"]) for t, q, p in pts if q == pid and "anon" in p]
-        span = own[-1][0] - own[0][0] if own else 0
-        if span < min_span_s:
+        if len(own) < 3:
             continue
-        growth = slope(own) * 600
-        judged.append((pid, round(span), round(growth)))
-        if growth >= bound(span):
+        span = own[-1][0] - own[0][0]
+        smooth = list(zip([t for t, _ in own], running_median([v for _, v in own])))
+        growth = slope(smooth) * 600
+        judged = span >= max(min_span_s, 3)
+        lives.append((pid, round(span), round(growth), judged))
+        if judged and growth >= bound(span):
             bad.append(f"{name} pid {pid}: private PSS (Pss_Anon) grows {growth / 1024:.0f} KiB "
                        f"per 10 min over {span:.0f} s (bound {bound(span) / 1024:.0f} KiB)")
-    fig["long_lived"] = judged  # (pid, span s, private growth per 10 min) of each judged
+    fig["lives"] = sorted(lives, key=lambda x: -x[1])[:8]  # (pid, s, growth, judged)
     return bad
 
 
-def successors(name, samples, fig):
-    """The largest private memory of the earlier and the later half of `name`'s processes
-    (in start order), into the figures."""
-    peak, first = {}, {}
-    for s in samples:
-        for pid, p in s.procs.items():
-            if p["name"] == name and "anon" in p:
-                peak[pid] = max(peak.get(pid, 0), p["anon"])
-                first.setdefault(pid, s.t)
-    order = sorted(peak, key=lambda pid: first[pid])
-    if len(order) >= 2:
-        half = len(order) // 2
-        fig["peak_private_early_late"] = (max(peak[p] for p in order[:half]),
-                                          max(peak[p] for p in order[half:]))
+def judge_successors(name, pts, span, fig):
+    """The private peak of the earlier and the later half of `name`'s processes (in the order
+    they were first judged); judged when the soak judged them over at least LONG_S."""
+    peak, order = {}, []
+    for _, pid, p in pts:
+        if pid not in peak:
+            order.append(pid)
+        peak[pid] = max(peak.get(pid, 0), p.get("anon", 0))
+    if len(order) < 2:
+        return []
+    half = len(order) // 2
+    early, late = max(peak[p] for p in order[:half]), max(peak[p] for p in order[half:])
+    allowed = MIB * span / 600
+    fig["peak_private_early_late"] = (early, late)
+    if span >= LONG_S and late > early + allowed:
+        return [f"{name}: the later processes' private memory peaks at {late / 1024:.0f} KiB, "
+                f"the earlier ones' at {early / 1024:.0f} KiB (allowed growth "
+                f"{allowed / 1024:.0f} KiB over {span:.0f} s)"]
+    return []
 
 
 def steady_counts(values, window=5):
     """The minimum of every `window` consecutive values (a count seen for fewer samples in a
     row is a transient, e.g. the supervisor between reaping a child and closing its pidfd)."""
     if len(values) < window:
-        return {min(values)} if values else set()
-    return {min(values[i:i + window]) for i in range(len(values) - window + 1)}
+        return [min(values)] if values else []
+    return [min(values[i:i + window]) for i in range(len(values) - window + 1)]
 
 
 def check_fds(samples, after_t, process_warmup_s):
-    """Per process: one fd count over its life past warm-up, transients of fewer than 5
-    samples in a row aside (steady_counts); per name: the same count in every process. The
-    supervisor holds one pidfd per child (zombies included, until reaped): its count is
+    """Open fds past warm-up, per process name; returns (figures, violations).
+
+    A stage's fd count is not one number: writerd holds its open segment's fd only while a
+    segment is open (5 or 6), capture its input file's between files and passes (5 or 6).
+    What must not happen is growth: per name, no steady count (steady_counts: transients of
+    fewer than 5 samples in a row aside) in the later half of the judged time above the
+    largest in the earlier half, and no process's steady counts rising past that largest
+    either (a restarted process is a new PID, compared with the same stage's earlier ones).
+    The supervisor holds one pidfd per child (zombies included, until reaped): its count is
     judged as fds - children, from samples where the children did not change while its fds
-    were listed. Returns (figures: name -> {pid: sorted steady counts}, violations)."""
+    were listed."""
     counts = {}
     for name, pts in series(samples, after_t, process_warmup_s).items():
-        for _, pid, p in pts:
+        for t, pid, p in pts:
             if name == "supervisor" and "children" not in p:
                 continue
             counts.setdefault(name, {}).setdefault(pid, []).append(
-                p["fds"] - p.get("children", 0))
+                (t, p["fds"] - p.get("children", 0)))
     bad, figures = [], {}
     for name, per_pid in sorted(counts.items()):
-        figures[name] = {}
+        steady = []  # (t of the window's first sample, steady count), every process
         for pid, seen in per_pid.items():
-            steady = steady_counts(seen)
-            figures[name][pid] = sorted(steady)
-            if len(steady) > 1:
-                bad.append(f"{name} pid {pid}: fd count changes {sorted(steady)} "
-                           f"(samples: {seen[:40]})")
-        every = {c for steady in figures[name].values() for c in steady}
-        if len(every) > 1:
-            bad.append(f"{name}: processes hold different fd counts {sorted(every)}")
+            values = [c for _, c in seen]
+            steady += list(zip([t for t, _ in seen], steady_counts(values)))
+        if not steady:
+            continue
+        steady.sort()
+        middle = (steady[0][0] + steady[-1][0]) / 2
+        early = [c for t, c in steady if t <= middle] or [c for _, c in steady]
+        late = [c for t, c in steady if t > middle]
+        figures[name] = dict(processes=len(per_pid), counts=sorted({c for _, c in steady}),
+                             early_max=max(early), late_max=max(late, default=None))
+        if late and max(late) > max(early):
+            bad.append(f"{name}: fd counts grow: up to {max(early)} in the earlier half, "
+                       f"{max(late)} in the later half")
     return figures, bad
 
 
@@ -685,7 +719,8 @@ def soak(cfg):
         cfg.say(f"calibration: {rate:.0f} passes/s undisturbed; loop {loop}")
     tag = f"soak{os.getpid()}"
     store, calm_store = os.path.join(cfg.workdir, "store"), os.path.join(cfg.workdir, "calm")
-    cfg.say(f"seed {cfg.seed} (replay: --seed {cfg.seed}), loop {loop}, dedup "
+    cfg.say(f"seed {cfg.seed} (replay: --seed {cfg.seed}), loop {loop}, spared "
+            f"{list(cfg.spare) or 'none'}, dedup "
             f"{'on' if cfg.dedup else 'off'}, {cfg.shards} flowd shards, disturbing for "
             f"{cfg.duration_s:.0f} s; the undisturbed run of the same input runs alongside")
     calm = start_run(cfg, tag + "-calm", calm_store, loop)
@@ -794,17 +829,41 @@ def report(res, say):
             f"MiB, growth per 10 min: PSS {fig['pss_growth_per_10min'] / 1024:8.1f} KiB, anon "
             f"{fig['anon_growth_per_10min'] / 1024:8.1f} KiB, shmem "
             f"{fig['shmem_growth_per_10min'] / 1024:8.1f} KiB")
-        if fig.get("long_lived"):
-            say(f"      judged alone (pid, s, private growth per 10 min in bytes): "
-                f"{fig['long_lived'][:8]}")
+        if fig.get("lives"):
+            say(f"      longest lives (pid, s, private growth per 10 min in bytes, judged): "
+                f"{fig['lives'][:4]}")
         if fig.get("peak_private_early_late"):
             early, late = fig["peak_private_early_late"]
             say(f"      private peak of the earlier / later half of its processes: "
                 f"{early / 1024:.0f} / {late / 1024:.0f} KiB")
-    for name, per_pid in sorted(res.fds.items()):
-        steady = sorted({c[0] for c in per_pid.values()})
+    for name, fig in sorted(res.fds.items()):
         what = "fds - children" if name == "supervisor" else "fds"
-        say(f"    {what} {name:9s} {len(per_pid):3d} process(es): counts {steady}")
+        say(f"    {what} {name:9s} {fig['processes']:3d} process(es): steady counts "
+            f"{fig['counts']}, largest in the earlier / later half {fig['early_max']} / "
+            f"{fig['late_max']}")
+
+
+def rejudge(workdir, warmup_s, shards, say):
+    """The ledger, memory and fd checks again, from a soak's samples.jsonl and events.jsonl
+    (a soak's workdir); returns the violations."""
+    samples, shm = [], 0
+    with open(os.path.join(workdir, "samples.jsonl")) as f:
+        for line in f:
+            j = json.loads(line)
+            samples.append(Sample(j["t"], j["ledger"], {int(k): v for k, v in j["procs"].items()}))
+            shm = max(shm, j.get("shm", 0))
+    with open(os.path.join(workdir, "events.jsonl")) as f:
+        events = [tuple(json.loads(line)) for line in f]
+    after = (events[0][0] if events else 0) + warmup_s
+    bad, lags = check_ledger(samples, shards)
+    mem, mem_bad = check_memory(samples, after, 5.0, memory_bound, shm)
+    fds, fd_bad = check_fds(samples, after, 5.0)
+    say(f"rejudged {workdir}: {len(samples)} samples, {len(events)} disturbances, judged from "
+        f"{after:.0f} s; ledger violations {len(bad)}, lags {len(lags)}")
+    res = SoakResult(0, 0, 0, 0, 0, events, samples, bad, lags, None, None, True, "", {}, mem,
+                     mem_bad, fds, fd_bad, memory_bound(samples[-1].t - after), "")
+    report(res, say)
+    return bad + mem_bad + fd_bad, res
 
 
 def main():
@@ -818,18 +877,33 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--dedup", action="store_true")
     ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--spare", action="append", default=[], choices=STAGES,
+                    help="a stage never disturbed (repeatable)")
     ap.add_argument("--workdir", default=None, help="kept (default: a temp dir, removed)")
     ap.add_argument("--plot", default=None, help="write an SVG plot here")
     ap.add_argument("--report-json", default=None)
+    ap.add_argument("--rejudge", default=None, metavar="WORKDIR",
+                    help="judge a kept workdir's samples again (and --plot them); no run")
+    ap.add_argument("--warmup", type=float, default=None, help="s after the first disturbance")
     a = ap.parse_args()
+    warmup = a.warmup if a.warmup is not None else max(20.0, a.minutes * 60 * 0.1)
+    if a.rejudge:
+        bad, res = rejudge(a.rejudge, warmup, a.shards, print)
+        if a.plot:
+            import soak_plot
+            soak_plot.write_svg(res.samples, res.events, a.plot, f"soak {a.rejudge}")
+        for p in bad:
+            print(f"FAILED: {p}")
+        return 1 if bad else 0
     seed = a.seed if a.seed is not None else int(time.time()) % 100000
     workdir = a.workdir or tempfile.mkdtemp(prefix="flowseal-soak-")
     os.makedirs(workdir, exist_ok=True)
     cfg = SoakConfig(flowseal=os.path.abspath(a.flowseal), capture=os.path.abspath(a.capture),
                      workdir=workdir, seed=seed, duration_s=a.minutes * 60, loop=a.loop,
                      work_factor=a.work_factor, dedup=a.dedup, shards=a.shards,
+                     spare=tuple(a.spare),
                      say=lambda line: print(line, flush=True),
-                     warmup_s=max(20.0, a.minutes * 60 * 0.1))
+                     warmup_s=warmup)
     res = soak(cfg)
     report(res, cfg.say)
     if a.plot:

@@ -63,7 +63,11 @@ def _panel(parts, y0, title, unit, lines, t_max, events):
                          f'stroke-width="1"/>')
 
 
-def write_svg(samples, events, path, title):
+def write_svg(samples, events, path, title, most_points=900):
+    """The plot of `samples` into `path`; at most `most_points` samples per line (every n-th
+    sample of a long run: the file stays small)."""
+    step = -(-len(samples) // most_points) if samples else 1
+    samples = samples[::step]
     t_max = max((s.t for s in samples), default=1) or 1
     panels = [("PSS per process", "MiB", "pss", 1 << 20),
               ("private PSS (Pss_Anon) per process", "MiB", "anon", 1 << 20),
