@@ -438,7 +438,9 @@ def check_memory(samples, after_t, process_warmup_s, bound, shm_size):
       plus 1 MiB per 10 minutes of the span (a process starts from the shared memory; growing
       shared state, or a leak every process repeats, shows here). Shorter: reported only;
     - the shared memory whole: the sum of every process's Pss_Shmem never exceeds the size
-      of the instance's shared-memory objects (fixed at start by the plan).
+      of the instance's shared-memory objects (fixed at start by the plan) by more than 1 MiB
+      (Pss_Shmem also counts shmem-backed pages that are not the instance's objects: a 30-
+      minute soak saw the sum 0.19 MiB above the objects' size, flat).
     """
     figures, bad = {}, []
     for name, pts in sorted(series(samples, after_t, process_warmup_s).items()):
@@ -460,9 +462,9 @@ def check_memory(samples, after_t, process_warmup_s, bound, shm_size):
             bad += judge_successors(name, pts, span, figures[name])
     shared = max((sum(p.get("shmem", 0) for p in s.procs.values()) for s in samples), default=0)
     figures["shared memory"] = dict(most_pss_shmem=shared, objects=shm_size)
-    if shm_size and shared > shm_size:
+    if shm_size and shared > shm_size + MIB:
         bad.append(f"the processes' Pss_Shmem adds up to {shared} bytes, more than the "
-                   f"instance's shared-memory objects ({shm_size} bytes)")
+                   f"instance's shared-memory objects ({shm_size} bytes) + 1 MiB")
     return figures, bad
 
 
@@ -744,6 +746,9 @@ def soak(cfg):
                 r.p.wait()
         remove_instance_shm(tag)
         remove_instance_shm(tag + "-calm")
+    for r, name in ((run, "run.log"), (calm, "calm.log")):
+        with open(os.path.join(cfg.workdir, name), "w") as f:
+            f.write(r.text())
     assert calm_code == 0, f"the undisturbed run exits 0 ({calm_code}):\n{calm.text()[-2000:]}"
     return judge(cfg, loop, disturber.events, sampler.samples, sampler.shm_size, code, run, calm,
                  store, calm_store, disturbed_s, run_s)

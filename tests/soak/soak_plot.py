@@ -29,6 +29,8 @@ def _lines(samples, key, scale):
 
 
 def _panel(parts, y0, title, unit, lines, t_max, events):
+    """One panel; `events` marked along its top (the first panel's only: the file stays
+    small)."""
     v_max = max((v for runs in lines.values() for run in runs for _, v in run), default=1) * 1.1
     v_max = v_max or 1
     plot_w = WIDTH - LEFT - RIGHT
@@ -53,17 +55,16 @@ def _panel(parts, y0, title, unit, lines, t_max, events):
         ok = "SIGKILLed" in outcome or "restarted: pid" in outcome
         if ok:
             colour = "#d62728" if what == "kill" else "#1f77b4"
-            parts.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{y0}" y2="{y0 + 6}" '
-                         f'stroke="{colour}"/>')
+            parts.append(f'<path d="M{x(t):.0f} {y0}v6" stroke="{colour}"/>')
     for name, runs in sorted(lines.items()):
         colour = COLOURS.get(name, "#7f7f7f")
         for run in runs:
-            pts = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in run)
+            pts = " ".join(f"{x(t):.0f},{y(v):.0f}" for t, v in run)
             parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" '
                          f'stroke-width="1"/>')
 
 
-def write_svg(samples, events, path, title, most_points=900):
+def write_svg(samples, events, path, title, most_points=600):
     """The plot of `samples` into `path`; at most `most_points` samples per line (every n-th
     sample of a long run: the file stays small)."""
     step = -(-len(samples) // most_points) if samples else 1
@@ -80,7 +81,7 @@ def write_svg(samples, events, path, title, most_points=900):
              f'{html.escape(title)}</text>']
     for i, (name, unit, key, scale) in enumerate(panels):
         y0 = TOP + 12 + i * (PANEL_H + GAP)
-        _panel(parts, y0, name, unit, _lines(samples, key, scale), t_max, events)
+        _panel(parts, y0, name, unit, _lines(samples, key, scale), t_max, events if i == 0 else [])
     y_axis = TOP + 12 + len(panels) * (PANEL_H + GAP) - GAP + 16
     for i in range(6):
         t = t_max * i / 5
