@@ -697,14 +697,14 @@ class SoakResult:
 
 
 def memory_bound(window_s):
-    """PSS growth allowed per 10 minutes for a window of `window_s` seconds judged.
+    """Private memory growth allowed per 10 minutes for a window of `window_s` seconds judged.
 
-    1 MiB per 10 minutes (issue 13) for windows of 10 minutes or more. A shorter window
-    cannot resolve a slope that small: one page (4 KiB) of one sample's noise moves a
+    1 MiB per 10 minutes (issue 13) plus a noise term that shrinks with the window. A short
+    window cannot resolve a slope that small: one page (4 KiB) of one sample's noise moves a
     least-squares slope over n samples spaced 1 s apart by about 4 KiB x sqrt(12 / n^3) per
-    second. The bound for a short window is therefore 1 MiB per 10 min plus four times that
-    noise floor in the same unit (x 600 s) for 16 pages of noise, i.e. what a 64 KiB step
-    anywhere in the window could fake; at 10 minutes this term is under 1 KiB.
+    second. The term is four times that noise floor in the same unit (x 600 s) for 16 pages
+    of noise, i.e. what a 64 KiB step anywhere in the window could fake: 1.2 MiB over 55 s,
+    37 KiB at 10 minutes, 7 KiB at 30.
     """
     n = max(window_s, 3.0)
     noise = 16 * 4096 * (12 / n ** 3) ** 0.5 * 600
