@@ -30,10 +30,10 @@ void Publisher::on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* error, 
                           ? std::string(error->ErrText)
                           : std::string(natsStatus_GetText(error->Err));
     }
-    {
-      std::lock_guard lock(shared->mutex);
-      shared->outcomes.push_back(std::move(outcome));
-    }
+    // Notified under the lock: disconnect()'s barrier then also waits for the notify, so
+    // shared_ is never touched after the Publisher is gone.
+    std::lock_guard lock(shared->mutex);
+    shared->outcomes.push_back(std::move(outcome));
     shared->arrived.notify_one();
   }
   natsMsg_Destroy(msg);

@@ -71,7 +71,11 @@ def wait_status(instance, proc, predicate, what, timeout=120):
         time.sleep(0.1)
 
 
-def same_as_probe(server, pki, cert, key, tmp_path, store, batches):
+def same_as_probe(server, pki, cert, key, tmp_path, store, batches, in_order=True):
+    """collect's store verifies and equals the probe's, every batch stored once. in_order=False:
+    the stream may hold a batch after later ones (a publish refused or lost while later ones of
+    the same window were taken, then re-sent): collect hands such a gap back until the batch
+    comes, so it receives more messages than there are batches."""
     out = str(tmp_path / "core")
     c = collect(server, pki, cert, key, out, timeout=TIMEOUT * SCALE)
     assert c.returncode == 0, c.stderr
@@ -83,9 +87,14 @@ def same_as_probe(server, pki, cert, key, tmp_path, store, batches):
     assert events(stores[0]) == events(store)
     # Nothing twice: the stream holds each batch once, and collect met no repeat.
     assert counts["stored"] == batches, counts
-    assert counts["received"] == batches, counts
+    if in_order:
+        assert counts["received"] == batches, counts
+    else:
+        assert counts["received"] == batches + counts["refused_gap"], counts
     assert counts["repeats"] == 0 and counts["refused_fork"] == 0, counts
-    assert counts["refused_bad"] == 0 and counts["refused_gap"] == 0, counts
+    assert counts["refused_bad"] == 0 and counts["store_errors"] == 0, counts
+    assert counts["refused_gap"] == 0 or not in_order, counts
+    return counts
 
 
 def test_a_run_with_ship_url_ships_everything_through_its_shipd_stage(
