@@ -375,6 +375,8 @@ def max_in_flight(samples):
     return max((s.ledger["P"] - s.ledger["F"] for s in samples), default=0)
 
 
+SANITIZER = re.compile(r"ERROR: (Address|Leak|Undefined)Sanitizer|runtime error: |"
+                       r"SUMMARY: (Address|Undefined)Sanitizer")
 SUMMARY = re.compile(r"packets\s+received (\d+)\s+processed (\d+) .*?sampled out (\d+)\s+"
                      r"dropped: ring full (\d+), kernel (\d+)")
 
@@ -688,6 +690,7 @@ class SoakResult:
     fd_violations: list
     memory_bound: float
     log_tail: str
+    sanitizer_reports: list = field(default_factory=list)  # lines of the run's log
 
     def kills(self):
         return sum(1 for e in self.events if e[1] == "kill" and "SIGKILLed" in e[3])
@@ -773,10 +776,15 @@ def judge(cfg, loop, events, samples, shm_size, code, run, calm, store, calm_sto
         if not flows["same_records"]:
             flows["only_soak"], flows["only_calm"] = differing_records(cfg, store, calm_store,
                                                                         a, b)
-    return SoakResult(cfg.seed, loop, round(disturbed_s, 1), round(run_s, 1), code, events,
-                      samples, *check_ledger(samples, cfg.shards), summary_ledger(run.text()),
-                      summary_ledger(calm.text()), ok, vtext[-1500:], flows, mem, mem_bad,
-                      fds, fd_bad, bound, run.text()[-3000:])
+    res = SoakResult(cfg.seed, loop, round(disturbed_s, 1), round(run_s, 1), code, events,
+                     samples, *check_ledger(samples, cfg.shards), summary_ledger(run.text()),
+                     summary_ledger(calm.text()), ok, vtext[-1500:], flows, mem, mem_bad,
+                     fds, fd_bad, bound, run.text()[-3000:])
+    # A stage that a sanitizer stops is restarted like any crash, and the run still ends 0:
+    # its report is only in the log.
+    res.sanitizer_reports = [line for line in run.text().splitlines()
+                             if SANITIZER.search(line)][:20]
+    return res
 
 
 def problems(res, dedup):
@@ -785,6 +793,7 @@ def problems(res, dedup):
     if res.exit_code != 0:
         out.append(f"the run exits {res.exit_code}:\n{res.log_tail}")
         return out
+    out += [f"sanitizer: {line}" for line in res.sanitizer_reports]
     out += [f"ledger: {v}" for v in res.ledger_violations[:20]]
     s, c = res.summary, res.baseline_summary
     if s is None or s[0] != s[1] + s[2] + s[3] + s[4]:
@@ -821,6 +830,7 @@ def report(res, say):
         f"one flush (check_ledger): {len(res.ledger_lags)}")
     for line in res.ledger_lags[:10]:
         say(f"    lag: {line}")
+    say(f"  sanitizer reports in the run's log: {len(res.sanitizer_reports)}")
     say(f"  verify: {'OK' if res.verify_ok else 'FAILED'}; flows: "
         f"{ {k: v for k, v in res.flows.items() if not k.startswith('only')} }")
     say(f"  memory (bound {res.memory_bound / 1024:.0f} KiB per 10 min):")

@@ -12,6 +12,8 @@ the 75 s pass, and what is left runs undisturbed.
 
 Under ASan/UBSan (FLOWSEAL_SANITIZED=1) the same checks run except memory: the sanitizer's
 allocator holds freed memory in its quarantine and grows by design; the figures are printed.
+A sanitizer report in any stage fails the test (the supervisor restarts a stage the sanitizer
+stopped like any crashed one, so the run alone would still end 0): soak.py reads the log.
 """
 import os
 import time
