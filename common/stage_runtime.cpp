@@ -121,7 +121,7 @@ ShmSegment StageRuntime::open_ring(std::string_view edge) const {
 
 void init_logging(const std::string& stage_name) {
   auto logger = spdlog::stderr_color_mt(stage_name);
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %n: %v");
+  logger->set_pattern(kLogPattern);
   spdlog::set_default_logger(logger);
   if (const char* level = std::getenv("FLOWSEAL_LOG")) {
     spdlog::set_level(spdlog::level::from_str(level));

@@ -116,6 +116,8 @@ class StageRuntime {
 int run_stage(StageKind kind, int argc, char** argv, const std::function<int(StageRuntime&)>& body);
 
 // Logging for people (never per packet): one stderr logger named after the stage.
+// The pattern of every flowseal log line: "2026-12-07T01:07:43.133 error writerd: ...".
+inline constexpr const char* kLogPattern = "%Y-%m-%dT%H:%M:%S.%e %^%l%$ %n: %v";
 void init_logging(const std::string& stage_name);
 
 }  // namespace flowseal

@@ -1,7 +1,8 @@
 // The status page served at / (http_server.h): one self-contained HTML document, no
 // external script, style or font, that polls /status.json every second and draws the stage
 // graph with live rates, the rings' fill, the pressure level against the memory budget and
-// the drops by cause.
+// the drops by cause, and /log.json for the newest lines of the run's log (as text: a line
+// may hold anything a stage printed, so it never becomes markup).
 #include "http_server.h"
 
 namespace flowseal::supervisor {
@@ -32,6 +33,9 @@ std::string_view status_page_html() {
   th { background: #eee; }
   .level-LOW { color: #383; } .level-MEDIUM { color: #a80; } .level-HIGH, .level-CRITICAL { color: #c22; font-weight: bold; }
   #error { color: #c22; }
+  #log { font: 12px/1.35 ui-monospace, monospace; background: #fff; border: 1px solid #ccc;
+         padding: .4em .6em; max-height: 24em; overflow-y: auto; white-space: pre-wrap; }
+  #log .warning { color: #a80; } #log .error, #log .critical { color: #c22; }
 </style>
 </head>
 <body>
@@ -42,6 +46,8 @@ std::string_view status_page_html() {
 <table id="drops"><tr><th>drops by cause</th><th>packets</th></tr></table>
 <table id="ship"></table>
 <table id="stages"></table>
+<h2 style="font-size:1.1em">recent log</h2>
+<div id="log"></div>
 <script>
 "use strict";
 const fmt = n => n >= 1e6 ? (n / 1e6).toFixed(2) + " M" : n >= 1e4 ? (n / 1e3).toFixed(1) + " k" : String(Math.round(n));
@@ -129,6 +135,23 @@ function render(st) {
     for (const v of [s.stage, s.pid, s.state, s.uptime_s, s.restarts, s.heartbeat_age_ms, s.in_total, s.out_total]) r.append(el("td", {}, String(v)));
   }
 }
+function renderLog(log) {
+  const box = document.getElementById("log");
+  const atEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+  box.replaceChildren();
+  box.setAttribute("data-lines", log.lines.length);
+  for (const line of log.lines) {
+    const level = (line.match(/^\S+ (\w+) /) || [])[1] || "";
+    box.append(el("div", {class: level, "data-log-line": ""}, line));
+  }
+  if (atEnd) box.scrollTop = box.scrollHeight;
+}
+async function pollLog() {
+  try {
+    const response = await fetch("log.json", {cache: "no-store"});
+    if (response.ok) renderLog(await response.json());
+  } catch (e) { /* the status poll reports a server that does not answer */ }
+}
 async function poll() {
   try {
     const response = await fetch("status.json", {cache: "no-store"});
@@ -140,7 +163,9 @@ async function poll() {
   }
 }
 poll();
+pollLog();
 setInterval(poll, 1000);
+setInterval(pollLog, 1000);
 </script>
 </body>
 </html>

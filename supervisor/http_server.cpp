@@ -86,7 +86,7 @@ MHD_Result on_request(void* self, MHD_Connection* connection, const char* url, c
       std::strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
     *upload_data_size = 0;  // a body is not read
     return queue(connection, {MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8",
-                              "read-only: GET /metrics, /status.json or /\n"});
+                              "read-only: GET /metrics, /status.json, /log.json or /\n"});
   }
   try {
     return queue(connection, static_cast<HttpServer*>(self)->answer(url));
@@ -110,10 +110,12 @@ void on_mhd_error(void* /*cls*/, const char* format, va_list args) {
 void HttpServer::DaemonDeleter::operator()(MHD_Daemon* daemon) const { MHD_stop_daemon(daemon); }
 
 HttpServer::HttpServer(const ListenAddress& address, std::string instance,
-                       const ControlBlock& control, std::uint64_t memory_budget_bytes)
+                       const ControlBlock& control, std::uint64_t memory_budget_bytes,
+                       const LogTail& log)
     : instance_(std::move(instance)),
       control_(control),
       memory_budget_bytes_(memory_budget_bytes),
+      log_(log),
       socket_(listen_on(address)) {
   port_ = bound_port(socket_.get());
   base_ = prev_ = {Clock::now(), sample_slots(control_, control_.slot_count())};
@@ -134,7 +136,7 @@ HttpServer::HttpServer(const ListenAddress& address, std::string instance,
     throw std::runtime_error(
         fmt::format("supervisor.http_listen {}: libmicrohttpd did not start", address.to_string()));
   }
-  spdlog::info("http: serving /metrics, /status.json and / on {}",
+  spdlog::info("http: serving /metrics, /status.json, /log.json and / on {}",
                ListenAddress{
                    address.host,
                    port_,
@@ -161,6 +163,15 @@ std::string HttpServer::status_document() {
   return document.dump() + "\n";
 }
 
+std::string HttpServer::log_document() const {
+  nlohmann::ordered_json document;
+  document["lines"] = log_.lines();
+  document["added"] = log_.added();
+  // A line may hold any bytes a stage printed (a file name, a capture's contents): bytes that
+  // are not UTF-8 become U+FFFD rather than failing the whole document.
+  return document.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
 HttpServer::Reply HttpServer::answer(std::string_view url) {
   if (url == "/metrics") {
     return {200, "text/plain; version=0.0.4; charset=utf-8",
@@ -168,10 +179,12 @@ HttpServer::Reply HttpServer::answer(std::string_view url) {
                            memory_budget_bytes_)};
   }
   if (url == "/status.json") return {200, "application/json", status_document()};
+  if (url == "/log.json") return {200, "application/json", log_document()};
   if (url == "/" || url == "/index.html") {
     return {200, "text/html; charset=utf-8", std::string(status_page_html())};
   }
-  return {404, "text/plain; charset=utf-8", "not found: try /metrics, /status.json or /\n"};
+  return {404, "text/plain; charset=utf-8",
+          "not found: try /metrics, /status.json, /log.json or /\n"};
 }
 
 }  // namespace flowseal::supervisor

@@ -3,7 +3,9 @@
 //   GET /metrics      the Prometheus text exposition (metrics.h)
 //   GET /status.json  what `flowseal status --json` prints (status_snapshot.h), plus
 //                     memory_budget_bytes
-//   GET /             a static status page (http_page.cpp) that polls /status.json
+//   GET /log.json     {"lines": [...], "added": N}: the newest lines of the run's log
+//                     (log_tail.h), the stages' where they pass through the supervisor
+//   GET /             a static status page (http_page.cpp) that polls both
 // It only reads the control block's atomics, /proc and the ring headers: a slow or stuck
 // client can never hold up the supervisor's loop or a stage. Anything but GET/HEAD is 405.
 #pragma once
@@ -17,6 +19,7 @@
 
 #include "config.h"
 #include "control_block.h"
+#include "log_tail.h"
 #include "status_snapshot.h"
 #include "unique_fd.h"
 
@@ -32,7 +35,7 @@ class HttpServer {
   // Binds `address` (ConfigError naming it if that fails, e.g. the port is in use)
   // and starts serving at once.
   HttpServer(const ListenAddress& address, std::string instance, const ControlBlock& control,
-             std::uint64_t memory_budget_bytes);
+             std::uint64_t memory_budget_bytes, const LogTail& log);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -50,10 +53,12 @@ class HttpServer {
 
  private:
   std::string status_document();
+  std::string log_document() const;
 
   std::string instance_;
   const ControlBlock& control_;
   std::uint64_t memory_budget_bytes_;
+  const LogTail& log_;
   std::uint16_t port_ = 0;
   UniqueFd socket_;
   // Rates in /status.json are measured against an earlier sample at least kMinRateWindow

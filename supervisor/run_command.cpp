@@ -24,6 +24,7 @@
 #include "command_error.h"
 #include "control_block.h"
 #include "http_server.h"
+#include "log_tail.h"
 #include "instance.h"
 #include "plan_check.h"
 #include "pressure.h"
@@ -163,6 +164,26 @@ class RunDirectory {
 
  private:
   fs::path path_;
+};
+
+// Lines of the run's log the status page shows (GET /log.json).
+constexpr std::size_t kLogTailLines = 200;
+
+// Puts `sink` into the default logger for the guard's lifetime.
+class LogSinkGuard {
+ public:
+  explicit LogSinkGuard(std::shared_ptr<spdlog::sinks::sink> sink) : sink_(std::move(sink)) {
+    spdlog::default_logger()->sinks().push_back(sink_);
+  }
+  ~LogSinkGuard() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
+  LogSinkGuard(const LogSinkGuard&) = delete;
+  LogSinkGuard& operator=(const LogSinkGuard&) = delete;
+
+ private:
+  std::shared_ptr<spdlog::sinks::sink> sink_;
 };
 
 // While the progress bar is on the terminal, every log line of the supervisor erases it
@@ -478,7 +499,7 @@ class Supervision {
  public:
   Supervision(Config& config, Instance& instance, SystemdNotifier& notifier,
               const std::optional<Credentials>& user, const fs::path& config_file,
-              ConfigSource reread, std::vector<std::string> leftovers)
+              ConfigSource reread, std::vector<std::string> leftovers, LogTail* log_tail)
       : config_(config),
         instance_(instance),
         control_(instance.control()),
@@ -487,11 +508,10 @@ class Supervision {
         leftovers_(std::move(leftovers)),
         show_progress_(bar_.enabled() && !config.capture.files.empty()) {
     // A file run on a terminal shows the progress bar; the stages' log lines then come
-    // through the supervisor so that none lands on the bar's row.
-    if (show_progress_) {
-      stage_output_.emplace();
-      log_clears_bar_.emplace(bar_);
-    }
+    // through the supervisor so that none lands on the bar's row. They also do when the
+    // status page shows the run's log (supervisor.http_listen).
+    if (show_progress_ || log_tail != nullptr) stage_output_.emplace(log_tail);
+    if (show_progress_) log_clears_bar_.emplace(bar_);
     host_.emplace(config_, user, control_, notifier_, stage_output_ ? &*stage_output_ : nullptr);
     std::vector<StageSpec> specs;
     add_stages(config_, instance_, config_file, user.has_value(), specs, *host_);
@@ -797,10 +817,10 @@ std::uint64_t Supervision::read_stage_memory() {
 }
 
 void Supervision::show_progress() {
+  if (stage_output_) stage_output_->pump(bar_);
   if (!show_progress_) return;
   namespace cc = capture_counter;
   const StageSlot& capture = control_.slots[slot_index(StageKind::kCapture, 0, control_.shards)];
-  stage_output_->pump(bar_);
   bar_.update(capture.counters[cc::kBytesRead].load(), capture.counters[cc::kBytesTotal].load(),
               capture.counters[cc::kReceived].load(), Clock::now());
 }
@@ -940,13 +960,19 @@ int run_pipeline(Config config, ConfigSource reread, bool rotate_key) {
     store_chain_position(control.slots[slot_index(StageKind::kSignerd, 0, control.shards)],
                          *position);
   }
-  std::optional<HttpServer> http;  // supervisor.http_listen: /metrics, /status.json, /
+  // supervisor.http_listen: /metrics, /status.json, /log.json (the newest lines of this
+  // log, kept while the server is on), /
+  std::optional<LogTail> log_tail;
+  std::optional<LogSinkGuard> log_to_tail;
+  std::optional<HttpServer> http;
   if (!config.supervisor.http_listen.empty()) {
+    log_tail.emplace(kLogTailLines);
+    log_to_tail.emplace(log_tail->sink());
     http.emplace(parse_listen_address(config.supervisor.http_listen), config.supervisor.instance,
-                 instance.control(), std::uint64_t(config.memory.budget_mb) << 20);
+                 instance.control(), std::uint64_t(config.memory.budget_mb) << 20, *log_tail);
   }
   Supervision supervision(config, instance, notifier, user, config_file, std::move(reread),
-                          leftovers);
+                          leftovers, log_tail ? &*log_tail : nullptr);
   return supervision.run();
 }
 

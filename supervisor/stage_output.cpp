@@ -11,7 +11,7 @@
 
 namespace flowseal::supervisor {
 
-StageOutput::StageOutput() {
+StageOutput::StageOutput(LogTail* tail) : tail_(tail) {
   int fds[2];
   // Both ends close-on-exec: a stage gets the write end as its stderr through dup2, which
   // clears the flag on the copy only.
@@ -36,13 +36,24 @@ void StageOutput::pump(ProgressBar& bar) {
   }
   const auto end = partial_.rfind('\n');
   if (end == std::string::npos) return;
-  bar.print(std::string_view(partial_).substr(0, end + 1));
+  const std::string_view complete = std::string_view(partial_).substr(0, end + 1);
+  bar.print(complete);
+  if (tail_ != nullptr) {
+    for (std::size_t at = 0; at < complete.size();) {
+      const std::size_t eol = complete.find('\n', at);
+      tail_->add(complete.substr(at, eol - at));
+      at = eol + 1;
+    }
+  }
   partial_.erase(0, end + 1);
 }
 
 void StageOutput::finish(ProgressBar& bar) {
   pump(bar);
-  if (!partial_.empty()) bar.print(partial_ + "\n");
+  if (!partial_.empty()) {
+    bar.print(partial_ + "\n");
+    if (tail_ != nullptr) tail_->add(partial_);
+  }
   partial_.clear();
 }
 

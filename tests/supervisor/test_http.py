@@ -294,8 +294,28 @@ def test_prometheus_scrapes_the_run(looping_run, prometheus):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_log_json_has_the_newest_lines_of_the_supervisor_and_the_stages(looping_run):
+    def lines():
+        status, content_type, body = get(looping_run.base + "/log.json")
+        assert status == 200 and content_type == "application/json"
+        log = json.loads(body)
+        assert log["added"] >= len(log["lines"])
+        return log["lines"]
+    # The supervisor's own line and a stage's (it passes through the supervisor while the
+    # page shows the log), each as it is printed: time, level, who, what.
+    got = wait_until("the log to hold the supervisor's ready line and dedupd's first line",
+                     lambda: (lambda ls: ls if any(" info flowseal: ready: every stage is up" in l
+                                                   for l in ls)
+                              and any(" info dedupd: dedup: report interval" in l for l in ls)
+                              else None)(lines()))
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} \w+ \S+: ", l) for l in got), got
+    # Still on the run's stderr as well.
+    assert looping_run.wait_for(r"info dedupd: dedup: report interval")
+
+
 def test_status_page_in_headless_chromium(looping_run, tmp_path):
-    """The page as a browser runs it: the DOM shows the five stages with non-zero rates."""
+    """The page as a browser runs it: the DOM shows the five stages with non-zero rates,
+    and the run's recent log lines."""
     def rendered():
         dom = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -303,9 +323,14 @@ def test_status_page_in_headless_chromium(looping_run, tmp_path):
              "--dump-dom", looping_run.base + "/"],
             capture_output=True, text=True, timeout=TIMEOUT).stdout
         boxes = dict(re.findall(r'data-stage="([^"]+)" data-in-rate="(\d+)"', dom))
-        return boxes if all(float(boxes.get(s, 0)) > 0 for s in STAGES) else None
-    boxes = wait_until("the page to show five stages with rates", rendered, step=1)
+        return (boxes, dom) if all(float(boxes.get(s, 0)) > 0 for s in STAGES) else None
+    boxes, dom = wait_until("the page to show five stages with rates", rendered, step=1)
     assert set(boxes) == set(STAGES)
+    log_lines = re.findall(r'<div class="(\w*)" data-log-line="">([^<]*)</div>', dom)
+    assert any("flowseal: ready: every stage is up" in text for _, text in log_lines), \
+        f"the page shows the recent log: {log_lines[-5:]}"
+    assert all(level in ("info", "warning", "error", "critical", "debug", "")
+               for level, _ in log_lines)
 
 
 def test_non_loopback_bind_is_refused(tmp_path, instance):
