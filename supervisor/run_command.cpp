@@ -169,11 +169,14 @@ class RunDirectory {
 // Lines of the run's log the status page shows (GET /log.json).
 constexpr std::size_t kLogTailLines = 200;
 
-// Puts `sink` into the default logger for the guard's lifetime.
+// Puts `sink` into the default logger for the guard's lifetime: last, or before the others.
 class LogSinkGuard {
  public:
-  explicit LogSinkGuard(std::shared_ptr<spdlog::sinks::sink> sink) : sink_(std::move(sink)) {
-    spdlog::default_logger()->sinks().push_back(sink_);
+  enum class Place { kLast, kFirst };
+  explicit LogSinkGuard(std::shared_ptr<spdlog::sinks::sink> sink, Place place = Place::kLast)
+      : sink_(std::move(sink)) {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.insert(place == Place::kFirst ? sinks.begin() : sinks.end(), sink_);
   }
   ~LogSinkGuard() {
     auto& sinks = spdlog::default_logger()->sinks();
@@ -190,16 +193,8 @@ class LogSinkGuard {
 // first: a sink placed before the real one in the default logger, for the guard's lifetime.
 class LogClearsBar {
  public:
-  explicit LogClearsBar(ProgressBar& bar) : sink_(std::make_shared<ClearingSink>(bar)) {
-    auto& sinks = spdlog::default_logger()->sinks();
-    sinks.insert(sinks.begin(), sink_);
-  }
-  ~LogClearsBar() {
-    auto& sinks = spdlog::default_logger()->sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
-  }
-  LogClearsBar(const LogClearsBar&) = delete;
-  LogClearsBar& operator=(const LogClearsBar&) = delete;
+  explicit LogClearsBar(ProgressBar& bar)
+      : guard_(std::make_shared<ClearingSink>(bar), LogSinkGuard::Place::kFirst) {}
 
  private:
   // The supervisor logs from its one thread: no mutex.
@@ -214,7 +209,7 @@ class LogClearsBar {
    private:
     ProgressBar& bar_;
   };
-  std::shared_ptr<spdlog::sinks::sink> sink_;
+  LogSinkGuard guard_;
 };
 
 double mib(std::uint64_t bytes) { return double(bytes) / double(1 << 20); }
