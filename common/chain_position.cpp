@@ -35,20 +35,22 @@ void store_words(StageSlot& slot, std::size_t first, const std::array<std::uint8
 
 }  // namespace
 
-std::optional<ChainPosition> load_chain_position(const StageSlot& slot) {
-  if (slot.counters[kChainValid].load() == 0) return std::nullopt;
-  ChainPosition position;
-  load_words(slot, kStreamId, position.stream_id);
-  position.next_seq = slot.counters[kNextSeq].load();
-  load_words(slot, kPrevRoot, position.prev_root);
-  return position;
+std::optional<StoredChainPosition> load_chain_position(const StageSlot& slot) {
+  const std::uint64_t valid = slot.counters[kChainValid].load();
+  if (valid == 0) return std::nullopt;
+  StoredChainPosition stored;
+  load_words(slot, kStreamId, stored.position.stream_id);
+  stored.position.next_seq = slot.counters[kNextSeq].load();
+  load_words(slot, kPrevRoot, stored.position.prev_root);
+  stored.ring_head = valid - 1;
+  return stored;
 }
 
-void store_chain_position(StageSlot& slot, const ChainPosition& position) {
+void store_chain_position(StageSlot& slot, const ChainPosition& position, std::uint64_t ring_head) {
   store_words(slot, kStreamId, position.stream_id);
   slot.counters[kNextSeq].store(position.next_seq);
   store_words(slot, kPrevRoot, position.prev_root);
-  slot.counters[kChainValid].store(1);
+  slot.counters[kChainValid].store(ring_head + 1);
 }
 
 }  // namespace flowseal

@@ -153,6 +153,34 @@ RingProducer::RingProducer(std::span<std::byte> memory)
   }
 }
 
+std::optional<std::span<const std::byte>> RingProducer::last_published_since(
+    std::uint64_t from) const {
+  if (from >= published_ || from % sizeof(FrameHeader) != 0 || published_ - from > capacity_) {
+    return std::nullopt;
+  }
+  std::optional<std::span<const std::byte>> last;
+  for (std::uint64_t at = from; at < published_;) {
+    const std::uint64_t offset = at & (capacity_ - 1);
+    const std::uint64_t available = published_ - at;
+    FrameHeader frame;
+    std::memcpy(&frame, data_ + offset, sizeof frame);
+    if (frame.length == FrameHeader::kWrapMarker &&
+        frame.check == (FrameHeader::kWrapMarker ^ FrameHeader::kCheck) &&
+        capacity_ - offset <= available) {
+      at += capacity_ - offset;
+      continue;
+    }
+    const std::uint64_t need = frame_bytes(frame.length);
+    if (frame.check != (frame.length ^ FrameHeader::kCheck) || frame.length > max_frame_ ||
+        offset + need > capacity_ || need > available) {
+      return std::nullopt;
+    }
+    last = std::span<const std::byte>(data_ + offset + sizeof(FrameHeader), frame.length);
+    at += need;
+  }
+  return last;
+}
+
 bool RingProducer::has_room(std::uint64_t need) {
   if (head_ + need - cached_tail_ <= capacity_) return true;
   cached_tail_ = header_->tail.load(std::memory_order_acquire);

@@ -145,6 +145,14 @@ class RingProducer {
   bool write(std::span<const std::byte> payload, std::chrono::milliseconds timeout);
 
   void count_drop() { header_->drops.fetch_add(1, std::memory_order_relaxed); }
+  // The position up to which frames are published (the shared head when constructed).
+  std::uint64_t published() const { return published_; }
+  // The last frame published in [from, published()), read back from the data area as a
+  // consumer would read it (every header checked, wrap markers followed): for a restarted
+  // producer that must learn what its predecessor published after the position it recorded.
+  // nullopt if there is none, if `from` is not a frame boundary within one capacity of the
+  // head, or if any header fails its check (the bytes are then not what a producer wrote).
+  std::optional<std::span<const std::byte>> last_published_since(std::uint64_t from) const;
   // Tells the consumer no more frames will come (after a final publish()).
   void close();
   // A restarted producer reopens a ring its predecessor may have closed.

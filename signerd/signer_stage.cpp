@@ -8,11 +8,13 @@
 #include <capnp/any.h>
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "batch_sealer.h"
 #include "capnp_frame.h"
 #include "chain_position.h"
+#include "chain_resume.h"
 #include "flowseal.capnp.h"
 #include "frame_loop.h"
 #include "layout.h"
@@ -27,9 +29,12 @@ namespace {
 namespace rc = record_counter;
 
 // The position stored in the slot (by an earlier signerd of this run, or by the supervisor
-// when the run continues its store's stream), else a new stream: a random id, seq 0.
-ChainPosition load_position(StageRuntime& runtime) {
-  if (auto stored = load_chain_position(runtime.slot())) return *stored;
+// when the run continues its store's stream), moved past a batch published after it was
+// stored; else a new stream: a random id, seq 0.
+ChainPosition load_position(StageRuntime& runtime, const RingProducer& producer) {
+  if (auto stored = load_chain_position(runtime.slot())) {
+    return resume_chain(*stored, producer);
+  }
   ChainPosition pos;
   if (getrandom(pos.stream_id.data(), pos.stream_id.size(), 0) !=
       static_cast<ssize_t>(pos.stream_id.size())) {
@@ -50,8 +55,8 @@ int run_signerd(StageRuntime& runtime) {
   RateLimitedLog log;
   FrameLoop loop(stage_process(runtime, rc::kBadFrames), inputs, log, "FlowEventBatch");
 
-  ChainPosition position = load_position(runtime);
-  store_chain_position(runtime.slot(), position);
+  ChainPosition position = load_position(runtime, output.producer());
+  store_chain_position(runtime.slot(), position, output.producer().published());
   if (position.next_seq > 0) {
     spdlog::info("continuing the chain at batch {}", position.next_seq);
   }
@@ -100,7 +105,7 @@ int run_signerd(StageRuntime& runtime) {
       ++batches;
       position.next_seq = sealer.next_seq();
       position.prev_root = sealer.prev_root();
-      store_chain_position(runtime.slot(), position);
+      store_chain_position(runtime.slot(), position, output.producer().published());
     }
     seal_due = Clock::time_point::max();
     loop.commit(0);  // every frame read so far is inside a published batch

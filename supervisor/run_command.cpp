@@ -951,9 +951,11 @@ int run_pipeline(Config config, ConfigSource reread, bool rotate_key) {
     // signerd starts from the position in its slot (common/chain_position.h), as a restarted
     // signerd does: written here once, before it first starts. A launch argument would have
     // to lose to the slot on every restart; the slot is the one place signerd already trusts.
+    // With the sealed ring's head after the batches placed in it above: signerd goes on
+    // after them, not back over them.
     ControlBlock& control = instance.control();
     store_chain_position(control.slots[slot_index(StageKind::kSignerd, 0, control.shards)],
-                         *position);
+                         *position, RingProducer(instance.sealed_ring()).published());
   }
   // supervisor.http_listen: /metrics, /status.json, /log.json (the newest lines of this
   // log, kept while the server is on), /

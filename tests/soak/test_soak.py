@@ -15,10 +15,6 @@ allocator holds freed memory in its quarantine and grows by design; the figures 
 A sanitizer report in any stage fails the test (the supervisor restarts a stage the sanitizer
 stopped like any crashed one, so the run alone would still end 0): soak.py reads the log.
 
-signerd is spared here, and only here, until its known bug is fixed: a signerd killed between
-publishing a batch and storing its chain position makes its successor seal batch N again with
-other boundaries, which breaks the chain and loses records (docs/RELIABILITY.md, "What the
-soak found", 0: one short soak in eleven hit it). The CLI's long runs disturb every stage.
 """
 import os
 import time
@@ -38,7 +34,6 @@ def test_a_run_disturbed_every_few_seconds_loses_nothing_and_stays_flat(tmp_path
     cfg = soak.SoakConfig(flowseal=FLOWSEAL, capture=os.path.join(DATA, "KakaoTalk_talk.pcap"),
                           workdir=str(tmp_path), seed=SEED, duration_s=75, work_factor=0.5,
                           warmup_s=20, timeout_s=900 if SANITIZED else 300,
-                          spare=("signerd",),  # its open bug: see the docstring
                           say=lambda line: report(line))
     res = soak.soak(cfg)
     soak.report(res, report)
