@@ -1,6 +1,7 @@
 #include "chain_resume.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 
 #include <capnp/serialize.h>
@@ -28,6 +29,8 @@ ChainPosition resume_chain(const StoredChainPosition& stored, const RingProducer
   ChainPosition position = stored.position;
   if (stream.size() != position.stream_id.size() || root.size() != position.prev_root.size() ||
       !std::equal(stream.begin(), stream.end(), position.stream_id.begin()) ||
+      // A seq from shared memory: the last one has no successor (seq + 1 would wrap to 0).
+      header.getSeq() == UINT64_MAX ||
       // A store torn after its seq word already says seq + 1.
       header.getSeq() + 1 < position.next_seq) {
     throw std::runtime_error(fmt::format(

@@ -110,6 +110,9 @@ TEST_CASE("a successor goes on after a batch published past the stored position"
     StoredChainPosition ahead = stored;
     ahead.position.next_seq = 7;  // the ring's last batch is 5: older than the position
     CHECK_THROWS_WITH(resume_chain(ahead, successor), Catch::Contains("seq 5"));
+    StoredChainPosition from_start = stored;
+    from_start.position.next_seq = 0;  // any seq follows it: the check is the stream's
+    CHECK(resume_chain(from_start, successor).next_seq == 6);
     StoredChainPosition misaligned = stored;
     misaligned.ring_head += 4;
     CHECK_THROWS_WITH(resume_chain(misaligned, successor), Catch::Contains("not a frame"));
