@@ -279,7 +279,7 @@ def test_a_failing_retention_delete_is_named_and_tried_again(flowseal, data_dir,
     # 40 passes in 1 MiB segments with a 1 MiB disk limit: retention deletes the oldest
     # segment as new ones close. The first deletion fails: it is named, the run goes on, a
     # later pass deletes it, and what is kept verifies (the chain starting at a later batch).
-    loop = ["capture.loop=40", "writer.segment_max_mb=1", "seal.batch_records=256",
+    loop = ["capture.loop=120", "writer.segment_max_mb=1", "seal.batch_records=256",
             "writer.retention_max_mb=1"]
     out = str(tmp_path / "out")
     log = str(tmp_path / "faults.log")

@@ -21,7 +21,7 @@ from test_ship_stage import (SCALE, instance_name, no_capture_drops, run_args, s
 # grow while it does. (Looping the three captures of the other tests stops at 24 passes:
 # their times span ten years.)
 PCAP = os.path.join(DATA, "tumblr.pcap")
-LOOPS = 1000
+LOOPS = 4000  # long enough that a fast machine is still capturing when the stall is seen
 # Room for a few batches (~2 KB each): the stream is full after the first handful.
 FULL_STREAM = {"name": "FLOWSEAL", "subjects": ["flowseal.>"], "storage": "file",
                "max_bytes": 16384, "discard": "new", "num_replicas": 1}
