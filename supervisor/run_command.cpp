@@ -425,6 +425,21 @@ class ProcessHost final : public StageHost {
   std::vector<ChildProcess> processes_;
 };
 
+// How long shipd's outputs may drain after writerd has finished, the longest of them: NATS
+// shipping and the IPFIX export wait ship.drain_timeout_s, the Kafka export
+// export.kafka.drain_timeout_s. (Only ship.drain_timeout_s counted: a Kafka drain given
+// longer was killed 15 s after ship.drain_timeout_s, its records left undelivered, exit 75.)
+double shipd_drain_timeout_s(const Config& config) {
+  double timeout = 0;
+  if (!config.ship.url.empty() || !config.exports.ipfix.url.empty()) {
+    timeout = config.ship.drain_timeout_s;
+  }
+  if (!config.exports.kafka.brokers.empty()) {
+    timeout = std::max(timeout, config.exports.kafka.drain_timeout_s);
+  }
+  return timeout;
+}
+
 // The stages in data order (capture, flowd[0..n), dedupd, signerd, writerd: the control
 // block's slot order), each with its command line.
 void add_stages(const Config& config, const Instance& instance, const fs::path& config_file,
@@ -451,11 +466,12 @@ void add_stages(const Config& config, const Instance& instance, const fs::path& 
     }
     if (kind == StageKind::kShipd) {
       // Optional: the local store is its buffer, so its failures never end the run. It
-      // drains after writerd; it gives up by itself ship.drain_timeout_s after writerd has
-      // finished (exit 75), and is killed if it has not left a while after that.
+      // drains after writerd; it gives up by itself (exit 75) once the longest drain timeout
+      // of its outputs has passed since writerd finished, and is killed if it has not left a
+      // while after that.
       spec.essential = false;
       spec.drain_timeout = std::chrono::milliseconds(
-          static_cast<std::int64_t>(config.ship.drain_timeout_s * 1000) + 15000);
+          static_cast<std::int64_t>(shipd_drain_timeout_s(config) * 1000) + 15000);
     }
     host.add(spec, std::move(argv));
     specs.push_back(std::move(spec));

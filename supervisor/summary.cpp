@@ -56,6 +56,19 @@ std::string ship_figures(const ControlBlock& control, bool summary) {
           : std::string());
 }
 
+// The Kafka export's figures for the summary. The delivered counts are the last shipd
+// process's (a restarted shipd counts from 0); the lag is the store's, whoever delivered.
+std::string kafka_figures(const Config& config, const ControlBlock& control) {
+  if (!control.ships() || config.exports.kafka.brokers.empty()) return {};
+  namespace sc = ship_counter;
+  const auto c = [&](std::size_t index) { return counter(control, StageKind::kShipd, index); };
+  return fmt::format(
+      "  kafka     {} records ({} batches) delivered to topic {}, up to batch seq {}; "
+      "undelivered {} batches (lag); {} delivery failures\n",
+      c(sc::kKafkaRecordsDelivered), c(sc::kKafkaBatchesDelivered), config.exports.kafka.topic,
+      c(sc::kKafkaExportedSeq), c(sc::kKafkaLagBatches), c(sc::kKafkaDeliveryFailures));
+}
+
 }  // namespace
 
 void print_stats_line(const ControlBlock& control, const std::vector<Instance::RingView>& rings) {
@@ -130,6 +143,7 @@ void print_run_summary(const Config& config, const ControlBlock& control, double
                          : std::string());
   for (const auto& line : leftovers) out += fmt::format("  leftover  {}\n", line);
   out += ship_figures(control, true);
+  out += kafka_figures(config, control);
   if (seconds > 0) {
     out += fmt::format("  rate      {:.0f} packets/s\n", double(received) / seconds);
   }
