@@ -38,14 +38,20 @@ def instance_name(tag):
     return f"kafkarun-{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def run_args(store, instance, cluster, topic, settings=(), loop=1):
-    """`flowseal run` over the test captures, exporting to the mock cluster (--set, as a user
-    would), in small batches (many of them)."""
+def run_args(store, instance, cluster, topic, settings=(), loop=1, config=None):
+    """`flowseal run` over the test captures, exporting to the mock cluster, in small batches
+    (many of them). The Kafka settings as a user gives them: in `config` (a YAML file), or
+    with --set when there is none."""
     args = [FLOWSEAL, "run", "-o", store, "--instance", instance, "--loop", str(loop),
             "--set", "supervisor.stats_interval_s=1", "--set", "seal.batch_records=64",
-            "--set", "writer.segment_max_mb=1",
-            "--set", f"export.kafka.brokers={cluster.bootstrap}",
-            "--set", f"export.kafka.topic={topic}"]
+            "--set", "writer.segment_max_mb=1"]
+    if config is not None:
+        config.write_text(f'export:\n  kafka.brokers: "{cluster.bootstrap}"\n'
+                          f'  kafka.topic: "{topic}"\n')
+        args += ["-c", str(config)]
+    else:
+        args += ["--set", f"export.kafka.brokers={cluster.bootstrap}",
+                 "--set", f"export.kafka.topic={topic}"]
     for p in PCAPS:
         args += ["-r", os.path.join(DATA, p)]
     for s in settings:
@@ -143,7 +149,8 @@ def check_records(messages, store, may_repeat):
 def test_a_run_exports_every_record_once_as_its_stores_cat_line_provably(tmp_path, cluster,
                                                                           topic):
     store = str(tmp_path / "probe")
-    r = subprocess.run(run_args(store, instance_name("all"), cluster, topic),
+    r = subprocess.run(run_args(store, instance_name("all"), cluster, topic,
+                                config=tmp_path / "flowseal.yaml"),
                        capture_output=True, text=True, timeout=TIMEOUT * SCALE)
     assert r.returncode == 0, r.stderr[-4000:]
     # shipd ran as a stage and drained before the run ended: the summary says all went out.
