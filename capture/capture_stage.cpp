@@ -156,6 +156,9 @@ class CaptureLoop {
   void read_pressure();
   // Hashes, samples and stages one packet; true when a batch is full.
   bool take(Packet& packet);
+  // Takes an 802.11 A-MSDU frame's subframes as packets of their own; false if the frame
+  // is malformed (see split_amsdu) and goes on whole.
+  bool take_amsdu(const Packet& frame);
   void publish_counters(bool final);
   void flush();
 
@@ -190,6 +193,9 @@ class CaptureLoop {
   packet::DecodedPacket decoded_;
   FragmentRouter router_;  // all pieces of a datagram to its flow's shard
   std::vector<std::uint8_t> rewritten_;
+  packet::AmsduSplit amsdu_split_;
+  std::vector<std::uint8_t> amsdu_copy_;                // one subframe's packet at a time
+  std::uint64_t amsdu_frames_ = 0, amsdu_packets_ = 0;  // this run's, for its last log line
 };
 
 void CaptureLoop::resume() {
@@ -267,8 +273,9 @@ bool CaptureLoop::take(Packet& packet) {
   // by the same cause; a decoded one goes as the headers decode() read, which decode the same.
   std::size_t keep = keep_;
   const bool truncated = packet.bytes.size() < packet.wire_len;  // by the capture, not by us
-  if (packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded_) ==
-      packet::DecodeStatus::kOk) {
+  const packet::DecodeStatus status =
+      packet::decode(packet.link_type, packet.bytes, packet.wire_len, decoded_);
+  if (status == packet::DecodeStatus::kOk) {
     keep = std::min<std::size_t>(keep, decoded_.header_bytes);
     if (packet.pass > 0) {
       // Only the headers go on, and the addresses to rewrite lie in them: copy just those.
@@ -278,6 +285,8 @@ bool CaptureLoop::take(Packet& packet) {
       if (rewrite_for_pass(copy, decoded_, packet.pass)) packet.bytes = copy;
     }
     hash = router_.route(decoded_, packet::symmetric_hash(decoded_.key));
+  } else if (status == packet::DecodeStatus::kBadAmsdu && take_amsdu(packet)) {
+    return false;  // its subframes were taken (and flushed when a batch filled)
   }
   // Sample whole flows, not packets: a flow is kept or left out as a unit, so the flows
   // that are kept stay exact (and carry their sampling rate).
@@ -293,6 +302,38 @@ bool CaptureLoop::take(Packet& packet) {
   }
   if (truncated) ++truncated_;
   return batcher_.add(shard, packet, hash, keep);
+}
+
+// An A-MSDU frame carries several packets, of different flows (and shards) as often as not,
+// so each subframe goes on as a packet of its own: the frame's bytes before the first
+// subframe (outer layers and 802.11 header) with the A-MSDU bit cleared, then that
+// subframe's MSDU. That is a plain 802.11 frame, which decode() reads as any other here
+// and in flowd, so nothing after capture knows about A-MSDU. Counting follows: each
+// subframe is one packet received (and processed, sampled out or dropped), so a frame of
+// N subframes counts N. An outer layer that is a flow of its own (a UDP tunnel around an
+// Aruba tunnel) counts once per subframe too, where Zeek counts that datagram once.
+bool CaptureLoop::take_amsdu(const Packet& frame) {
+  // A subframe's packet with an A-MSDU inside (802.11 in GRE in 802.11) is not split again:
+  // it would be split from the buffer its pieces are copied into. It goes on as malformed.
+  if (frame.bytes.data() == amsdu_copy_.data()) return false;
+  if (!packet::split_amsdu(frame.link_type, frame.bytes, frame.wire_len, amsdu_split_)) {
+    return false;
+  }
+  // Every subframe lies inside the frame's captured bytes, so a copy is never longer.
+  if (amsdu_copy_.size() < frame.bytes.size()) amsdu_copy_.resize(frame.bytes.size());
+  const std::size_t prefix = amsdu_split_.prefix;
+  std::copy_n(frame.bytes.begin(), prefix, amsdu_copy_.begin());
+  amsdu_copy_[amsdu_split_.amsdu_bit_at] &= 0x7F;
+  ++amsdu_frames_;
+  amsdu_packets_ += amsdu_split_.subframes.size();
+  for (const packet::AmsduSubframe& sub : amsdu_split_.subframes) {
+    std::copy_n(frame.bytes.begin() + sub.offset, sub.length, amsdu_copy_.begin() + prefix);
+    Packet packet = frame;
+    packet.bytes = std::span<const std::uint8_t>(amsdu_copy_.data(), prefix + sub.length);
+    packet.wire_len = static_cast<std::uint32_t>(packet.bytes.size());
+    if (take(packet)) flush();
+  }
+  return true;
 }
 
 std::uint64_t CaptureLoop::run() {
@@ -328,6 +369,9 @@ std::uint64_t CaptureLoop::run() {
   flush();
   publish_counters(true);
   rings_.close();
+  if (amsdu_frames_ > 0) {  // why more packets were received than the capture had records
+    spdlog::info("{} 802.11 A-MSDU frames split into {} packets", amsdu_frames_, amsdu_packets_);
+  }
   return published_;
 }
 

@@ -16,6 +16,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 namespace flowseal::packet {
 
@@ -47,8 +48,11 @@ enum class DecodeStatus : std::uint8_t {
   kBadTransport,        // e.g. TCP data offset < 5
   // Appended (the order is the counters' order): 802.11 frames that carry IP but cannot be
   // read. Management, control and empty (null) data frames are kNotIp.
-  kEncrypted,         // 802.11 protected frame: the payload is encrypted
-  kUnsupportedAmsdu,  // 802.11 A-MSDU: several packets in one frame, not split yet
+  kEncrypted,  // 802.11 protected frame: the payload is encrypted
+  // 802.11 A-MSDU: several packets (subframes) in one frame. decode() answers this for every
+  // A-MSDU frame; capture splits a well-formed one first (split_amsdu() below), so one that
+  // reaches flowd whole is malformed (a subframe past the frame, bad padding, an empty one).
+  kBadAmsdu,
   kCount
 };
 std::string_view to_string(DecodeStatus);
@@ -133,6 +137,30 @@ struct DecodedPacket {
 // the wire; `bytes` may be shorter (snaplen, payload cut): lengths come from the IP header.
 DecodeStatus decode(int link_type, std::span<const std::uint8_t> bytes, std::uint32_t wire_len,
                     DecodedPacket& out);
+
+// An 802.11 A-MSDU frame cut into its subframes, as Zeek's IEEE802_11 analyzer reads it:
+// each subframe (6-byte DA, 6-byte SA, 2-byte length, the MSDU: LLC/SNAP, then the packet)
+// is a packet of its own flow. `prefix` is every byte before the first subframe (outer
+// layers, 802.11 header); prefix bytes with the QoS control byte's A-MSDU bit
+// (bytes[amsdu_bit_at] & 0x80) cleared, then one MSDU, make a plain 802.11 frame carrying
+// that subframe's packet, which decode() reads as any other.
+struct AmsduSubframe {
+  std::uint32_t offset = 0;  // of the MSDU (its LLC header), into the frame's bytes
+  std::uint32_t length = 0;  // the subframe header's length field: bytes of the MSDU
+};
+struct AmsduSplit {
+  std::uint32_t prefix = 0;
+  std::uint32_t amsdu_bit_at = 0;
+  std::vector<AmsduSubframe> subframes;  // reused between calls: no allocation once grown
+};
+
+// For a packet decode() answers kBadAmsdu: true and `out` filled when every subframe lies
+// within the frame (the 802.11 body as the outer lengths and the capture bound it), none is
+// empty, and each but the last is padded to a multiple of 4 bytes (IEEE 802.11-2016
+// 9.3.2.2.2) with a whole subframe after the padding. False for a malformed frame, which
+// stays one packet (flowd counts it as kBadAmsdu). Reads nothing outside `bytes`.
+bool split_amsdu(int link_type, std::span<const std::uint8_t> bytes, std::uint32_t wire_len,
+                 AmsduSplit& out);
 
 // The same value for both directions of a flow (src/dst and ports swapped), so both land in
 // one flowd shard. Stable across processes and runs (no per-process seed).

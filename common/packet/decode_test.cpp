@@ -795,8 +795,7 @@ TEST_CASE("802.11 frames without an IP packet are named by kind, never decoded a
   CHECK(run(kDltIeee80211, wlan_frame(0xC8, 0x01, {}), p) == DecodeStatus::kNotIp);  // QoS null
   CHECK(run(kDltIeee80211, wlan_frame(0x08, 0x41, dns), p) == DecodeStatus::kEncrypted);
   CHECK(run(kDltIeee80211, wlan_frame(0x88, 0x41, dns), p) == DecodeStatus::kEncrypted);
-  CHECK(run(kDltIeee80211, wlan_frame(0x88, 0x01, dns, 0x80), p) ==
-        DecodeStatus::kUnsupportedAmsdu);
+  CHECK(run(kDltIeee80211, wlan_frame(0x88, 0x01, dns, 0x80), p) == DecodeStatus::kBadAmsdu);
   CHECK(run(kDltIeee80211, wlan_frame(0x08, 0x01, Bytes{0x42, 0x42, 0x03, 0, 0, 0, 0, 0}), p) ==
         DecodeStatus::kNotIp);  // spanning tree LLC
   CHECK(run(kDltIeee80211, wlan_frame(0x08, 0x01, snap(0x0806, Bytes(28, 0))), p) ==
@@ -808,7 +807,150 @@ TEST_CASE("802.11 frames without an IP packet are named by kind, never decoded a
   CHECK(run(kDltIeee80211Radio, long_radiotap, p) == DecodeStatus::kTruncatedLink);
   CHECK(run(kDltIeee80211Radio, Bytes{0, 0, 4, 0, 1, 2}, p) == DecodeStatus::kTruncatedLink);
   CHECK(to_string(DecodeStatus::kEncrypted) == "encrypted");
-  CHECK(to_string(DecodeStatus::kUnsupportedAmsdu) == "unsupported_amsdu");
+  CHECK(to_string(DecodeStatus::kBadAmsdu) == "bad_amsdu");
+}
+
+// A-MSDU subframes: destination and source address, the MSDU's length, the MSDU (LLC/SNAP,
+// then a packet), padded to a multiple of 4 bytes except the last.
+Bytes amsdu_body(const std::vector<Bytes>& msdus) {
+  Bytes b;
+  for (std::size_t i = 0; i < msdus.size(); ++i) {
+    const std::size_t start = b.size();
+    b.resize(b.size() + 12, static_cast<std::uint8_t>(0x30 + i));
+    put16(b, static_cast<std::uint16_t>(msdus[i].size()));
+    b = cat(b, msdus[i]);
+    if (i + 1 < msdus.size()) b.resize(b.size() + (4 - (b.size() - start) % 4) % 4, 0);
+  }
+  return b;
+}
+// An Aruba access point's tunnel to its controller: 802.11 frames in GRE (type 0x8240), in
+// IP or (RFC 8086) in UDP.
+Bytes aruba(const Bytes& frame, bool in_udp = false) {
+  Bytes gre{0x00, 0x00};
+  put16(gre, 0x8240);
+  if (in_udp) return ether(0x0800, ipv4(17, cat(cat(udp(50000, 4754, 0), gre), frame)));
+  return ether(0x0800, ipv4(47, cat(gre, frame)));
+}
+
+// The packet capture makes of one subframe: the frame's bytes up to the first subframe, the
+// A-MSDU bit cleared, then the subframe's MSDU.
+Bytes subframe_packet(const Bytes& frame, const AmsduSplit& split, std::size_t i) {
+  Bytes b(frame.begin(), frame.begin() + split.prefix);
+  b[split.amsdu_bit_at] &= 0x7F;
+  const AmsduSubframe& sub = split.subframes[i];
+  return cat(b, Bytes(frame.begin() + sub.offset, frame.begin() + sub.offset + sub.length));
+}
+
+TEST_CASE("an A-MSDU frame splits into its subframes, each a packet of its own flow") {
+  // Lengths 63, 328 and 54 (+ 8 LLC/SNAP): paddings of 3 and 2 bytes, and a last subframe.
+  const std::vector<Bytes> msdus = {
+      snap(0x0800, ipv4(17, udp(61738, 53, 35))),
+      snap(0x86DD, ipv6(17, udp(5353, 5353, 280))),
+      snap(0x0800, ipv4(6, tcp(443, 49392, 0x18, 14))),
+  };
+  const Bytes body = amsdu_body(msdus);
+  struct Case {
+    const char* what;
+    int link;
+    Bytes bytes;
+    std::uint8_t tunnel_depth;
+  } cases[] = {
+      {"802.11", kDltIeee80211, wlan_frame(0x88, 0x01, body, 0x80), 0},
+      {"radiotap, HT control", kDltIeee80211Radio, radiotap(26, wlan_frame(0x88, 0x81, body, 0x80)),
+       0},
+      {"four addresses", kDltIeee80211, wlan_frame(0x88, 0x03, body, 0x87), 0},
+      {"Aruba GRE", kDltEn10mb, aruba(wlan_frame(0x88, 0x02, body, 0x80)), 1},
+      {"Aruba GRE in UDP", kDltEn10mb, aruba(wlan_frame(0x88, 0x02, body, 0x80), true), 2},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    DecodedPacket p;
+    CHECK(run(c.link, c.bytes, p) == DecodeStatus::kBadAmsdu);
+    AmsduSplit split;
+    REQUIRE(split_amsdu(c.link, c.bytes, static_cast<std::uint32_t>(c.bytes.size()), split));
+    REQUIRE(split.subframes.size() == msdus.size());
+    CHECK((c.bytes[split.amsdu_bit_at] & 0x80) != 0);
+    for (std::size_t i = 0; i < msdus.size(); ++i) {
+      const AmsduSubframe& sub = split.subframes[i];
+      CHECK(Bytes(c.bytes.begin() + sub.offset, c.bytes.begin() + sub.offset + sub.length) ==
+            msdus[i]);
+    }
+    const Bytes first = subframe_packet(c.bytes, split, 0);
+    REQUIRE(run(c.link, first, p) == DecodeStatus::kOk);
+    CHECK(p.key.dst_port == 53);
+    CHECK(p.ip_bytes == 63);
+    CHECK(p.tunnel_depth == c.tunnel_depth);
+    CHECK(p.outer_count == (c.tunnel_depth == 2 ? 1 : 0));  // GRE in UDP: the UDP connection
+    REQUIRE(run(c.link, subframe_packet(c.bytes, split, 1), p) == DecodeStatus::kOk);
+    CHECK(p.key.ip_version == 6);
+    CHECK(p.ip_bytes == 328);
+    REQUIRE(run(c.link, subframe_packet(c.bytes, split, 2), p) == DecodeStatus::kOk);
+    CHECK(p.key.proto == 6);
+    CHECK(p.key.src_port == 443);
+    CHECK(p.tcp_flags == 0x18);
+    CHECK(p.ip_bytes == 54);
+    // The split's own answer holds for any frame: a plain one is no A-MSDU frame.
+    CHECK_FALSE(split_amsdu(c.link, first, static_cast<std::uint32_t>(first.size()), split));
+    CHECK(split.subframes.empty());
+  }
+  // A last subframe padded anyway is fine, as Zeek reads it.
+  const Bytes padded = wlan_frame(0x88, 0x01, cat(amsdu_body({msdus[0]}), Bytes(3, 0)), 0x80);
+  AmsduSplit split;
+  CHECK(split_amsdu(kDltIeee80211, padded, static_cast<std::uint32_t>(padded.size()), split));
+  CHECK(split.subframes.size() == 1);
+}
+
+TEST_CASE("a malformed A-MSDU frame is not split and never read past its end") {
+  const std::vector<Bytes> msdus = {snap(0x0800, ipv4(17, udp(61738, 53, 35))),
+                                    snap(0x0800, ipv4(6, tcp(443, 49392, 0x18, 14)))};
+  const Bytes body = amsdu_body(msdus);
+  auto frame = [](const Bytes& b) { return wlan_frame(0x88, 0x01, b, 0x80); };
+  Bytes past_end = body;  // the last subframe's length one byte past the frame
+  past_end[body.size() - msdus[1].size() - 1] += 1;
+  Bytes first_past_end = body;  // the first subframe's length past the whole frame
+  first_past_end[12] = 0x40;
+  Bytes zero = body;  // an empty first subframe
+  zero[12] = zero[13] = 0;
+  // The first subframe without its 1 byte of padding: the next header is read 1 byte late.
+  Bytes unpadded = body;
+  unpadded.erase(unpadded.begin() + 14 + static_cast<std::ptrdiff_t>(msdus[0].size()));
+  struct Case {
+    const char* what;
+    int link;
+    Bytes bytes;
+  } cases[] = {
+      {"a subframe length past the frame", kDltIeee80211, frame(past_end)},
+      {"the first subframe past the frame", kDltIeee80211, frame(first_past_end)},
+      {"a zero-length subframe", kDltIeee80211, frame(zero)},
+      {"padding missing", kDltIeee80211, frame(unpadded)},
+      {"2 stray bytes after the last subframe", kDltIeee80211, frame(cat(body, Bytes(2, 0)))},
+      {"padding of the wrong length (2 of 3)", kDltIeee80211,
+       frame(cat(amsdu_body({msdus[0]}), Bytes(2, 0)))},
+      {"a cut subframe header", kDltIeee80211, frame(cat(body, Bytes(20, 0)))},
+      {"no subframe at all", kDltIeee80211, frame({})},
+      {"HT control past the capture", kDltIeee80211,
+       Bytes{0x88, 0x81, 0,  0,  1,  2,  3,  4,  5, 6, 7,    8, 9, 10,
+             11,   12,   13, 14, 15, 16, 17, 18, 0, 0, 0x80, 0, 0}},
+      {"Aruba GRE, the IP length ends the frame early", kDltEn10mb,
+       [&] {
+         Bytes b = aruba(frame(body));
+         const auto total = static_cast<std::uint16_t>((b[14 + 2] << 8 | b[14 + 3]) - 10);
+         b[14 + 2] = static_cast<std::uint8_t>(total >> 8);  // the IPv4 total length
+         b[14 + 3] = static_cast<std::uint8_t>(total);
+         return b;
+       }()},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    DecodedPacket p;
+    CHECK(run(c.link, c.bytes, p) == DecodeStatus::kBadAmsdu);
+    AmsduSplit split;
+    // Exactly the frame's bytes on the heap: ASan reports any read past them.
+    const auto copy = std::make_unique<std::uint8_t[]>(c.bytes.size());
+    std::memcpy(copy.get(), c.bytes.data(), c.bytes.size());
+    CHECK_FALSE(split_amsdu(c.link, std::span<const std::uint8_t>(copy.get(), c.bytes.size()),
+                            static_cast<std::uint32_t>(c.bytes.size()), split));
+  }
 }
 
 TEST_CASE("every decoded packet of the real captures decodes alike from its header bytes alone") {

@@ -1,7 +1,8 @@
 // libFuzzer target: the packet decoder (common/packet/decode.h), as capture and flowd call it.
 // Input: a 2-byte link-type selector, then one packet's captured bytes. decode() must never
 // read outside the span (ASan), and what it returns must be self-consistent; the packet cut to
-// the header_bytes it reports must decode to the same result.
+// the header_bytes it reports must decode to the same result. An 802.11 A-MSDU frame is also
+// split as capture splits it (split_amsdu), and each subframe's packet decoded.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +20,36 @@ constexpr std::array<int, 14> kLinks = {
     kDltNull, kDltEn10mb,     kDltPpp,       kDltIeee80211, kDltIeee80211Radio,
     kDltRaw,  kDltRawOpenBsd, kLinktypeRaw,  kDltLoop,      kDltLinuxSll,
     kDltIpv4, kDltIpv6,       kDltLinuxSll2, 0xBEEF /* unknown */};
+
+// An A-MSDU frame's split (what capture does with it): every subframe inside the captured
+// bytes, after the prefix; each subframe's packet decodes without reading outside its copy.
+void check_amsdu_split(int link, const std::uint8_t* bytes, std::size_t len, std::uint32_t extra) {
+  static AmsduSplit split;  // reused, as capture reuses its own
+  if (!split_amsdu(link, std::span<const std::uint8_t>(bytes, len),
+                   static_cast<std::uint32_t>(len) + extra, split)) {
+    return;  // malformed: capture sends it on whole
+  }
+  if (split.subframes.empty() || split.amsdu_bit_at >= split.prefix || split.prefix > len) {
+    std::abort();
+  }
+  std::size_t previous_end = split.prefix;
+  for (const AmsduSubframe& sub : split.subframes) {
+    if (sub.length == 0 || sub.offset < previous_end + 14 || sub.offset > len ||
+        sub.length > len - sub.offset) {
+      std::abort();
+    }
+    previous_end = sub.offset + sub.length;
+    const std::size_t size = split.prefix + sub.length;
+    auto* packet = static_cast<std::uint8_t*>(std::malloc(size));
+    __builtin_memcpy(packet, bytes, split.prefix);
+    packet[split.amsdu_bit_at] &= 0x7F;
+    __builtin_memcpy(packet + split.prefix, bytes + sub.offset, sub.length);
+    DecodedPacket out;
+    (void)decode(link, std::span<const std::uint8_t>(packet, size),
+                 static_cast<std::uint32_t>(size), out);
+    std::free(packet);
+  }
+}
 
 }  // namespace
 
@@ -58,6 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       std::abort();
     }
   }
+  if (status == DecodeStatus::kBadAmsdu) check_amsdu_split(link, bytes, len, extra);
   std::free(bytes);
   return 0;
 }

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import struct
 
 import pytest
 
@@ -174,3 +175,50 @@ def test_a_bad_config_exits_78_naming_the_key(tmp_path, sample, run_flowseal):
     r = run_flowseal(["run", "-r", sample, "-o", out, "--set", "dedup.enabled=maybe"])
     assert r.returncode == 78 and "dedup.enabled" in r.stderr, \
         "a wrongly typed --set exits 78 naming the key"
+
+
+def _udp4(src, dst, sport, dport, data):
+    """An IPv4 UDP datagram (checksums 0: flowseal does not check them)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                       bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))) + udp
+
+
+def _amsdu_frame(msdus, lengths=None):
+    """An 802.11 QoS data frame (to DS) with the A-MSDU bit, carrying `msdus` (each LLC/SNAP +
+    IPv4) as subframes padded to 4 bytes but the last; `lengths` overrides length fields."""
+    frame = bytes([0x88, 0x01, 0, 0]) + bytes(range(18)) + b"\x00\x00" + b"\x80\x00"
+    for i, msdu in enumerate(msdus):
+        msdu = b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + msdu
+        length = len(msdu) if lengths is None else lengths[i]
+        sub = bytes([0x30 + i] * 12) + struct.pack("!H", length) + msdu
+        if i + 1 < len(msdus):
+            sub += b"\x00" * (-len(sub) % 4)
+        frame += sub
+    return frame
+
+
+def test_an_802_11_a_msdu_frame_is_split_into_packets_of_their_own_flows(tmp_path, run_pipeline,
+                                                                          cat):
+    # One A-MSDU frame with three datagrams of three flows, then two malformed frames (a
+    # subframe length past the frame; an empty subframe): 3 packets in flows, 2 malformed.
+    datagrams = [_udp4("10.0.0.1", "10.0.0.2", 5000 + i, 53, b"x" * (30 + 7 * i))
+                 for i in range(3)]
+    frames = [_amsdu_frame(datagrams),
+              _amsdu_frame(datagrams[:2], [len(datagrams[0]) + 8, len(datagrams[1]) + 9]),
+              _amsdu_frame(datagrams[:2], [0, len(datagrams[1]) + 8])]
+    pcap = tmp_path / "amsdu.pcap"
+    with open(pcap, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 105))  # DLT_IEEE802_11
+        for n, frame in enumerate(frames):
+            f.write(struct.pack("<IIII", 1700000000, n, len(frame), len(frame)) + frame)
+    out = str(tmp_path / "amsdu-out")
+    r = run_pipeline([str(pcap)], out, "amsdu",
+                     ["--set", "dedup.enabled=false", "--set", "flowd.shards=2"])
+    assert r.returncode == 0, f"the run exits 0 ({r.stderr[-1000:]})"
+    assert re.search(r"received 5 +processed 5 \(3 in flows, 0 not IP, 2 malformed\)", r.stderr), \
+        f"each subframe counts as a packet, each malformed frame as one ({r.stderr[-1500:]})"
+    assert "accounting received = processed + sampled out + dropped: yes" in r.stderr
+    flows = sorted((f["id.orig_p"], f["orig_pkts"], f["orig_ip_bytes"]) for f in cat(out))
+    assert flows == [(5000 + i, 1, len(d)) for i, d in enumerate(datagrams)], \
+        "each subframe's datagram is one packet of its own flow"
