@@ -89,19 +89,38 @@ bool Publisher::connect(ship::ConnectFailure& failure, std::string& cause) {
 
 bool Publisher::publish(const StoredFrame& frame, const std::string& public_key_hex,
                         std::string& why) {
-  const std::string subject = ship::batch_subject(settings_.subject_prefix, frame.file.key_id);
-  const std::string id =
-      ship::message_id(frame.file.key_id, frame.file.stream_id, frame.frame.batch.seq);
+  return send(ship::batch_subject(settings_.subject_prefix, frame.file.key_id),
+              ship::message_id(frame.file.key_id, frame.file.stream_id, frame.frame.batch.seq),
+              frame.bytes, frame.file.stream_id, frame.frame.batch.seq, public_key_hex, {}, why);
+}
+
+bool Publisher::publish_gap(const StoredFrame& frame_after, std::uint64_t first_seq,
+                            std::uint64_t last_seq, const std::vector<std::uint8_t>& marker,
+                            const std::string& public_key_hex, std::string& why) {
+  return send(ship::batch_subject(settings_.subject_prefix, frame_after.file.key_id),
+              ship::gap_message_id(frame_after.file.key_id, frame_after.file.stream_id, first_seq,
+                                   last_seq),
+              marker, frame_after.file.stream_id, last_seq, public_key_hex,
+              std::to_string(first_seq), why);
+}
+
+bool Publisher::send(const std::string& subject, const std::string& id,
+                     std::span<const std::uint8_t> bytes, const segment::StreamId& stream_id,
+                     std::uint64_t seq_number, const std::string& public_key_hex,
+                     const std::string& gap_first, std::string& why) {
   natsMsg* msg = nullptr;
-  natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr,
-                                reinterpret_cast<const char*>(frame.bytes.data()),
-                                static_cast<int>(frame.bytes.size()));
-  const std::string seq = std::to_string(frame.frame.batch.seq);
-  const std::string stream = segment::to_hex(frame.file.stream_id);
+  natsStatus s =
+      natsMsg_Create(&msg, subject.c_str(), nullptr, reinterpret_cast<const char*>(bytes.data()),
+                     static_cast<int>(bytes.size()));
+  const std::string seq = std::to_string(seq_number);
+  const std::string stream = segment::to_hex(stream_id);
   if (s == NATS_OK) s = natsMsgHeader_Set(msg, ship::kHeaderSeq, seq.c_str());
   if (s == NATS_OK) s = natsMsgHeader_Set(msg, ship::kHeaderStream, stream.c_str());
   if (s == NATS_OK && !public_key_hex.empty()) {
     s = natsMsgHeader_Set(msg, ship::kHeaderKey, public_key_hex.c_str());
+  }
+  if (s == NATS_OK && !gap_first.empty()) {
+    s = natsMsgHeader_Set(msg, ship::kHeaderGap, gap_first.c_str());
   }
   if (s == NATS_OK) {
     jsPubOptions options;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,12 @@ class Publisher {
 
   // Queues one frame; false with `why` if libnats would not take it (the caller rewinds).
   bool publish(const StoredFrame& frame, const std::string& public_key_hex, std::string& why);
+  // Queues a signed gap marker (ship_message.h) for batches first..last of the stream of
+  // `frame_after`, the first frame after the gap (its stream and key id name the message);
+  // false as above.
+  bool publish_gap(const StoredFrame& frame_after, std::uint64_t first_seq, std::uint64_t last_seq,
+                   const std::vector<std::uint8_t>& marker, const std::string& public_key_hex,
+                   std::string& why);
   // Moves the outcomes that arrived since the last call into `out` (appended).
   void take_outcomes(std::vector<PublishOutcome>& out);
   // Waits until an outcome is there to take, at most `timeout`.
@@ -61,6 +68,10 @@ class Publisher {
   void disconnect();
 
  private:
+  // Publishes `bytes` asynchronously with the headers every message carries.
+  bool send(const std::string& subject, const std::string& id, std::span<const std::uint8_t> bytes,
+            const segment::StreamId& stream, std::uint64_t seq, const std::string& public_key_hex,
+            const std::string& gap_first, std::string& why);
   struct Shared {
     std::mutex mutex;
     std::condition_variable arrived;

@@ -1,5 +1,6 @@
 #include "shipd/ship_stage.h"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <optional>
@@ -8,6 +9,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "seal/gap_marker.h"
 #include "seal/keys.h"
 #include "segment/shipped_position.h"
 #include "shipd/segment_follower.h"
@@ -53,11 +55,47 @@ class PublicKeys {
 };
 
 struct Inflight {
-  std::uint64_t seq = 0;
+  std::uint64_t seq = 0;  // a gap marker's: the last seq it gives up
   std::uint32_t records = 0;
   bool acked = false;
   Clock::time_point sent;
+  bool gap_marker = false;  // not a batch: not counted as one
 };
+
+// A signed gap marker file of the store (seal/gap_marker.h), as shipd finds it by name: it
+// does not check the signature (it has no use for the key; collect checks it).
+struct GapMarkerFile {
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;
+  std::vector<std::uint8_t> bytes;
+};
+
+// The marker file in `dir` whose batches include `seq`, if there is one (and it can be read).
+std::optional<GapMarkerFile> gap_marker_covering(const fs::path& dir, std::uint64_t seq) {
+  std::vector<fs::path> files;
+  try {
+    files = seal::list_gap_marker_files(dir);
+  } catch (const fs::filesystem_error&) {
+    return std::nullopt;
+  }
+  for (const fs::path& file : files) {
+    // gap-<20 digits>-<20 digits>.fgm: the name was matched by its shape when listed.
+    const std::string name = file.filename().string();
+    GapMarkerFile marker;
+    for (char c : name.substr(4, 20)) marker.first = marker.first * 10 + (c - '0');
+    for (char c : name.substr(25, 20)) marker.last = marker.last * 10 + (c - '0');
+    if (seq < marker.first || seq > marker.last) continue;
+    std::string why;
+    const auto text = segment::read_small_file(dir, name, seal::kMaxGapMarkerBytes, why);
+    if (!text) {
+      spdlog::error("ship: gap marker {}: {}", file.string(), why);
+      continue;
+    }
+    marker.bytes.assign(text->begin(), text->end());
+    return marker;
+  }
+  return std::nullopt;
+}
 
 // Ships batches to the Core, at most settings.max_inflight unacked at a time; an ack moves the
 // position only when every batch before it is acked too. A failed or timed-out publish
@@ -126,10 +164,10 @@ class ShipOutput final : public StoreOutput {
     spdlog::info(
         "ship {}: {} batches ({} records) acked, {} in flight, {} published, {} "
         "re-sent from the store, {} already held by the server, lag {} batches, "
-        "unreachable {:.1f} s, {} connect failures ({} TLS refused)",
+        "unreachable {:.1f} s, {} connect failures ({} TLS refused), {} gap markers sent",
         what, stats_.batches_acked, stats_.records_acked, stats_.inflight, stats_.batches_published,
         stats_.rewinds, stats_.duplicates, stats_.lag_batches, double(stats_.unreachable_ms) / 1e3,
-        stats_.connect_failures, stats_.tls_refused);
+        stats_.connect_failures, stats_.tls_refused, gap_markers_);
   }
 
  private:
@@ -157,6 +195,8 @@ class ShipOutput final : public StoreOutput {
       backoff_ = std::chrono::milliseconds(200);
       last_cause_.clear();
       inflight_.clear();
+      held_.reset();
+      handed_ = position_.upto();
       follower_.rewind(position_.upto());
       resend_after_ = now;
       return;
@@ -198,10 +238,13 @@ class ShipOutput final : public StoreOutput {
     bool failed = false;
     for (const PublishOutcome& outcome : outcomes_) {
       if (inflight_.empty() || outcome.seq < inflight_.front().seq) continue;  // stale
-      const std::uint64_t index = outcome.seq - inflight_.front().seq;
-      if (index >= inflight_.size() || inflight_[index].seq != outcome.seq) continue;
+      // Seqs in flight ascend, but not by one across a gap marker (it stands for many).
+      const auto it = std::lower_bound(
+          inflight_.begin(), inflight_.end(), outcome.seq,
+          [](const Inflight& entry, std::uint64_t seq) { return entry.seq < seq; });
+      if (it == inflight_.end() || it->seq != outcome.seq) continue;
       if (outcome.acked) {
-        inflight_[index].acked = true;
+        it->acked = true;
         if (outcome.duplicate) ++stats_.duplicates;
       } else {
         failed = true;
@@ -215,8 +258,10 @@ class ShipOutput final : public StoreOutput {
     bool busy = false;
     while (!inflight_.empty() && inflight_.front().acked) {
       position_.advance(inflight_.front().seq);
-      ++stats_.batches_acked;
-      stats_.records_acked += inflight_.front().records;
+      if (!inflight_.front().gap_marker) {
+        ++stats_.batches_acked;
+        stats_.records_acked += inflight_.front().records;
+      }
       inflight_.pop_front();
       failure_logged_ = false;
       resend_backoff_ = kFirstResendBackoff;
@@ -237,14 +282,20 @@ class ShipOutput final : public StoreOutput {
     bool busy = false;
     const std::int64_t window = probing_ ? 1 : settings_.max_inflight;
     while (static_cast<std::int64_t>(inflight_.size()) < window) {
-      std::optional<StoredFrame> frame = follower_.next();
+      std::optional<StoredFrame> frame = std::exchange(held_, std::nullopt);
+      if (!frame) frame = follower_.next();
       if (!frame) break;
       position_.met(frame->frame.batch.seq);
       if (!position_.same_stream(frame->file.stream_id)) {
         inflight_.clear();
         follower_.rewind(std::nullopt);
         scout_.rewind(std::nullopt);
+        handed_.reset();
         continue;
+      }
+      if (!cover_gap(*frame)) {
+        held_ = std::move(frame);  // its gap's marker is not signed yet
+        break;
       }
       std::string error;
       if (!publisher_.publish(*frame, keys_.hex_der(frame->file.key_id), error)) {
@@ -258,6 +309,7 @@ class ShipOutput final : public StoreOutput {
       }
       inflight_.push_back(
           {frame->frame.batch.seq, frame->frame.batch.record_count, false, Clock::now()});
+      handed_ = frame->frame.batch.seq;
       ++stats_.batches_published;
       stats_.records_published += frame->frame.batch.record_count;
       busy = true;
@@ -265,10 +317,61 @@ class ShipOutput final : public StoreOutput {
     return busy;
   }
 
+  // Before `frame`, when it does not follow the batch handed over last (retention deleted the
+  // ones between before they were shipped): the signed gap markers that cover them, so that
+  // the Core records the loss and takes `frame`. false while the marker is not there yet (the
+  // supervisor signs what writerd's retention noted, within a poll); after kGapMarkerWait
+  // without one (segments deleted by hand, a note that could not be written) it goes on
+  // without, loudly: the Core then holds the stream at the gap.
+  bool cover_gap(const StoredFrame& frame) {
+    const std::uint64_t seq = frame.frame.batch.seq;
+    const Clock::time_point now = Clock::now();
+    // Nothing handed over yet: a store whose first batches are gone is only a gap if a marker
+    // says so (else they went the ordinary way, by age, before shipping was on).
+    std::optional<std::uint64_t> missing;
+    if (handed_) {
+      if (seq > *handed_ + 1) missing = *handed_ + 1;
+    } else if (seq > 0 && gap_marker_covering(dir_, 0)) {
+      missing = 0;
+    }
+    while (missing && *missing < seq) {
+      std::optional<GapMarkerFile> marker = gap_marker_covering(dir_, *missing);
+      if (!marker || marker->last >= seq) {
+        if (!gap_since_) gap_since_ = now;
+        if (now - *gap_since_ < kGapMarkerWait) return false;
+        spdlog::error(
+            "ship: batches seq {}..{} are not in {} and no gap marker covers them (deleted by "
+            "hand?): shipping on after them without one; the Core's collect holds this "
+            "stream at seq {} until it is told otherwise",
+            *missing, seq - 1, dir_.string(), *missing);
+        break;
+      }
+      std::string error;
+      if (!publisher_.publish_gap(frame, marker->first, marker->last, marker->bytes,
+                                  keys_.hex_der(frame.file.key_id), error)) {
+        spdlog::warn("ship: publishing the gap marker for batches seq {}..{} failed: {}",
+                     marker->first, marker->last, error);
+        return false;
+      }
+      spdlog::warn(
+          "ship: batches seq {}..{} were given up before shipping: sent their signed gap "
+          "marker to the Core",
+          marker->first, marker->last);
+      inflight_.push_back({marker->last, 0, false, now, true});
+      handed_ = marker->last;
+      missing = marker->last + 1;
+      ++gap_markers_;
+    }
+    gap_since_.reset();
+    return true;
+  }
+
   // Sends again from the first unacked batch, after the back-off and one batch at a time.
   void rewind() {
     publisher_.abandon_pending();
     inflight_.clear();
+    held_.reset();
+    handed_ = position_.upto();
     follower_.rewind(position_.upto());
     ++stats_.rewinds;
     resend_after_ = Clock::now() + resend_backoff_;
@@ -298,6 +401,13 @@ class ShipOutput final : public StoreOutput {
   // No ack for this long: the Core is stalled (the scout counts the lag).
   static constexpr std::chrono::seconds kStalledAfter{1};
   std::chrono::milliseconds resend_backoff_ = kFirstResendBackoff;
+  // The last seq put in flight (or acked): a frame after a jump past it needs a gap marker.
+  std::optional<std::uint64_t> handed_ = position_.upto();
+  std::optional<StoredFrame> held_;  // a frame waiting for its gap's marker
+  std::optional<Clock::time_point> gap_since_;
+  // The supervisor polls the given-up note at least once a second.
+  static constexpr std::chrono::seconds kGapMarkerWait{10};
+  std::uint64_t gap_markers_ = 0;
   Clock::time_point resend_after_ = Clock::now();
   bool probing_ = false;
 };

@@ -107,10 +107,14 @@ int cat(const CatOptions& options) {
   const bool tsv = options.format == "tsv";
   const auto files = store_segments(options.path, /*file_allowed=*/true);
   std::optional<StoreChecker> checker;
-  if (!options.no_verify && !files.empty()) {
-    checker.emplace(trusted_keys(store_dir_of(options.path), options.public_key));
-  }
   ProblemLog problems("cat");
+  if (!options.no_verify && !files.empty()) {
+    const fs::path dir = store_dir_of(options.path);
+    auto keys = trusted_keys(dir, options.public_key);
+    std::vector<seal::GapMarker> markers = store_gap_markers(dir, keys, problems);
+    checker.emplace(std::move(keys));
+    checker->allow_gaps(std::move(markers));
+  }
   RecordPrinter printer(tsv);
   for (const fs::path& file : files) {
     cat_segment(file, filter, checker ? &*checker : nullptr, printer, problems);

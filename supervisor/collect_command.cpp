@@ -22,8 +22,10 @@
 #include "config.h"
 #include "flowseal.capnp.h"
 #include "seal/chain_verifier.h"
+#include "seal/gap_marker.h"
 #include "seal/keys.h"
 #include "segment/reader.h"
+#include "segment/shipped_position.h"
 #include "segment/store.h"
 #include "ship/nats_client.h"
 #include "ship/ship_message.h"
@@ -49,8 +51,10 @@ struct Counters {
   std::uint64_t refused_bad = 0;  // frame damage, Merkle root, signature
   std::uint64_t refused_key = 0;  // unknown or mismatched key
   std::uint64_t refused_fork = 0;
-  std::uint64_t refused_gap = 0;   // handed back for redelivery
-  std::uint64_t store_errors = 0;  // handed back for redelivery
+  std::uint64_t refused_gap = 0;    // handed back for redelivery
+  std::uint64_t store_errors = 0;   // handed back for redelivery
+  std::uint64_t gaps_recorded = 0;  // signed gap markers kept: batches the probe gave up
+  std::uint64_t records_given_up = 0;
 };
 
 std::string pem_of(const std::vector<std::uint8_t>& der) {
@@ -90,6 +94,8 @@ struct StreamStore {
   std::unique_ptr<segment::SegmentStore> store;
   std::optional<std::uint64_t> next_seq;
   seal::Digest last_root{};
+  // False right after a gap marker: the batch after a gap links to one the Core never got.
+  bool last_root_known = true;
   std::map<std::uint64_t, seal::Digest> recent_roots;  // for repeats; older ones read back
 
   std::optional<seal::Digest> root_of(std::uint64_t seq) {
@@ -108,6 +114,12 @@ struct StreamStore {
     if (recent_roots.size() > 4096) recent_roots.erase(recent_roots.begin());
     next_seq = seq + 1;
     last_root = root;
+    last_root_known = true;
+  }
+  // A gap marker kept: the chain goes on after its last batch.
+  void skip_to(std::uint64_t last_seq) {
+    next_seq = last_seq + 1;
+    last_root_known = false;
   }
 };
 
@@ -130,6 +142,11 @@ class Collector {
  private:
   StreamStore& stream_for(const seal::Digest& key, const segment::StreamId& stream,
                           const std::vector<std::uint8_t>& der);
+  // The DER of `key`: pinned, or learned (from the stores, or from the message's key header
+  // when it hashes to the key id). nullopt with `why` when there is none to trust.
+  std::optional<std::vector<std::uint8_t>> key_der(const seal::Digest& key, const char* hint_key,
+                                                   std::string& why);
+  Verdict handle_gap(natsMsg* msg, const std::string& who_hint, const char* hint_key);
   Verdict refuse(std::uint64_t& counter, Verdict verdict, const std::string& who,
                  const std::string& what) {
     ++counter;
@@ -179,6 +196,17 @@ StreamStore& Collector::stream_for(const seal::Digest& key, const segment::Strea
   // Where the stored chain ends: the next batch must link to its root.
   for_each_stored(entry.dir,
                   [&](std::uint64_t seq, const seal::Digest& root) { entry.remember(seq, root); });
+  // Gap markers kept earlier move the chain past the batches they give up.
+  std::map<seal::Digest, seal::PublicKey> keys;
+  keys.emplace(key, seal::PublicKey::from_der(der));
+  std::vector<std::string> problems;
+  for (const seal::GapMarker& marker : seal::load_gap_markers(entry.dir, keys, problems)) {
+    if (entry.next_seq && marker.claim.first_seq <= *entry.next_seq &&
+        *entry.next_seq <= marker.claim.last_seq) {
+      entry.skip_to(marker.claim.last_seq);
+    }
+  }
+  for (const std::string& what : problems) spdlog::error("collect: {}", what);
   if (entry.next_seq) {
     spdlog::info("collect: {} holds the chain up to seq {}", entry.dir.string(),
                  *entry.next_seq - 1);
@@ -188,16 +216,114 @@ StreamStore& Collector::stream_for(const seal::Digest& key, const segment::Strea
   return streams_.emplace(id, std::move(entry)).first->second;
 }
 
+std::optional<std::vector<std::uint8_t>> Collector::key_der(const seal::Digest& key,
+                                                            const char* hint_key,
+                                                            std::string& why) {
+  if (pinning_) {
+    auto it = pinned_.find(key);
+    if (it == pinned_.end()) {
+      why = "signed by a key not pinned in " + options_.pubkey_dir;
+      return std::nullopt;
+    }
+    return it->second;
+  }
+  if (auto it = learned_.find(key); it != learned_.end()) return it->second;
+  std::vector<std::uint8_t> der;
+  const fs::path stored = fs::path(options_.output_dir) / seal::to_hex(key);
+  std::error_code ec;
+  for (const auto& s : fs::directory_iterator(stored, ec)) {
+    const fs::path pub = s.path() / "keys" / (seal::to_hex(key) + ".pub");
+    if (fs::exists(pub)) {
+      der = seal::PublicKey::load(pub).public_der();
+      break;
+    }
+  }
+  if (der.empty()) {
+    auto from_header = hint_key ? ship::from_hex(hint_key) : std::nullopt;
+    if (!from_header) {
+      why = "unknown key and no Flowseal-Key header (pin it with --pubkey)";
+      return std::nullopt;
+    }
+    der = *from_header;
+  }
+  if (seal::sha256(der) != key) {
+    why = "the public key sent does not hash to the key id the message names";
+    return std::nullopt;
+  }
+  learned_[key] = der;
+  return der;
+}
+
+// A signed gap marker: the probe gave up batches first..last before shipping them. Kept in the
+// stream's store (where `verify` reads it) and the chain goes on after them; a marker for
+// batches the store already holds is a repeat; one past the chain's end waits for the
+// batches before it, as a batch would.
+Verdict Collector::handle_gap(natsMsg* msg, const std::string& who_hint, const char* hint_key) {
+  std::string who = "gap marker " + who_hint;
+  const auto* data = reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(msg));
+  const std::span<const std::uint8_t> bytes(data,
+                                            static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+  // The key id first, unverified, only to find the key; the signature decides.
+  std::string why = "not a gap marker message";
+  const std::optional<seal::Digest> key_id = seal::gap_marker_key_id(bytes);
+  if (!key_id) return refuse(counters_.refused_bad, Verdict::kTerm, who, why);
+  const auto der = key_der(*key_id, hint_key, why);
+  if (!der) return refuse(counters_.refused_key, Verdict::kTerm, who, why);
+  const auto marker = seal::open_gap_marker(bytes, seal::PublicKey::from_der(*der), why);
+  if (!marker) return refuse(counters_.refused_bad, Verdict::kTerm, who, why);
+  const seal::GapClaim& claim = marker->claim;
+  who = fmt::format("gap marker of probe {} stream {} batches seq {}..{}",
+                    seal::to_hex(*key_id).substr(0, 16), segment::to_hex(claim.stream_id),
+                    claim.first_seq, claim.last_seq);
+  StreamStore& target = stream_for(*key_id, claim.stream_id, *der);
+  if (target.next_seq && claim.last_seq < *target.next_seq) {
+    ++counters_.repeats;  // every batch it names is held (or was given up before)
+    return Verdict::kAck;
+  }
+  if (target.next_seq && claim.first_seq > *target.next_seq) {
+    return refuse(counters_.refused_gap, Verdict::kRetry, who,
+                  fmt::format("a gap: the next batch of this stream is seq {}", *target.next_seq));
+  }
+  const std::string name = seal::gap_marker_file_name(claim.first_seq, claim.last_seq);
+  if (!segment::write_file_atomically(
+          target.dir, name,
+          std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), why)) {
+    return refuse(counters_.store_errors, Verdict::kRetry, who, why);
+  }
+  const bool partly_held = target.next_seq && claim.first_seq < *target.next_seq;
+  target.skip_to(claim.last_seq);
+  ++counters_.gaps_recorded;
+  counters_.records_given_up += claim.records;
+  // A probe counts as unshipped what its saved position had not reached: batches whose acks
+  // it never saw (a stalled server that stored them) may be here already.
+  spdlog::warn("collect: {}: the probe gave up {} records before shipping them ({}){}; kept as {}",
+               who, claim.records, claim.reason,
+               partly_held ? fmt::format(" (batches from seq {} on are held here already, so "
+                                         "fewer are missing than it names)",
+                                         claim.first_seq)
+                           : std::string(),
+               (target.dir / name).string());
+  return Verdict::kAck;
+}
+
 Verdict Collector::handle(natsMsg* msg) {
   ++counters_.received;
   const char* hint_stream = nullptr;
   const char* hint_seq = nullptr;
   const char* hint_key = nullptr;
+  const char* hint_gap = nullptr;
   natsMsgHeader_Get(msg, ship::kHeaderStream, &hint_stream);
   natsMsgHeader_Get(msg, ship::kHeaderSeq, &hint_seq);
   natsMsgHeader_Get(msg, ship::kHeaderKey, &hint_key);
   std::string who = fmt::format("message on {} (stream {}, batch seq {})", natsMsg_GetSubject(msg),
                                 hint_stream ? hint_stream : "?", hint_seq ? hint_seq : "?");
+  if (natsMsgHeader_Get(msg, ship::kHeaderGap, &hint_gap) == NATS_OK && hint_gap != nullptr) {
+    try {
+      return handle_gap(msg, who, hint_key);
+    } catch (const std::exception& e) {
+      return refuse(counters_.refused_bad, Verdict::kTerm, "gap marker " + who, e.what());
+    }
+  }
   const auto* data = reinterpret_cast<const std::uint8_t*>(natsMsg_GetData(msg));
   const std::span<const std::uint8_t> bytes(data,
                                             static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
@@ -223,51 +349,19 @@ Verdict Collector::handle(natsMsg* msg) {
       return refuse(counters_.refused_bad, Verdict::kTerm, who,
                     fmt::format("frame header says seq {}", decoder_.frame().batch.seq));
     }
-    // The key: pinned, or learned (from the store, or from the message on first sight).
-    std::vector<std::uint8_t> der;
-    if (pinning_) {
-      auto it = pinned_.find(*key);
-      if (it == pinned_.end()) {
-        return refuse(counters_.refused_key, Verdict::kTerm, who,
-                      "signed by a key not pinned in " + options_.pubkey_dir);
-      }
-      der = it->second;
-    } else if (auto it = learned_.find(*key); it != learned_.end()) {
-      der = it->second;
-    } else {
-      const fs::path stored = fs::path(options_.output_dir) / seal::to_hex(*key);
-      std::error_code ec;
-      for (const auto& s : fs::directory_iterator(stored, ec)) {
-        const fs::path pub = s.path() / "keys" / (seal::to_hex(*key) + ".pub");
-        if (fs::exists(pub)) {
-          der = seal::PublicKey::load(pub).public_der();
-          break;
-        }
-      }
-      if (der.empty()) {
-        auto from_header = hint_key ? ship::from_hex(hint_key) : std::nullopt;
-        if (!from_header) {
-          return refuse(counters_.refused_key, Verdict::kTerm, who,
-                        "unknown key and no Flowseal-Key header (pin it with --pubkey)");
-        }
-        der = *from_header;
-      }
-      if (seal::sha256(der) != *key) {
-        return refuse(counters_.refused_key, Verdict::kTerm, who,
-                      "the public key sent does not hash to the key id the batch names");
-      }
-      learned_[*key] = der;
-    }
+    std::string why;
+    const auto der = key_der(*key, hint_key, why);
+    if (!der) return refuse(counters_.refused_key, Verdict::kTerm, who, why);
     // Root, signature and key, as verify checks them.
     std::map<seal::Digest, seal::PublicKey> keys;
-    keys.emplace(*key, seal::PublicKey::from_der(der));
+    keys.emplace(*key, seal::PublicKey::from_der(*der));
     seal::ChainVerifier verifier(std::move(keys));
     if (auto problem = verifier.check(batch)) {
       return refuse(counters_.refused_bad, Verdict::kTerm, who,
                     problem->record ? fmt::format("record {}: {}", *problem->record, problem->what)
                                     : problem->what);
     }
-    StreamStore& target = stream_for(*key, *stream, der);
+    StreamStore& target = stream_for(*key, *stream, *der);
     if (target.next_seq) {
       if (seq < *target.next_seq) {
         const auto held = target.root_of(seq);
@@ -284,7 +378,7 @@ Verdict Collector::handle(natsMsg* msg) {
             counters_.refused_gap, Verdict::kRetry, who,
             fmt::format("a gap: the next batch of this stream is seq {}", *target.next_seq));
       }
-      if (*prev != target.last_root) {
+      if (target.last_root_known && *prev != target.last_root) {
         return refuse(counters_.refused_fork, Verdict::kTerm, who,
                       fmt::format("a fork: prevRoot does not match the root of stored batch seq {}",
                                   seq - 1));
@@ -487,16 +581,18 @@ void consume(jsCtx* js, natsSubscription* sub, Collector& collector,
 void report(const Counters& c, bool json) {
   spdlog::info(
       "collect: {} messages: {} batches ({} records) stored, {} repeats skipped, refused: "
-      "{} bad, {} key, {} fork, {} gap; {} store errors",
+      "{} bad, {} key, {} fork, {} gap; {} store errors; {} gap markers kept ({} records the "
+      "probes gave up)",
       c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
-      c.refused_fork, c.refused_gap, c.store_errors);
+      c.refused_fork, c.refused_gap, c.store_errors, c.gaps_recorded, c.records_given_up);
   if (json) {
     fmt::print(
         "{{\"received\": {}, \"stored\": {}, \"records_stored\": {}, \"repeats\": {}, "
         "\"refused_bad\": {}, \"refused_key\": {}, \"refused_fork\": {}, "
-        "\"refused_gap\": {}, \"store_errors\": {}}}\n",
+        "\"refused_gap\": {}, \"store_errors\": {}, \"gaps_recorded\": {}, "
+        "\"records_given_up\": {}}}\n",
         c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
-        c.refused_fork, c.refused_gap, c.store_errors);
+        c.refused_fork, c.refused_gap, c.store_errors, c.gaps_recorded, c.records_given_up);
   }
 }
 

@@ -23,6 +23,7 @@
 #include "child_process.h"
 #include "command_error.h"
 #include "control_block.h"
+#include "gap_signer.h"
 #include "http_server.h"
 #include "log_tail.h"
 #include "instance.h"
@@ -566,6 +567,8 @@ class Supervision {
   std::optional<StageSet> stages_;
   std::vector<StageUsage> usage_;
   std::optional<PressureMonitor> pressure_;
+  // With shipping on: what retention gave up unshipped, signed for the Core (gap_signer.h).
+  std::optional<GapSigner> gap_signer_;
   // What the last sleep polled: [0] the self-pipe, [1] the stage output, [2 + i] stage i's
   // pidfd; and the stages whose pidfd said they have ended (reaped by poll_exits).
   std::vector<pollfd> poll_fds_;
@@ -588,6 +591,7 @@ class Supervision {
 
 int Supervision::run() {
   pressure_.emplace(config_, instance_.plan(), control_);
+  if (!config_.ship.url.empty()) gap_signer_.emplace(config_.writer.dir, config_.seal.key_file);
   const auto interval = std::chrono::milliseconds(config_.memory.sample_ms);
   // The first memory sample comes a moment after start, when every stage has mapped its rings.
   last_memory_sample_ =
@@ -610,6 +614,7 @@ int Supervision::run() {
       notifier_.notify("WATCHDOG=1");
     }
     sample_memory();
+    if (gap_signer_) gap_signer_->poll();
     if (config_.supervisor.stats_interval_s > 0 &&
         Clock::now() - last_stats_ >= std::chrono::seconds(config_.supervisor.stats_interval_s)) {
       last_stats_ = Clock::now();

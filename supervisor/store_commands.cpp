@@ -142,6 +142,21 @@ std::string batch_problem(const fs::path& file, std::uint64_t seq,
                 : fmt::format("{}: batch seq {}: {}", file.string(), seq, what);
 }
 
+std::vector<seal::GapMarker> store_gap_markers(const fs::path& store_dir,
+                                               const std::map<seal::Digest, seal::PublicKey>& keys,
+                                               ProblemLog& problems) {
+  std::vector<std::string> bad;
+  std::vector<seal::GapMarker> markers;
+  try {
+    markers = seal::load_gap_markers(store_dir, keys, bad);
+  } catch (const fs::filesystem_error& e) {
+    bad.push_back(
+        fmt::format("{}: cannot list gap markers: {}", store_dir.string(), e.code().message()));
+  }
+  for (std::string& what : bad) problems.add("gap marker " + what);
+  return markers;
+}
+
 StoreChecker::StoreChecker(std::map<seal::Digest, seal::PublicKey> keys)
     : verifier_(std::move(keys)) {}
 

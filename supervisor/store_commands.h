@@ -23,6 +23,7 @@
 #include "command_error.h"
 #include "flowseal.capnp.h"
 #include "seal/chain_verifier.h"
+#include "seal/gap_marker.h"
 #include "seal/keys.h"
 #include "segment/reader.h"
 
@@ -50,6 +51,14 @@ std::map<seal::Digest, seal::PublicKey> trusted_keys(const std::filesystem::path
 // The SealedBatch of `reader`'s current frame; valid until its next(). Throws kj::Exception
 // on a batch Cap'n Proto cannot read.
 capnp::FlatArrayMessageReader open_batch(const segment::SegmentReader& reader);
+
+class ProblemLog;
+// The gap markers of the store in `store_dir` that verify with `keys`; a marker file that does
+// not (a bad signature, an unknown key, a name that lies) is a problem: a marker is what lets
+// a chain pass over missing batches, so one that cannot be trusted must not pass silently.
+std::vector<seal::GapMarker> store_gap_markers(const std::filesystem::path& store_dir,
+                                               const std::map<seal::Digest, seal::PublicKey>& keys,
+                                               ProblemLog& problems);
 
 // Counts problems and remembers the first, which is the one a verdict names. The first 20
 // are printed as they come, as "<command>: problem: <line>" (unless `print` is false: a
@@ -93,6 +102,11 @@ class StoreChecker {
   // Call when `reader` stops: if it stopped on damage, says where the readable part ends.
   static void end_segment(const segment::SegmentReader& reader, ProblemLog& problems);
 
+  // The store's signed gap markers (seal/gap_marker.h): a jump over batches they give up is
+  // reported in the summary, not as a problem.
+  void allow_gaps(std::vector<seal::GapMarker> markers) {
+    verifier_.allow_gaps(std::move(markers));
+  }
   const seal::ChainSummary& summary() const { return verifier_.summary(); }
 
  private:

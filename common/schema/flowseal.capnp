@@ -186,3 +186,27 @@ struct SealedBatch {
   # the first w bytes of each record's leaf hash, in record order. It lets `flowseal verify`
   # name the record behind a Merkle root mismatch; it never decides whether a batch verifies.
 }
+
+# ---------------------------------------------------------------- shipd -> the Core (gaps)
+
+struct GapMarker {
+  # A probe's signed statement that it gave up batches before shipping them (writerd's
+  # retention deleted them at the disk limit, writer.retention_max_mb): the Core records the
+  # loss and goes on with the chain after it instead of waiting for those batches for ever.
+  # What the signature covers: "flowseal gap marker 1\n" followed by the canonical Cap'n Proto
+  # encoding of this struct (the prefix keeps a marker's signature from ever standing for a
+  # BatchHeader's, whose canonical encoding starts with a struct pointer).
+  streamId     @0 :Data;      # 16 bytes: the stream whose batches were given up
+  firstSeq     @1 :UInt64;    # the first batch seq given up
+  lastSeq      @2 :UInt64;    # the last batch seq given up (>= firstSeq)
+  recordCount  @3 :UInt64;    # records in those batches
+  givenUpNs    @4 :Int64;     # when (the probe's clock, ns since the epoch)
+  keyId        @5 :Data;      # SHA-256 of the public key (DER SubjectPublicKeyInfo)
+  algorithm    @6 :SignatureAlgorithm;
+  reason       @7 :Text;      # what forced it, e.g. "the disk limit (writer.retention_max_mb)"
+}
+
+struct SignedGapMarker {
+  marker    @0 :GapMarker;
+  signature @1 :Data;
+}

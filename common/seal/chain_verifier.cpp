@@ -188,6 +188,29 @@ bool ChainVerifier::check_signature(schema::SealedBatch::Reader batch, const Dig
   return true;
 }
 
+std::optional<std::uint64_t> ChainVerifier::covered(const StreamId& stream, std::uint64_t first,
+                                                    std::uint64_t last) const {
+  std::uint64_t records = 0;
+  std::uint64_t next = first;  // the first batch not yet covered
+  // Markers may overlap and come in any order; each pass takes one that covers `next`.
+  for (std::size_t pass = 0; pass <= markers_.size() && next <= last; ++pass) {
+    const GapMarker* best = nullptr;
+    for (const GapMarker& marker : markers_) {
+      if (marker.claim.stream_id != stream || marker.claim.first_seq > next ||
+          marker.claim.last_seq < next) {
+        continue;
+      }
+      if (best == nullptr || marker.claim.last_seq > best->claim.last_seq) best = &marker;
+    }
+    if (best == nullptr) return std::nullopt;
+    records += best->claim.records;
+    if (best->claim.last_seq == std::numeric_limits<std::uint64_t>::max()) break;
+    next = best->claim.last_seq + 1;
+  }
+  if (next <= last) return std::nullopt;
+  return records;
+}
+
 std::optional<std::string> ChainVerifier::check_position(const StreamId& stream_id,
                                                          std::uint64_t seq, const Digest& prev_root,
                                                          const Digest& merkle_root,
@@ -213,6 +236,10 @@ std::optional<std::string> ChainVerifier::check_position(const StreamId& stream_
                : fmt::format("batch seq {} out of order (expected {})", seq, next_seq_);
   }
   if (seq > next_seq_) {
+    if (const auto records = covered(stream_id, next_seq_, seq - 1)) {
+      summary_.gaps.push_back({next_seq_, seq - 1, *records});
+      return std::nullopt;  // its prevRoot links to a batch given up: nothing to check it by
+    }
     problem.seq = next_seq_;  // the batch that is gone is the one to name
     if (!content.empty()) content.front() = fmt::format("batch seq {}: {}", seq, content.front());
     return seq - next_seq_ == 1 ? fmt::format("batch seq {} missing (expected {}, found {})",

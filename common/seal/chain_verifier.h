@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "flowseal.capnp.h"
+#include "seal/gap_marker.h"
 #include "seal/keys.h"
 
 namespace flowseal::seal {
@@ -42,6 +43,13 @@ struct BatchExtent {
   std::int64_t last_ts_ns = 0;
 };
 
+// Batches the chain passed over because a signed gap marker says the probe gave them up.
+struct ChainGap {
+  std::uint64_t first_seq = 0;
+  std::uint64_t last_seq = 0;
+  std::uint64_t records = 0;  // what the markers covering them say
+};
+
 struct ChainSummary {
   std::uint64_t batches = 0;
   std::uint64_t records = 0;
@@ -52,6 +60,7 @@ struct ChainSummary {
   // last seq seen say which part of the stream was verified.
   std::uint64_t first_seq = 0;
   std::uint64_t last_seq = 0;
+  std::vector<ChainGap> gaps;  // passed over with a signed gap marker, in stream order
 };
 
 class ChainVerifier {
@@ -59,6 +68,11 @@ class ChainVerifier {
   // `keys`: the public keys a batch may be signed with, by key id. With a pinned key (from
   // `--pubkey`) the map holds only that key, so a batch signed with any other key fails.
   explicit ChainVerifier(std::map<Digest, PublicKey> keys);
+
+  // Signed gap markers (already checked against the keys: seal/gap_marker.h): a jump over
+  // batches they cover, all of them, is no problem but a gap in the summary, and the batch
+  // after it is not checked against a prevRoot the verifier never saw.
+  void allow_gaps(std::vector<GapMarker> markers) { markers_ = std::move(markers); }
 
   // Checks the next batch. nullopt if it is good; otherwise what is wrong with it. After a
   // problem the verifier resynchronises on this batch (so one bad batch is reported once).
@@ -82,7 +96,12 @@ class ChainVerifier {
                                             std::vector<std::string>& content, bool& advance);
   void account(schema::BatchHeader::Reader header, std::size_t records, const Digest& key_id);
 
+  // Whether markers_ cover every batch first..last of `stream`; the records they claim.
+  std::optional<std::uint64_t> covered(const StreamId& stream, std::uint64_t first,
+                                       std::uint64_t last) const;
+
   std::map<Digest, PublicKey> keys_;
+  std::vector<GapMarker> markers_;
   ChainSummary summary_;
   std::optional<BatchExtent> last_extent_;
   bool started_ = false;

@@ -252,6 +252,62 @@ TEST_CASE("a gap names the first missing seq and the chain goes on after the bat
   CHECK(verifier.summary().last_seq == 4);
 }
 
+TEST_CASE("a gap wholly covered by signed gap markers is passed over and summed, not a problem") {
+  TempDir dir;
+  const Signer signer = make_signer(dir, "k");
+  auto batches = chain(signer, 9);
+  const auto marker = [&](std::uint64_t first, std::uint64_t last, std::uint64_t records,
+                          Stream stream = kStream) {
+    GapMarker m;
+    m.claim.stream_id = stream;
+    m.claim.first_seq = first;
+    m.claim.last_seq = last;
+    m.claim.records = records;
+    m.key_id = signer.key.key_id();
+    return m;
+  };
+  Stream other = kStream;
+  other[0] = 9;
+  ChainVerifier verifier(signer.trusted());
+  // 1..2 by one marker; 4..6 by two that overlap (out of order); another stream's marker for
+  // 8 does not count.
+  verifier.allow_gaps(
+      {marker(5, 6, 40), marker(1, 2, 10), marker(4, 5, 20), marker(8, 8, 1, other)});
+  CHECK_FALSE(verifier.check(batches[0]->reader()));
+  CHECK_FALSE(verifier.check(batches[3]->reader()));  // its prevRoot links to batch 2: not seen
+  CHECK_FALSE(verifier.check(batches[7]->reader()));
+  CHECK_FALSE(verifier.check(batches[8]->reader()));  // 8 follows 7: no marker needed
+  const ChainSummary& summary = verifier.summary();
+  REQUIRE(summary.gaps.size() == 2);
+  CHECK(summary.gaps[0].first_seq == 1);
+  CHECK(summary.gaps[0].last_seq == 2);
+  CHECK(summary.gaps[0].records == 10);
+  CHECK(summary.gaps[1].first_seq == 4);
+  CHECK(summary.gaps[1].last_seq == 6);
+  CHECK(summary.gaps[1].records == 60);
+  CHECK(summary.batches == 4);
+}
+
+TEST_CASE("a gap only partly covered by markers, or by another stream's, is still missing") {
+  TempDir dir;
+  const Signer signer = make_signer(dir, "k");
+  auto batches = chain(signer, 6);
+  GapMarker part;
+  part.claim.stream_id = kStream;
+  part.claim.first_seq = 1;
+  part.claim.last_seq = 2;  // 3 and 4 are not covered
+  GapMarker foreign = part;
+  foreign.claim.stream_id[0] ^= 1;
+  foreign.claim.last_seq = 4;
+  ChainVerifier verifier(signer.trusted());
+  verifier.allow_gaps({part, foreign});
+  CHECK_FALSE(verifier.check(batches[0]->reader()));
+  const auto problem = verifier.check(batches[5]->reader());
+  REQUIRE(problem);
+  CHECK(problem->what == "batches seq 1..4 missing (expected 1, found 5)");
+  CHECK(verifier.summary().gaps.empty());
+}
+
 TEST_CASE("a late batch is out of order and does not move the chain back") {
   TempDir dir;
   const Signer signer = make_signer(dir, "k");

@@ -80,6 +80,68 @@ bool save_shipped_position(const std::filesystem::path& dir, const ShippedPositi
       why);
 }
 
+bool append_given_up(const std::filesystem::path& dir, const GivenUp& entry, std::string& why) {
+  const std::filesystem::path file = dir / kGivenUpFileName;
+  struct stat before {};
+  const bool existed = ::lstat(file.c_str(), &before) == 0;
+  UniqueFd fd(::open(file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    why = fmt::format("{}: cannot append: {}", file.string(),
+                      fd ? "not a regular file" : std::strerror(errno));
+    return false;
+  }
+  const std::string line = fmt::format("given-up {} {} {} {} {}\n", to_hex(entry.stream),
+                                       entry.first_seq, entry.last_seq, entry.records, entry.at_ns);
+  // One write: O_APPEND puts it whole at the end; a short write is a full disk.
+  const ssize_t n = ::write(fd.get(), line.data(), line.size());
+  if (n != static_cast<ssize_t>(line.size())) {
+    why = fmt::format("{}: write failed: {}", file.string(),
+                      n < 0 ? std::strerror(errno) : "short write (disk full?)");
+    return false;
+  }
+  if (::fsync(fd.get()) != 0) {
+    why = fmt::format("{}: fsync failed: {}", file.string(), std::strerror(errno));
+    return false;
+  }
+  if (!existed) {
+    const IoStatus synced = sync_directory(dir);
+    if (!synced.ok()) {
+      why = synced.what;
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<GivenUp> parse_given_up(std::string_view text, std::size_t& consumed,
+                                    std::vector<std::string>& problems) {
+  std::vector<GivenUp> entries;
+  consumed = 0;
+  std::size_t line_number = 0;
+  while (consumed < text.size()) {
+    const std::size_t end = text.find('\n', consumed);
+    if (end == std::string_view::npos) break;
+    const std::string line(text.substr(consumed, end - consumed));
+    consumed = end + 1;
+    ++line_number;
+    std::istringstream in(line);
+    std::string word, stream_hex, rest;
+    GivenUp entry;
+    const bool ok = static_cast<bool>(in >> word >> stream_hex >> entry.first_seq >>
+                                      entry.last_seq >> entry.records >> entry.at_ns) &&
+                    !(in >> rest) && word == "given-up" &&
+                    parse_stream_id(stream_hex, entry.stream) && entry.first_seq <= entry.last_seq;
+    if (!ok) {
+      problems.push_back(fmt::format("line {}: not 'given-up STREAM FIRST LAST RECORDS NS': {:.80}",
+                                     line_number, line));
+      continue;
+    }
+    entries.push_back(entry);
+  }
+  return entries;
+}
+
 bool write_file_atomically(const std::filesystem::path& dir, const std::string& name,
                            std::string_view text, std::string& why) {
   const std::filesystem::path file = dir / name;

@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "segment/format.h"
 
@@ -69,5 +70,30 @@ std::optional<std::string> read_small_file(const std::filesystem::path& dir,
 // The first `max_bytes` of DIR/NAME (O_NOFOLLOW), or all of it if shorter; nullopt as above.
 std::optional<std::string> read_file_head(const std::filesystem::path& dir, const std::string& name,
                                           std::size_t max_bytes, std::string& why);
+
+// The given-up note, DIR/given-up: one line per segment retention deleted before every
+// output had it (the disk limit forced it), appended and fsynced before the deletion:
+//
+//   given-up <stream id, 32 hex digits> <first seq> <last seq> <records> <ns since epoch>
+//
+// The supervisor signs each line into a gap marker for the Core (seal/gap_marker.h).
+inline constexpr const char* kGivenUpFileName = "given-up";
+
+struct GivenUp {
+  StreamId stream{};
+  std::uint64_t first_seq = 0;
+  std::uint64_t last_seq = 0;
+  std::uint64_t records = 0;
+  std::int64_t at_ns = 0;
+};
+
+// Appends one line (O_APPEND, O_NOFOLLOW, a regular file only) and fsyncs it; false with
+// `why` on any failure.
+bool append_given_up(const std::filesystem::path& dir, const GivenUp& entry, std::string& why);
+// The entries of a note's text; a line that does not parse is named in `problems` (with its
+// number) and skipped. An unterminated last line is not read (it may be half written):
+// `consumed` is the length of the text up to the end of the last whole line.
+std::vector<GivenUp> parse_given_up(std::string_view text, std::size_t& consumed,
+                                    std::vector<std::string>& problems);
 
 }  // namespace flowseal::segment

@@ -238,8 +238,8 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
     if (!too_old && !too_big) break;  // oldest first: the rest are newer and the total fits
     std::uint64_t unshipped_records = 0;
     std::optional<std::uint64_t> first_unshipped, last_unshipped;
+    StreamId stream{};
     if (!options_.output_positions.empty()) {
-      StreamId stream{};
       for (const BatchMeta& batch : batches_of(segment.file, stream)) {
         if (handed_over(stream, batch.seq)) continue;
         unshipped_records += batch.record_count;
@@ -260,6 +260,16 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
         break;
       }
     }
+    // The note goes first: a crash after it and before the deletion leaves a note for batches
+    // that are still there, which ship nothing false (shipd uses a marker only for a seq it
+    // cannot find), while the other order could lose a gap without a marker.
+    std::string note_failure;
+    if (first_unshipped &&
+        !append_given_up(options_.dir,
+                         {stream, *first_unshipped, *last_unshipped, unshipped_records, now_ns},
+                         note_failure)) {
+      note_failure = fmt::format(" (and no gap marker for the Core: {})", note_failure);
+    }
     std::error_code ec;
     std::filesystem::remove(segment.file, ec);
     if (ec) {
@@ -275,9 +285,9 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
       alarms_.push_back(
           fmt::format("retention: DELETED {} BEFORE IT WAS SHIPPED: the disk limit "
                       "(writer.retention_max_mb) forced it; batch seq {}..{}, {} records given up "
-                      "(ship.dropped_records {} in all): the Core never gets them",
+                      "(ship.dropped_records {} in all): the Core never gets them{}",
                       segment.file.filename().string(), *first_unshipped, *last_unshipped,
-                      unshipped_records, dropped_unshipped_records_));
+                      unshipped_records, dropped_unshipped_records_, note_failure));
       continue;
     }
     notes_.push_back(fmt::format(

@@ -443,4 +443,59 @@ TEST_CASE("shipping on: the size limit forces unshipped segments out, loudly and
   REQUIRE(alarms.size() == store.dropped_unshipped_segments());
   CHECK(alarms.front().find("BEFORE IT WAS SHIPPED") != std::string::npos);
   CHECK(seqs.back() == last);
+  // Each deletion was noted for a gap marker first: the unshipped batches, in order, whole.
+  const auto note = read_small_file(dir.path, kGivenUpFileName, 1 << 16, why);
+  REQUIRE(note);
+  std::size_t consumed = 0;
+  std::vector<std::string> problems;
+  const std::vector<GivenUp> given_up = parse_given_up(*note, consumed, problems);
+  CHECK(problems.empty());
+  CHECK(consumed == note->size());
+  REQUIRE(given_up.size() == store.dropped_unshipped_segments());
+  std::uint64_t next = 5, records = 0;
+  for (const GivenUp& entry : given_up) {
+    CHECK(entry.stream == stream());
+    CHECK(entry.first_seq == next);
+    CHECK(entry.records == (entry.last_seq - entry.first_seq + 1) * 20);
+    next = entry.last_seq + 1;
+    records += entry.records;
+  }
+  CHECK(next == seqs.front());
+  CHECK(records == store.dropped_unshipped_records());
+}
+
+TEST_CASE("a given-up note: bad lines are named and skipped, a half-written last line waits") {
+  const std::string hex(32, 'a');
+  const std::string text = "given-up " + hex + " 5 9 100 1700000000000000000\n" + "given-up " +
+                           hex + " 9 5 100 1\n" +                        // first after last
+                           "given-up " + hex.substr(1) + " 1 2 3 4\n" +  // short stream id
+                           "given-up " + hex + " 10 12 60 1 extra\n" + "hello\n" + "given-up " +
+                           hex + " 13 14 40 2\n" + "given-up " + hex + " 15";
+  std::size_t consumed = 0;
+  std::vector<std::string> problems;
+  const std::vector<GivenUp> entries = parse_given_up(text, consumed, problems);
+  REQUIRE(entries.size() == 2);
+  CHECK(entries[0].first_seq == 5);
+  CHECK(entries[0].last_seq == 9);
+  CHECK(entries[0].records == 100);
+  CHECK(entries[0].at_ns == 1700000000000000000);
+  CHECK(entries[1].first_seq == 13);
+  CHECK(problems.size() == 4);
+  CHECK(problems[0].find("line 2") != std::string::npos);
+  CHECK(consumed == text.rfind('\n') + 1);
+}
+
+TEST_CASE("the given-up note is never written through a symlink") {
+  TempDir dir;
+  TempDir elsewhere;
+  const fs::path target = elsewhere.path / "victim";
+  { std::ofstream(target) << "keep\n"; }
+  fs::create_symlink(target, dir.path / kGivenUpFileName);
+  std::string why;
+  CHECK_FALSE(append_given_up(dir.path, {stream(), 1, 2, 3, 4}, why));
+  CHECK(why.find(kGivenUpFileName) != std::string::npos);
+  std::ifstream in(target);
+  std::string line;
+  std::getline(in, line);
+  CHECK(line == "keep");
 }

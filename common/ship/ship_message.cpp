@@ -24,6 +24,12 @@ std::string message_id(const segment::KeyId& key, const segment::StreamId& strea
   return fmt::format("{}.{}.{}", segment::to_hex(key), segment::to_hex(stream), seq);
 }
 
+std::string gap_message_id(const segment::KeyId& key, const segment::StreamId& stream,
+                           std::uint64_t first_seq, std::uint64_t last_seq) {
+  return fmt::format("{}.{}.gap.{}-{}", segment::to_hex(key), segment::to_hex(stream), first_seq,
+                     last_seq);
+}
+
 std::vector<std::uint8_t> encode_frame(const segment::FrameHeader& header,
                                        std::span<const std::uint8_t> compressed) {
   std::vector<std::uint8_t> out(segment::kFrameHeaderBytes + compressed.size());

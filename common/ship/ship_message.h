@@ -13,6 +13,14 @@
 //                     its SHA-256 is the key id the signed header names)
 //
 // The headers are untrusted hints: collect decides everything from the signed batch.
+//
+// A gap marker (seal/gap_marker.h: batches the probe gave up before shipping them) travels
+// on the same subject, before the first batch after the gap, as the marker file's bytes, with
+//
+//   Nats-Msg-Id       <key id hex>.<stream id hex>.gap.<first seq>-<last seq>
+//   Flowseal-Gap      first seq given up, decimal (its presence says: a marker, not a batch)
+//   Flowseal-Seq      last seq given up (shipd's position moves there once it is acked)
+//   Flowseal-Stream, Flowseal-Key   as for a batch
 #pragma once
 
 #include <cstddef>
@@ -31,12 +39,17 @@ namespace flowseal::ship {
 inline constexpr const char* kHeaderStream = "Flowseal-Stream";
 inline constexpr const char* kHeaderSeq = "Flowseal-Seq";
 inline constexpr const char* kHeaderKey = "Flowseal-Key";
+inline constexpr const char* kHeaderGap = "Flowseal-Gap";
 
 // "<prefix>.<key id hex>.batches"
 std::string batch_subject(std::string_view prefix, const segment::KeyId& key);
 // "<key id hex>.<stream id hex>.<seq>"
 std::string message_id(const segment::KeyId& key, const segment::StreamId& stream,
                        std::uint64_t seq);
+
+// "<key id hex>.<stream id hex>.gap.<first>-<last>"
+std::string gap_message_id(const segment::KeyId& key, const segment::StreamId& stream,
+                           std::uint64_t first_seq, std::uint64_t last_seq);
 
 // The frame as stored: frame header + zstd bytes.
 std::vector<std::uint8_t> encode_frame(const segment::FrameHeader& header,
