@@ -6,6 +6,8 @@
 #include <optional>
 #include <thread>
 
+#include <capnp/serialize.h>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -14,6 +16,10 @@
 #include "segment/shipped_position.h"
 #include "shipd/segment_follower.h"
 #include "shipd/store_output.h"
+#include "capnp_frame.h"
+#include "control_block.h"
+#include "export_latency.h"
+#include "flowseal.capnp.h"
 #include "stage_runtime.h"
 
 namespace flowseal::shipd {
@@ -60,6 +66,9 @@ struct Inflight {
   bool acked = false;
   Clock::time_point sent;
   bool gap_marker = false;  // not a batch: not counted as one
+  // On a live capture: when each flow end of the batch was due (ExportLatency::due_ns), to
+  // measure flow end due -> acked by JetStream.
+  std::vector<std::int64_t> due_ns;
 };
 
 // A signed gap marker file of the store (seal/gap_marker.h), as shipd finds it by name: it
@@ -112,10 +121,12 @@ class ShipOutput final : public StoreOutput {
         settings_(settings),
         publish_(std::move(publish)),
         position_("ship", dir_, load_position(dir_), save_position_file(dir_)),
-        follower_(dir_, position_.upto()),
+        measure_latency_(!config.capture.interface.empty()),
+        follower_(dir_, position_.upto(), /*with_message=*/measure_latency_),
         scout_(dir_, position_.upto()),
         publisher_(settings),
-        keys_(dir_) {}
+        keys_(dir_),
+        latency_(config.flowd) {}
 
   bool pass(Clock::time_point now) override {
     if (!publisher_.reachable()) {
@@ -168,6 +179,11 @@ class ShipOutput final : public StoreOutput {
         what, stats_.batches_acked, stats_.records_acked, stats_.inflight, stats_.batches_published,
         stats_.rewinds, stats_.duplicates, stats_.lag_batches, double(stats_.unreachable_ms) / 1e3,
         stats_.connect_failures, stats_.tls_refused, gap_markers_);
+    if (what != "progress" && latency_.count() > 0) {
+      spdlog::info("ship latency (flow end due -> acked by JetStream): {}", latency_.describe());
+      spdlog::info("ship latency histogram (bucket upper edge in us: flow ends): {}",
+                   latency_.histogram());
+    }
   }
 
  private:
@@ -256,7 +272,11 @@ class ShipOutput final : public StoreOutput {
       }
     }
     bool busy = false;
+    const std::int64_t acked_ns = realtime_ns();
     while (!inflight_.empty() && inflight_.front().acked) {
+      for (const std::int64_t due : inflight_.front().due_ns) {
+        latency_.add_latency_ns(acked_ns - due);
+      }
       position_.advance(inflight_.front().seq);
       if (!inflight_.front().gap_marker) {
         ++stats_.batches_acked;
@@ -307,8 +327,8 @@ class ShipOutput final : public StoreOutput {
         rewind();
         break;
       }
-      inflight_.push_back(
-          {frame->frame.batch.seq, frame->frame.batch.record_count, false, Clock::now()});
+      inflight_.push_back({frame->frame.batch.seq, frame->frame.batch.record_count, false,
+                           Clock::now(), false, due_times(*frame)});
       handed_ = frame->frame.batch.seq;
       ++stats_.batches_published;
       stats_.records_published += frame->frame.batch.record_count;
@@ -357,13 +377,30 @@ class ShipOutput final : public StoreOutput {
           "ship: batches seq {}..{} were given up before shipping: sent their signed gap "
           "marker to the Core",
           marker->first, marker->last);
-      inflight_.push_back({marker->last, 0, false, now, true});
+      inflight_.push_back({marker->last, 0, false, now, true, {}});
       handed_ = marker->last;
       missing = marker->last + 1;
       ++gap_markers_;
     }
     gap_since_.reset();
     return true;
+  }
+
+  // When the batch's flow ends were due (live captures only: packet time is wall time there).
+  std::vector<std::int64_t> due_times(const StoredFrame& frame) const {
+    std::vector<std::int64_t> due;
+    if (!measure_latency_ || frame.message_bytes == 0) return due;
+    try {
+      const std::span<const std::byte> bytes(
+          reinterpret_cast<const std::byte*>(frame.message.data()), frame.message_bytes);
+      capnp::FlatArrayMessageReader message(as_words(bytes), frame_reader_options());
+      for (auto record : message.getRoot<schema::SealedBatch>().getRecords()) {
+        if (const std::int64_t at = latency_.due_ns(record); at >= 0) due.push_back(at);
+      }
+    } catch (const kj::Exception&) {
+      // The follower checked the frame; a batch that still cannot be read just goes unmeasured.
+    }
+    return due;
   }
 
   // Sends again from the first unacked batch, after the back-off and one batch at a time.
@@ -383,10 +420,12 @@ class ShipOutput final : public StoreOutput {
   const PublisherSettings& settings_;
   std::function<void(const ShipStats&)> publish_;
   OutputPosition position_;
+  const bool measure_latency_;
   SegmentFollower follower_;
   SegmentFollower scout_;  // reads ahead of follower_ only to count the lag when stalled
   Publisher publisher_;
   PublicKeys keys_;
+  ExportLatency latency_;
   ShipStats stats_;
   std::deque<Inflight> inflight_;
   std::vector<PublishOutcome> outcomes_;

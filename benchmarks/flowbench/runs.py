@@ -175,21 +175,49 @@ def run_idle(flowseal, seconds=20):
 
 # ------------------------------------------------------------------ live replay
 
-def run_live(flowseal, pcap, mbps, extra=(), linger=8.0):
+def start_nats_in(inns, out):
+    """A JetStream nats-server on the namespace's own loopback (plaintext: the measurement is
+    of shipping, not of TLS), for ship.url; (process, url) or (None, why)."""
+    if not shutil.which("nats-server"):
+        return None, "nats-server is not installed"
+    log = os.path.join(out, "nats.log")
+    proc = subprocess.Popen(inns + ["nats-server", "-js", "-sd", os.path.join(out, "nats"),
+                                    "-a", "127.0.0.1", "-p", "4222", "-l", log],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(log) and "Server is ready" in open(log).read():
+            return proc, "nats://127.0.0.1:4222"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    return None, "nats-server did not start"
+
+
+def run_live(flowseal, pcap, mbps, extra=(), linger=8.0, ship=False):
     """tcpreplay of `pcap` at `mbps` into a veth pair inside a network namespace of our own,
     `flowseal run -i` on the other end. Returns the packets sent, received and dropped by
-    cause, and writerd's export latency (flow end due -> stored), or (None, why)."""
+    cause, and writerd's export latency (flow end due -> stored), or (None, why). ship: a
+    JetStream server in the namespace too, ship.url at it, and shipd's latency (flow end due
+    -> acked by JetStream)."""
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tcpreplay"):
         return None, "needs root, ip and tcpreplay"
     ns = f"fslive{os.getpid()}"
     if sh(["ip", "netns", "add", ns]).returncode != 0:
         return None, "cannot create a network namespace"
     out = tempfile.mkdtemp(prefix="flowseal-live-")
+    nats = None
     try:
         inns = ["ip", "netns", "exec", ns]
         sh(["ip", "-n", ns, "link", "add", "fsl0", "type", "veth", "peer", "name", "fsl1"])
         for dev in ("fsl0", "fsl1"):
             sh(["ip", "-n", ns, "link", "set", dev, "mtu", "9000", "up"])
+        if ship:
+            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            nats, url = start_nats_in(inns, out)
+            if nats is None:
+                return None, url
+            extra = [*extra, "--set", f"ship.url={url}", "--set", "ship.insecure=true"]
         logf = os.path.join(out, "run.log")
         with open(logf, "w") as errlog:
             p = subprocess.Popen(inns + [flowseal, "run", "-i", "fsl0", "-o", os.path.join(out, "store"),
@@ -231,6 +259,11 @@ def run_live(flowseal, pcap, mbps, extra=(), linger=8.0):
         for name in ("p50", "p99", "p99.9"):
             m = lat and re.search(re.escape(name) + r" ([\d.]+) ms", lat.group(1))
             fig[f"latency_{name}_ms"] = float(m.group(1)) if m else None
+        slat = re.search(r"ship latency \(flow end due -> acked by JetStream\): (.*)", log_text)
+        fig["ship_latency"] = slat.group(1).strip() if slat else None
+        for name in ("p50", "p99", "p99.9"):
+            m = slat and re.search(re.escape(name) + r" ([\d.]+) ms", slat.group(1))
+            fig[f"ship_latency_{name}_ms"] = float(m.group(1)) if m else None
         # flowd's own figure (flow end due -> published to the flowd->dedupd ring).
         flat = re.search(r"export latency \(flow end due -> flowd output ring\): (.*)", log_text)
         fig["flowd_latency"] = flat.group(1).strip() if flat else None
@@ -241,6 +274,9 @@ def run_live(flowseal, pcap, mbps, extra=(), linger=8.0):
             fig["drop_pct"] = 100.0 * max(fig["sent"] - fig["received"], 0) / fig["sent"]
         return fig, None
     finally:
+        if nats is not None:
+            nats.kill()
+            nats.wait()
         sh(["ip", "netns", "del", ns])
         shutil.rmtree(out, ignore_errors=True)
 
