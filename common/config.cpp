@@ -425,7 +425,14 @@ const std::vector<KeySpec>& key_table() {
         "s between stats lines (0: none)"));
     t.push_back(int_key(
         "supervisor.max_restarts", [](Config & c) -> auto& { return c.supervisor.max_restarts; }, 0,
-        1000000, "restarts of one stage before the run gives up"));
+        1000000,
+        "failures of one stage (crashes, hangs, memory-limit restarts; not operator restarts) "
+        "within supervisor.restart_window_s before the run gives up"));
+    t.push_back(int_key(
+        "supervisor.restart_window_s",
+        [](Config & c) -> auto& { return c.supervisor.restart_window_s; }, 1, 2592000,
+        "s a stage's failure counts toward max_restarts and its backoff; quiet this long, the "
+        "stage starts afresh"));
     t.push_back(user_key(
         "supervisor.user", [](Config & c) -> auto& { return c.supervisor.user; },
         "run as root: flowd, dedupd, signerd and writerd run as this user (empty: as the "

@@ -112,7 +112,10 @@ struct SupervisorConfig {
   std::string instance = "default";
   std::int64_t heartbeat_timeout_ms = 5000;
   std::int64_t stats_interval_s = 5;
+  // A stage's failures within restart_window_s count toward max_restarts (and its backoff):
+  // a crash loop gives up, a crash now and then in a months-long run does not.
   std::int64_t max_restarts = 10;
+  std::int64_t restart_window_s = 300;
   // Run as root with this set: flowd, dedupd, signerd and writerd run as this user (capture
   // starts as root and drops to capture.user once its handle is open). Empty: stages run as
   // the supervisor does.

@@ -489,6 +489,7 @@ void add_stages(const Config& config, const Instance& instance, const fs::path& 
 StagePolicy policy_of(const Config& config) {
   StagePolicy policy;
   policy.max_restarts = static_cast<std::uint32_t>(config.supervisor.max_restarts);
+  policy.restart_window = std::chrono::seconds(config.supervisor.restart_window_s);
   return policy;
 }
 
@@ -703,6 +704,7 @@ void Supervision::reload() {
     spdlog::info("reload: nothing changed");
   StagePolicy policy = stages_->policy();
   policy.max_restarts = static_cast<std::uint32_t>(config_.supervisor.max_restarts);
+  policy.restart_window = std::chrono::seconds(config_.supervisor.restart_window_s);
   stages_->set_policy(policy);
   for (std::size_t i = 0; i < stages_->size(); ++i) {
     stages_->set_memory_limit(i, private_limit(config_, instance_.plan(), stages_->spec(i).kind));

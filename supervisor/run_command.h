@@ -25,12 +25,16 @@ struct ConfigSource {
 // The keys a running supervisor applies on SIGHUP (documented in docs/OPERATIONS.md and
 // deploy/flowseal.yaml); every other key is read by the stages at start or sizes the shared
 // memory, and a change needs a new run.
-inline constexpr std::string_view kRuntimeKeys[] = {
-    "supervisor.heartbeat_timeout_ms", "supervisor.stats_interval_s",
-    "supervisor.max_restarts",         "memory.sample_ms",
-    "memory.capture_limit_mb",         "memory.flowd_limit_mb",
-    "memory.dedupd_limit_mb",          "memory.signerd_limit_mb",
-    "memory.writerd_limit_mb"};
+inline constexpr std::string_view kRuntimeKeys[] = {"supervisor.heartbeat_timeout_ms",
+                                                    "supervisor.stats_interval_s",
+                                                    "supervisor.max_restarts",
+                                                    "supervisor.restart_window_s",
+                                                    "memory.sample_ms",
+                                                    "memory.capture_limit_mb",
+                                                    "memory.flowd_limit_mb",
+                                                    "memory.dedupd_limit_mb",
+                                                    "memory.signerd_limit_mb",
+                                                    "memory.writerd_limit_mb"};
 
 // What a reload changed: "KEY: OLD -> NEW" lines.
 struct ConfigChanges {

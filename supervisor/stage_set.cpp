@@ -112,7 +112,10 @@ void StageSet::exited(std::size_t index, const ExitStatus& exit) {
     set_phase(index, StagePhase::kFailed);
   } else if (was_leaving && exit.code != 0 && !aborting_) {
     ++r.restarts;
-    if (r.memory_leave) ++r.memory_restarts;
+    if (r.memory_leave) {
+      ++r.memory_restarts;
+      r.failures.push_back(clock_.now());  // involuntary: it counts toward the give-up
+    }
     const bool memory = r.memory_leave;
     launch(index);
     spdlog::info("{} restarted {} (pid {}, {})", spec.name,
@@ -144,17 +147,28 @@ void StageSet::exited(std::size_t index, const ExitStatus& exit) {
 void StageSet::crashed(std::size_t index, const ExitStatus& exit) {
   StageRecord& r = records_[index];
   const StageSpec& spec = specs_[index];
-  if (r.restarts >= policy_.max_restarts) {
-    spdlog::error("{} failed ({}) after {} restarts: giving up", spec.name, exit.describe,
-                  r.restarts);
+  const std::uint32_t recent = failures_in_window(index);
+  if (recent >= policy_.max_restarts) {
+    spdlog::error("{} failed ({}) after {} restarts within {} s: giving up", spec.name,
+                  exit.describe, recent, seconds(policy_.restart_window));
     fail(index, exit_code::kSoftware, fmt::format("{} keeps failing", spec.name));
     return;
   }
-  const auto backoff = backoff_after(r.restarts);
+  const auto backoff = backoff_after(recent);
   ++r.restarts;
+  r.failures.push_back(clock_.now());
   r.deadline = clock_.now() + backoff;
   spdlog::warn("{} ended ({}); restarting in {} ms", spec.name, exit.describe, backoff.count());
   set_phase(index, StagePhase::kBackoff);
+}
+
+std::uint32_t StageSet::failures_in_window(std::size_t index) {
+  std::deque<SteadyTime>& failures = records_[index].failures;
+  const SteadyTime since = clock_.now() - policy_.restart_window;
+  while (!failures.empty() && failures.front() <= since) failures.pop_front();
+  // Only whether there are max_restarts matters: a long window stays small.
+  while (failures.size() > policy_.max_restarts) failures.pop_front();
+  return static_cast<std::uint32_t>(failures.size());
 }
 
 // The stage cannot go on. An essential one ends the run with `code`; an optional one is left
@@ -219,9 +233,9 @@ bool StageSet::memory_over_limit(std::size_t index, std::string_view detail) {
   StageRecord& r = records_[index];
   if (aborting_ || r.pid <= 0 || r.phase == StagePhase::kLeaving || is_over(r.phase)) return false;
   spdlog::warn("{}: restarting it", detail);
-  if (r.restarts >= policy_.max_restarts) {
-    spdlog::error("{} over its memory limit after {} restarts: giving up", specs_[index].name,
-                  r.restarts);
+  if (const std::uint32_t recent = failures_in_window(index); recent >= policy_.max_restarts) {
+    spdlog::error("{} over its memory limit after {} restarts within {} s: giving up",
+                  specs_[index].name, recent, seconds(policy_.restart_window));
     abort(exit_code::kSoftware, SIGTERM,
           fmt::format("{} keeps going over its memory limit", specs_[index].name));
     return false;

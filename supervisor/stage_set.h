@@ -22,8 +22,13 @@
 //
 // Rules (what the unit tests hold it to):
 // - A crashed stage (exit ≠ 0, not asked to leave) is relaunched after a backoff of
-//   100 ms × 2^restarts, at most 5 s; after `max_restarts` restarts the next crash gives up
-//   (Failed) and aborts the run with exit 70.
+//   100 ms × 2^n, at most 5 s, where n counts its failures (crashes, kills for silence or a
+//   slow start, memory-limit restarts) within the last `restart_window`; once n reaches
+//   `max_restarts` the next failure gives up (Failed) and aborts the run with exit 70. So a
+//   crash loop gives up within seconds, while a probe that runs for months, with a crash now
+//   and then, never does, and its backoff is back to 100 ms once a window passes without one
+//   (systemd's StartLimitBurst= within StartLimitIntervalSec=). Operator restarts count in
+//   `restarts` (what people read: the lifetime total) but never toward the give-up.
 // - An exit code after which a restart cannot help (64 usage, 65 data, 66 no input, 78
 //   config) fails the stage and aborts the run with that code; capture's 65 (a damaged input
 //   whose good packets went through) only finishes capture, and the drain goes on.
@@ -33,7 +38,7 @@
 //   which takes SIGTERM as the end of its input: SIGKILL) and is relaunched at once when it
 //   exits non-zero; if it is still there `restart_grace` later it gets SIGKILL. Exit 0 while
 //   leaving means it had drained already: Finished. A memory restart counts in `restarts` and
-//   in `memory_restarts`, and gives up the way a crash does.
+//   in `memory_restarts`, and (being involuntary) toward the give-up the way a crash does.
 // - Drain: the stages drain in data order (capture first, then each one downstream as the
 //   ones before it have finished). A stage whose spec has a drain_timeout is killed when it
 //   has not finished that long after everything upstream of it did (for an optional shipd
@@ -52,8 +57,9 @@
 //   local store is its buffer), and it has its own StageSpec::drain_timeout.
 //
 // Designed in for later work (states and interface, partly unused today):
-// - Reload (SIGHUP): set_policy() and set_memory_limit() change max_restarts, the grace
-//   period and a stage's limit while stages run; the next decision uses the new values.
+// - Reload (SIGHUP): set_policy() and set_memory_limit() change max_restarts, the restart
+//   window, the grace period and a stage's limit while stages run; the next decision uses the
+//   new values.
 // - Adopting the stages of a crashed supervisor's instance: adopt(stage, pid) puts a process
 //   this supervisor did not start into Running; its host watches it through a pidfd (it
 //   cannot wait4() a process that is not its child), so its exit comes with no status
@@ -67,6 +73,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -128,15 +135,22 @@ struct StagePolicy {
   // the heartbeat timeout watches it; this catches one that hangs before it can (stopped,
   // blocked in its start-up), which no heartbeat check sees.
   std::chrono::milliseconds start_timeout{60000};
+  // The failures of one stage that count toward max_restarts and its backoff: those of the
+  // last restart_window (supervisor.restart_window_s).
+  std::chrono::milliseconds restart_window{300000};
 };
 
 // What the set publishes of one stage (control block slot, the run summary).
 struct StageRecord {
   StagePhase phase = StagePhase::kStarting;
-  pid_t pid = -1;        // the current process, -1 while none
-  bool adopted = false;  // not this supervisor's child (adopt())
-  std::uint32_t restarts = 0;
-  std::uint32_t memory_restarts = 0;              // of `restarts`: over its memory limit
+  pid_t pid = -1;                     // the current process, -1 while none
+  bool adopted = false;               // not this supervisor's child (adopt())
+  std::uint32_t restarts = 0;         // lifetime total, operator restarts too
+  std::uint32_t memory_restarts = 0;  // of `restarts`: over its memory limit
+  // When it failed (crashed, was killed as hung, went over its memory limit) within the
+  // policy's restart_window, oldest first, at most max_restarts of them: what the give-up
+  // and the backoff count.
+  std::deque<SteadyTime> failures;
   bool memory_leave = false;                      // Leaving because of its memory limit
   SteadyTime deadline = SteadyTime::max();        // Starting, Leaving: SIGKILL; Backoff: relaunch
   SteadyTime drain_deadline = SteadyTime::max();  // draining: killed past it (drain_timeout)
@@ -221,6 +235,8 @@ class StageSet {
   void relaunch_now(std::size_t index, std::string_view why);
   void ask_to_leave(std::size_t index, bool memory);
   void crashed(std::size_t index, const ExitStatus& exit);
+  // Forgets the stage's failures older than the restart window; how many are left.
+  std::uint32_t failures_in_window(std::size_t index);
   void fail(std::size_t index, int code, std::string_view why);
   void set_phase(std::size_t index, StagePhase phase);
   void arm_drain_timeouts();

@@ -3,10 +3,14 @@
 #include <signal.h>
 
 #include <map>
+#include <memory>
+#include <sstream>
 #include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include "stage_runtime.h"
 
@@ -65,6 +69,31 @@ std::vector<StageSpec> pipeline(bool with_shipd = false) {
 const ExitStatus kCrash{137, "killed by SIGKILL"};
 const ExitStatus kClean{0, "exit 0"};
 const ExitStatus kTerm{75, "exit 75"};
+
+// The set's log lines while it lives (the default logger is put back after).
+class CapturedLog {
+ public:
+  CapturedLog()
+      : previous_(spdlog::default_logger()),
+        logger_(std::make_shared<spdlog::logger>(
+            "captured", std::make_shared<spdlog::sinks::ostream_sink_st>(text_))) {
+    spdlog::set_default_logger(logger_);
+  }
+  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  CapturedLog(const CapturedLog&) = delete;
+  CapturedLog& operator=(const CapturedLog&) = delete;
+  std::string text() const { return text_.str(); }
+
+ private:
+  std::ostringstream text_;
+  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+// How long stage `index` waits in its backoff.
+std::chrono::milliseconds backoff_of(const StageSet& set, const FakeClock& clock) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(set.next_deadline() - clock.now());
+}
 
 struct Fixture {
   explicit Fixture(std::uint32_t max_restarts = 10, bool with_shipd = false)
@@ -139,6 +168,97 @@ TEST_CASE("after max_restarts restarts the next crash gives up and ends the run 
   for (std::size_t i : {kFlowd0, kFlowd1, kDedupd, kWriterd}) f.set.exited(i, kCrash);
   REQUIRE(f.set.done());
   REQUIRE(f.set.result() == exit_code::kSoftware);
+}
+
+TEST_CASE("failures spread over the restart window still give up, with the same message") {
+  CapturedLog log;
+  Fixture f(/*max_restarts=*/2);  // restart_window: 300 s
+  for (int crash = 0; crash < 2; ++crash) {
+    f.set.exited(kSignerd, kCrash);
+    f.clock.advance(140000ms);
+    f.set.tick();
+    f.set.ready(kSignerd);
+  }
+  // The first failure was 280 s ago: inside the window.
+  f.set.exited(kSignerd, kCrash);
+  REQUIRE(f.set.record(kSignerd).phase == StagePhase::kFailed);
+  REQUIRE(f.set.result() == exit_code::kSoftware);
+  REQUIRE(f.host.stopped == std::vector<std::string>{"signerd keeps failing"});
+  REQUIRE_THAT(log.text(), Catch::Contains("signerd failed (killed by SIGKILL) after 2 restarts "
+                                           "within 300 s: giving up"));
+}
+
+TEST_CASE("after a window without failures the budget and the backoff start afresh") {
+  Fixture f(/*max_restarts=*/2);
+  auto crash_and_relaunch = [&] {
+    f.set.exited(kDedupd, kCrash);
+    REQUIRE(f.set.record(kDedupd).phase == StagePhase::kBackoff);
+    const auto wait = backoff_of(f.set, f.clock);
+    f.clock.advance(wait);
+    f.set.tick();
+    f.set.ready(kDedupd);
+    return wait.count();
+  };
+  REQUIRE(crash_and_relaunch() == 100);
+  REQUIRE(crash_and_relaunch() == 200);
+  // Stable for the window (300 s after the last failure): both are forgotten.
+  f.clock.advance(300000ms);
+  f.set.tick();
+  REQUIRE(crash_and_relaunch() == 100);
+  REQUIRE(crash_and_relaunch() == 200);
+  f.clock.advance(300000ms);
+  REQUIRE(crash_and_relaunch() == 100);
+  REQUIRE(!f.set.aborting());
+  // What status shows stays the lifetime total.
+  REQUIRE(f.set.record(kDedupd).restarts == 5);
+  SECTION("a failure just inside the window still counts") {
+    f.clock.advance(299899ms);  // + its 100 ms backoff: 299.999 s after the last failure
+    f.set.exited(kDedupd, kCrash);
+    REQUIRE(backoff_of(f.set, f.clock) == 200ms);
+  }
+  SECTION("a reload that narrows the window forgets sooner") {
+    StagePolicy policy = f.set.policy();
+    policy.restart_window = 1000ms;
+    f.set.set_policy(policy);
+    f.clock.advance(900ms);
+    REQUIRE(crash_and_relaunch() == 100);
+  }
+}
+
+TEST_CASE("operator restarts are counted but never make the run give up") {
+  Fixture f(/*max_restarts=*/2);
+  for (int restart = 0; restart < 5; ++restart) {
+    REQUIRE(f.set.restart_requested(kDedupd));
+    f.set.exited(kDedupd, kTerm);
+    REQUIRE(f.set.record(kDedupd).phase == StagePhase::kStarting);
+    f.set.ready(kDedupd);
+  }
+  // One that does not leave in time is killed: still the operator's restart.
+  REQUIRE(f.set.restart_requested(kDedupd));
+  f.clock.advance(5000ms);
+  f.set.tick();
+  f.set.exited(kDedupd, kCrash);
+  f.set.ready(kDedupd);
+  REQUIRE(f.set.record(kDedupd).restarts == 6);
+  // The soak's finding 3: with max_restarts=2 and operator restarts behind it, a crash is
+  // the stage's first failure: restarted after 100 ms, and so are the next two.
+  f.set.exited(kDedupd, kCrash);
+  REQUIRE(f.set.record(kDedupd).phase == StagePhase::kBackoff);
+  REQUIRE(backoff_of(f.set, f.clock) == 100ms);
+  REQUIRE(!f.set.aborting());
+  REQUIRE(f.set.record(kDedupd).restarts == 7);
+  SECTION("memory-limit restarts are involuntary: they count like crashes") {
+    f.clock.advance(100ms);
+    f.set.tick();
+    f.set.ready(kDedupd);
+    REQUIRE(f.set.memory_over_limit(kDedupd, "over"));
+    f.set.exited(kDedupd, kTerm);
+    f.set.ready(kDedupd);
+    REQUIRE(f.set.record(kDedupd).memory_restarts == 1);
+    f.set.exited(kDedupd, kCrash);  // the third failure within the window
+    REQUIRE(f.set.record(kDedupd).phase == StagePhase::kFailed);
+    REQUIRE(f.set.aborting());
+  }
 }
 
 TEST_CASE("a permanent exit code fails the run with that code; capture's data error drains") {

@@ -397,6 +397,56 @@ def test_operator_restart(tmp):
     compare(tmp, out, "operator restarts", loop=LONG_LOOP)
 
 
+def status_stage(tag, name):
+    """The `status --json` entry of stage `name`, or None."""
+    s = run(["status", "--instance", instance(tag), "--json"], timeout=60)
+    if s.returncode != 0:
+        return None
+    try:
+        return next((st for st in json.loads(s.stdout)["stages"] if st["stage"] == name), None)
+    except (ValueError, KeyError):
+        return None
+
+
+def test_operator_restarts_do_not_use_up_the_restart_budget(tmp):
+    """The soak's finding 3 (docs/RELIABILITY.md): with max_restarts=2, two operator restarts
+    of dedupd and then one crash (SIGKILL) ended the run with 70. Operator restarts now never
+    count toward the give-up: the crash is dedupd's first failure, restarted after 100 ms."""
+    tag = "budget"
+    loop = LONG_LOOP  # long enough for the three steps (each waits for its new dedupd)
+    steps = []
+
+    def action(r):
+        for _ in range(2):
+            x = run(["restart", "dedupd", "--instance", instance(tag), "--timeout", "30"],
+                    timeout=60)
+            assert x.returncode == 0 and "restarted: pid" in x.stdout, \
+                f"restart dedupd works while the run is busy ({x.returncode}: {x.stdout} {x.stderr})"
+            steps.append("restart")
+        # The pid status shows, checked to be a child of this test's run before it is killed.
+        st = status_stage(tag, "dedupd")
+        assert st and st["restarts"] == 2, f"status shows dedupd's two restarts ({st})"
+        assert st["pid"] in child_pids(r.p.pid, EXE["dedupd"]), \
+            f"status names this run's dedupd ({st}, {child_pids(r.p.pid, EXE['dedupd'])})"
+        assert r.running(), "the run is still busy before the kill"
+        os.kill(st["pid"], signal.SIGKILL)
+        steps.append("kill")
+        assert wait_for(lambda: not r.running() or
+                        any(p != st["pid"] for p in child_pids(r.p.pid, EXE["dedupd"])),
+                        HUNG_DEADLINE), "the killed dedupd is replaced"
+    out, r, code = disturbed_run(tmp, tag, NO_DEDUP + ["--set", "supervisor.max_restarts=2"],
+                                 action, loop)
+    text = r.text()
+    assert steps == ["restart", "restart", "kill"], f"every step was taken mid-run ({steps})"
+    assert "giving up" not in text, f"the run does not give up ({text[-2000:]})"
+    assert re.search(r"dedupd ended \(killed by SIGKILL\); restarting in 100 ms", text), \
+        f"the crash is dedupd's first failure: 100 ms backoff ({text[-2000:]})"
+    assert code == 0, f"the run goes on and ends 0 ({code}: {text[-2000:]})"
+    assert summary_restarts(text).get("dedupd") == 3, \
+        f"the summary counts all three restarts of dedupd ({summary_restarts(text)})"
+    compare(tmp, out, "operator restarts and a crash with max_restarts=2", loop=loop)
+
+
 # ---------------------------------------------------------------------------- hung
 
 def registered_pids(tag):
