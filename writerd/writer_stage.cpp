@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -248,7 +249,13 @@ class SealedBatchWriter {
 }  // namespace
 
 int run_writerd(StageRuntime& runtime) {
-  segment::SegmentStore store(store_options(runtime.config()));
+  segment::StoreOptions options = store_options(runtime.config());
+  // Reading a busy run's open .part back takes seconds; the supervisor kills a stage silent
+  // past supervisor.heartbeat_timeout_ms, and its successor would read the same .part again
+  // (docs/RELIABILITY.md, the soak's finding 4). The beat also ends the start timeout: a
+  // writerd working through its recovery is up.
+  options.on_recovery_progress = [&runtime] { runtime.heartbeat(); };
+  segment::SegmentStore store(std::move(options));
   for (const std::string& note : store.take_notes()) spdlog::warn("recovery: {}", note);
   if (store.highest_seq()) {
     spdlog::info("{} holds batches up to seq {}: replays of those are dropped",

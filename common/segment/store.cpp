@@ -87,8 +87,7 @@ void SegmentStore::recover_part(const std::filesystem::path& part, bool newest) 
     return;
   }
   SegmentReader::Next next;
-  while ((next = reader.next()) == SegmentReader::Next::kFrame) {
-  }
+  while ((next = reader.next()) == SegmentReader::Next::kFrame) recovery_progress();
   if (next == SegmentReader::Next::kError) {
     notes_.push_back(fmt::format("{}: cutting back to offset {}, its last whole frame",
                                  reader.error()->message(), reader.end_of_frames()));
@@ -131,8 +130,7 @@ void SegmentStore::learn_from_closed(const std::filesystem::path& segment) {
     highest_seq_ = index->back().batch.seq;
     return;
   }
-  while (reader.next() == SegmentReader::Next::kFrame) {
-  }
+  while (reader.next() == SegmentReader::Next::kFrame) recovery_progress();
   if (!reader.frames().empty()) highest_seq_ = reader.frames().back().batch.seq;
   if (reader.error()) {
     notes_.push_back(fmt::format("{} (the newest stored batch seen is {})",

@@ -6,7 +6,8 @@
 // a `.part` without a single whole frame is removed, one with an unreadable header is renamed
 // to `*.damaged` (kept as evidence, ignored by list_segments). The highest stored batch seq
 // and the stream id come from the newest segment, so a replayed batch (seq <= highest) is
-// recognised and dropped: after a crash the ring replays what was not committed.
+// recognised and dropped: after a crash the ring replays what was not committed. Recovery
+// reports its progress frame by frame (StoreOptions::on_recovery_progress).
 //
 // One directory holds one stream: a batch of another stream id is refused (kForeignStream),
 // since `flowseal verify` checks one hash chain per directory. Nothing on the append path
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <system_error>
 #include <optional>
 #include <span>
@@ -50,6 +52,11 @@ struct StoreOptions {
   // handed over yet; only the size limit (the disk) may force it, and then every record
   // given up is counted (dropped_unshipped_records) and said loudly (take_alarms).
   std::vector<std::string> output_positions;
+  // Called after each frame recovery reads (a `.part` to cut back, or a closed segment
+  // without its index): a long read goes frame by frame (zstd and the columns: about a
+  // millisecond each on a loaded machine, seconds for a busy run's open segment), and a
+  // caller watched by a heartbeat (writerd) beats in it. Empty: nothing is called.
+  std::function<void()> on_recovery_progress;
 };
 
 enum class AppendResult { kStored, kDuplicate, kForeignStream, kError };
@@ -94,6 +101,9 @@ class SegmentStore {
   void recover();
   void recover_part(const std::filesystem::path& part, bool newest);
   void learn_from_closed(const std::filesystem::path& segment);
+  void recovery_progress() const {
+    if (options_.on_recovery_progress) options_.on_recovery_progress();
+  }
   IoStatus close_writer();
   // Whether the open segment is past segment_max_age at `now_ns`, or the wall clock went back
   // behind its creation (then noted once).

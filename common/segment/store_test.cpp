@@ -209,6 +209,24 @@ TEST_CASE("a torn .part is cut back to its last whole frame and appended to afte
   CHECK(stored_seqs(dir.path) == iota(4));
 }
 
+TEST_CASE("recovery reports its progress frame by frame, so a caller can keep its heartbeat") {
+  TempDir dir;
+  {
+    SegmentStore store(options(dir.path));
+    for (std::uint64_t seq = 0; seq < 5; ++seq) {
+      REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), kNow) ==
+              AppendResult::kStored);
+    }
+  }  // no close: a .part, as a killed writerd leaves it
+  StoreOptions o = options(dir.path);
+  int calls = 0;
+  o.on_recovery_progress = [&] { ++calls; };
+  SegmentStore store(std::move(o));
+  CHECK(calls == 5);  // once per whole frame of the .part
+  REQUIRE(store.highest_seq());
+  CHECK(*store.highest_seq() == 4);
+}
+
 TEST_CASE("a restart after a clean close drops replayed batches and continues the stream") {
   TempDir dir;
   {

@@ -18,6 +18,8 @@
 //   torn-ftruncate a torn write (as `torn`), and then ftruncate fails with EIO: the torn
 //               bytes cannot be cut off (COUNT counts the torn writes; each one's cut fails)
 //   unlink-eio  unlink/unlinkat/remove of a matching path fail with EIO (retention)
+//   slow-read   read/pread of a tracked file succeed, each after FLOWSEAL_FAULT_DELAY_MS
+//               (default 5) ms: a slow or busy disk under writerd's start-up recovery
 // FLOWSEAL_FAULT_AFTER=N lets the first N matching calls through, FLOWSEAL_FAULT_COUNT=M fails
 // the M calls after them (default 1; -1: all). Counts are per process: a restarted writerd
 // starts again at zero, unless FLOWSEAL_FAULT_ONCE=FILE is set: the first process that injects a
@@ -36,6 +38,7 @@
 #include <string.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -54,6 +57,7 @@ enum class Fault {
   kFtruncateEio,
   kTornFtruncate,
   kUnlinkEio,
+  kSlowRead,
 };
 
 constexpr int kMaxFds = 4096;
@@ -65,6 +69,7 @@ struct State {
   const char* once = nullptr;
   long after = 0;
   long count = 1;
+  long delay_ms = 5;  // slow-read
   std::atomic<long> calls{0};
   std::atomic<bool> torn_pending{false};
   std::atomic<bool> cut_pending{false};  // torn-ftruncate: the next ftruncate fails
@@ -85,6 +90,7 @@ Fault parse(const char* name) {
   if (!strcmp(name, "ftruncate-eio")) return Fault::kFtruncateEio;
   if (!strcmp(name, "torn-ftruncate")) return Fault::kTornFtruncate;
   if (!strcmp(name, "unlink-eio")) return Fault::kUnlinkEio;
+  if (!strcmp(name, "slow-read")) return Fault::kSlowRead;
   return Fault::kNone;
 }
 
@@ -99,6 +105,7 @@ __attribute__((constructor)) void init() {
   if (state.once && access(state.once, F_OK) == 0) state.fault = Fault::kNone;
   if (const char* a = getenv("FLOWSEAL_FAULT_AFTER")) state.after = atol(a);
   if (const char* c = getenv("FLOWSEAL_FAULT_COUNT")) state.count = atol(c);
+  if (const char* d = getenv("FLOWSEAL_FAULT_DELAY_MS")) state.delay_ms = atol(d);
 }
 
 template <typename F>
@@ -302,6 +309,34 @@ int ftruncate64(int fd, off_t length) {
   static auto real = next<int (*)(int, off_t)>("ftruncate64");
   if (ftruncate_fault(fd)) return -1;
   return real(fd, length);
+}
+
+// slow-read: sleeps before a read of a tracked file (noted once per process: a recovery
+// makes thousands).
+static void read_delay(const char* call, int fd) {
+  if (state.fault != Fault::kSlowRead || !tracked(fd) || !hit()) return;
+  static std::atomic<bool> noted{false};
+  if (!noted.exchange(true)) note(call, fd, "slow (each read delayed)");
+  const struct timespec delay = {state.delay_ms / 1000, (state.delay_ms % 1000) * 1000000};
+  nanosleep(&delay, nullptr);
+}
+
+ssize_t read(int fd, void* buf, size_t size) {
+  static auto real = next<ssize_t (*)(int, void*, size_t)>("read");
+  read_delay("read", fd);
+  return real(fd, buf, size);
+}
+
+ssize_t pread(int fd, void* buf, size_t size, off_t offset) {
+  static auto real = next<ssize_t (*)(int, void*, size_t, off_t)>("pread");
+  read_delay("pread", fd);
+  return real(fd, buf, size, offset);
+}
+
+ssize_t pread64(int fd, void* buf, size_t size, off_t offset) {
+  static auto real = next<ssize_t (*)(int, void*, size_t, off_t)>("pread64");
+  read_delay("pread64", fd);
+  return real(fd, buf, size, offset);
 }
 
 static bool unlink_fault(const char* call, const char* path) {

@@ -6,7 +6,8 @@ preloaded (the supervisor passes its environment to the stages; the shim acts on
 flowseal-writerd and only on files under the run's output directory), makes one kind of call
 fail a few times (ENOSPC, EIO, a short write, a write torn by a full disk, a failing fsync, a
 failing rename, a failing create, a failing ftruncate at a torn frame and at start-up's cut of a
-.part, a failing retention delete), and checks what issue 13 asks for each fault:
+.part, a failing retention delete; slow reads under start-up's recovery), and checks what
+issue 13 asks for each fault:
   - no crash: the run exits 0 and writerd is never restarted;
   - a clear log line naming the file and the error;
   - nothing already durable lost: the store holds exactly the events of an undisturbed run;
@@ -15,6 +16,7 @@ failing rename, a failing create, a failing ftruncate at a torn frame and at sta
 The shim appends one line per injected fault to a log, so each test also checks that its
 fault really happened.
 """
+import datetime
 import json
 import os
 import re
@@ -271,6 +273,54 @@ def test_a_part_that_cannot_be_cut_back_at_recovery_is_retried_by_the_restarted_
     # The second run stores the same flows again (same uids: cat shows an event id once).
     assert re.search(rf"^records:\s+{2 * len(calm)}$", v.stdout, re.M), v.stdout
     assert sorted(event_ids(flowseal, out)) == calm
+
+
+def test_a_recovery_read_longer_than_the_heartbeat_timeout_is_not_killed(
+        flowseal, data_dir, shim, tmp_path, instance):
+    # The soak's finding 4 (docs/RELIABILITY.md): a writerd reading a long .part back at start
+    # sent no heartbeat and was killed past supervisor.heartbeat_timeout_ms, again and again.
+    # A first run leaves a segment of many small batches, made a .part again (what a killed
+    # writerd leaves); the second run's writerd reads it back with every read delayed, several
+    # times the heartbeat timeout (500 ms), and must neither be killed nor restarted.
+    out = str(tmp_path / "out")
+    many = ["capture.loop=40", "seal.batch_records=4"]
+    r = flowseal_run(flowseal, data_dir, out, instance("slow1"), extra=many)
+    assert r.returncode == 0, r.stderr[-1500:]
+    segments = sorted(f for f in os.listdir(out) if f.startswith("seg-"))
+    assert len(segments) == 1, segments
+    v = subprocess.run([flowseal, "verify", out], capture_output=True, text=True, timeout=TIMEOUT)
+    first = int(re.search(r"^batches:\s+(\d+)", v.stdout, re.M).group(1))
+    records = int(re.search(r"^records:\s+(\d+)$", v.stdout, re.M).group(1))
+    assert first >= 300, f"enough batches for a recovery of seconds ({v.stdout})"
+    os.rename(os.path.join(out, segments[0]), os.path.join(out, segments[0] + ".part"))
+    log = str(tmp_path / "faults.log")
+    env = {"LD_PRELOAD": shim, "FLOWSEAL_FAULT": "slow-read", "FLOWSEAL_FAULT_PATH": out,
+           "FLOWSEAL_FAULT_AFTER": "0", "FLOWSEAL_FAULT_COUNT": "-1",
+           "FLOWSEAL_FAULT_DELAY_MS": "4", "FLOWSEAL_FAULT_LOG": log}
+    r = flowseal_run(flowseal, data_dir, out, instance("slow2"), env,
+                     many + ["supervisor.heartbeat_timeout_ms=500"])
+    injected = open(log).read().splitlines() if os.path.exists(log) else []
+    text = r.stderr + r.stdout
+    assert injected, "the shim slowed writerd's reads"
+    assert "sent no heartbeat" not in text, f"writerd is not killed as hung: {text[-2500:]}"
+    assert "writerd ended" not in text, f"writerd is never restarted: {text[-2500:]}"
+    assert r.returncode == 0, f"the second run completes: {text[-2500:]}"
+    # How long the recovery took, at most: from the run's first log line to the recovery note.
+    m = re.search(rf"^(\S+) \S+ writerd: recovery: \S+\.part: continuing after batch \d+ "
+                  rf"\({first} batches\)", text, re.M)
+    assert m, f"writerd continues the .part after its {first} batches: {text[-2500:]}"
+    start = re.search(r"^(\S+) \S+ (?:writerd|supervisor|flowseal): ", text, re.M)
+    took = (parse_log_time(m.group(1)) - parse_log_time(start.group(1))).total_seconds()
+    print(f"run start to the recovery of {first} batches (every read delayed 4 ms): {took:.1f} s")
+    assert took > 1.0, f"the recovery outlasted the heartbeat timeout twice ({took:.2f} s)"
+    v = subprocess.run([flowseal, "verify", out], capture_output=True, text=True, timeout=TIMEOUT)
+    assert v.returncode == 0, f"both runs' batches verify as one chain: {v.stdout}{v.stderr}"
+    # The second run stores the same flows again (same uids).
+    assert re.search(rf"^records:\s+{2 * records}$", v.stdout, re.M), v.stdout
+
+
+def parse_log_time(stamp):
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f")
 
 
 def test_a_failing_retention_delete_is_named_and_tried_again(flowseal, data_dir, shim,
