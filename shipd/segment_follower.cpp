@@ -64,7 +64,8 @@ fs::path SegmentFollower::path_of(std::uint64_t first, bool part) const {
 
 // Opens `file` (the segment whose first seq is `first`) at the frame after after_.
 bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part) {
-  reader_.emplace(file);
+  reader_.emplace(file, with_message_ ? segment::SegmentReader::Depth::kBatches
+                                      : segment::SegmentReader::Depth::kStoredBytes);
   current_first_ = first;
   current_is_part_ = part;
   finished_current_ = false;

@@ -60,8 +60,8 @@ bool pread_all(int fd, std::uint64_t offset, std::span<std::uint8_t> out, int& e
 
 }  // namespace
 
-SegmentReader::SegmentReader(std::filesystem::path file)
-    : file_(std::move(file)), zstd_(std::make_unique<ZstdState>()) {
+SegmentReader::SegmentReader(std::filesystem::path file, Depth depth)
+    : file_(std::move(file)), depth_(depth), zstd_(std::make_unique<ZstdState>()) {
   fd_.reset(::open(file_.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat st {};
   if (!fd_ || ::fstat(fd_.get(), &st) != 0) {
@@ -169,22 +169,25 @@ SegmentReader::Next SegmentReader::next() {
     return fail(Damage::kZstd, data_at,
                 "the zstd frame's declared size does not match the frame header");
   }
-  stored_.resize(header->uncompressed_bytes);
-  const std::size_t n =
-      ZSTD_decompressDCtx(zstd_->dctx.get(), stored_.data(), header->uncompressed_bytes,
-                          compressed_.data(), compressed_.size());
-  if (ZSTD_isError(n)) {
-    return fail(Damage::kZstd, data_at, fmt::format("zstd: {}", ZSTD_getErrorName(n)));
-  }
-  if (n != header->uncompressed_bytes) {
-    return fail(
-        Damage::kZstd, data_at,
-        fmt::format("decompressed to {} bytes, header says {}", n, header->uncompressed_bytes));
-  }
-  if (auto bad = zstd_->codec.decode(stored_, header->batch.record_count, message_, message_bytes_,
-                                     header_.version)) {
-    return fail(Damage::kBadBatch, data_at,
-                fmt::format("batch seq {}: {}", header->batch.seq, *bad));
+  message_bytes_ = 0;
+  if (depth_ == Depth::kBatches) {
+    stored_.resize(header->uncompressed_bytes);
+    const std::size_t n =
+        ZSTD_decompressDCtx(zstd_->dctx.get(), stored_.data(), header->uncompressed_bytes,
+                            compressed_.data(), compressed_.size());
+    if (ZSTD_isError(n)) {
+      return fail(Damage::kZstd, data_at, fmt::format("zstd: {}", ZSTD_getErrorName(n)));
+    }
+    if (n != header->uncompressed_bytes) {
+      return fail(
+          Damage::kZstd, data_at,
+          fmt::format("decompressed to {} bytes, header says {}", n, header->uncompressed_bytes));
+    }
+    if (auto bad = zstd_->codec.decode(stored_, header->batch.record_count, message_,
+                                       message_bytes_, header_.version)) {
+      return fail(Damage::kBadBatch, data_at,
+                  fmt::format("batch seq {}: {}", header->batch.seq, *bad));
+    }
   }
   frame_ = *header;
   frame_offset_ = at;

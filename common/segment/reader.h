@@ -50,8 +50,14 @@ class SegmentReader {
  public:
   enum class Next { kFrame, kEnd, kError };
 
+  // How far next() reads a frame. kBatches: decompressed and decoded (message() valid).
+  // kStoredBytes: its header, bounds, data CRC and zstd frame size are checked, nothing is
+  // decompressed (message() is empty): for shipd, which publishes the stored bytes as they are
+  // and whose Core decodes and verifies each batch anyway; decoding cost it 2/3 of its CPU.
+  enum class Depth { kBatches, kStoredBytes };
+
   // Opens `file` and reads its header; error() says why if that failed.
-  explicit SegmentReader(std::filesystem::path file);
+  explicit SegmentReader(std::filesystem::path file, Depth depth = Depth::kBatches);
   SegmentReader(SegmentReader&&) noexcept;
   SegmentReader& operator=(SegmentReader&&) noexcept;
   ~SegmentReader();
@@ -99,6 +105,7 @@ class SegmentReader {
   std::uint64_t end_of_frames_ = 0;
   bool has_index_ = false;
   bool done_ = false;
+  Depth depth_ = Depth::kBatches;
   bool sought_ = false;
   std::vector<IndexEntry> frames_;
   std::vector<std::uint8_t> compressed_;

@@ -161,6 +161,36 @@ TEST_CASE("a closed segment reads back batch by batch with the batches that were
   CHECK(reader.has_index());
 }
 
+TEST_CASE(
+    "read for its stored bytes only, a segment gives every frame undecoded and still "
+    "refuses a frame whose bytes do not match their CRC") {
+  TempDir dir;
+  const fs::path file = write_segment(dir.path, 5);
+  SegmentReader full(file);
+  SegmentReader stored(file, SegmentReader::Depth::kStoredBytes);
+  for (std::uint64_t seq = 0; seq < 5; ++seq) {
+    REQUIRE(full.next() == SegmentReader::Next::kFrame);
+    REQUIRE(stored.next() == SegmentReader::Next::kFrame);
+    CHECK(stored.frame().batch.seq == seq);
+    CHECK(stored.frame_offset() == full.frame_offset());
+    CHECK(std::equal(stored.compressed().begin(), stored.compressed().end(),
+                     full.compressed().begin(), full.compressed().end()));
+    CHECK(stored.message().empty());
+  }
+  CHECK(stored.next() == SegmentReader::Next::kEnd);
+  CHECK(stored.has_index());
+
+  // One byte of the first frame's zstd bytes changed: its CRC refuses it unread.
+  auto bytes = read_file(file);
+  bytes[kFileHeaderBytes + kFrameHeaderBytes + 3] ^= 0x40;
+  const fs::path bad = dir.path / "seg-00000000000000000077.fsg";
+  write_file(bad, bytes);
+  SegmentReader damaged(bad, SegmentReader::Depth::kStoredBytes);
+  CHECK(damaged.next() == SegmentReader::Next::kError);
+  REQUIRE(damaged.error());
+  CHECK(damaged.error()->kind == Damage::kChecksum);
+}
+
 TEST_CASE("the index of a closed segment lists every frame so a reader can seek to one") {
   TempDir dir;
   const fs::path file = write_segment(dir.path, 4);
