@@ -19,6 +19,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include "test_temp_dir.h"
 #include "batch_sealer.h"
 #include "flowseal.capnp.h"
 #include "seal/chain_verifier.h"
@@ -33,23 +34,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
+// Each TempDir of this file is named after it.
+class TempDir : public flowseal::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "batch_sealer_test.XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
+  TempDir() : flowseal::testing::TempDir("batch_sealer_test") {}
 };
 
 struct KeyPair {

@@ -28,6 +28,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include "test_temp_dir.h"
 #include "batch_sealer.h"
 #include "capnp_frame.h"
 #include "command_error.h"
@@ -49,24 +50,10 @@ namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using Frames = std::vector<std::vector<std::byte>>;
 
-class TempDir {
+// Each TempDir of this file is named after it.
+class TempDir : public flowseal::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "chain_continuation_test.XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
+  TempDir() : flowseal::testing::TempDir("chain_continuation_test") {}
 };
 
 struct Key {

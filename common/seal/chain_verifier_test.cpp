@@ -4,6 +4,7 @@
 // tamper cases over real sealed chains live in signerd/batch_sealer_test.cpp; here are the
 // verifier's own rules: header field sizes, the key and algorithm checks, the chain position
 // after a bad batch, and what the summary reports.
+#include "test_temp_dir.h"
 #include "seal/chain_verifier.h"
 
 #include <stdlib.h>
@@ -30,23 +31,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
+// Each TempDir of this file is named after it.
+class TempDir : public flowseal::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "chain_verifier_test.XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
+  TempDir() : flowseal::testing::TempDir("chain_verifier_test") {}
 };
 
 struct Signer {

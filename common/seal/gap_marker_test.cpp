@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "test_temp_dir.h"
 #include "seal/gap_marker.h"
 #include "seal/keys.h"
 
@@ -17,24 +18,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
+// Each TempDir of this file is named after it.
+class TempDir : public flowseal::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "seal_gap_marker_test.XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
+  TempDir() : flowseal::testing::TempDir("seal_gap_marker_test") {}
 };
 
 seal::PrivateKey make_key(const TempDir& dir, const std::string& name,

@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "test_temp_dir.h"
 #include "seal/keys.h"
 
 namespace seal = flowseal::seal;
@@ -20,23 +21,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
+// Each TempDir of this file is named after it.
+class TempDir : public flowseal::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "seal_keys_test.XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
+  TempDir() : flowseal::testing::TempDir("seal_keys_test") {}
 };
 
 std::string read_text(const fs::path& file) {
