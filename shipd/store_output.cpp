@@ -52,7 +52,12 @@ std::uint64_t OutputPosition::lag(std::optional<std::uint64_t> newest) const {
 }
 
 void StoreOutput::wait(bool busy) {
-  if (!busy) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (busy) return;
+  if (watch_ != nullptr) {
+    watch_->wait(std::chrono::milliseconds(20));
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 int follow_store(StoreOutput& output, const DrainRule& drain, const std::filesystem::path& dir,
@@ -63,6 +68,8 @@ int follow_store(StoreOutput& output, const DrainRule& drain, const std::filesys
     output.log_stats(what);
     return code;
   };
+  StoreWatch watch(dir);
+  output.set_watch(&watch);
   Clock::time_point last_log = Clock::now();
   Clock::time_point last_publish = Clock::now();
   std::optional<Clock::time_point> drain_since;

@@ -24,6 +24,7 @@
 
 #include "segment/format.h"
 #include "segment/shipped_position.h"
+#include "shipd/store_watch.h"
 
 namespace flowseal::shipd {
 
@@ -90,8 +91,13 @@ class StoreOutput {
   virtual void publish_stats() = 0;
   virtual void log_stats(std::string_view what) = 0;
   virtual std::uint64_t lag() const = 0;
-  // Nothing to do this pass (busy false) or a full window: wait a little for news.
+  // Nothing to do this pass (busy false) or a full window: wait a little for news (the
+  // store changing wakes it early, once follow_store has set a watch).
   virtual void wait(bool busy);
+  void set_watch(StoreWatch* watch) { watch_ = watch; }
+
+ private:
+  StoreWatch* watch_ = nullptr;
 };
 
 struct DrainRule {
