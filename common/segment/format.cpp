@@ -69,10 +69,44 @@ bool is_segment_name(std::string_view name) {
 
 }  // namespace
 
-std::uint32_t crc32c(std::span<const std::uint8_t> bytes, std::uint32_t crc) {
+std::uint32_t crc32c_portable(std::span<const std::uint8_t> bytes, std::uint32_t crc) {
   crc = ~crc;
   for (const std::uint8_t b : bytes) crc = kCrcTable[(crc ^ b) & 0xFF] ^ (crc >> 8);
   return ~crc;
+}
+
+#if defined(__x86_64__)
+namespace {
+// SSE 4.2's crc32 instruction computes CRC32C (Castagnoli) itself, 8 bytes per instruction:
+// the table above goes a byte at a time, and writerd and shipd checksum every frame they write
+// or send (16 % of shipd's CPU was the table).
+__attribute__((target("sse4.2"))) std::uint32_t crc32c_sse42(std::span<const std::uint8_t> bytes,
+                                                             std::uint32_t crc) {
+  std::uint64_t c = ~crc;
+  const std::uint8_t* p = bytes.data();
+  std::size_t n = bytes.size();
+  for (; n >= 8; p += 8, n -= 8) {
+    std::uint64_t word;
+    std::memcpy(&word, p, 8);
+    c = __builtin_ia32_crc32di(c, word);
+  }
+  auto c32 = static_cast<std::uint32_t>(c);
+  for (; n > 0; ++p, --n) c32 = __builtin_ia32_crc32qi(c32, *p);
+  return ~c32;
+}
+
+bool has_sse42() {
+  static const bool has = __builtin_cpu_supports("sse4.2");
+  return has;
+}
+}  // namespace
+#endif
+
+std::uint32_t crc32c(std::span<const std::uint8_t> bytes, std::uint32_t crc) {
+#if defined(__x86_64__)
+  if (has_sse42()) return crc32c_sse42(bytes, crc);
+#endif
+  return crc32c_portable(bytes, crc);
 }
 
 void encode(const FileHeader& h, std::span<std::uint8_t, kFileHeaderBytes> out) {

@@ -83,7 +83,10 @@ struct IndexEntry {
 };
 
 // CRC32C (Castagnoli), as iSCSI and ext4 use it; `crc` continues an earlier value.
+// With the CPU's crc32 instruction where there is one (x86-64 SSE 4.2), else a table.
 std::uint32_t crc32c(std::span<const std::uint8_t> bytes, std::uint32_t crc = 0);
+// The table version always (tests compare the two).
+std::uint32_t crc32c_portable(std::span<const std::uint8_t> bytes, std::uint32_t crc = 0);
 
 void encode(const FileHeader& header, std::span<std::uint8_t, kFileHeaderBytes> out);
 // nullopt with `why` set when the magic, version, reserved bytes or CRC do not match.
