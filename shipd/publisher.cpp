@@ -94,14 +94,13 @@ bool Publisher::publish(const StoredFrame& frame, const std::string& public_key_
               frame.bytes, frame.file.stream_id, frame.frame.batch.seq, public_key_hex, {}, why);
 }
 
-bool Publisher::publish_gap(const StoredFrame& frame_after, std::uint64_t first_seq,
-                            std::uint64_t last_seq, const std::vector<std::uint8_t>& marker,
+bool Publisher::publish_gap(const segment::KeyId& key, const segment::StreamId& stream,
+                            std::uint64_t first_seq, std::uint64_t last_seq,
+                            const std::vector<std::uint8_t>& marker,
                             const std::string& public_key_hex, std::string& why) {
-  return send(ship::batch_subject(settings_.subject_prefix, frame_after.file.key_id),
-              ship::gap_message_id(frame_after.file.key_id, frame_after.file.stream_id, first_seq,
-                                   last_seq),
-              marker, frame_after.file.stream_id, last_seq, public_key_hex,
-              std::to_string(first_seq), why);
+  return send(ship::batch_subject(settings_.subject_prefix, key),
+              ship::gap_message_id(key, stream, first_seq, last_seq), marker, stream, last_seq,
+              public_key_hex, std::to_string(first_seq), why);
 }
 
 bool Publisher::send(const std::string& subject, const std::string& id,

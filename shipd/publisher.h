@@ -52,10 +52,10 @@ class Publisher {
 
   // Queues one frame; false with `why` if libnats would not take it (the caller rewinds).
   bool publish(const StoredFrame& frame, const std::string& public_key_hex, std::string& why);
-  // Queues a signed gap marker (ship_message.h) for batches first..last of the stream of
-  // `frame_after`, the first frame after the gap (its stream and key id name the message);
-  // false as above.
-  bool publish_gap(const StoredFrame& frame_after, std::uint64_t first_seq, std::uint64_t last_seq,
+  // Queues a signed gap marker (ship_message.h) for batches first..last of `stream`, on the
+  // subject of `key` (the key of the batches after the gap); false as above.
+  bool publish_gap(const segment::KeyId& key, const segment::StreamId& stream,
+                   std::uint64_t first_seq, std::uint64_t last_seq,
                    const std::vector<std::uint8_t>& marker, const std::string& public_key_hex,
                    std::string& why);
   // Moves the outcomes that arrived since the last call into `out` (appended).

@@ -1,6 +1,7 @@
 #include "shipd/ship_stage.h"
 
 #include <algorithm>
+#include <charconv>
 #include <deque>
 #include <map>
 #include <optional>
@@ -79,32 +80,47 @@ struct GapMarkerFile {
   std::vector<std::uint8_t> bytes;
 };
 
-// The marker file in `dir` whose batches include `seq`, if there is one (and it can be read).
-std::optional<GapMarkerFile> gap_marker_covering(const fs::path& dir, std::uint64_t seq) {
+// The marker file in `dir` for the batches from `seq` on, all of them before `before` (the
+// batch shipped after the gap: a marker reaching it would tell the Core to skip batches it
+// gets); the one reaching furthest if several do. nullopt if none (or none can be read).
+std::optional<GapMarkerFile> gap_marker_from(const fs::path& dir, std::uint64_t seq,
+                                             std::uint64_t before) {
   std::vector<fs::path> files;
   try {
     files = seal::list_gap_marker_files(dir);
   } catch (const fs::filesystem_error&) {
     return std::nullopt;
   }
+  std::optional<GapMarkerFile> best;
   for (const fs::path& file : files) {
-    // gap-<20 digits>-<20 digits>.fgm: the name was matched by its shape when listed.
+    // gap-<20 digits>-<20 digits>.fgm: digits checked when listed, range checked here.
     const std::string name = file.filename().string();
     GapMarkerFile marker;
-    for (char c : name.substr(4, 20)) marker.first = marker.first * 10 + (c - '0');
-    for (char c : name.substr(25, 20)) marker.last = marker.last * 10 + (c - '0');
-    if (seq < marker.first || seq > marker.last) continue;
+    const auto first = std::from_chars(name.data() + 4, name.data() + 24, marker.first);
+    const auto last = std::from_chars(name.data() + 25, name.data() + 45, marker.last);
+    if (first.ec != std::errc() || last.ec != std::errc()) continue;
+    if (seq < marker.first || seq > marker.last || marker.last >= before) continue;
+    if (best && best->last >= marker.last) continue;
     std::string why;
-    const auto text = segment::read_small_file(dir, name, seal::kMaxGapMarkerBytes, why);
-    if (!text) {
+    auto bytes = seal::read_gap_marker_file(file, why);
+    if (!bytes) {
       spdlog::error("ship: gap marker {}: {}", file.string(), why);
       continue;
     }
-    marker.bytes.assign(text->begin(), text->end());
-    return marker;
+    marker.bytes = std::move(*bytes);
+    best = std::move(marker);
   }
-  return std::nullopt;
+  return best;
 }
+
+// A gap shipd went past without its marker (none came within kGapMarkerWait): the marker is
+// still sent when it comes, so that the Core, which holds the stream there, can go on.
+struct UnmarkedGap {
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;
+  segment::KeyId key{};
+  segment::StreamId stream{};
+};
 
 // Ships batches to the Core, at most settings.max_inflight unacked at a time; an ack moves the
 // position only when every batch before it is acked too. A failed or timed-out publish
@@ -147,7 +163,8 @@ class ShipOutput final : public StoreOutput {
   }
 
   bool drained() override {
-    return inflight_.empty() && publisher_.connected() && follower_.at_end_of_closed_store();
+    return inflight_.empty() && !held_ && publisher_.connected() &&
+           follower_.at_end_of_closed_store();
   }
   void save_position(bool force) override { position_.save(force); }
   std::uint64_t lag() const override { return stats_.lag_batches; }
@@ -300,6 +317,7 @@ class ShipOutput final : public StoreOutput {
 
   bool publish_more() {
     bool busy = false;
+    if (!unmarked_.empty()) send_late_markers();
     const std::int64_t window = probing_ ? 1 : settings_.max_inflight;
     while (static_cast<std::int64_t>(inflight_.size()) < window) {
       std::optional<StoredFrame> frame = std::exchange(held_, std::nullopt);
@@ -311,10 +329,15 @@ class ShipOutput final : public StoreOutput {
         follower_.rewind(std::nullopt);
         scout_.rewind(std::nullopt);
         handed_.reset();
+        unmarked_.clear();
         continue;
       }
-      if (!cover_gap(*frame)) {
-        held_ = std::move(frame);  // its gap's marker is not signed yet
+      if (const Gap gap = cover_gap(*frame, window); gap != Gap::kCovered) {
+        if (gap == Gap::kWait) {
+          held_ = std::move(frame);  // its gap's marker is not signed yet, or no room
+        } else {
+          rewind();  // as a failed batch publish: from the first unacked one, later
+        }
         break;
       }
       std::string error;
@@ -343,7 +366,8 @@ class ShipOutput final : public StoreOutput {
   // supervisor signs what writerd's retention noted, within a poll); after kGapMarkerWait
   // without one (segments deleted by hand, a note that could not be written) it goes on
   // without, loudly: the Core then holds the stream at the gap.
-  bool cover_gap(const StoredFrame& frame) {
+  enum class Gap { kCovered, kWait, kFailed };
+  Gap cover_gap(const StoredFrame& frame, std::int64_t window) {
     const std::uint64_t seq = frame.frame.batch.seq;
     const Clock::time_point now = Clock::now();
     // Nothing handed over yet: a store whose first batches are gone is only a gap if a marker
@@ -351,27 +375,33 @@ class ShipOutput final : public StoreOutput {
     std::optional<std::uint64_t> missing;
     if (handed_) {
       if (seq > *handed_ + 1) missing = *handed_ + 1;
-    } else if (seq > 0 && gap_marker_covering(dir_, 0)) {
+    } else if (seq > 0 && gap_marker_from(dir_, 0, seq)) {
       missing = 0;
     }
     while (missing && *missing < seq) {
-      std::optional<GapMarkerFile> marker = gap_marker_covering(dir_, *missing);
-      if (!marker || marker->last >= seq) {
+      if (static_cast<std::int64_t>(inflight_.size()) >= window) return Gap::kWait;
+      std::optional<GapMarkerFile> marker = gap_marker_from(dir_, *missing, seq);
+      if (!marker) {
         if (!gap_since_) gap_since_ = now;
-        if (now - *gap_since_ < kGapMarkerWait) return false;
+        if (now - *gap_since_ < kGapMarkerWait) return Gap::kWait;
         spdlog::error(
-            "ship: batches seq {}..{} are not in {} and no gap marker covers them (deleted by "
-            "hand?): shipping on after them without one; the Core's collect holds this "
-            "stream at seq {} until it is told otherwise",
+            "ship: batches seq {}..{} are not in {} and no gap marker covers them yet: shipping "
+            "on after them; the Core's collect holds this stream at seq {} until the marker "
+            "comes (it is sent whenever it does)",
             *missing, seq - 1, dir_.string(), *missing);
+        unmarked_.push_back({*missing, seq - 1, frame.file.key_id, frame.file.stream_id});
         break;
       }
       std::string error;
-      if (!publisher_.publish_gap(frame, marker->first, marker->last, marker->bytes,
-                                  keys_.hex_der(frame.file.key_id), error)) {
-        spdlog::warn("ship: publishing the gap marker for batches seq {}..{} failed: {}",
-                     marker->first, marker->last, error);
-        return false;
+      if (!publisher_.publish_gap(frame.file.key_id, frame.file.stream_id, marker->first,
+                                  marker->last, marker->bytes, keys_.hex_der(frame.file.key_id),
+                                  error)) {
+        if (!failure_logged_) {
+          spdlog::warn("ship: publishing the gap marker for batches seq {}..{} failed: {}",
+                       marker->first, marker->last, error);
+          failure_logged_ = true;
+        }
+        return Gap::kFailed;
       }
       spdlog::warn(
           "ship: batches seq {}..{} were given up before shipping: sent their signed gap "
@@ -383,7 +413,29 @@ class ShipOutput final : public StoreOutput {
       ++gap_markers_;
     }
     gap_since_.reset();
-    return true;
+    return Gap::kCovered;
+  }
+
+  // The markers of gaps gone past without one, sent as they come (not tracked to their ack:
+  // the batches after them are, and a lost one is not sent again in this run).
+  void send_late_markers() {
+    for (auto it = unmarked_.begin(); it != unmarked_.end();) {
+      std::optional<GapMarkerFile> marker = gap_marker_from(dir_, it->first, it->last + 1);
+      std::string error;
+      if (!marker || !publisher_.publish_gap(it->key, it->stream, marker->first, marker->last,
+                                             marker->bytes, keys_.hex_der(it->key), error)) {
+        ++it;
+        continue;
+      }
+      spdlog::warn("ship: sent the late gap marker for batches seq {}..{}", marker->first,
+                   marker->last);
+      ++gap_markers_;
+      if (marker->last < it->last) {
+        it->first = marker->last + 1;  // the rest of the gap needs another one
+      } else {
+        it = unmarked_.erase(it);
+      }
+    }
   }
 
   // When the batch's flow ends were due (live captures only: packet time is wall time there).
@@ -443,6 +495,7 @@ class ShipOutput final : public StoreOutput {
   // The last seq put in flight (or acked): a frame after a jump past it needs a gap marker.
   std::optional<std::uint64_t> handed_ = position_.upto();
   std::optional<StoredFrame> held_;  // a frame waiting for its gap's marker
+  std::vector<UnmarkedGap> unmarked_;
   std::optional<Clock::time_point> gap_since_;
   // The supervisor polls the given-up note at least once a second.
   static constexpr std::chrono::seconds kGapMarkerWait{10};

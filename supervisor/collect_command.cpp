@@ -201,8 +201,10 @@ StreamStore& Collector::stream_for(const seal::Digest& key, const segment::Strea
   keys.emplace(key, seal::PublicKey::from_der(der));
   std::vector<std::string> problems;
   for (const seal::GapMarker& marker : seal::load_gap_markers(entry.dir, keys, problems)) {
-    if (entry.next_seq && marker.claim.first_seq <= *entry.next_seq &&
-        *entry.next_seq <= marker.claim.last_seq) {
+    // Kept with no batch before it (the stream's first batches were given up), or over
+    // where the stored chain ends.
+    if (!entry.next_seq ||
+        (marker.claim.first_seq <= *entry.next_seq && *entry.next_seq <= marker.claim.last_seq)) {
       entry.skip_to(marker.claim.last_seq);
     }
   }
@@ -320,6 +322,9 @@ Verdict Collector::handle(natsMsg* msg) {
   if (natsMsgHeader_Get(msg, ship::kHeaderGap, &hint_gap) == NATS_OK && hint_gap != nullptr) {
     try {
       return handle_gap(msg, who, hint_key);
+    } catch (const fs::filesystem_error& e) {
+      // The Core's own disk (the store's directory, the probe's key): not the marker's fault.
+      return refuse(counters_.store_errors, Verdict::kRetry, "gap marker " + who, e.what());
     } catch (const std::exception& e) {
       return refuse(counters_.refused_bad, Verdict::kTerm, "gap marker " + who, e.what());
     }

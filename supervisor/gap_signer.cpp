@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "seal/gap_marker.h"
+#include "segment/reader.h"
 #include "segment/shipped_position.h"
 #include "unique_fd.h"
 
@@ -77,6 +78,26 @@ void GapSigner::poll() {
   seal_entries(text);
 }
 
+// What the store itself says, so that a line is signed only if it can be true: the stream of
+// its oldest segment, and that segment's first seq (retention deletes oldest first, so every
+// batch given up lies before it). nullopt while the store has no segment to say it.
+std::optional<GapSigner::StoreStart> GapSigner::store_start() const {
+  std::vector<fs::path> files;
+  try {
+    files = segment::list_segments(dir_);
+  } catch (const fs::filesystem_error&) {
+    return std::nullopt;
+  }
+  for (const fs::path& file : files) {
+    const auto first = segment::first_seq_of_name(file);
+    if (!first) continue;
+    segment::SegmentReader reader(file, segment::SegmentReader::Depth::kStoredBytes);
+    if (!reader.ok()) continue;
+    return StoreStart{reader.header().stream_id, *first};
+  }
+  return std::nullopt;
+}
+
 void GapSigner::seal_entries(const std::string& text) {
   std::size_t consumed = 0;
   std::vector<std::string> problems;
@@ -85,12 +106,29 @@ void GapSigner::seal_entries(const std::string& text) {
     problem(fmt::format("{} (after byte {}): {}", (dir_ / segment::kGivenUpFileName).string(),
                         offset_, what));
   }
+  const std::optional<StoreStart> start = store_start();
+  std::size_t signed_now = 0;
+  // offset_ moves past the text only once every entry in it is settled; until then the same
+  // text is read again at the next poll (the entries already signed are found by name).
   for (const segment::GivenUp& entry : entries) {
     const std::string name = seal::gap_marker_file_name(entry.first_seq, entry.last_seq);
     struct stat st {};
     if (::lstat((dir_ / name).c_str(), &st) == 0) continue;  // signed before (a restart)
+    // The note is written before the deletion, by a user that is not root: a line is signed
+    // only once the store shows it true, its batches gone (all before the oldest segment
+    // left: retention deletes oldest first) and its stream the store's. Until then it waits.
+    if (!start || entry.last_seq >= start->first_seq) return;
+    if (entry.stream != start->stream) {
+      problem(fmt::format("{}: a line for stream {}, which is not the store's ({}): not signed",
+                          (dir_ / segment::kGivenUpFileName).string(),
+                          segment::to_hex(entry.stream), segment::to_hex(start->stream)));
+      continue;
+    }
+    // A bounded share of the supervisor's loop (a signature and two fsyncs each): the rest at
+    // the next poll.
+    if (signed_now == kMaxSignedPerPoll) return;
     const seal::PrivateKey* signing_key = key();
-    if (signing_key == nullptr) return;  // offset_ stays: tried again at the next poll
+    if (signing_key == nullptr) return;
     seal::GapClaim claim;
     claim.stream_id = entry.stream;
     claim.first_seq = entry.first_seq;
@@ -107,9 +145,10 @@ void GapSigner::seal_entries(const std::string& text) {
             why)) {
       problem(fmt::format("cannot write the gap marker for batches seq {}..{}: {}", entry.first_seq,
                           entry.last_seq, why));
-      return;  // offset_ stays: tried again at the next poll
+      return;
     }
     ++markers_written_;
+    ++signed_now;
     spdlog::warn(
         "gap marker {}: batches seq {}..{} ({} records) given up before shipping, signed for "
         "the Core",

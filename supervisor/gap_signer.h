@@ -7,7 +7,11 @@
 // to signerd) and talks to no network: shipd, which does, never gets the key. The note is
 // written by writerd (as supervisor.user, in a directory that user owns), so it is read as
 // untrusted input: O_NOFOLLOW, a regular file only, a bounded read per poll, every line
-// parsed strictly; a line that does not parse is logged and skipped, never signed.
+// parsed strictly; a line that does not parse is logged and skipped, never signed. A line is
+// signed only once the store shows it true (its batches gone, its stream the store's), so a
+// stage user cannot get a marker for batches that are still there. It can still get one for
+// batches already deleted (shipped or not): shipd's user owns the shipped position that
+// retention trusts, so only running shipd under a uid of its own would close that.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +20,7 @@
 #include <string>
 
 #include "seal/keys.h"
+#include "segment/format.h"
 
 namespace flowseal::supervisor {
 
@@ -29,6 +34,13 @@ class GapSigner {
   std::uint64_t markers_written() const { return markers_written_; }
 
  private:
+  struct StoreStart {
+    segment::StreamId stream{};
+    std::uint64_t first_seq = 0;  // of the oldest segment left
+  };
+  static constexpr std::size_t kMaxSignedPerPoll = 16;
+
+  std::optional<StoreStart> store_start() const;
   void seal_entries(const std::string& text);
   const seal::PrivateKey* key();
   void problem(const std::string& what);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -84,6 +85,11 @@ std::optional<Unchecked> parse(std::span<const std::uint8_t> bytes, std::string&
     out.message = signed_bytes(marker);
     const auto signature = root.getSignature();
     out.signature.assign(signature.begin(), signature.end());
+    if (out.marker.claim.last_seq == std::numeric_limits<std::uint64_t>::max()) {
+      // A chain that went on after it would need seq 2^64: no real batch has that seq.
+      why = "last seq 2^64-1: no chain goes on after it";
+      return std::nullopt;
+    }
     if (out.marker.claim.first_seq > out.marker.claim.last_seq) {
       why = fmt::format("first seq {} after last seq {}", out.marker.claim.first_seq,
                         out.marker.claim.last_seq);
@@ -110,7 +116,10 @@ std::optional<GapMarker> check_with(const Unchecked& unchecked, const PublicKey&
   return unchecked.marker;
 }
 
-std::optional<std::vector<std::uint8_t>> read_marker_file(const fs::path& file, std::string& why) {
+}  // namespace
+
+std::optional<std::vector<std::uint8_t>> read_gap_marker_file(const fs::path& file,
+                                                              std::string& why) {
   UniqueFd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
   struct stat st {};
   if (!fd || ::fstat(fd.get(), &st) != 0) {
@@ -137,8 +146,6 @@ std::optional<std::vector<std::uint8_t>> read_marker_file(const fs::path& file, 
   }
   return bytes;
 }
-
-}  // namespace
 
 std::vector<std::uint8_t> seal_gap_marker(const GapClaim& claim, const PrivateKey& key) {
   capnp::MallocMessageBuilder builder;
@@ -200,8 +207,14 @@ std::vector<fs::path> list_gap_marker_files(const fs::path& dir) {
   std::vector<std::pair<std::string, fs::path>> found;
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
+    const auto digits = [&](std::size_t at) {
+      return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(at),
+                         name.begin() + static_cast<std::ptrdiff_t>(at + 20),
+                         [](char c) { return c >= '0' && c <= '9'; });
+    };
     if (name.size() == kFilePrefix.size() + 20 + 1 + 20 + kFileSuffix.size() &&
-        name.starts_with(kFilePrefix) && name.ends_with(kFileSuffix)) {
+        name.starts_with(kFilePrefix) && name.ends_with(kFileSuffix) && name[24] == '-' &&
+        digits(4) && digits(25)) {
       found.emplace_back(name, entry.path());  // fixed-width digits: name order is seq order
     }
   }
@@ -219,7 +232,7 @@ std::vector<GapMarker> load_gap_markers(const fs::path& dir,
   if (!fs::is_directory(dir, ec)) return markers;
   for (const fs::path& file : list_gap_marker_files(dir)) {
     std::string why;
-    const auto bytes = read_marker_file(file, why);
+    const auto bytes = read_gap_marker_file(file, why);
     std::optional<GapMarker> marker;
     if (bytes) marker = open_gap_marker(*bytes, keys, why);
     if (!marker) {

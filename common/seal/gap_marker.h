@@ -58,10 +58,15 @@ std::optional<GapMarker> open_gap_marker(std::span<const std::uint8_t> bytes, co
 // The key id a marker names, unverified: only to find the key to check it with.
 std::optional<Digest> gap_marker_key_id(std::span<const std::uint8_t> bytes);
 
+// A marker file's bytes: opened O_NOFOLLOW|O_NONBLOCK, a regular file of at most
+// kMaxGapMarkerBytes (a symlink, a FIFO or anything larger is refused, never waited on).
+std::optional<std::vector<std::uint8_t>> read_gap_marker_file(const std::filesystem::path& file,
+                                                              std::string& why);
+
 // "gap-<first, 20 digits>-<last, 20 digits>.fgm"
 std::string gap_marker_file_name(std::uint64_t first_seq, std::uint64_t last_seq);
-// The marker files of `dir` (by name only; nothing read), sorted by first seq. Throws
-// std::filesystem::filesystem_error if `dir` cannot be listed.
+// The marker files of `dir` (by name only, digits checked; nothing read), sorted by first seq.
+// Throws std::filesystem::filesystem_error if `dir` cannot be listed.
 std::vector<std::filesystem::path> list_gap_marker_files(const std::filesystem::path& dir);
 
 // The markers of `dir` that verify with `keys`; each file that does not (unreadable, a

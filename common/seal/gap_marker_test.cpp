@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -110,6 +111,11 @@ TEST_CASE("a gap marker with any byte changed, another key or a reversed range i
   CHECK_FALSE(seal::open_gap_marker(seal::seal_gap_marker(reversed, key), keys, why));
   CHECK(why.find("after last seq") != std::string::npos);
 
+  seal::GapClaim endless = claim();
+  endless.last_seq = ~std::uint64_t{0};
+  CHECK_FALSE(seal::open_gap_marker(seal::seal_gap_marker(endless, key), keys, why));
+  CHECK(why.find("2^64-1") != std::string::npos);
+
   CHECK_FALSE(seal::open_gap_marker(std::vector<std::uint8_t>(7, 0), keys, why));
   CHECK_FALSE(seal::open_gap_marker(std::vector<std::uint8_t>(64, 0xff), keys, why));
   CHECK_FALSE(seal::open_gap_marker({}, keys, why));
@@ -132,19 +138,24 @@ TEST_CASE("the marker files of a store are found by name, checked, and the bad o
   // A symlink to a good marker is not followed.
   fs::create_symlink(dir / seal::gap_marker_file_name(100, 163),
                      dir / seal::gap_marker_file_name(700, 700));
+  // A FIFO under a marker's name is refused, never waited on.
+  REQUIRE(::mkfifo((dir / seal::gap_marker_file_name(800, 801)).c_str(), 0600) == 0);
   // Not marker names: ignored.
   write(dir / "gap-1-2.fgm", seal::seal_gap_marker(claim(), key));
+  write(dir / "gap-0000000000000000010x-00000000000000000163.fgm",
+        seal::seal_gap_marker(claim(), key));
   write(dir / "seg-00000000000000000000.fsg", {1, 2, 3});
 
-  REQUIRE(seal::list_gap_marker_files(dir.path()).size() == 4);
+  REQUIRE(seal::list_gap_marker_files(dir.path()).size() == 5);
   std::vector<std::string> problems;
   const auto markers = seal::load_gap_markers(dir.path(), keys, problems);
   REQUIRE(markers.size() == 2);
   CHECK(markers[0].claim.first_seq == 100);
   CHECK(markers[1].claim.first_seq == 300);
-  REQUIRE(problems.size() == 2);
+  REQUIRE(problems.size() == 3);
   CHECK(problems[0].find("does not say the batches it covers") != std::string::npos);
-  CHECK(problems[1].find("cannot open") != std::string::npos);
+  CHECK(problems[1].find("cannot open") != std::string::npos);         // the symlink
+  CHECK(problems[2].find("not a regular file") != std::string::npos);  // the FIFO
 
   std::vector<std::string> none;
   CHECK(seal::load_gap_markers(dir / "missing", keys, none).empty());

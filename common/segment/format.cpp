@@ -1,6 +1,7 @@
 #include "segment/format.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -270,6 +271,17 @@ std::optional<std::uint64_t> parse_trailer(std::span<const std::uint8_t, kTraile
 
 std::string segment_name(std::uint64_t first_seq) {
   return fmt::format("seg-{:020}{}", first_seq, kSegmentSuffix);
+}
+
+std::optional<std::uint64_t> first_seq_of_name(const std::filesystem::path& file) {
+  const std::string name = file.filename().string();
+  if (name.size() < 4 + 20 + kSegmentSuffix.size() || name.compare(0, 4, "seg-") != 0) {
+    return std::nullopt;
+  }
+  std::uint64_t value = 0;
+  const auto [end, error] = std::from_chars(name.data() + 4, name.data() + 24, value);
+  if (error != std::errc() || end != name.data() + 24) return std::nullopt;
+  return value;
 }
 
 bool is_part(const std::filesystem::path& file) {

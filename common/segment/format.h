@@ -109,6 +109,8 @@ std::optional<std::uint64_t> parse_trailer(std::span<const std::uint8_t, kTraile
 
 // `seg-<first seq, 20 digits>.fsg`: names sort in stream order.
 std::string segment_name(std::uint64_t first_seq);
+// The first seq a segment's name (closed or .part) says; nullopt for any other name.
+std::optional<std::uint64_t> first_seq_of_name(const std::filesystem::path& file);
 bool is_part(const std::filesystem::path& file);
 
 // The segment files of `dir` in stream order, `.part` files last. Other files (keys/,

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -125,13 +126,28 @@ std::vector<GivenUp> parse_given_up(std::string_view text, std::size_t& consumed
     const std::string line(text.substr(consumed, end - consumed));
     consumed = end + 1;
     ++line_number;
-    std::istringstream in(line);
-    std::string word, stream_hex, rest;
+    // Six words, the numbers plain decimal digits (no sign, no spaces inside): what writerd
+    // writes, and nothing a hostile writer could make read as another value.
+    std::vector<std::string_view> words;
+    for (std::size_t at = 0; at < line.size();) {
+      const std::size_t end_word = std::min(line.find(' ', at), line.size());
+      if (end_word > at) words.push_back(std::string_view(line).substr(at, end_word - at));
+      at = end_word + 1;
+    }
     GivenUp entry;
-    const bool ok = static_cast<bool>(in >> word >> stream_hex >> entry.first_seq >>
-                                      entry.last_seq >> entry.records >> entry.at_ns) &&
-                    !(in >> rest) && word == "given-up" &&
-                    parse_stream_id(stream_hex, entry.stream) && entry.first_seq <= entry.last_seq;
+    const auto number = [](std::string_view word, auto& out) {
+      if (word.empty() || word.size() > 20 ||
+          !std::all_of(word.begin(), word.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return false;
+      }
+      const auto [end_number, error] = std::from_chars(word.data(), word.data() + word.size(), out);
+      return error == std::errc() && end_number == word.data() + word.size();
+    };
+    const bool ok = words.size() == 6 && words[0] == "given-up" &&
+                    parse_stream_id(words[1], entry.stream) && number(words[2], entry.first_seq) &&
+                    number(words[3], entry.last_seq) && number(words[4], entry.records) &&
+                    number(words[5], entry.at_ns) && entry.first_seq <= entry.last_seq &&
+                    entry.last_seq != ~std::uint64_t{0};
     if (!ok) {
       problems.push_back(fmt::format("line {}: not 'given-up STREAM FIRST LAST RECORDS NS': {:.80}",
                                      line_number, line));

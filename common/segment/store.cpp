@@ -262,18 +262,21 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
     // that are still there, which ship nothing false (shipd uses a marker only for a seq it
     // cannot find), while the other order could lose a gap without a marker.
     std::string note_failure;
-    if (first_unshipped &&
-        !append_given_up(options_.dir,
-                         {stream, *first_unshipped, *last_unshipped, unshipped_records, now_ns},
-                         note_failure)) {
-      note_failure = fmt::format(" (and no gap marker for the Core: {})", note_failure);
-    }
+    const GivenUp given_up{stream, first_unshipped.value_or(0), last_unshipped.value_or(0),
+                           unshipped_records, now_ns};
+    const bool noted = !first_unshipped || append_given_up(options_.dir, given_up, note_failure);
     std::error_code ec;
     std::filesystem::remove(segment.file, ec);
     if (ec) {
       notes_.push_back(
           fmt::format("retention: {}: cannot delete: {}", segment.file.string(), ec.message()));
       return;
+    }
+    // A full disk is when the limit bites: the deletion just freed room for the note.
+    if (!noted && !append_given_up(options_.dir, given_up, note_failure)) {
+      note_failure = fmt::format(" (and no gap marker for the Core: {})", note_failure);
+    } else {
+      note_failure.clear();
     }
     total -= segment.bytes;
     ++segments_deleted_;

@@ -488,6 +488,8 @@ TEST_CASE("a given-up note: bad lines are named and skipped, a half-written last
                            hex + " 9 5 100 1\n" +                        // first after last
                            "given-up " + hex.substr(1) + " 1 2 3 4\n" +  // short stream id
                            "given-up " + hex + " 10 12 60 1 extra\n" + "hello\n" + "given-up " +
+                           hex + " 1 -1 60 1\n" +  // a sign: not read as 2^64-1
+                           "given-up " + hex + " 1 18446744073709551615 60 1\n" + "given-up " +
                            hex + " 13 14 40 2\n" + "given-up " + hex + " 15";
   std::size_t consumed = 0;
   std::vector<std::string> problems;
@@ -498,7 +500,7 @@ TEST_CASE("a given-up note: bad lines are named and skipped, a half-written last
   CHECK(entries[0].records == 100);
   CHECK(entries[0].at_ns == 1700000000000000000);
   CHECK(entries[1].first_seq == 13);
-  CHECK(problems.size() == 4);
+  CHECK(problems.size() == 6);
   CHECK(problems[0].find("line 2") != std::string::npos);
   CHECK(consumed == text.rfind('\n') + 1);
 }
