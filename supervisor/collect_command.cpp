@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -51,9 +52,10 @@ struct Counters {
   std::uint64_t refused_bad = 0;  // frame damage, Merkle root, signature
   std::uint64_t refused_key = 0;  // unknown or mismatched key
   std::uint64_t refused_fork = 0;
-  std::uint64_t refused_gap = 0;    // handed back for redelivery
-  std::uint64_t store_errors = 0;   // handed back for redelivery
-  std::uint64_t gaps_recorded = 0;  // signed gap markers kept: batches the probe gave up
+  std::uint64_t refused_gap = 0;     // handed back for redelivery
+  std::uint64_t store_errors = 0;    // handed back for redelivery
+  std::uint64_t late_after_gap = 0;  // a batch its gap marker had already given up
+  std::uint64_t gaps_recorded = 0;   // signed gap markers kept: batches the probe gave up
   std::uint64_t records_given_up = 0;
 };
 
@@ -117,9 +119,18 @@ struct StreamStore {
     last_root_known = true;
   }
   // A gap marker kept: the chain goes on after its last batch.
-  void skip_to(std::uint64_t last_seq) {
+  void skip_to(std::uint64_t first_seq, std::uint64_t last_seq) {
+    given_up.emplace_back(first_seq, last_seq);
     next_seq = last_seq + 1;
     last_root_known = false;
+  }
+  // The batches of the gap markers kept: one of them arriving late (its publish was stored by
+  // the server while the probe, its ack lost, counted it as given up) is not a fork.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> given_up;
+  bool given_up_covers(std::uint64_t seq) const {
+    return std::any_of(given_up.begin(), given_up.end(), [seq](const auto& range) {
+      return range.first <= seq && seq <= range.second;
+    });
   }
 };
 
@@ -205,7 +216,7 @@ StreamStore& Collector::stream_for(const seal::Digest& key, const segment::Strea
     // where the stored chain ends.
     if (!entry.next_seq ||
         (marker.claim.first_seq <= *entry.next_seq && *entry.next_seq <= marker.claim.last_seq)) {
-      entry.skip_to(marker.claim.last_seq);
+      entry.skip_to(marker.claim.first_seq, marker.claim.last_seq);
     }
   }
   for (const std::string& what : problems) spdlog::error("collect: {}", what);
@@ -293,7 +304,7 @@ Verdict Collector::handle_gap(natsMsg* msg, const std::string& who_hint, const c
     return refuse(counters_.store_errors, Verdict::kRetry, who, why);
   }
   const bool partly_held = target.next_seq && claim.first_seq < *target.next_seq;
-  target.skip_to(claim.last_seq);
+  target.skip_to(claim.first_seq, claim.last_seq);
   ++counters_.gaps_recorded;
   counters_.records_given_up += claim.records;
   // A probe counts as unshipped what its saved position had not reached: batches whose acks
@@ -369,6 +380,12 @@ Verdict Collector::handle(natsMsg* msg) {
     StreamStore& target = stream_for(*key, *stream, *der);
     if (target.next_seq) {
       if (seq < *target.next_seq) {
+        if (target.given_up_covers(seq)) {
+          // Verified (signature, root) above, but the chain here went on past its gap marker:
+          // acked and counted, not stored.
+          ++counters_.late_after_gap;
+          return Verdict::kAck;
+        }
         const auto held = target.root_of(seq);
         if (held && *held == *root) {
           ++counters_.repeats;
@@ -587,17 +604,19 @@ void report(const Counters& c, bool json) {
   spdlog::info(
       "collect: {} messages: {} batches ({} records) stored, {} repeats skipped, refused: "
       "{} bad, {} key, {} fork, {} gap; {} store errors; {} gap markers kept ({} records the "
-      "probes gave up)",
+      "probes gave up, {} batches arrived after their gap marker)",
       c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
-      c.refused_fork, c.refused_gap, c.store_errors, c.gaps_recorded, c.records_given_up);
+      c.refused_fork, c.refused_gap, c.store_errors, c.gaps_recorded, c.records_given_up,
+      c.late_after_gap);
   if (json) {
     fmt::print(
         "{{\"received\": {}, \"stored\": {}, \"records_stored\": {}, \"repeats\": {}, "
         "\"refused_bad\": {}, \"refused_key\": {}, \"refused_fork\": {}, "
         "\"refused_gap\": {}, \"store_errors\": {}, \"gaps_recorded\": {}, "
-        "\"records_given_up\": {}}}\n",
+        "\"records_given_up\": {}, \"late_after_gap\": {}}}\n",
         c.received, c.stored, c.records_stored, c.repeats, c.refused_bad, c.refused_key,
-        c.refused_fork, c.refused_gap, c.store_errors, c.gaps_recorded, c.records_given_up);
+        c.refused_fork, c.refused_gap, c.store_errors, c.gaps_recorded, c.records_given_up,
+        c.late_after_gap);
   }
 }
 
