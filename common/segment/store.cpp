@@ -183,6 +183,23 @@ std::vector<BatchMeta> batches_of(const std::filesystem::path& file, StreamId& s
   return batches;
 }
 
+// The batches of `batches` the Core has not acked (after shipd's position `shipped`): what a
+// gap marker tells it was given up. The other outputs' positions do not count (a lagging
+// IPFIX or Kafka export would widen the marker over batches the Core has); nullopt if none.
+std::optional<GivenUp> unshipped_to_core(const std::vector<BatchMeta>& batches,
+                                         const StreamId& stream,
+                                         const std::optional<ShippedPosition>& shipped,
+                                         std::int64_t now_ns) {
+  std::optional<GivenUp> range;
+  for (const BatchMeta& batch : batches) {
+    if (shipped && shipped->stream == stream && batch.seq <= shipped->seq) continue;
+    if (!range) range = GivenUp{stream, batch.seq, batch.seq, 0, now_ns};
+    range->last_seq = batch.seq;
+    range->records += batch.record_count;
+  }
+  return range;
+}
+
 }  // namespace
 
 void SegmentStore::enforce_retention(std::int64_t now_ns) {
@@ -223,6 +240,13 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
       notes_.push_back(fmt::format("retention: {}: taking nothing as handed over", why));
     }
   }
+  // shipd's own position, for the Core's gap markers (none without shipping).
+  const auto ship = std::find(options_.output_positions.begin(), options_.output_positions.end(),
+                              std::string(kShippedFileName));
+  const bool ships = ship != options_.output_positions.end();
+  const std::optional<ShippedPosition> shipped =
+      ships ? positions[static_cast<std::size_t>(ship - options_.output_positions.begin())]
+            : std::nullopt;
   const auto handed_over = [&positions](const StreamId& stream, std::uint64_t seq) {
     return std::all_of(positions.begin(), positions.end(), [&](const auto& position) {
       return position && position->stream == stream && seq <= position->seq;
@@ -237,8 +261,11 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
     std::uint64_t unshipped_records = 0;
     std::optional<std::uint64_t> first_unshipped, last_unshipped;
     StreamId stream{};
+    std::optional<GivenUp> given_up;
     if (!options_.output_positions.empty()) {
-      for (const BatchMeta& batch : batches_of(segment.file, stream)) {
+      const std::vector<BatchMeta> batches = batches_of(segment.file, stream);
+      if (ships) given_up = unshipped_to_core(batches, stream, shipped, now_ns);
+      for (const BatchMeta& batch : batches) {
         if (handed_over(stream, batch.seq)) continue;
         unshipped_records += batch.record_count;
         if (!first_unshipped) first_unshipped = batch.seq;
@@ -262,9 +289,7 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
     // that are still there, which ship nothing false (shipd uses a marker only for a seq it
     // cannot find), while the other order could lose a gap without a marker.
     std::string note_failure;
-    const GivenUp given_up{stream, first_unshipped.value_or(0), last_unshipped.value_or(0),
-                           unshipped_records, now_ns};
-    const bool noted = !first_unshipped || append_given_up(options_.dir, given_up, note_failure);
+    const bool noted = !given_up || append_given_up(options_.dir, *given_up, note_failure);
     std::error_code ec;
     std::filesystem::remove(segment.file, ec);
     if (ec) {
@@ -273,7 +298,7 @@ void SegmentStore::enforce_retention(std::int64_t now_ns) {
       return;
     }
     // A full disk is when the limit bites: the deletion just freed room for the note.
-    if (!noted && !append_given_up(options_.dir, given_up, note_failure)) {
+    if (!noted && !append_given_up(options_.dir, *given_up, note_failure)) {
       note_failure = fmt::format(" (and no gap marker for the Core: {})", note_failure);
     } else {
       note_failure.clear();

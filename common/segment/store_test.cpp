@@ -482,6 +482,38 @@ TEST_CASE("shipping on: the size limit forces unshipped segments out, loudly and
   CHECK(records == store.dropped_unshipped_records());
 }
 
+TEST_CASE("the given-up note counts only what the Core lacks, not what a lagging export lacks") {
+  TempDir dir;
+  StoreOptions o = options(dir.path);
+  o.segment_max_bytes = 2048;
+  o.retention_max_bytes = 6000;
+  o.output_positions = {kShippedFileName, kKafkaExportedFileName};
+  SegmentStore store(o);
+  std::string why;
+  // shipd has had 0..11 acked; the Kafka export is behind at 4.
+  REQUIRE(save_shipped_position(dir.path, {stream(), 11}, why));
+  REQUIRE(save_shipped_position(dir.path, {stream(), 4}, why, kKafkaExportedFileName));
+  for (std::uint64_t seq = 0; seq < 40 || !store.has_open_segment(); ++seq) {
+    REQUIRE(store.append(stream(), key(), meta(seq), batch_bytes(seq), real_now_ns()) ==
+            AppendResult::kStored);
+  }
+  const auto seqs = stored_seqs(dir.path);
+  REQUIRE(seqs.front() > 12);
+  // Retention counts what any output lacked (5 on), the note what the Core lacked (12 on).
+  CHECK(store.dropped_unshipped_records() == (seqs.front() - 5) * 20);
+  const auto note = read_small_file(dir.path, kGivenUpFileName, 1 << 16, why);
+  REQUIRE(note);
+  std::size_t consumed = 0;
+  std::vector<std::string> problems;
+  const std::vector<GivenUp> given_up = parse_given_up(*note, consumed, problems);
+  REQUIRE_FALSE(given_up.empty());
+  CHECK(given_up.front().first_seq == 12);
+  CHECK(given_up.back().last_seq + 1 == seqs.front());
+  std::uint64_t records = 0;
+  for (const GivenUp& entry : given_up) records += entry.records;
+  CHECK(records == (seqs.front() - 12) * 20);
+}
+
 TEST_CASE("a given-up note: bad lines are named and skipped, a half-written last line waits") {
   const std::string hex(32, 'a');
   const std::string text = "given-up " + hex + " 5 9 100 1700000000000000000\n" + "given-up " +
