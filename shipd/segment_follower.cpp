@@ -32,21 +32,6 @@ void SegmentFollower::rewind(std::optional<std::uint64_t> after) {
   reader_.reset();
 }
 
-std::optional<std::uint64_t> SegmentFollower::first_seq_of(const fs::path& file) const {
-  std::string name = file.filename().string();
-  if (segment::is_part(file)) name.resize(name.size() - segment::kPartSuffix.size());
-  // seg-<20 digits>.fsg
-  if (name.size() != 4 + 20 + segment::kSegmentSuffix.size() || name.rfind("seg-", 0) != 0) {
-    return std::nullopt;
-  }
-  std::uint64_t value = 0;
-  for (char c : name.substr(4, 20)) {
-    if (c < '0' || c > '9') return std::nullopt;
-    value = value * 10 + static_cast<std::uint64_t>(c - '0');
-  }
-  return value;
-}
-
 void SegmentFollower::note_error(const std::string& what) {
   ++errors_;
   last_error_ = what;
@@ -113,7 +98,7 @@ bool SegmentFollower::open_next_segment() {
   std::vector<std::pair<std::uint64_t, fs::path>> segments;
   try {
     for (const fs::path& file : segment::list_segments(dir_)) {
-      if (auto first = first_seq_of(file)) segments.emplace_back(*first, file);
+      if (auto first = segment::first_seq_of_name(file)) segments.emplace_back(*first, file);
     }
   } catch (const fs::filesystem_error& e) {
     if (last_error_ != e.what()) note_error(e.what());
@@ -215,7 +200,7 @@ bool SegmentFollower::at_end_of_closed_store() {
   try {
     for (const fs::path& file : segment::list_segments(dir_)) {
       if (segment::is_part(file)) return false;
-      const auto first = first_seq_of(file);
+      const auto first = segment::first_seq_of_name(file);
       if (first && (!current_first_ || *first > *current_first_)) return false;
     }
   } catch (const fs::filesystem_error&) {

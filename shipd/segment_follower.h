@@ -59,7 +59,6 @@ class SegmentFollower {
   bool open_next_segment();
   bool open(const std::filesystem::path& file, std::uint64_t first, bool part);
   std::filesystem::path path_of(std::uint64_t first, bool part) const;
-  std::optional<std::uint64_t> first_seq_of(const std::filesystem::path& file) const;
   void note_error(const std::string& what);
 
   std::filesystem::path dir_;

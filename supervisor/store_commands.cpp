@@ -15,19 +15,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// First seq from a segment's name ("seg-<20 digits>.fsg[.part]").
-std::optional<std::uint64_t> first_seq_of(const fs::path& file) {
-  const std::string name = file.filename().string();
-  if (name.size() < 24 || name.compare(0, 4, "seg-") != 0) return std::nullopt;
-  const std::string digits = name.substr(4, 20);
-  if (digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-  try {
-    return std::stoull(digits);
-  } catch (const std::out_of_range&) {
-    return std::nullopt;
-  }
-}
-
 seal::PublicKey load_public_key(const fs::path& file, const std::string& label) {
   std::error_code ec;
   const auto status = fs::status(file, ec);
@@ -161,7 +148,7 @@ StoreChecker::StoreChecker(std::map<seal::Digest, seal::PublicKey> keys)
     : verifier_(std::move(keys)) {}
 
 void StoreChecker::start_segment(const segment::SegmentReader& reader, bool at_first_frame) {
-  named_seq_ = at_first_frame ? first_seq_of(reader.file()) : std::nullopt;
+  named_seq_ = at_first_frame ? segment::first_seq_of_name(reader.file()) : std::nullopt;
   first_in_segment_ = true;
 }
 

@@ -275,12 +275,10 @@ std::string segment_name(std::uint64_t first_seq) {
 
 std::optional<std::uint64_t> first_seq_of_name(const std::filesystem::path& file) {
   const std::string name = file.filename().string();
-  if (name.size() < 4 + 20 + kSegmentSuffix.size() || name.compare(0, 4, "seg-") != 0) {
-    return std::nullopt;
-  }
+  if (!is_segment_name(name)) return std::nullopt;
   std::uint64_t value = 0;
   const auto [end, error] = std::from_chars(name.data() + 4, name.data() + 24, value);
-  if (error != std::errc() || end != name.data() + 24) return std::nullopt;
+  if (error != std::errc() || end != name.data() + 24) return std::nullopt;  // past 2^64-1
   return value;
 }
 

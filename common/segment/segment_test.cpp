@@ -220,6 +220,17 @@ TEST_CASE("a .part without its index is readable frame by frame") {
   CHECK_FALSE(failed);
 }
 
+TEST_CASE("a segment's first seq is read from its name, closed or .part, and from nothing else") {
+  CHECK(first_seq_of_name("/d/seg-00000000000000000042.fsg") == 42u);
+  CHECK(first_seq_of_name("seg-00000000000000000042.fsg.part") == 42u);
+  CHECK(first_seq_of_name("seg-18446744073709551615.fsg") == ~std::uint64_t{0});
+  CHECK_FALSE(first_seq_of_name("seg-99999999999999999999.fsg"));  // past 2^64-1
+  CHECK_FALSE(first_seq_of_name("seg-0000000000000000004x.fsg"));
+  CHECK_FALSE(first_seq_of_name("seg-42.fsg"));
+  CHECK_FALSE(first_seq_of_name("seg-00000000000000000042.fsg.damaged"));
+  CHECK_FALSE(first_seq_of_name("gap-00000000000000000042.fsg"));
+}
+
 TEST_CASE("list_segments returns segments in stream order with .part files last") {
   TempDir dir;
   for (const char* name : {"seg-00000000000000000010.fsg", "seg-00000000000000000002.fsg",
