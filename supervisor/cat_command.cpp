@@ -109,11 +109,8 @@ int cat(const CatOptions& options) {
   std::optional<StoreChecker> checker;
   ProblemLog problems("cat");
   if (!options.no_verify && !files.empty()) {
-    const fs::path dir = store_dir_of(options.path);
-    auto keys = trusted_keys(dir, options.public_key);
-    std::vector<seal::GapMarker> markers = store_gap_markers(dir, keys, problems);
-    checker.emplace(std::move(keys));
-    checker->allow_gaps(std::move(markers));
+    checker.emplace(
+        StoreChecker::for_store(store_dir_of(options.path), options.public_key, problems));
   }
   RecordPrinter printer(tsv);
   for (const fs::path& file : files) {

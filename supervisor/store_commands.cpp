@@ -147,6 +147,15 @@ std::vector<seal::GapMarker> store_gap_markers(const fs::path& store_dir,
 StoreChecker::StoreChecker(std::map<seal::Digest, seal::PublicKey> keys)
     : verifier_(std::move(keys)) {}
 
+StoreChecker StoreChecker::for_store(const fs::path& store_dir, const std::string& pinned,
+                                     ProblemLog& problems) {
+  auto keys = trusted_keys(store_dir, pinned);
+  std::vector<seal::GapMarker> markers = store_gap_markers(store_dir, keys, problems);
+  StoreChecker checker(std::move(keys));
+  checker.allow_gaps(std::move(markers));
+  return checker;
+}
+
 void StoreChecker::start_segment(const segment::SegmentReader& reader, bool at_first_frame) {
   named_seq_ = at_first_frame ? segment::first_seq_of_name(reader.file()) : std::nullopt;
   first_in_segment_ = true;

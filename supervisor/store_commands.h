@@ -91,6 +91,11 @@ std::string batch_problem(const std::filesystem::path& file, std::uint64_t seq,
 class StoreChecker {
  public:
   explicit StoreChecker(std::map<seal::Digest, seal::PublicKey> keys);
+  // The checker of the store in `store_dir`, as verify and cat use it: its trusted_keys (only
+  // `pinned` if given) and the gap markers that verify with them (store_gap_markers: a marker
+  // that does not is added to `problems`). Throws what trusted_keys throws.
+  static StoreChecker for_store(const std::filesystem::path& store_dir, const std::string& pinned,
+                                ProblemLog& problems);
 
   // Call before the first frame checked of each segment; `at_first_frame` false when the
   // reader was moved past the segment's first frame (then its name is not checked).
@@ -107,6 +112,7 @@ class StoreChecker {
   void allow_gaps(std::vector<seal::GapMarker> markers) {
     verifier_.allow_gaps(std::move(markers));
   }
+  const std::vector<seal::GapMarker>& gap_markers() const { return verifier_.gap_markers(); }
   const seal::ChainSummary& summary() const { return verifier_.summary(); }
 
  private:

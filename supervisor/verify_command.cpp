@@ -79,10 +79,8 @@ int verify(const VerifyOptions& options) {
   }
   if (!options.proof_event.empty()) return print_proof(files, options);
   ProblemLog problems("verify");
-  auto keys = trusted_keys(options.dir, options.public_key);
-  std::vector<seal::GapMarker> markers = store_gap_markers(options.dir, keys, problems);
-  StoreChecker checker(std::move(keys));
-  checker.allow_gaps(markers);
+  StoreChecker checker = StoreChecker::for_store(options.dir, options.public_key, problems);
+  const std::vector<seal::GapMarker>& markers = checker.gap_markers();
   for (const fs::path& file : files) verify_segment(file, checker, problems);
   print_summary(files.size(), checker.summary());
   std::fflush(stdout);

@@ -73,6 +73,7 @@ class ChainVerifier {
   // batches they cover, all of them, is no problem but a gap in the summary, and the batch
   // after it is not checked against a prevRoot the verifier never saw.
   void allow_gaps(std::vector<GapMarker> markers) { markers_ = std::move(markers); }
+  const std::vector<GapMarker>& gap_markers() const { return markers_; }
 
   // Checks the next batch. nullopt if it is good; otherwise what is wrong with it. After a
   // problem the verifier resynchronises on this batch (so one bad batch is reported once).
