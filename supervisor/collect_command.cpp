@@ -217,6 +217,9 @@ StreamStore& Collector::stream_for(const seal::Digest& key, const segment::Strea
     if (!entry.next_seq ||
         (marker.claim.first_seq <= *entry.next_seq && *entry.next_seq <= marker.claim.last_seq)) {
       entry.skip_to(marker.claim.first_seq, marker.claim.last_seq);
+    } else {
+      // An older gap: a batch of it arriving late after this restart is still not a fork.
+      entry.given_up.emplace_back(marker.claim.first_seq, marker.claim.last_seq);
     }
   }
   for (const std::string& what : problems) spdlog::error("collect: {}", what);
