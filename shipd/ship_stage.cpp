@@ -1,10 +1,10 @@
 #include "shipd/ship_stage.h"
 
 #include <algorithm>
-#include <charconv>
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include <capnp/serialize.h>
@@ -85,42 +85,26 @@ struct GapMarkerFile {
 // gets); the one reaching furthest if several do. nullopt if none (or none can be read).
 std::optional<GapMarkerFile> gap_marker_from(const fs::path& dir, std::uint64_t seq,
                                              std::uint64_t before) {
-  std::vector<fs::path> files;
+  std::vector<seal::GapMarkerFileName> files;
   try {
     files = seal::list_gap_marker_files(dir);
   } catch (const fs::filesystem_error&) {
     return std::nullopt;
   }
   std::optional<GapMarkerFile> best;
-  for (const fs::path& file : files) {
-    // gap-<20 digits>-<20 digits>.fgm: digits checked when listed, range checked here.
-    const std::string name = file.filename().string();
-    GapMarkerFile marker;
-    const auto first = std::from_chars(name.data() + 4, name.data() + 24, marker.first);
-    const auto last = std::from_chars(name.data() + 25, name.data() + 45, marker.last);
-    if (first.ec != std::errc() || last.ec != std::errc()) continue;
-    if (seq < marker.first || seq > marker.last || marker.last >= before) continue;
-    if (best && best->last >= marker.last) continue;
+  for (const seal::GapMarkerFileName& file : files) {
+    if (seq < file.first_seq || seq > file.last_seq || file.last_seq >= before) continue;
+    if (best && best->last >= file.last_seq) continue;
     std::string why;
-    auto bytes = seal::read_gap_marker_file(file, why);
+    auto bytes = seal::read_gap_marker_file(file.path, why);
     if (!bytes) {
-      spdlog::error("ship: gap marker {}: {}", file.string(), why);
+      spdlog::error("ship: gap marker {}: {}", file.path.string(), why);
       continue;
     }
-    marker.bytes = std::move(*bytes);
-    best = std::move(marker);
+    best = GapMarkerFile{file.first_seq, file.last_seq, std::move(*bytes)};
   }
   return best;
 }
-
-// A gap shipd went past without its marker (none came within kGapMarkerWait): the marker is
-// still sent when it comes, so that the Core, which holds the stream there, can go on.
-struct UnmarkedGap {
-  std::uint64_t first = 0;
-  std::uint64_t last = 0;
-  segment::KeyId key{};
-  segment::StreamId stream{};
-};
 
 // Ships batches to the Core, at most settings.max_inflight unacked at a time; an ack moves the
 // position only when every batch before it is acked too. A failed or timed-out publish
@@ -163,8 +147,16 @@ class ShipOutput final : public StoreOutput {
   }
 
   bool drained() override {
-    return inflight_.empty() && !held_ && publisher_.connected() &&
-           follower_.at_end_of_closed_store();
+    if (!inflight_.empty() || held_ || !publisher_.connected() ||
+        !follower_.at_end_of_closed_store()) {
+      return false;
+    }
+    // The markers of gaps gone past: one last look, and their acks.
+    if (!looked_before_drained_) {
+      looked_before_drained_ = send_passed_markers(/*now_please=*/true);
+      return false;
+    }
+    return passed_pending_.empty();
   }
   void save_position(bool force) override { position_.save(force); }
   std::uint64_t lag() const override { return stats_.lag_batches; }
@@ -270,6 +262,7 @@ class ShipOutput final : public StoreOutput {
     publisher_.take_outcomes(outcomes_);
     bool failed = false;
     for (const PublishOutcome& outcome : outcomes_) {
+      if (take_passed_marker_outcome(outcome)) continue;
       if (inflight_.empty() || outcome.seq < inflight_.front().seq) continue;  // stale
       // Seqs in flight ascend, but not by one across a gap marker (it stands for many).
       const auto it = std::lower_bound(
@@ -317,7 +310,7 @@ class ShipOutput final : public StoreOutput {
 
   bool publish_more() {
     bool busy = false;
-    if (!unmarked_.empty()) send_late_markers();
+    send_passed_markers();
     const std::int64_t window = probing_ ? 1 : settings_.max_inflight;
     while (static_cast<std::int64_t>(inflight_.size()) < window) {
       std::optional<StoredFrame> frame = std::exchange(held_, std::nullopt);
@@ -329,7 +322,6 @@ class ShipOutput final : public StoreOutput {
         follower_.rewind(std::nullopt);
         scout_.rewind(std::nullopt);
         handed_.reset();
-        unmarked_.clear();
         continue;
       }
       if (const Gap gap = cover_gap(*frame, window); gap != Gap::kCovered) {
@@ -365,7 +357,8 @@ class ShipOutput final : public StoreOutput {
   // the Core records the loss and takes `frame`. false while the marker is not there yet (the
   // supervisor signs what writerd's retention noted, within a poll); after kGapMarkerWait
   // without one (segments deleted by hand, a note that could not be written) it goes on
-  // without, loudly: the Core then holds the stream at the gap.
+  // without, loudly: the Core then holds the stream at the gap until the marker comes
+  // (send_passed_markers sends it then, or after a restart).
   enum class Gap { kCovered, kWait, kFailed };
   Gap cover_gap(const StoredFrame& frame, std::int64_t window) {
     const std::uint64_t seq = frame.frame.batch.seq;
@@ -389,7 +382,6 @@ class ShipOutput final : public StoreOutput {
             "on after them; the Core's collect holds this stream at seq {} until the marker "
             "comes (it is sent whenever it does)",
             *missing, seq - 1, dir_.string(), *missing);
-        unmarked_.push_back({*missing, seq - 1, frame.file.key_id, frame.file.stream_id});
         break;
       }
       std::string error;
@@ -408,6 +400,7 @@ class ShipOutput final : public StoreOutput {
           "marker to the Core",
           marker->first, marker->last);
       inflight_.push_back({marker->last, 0, false, now, true, {}});
+      markers_sent_.insert({marker->first, marker->last});
       handed_ = marker->last;
       missing = marker->last + 1;
       ++gap_markers_;
@@ -416,26 +409,65 @@ class ShipOutput final : public StoreOutput {
     return Gap::kCovered;
   }
 
-  // The markers of gaps gone past without one, sent as they come (not tracked to their ack:
-  // the batches after them are, and a lost one is not sent again in this run).
-  void send_late_markers() {
-    for (auto it = unmarked_.begin(); it != unmarked_.end();) {
-      std::optional<GapMarkerFile> marker = gap_marker_from(dir_, it->first, it->last + 1);
-      std::string error;
-      if (!marker || !publisher_.publish_gap(it->key, it->stream, marker->first, marker->last,
-                                             marker->bytes, keys_.hex_der(it->key), error)) {
-        ++it;
+  // The markers of gaps shipd went past without one (none came within kGapMarkerWait, or
+  // shipd was restarted after it had): read from the store's marker files, not remembered, so
+  // a restart cannot lose one. Every kGapMarkerWait (and once more before shipd says it has
+  // drained), each marker file for batches at or before the acked position is sent, until the
+  // server acks it, once per run: collect acks one it holds already as a repeat. Their seqs
+  // are at or before the position, so their acks cannot be taken for a batch in flight.
+  // True if every such marker is sent or acked.
+  bool send_passed_markers(bool now_please = false) {
+    const Clock::time_point now = Clock::now();
+    const std::optional<std::uint64_t> upto = position_.upto();
+    if (!upto || !position_.stream() || (now < next_marker_look_ && !now_please)) return false;
+    next_marker_look_ = now + kGapMarkerWait;
+    std::vector<seal::GapMarkerFileName> files;
+    try {
+      files = seal::list_gap_marker_files(dir_);
+    } catch (const fs::filesystem_error&) {
+      return false;
+    }
+    for (const seal::GapMarkerFileName& file : files) {
+      const std::pair range{file.first_seq, file.last_seq};
+      if (file.last_seq > *upto || markers_sent_.contains(range) ||
+          passed_pending_.contains(file.last_seq)) {
         continue;
       }
-      spdlog::warn("ship: sent the late gap marker for batches seq {}..{}", marker->first,
-                   marker->last);
-      ++gap_markers_;
-      if (marker->last < it->last) {
-        it->first = marker->last + 1;  // the rest of the gap needs another one
-      } else {
-        it = unmarked_.erase(it);
+      std::string why;
+      const auto bytes = seal::read_gap_marker_file(file.path, why);
+      const auto key_id = bytes ? seal::gap_marker_key_id(*bytes) : std::nullopt;
+      if (!key_id) continue;  // collect would refuse it too; verify names it
+      segment::KeyId key;
+      std::copy(key_id->begin(), key_id->end(), key.begin());
+      if (!publisher_.publish_gap(key, *position_.stream(), file.first_seq, file.last_seq, *bytes,
+                                  keys_.hex_der(key), why)) {
+        return false;  // the Core is away: the next look tries again
       }
+      passed_pending_.emplace(file.last_seq, range);
     }
+    return true;
+  }
+
+  // The outcome of a marker send_passed_markers sent; false if `outcome` is not one.
+  bool take_passed_marker_outcome(const PublishOutcome& outcome) {
+    const auto it = passed_pending_.find(outcome.seq);
+    if (it == passed_pending_.end() || !position_.upto() || outcome.seq > *position_.upto()) {
+      return false;
+    }
+    if (outcome.acked) {
+      spdlog::warn("ship: sent the gap marker for batches seq {}..{}, after their gap",
+                   it->second.first, it->second.second);
+      markers_sent_.insert(it->second);
+      ++gap_markers_;
+    } else {
+      spdlog::warn(
+          "ship: the gap marker for batches seq {}..{} was not acked: {} (sent again "
+          "at the next look)",
+          it->second.first, it->second.second, outcome.error);
+      looked_before_drained_ = false;
+    }
+    passed_pending_.erase(it);
+    return true;
   }
 
   // When the batch's flow ends were due (live captures only: packet time is wall time there).
@@ -458,6 +490,8 @@ class ShipOutput final : public StoreOutput {
   // Sends again from the first unacked batch, after the back-off and one batch at a time.
   void rewind() {
     publisher_.abandon_pending();
+    passed_pending_.clear();  // their outcomes are dropped too: sent again at the next look
+    looked_before_drained_ = false;
     inflight_.clear();
     held_.reset();
     handed_ = position_.upto();
@@ -495,7 +529,11 @@ class ShipOutput final : public StoreOutput {
   // The last seq put in flight (or acked): a frame after a jump past it needs a gap marker.
   std::optional<std::uint64_t> handed_ = position_.upto();
   std::optional<StoredFrame> held_;  // a frame waiting for its gap's marker
-  std::vector<UnmarkedGap> unmarked_;
+  std::set<std::pair<std::uint64_t, std::uint64_t>> markers_sent_;  // acked this run, by range
+  // Sent by send_passed_markers, not acked yet: by last seq (what the outcome names).
+  std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> passed_pending_;
+  bool looked_before_drained_ = false;
+  Clock::time_point next_marker_look_ = Clock::now();
   std::optional<Clock::time_point> gap_since_;
   // The supervisor polls the given-up note at least once a second.
   static constexpr std::chrono::seconds kGapMarkerWait{10};

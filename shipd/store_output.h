@@ -63,6 +63,8 @@ class OutputPosition {
   // it (the caller rewinds its follower to the first batch and drops what is in flight) and
   // its lag counts from the new stream's first batch.
   bool same_stream(const segment::StreamId& stream);
+  // The position's stream (nullopt: none met or loaded yet).
+  const std::optional<segment::StreamId>& stream() const { return stream_; }
 
   // Saves if the position moved since the last save and (unless forced) 250 ms have passed.
   void save(bool force);

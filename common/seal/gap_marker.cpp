@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <limits>
+#include <tuple>
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -203,25 +205,28 @@ std::string gap_marker_file_name(std::uint64_t first_seq, std::uint64_t last_seq
   return fmt::format("{}{:020}-{:020}{}", kFilePrefix, first_seq, last_seq, kFileSuffix);
 }
 
-std::vector<fs::path> list_gap_marker_files(const fs::path& dir) {
-  std::vector<std::pair<std::string, fs::path>> found;
+std::vector<GapMarkerFileName> list_gap_marker_files(const fs::path& dir) {
+  std::vector<GapMarkerFileName> found;
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
-    const auto digits = [&](std::size_t at) {
-      return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(at),
-                         name.begin() + static_cast<std::ptrdiff_t>(at + 20),
-                         [](char c) { return c >= '0' && c <= '9'; });
-    };
-    if (name.size() == kFilePrefix.size() + 20 + 1 + 20 + kFileSuffix.size() &&
-        name.starts_with(kFilePrefix) && name.ends_with(kFileSuffix) && name[24] == '-' &&
-        digits(4) && digits(25)) {
-      found.emplace_back(name, entry.path());  // fixed-width digits: name order is seq order
+    if (name.size() != kFilePrefix.size() + 20 + 1 + 20 + kFileSuffix.size() ||
+        !name.starts_with(kFilePrefix) || !name.ends_with(kFileSuffix) || name[24] != '-') {
+      continue;
     }
+    // 20 digits each, at most 2^64-1 (from_chars reads digits only, and says if it overflows).
+    GapMarkerFileName file{entry.path(), 0, 0};
+    const auto first = std::from_chars(name.data() + 4, name.data() + 24, file.first_seq);
+    const auto last = std::from_chars(name.data() + 25, name.data() + 45, file.last_seq);
+    if (first.ec != std::errc() || first.ptr != name.data() + 24 || last.ec != std::errc() ||
+        last.ptr != name.data() + 45) {
+      continue;
+    }
+    found.push_back(std::move(file));
   }
-  std::sort(found.begin(), found.end());
-  std::vector<fs::path> files;
-  for (auto& [name, path] : found) files.push_back(std::move(path));
-  return files;
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.first_seq, a.last_seq) < std::tie(b.first_seq, b.last_seq);
+  });
+  return found;
 }
 
 std::vector<GapMarker> load_gap_markers(const fs::path& dir,
@@ -230,7 +235,8 @@ std::vector<GapMarker> load_gap_markers(const fs::path& dir,
   std::vector<GapMarker> markers;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return markers;
-  for (const fs::path& file : list_gap_marker_files(dir)) {
+  for (const GapMarkerFileName& named : list_gap_marker_files(dir)) {
+    const fs::path& file = named.path;
     std::string why;
     const auto bytes = read_gap_marker_file(file, why);
     std::optional<GapMarker> marker;
@@ -239,8 +245,7 @@ std::vector<GapMarker> load_gap_markers(const fs::path& dir,
       problems.push_back(fmt::format("{}: {}", file.string(), why));
       continue;
     }
-    if (file.filename().string() !=
-        gap_marker_file_name(marker->claim.first_seq, marker->claim.last_seq)) {
+    if (named.first_seq != marker->claim.first_seq || named.last_seq != marker->claim.last_seq) {
       problems.push_back(fmt::format("{}: its name does not say the batches it covers ({}..{})",
                                      file.string(), marker->claim.first_seq,
                                      marker->claim.last_seq));

@@ -65,9 +65,15 @@ std::optional<std::vector<std::uint8_t>> read_gap_marker_file(const std::filesys
 
 // "gap-<first, 20 digits>-<last, 20 digits>.fgm"
 std::string gap_marker_file_name(std::uint64_t first_seq, std::uint64_t last_seq);
-// The marker files of `dir` (by name only, digits checked; nothing read), sorted by first seq.
-// Throws std::filesystem::filesystem_error if `dir` cannot be listed.
-std::vector<std::filesystem::path> list_gap_marker_files(const std::filesystem::path& dir);
+// A marker file as its name describes it (nothing read): the batches it claims to cover.
+struct GapMarkerFileName {
+  std::filesystem::path path;
+  std::uint64_t first_seq = 0;
+  std::uint64_t last_seq = 0;
+};
+// The marker files of `dir` by name (gap-<20 digits>-<20 digits>.fgm, each at most 2^64-1),
+// sorted by first seq. Throws std::filesystem::filesystem_error if `dir` cannot be listed.
+std::vector<GapMarkerFileName> list_gap_marker_files(const std::filesystem::path& dir);
 
 // The markers of `dir` that verify with `keys`; each file that does not (unreadable, a
 // symlink, too large, not a marker, a bad signature) is named in `problems`.

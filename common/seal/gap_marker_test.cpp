@@ -145,8 +145,18 @@ TEST_CASE("the marker files of a store are found by name, checked, and the bad o
   write(dir / "gap-0000000000000000010x-00000000000000000163.fgm",
         seal::seal_gap_marker(claim(), key));
   write(dir / "seg-00000000000000000000.fsg", {1, 2, 3});
+  // Past 2^64-1: not a seq, so not a marker's name.
+  write(dir / "gap-18446744073709551616-18446744073709551616.fgm",
+        seal::seal_gap_marker(claim(), key));
 
-  REQUIRE(seal::list_gap_marker_files(dir.path()).size() == 5);
+  const auto named = seal::list_gap_marker_files(dir.path());
+  REQUIRE(named.size() == 5);
+  CHECK(named[0].first_seq == 100);
+  CHECK(named[0].last_seq == 163);
+  CHECK(named[0].path == dir / seal::gap_marker_file_name(100, 163));
+  CHECK(named[1].first_seq == 300);
+  CHECK(named[4].first_seq == 800);
+  CHECK(named[4].last_seq == 801);
   std::vector<std::string> problems;
   const auto markers = seal::load_gap_markers(dir.path(), keys, problems);
   REQUIRE(markers.size() == 2);

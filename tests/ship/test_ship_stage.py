@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from shiplib import (DATA, FLOWSEAL, TIMEOUT, collect, collected_stores, events, flowseal,
-                     free_port, tls_settings)
+from shiplib import (DATA, FLOWSEAL, TIMEOUT, NatsServer, collect, collected_stores, events,
+                     flowseal, free_port, ship, tls_settings)
 
 # Under ASan everything is several times slower: waits scale (they wait for events; the
 # factor only bounds how long before a test gives up).
@@ -294,6 +294,27 @@ def test_retention_at_the_disk_limit_ships_a_signed_gap_marker_the_core_keeps_an
     # What the probe still holds, the Core holds the same.
     core_events = set(events(stores[0]))
     assert set(events(store)) <= core_events
+
+    # A Core that lacks a marker of a gap shipd's position is already past (shipd went past
+    # it without one, or the Core lost it): a later shipd sends it, from the store's files.
+    # Here: a new Core and only the probe's last marker, with shipd's position at the end.
+    fgm = sorted(f for f in os.listdir(store) if f.endswith(".fgm"))
+    for f in fgm[:-1]:
+        os.rename(os.path.join(store, f), os.path.join(store, f + ".hidden"))
+    first, last = (int(n) for n in re.match(r"gap-(\d+)-(\d+)\.fgm", fgm[-1]).groups())
+    other = NatsServer(str(tmp_path / "nats-2"), pki).start()
+    try:
+        r = ship(store, tls_settings(pki, cert, key, other.url), timeout=TIMEOUT * SCALE)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"sent the gap marker for batches seq {first}..{last}, after their gap" in r.stderr
+        c2 = collect(other, pki, cert, key, str(tmp_path / "core-2"), timeout=TIMEOUT * SCALE)
+    finally:
+        other.kill()
+    assert c2.returncode == 0, c2.stderr
+    counts2 = json.loads(c2.stdout)
+    assert counts2["gaps_recorded"] == 1 and counts2["stored"] == 0, counts2
+    assert counts2["refused_bad"] == 0 and counts2["refused_gap"] == 0, counts2
+    assert os.listdir(collected_stores(str(tmp_path / "core-2"))[0]).count(fgm[-1]) == 1
 
     # A marker file changed on disk is named by verify and fails it.
     marker = next(f for f in sorted(os.listdir(stores[0])) if f.endswith(".fgm"))
