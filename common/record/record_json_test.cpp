@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flowseal.capnp.h"
+#include "record/direction.h"
 #include "record/record_json.h"
 
 namespace schema = flowseal::schema;
@@ -178,4 +179,95 @@ TEST_CASE("an exported line is cat's line plus its event id and where it is seal
   auto without = json;
   for (const char* name : {"event_id", "stream_id", "batch_seq", "leaf_index"}) without.erase(name);
   CHECK(without == nlohmann::json::parse(cat));
+}
+
+TEST_CASE(
+    "a record with every member set prints byte for byte as before the writer was rewritten") {
+  // The expected lines are what the fmt-based writer printed (kept as the reference when the
+  // line was rewritten for the Kafka export's speed): IPv6 and IPv4, a service with UTF-8 and
+  // a control byte, tunnel parents, both locality flags, every spread figure.
+  using namespace flowseal;
+  capnp::MallocMessageBuilder message;
+  auto e = message.initRoot<schema::FlowEvent>();
+  e.setUid(0x0123456789abcdefull);
+  e.setKind(schema::EventKind::END);
+  e.setEventNumber(3);
+  e.setEndReason(schema::EndReason::IDLE);
+  e.setProto(17);
+  const std::uint8_t orig[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  const std::uint8_t resp[4] = {198, 51, 100, 7};
+  e.setOrigAddr({orig, 16});
+  e.setRespAddr({resp, 4});
+  e.setOrigPort(5353);
+  e.setRespPort(53);
+  e.setVlan(42);
+  e.setFirstTsNs(1'700'000'123'456'789'012);
+  e.setLastTsNs(1'700'000'125'000'000'000);
+  e.setService("dns,caf\xc3\xa9\x01");
+  e.setConnState("SF");
+  e.setHistory("Dd");
+  e.setCommunityId("1:abc=");
+  e.setMissedBytes(7);
+  e.setSamplingRate(0.5f);
+  e.setFlowCount(2);
+  auto parents = e.initTunnelParents(2);
+  parents.set(0, 1);
+  parents.set(1, 987654321);
+  record::DirectionStats o;
+  o.pkts = 9;
+  o.ip_bytes = 1234;
+  o.bytes = 800;
+  o.size_min = 60;
+  o.size_max = 300;
+  o.size_sumsq = 250000;
+  o.iat_min_us = 3;
+  o.iat_max_us = 1'500'000;
+  o.iat_sum_us = 2'000'001;
+  o.iat_sumsq_us = 2.5e12;
+  o.rexmits = 1;
+  o.local = schema::Locality::LOCAL;
+  record::DirectionStats r = o;
+  r.pkts = 4;
+  r.ip_bytes = 4000;
+  r.size_min = 1000;
+  r.size_max = 1000;
+  r.size_sumsq = 4'000'000;
+  r.local = schema::Locality::REMOTE;
+  record::set_direction(e, record::Side::kOrig, o);
+  record::set_direction(e, record::Side::kResp, r);
+  const std::uint8_t stream[16] = {0xde, 0xad, 0xbe, 0xef};
+  CHECK(to_json_line(e.asReader()) ==
+        std::string(
+            "{\"ts\":1700000123.456789,\"uid\":\"CzBKRVDfU36\",\"id.orig_h\":\"2001:db8::1\",\"id"
+            ".orig_p\":5353,\"id.resp_h\":\"198.51.100.7\",\"id.resp_p\":53,\"proto\":\"udp\",\"s"
+            "ervice\":\"dns,caf\xc3\xa9"
+            "\\u0001\",\"duration\":1.543210,\"orig_bytes\":800,\"res"
+            "p_bytes\":800,\"conn_state\":\"SF\",\"local_orig\":true,\"local_resp\":false,\"misse"
+            "d_bytes\":7,\"history\":\"Dd\",\"orig_pkts\":9,\"orig_ip_bytes\":1234,\"resp_pkts\":"
+            "4,\"resp_ip_bytes\":4000,\"community_id\":\"1:abc=\",\"vlan\":42,\"event\":\"end\","
+            "\"event_number\":3,\"end_reason\":\"idle\",\"sampling_rate\":0.5,\"flow_count\":2,\""
+            "orig_size_min\":60,\"orig_size_max\":300,\"orig_size_mean\":137.1,\"orig_size_stddev"
+            "\":94.8,\"orig_iat_min\":0.000003,\"orig_iat_max\":1.500000,\"orig_iat_mean\":0.2857"
+            "14,\"orig_iat_stddev\":0.524891,\"orig_rexmits\":1,\"resp_size_min\":1000,\"resp_siz"
+            "e_max\":1000,\"resp_size_mean\":1000.0,\"resp_size_stddev\":0.0,\"resp_iat_min\":0.0"
+            "00003,\"resp_iat_max\":1.500000,\"resp_iat_mean\":1.000001,\"resp_iat_stddev\":0.499"
+            "999,\"resp_rexmits\":1,\"tunnel_parents\":[\"C1\",\"CP06q41\"],\"ip_proto\":17}"));
+  CHECK(to_json_line(e.asReader(), {stream, 9, 4}) ==
+        std::string(
+            "{\"ts\":1700000123.456789,\"uid\":\"CzBKRVDfU36\",\"id.orig_h\":\"2001:db8::1\",\"id"
+            ".orig_p\":5353,\"id.resp_h\":\"198.51.100.7\",\"id.resp_p\":53,\"proto\":\"udp\",\"s"
+            "ervice\":\"dns,caf\xc3\xa9"
+            "\\u0001\",\"duration\":1.543210,\"orig_bytes\":800,\"res"
+            "p_bytes\":800,\"conn_state\":\"SF\",\"local_orig\":true,\"local_resp\":false,\"misse"
+            "d_bytes\":7,\"history\":\"Dd\",\"orig_pkts\":9,\"orig_ip_bytes\":1234,\"resp_pkts\":"
+            "4,\"resp_ip_bytes\":4000,\"community_id\":\"1:abc=\",\"vlan\":42,\"event\":\"end\","
+            "\"event_number\":3,\"end_reason\":\"idle\",\"sampling_rate\":0.5,\"flow_count\":2,\""
+            "orig_size_min\":60,\"orig_size_max\":300,\"orig_size_mean\":137.1,\"orig_size_stddev"
+            "\":94.8,\"orig_iat_min\":0.000003,\"orig_iat_max\":1.500000,\"orig_iat_mean\":0.2857"
+            "14,\"orig_iat_stddev\":0.524891,\"orig_rexmits\":1,\"resp_size_min\":1000,\"resp_siz"
+            "e_max\":1000,\"resp_size_mean\":1000.0,\"resp_size_stddev\":0.0,\"resp_iat_min\":0.0"
+            "00003,\"resp_iat_max\":1.500000,\"resp_iat_mean\":1.000001,\"resp_iat_stddev\":0.499"
+            "999,\"resp_rexmits\":1,\"tunnel_parents\":[\"C1\",\"CP06q41\"],\"ip_proto\":17,\"eve"
+            "nt_id\":\"CzBKRVDfU36:end:3\",\"stream_id\":\"deadbeef000000000000000000000000\",\"b"
+            "atch_seq\":9,\"leaf_index\":4}"));
 }
