@@ -520,6 +520,10 @@ const std::vector<KeySpec>& key_table() {
         "export.kafka.drain_timeout_s",
         [](Config & c) -> auto& { return c.exports.kafka.drain_timeout_s; }, 0, 86400,
         "offline run: s to wait for the last delivery reports before exit 75"));
+    t.push_back(string_key(
+        "export.kafka.compression", [](Config & c) -> auto& { return c.exports.kafka.compression; },
+        {"lz4", "zstd", "snappy", "gzip", "none"},
+        "compression of the record batches sent to Kafka (zstd: smaller, more CPU)"));
     return t;
   }();
   return table;

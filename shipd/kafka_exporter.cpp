@@ -198,19 +198,20 @@ KafkaSettings kafka_settings(const Config& config) {
       {"client.id", "flowseal-shipd"},
       {"enable.idempotence", "true"},
       {"acks", "all"},
-      {"compression.type", "zstd"},
+      {"compression.type", kafka.compression},
       {"queue.buffering.max.kbytes", std::to_string(queue_kb)},  // librdkafka's: 1 GiB
       {"queue.buffering.max.messages", std::to_string(queue_messages)},
   };
   ConfPtr conf = make_conf(settings);
   char features[512] = {};
   std::size_t size = sizeof features;
-  if (rd_kafka_conf_get(conf.get(), "builtin.features", features, &size) == RD_KAFKA_CONF_OK &&
-      std::string_view(features).find("zstd") == std::string_view::npos) {
+  if (kafka.compression != "none" &&
+      rd_kafka_conf_get(conf.get(), "builtin.features", features, &size) == RD_KAFKA_CONF_OK &&
+      std::string_view(features).find(kafka.compression) == std::string_view::npos) {
     throw ConfigError(
-        fmt::format("export.kafka: this librdkafka ({}) has no zstd compression "
+        fmt::format("export.kafka.compression: this librdkafka ({}) has no {} compression "
                     "(builtin.features: {})",
-                    rd_kafka_version_str(), features));
+                    rd_kafka_version_str(), kafka.compression, features));
   }
   return settings;
 }

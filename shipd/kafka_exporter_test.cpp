@@ -110,8 +110,8 @@ TEST_CASE("the key is the Community ID; a summary's is its group's, source port 
 }
 
 TEST_CASE(
-    "the producer is idempotent, waits for all replicas, compresses with zstd, and its "
-    "queue comes from the memory budget") {
+    "the producer is idempotent, waits for all replicas, compresses with lz4 unless told "
+    "otherwise, and its queue comes from the memory budget") {
   Config config;
   config.exports.kafka.brokers = "127.0.0.1:9092,127.0.0.1:9093";
   config.memory.budget_mb = 64;
@@ -119,10 +119,14 @@ TEST_CASE(
   CHECK(p["bootstrap.servers"] == "127.0.0.1:9092,127.0.0.1:9093");
   CHECK(p["enable.idempotence"] == "true");
   CHECK(p["acks"] == "all");
-  CHECK(p["compression.type"] == "zstd");
+  CHECK(p["compression.type"] == "lz4");
   CHECK(p["queue.buffering.max.kbytes"] == "8192");  // 64 MiB / 8, not librdkafka's 1 GiB
   config.exports.kafka.queue_mb = 3;
   CHECK(properties_of(config)["queue.buffering.max.kbytes"] == "3072");
+  config.exports.kafka.compression = "zstd";
+  CHECK(properties_of(config)["compression.type"] == "zstd");
+  config.exports.kafka.compression = "none";
+  CHECK(properties_of(config)["compression.type"] == "none");
 }
 
 TEST_CASE("no brokers is a configuration error naming the key") {
