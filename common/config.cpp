@@ -522,8 +522,8 @@ const std::vector<KeySpec>& key_table() {
         "offline run: s to wait for the last delivery reports before exit 75"));
     t.push_back(string_key(
         "export.kafka.compression", [](Config & c) -> auto& { return c.exports.kafka.compression; },
-        {"lz4", "zstd", "snappy", "gzip", "none"},
-        "compression of the record batches sent to Kafka (zstd: smaller, more CPU)"));
+        {"zstd", "lz4", "snappy", "gzip", "none"},
+        "compression of the record batches sent to Kafka (lz4: less CPU, larger)"));
     return t;
   }();
   return table;

@@ -167,9 +167,9 @@ struct KafkaExportConfig {
   std::int64_t queue_mb = 0;       // librdkafka's local queue; 0: memory.budget_mb / 8
   std::int64_t max_inflight = 64;  // stored batches produced but not all delivered, at most
   double drain_timeout_s = 30;     // offline drain: give up (exit 75) after this long
-  // librdkafka's compression.type. lz4: a quarter of shipd's CPU less than zstd on the JSON
-  // lines (docs/PERFORMANCE.md), and read by every broker (zstd needs Kafka 2.1).
-  std::string compression = "lz4";
+  // librdkafka's compression.type. zstd (issue 16): the smallest batches; lz4 costs shipd
+  // less CPU on the JSON lines (docs/PERFORMANCE.md) and every broker reads it (zstd: 2.1+).
+  std::string compression = "zstd";
 };
 
 struct ExportConfig {

@@ -110,7 +110,7 @@ TEST_CASE("the key is the Community ID; a summary's is its group's, source port 
 }
 
 TEST_CASE(
-    "the producer is idempotent, waits for all replicas, compresses with lz4 unless told "
+    "the producer is idempotent, waits for all replicas, compresses with zstd unless told "
     "otherwise, and its queue comes from the memory budget") {
   Config config;
   config.exports.kafka.brokers = "127.0.0.1:9092,127.0.0.1:9093";
@@ -119,12 +119,12 @@ TEST_CASE(
   CHECK(p["bootstrap.servers"] == "127.0.0.1:9092,127.0.0.1:9093");
   CHECK(p["enable.idempotence"] == "true");
   CHECK(p["acks"] == "all");
-  CHECK(p["compression.type"] == "lz4");
+  CHECK(p["compression.type"] == "zstd");
   CHECK(p["queue.buffering.max.kbytes"] == "8192");  // 64 MiB / 8, not librdkafka's 1 GiB
   config.exports.kafka.queue_mb = 3;
   CHECK(properties_of(config)["queue.buffering.max.kbytes"] == "3072");
-  config.exports.kafka.compression = "zstd";
-  CHECK(properties_of(config)["compression.type"] == "zstd");
+  config.exports.kafka.compression = "lz4";
+  CHECK(properties_of(config)["compression.type"] == "lz4");
   config.exports.kafka.compression = "none";
   CHECK(properties_of(config)["compression.type"] == "none");
 }
