@@ -64,6 +64,9 @@ void add_verify_command(CLI::App& app, Action& action) {
                   "public key to pin (PEM, or a directory of *.pub)");
   cmd->add_option("--proof", verify->proof_event,
                   "print the inclusion proof of event UID:KIND:NUMBER (e.g. C4a:end:1)");
+  cmd->add_flag("--no-gaps", verify->no_gaps,
+                "fail (65) on batches given up inside the chain, even with their signed gap "
+                "markers: for audits that need every batch");
 }
 
 void add_verify_proof_command(CLI::App& app, Action& action) {

@@ -39,6 +39,7 @@ struct VerifyOptions {
   std::string dir;
   std::string public_key;
   std::string proof_event;  // --proof EVENT_ID: print that record's inclusion proof
+  bool no_gaps = false;     // a gap passed over on a signed marker fails verify too
 };
 int verify_command(const VerifyOptions& options);
 

@@ -91,6 +91,14 @@ int verify(const VerifyOptions& options) {
   }
   if (files.empty()) fmt::print("verify: {} holds no segments yet\n", options.dir);
   print_given_up(markers);
+  if (options.no_gaps && !checker.summary().gaps.empty()) {
+    const seal::ChainGap& gap = checker.summary().gaps.front();
+    fmt::print(stderr,
+               "verify: FAILED (--no-gaps): batches seq {}..{} are missing from the chain, given "
+               "up by the probe before they were shipped ({} gap(s) in all, each signed)\n",
+               gap.first_seq, gap.last_seq, checker.summary().gaps.size());
+    return exit_code::kDataError;
+  }
   if (!markers.empty()) {
     std::uint64_t records = 0;
     for (const seal::GapMarker& marker : markers) records += marker.claim.records;

@@ -287,6 +287,13 @@ def test_retention_at_the_disk_limit_ships_a_signed_gap_marker_the_core_keeps_an
     # the gap is inside it. (Either run may see more gaps: the limit is tiny, so retention can
     # outrun shipd after the Core is back too.)
     assert (first > 0 and not mid_chain) or (first == 0 and crossed > 0 and mid_chain), collected
+    # An audit that needs every batch: --no-gaps fails a chain with a gap, signed or not.
+    strict = flowseal("verify", "--no-gaps", stores[0])
+    if crossed > 0:
+        assert strict.returncode == 65, strict.stdout + strict.stderr
+        assert "FAILED (--no-gaps): batches seq" in strict.stderr, strict.stderr
+    else:
+        assert strict.returncode == 0, strict.stdout + strict.stderr
     # And every record: the markers may count some the Core took while the probe, its acks
     # lost to the stall, still counted them as unshipped; never fewer.
     records = int(re.search(r"records:\s+(\d+)", collected).group(1))
