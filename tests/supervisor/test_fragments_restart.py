@@ -28,7 +28,11 @@ SANITIZED = os.environ.get("FLOWSEAL_SANITIZED", "0") == "1"
 SCALE = 5 if SANITIZED else 1
 TIMEOUT = 240 * SCALE
 KILLS = 6
-LOOP = 4  # passes over the capture (addresses rewritten per pass: more flows, same file)
+# Passes over the capture (addresses rewritten per pass: more flows, same file). A round takes
+# up to a full packet ring (capture runs on until the test, which polls status, stops it: on a
+# busy machine it fills the ring): 8 passes hold over ten full rings, 4 held five (the kills
+# then ran out of input in the clean-clone CI of 416c68e, beside a build).
+LOOP = 8
 SEED = 1313
 
 # ---------------------------------------------------------------------------- the capture
