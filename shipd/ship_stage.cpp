@@ -415,11 +415,12 @@ class ShipOutput final : public StoreOutput {
   // drained), each marker file for batches at or before the acked position is sent, until the
   // server acks it, once per run: collect acks one it holds already as a repeat. Their seqs
   // are at or before the position, so their acks cannot be taken for a batch in flight.
-  // True if every such marker is sent or acked.
+  // True if every such marker is sent or acked (or none can be: nothing handed over yet).
   bool send_passed_markers(bool now_please = false) {
     const Clock::time_point now = Clock::now();
+    if (now < next_marker_look_ && !now_please) return false;
     const std::optional<std::uint64_t> upto = position_.upto();
-    if (!upto || !position_.stream() || (now < next_marker_look_ && !now_please)) return false;
+    if (!upto || !position_.stream()) return true;  // nothing handed over: no gap gone past
     next_marker_look_ = now + kGapMarkerWait;
     std::vector<seal::GapMarkerFileName> files;
     try {

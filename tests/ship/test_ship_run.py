@@ -2,6 +2,7 @@
 arrives, verifies, and reads as the probe's own store does."""
 import json
 import os
+import struct
 import uuid
 
 from shiplib import (DATA, collect, collected_stores, events, flowseal, key_id, run_probe, ship,
@@ -88,3 +89,17 @@ def test_pinned_keys_refuse_an_unknown_probe(tmp_path, pki, server, client):
     assert counts["refused_key"] >= 1
     assert "not pinned" in c.stderr
     assert [os.path.basename(os.path.dirname(s)) for s in collected_stores(out)] == [key_id(a)]
+
+
+def test_a_store_with_no_batch_ships_nothing_and_ends_at_once(tmp_path, pki, server, client):
+    """A capture with no packets leaves a store with no batch: shipd --until-shipped ends 0 at
+    once, not after ship.drain_timeout_s with exit 75 (its look for the markers of gaps it went
+    past waited for a position it never gets)."""
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))  # header only
+    store = str(tmp_path / "probe")
+    run_probe([str(empty)], store, f"ship-empty-{uuid.uuid4().hex[:8]}")
+    cert, key = client
+    r = ship(store, tls_settings(pki, cert, key, server.url) + ["ship.drain_timeout_s=120"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0 published" in r.stderr, r.stderr[-3000:]
