@@ -104,12 +104,50 @@ std::string_view reason_name(schema::EndReason reason) {
 __extension__ using Int128 = __int128;  // GCC's 128-bit integers, not ISO C++
 __extension__ using UInt128 = unsigned __int128;
 
-std::string seconds(Int128 ns) {
+// The JSON line is written piece by piece into one string: it is what the Kafka export sends
+// for every record, and formatting each member through fmt (a format string parsed per call, a
+// temporary string per value) cost ~4.5 us per record. Numbers are written by std::to_chars,
+// which gives printf's digits (the same correctly rounded value for a given precision).
+void append_u64(std::string& out, std::uint64_t v) {
+  char text[20];
+  // (pointer, length): append(first, last) would take the iterator overload, a replace().
+  const char* end = std::to_chars(text, text + sizeof text, v).ptr;
+  out.append(text, static_cast<std::size_t>(end - text));
+}
+
+void append_fixed(std::string& out, double v, int precision) {
+  // A double's fixed form has at most 309 digits before the point.
+  char text[320 + 16];
+  const auto done = std::to_chars(text, text + sizeof text, v, std::chars_format::fixed, precision);
+  if (done.ec == std::errc()) {
+    out.append(text, static_cast<std::size_t>(done.ptr - text));
+  } else {
+    out += fmt::format("{:.{}f}", v, precision);  // not reached for a finite double
+  }
+}
+
+void append_seconds(std::string& out, Int128 ns) {
   const bool negative = ns < 0;
   const auto magnitude = static_cast<UInt128>(negative ? -ns : ns);
-  const auto whole = static_cast<std::uint64_t>(magnitude / 1'000'000'000);
-  const auto micros = static_cast<std::uint64_t>(magnitude % 1'000'000'000 / 1000);
-  return fmt::format("{}{}.{:06}", negative ? "-" : "", whole, micros);
+  if (negative) out += '-';
+  append_u64(out, static_cast<std::uint64_t>(magnitude / 1'000'000'000));
+  const auto micros = static_cast<std::uint32_t>(magnitude % 1'000'000'000 / 1000);
+  char fraction[7] = {'.', '0', '0', '0', '0', '0', '0'};
+  for (std::uint32_t rest = micros, at = 6; rest != 0; rest /= 10, --at) {
+    fraction[at] = static_cast<char>('0' + rest % 10);
+  }
+  out.append(fraction, sizeof fraction);
+}
+
+void append_member(std::string& out, std::string_view name_and_colon, std::uint64_t v) {
+  out += name_and_colon;
+  append_u64(out, v);
+}
+
+std::string seconds(Int128 ns) {
+  std::string out;
+  append_seconds(out, ns);
+  return out;
 }
 std::string duration(schema::FlowEvent::Reader e) {
   return seconds(static_cast<Int128>(e.getLastTsNs()) - e.getFirstTsNs());
@@ -127,6 +165,23 @@ double stddev(double sum, double sumsq, double n) {
   return std::isfinite(variance) && variance > 0 ? std::sqrt(variance) : 0;
 }
 
+// An address as text, "-" if it is neither IPv4 nor IPv6. IPv4 by hand: glibc's inet_ntop
+// formats it with sprintf, which was a tenth of the JSON line's cost.
+void append_address(std::string& out, capnp::Data::Reader address) {
+  if (address.size() == 4) {
+    for (std::size_t i = 0; i < 4; ++i) {
+      if (i > 0) out += '.';
+      append_u64(out, address[i]);
+    }
+  } else if (address.size() == 16) {
+    char text[INET6_ADDRSTRLEN] = {};
+    inet_ntop(AF_INET6, address.begin(), text, sizeof text);
+    out += text;
+  } else {
+    out += '-';
+  }
+}
+
 std::string_view side_name(Side side) { return side == Side::kOrig ? "orig" : "resp"; }
 
 // conn.log's local_orig / local_resp: unset (nullopt) when net.local_nets was empty.
@@ -141,15 +196,9 @@ std::optional<bool> is_local(const DirectionStats& d) {
 }  // namespace
 
 std::string address_to_string(capnp::Data::Reader address) {
-  char text[INET6_ADDRSTRLEN] = {};
-  if (address.size() == 4) {
-    inet_ntop(AF_INET, address.begin(), text, sizeof text);
-  } else if (address.size() == 16) {
-    inet_ntop(AF_INET6, address.begin(), text, sizeof text);
-  } else {
-    return "-";
-  }
-  return text;
+  std::string out;
+  append_address(out, address);
+  return out;
 }
 
 std::string proto_name(std::uint8_t proto) {
@@ -163,6 +212,8 @@ std::string proto_name(std::uint8_t proto) {
   }
 }
 
+namespace {
+
 std::size_t uid_text_to(std::uint64_t uid, char (&text)[16]) {
   static constexpr char kAlphabet[] =
       "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -174,6 +225,14 @@ std::size_t uid_text_to(std::uint64_t uid, char (&text)[16]) {
   } while (uid != 0);
   return size;
 }
+
+void append_uid(std::string& out, std::uint64_t uid) {
+  char text[16];
+  const std::size_t size = uid_text_to(uid, text);
+  out.append(text, size);
+}
+
+}  // namespace
 
 std::string uid_text(std::uint64_t uid) {
   char text[16];
@@ -199,8 +258,22 @@ std::optional<std::uint64_t> parse_uid_text(std::string_view text) {
   return uid;
 }
 
+namespace {
+
+void append_event_id(std::string& out, schema::FlowEvent::Reader e) {
+  append_uid(out, e.getUid());
+  out += ':';
+  out += kind_name(e.getKind());
+  out += ':';
+  append_u64(out, e.getEventNumber());
+}
+
+}  // namespace
+
 std::string event_id_text(schema::FlowEvent::Reader e) {
-  return fmt::format("{}:{}:{}", uid_text(e.getUid()), kind_name(e.getKind()), e.getEventNumber());
+  std::string out;
+  append_event_id(out, e);
+  return out;
 }
 
 namespace {
@@ -288,65 +361,6 @@ std::string to_tsv_line(schema::FlowEvent::Reader e) {
 }
 
 namespace {
-
-// The JSON line is written piece by piece into one string: it is what the Kafka export sends
-// for every record, and formatting each member through fmt (a format string parsed per call, a
-// temporary string per value) cost ~4.5 us per record. Numbers are written by std::to_chars,
-// which gives printf's digits (the same correctly rounded value for a given precision).
-void append_u64(std::string& out, std::uint64_t v) {
-  char text[20];
-  // (pointer, length): append(first, last) would take the iterator overload, a replace().
-  const char* end = std::to_chars(text, text + sizeof text, v).ptr;
-  out.append(text, static_cast<std::size_t>(end - text));
-}
-
-void append_fixed(std::string& out, double v, int precision) {
-  // A double's fixed form has at most 309 digits before the point.
-  char text[320 + 16];
-  const auto done = std::to_chars(text, text + sizeof text, v, std::chars_format::fixed, precision);
-  if (done.ec == std::errc()) {
-    out.append(text, static_cast<std::size_t>(done.ptr - text));
-  } else {
-    out += fmt::format("{:.{}f}", v, precision);  // not reached for a finite double
-  }
-}
-
-void append_seconds(std::string& out, Int128 ns) {
-  const bool negative = ns < 0;
-  const auto magnitude = static_cast<UInt128>(negative ? -ns : ns);
-  if (negative) out += '-';
-  append_u64(out, static_cast<std::uint64_t>(magnitude / 1'000'000'000));
-  const auto micros = static_cast<std::uint32_t>(magnitude % 1'000'000'000 / 1000);
-  char fraction[7] = {'.', '0', '0', '0', '0', '0', '0'};
-  for (std::uint32_t rest = micros, at = 6; rest != 0; rest /= 10, --at) {
-    fraction[at] = static_cast<char>('0' + rest % 10);
-  }
-  out.append(fraction, sizeof fraction);
-}
-
-void append_member(std::string& out, std::string_view name_and_colon, std::uint64_t v) {
-  out += name_and_colon;
-  append_u64(out, v);
-}
-
-// address_to_string's text. IPv4 by hand: glibc's inet_ntop formats it with sprintf, which
-// was a tenth of the line's cost.
-void append_address(std::string& out, capnp::Data::Reader address) {
-  if (address.size() == 4) {
-    for (std::size_t i = 0; i < 4; ++i) {
-      if (i > 0) out += '.';
-      append_u64(out, address[i]);
-    }
-    return;
-  }
-  out += address_to_string(address);
-}
-
-void append_uid(std::string& out, std::uint64_t uid) {
-  char text[16];
-  const std::size_t size = uid_text_to(uid, text);
-  out.append(text, size);
-}
 
 // One side's size and inter-arrival figures: mean and standard deviation derive from the
 // stored sums. A summary's gaps are those inside each folded flow: one fewer than its
@@ -460,11 +474,7 @@ std::string to_json_line(schema::FlowEvent::Reader e, const SealedAt& sealed) {
   out.reserve(1152);
   append_json_members(out, e);
   out += ",\"event_id\":\"";
-  append_uid(out, e.getUid());
-  out += ':';
-  out += kind_name(e.getKind());
-  out += ':';
-  append_u64(out, e.getEventNumber());
+  append_event_id(out, e);
   out += "\",\"stream_id\":\"";
   for (const std::uint8_t byte : sealed.stream_id) {
     out += kHex[byte >> 4];

@@ -44,8 +44,6 @@ std::string proto_name(std::uint8_t proto);
 std::string_view kind_name(schema::EventKind kind);
 // Zeek-style uid text for a 64-bit flow uid ("C" + base62).
 std::string uid_text(std::uint64_t uid);
-// The same into `text` (no allocation); returns its length.
-std::size_t uid_text_to(std::uint64_t uid, char (&text)[16]);
 // The inverse of uid_text; nullopt if `text` is not one.
 std::optional<std::uint64_t> parse_uid_text(std::string_view text);
 std::string event_id_text(schema::FlowEvent::Reader event);
