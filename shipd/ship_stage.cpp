@@ -322,6 +322,11 @@ class ShipOutput final : public StoreOutput {
         follower_.rewind(std::nullopt);
         scout_.rewind(std::nullopt);
         handed_.reset();
+        // The markers looked at were the old stream's: the new one's are looked at afresh (a
+        // pending one's outcome would otherwise be waited for for ever: drained()).
+        markers_sent_.clear();
+        passed_pending_.clear();
+        looked_before_drained_ = false;
         continue;
       }
       if (const Gap gap = cover_gap(*frame, window); gap != Gap::kCovered) {
@@ -530,7 +535,8 @@ class ShipOutput final : public StoreOutput {
   // The last seq put in flight (or acked): a frame after a jump past it needs a gap marker.
   std::optional<std::uint64_t> handed_ = position_.upto();
   std::optional<StoredFrame> held_;  // a frame waiting for its gap's marker
-  std::set<std::pair<std::uint64_t, std::uint64_t>> markers_sent_;  // acked this run, by range
+  // This run's markers, by range: sent before the batch after their gap, or acked after it.
+  std::set<std::pair<std::uint64_t, std::uint64_t>> markers_sent_;
   // Sent by send_passed_markers, not acked yet: by last seq (what the outcome names).
   std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> passed_pending_;
   bool looked_before_drained_ = false;
