@@ -211,6 +211,15 @@ void CaptureLoop::resume() {
 }
 
 void CaptureLoop::read_pressure() {
+  // Offline, pressure never costs a packet: a file waits for the pipeline, so sampling would
+  // buy nothing but a result that depends on how busy the machine was, and a restarted capture
+  // could not tell which packets it had left out before. flowd's shorter timeouts and held
+  // table (flows ended early, every packet kept) and dedupd's cap bound the memory instead.
+  if (!live_) {
+    rate_ = 1.0f;
+    keep_ = static_cast<std::size_t>(config_.snaplen);
+    return;
+  }
   const std::uint32_t level = runtime_.control().pressure_level.load(std::memory_order_relaxed);
   rate_ = sampling_rate_for(level);
   keep_ = payload_keep_for(level, static_cast<std::size_t>(config_.snaplen));

@@ -1,6 +1,7 @@
 // The capture stage's loop: packets from a PcapSource, hashed symmetrically (so both
-// directions of a flow reach the same flowd shard), sampled by the current pressure level,
-// batched per shard and published to the shards' rings.
+// directions of a flow reach the same flowd shard), sampled by the current pressure level when
+// live (offline every packet goes on: a file waits for the pipeline instead), batched per shard
+// and published to the shards' rings.
 //
 // Loop mode (capture.loop > 1): on every pass after the first, the packet is copied and both
 // IP addresses get the pass number XORed into their low bytes (pass_rewrite.h) before the
