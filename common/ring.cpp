@@ -313,9 +313,16 @@ std::optional<std::span<const std::byte>> RingConsumer::next() {
       read_ = cached_head_;
       return std::nullopt;
     }
+    const std::uint64_t available = cached_head_ - read_;
+    if (available > capacity_) {
+      // More published than the area holds: a head no producer wrote. Without this, a wrap
+      // marker at offset 0 would be skipped to itself again and again, up to 2^64 bytes.
+      header_->bad_frames.fetch_add(1, std::memory_order_relaxed);
+      read_ = cached_head_;
+      return std::nullopt;
+    }
     FrameHeader frame;
     std::memcpy(&frame, data_ + offset, sizeof frame);
-    const std::uint64_t available = cached_head_ - read_;
     if (frame.length == FrameHeader::kWrapMarker &&
         frame.check == (FrameHeader::kWrapMarker ^ FrameHeader::kCheck) &&
         capacity_ - offset <= available) {

@@ -601,6 +601,27 @@ TEST_CASE("a tail that is not 8-byte aligned is counted and skipped and never re
   CHECK(ring.counters().bad_frames == 1);
 }
 
+TEST_CASE("a head further ahead than the ring holds is counted and skipped, not walked") {
+  // Found by tests/fuzz/fuzz_ring.cpp (corpus/ring/wrap-at-zero-far-head): a wrap marker at
+  // offset 0 under a head 2^63 bytes ahead made next() skip the whole area to the same marker
+  // again, 2^63 / 4096 times (libFuzzer's timeout; a stage's heartbeat stopped the same way).
+  ShmRing ring("farhead", 4096);
+  RingHeader& header = ring.header();
+  const FrameHeader wrap{FrameHeader::kWrapMarker, FrameHeader::kWrapMarker ^ FrameHeader::kCheck};
+  std::memcpy(ring.data(), &wrap, sizeof wrap);
+  header.tail.store(0);
+  header.head.store(std::uint64_t{1} << 63);
+  RingConsumer consumer(ring.memory());
+  CHECK(!consumer.next().has_value());
+  CHECK(ring.counters().bad_frames == 1);
+  // Twice the capacity: before, the marker was skipped twice, silently, to the head.
+  header.bad_frames.store(0);
+  header.head.store(2 * 4096);
+  RingConsumer twice(ring.memory());
+  CHECK(!twice.next().has_value());
+  CHECK(ring.counters().bad_frames == 1);
+}
+
 TEST_CASE("a producer refuses a shared head that frames could not have left") {
   // Unaligned, the head would put a wrap marker up to 7 bytes past the data area; before the
   // tail or more than a ring ahead of it, the ring's contents are nonsense.
