@@ -111,8 +111,9 @@ def run_scenarios(flowseal, rates, extra=(), seed=1):
     lines = ["", "Flow-rate scenarios (benchmarks/flowbench/flowgen.py, seed "
              f"{seed}, offline, default config), one run each:", "",
              "| new flows/s (capture time) | seconds | connections | packets | flows stored | "
-             "packets/s | new flows/s (wall) | drops (ring+kernel) | sampled out | CPU s per "
-             "stage | peak PSS, no file pages |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "of them evicted | packets/s | new flows/s (wall) | drops (ring+kernel) | "
+             "sampled out | CPU s per stage | peak PSS, no file pages |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for rate in rates:
         seconds = scenario_seconds(rate)
         tmp = tempfile.mkdtemp(prefix="flowgen-")

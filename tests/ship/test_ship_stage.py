@@ -267,8 +267,14 @@ def test_retention_at_the_disk_limit_ships_a_signed_gap_marker_the_core_keeps_an
     # The markers the Core needed: a segment deleted while shipd was already reading it still
     # reached the Core (the open file outlives its name), so its marker was not sent.
     assert 1 <= counts["gaps_recorded"] <= len(given_up), counts
-    # shipd counts batches acked, not the markers: each one collect stored.
-    assert counts["stored"] == acked, (counts, acked)
+    # shipd counts batches acked, not the markers: each one collect stored. The Core may also
+    # hold batches whose acks the stall lost and that retention then gave up before shipd sent
+    # them again (their publishes reached the server before it stopped; the marker covers them
+    # too, and collect says so): never more than the batches given up. Seen once under ASan
+    # beside another test run: 256 such batches, one window (ship.max_inflight).
+    given_up_batches = sum(int(b) - int(a) + 1 for a, b in
+                           re.findall(r"given up: batches seq (\d+)\.\.(\d+)", local))
+    assert acked <= counts["stored"] <= acked + given_up_batches, (counts, acked, given_up_batches)
     lost = counts["records_given_up"]
     assert 0 < lost <= dropped, counts
     assert counts["refused_bad"] == 0 and counts["refused_fork"] == 0, counts
@@ -277,12 +283,15 @@ def test_retention_at_the_disk_limit_ships_a_signed_gap_marker_the_core_keeps_an
     collected = verify_output(stores[0])
     assert re.search(rf"verify: OK, with \d+ signed gap marker\(s\): .*\({lost} records",
                      collected), collected
-    # Every batch is at the Core or in a gap its markers name, exactly.
+    # Every batch is at the Core or in a gap its markers name; none is invented. Not exactly:
+    # the Core may hold batches a marker gave up (see above; and acks shipd had not yet saved
+    # when retention read its position).
     total = summary_int(stderr, r"sealed \d+ in (\d+) batches")
     held, first = (int(n) for n in re.search(r"batches:\s+(\d+) \(seq (\d+)\.\.", collected).groups())
     crossed = sum(int(b) - int(a) + 1
                   for a, b in re.findall(r"gap: +batches seq (\d+)\.\.(\d+) given up", collected))
-    assert first + crossed + held == total, collected
+    assert first + held <= total, collected
+    assert first + crossed + held >= total, collected
     # The Core away from the start: the chain there begins after the first gap; away later:
     # the gap is inside it. (Either run may see more gaps: the limit is tiny, so retention can
     # outrun shipd after the Core is back too.)
