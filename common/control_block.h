@@ -91,10 +91,12 @@ enum : std::size_t {
   kCount
 };
 }
-namespace ship_counter {  // shipd
+// shipd. Totals are the run's: a restarted shipd adds to what its predecessors counted
+// (shipd/main.cpp); the "now" ones and the seqs are the running shipd's.
+namespace ship_counter {
 enum : std::size_t {
   kBatchesPublished,  // publishes, re-sends included
-  kBatchesAcked,      // acked in order (shipped), this run
+  kBatchesAcked,      // acked in order (shipped), this run, each batch once
   kRecordsAcked,
   kInflight,    // published, not acked yet (now)
   kRetried,     // failed or timed-out publishes: re-sent from the store

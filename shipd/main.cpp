@@ -20,6 +20,7 @@
 // Exit codes: 0 done, 64 usage, 75 stopped or drain timeout (a restart resumes), 78 config.
 #include <unistd.h>
 
+#include <array>
 #include <csignal>
 #include <cstring>
 #include <mutex>
@@ -57,38 +58,49 @@ std::string read_key_fd(int fd) {
   return pem;
 }
 
-// Each output's counters into the slot (ship_counter), where `flowseal status` reads them.
+// Each output's counters into the slot (ship_counter), where `flowseal status`, the summary
+// and /metrics read them as the run's. A restarted shipd counts from 0, so each total goes on
+// from what the shipd processes before it left in the slot; levels (in flight, lag, the last
+// seq) are this process's own.
 shipd::StatsSinks counter_sinks(StageRuntime& runtime) {
   namespace sc = ship_counter;
+  std::array<std::uint64_t, sc::kCount> before{};
+  for (std::size_t i = 0; i < sc::kCount; ++i) before[i] = runtime.counter(i).load();
+  const auto total = [&runtime, before](std::size_t i, std::uint64_t mine) {
+    runtime.counter(i).store(before[i] + mine);
+  };
+  const auto level = [&runtime](std::size_t i, std::uint64_t now) {
+    runtime.counter(i).store(now);
+  };
   shipd::StatsSinks sinks;
-  sinks.ship = [&runtime](const shipd::ShipStats& s) {
-    runtime.counter(sc::kBatchesPublished).store(s.batches_published);
-    runtime.counter(sc::kRecordsPublished).store(s.records_published);
-    runtime.counter(sc::kBatchesAcked).store(s.batches_acked);
-    runtime.counter(sc::kRecordsAcked).store(s.records_acked);
-    runtime.counter(sc::kInflight).store(s.inflight);
-    runtime.counter(sc::kRetried).store(s.rewinds);
-    runtime.counter(sc::kLagBatches).store(s.lag_batches);
-    runtime.counter(sc::kDuplicates).store(s.duplicates);
-    runtime.counter(sc::kConnectFailures).store(s.connect_failures);
-    runtime.counter(sc::kTlsRefused).store(s.tls_refused);
-    runtime.counter(sc::kUnreachableMs).store(s.unreachable_ms);
-    runtime.counter(sc::kStoreErrors).store(s.store_errors);
-    runtime.counter(sc::kShippedSeq).store(s.shipped_seq);
+  sinks.ship = [total, level](const shipd::ShipStats& s) {
+    total(sc::kBatchesPublished, s.batches_published);
+    total(sc::kRecordsPublished, s.records_published);
+    total(sc::kBatchesAcked, s.batches_acked);
+    total(sc::kRecordsAcked, s.records_acked);
+    level(sc::kInflight, s.inflight);
+    total(sc::kRetried, s.rewinds);
+    level(sc::kLagBatches, s.lag_batches);
+    total(sc::kDuplicates, s.duplicates);
+    total(sc::kConnectFailures, s.connect_failures);
+    total(sc::kTlsRefused, s.tls_refused);
+    total(sc::kUnreachableMs, s.unreachable_ms);
+    total(sc::kStoreErrors, s.store_errors);
+    level(sc::kShippedSeq, s.shipped_seq);
   };
-  sinks.ipfix = [&runtime](const shipd::IpfixStats& s) {
-    runtime.counter(sc::kIpfixBatchesExported).store(s.batches_exported);
-    runtime.counter(sc::kIpfixRecordsSent).store(s.records_sent);
-    runtime.counter(sc::kIpfixSendFailures).store(s.send_failures);
-    runtime.counter(sc::kIpfixLagBatches).store(s.lag_batches);
-    runtime.counter(sc::kIpfixExportedSeq).store(s.exported_seq);
+  sinks.ipfix = [total, level](const shipd::IpfixStats& s) {
+    total(sc::kIpfixBatchesExported, s.batches_exported);
+    total(sc::kIpfixRecordsSent, s.records_sent);
+    total(sc::kIpfixSendFailures, s.send_failures);
+    level(sc::kIpfixLagBatches, s.lag_batches);
+    level(sc::kIpfixExportedSeq, s.exported_seq);
   };
-  sinks.kafka = [&runtime](const shipd::KafkaStats& s) {
-    runtime.counter(sc::kKafkaBatchesDelivered).store(s.batches_delivered);
-    runtime.counter(sc::kKafkaRecordsDelivered).store(s.records_delivered);
-    runtime.counter(sc::kKafkaDeliveryFailures).store(s.delivery_failures);
-    runtime.counter(sc::kKafkaLagBatches).store(s.lag_batches);
-    runtime.counter(sc::kKafkaExportedSeq).store(s.exported_seq);
+  sinks.kafka = [total, level](const shipd::KafkaStats& s) {
+    total(sc::kKafkaBatchesDelivered, s.batches_delivered);
+    total(sc::kKafkaRecordsDelivered, s.records_delivered);
+    total(sc::kKafkaDeliveryFailures, s.delivery_failures);
+    level(sc::kKafkaLagBatches, s.lag_batches);
+    level(sc::kKafkaExportedSeq, s.exported_seq);
   };
   return sinks;
 }
@@ -102,6 +114,10 @@ int run_supervised(StageRuntime& runtime) {
   try {
     if (key_fd >= 0) key_pem = read_key_fd(key_fd);
     settings = shipd::output_settings(config, std::move(key_pem));
+    // An earlier shipd of this run acked batches: their repeated acks are not counted again.
+    if (settings.ship && runtime.counter(ship_counter::kBatchesAcked).load() > 0) {
+      settings.ship->counted_through = runtime.counter(ship_counter::kShippedSeq).load();
+    }
   } catch (const ConfigError& e) {
     spdlog::error("config: {}", e.what());
     return exit_code::kConfig;

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ struct PublisherSettings {
   std::string subject_prefix = "flowseal";
   std::int64_t max_inflight = 256;
   std::chrono::milliseconds ack_wait{5000};
+  // A restarted shipd: the last batch seq an earlier shipd of this run counted as acked. The
+  // successor resumes from the durable position, which may lie before it, and the acks it
+  // gets again for those batches (the server's repeats) are not counted twice.
+  std::optional<std::uint64_t> counted_through;
 };
 
 struct PublishOutcome {

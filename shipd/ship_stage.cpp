@@ -119,6 +119,7 @@ class ShipOutput final : public StoreOutput {
              std::function<void(const ShipStats&)> publish)
       : dir_(config.writer.dir),
         settings_(settings),
+        counted_through_(settings.counted_through),
         publish_(std::move(publish)),
         position_("ship", dir_, load_position(dir_), save_position_file(dir_)),
         measure_latency_(!config.capture.interface.empty()),
@@ -288,7 +289,8 @@ class ShipOutput final : public StoreOutput {
         latency_.add_latency_ns(acked_ns - due);
       }
       position_.advance(inflight_.front().seq);
-      if (!inflight_.front().gap_marker) {
+      const bool counted_before = counted_through_ && inflight_.front().seq <= *counted_through_;
+      if (!inflight_.front().gap_marker && !counted_before) {
         ++stats_.batches_acked;
         stats_.records_acked += inflight_.front().records;
       }
@@ -326,6 +328,7 @@ class ShipOutput final : public StoreOutput {
         // pending one's outcome would otherwise be waited for for ever: drained()).
         markers_sent_.clear();
         passed_pending_.clear();
+        counted_through_.reset();  // the earlier shipd's seqs were of the old stream
         looked_before_drained_ = false;
         continue;
       }
@@ -510,6 +513,7 @@ class ShipOutput final : public StoreOutput {
 
   fs::path dir_;
   const PublisherSettings& settings_;
+  std::optional<std::uint64_t> counted_through_;  // see PublisherSettings::counted_through
   std::function<void(const ShipStats&)> publish_;
   OutputPosition position_;
   const bool measure_latency_;

@@ -56,8 +56,9 @@ std::string ship_figures(const ControlBlock& control, bool summary) {
           : std::string());
 }
 
-// The Kafka export's figures for the summary. The delivered counts are the last shipd
-// process's (a restarted shipd counts from 0); the lag is the store's, whoever delivered.
+// The Kafka export's figures for the summary. The delivered counts are the run's, every shipd
+// process's together (a record delivered again after a restart counts again: at least once);
+// the lag is the store's, whoever delivered.
 std::string kafka_figures(const Config& config, const ControlBlock& control) {
   if (!control.ships() || config.exports.kafka.brokers.empty()) return {};
   namespace sc = ship_counter;

@@ -280,11 +280,16 @@ def test_shipd_restarted_and_killed_mid_run_loses_nothing(tmp_path, cluster, top
         first = shipd_of(st)["pid"]
         r = flowseal("restart", "--instance", instance, "shipd", timeout=120)
         assert r.returncode == 0 and "shipd restarted" in r.stdout, r.stdout + r.stderr
-        # Its successor delivers, and is then SIGKILLed (a crash) with records in flight.
+        # Its successor delivers, and is then SIGKILLed (a crash) with records in flight. The
+        # slot's count is the run's (the successor adds to what its predecessor counted), so
+        # "delivering" is a count past the one seen when the successor was up.
         st = wait_status(instance, run.proc, run.log,
                          lambda s: shipd_of(s)["pid"] not in (0, first)
-                         and shipd_of(s)["state"] == "running"
-                         and kafka_of(s)["records_delivered"] > 0
+                         and shipd_of(s)["state"] == "running", "the successor running")
+        at_start = kafka_of(st)["records_delivered"]
+        st = wait_status(instance, run.proc, run.log,
+                         lambda s: shipd_of(s)["pid"] not in (0, first)
+                         and kafka_of(s)["records_delivered"] > at_start
                          and kafka_of(s)["lag_batches"] > 0, "the successor delivering")
         second = shipd_of(st)["pid"]
         os.kill(second, signal.SIGKILL)

@@ -160,6 +160,52 @@ def test_shipd_restarted_and_killed_mid_run_loses_nothing_and_ships_nothing_twic
     same_as_probe(server, pki, cert, key, tmp_path, store, stored_batches(stderr))
 
 
+def test_the_shipped_count_is_the_runs_across_a_shipd_restart(tmp_path, pki, server, client):
+    """shipd acks some batches, the Core stops, shipd is restarted and its successor ships the
+    rest once the Core is back: the summary's shipped count is every batch, each once (the
+    successor resumes from the durable position, so it gets acks again for batches its
+    predecessor had counted). Before, a restarted shipd's counters started from 0 and
+    replaced the run's."""
+    cert, key = client
+    store = str(tmp_path / "probe")
+    instance = instance_name("count")
+    # One batch in flight at a time: shipping trails the run, so batches are left to ship
+    # after the first ack however fast the machine is.
+    settings = tls_settings(pki, cert, key, server.url) + ["ship.drain_timeout_s=600",
+                                                          "ship.max_inflight=1"]
+    proc = subprocess.Popen(run_args(store, instance, settings, extra=["--set", "capture.loop=20"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = False
+    try:
+        st = wait_status(instance, proc, lambda s: s["ship"]["batches_acked"] > 0,
+                         "a batch acked")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        stopped = True
+        old_pid = shipd_of(st)["pid"]
+        r = flowseal("restart", "--instance", instance, "shipd", timeout=120 * SCALE)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_status(instance, proc, lambda s: shipd_of(s)["pid"] not in (0, old_pid)
+                    and shipd_of(s)["state"] == "running", "the restarted shipd")
+        os.kill(server.proc.pid, signal.SIGCONT)
+        stopped = False
+        _, stderr = proc.communicate(timeout=TIMEOUT * 2 * SCALE)
+    finally:
+        if stopped:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-4000:]
+    assert re.search(r"shipd cpu [^;]* restarts 1;", stderr), stderr[-3000:]
+    batches = stored_batches(stderr)
+    assert summary_int(stderr, r"shipped\s+(\d+) batches") == batches, stderr[-3000:]
+    records = summary_int(stderr, r"sealed (\d+) in \d+ batches")
+    assert summary_int(stderr, r"shipped\s+\d+ batches \((\d+) records\) acked") == records, \
+        stderr[-3000:]
+    assert summary_int(stderr, r"unshipped (\d+) batches") == 0
+    same_as_probe(server, pki, cert, key, tmp_path, store, batches)
+
+
 def test_no_server_ends_the_run_after_the_drain_timeout_with_exit_75_and_the_count(tmp_path, pki,
                                                                                    client):
     cert, key = client
