@@ -127,7 +127,7 @@ def run_scenarios(flowseal, rates, extra=(), seed=1):
         cpu = ", ".join(f"{k[6:]} {v:.2f}" for k, v in sorted(fig.items())
                         if k.startswith("cpu_s.") and k != "cpu_s.total")
         lines.append(f"| {rate:,} | {seconds} | {conns:,} | {packets:,} | {int(fig['flows']):,} | "
-                     f"{fig['packets'] / wall:,.0f} | {conns / wall:,.0f} | "
+                     f"{int(fig.get('flows_evicted', 0)):,} | {fig['packets'] / wall:,.0f} | {conns / wall:,.0f} | "
                      f"{fig['drops.ring_full'] + fig['drops.kernel']:,} | "
                      f"{fig['drops.sampled_out']:,} | {cpu} | "
                      f"{fig.get('pss_mib.total_without_file_pages', 0):.1f} MiB |")
