@@ -251,9 +251,16 @@ void CaptureLoop::flush() {
     runtime_.heartbeat();  // waiting on a full ring is alive, not hung
     return live_;
   };
+  // Each shard's resume point is stored as soon as its frame is out: a capture killed while
+  // it waits for room in the next shard's ring (downstream restarting) leaves no published
+  // frame uncounted, so its successor neither resumes early nor shows flowd ahead of it.
+  const auto published = [this](std::size_t shard, std::uint64_t next_seq) {
+    counter(kShardSeqCounter + shard).store(next_seq);
+  };
   // Live: not a moment's sleep on a full ring, or the kernel's buffer overflows meanwhile.
   if (!batcher_.flush(rings_.rings(), rate_, give_up,
-                      live_ ? std::chrono::milliseconds(0) : std::chrono::milliseconds(50))) {
+                      live_ ? std::chrono::milliseconds(0) : std::chrono::milliseconds(50),
+                      published)) {
     const std::size_t lost = batcher_.discard();
     ring_dropped_ += lost;
     if (writer_stalled_since_.load(std::memory_order_relaxed) != 0) {

@@ -113,7 +113,8 @@ void PacketBatcher::write_frame(std::span<std::byte> slot, std::size_t shard_ind
 }
 
 bool PacketBatcher::flush(std::span<RingProducer* const> rings, float sampling_rate,
-                          const std::function<bool()>& give_up, std::chrono::milliseconds wait) {
+                          const std::function<bool()>& give_up, std::chrono::milliseconds wait,
+                          const Published& published) {
   for (std::size_t s = 0; s < shards_.size(); ++s) {
     Shard& shard = shards_[s];
     if (shard.refs.empty()) continue;
@@ -131,6 +132,7 @@ bool PacketBatcher::flush(std::span<RingProducer* const> rings, float sampling_r
     shard.next_seq += shard.refs.size();
     shard.data.clear();
     shard.refs.clear();
+    if (published) published(s, shard.next_seq);
   }
   return true;
 }

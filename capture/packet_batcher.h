@@ -35,9 +35,13 @@ class PacketBatcher {
   // Writes each shard's pending batch to rings[shard] and publishes. Waits while a ring is
   // full (up to `wait` at a time: zero for a live capture), asking give_up() between waits;
   // false if it gave up (nothing is lost from the batcher: unwritten batches stay staged).
+  // `published(shard, next_seq)` is called right after each shard's frame is published, so
+  // a caller can record that shard's progress before waiting on the next shard's ring.
+  using Published = std::function<void(std::size_t shard, std::uint64_t next_seq)>;
   bool flush(std::span<RingProducer* const> rings, float sampling_rate,
              const std::function<bool()>& give_up,
-             std::chrono::milliseconds wait = std::chrono::milliseconds(50));
+             std::chrono::milliseconds wait = std::chrono::milliseconds(50),
+             const Published& published = {});
 
   // Live capture with a full ring: forgets what is staged and returns how many packets.
   std::size_t discard();

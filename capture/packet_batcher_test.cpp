@@ -218,5 +218,40 @@ TEST_CASE("a batch that finds its ring full stays staged until it fits") {
   CHECK(batch.getData().size() == 3000);
 }
 
+TEST_CASE("each shard's progress is reported as soon as its frame is out, before the next waits") {
+  // Shard 0's ring has room, shard 1's is full: a capture killed while it waits on shard 1
+  // must already have recorded shard 0's frame (RELIABILITY.md, capture finding 2).
+  LocalRing memory0(16384), memory1(16384);
+  RingProducer producer0(memory0.memory()), producer1(memory1.memory());
+  RingProducer* rings[] = {&producer0, &producer1};
+  PacketBatcher batcher(2, 64, 1 << 20);
+  const std::vector<std::uint8_t> bytes(1000, 0xab);
+  Packet packet;
+  packet.bytes = bytes;
+  packet.wire_len = 1000;
+  // Fill shard 1's ring (nobody consumes it).
+  std::vector<std::pair<std::size_t, std::uint64_t>> reported;
+  const auto report = [&](std::size_t shard, std::uint64_t next) {
+    reported.emplace_back(shard, next);
+  };
+  const auto give_up = [] { return true; };
+  for (int frames = 0;; ++frames) {
+    REQUIRE(frames < 30);
+    for (int i = 0; i < 3; ++i) batcher.add(1, packet, 7, 65535);
+    if (!batcher.flush(rings, 1.0f, give_up, std::chrono::milliseconds(0), report)) break;
+  }
+  CHECK(batcher.pending_packets() == 3);
+  const std::uint64_t shard1_next = batcher.next_seq(1);
+  reported.clear();
+  // A flush with both shards staged: shard 0 goes out and is reported, shard 1 gives up.
+  for (int i = 0; i < 2; ++i) batcher.add(0, packet, 7, 65535);
+  CHECK_FALSE(batcher.flush(rings, 1.0f, give_up, std::chrono::milliseconds(0), report));
+  REQUIRE(reported.size() == 1);
+  CHECK(reported[0] == std::pair<std::size_t, std::uint64_t>{0, 2});
+  CHECK(batcher.next_seq(0) == 2);
+  CHECK(batcher.next_seq(1) == shard1_next);
+  CHECK(batcher.pending_packets() == 3);  // shard 1's batch stays staged
+}
+
 }  // namespace
 }  // namespace flowseal::capture

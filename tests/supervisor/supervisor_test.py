@@ -325,7 +325,9 @@ def chaos_kills(tmp, dedup):
 
     def action(r):
         kills.update(kill_in_turn(r, ROUNDS, tag))
-    out, r, code = disturbed_run(tmp, tag, [] if dedup else NO_DEDUP, action)
+    # LONG_LOOP: two rounds of five kills outlasted LOOP's input on a quiet fast machine (the
+    # dedup run ended after the first round: no stage crashed twice to show the backoff grow).
+    out, r, code = disturbed_run(tmp, tag, [] if dedup else NO_DEDUP, action, LONG_LOOP)
     say(f"   kills: {kills}")
     if os.environ.get("FLOWSEAL_TEST_VERBOSE"):
         say(r.text())
@@ -340,9 +342,10 @@ def chaos_kills(tmp, dedup):
         if kills[s]:
             assert re.search(rf"{s}(\[\d+\])? ended \(killed by SIGKILL\); restarting in \d+ ms",
                              text), f"{tag}: the crash of {s} and its backoff are logged"
-    assert "restarting in 200 ms" in text or ROUNDS < 2, \
-        f"{tag}: the backoff grows for a stage that crashes again"
-    compare(tmp, out, tag, dedup)
+    if any(k >= 2 for k in kills.values()):
+        assert "restarting in 200 ms" in text, \
+            f"{tag}: the backoff grows for a stage that crashes again"
+    compare(tmp, out, tag, dedup, loop=LONG_LOOP)
 
 
 def test_chaos_kills(tmp):
