@@ -215,12 +215,9 @@ void CaptureLoop::read_pressure() {
   // buy nothing but a result that depends on how busy the machine was, and a restarted capture
   // could not tell which packets it had left out before. flowd's shorter timeouts and held
   // table (flows ended early, every packet kept) and dedupd's cap bound the memory instead.
-  if (!live_) {
-    rate_ = 1.0f;
-    keep_ = static_cast<std::size_t>(config_.snaplen);
-    return;
-  }
-  const std::uint32_t level = runtime_.control().pressure_level.load(std::memory_order_relaxed);
+  // So offline, capture reads every level as LOW.
+  const std::uint32_t level =
+      live_ ? runtime_.control().pressure_level.load(std::memory_order_relaxed) : 0;
   rate_ = sampling_rate_for(level);
   keep_ = payload_keep_for(level, static_cast<std::size_t>(config_.snaplen));
 }
@@ -251,9 +248,11 @@ void CaptureLoop::flush() {
     runtime_.heartbeat();  // waiting on a full ring is alive, not hung
     return live_;
   };
-  // Each shard's resume point is stored as soon as its frame is out: a capture killed while
-  // it waits for room in the next shard's ring (downstream restarting) leaves no published
-  // frame uncounted, so its successor neither resumes early nor shows flowd ahead of it.
+  // Each shard's resume point is stored as soon as its frame is out (and only there: nothing
+  // else moves it): a capture killed while it waits for room in the next shard's ring
+  // (downstream restarting) leaves no published frame uncounted, so its successor neither
+  // resumes early nor shows flowd ahead of it. Only a kill between a publish and this store
+  // still can.
   const auto published = [this](std::size_t shard, std::uint64_t next_seq) {
     counter(kShardSeqCounter + shard).store(next_seq);
   };
@@ -278,9 +277,6 @@ void CaptureLoop::flush() {
     published_ += pending;
   }
   counter(capture_counter::kPublished).store(published_);
-  for (std::size_t s = 0; s < shards_; ++s) {
-    counter(kShardSeqCounter + s).store(batcher_.next_seq(s));
-  }
 }
 
 bool CaptureLoop::take(Packet& packet) {
