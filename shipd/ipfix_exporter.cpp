@@ -295,7 +295,9 @@ class IpfixOutput final : public StoreOutput {
             "(retention): their records never reach the collector",
             *upto + 1, seq - 1, dir_.string());
       }
-      if (!send_batch(*frame)) break;
+      const bool sent = send_batch(*frame);
+      follower_.recycle(std::move(frame->message));
+      if (!sent) break;
       position_.advance(seq);
       backoff_ = std::chrono::milliseconds(200);
       last_failure_.clear();

@@ -100,8 +100,7 @@ void IpfixMapper::map(schema::FlowEvent::Reader event, std::vector<IpfixRecord>&
     if (kind == schema::EventKind::START) return;
     const EventId id{event.getUid(),
                      (static_cast<std::uint64_t>(kind) << 32) | event.getEventNumber()};
-    if (recent_.count(id) != 0 ||
-        std::find(pending_ids_.begin(), pending_ids_.end(), id) != pending_ids_.end()) {
+    if (recent_.contains(id)) {
       ++repeats_;
       return;
     }
@@ -156,7 +155,7 @@ void IpfixMapper::map(schema::FlowEvent::Reader event, std::vector<IpfixRecord>&
         sent_.erase(it);
       }
     }
-    pending_ids_.push_back(id);
+    recent_.add_pending(id);
 
     if (mode_ == IpfixMode::kBiflow) {
       IpfixRecord& r = out.emplace_back(base);
@@ -190,15 +189,7 @@ void IpfixMapper::map(schema::FlowEvent::Reader event, std::vector<IpfixRecord>&
 }
 
 void IpfixMapper::commit() {
-  for (const EventId& id : pending_ids_) {
-    recent_.insert(id);
-    recent_order_.push_back(id);
-    if (recent_order_.size() > kRecentEvents) {
-      recent_.erase(recent_order_.front());
-      recent_order_.pop_front();
-    }
-  }
-  pending_ids_.clear();
+  recent_.commit();
   undo_.clear();
 }
 
@@ -211,7 +202,7 @@ void IpfixMapper::rollback() {
     }
   }
   undo_.clear();
-  pending_ids_.clear();
+  recent_.rollback();
 }
 
 std::string IpfixMapper::save() const {

@@ -38,17 +38,16 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <fixbuf/public.h>
 
 #include "flowseal.capnp.h"
+#include "shipd/recent_event_ids.h"
 
 namespace flowseal::shipd {
 
@@ -129,25 +128,13 @@ class IpfixMapper {
   bool load(std::string_view text, std::string& why);
 
  private:
-  struct EventId {
-    std::uint64_t uid;
-    std::uint64_t kind_and_number;
-    bool operator==(const EventId&) const = default;
-  };
-  struct EventIdHash {
-    std::size_t operator()(const EventId& id) const {
-      return std::hash<std::uint64_t>()(id.uid * 0x9E3779B97F4A7C15ull ^ id.kind_and_number);
-    }
-  };
   void remember(std::uint64_t uid, const std::optional<Sent>& before);
 
   IpfixMode mode_;
   std::unordered_map<std::uint64_t, Sent> sent_;
   // Undo log of the pending batch: each touched flow's state before it (nullopt: absent).
   std::vector<std::pair<std::uint64_t, std::optional<Sent>>> undo_;
-  std::unordered_set<EventId, EventIdHash> recent_;
-  std::deque<EventId> recent_order_;
-  std::vector<EventId> pending_ids_;
+  RecentEventIds recent_{kRecentEvents};
   std::uint64_t repeats_ = 0;
   std::uint64_t malformed_ = 0;
   std::uint64_t untracked_ = 0;

@@ -393,6 +393,7 @@ class KafkaOutput final : public StoreOutput {
           return;
         }
       }
+      follower_.recycle(std::move(pending_->words));
       pending_.reset();
     } catch (const kj::Exception& e) {
       // The follower's reader decoded this batch already; a copy that does not is a bug.

@@ -158,13 +158,12 @@ std::optional<StoredFrame> SegmentFollower::next() {
         newest_seen_ = std::max(newest_seen_.value_or(0), frame.batch.seq);
         if (after_ && frame.batch.seq <= *after_) continue;
         after_ = frame.batch.seq;
-        StoredFrame stored{
-            reader_->header(), frame, ship::encode_frame(frame, reader_->compressed()), {}, 0};
+        StoredFrame stored{reader_->header(), frame, {}, {}, 0};
         if (with_message_) {
-          const std::span<const std::byte> message = reader_->message();
-          stored.message.resize((message.size() + 7) / 8);
-          std::memcpy(stored.message.data(), message.data(), message.size());
-          stored.message_bytes = message.size();
+          stored.message = reader_->take_message(stored.message_bytes, std::move(spare_));
+          spare_ = {};
+        } else {
+          stored.bytes = ship::encode_frame(frame, reader_->compressed());
         }
         return stored;
       }

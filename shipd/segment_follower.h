@@ -25,11 +25,13 @@
 namespace flowseal::shipd {
 
 struct StoredFrame {
-  segment::FileHeader file;         // the segment's header: stream id, key id
-  segment::FrameHeader frame;       // seq, times, record count
-  std::vector<std::uint8_t> bytes;  // frame header + zstd bytes, as stored
-  // With FollowerOptions::with_message: the SealedBatch message rebuilt from the stored
-  // columns (8-byte aligned words), of message_bytes bytes; empty otherwise.
+  segment::FileHeader file;    // the segment's header: stream id, key id
+  segment::FrameHeader frame;  // seq, times, record count
+  // Without `with_message`: frame header + zstd bytes, as stored (what shipping publishes).
+  std::vector<std::uint8_t> bytes;
+  // With `with_message`: the SealedBatch message rebuilt from the stored columns (8-byte
+  // aligned words), of message_bytes bytes; `bytes` is then empty (the exporters need only
+  // the records).
   std::vector<std::uint64_t> message;
   std::size_t message_bytes = 0;
 };
@@ -44,6 +46,9 @@ class SegmentFollower {
 
   // The next durable batch after the last one handed out, or nullopt if there is none yet.
   std::optional<StoredFrame> next();
+  // Hands back a StoredFrame's message once its records are used: its storage takes the
+  // next batch's message (with_message), so following a store does not allocate per batch.
+  void recycle(std::vector<std::uint64_t>&& message) { spare_ = std::move(message); }
   // Starts again after `after` (a failed publish: everything after the last ack is re-read).
   void rewind(std::optional<std::uint64_t> after);
 
@@ -74,6 +79,7 @@ class SegmentFollower {
   std::uint64_t errors_ = 0;
   std::string last_error_;
   std::optional<std::uint64_t> newest_seen_;
+  std::vector<std::uint64_t> spare_;  // recycled message storage
 };
 
 }  // namespace flowseal::shipd

@@ -146,6 +146,38 @@ TEST_CASE("a frame handed out is the stored frame: it decodes to the batch store
   }
 }
 
+TEST_CASE(
+    "with messages, each batch handed out carries its own decoded records, still whole after "
+    "the follower read the next ones") {
+  TempDir dir;
+  auto store = make_store(dir.path, 600);
+  for (std::uint64_t s = 0; s < 6; ++s) append(store, s);
+  SegmentFollower follower(dir.path, std::nullopt, /*with_message=*/true);
+  std::vector<flowseal::shipd::StoredFrame> frames;
+  while (auto frame = follower.next()) frames.push_back(std::move(*frame));
+  REQUIRE(frames.size() == 6);
+  for (std::uint64_t s = 0; s < frames.size(); ++s) {
+    const flowseal::shipd::StoredFrame& frame = frames[s];
+    CHECK(frame.bytes.empty());  // the exporters read the records, never the stored bytes
+    REQUIRE(frame.message_bytes > 0);
+    REQUIRE(frame.message.size() * 8 >= frame.message_bytes);
+    capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(
+        reinterpret_cast<const capnp::word*>(frame.message.data()), frame.message_bytes / 8));
+    // The batch as appended: its seq and its records' uids.
+    const std::vector<std::byte> expected = batch_bytes(s);
+    capnp::FlatArrayMessageReader appended(kj::ArrayPtr<const capnp::word>(
+        reinterpret_cast<const capnp::word*>(expected.data()), expected.size() / 8));
+    const auto got = reader.getRoot<schema::SealedBatch>();
+    const auto want = appended.getRoot<schema::SealedBatch>();
+    CHECK(got.getHeader().getSeq() == s);
+    REQUIRE(got.getRecords().size() == want.getRecords().size());
+    for (unsigned i = 0; i < got.getRecords().size(); ++i) {
+      CHECK(got.getRecords()[i].getUid() == want.getRecords()[i].getUid());
+      CHECK(got.getRecords()[i].getOrig().getBytes() == want.getRecords()[i].getOrig().getBytes());
+    }
+  }
+}
+
 TEST_CASE("a .part ending inside a frame is not damage: the frame is read once whole") {
   TempDir dir;
   auto store = make_store(dir.path);

@@ -865,6 +865,39 @@ class ColumnDecoder {
 
 }  // namespace
 
+namespace {
+
+kj::Array<capnp::word> zeroed_words(std::size_t words) {
+  kj::Array<capnp::word> array = kj::heapArray<capnp::word>(words);
+  std::memset(array.begin(), 0, array.asBytes().size());
+  return array;
+}
+
+// `segments` as one flat-array message (the segment table, then each segment) in `out`,
+// whose storage is reused; returns its size in bytes. What capnp::messageToFlatArray makes,
+// without a buffer of its own to copy out of.
+std::size_t write_flat_array(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                             std::vector<std::uint64_t>& out) {
+  const std::size_t table_words = segments.size() / 2 + 1;  // count-1 and sizes, 32 bits each
+  std::size_t words = table_words;
+  for (const auto& segment : segments) words += segment.size();
+  out.resize(words);
+  auto* table = reinterpret_cast<std::uint32_t*>(out.data());
+  table[0] = static_cast<std::uint32_t>(segments.size() - 1);
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    table[i + 1] = static_cast<std::uint32_t>(segments[i].size());
+  }
+  if (segments.size() % 2 == 0) table[segments.size() + 1] = 0;  // padding to a whole word
+  std::size_t at = table_words;
+  for (const auto& segment : segments) {
+    std::memcpy(out.data() + at, segment.begin(), segment.size() * sizeof(capnp::word));
+    at += segment.size();
+  }
+  return words * sizeof(capnp::word);
+}
+
+}  // namespace
+
 struct BatchCodec::State {
   ColumnOptions options;
   packet::Sha1 sha1;  // Without SHA-1 no Community ID is left out, and none can be rebuilt
@@ -872,6 +905,10 @@ struct BatchCodec::State {
   std::vector<std::uint8_t> direction_bits = known_direction_bits();
   ColumnEncoder encoder;
   std::vector<capnp::word> aligned;
+  // The decoder's first message segment, reused batch after batch: zero except while a
+  // decode builds in it (the builder zeroes what it used as it ends). Grown to what a batch
+  // needed when it took more segments, so a store's batches are built without allocating.
+  kj::Array<capnp::word> first_segment = kj::heapArray<capnp::word>(0);
 
   bool fits_columns(FlowEvent::Reader record) const;
   bool encode_columns(std::span<const std::byte> message, std::vector<std::uint8_t>& out);
@@ -1064,8 +1101,11 @@ std::optional<std::string> BatchCodec::State::decode_columns(
   Prologue p;
   if (auto problem = read_prologue(body, layout, expected_records, p)) return problem;
   ColumnDecoder decoder(std::move(p.columns), layout, sha1, p.seed, kPow10[p.scale]);
+  // About 40 words a record: a batch that needs more takes more segments, once (below).
+  if (first_segment.size() == 0) first_segment = zeroed_words(64 + p.records * 48);
+  std::size_t words_used = 0;
   try {
-    capnp::MallocMessageBuilder builder;
+    capnp::MallocMessageBuilder builder(first_segment);
     auto batch = builder.initRoot<schema::SealedBatch>();
     if (!set_header(batch, p.header)) return "the signed header is not in canonical form";
     if (p.signature) batch.setSignature({p.signature->data(), p.signature->size()});
@@ -1075,14 +1115,17 @@ std::optional<std::string> BatchCodec::State::decode_columns(
       if (!decoder.read(i, records[static_cast<unsigned>(i)])) break;
     }
     if (auto problem = decoder.finish()) return problem;
-    const kj::Array<capnp::word> flat = capnp::messageToFlatArray(builder);
-    out.resize(flat.size());
-    std::memcpy(out.data(), flat.begin(), flat.asBytes().size());
-    out_bytes = flat.asBytes().size();
-    return std::nullopt;
+    const auto segments = builder.getSegmentsForOutput();
+    out_bytes = write_flat_array(segments, out);
+    if (segments.size() > 1) {
+      for (const auto& segment : segments) words_used += segment.size();
+    }
   } catch (const kj::Exception& e) {
     return fmt::format("the batch cannot be rebuilt: {}", e.getDescription().cStr());
   }
+  // The builder is gone (it zeroed what it used): the next batch like this one fits in one.
+  if (words_used > first_segment.size()) first_segment = zeroed_words(words_used + words_used / 8);
+  return std::nullopt;
 }
 
 }  // namespace flowseal::segment

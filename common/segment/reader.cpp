@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include <fmt/format.h>
 #include <zstd.h>
@@ -110,6 +111,14 @@ bool SegmentReader::read_at(std::uint64_t offset, std::span<std::uint8_t> out) {
 
 std::span<const std::byte> SegmentReader::message() const {
   return {reinterpret_cast<const std::byte*>(message_.data()), message_bytes_};
+}
+
+std::vector<std::uint64_t> SegmentReader::take_message(std::size_t& bytes,
+                                                       std::vector<std::uint64_t> storage) {
+  bytes = message_bytes_;
+  message_bytes_ = 0;
+  storage.clear();
+  return std::exchange(message_, std::move(storage));
 }
 
 void SegmentReader::seek(std::uint64_t offset) {

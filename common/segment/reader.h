@@ -78,6 +78,12 @@ class SegmentReader {
   // The SealedBatch message of the last frame, rebuilt from its columns (columns.h), 8-byte
   // aligned for Cap'n Proto; valid until the next call to next().
   std::span<const std::byte> message() const;
+  // Moves the last frame's message out (message() is empty after), with its size in bytes:
+  // for a caller that keeps it past the next call to next(), without a copy. `storage`: a
+  // buffer for the next frames' messages (one handed out before and done with), so that
+  // reading does not allocate and fault in fresh memory for every batch.
+  std::vector<std::uint64_t> take_message(std::size_t& bytes,
+                                          std::vector<std::uint64_t> storage = {});
 
   // Offset just past the last whole frame read (the file header's end before any).
   std::uint64_t end_of_frames() const { return end_of_frames_; }
