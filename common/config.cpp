@@ -524,6 +524,10 @@ const std::vector<KeySpec>& key_table() {
         "export.kafka.compression", [](Config & c) -> auto& { return c.exports.kafka.compression; },
         {"zstd", "lz4", "snappy", "gzip", "none"},
         "compression of the record batches sent to Kafka (lz4: less CPU, larger)"));
+    t.push_back(int_key(
+        "export.kafka.compression_level",
+        [](Config & c) -> auto& { return c.exports.kafka.compression_level; }, -1, 12,
+        "level of that compression (-1: the codec's default; 1: zstd's fastest)"));
     return t;
   }();
   return table;

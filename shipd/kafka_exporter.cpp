@@ -199,6 +199,7 @@ KafkaSettings kafka_settings(const Config& config) {
       {"enable.idempotence", "true"},
       {"acks", "all"},
       {"compression.type", kafka.compression},
+      {"compression.level", std::to_string(kafka.compression_level)},
       {"queue.buffering.max.kbytes", std::to_string(queue_kb)},  // librdkafka's: 1 GiB
       {"queue.buffering.max.messages", std::to_string(queue_messages)},
   };
@@ -216,18 +217,23 @@ KafkaSettings kafka_settings(const Config& config) {
   return settings;
 }
 
-std::string kafka_key(schema::FlowEvent::Reader record, const EVP_MD* sha1, std::uint16_t seed) {
+void kafka_key(schema::FlowEvent::Reader record, const EVP_MD* sha1, std::uint16_t seed,
+               std::string& key) {
   if (record.getKind() == schema::EventKind::SUMMARY) {
     const auto orig = record.getOrigAddr();
     const auto resp = record.getRespAddr();
     const packet::CommunityIdText id = packet::community_id(
         sha1, seed, record.getProto(), {orig.begin(), orig.size()}, {resp.begin(), resp.size()}, 0,
         static_cast<std::uint16_t>(record.getRespPort()));
-    if (id.size > 0) return std::string(id.view());
-  } else if (record.getCommunityId().size() > 0) {
-    return std::string(record.getCommunityId().begin(), record.getCommunityId().size());
+    if (id.size > 0) {
+      key.assign(id.view());
+      return;
+    }
+  } else if (const auto id = record.getCommunityId(); id.size() > 0) {
+    key.assign(id.begin(), id.size());
+    return;
   }
-  return record::uid_text(record.getUid());  // no id could be made: one flow, one partition
+  key = record::uid_text(record.getUid());  // no id could be made: one flow, one partition
 }
 
 void DeliveryLedger::produced_batch(std::uint64_t seq, std::uint32_t records) {
@@ -404,11 +410,11 @@ class KafkaOutput final : public StoreOutput {
 
   // One record; false when librdkafka did not take it (waits, or rewinds next pass).
   bool produce(schema::FlowEvent::Reader record) {
-    const std::string value =
-        record::to_json_line(record, {pending_->stream, pending_->seq, pending_->next});
-    const rd_kafka_resp_err_t err = producer_->produce(
-        settings_.topic, kafka_key(record, sha1_.get(), settings_.community_id_seed), value,
-        pending_->seq);
+    value_.clear();
+    record::append_json_line(value_, record, {pending_->stream, pending_->seq, pending_->next});
+    kafka_key(record, sha1_.get(), settings_.community_id_seed, key_);
+    const rd_kafka_resp_err_t err =
+        producer_->produce(settings_.topic, key_, value_, pending_->seq);
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
       ++stats_.queue_full;  // waits for deliveries: the store holds the rest
       log_.warn("queue full",
@@ -462,6 +468,9 @@ class KafkaOutput final : public StoreOutput {
   std::unique_ptr<Producer> producer_;
   std::optional<PendingBatch> pending_;
   bool queue_full_ = false;
+  // One record's key and JSON line, reused (librdkafka copies them).
+  std::string key_;
+  std::string value_;
 };
 
 }  // namespace

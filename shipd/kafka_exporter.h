@@ -72,8 +72,10 @@ struct KafkaStats {
   std::uint64_t exported_seq = 0;  // last wholly delivered batch (0 with none)
 };
 
-// The Kafka message key of `record` (see above). `sha1` from EVP_MD_fetch.
-std::string kafka_key(schema::FlowEvent::Reader record, const EVP_MD* sha1, std::uint16_t seed);
+// The Kafka message key of `record` (see above) into `key` (replaced). `sha1` from
+// EVP_MD_fetch.
+void kafka_key(schema::FlowEvent::Reader record, const EVP_MD* sha1, std::uint16_t seed,
+               std::string& key);
 
 // Which produced batches are wholly delivered: batches enter in stream order with their
 // record count; each delivery report names its batch. position_after_reports() pops the

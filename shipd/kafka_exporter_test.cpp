@@ -80,6 +80,11 @@ TEST_CASE(
 TEST_CASE("the key is the Community ID; a summary's is its group's, source port 0") {
   std::unique_ptr<EVP_MD, decltype(&EVP_MD_free)> sha1(EVP_MD_fetch(nullptr, "SHA1", nullptr),
                                                        &EVP_MD_free);
+  std::string key = "a previous record's key, longer than any key";
+  const auto key_of = [&](schema::FlowEvent::Reader record) {
+    flowseal::shipd::kafka_key(record, sha1.get(), 0, key);
+    return key;
+  };
   capnp::MallocMessageBuilder message;
   auto e = message.initRoot<schema::FlowEvent>();
   const std::uint8_t orig[4] = {10, 0, 0, 1};
@@ -91,22 +96,22 @@ TEST_CASE("the key is the Community ID; a summary's is its group's, source port 
   e.setProto(6);
   e.setCommunityId("1:flowid");
   e.setKind(schema::EventKind::END);
-  CHECK(flowseal::shipd::kafka_key(e.asReader(), sha1.get(), 0) == "1:flowid");
+  CHECK(key_of(e.asReader()) == "1:flowid");
 
   e.setKind(schema::EventKind::SUMMARY);
-  const std::string group = flowseal::shipd::kafka_key(e.asReader(), sha1.get(), 0);
+  const std::string group = key_of(e.asReader());
   CHECK(group.rfind("1:", 0) == 0);
   CHECK(group.size() == 30);
   e.setOrigPort(40001);  // another folded flow's source port: the same group, the same key
-  CHECK(flowseal::shipd::kafka_key(e.asReader(), sha1.get(), 0) == group);
+  CHECK(key_of(e.asReader()) == group);
   e.setRespPort(8443);
-  CHECK(flowseal::shipd::kafka_key(e.asReader(), sha1.get(), 0) != group);
+  CHECK(key_of(e.asReader()) != group);
 
   e.setKind(schema::EventKind::START);
   e.setCommunityId("");
   e.setUid(99);
   // No id: the uid text.
-  CHECK(flowseal::shipd::kafka_key(e.asReader(), sha1.get(), 0) == flowseal::record::uid_text(99));
+  CHECK(key_of(e.asReader()) == flowseal::record::uid_text(99));
 }
 
 TEST_CASE(

@@ -469,9 +469,14 @@ std::string to_json_line(schema::FlowEvent::Reader e) {
 }
 
 std::string to_json_line(schema::FlowEvent::Reader e, const SealedAt& sealed) {
-  static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(1152);
+  append_json_line(out, e, sealed);
+  return out;
+}
+
+void append_json_line(std::string& out, schema::FlowEvent::Reader e, const SealedAt& sealed) {
+  static constexpr char kHex[] = "0123456789abcdef";
   append_json_members(out, e);
   out += ",\"event_id\":\"";
   append_event_id(out, e);
@@ -483,7 +488,6 @@ std::string to_json_line(schema::FlowEvent::Reader e, const SealedAt& sealed) {
   append_member(out, "\",\"batch_seq\":", sealed.batch_seq);
   append_member(out, ",\"leaf_index\":", sealed.leaf_index);
   out += '}';
-  return out;
 }
 
 }  // namespace flowseal::record

@@ -60,6 +60,8 @@ struct SealedAt {
 // to_json_line(event) with `,"event_id":"...","stream_id":"<hex>","batch_seq":N,
 // "leaf_index":N` before its closing brace: every other byte is cat's line.
 std::string to_json_line(schema::FlowEvent::Reader event, const SealedAt& sealed);
+// The same line appended to `out` (an exporter reuses one buffer for every record).
+void append_json_line(std::string& out, schema::FlowEvent::Reader event, const SealedAt& sealed);
 // `#separator` .. `#types` lines of a Zeek conn-style TSV log (each ends with '\n').
 std::string tsv_header(std::string_view open_time);
 std::string to_tsv_line(schema::FlowEvent::Reader event);
