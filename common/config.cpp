@@ -433,6 +433,10 @@ const std::vector<KeySpec>& key_table() {
         [](Config & c) -> auto& { return c.supervisor.restart_window_s; }, 1, 2592000,
         "s a stage's failure counts toward max_restarts and its backoff; quiet this long, the "
         "stage starts afresh"));
+    t.push_back(int_key(
+        "supervisor.shipd_nice", [](Config & c) -> auto& { return c.supervisor.shipd_nice; }, 0, 19,
+        "added to shipd's nice value: shipping and exports yield the CPU to the capture path "
+        "and catch up from the store"));
     t.push_back(user_key(
         "supervisor.user", [](Config & c) -> auto& { return c.supervisor.user; },
         "run as root: flowd, dedupd, signerd and writerd run as this user (empty: as the "

@@ -124,6 +124,9 @@ struct SupervisorConfig {
   // and a status page at /. "HOST:PORT" (an IP literal, [v6]:PORT for IPv6); empty: off.
   std::string http_listen;
   bool http_allow_remote = false;  // permit a non-loopback http_listen address
+  // Added to shipd's nice value: the one stage whose lag costs nothing (the store is its
+  // buffer) gives way to the capture path when the CPU is short, and takes what is left.
+  std::int64_t shipd_nice = 10;
 };
 
 // shipd (shipd/): every durable batch to a NATS JetStream Core over mutual TLS. Off while

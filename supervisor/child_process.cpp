@@ -93,6 +93,10 @@ ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv,
     } else if (options.pass_fd >= 0) {
       dup2(options.pass_fd, kPassedFd);
     }
+    // Lowering one's own priority needs no privilege; a failure leaves it as it was.
+    if (options.nice > 0) {
+      [[maybe_unused]] const int niced = ::nice(options.nice);
+    }
     if (options.credentials) {
       if (const int err = switch_user(*options.credentials); err != 0) {
         write_stderr(user_failed);

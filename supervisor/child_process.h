@@ -40,6 +40,7 @@ struct SpawnOptions {
   // Set: the child switches to this user before exec: no supplementary groups, the user's
   // gid and uid, no capabilities left in any set, PR_SET_NO_NEW_PRIVS.
   std::optional<Credentials> credentials;
+  int nice = 0;  // > 0: added to the child's nice value (nice(2)) before exec
 };
 
 class ChildProcess {

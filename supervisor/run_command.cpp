@@ -347,6 +347,9 @@ class ProcessHost final : public StageHost {
     SpawnOptions options;
     if (output_) options.stderr_fd = output_->stage_fd();
     if (kinds_[index] != StageKind::kCapture) options.credentials = user_;
+    if (kinds_[index] == StageKind::kShipd) {
+      options.nice = static_cast<int>(config_.supervisor.shipd_nice);
+    }
     // Opened for each signerd on its own: the file stays root's and 0600.
     UniqueFd key;
     if (user_ && kinds_[index] == StageKind::kSignerd) {

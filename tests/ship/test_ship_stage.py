@@ -160,6 +160,12 @@ def test_shipd_restarted_and_killed_mid_run_loses_nothing_and_ships_nothing_twic
     same_as_probe(server, pki, cert, key, tmp_path, store, stored_batches(stderr))
 
 
+def nice_of(pid):
+    """The nice value of process `pid` (/proc/PID/stat, field 19)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def test_the_shipped_count_is_the_runs_across_a_shipd_restart(tmp_path, pki, server, client):
     """shipd acks some batches, the Core stops, shipd is restarted and its successor ships the
     rest once the Core is back: the summary's shipped count is every batch, each once (the
@@ -182,10 +188,17 @@ def test_the_shipped_count_is_the_runs_across_a_shipd_restart(tmp_path, pki, ser
         os.kill(server.proc.pid, signal.SIGSTOP)
         stopped = True
         old_pid = shipd_of(st)["pid"]
+        # shipd gives way to the capture path (supervisor.shipd_nice, default 10, added to
+        # the supervisor's); the other stages keep the supervisor's priority.
+        own = nice_of(proc.pid)
+        assert nice_of(old_pid) == min(19, own + 10)
+        assert all(nice_of(s["pid"]) == own for s in st["stages"]
+                   if s["stage"] != "shipd" and s["state"] == "running"), st["stages"]
         r = flowseal("restart", "--instance", instance, "shipd", timeout=120 * SCALE)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_status(instance, proc, lambda s: shipd_of(s)["pid"] not in (0, old_pid)
-                    and shipd_of(s)["state"] == "running", "the restarted shipd")
+        st = wait_status(instance, proc, lambda s: shipd_of(s)["pid"] not in (0, old_pid)
+                         and shipd_of(s)["state"] == "running", "the restarted shipd")
+        assert nice_of(shipd_of(st)["pid"]) == min(19, own + 10)
         os.kill(server.proc.pid, signal.SIGCONT)
         stopped = False
         _, stderr = proc.communicate(timeout=TIMEOUT * 2 * SCALE)
