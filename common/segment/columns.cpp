@@ -521,21 +521,14 @@ class Cursor {
   explicit Cursor(std::span<const std::uint8_t> bytes)
       : p_(bytes.data()), end_(p_ + bytes.size()) {}
 
-  // A minimal LEB128 varint no larger than `max`.
+  // A minimal LEB128 varint no larger than `max`. Most column values fit in one byte: that
+  // case inline, the rest out of line.
   std::uint64_t varint(std::uint64_t max) {
-    std::uint64_t v = 0;
-    for (unsigned shift = 0;; shift += 7) {
-      if (p_ == end_) return fail("ends inside a varint");
-      const std::uint8_t b = *p_++;
-      if (shift == 63 && b > 1) return fail("varint longer than 64 bits");
-      v |= std::uint64_t{b & 0x7Fu} << shift;
-      if ((b & 0x80) == 0) {
-        if (b == 0 && shift > 0) return fail("varint not in its shortest form");
-        break;
-      }
+    if (p_ != end_ && *p_ < 0x80) {
+      const std::uint64_t v = *p_++;
+      return v <= max ? v : too_large(v, max);
     }
-    if (v > max) return fail(fmt::format("value {} is larger than {}", v, max));
-    return v;
+    return long_varint(max);
   }
   std::uint64_t u64() {
     if (end_ - p_ < 8) return fail("ends inside an 8-byte value");
@@ -562,6 +555,24 @@ class Cursor {
   }
 
  private:
+  [[gnu::noinline]] std::uint64_t long_varint(std::uint64_t max) {
+    std::uint64_t v = 0;
+    for (unsigned shift = 0;; shift += 7) {
+      if (p_ == end_) return fail("ends inside a varint");
+      const std::uint8_t b = *p_++;
+      if (shift == 63 && b > 1) return fail("varint longer than 64 bits");
+      v |= std::uint64_t{b & 0x7Fu} << shift;
+      if ((b & 0x80) == 0) {
+        if (b == 0 && shift > 0) return fail("varint not in its shortest form");
+        break;
+      }
+    }
+    return v <= max ? v : too_large(v, max);
+  }
+  [[gnu::noinline]] std::uint64_t too_large(std::uint64_t v, std::uint64_t max) {
+    return fail(fmt::format("value {} is larger than {}", v, max));
+  }
+
   const std::uint8_t* p_ = nullptr;
   const std::uint8_t* end_ = nullptr;
   std::optional<std::string> error_;
