@@ -130,21 +130,27 @@ class Producer {
     rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), error, sizeof error);
     if (rk_ == nullptr) throw ConfigError(fmt::format("export.kafka: {}", error));
     static_cast<void>(conf.release());  // rd_kafka_new owns it now
+    // A handle, so that producing a record does not look the topic up by name (locks).
+    topic_ = rd_kafka_topic_new(rk_, settings.topic.c_str(), nullptr);
+    if (topic_ == nullptr) {
+      const std::string why = rd_kafka_err2str(rd_kafka_last_error());
+      rd_kafka_destroy(rk_);
+      throw ConfigError(fmt::format("export.kafka.topic '{}': {}", settings.topic, why));
+    }
   }
   Producer(const Producer&) = delete;
   Producer& operator=(const Producer&) = delete;
   ~Producer() {
     rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     rd_kafka_poll(rk_, 0);
+    rd_kafka_topic_destroy(topic_);
     rd_kafka_destroy(rk_);
   }
   rd_kafka_t* get() const { return rk_; }
 
-  rd_kafka_resp_err_t produce(const std::string& topic, const std::string& key,
-                              const std::string& value, std::uint64_t seq) {
+  rd_kafka_resp_err_t produce(const std::string& key, const std::string& value, std::uint64_t seq) {
     return rd_kafka_producev(
-        rk_, RD_KAFKA_V_TOPIC(topic.c_str()),
-        RD_KAFKA_V_KEY(const_cast<char*>(key.data()), key.size()),
+        rk_, RD_KAFKA_V_RKT(topic_), RD_KAFKA_V_KEY(const_cast<char*>(key.data()), key.size()),
         RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<std::uintptr_t>(seq))),
@@ -163,6 +169,7 @@ class Producer {
 
  private:
   rd_kafka_t* rk_ = nullptr;
+  rd_kafka_topic_t* topic_ = nullptr;
 };
 
 // The batch being produced: its message (the follower's, kept while its records go out) and
@@ -413,8 +420,7 @@ class KafkaOutput final : public StoreOutput {
     value_.clear();
     record::append_json_line(value_, record, {pending_->stream, pending_->seq, pending_->next});
     kafka_key(record, sha1_.get(), settings_.community_id_seed, key_);
-    const rd_kafka_resp_err_t err =
-        producer_->produce(settings_.topic, key_, value_, pending_->seq);
+    const rd_kafka_resp_err_t err = producer_->produce(key_, value_, pending_->seq);
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
       ++stats_.queue_full;  // waits for deliveries: the store holds the rest
       log_.warn("queue full",
