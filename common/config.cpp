@@ -531,7 +531,7 @@ const std::vector<KeySpec>& key_table() {
     t.push_back(int_key(
         "export.kafka.compression_level",
         [](Config & c) -> auto& { return c.exports.kafka.compression_level; }, -1, 12,
-        "level of that compression (-1: the codec's default; 1: zstd's fastest)"));
+        "level of that compression (-1: zstd at 1, any other codec at its default)"));
     return t;
   }();
   return table;

@@ -173,9 +173,9 @@ struct KafkaExportConfig {
   // librdkafka's compression.type. zstd (issue 16): the smallest batches; lz4 costs shipd
   // less CPU on the JSON lines (docs/PERFORMANCE.md) and every broker reads it (zstd: 2.1+).
   std::string compression = "zstd";
-  // librdkafka's compression.level; -1: the codec's own (zstd 3, gzip 6). zstd at 1 makes
-  // flow JSON lines as small as at 3 for half the CPU (docs/PERFORMANCE.md).
-  std::int64_t compression_level = 1;
+  // librdkafka's compression.level. -1: zstd at 1, which makes flow JSON lines as small as
+  // its own default 3 for half the CPU (docs/PERFORMANCE.md); any other codec at its own.
+  std::int64_t compression_level = -1;
 };
 
 struct ExportConfig {

@@ -206,7 +206,10 @@ KafkaSettings kafka_settings(const Config& config) {
       {"enable.idempotence", "true"},
       {"acks", "all"},
       {"compression.type", kafka.compression},
-      {"compression.level", std::to_string(kafka.compression_level)},
+      {"compression.level",
+       std::to_string(kafka.compression_level == -1 && kafka.compression == "zstd"
+                          ? 1
+                          : kafka.compression_level)},
       {"queue.buffering.max.kbytes", std::to_string(queue_kb)},  // librdkafka's: 1 GiB
       {"queue.buffering.max.messages", std::to_string(queue_messages)},
   };
@@ -290,7 +293,7 @@ class KafkaOutput final : public StoreOutput {
         publish_(std::move(publish)),
         position_("kafka", dir_, load_position(dir_), save_position_file(dir_)),
         sha1_(EVP_MD_fetch(nullptr, "SHA1", nullptr)),
-        follower_(dir_, position_.upto(), /*with_message=*/true) {
+        follower_(dir_, position_.upto(), FrameParts::kMessage) {
     reports_.ledger = &ledger_;
     reports_.stats = &stats_;
     reports_.log = &log_;

@@ -125,11 +125,16 @@ TEST_CASE(
   CHECK(p["enable.idempotence"] == "true");
   CHECK(p["acks"] == "all");
   CHECK(p["compression.type"] == "zstd");
+  CHECK(p["compression.level"] == "1");              // zstd's fastest, unless set
   CHECK(p["queue.buffering.max.kbytes"] == "8192");  // 64 MiB / 8, not librdkafka's 1 GiB
   config.exports.kafka.queue_mb = 3;
   CHECK(properties_of(config)["queue.buffering.max.kbytes"] == "3072");
+  config.exports.kafka.compression_level = 5;
+  CHECK(properties_of(config)["compression.level"] == "5");
+  config.exports.kafka.compression_level = -1;
   config.exports.kafka.compression = "lz4";
   CHECK(properties_of(config)["compression.type"] == "lz4");
+  CHECK(properties_of(config)["compression.level"] == "-1");  // lz4's own default
   config.exports.kafka.compression = "none";
   CHECK(properties_of(config)["compression.type"] == "none");
 }

@@ -5,9 +5,10 @@
 
 namespace flowseal::shipd {
 
-RecentEventIds::RecentEventIds(std::size_t capacity) : capacity_(capacity) {
+RecentEventIds::RecentEventIds(std::size_t capacity)
+    : capacity_(capacity), initial_slots_(std::bit_ceil(capacity * 2 + 16)) {
   if (capacity == 0) throw std::invalid_argument("RecentEventIds: capacity 0");
-  slots_.resize(std::bit_ceil(capacity * 2 + 16));
+  slots_.resize(initial_slots_);
   mask_ = slots_.size() - 1;
   ring_.resize(capacity);
 }
@@ -28,12 +29,13 @@ std::size_t RecentEventIds::find(const EventId& id) const {
 
 bool RecentEventIds::contains(const EventId& id) const { return slots_[find(id)].used; }
 
-void RecentEventIds::insert(const EventId& id) {
-  if ((size_ + 1) * 2 > slots_.size()) grow();
+bool RecentEventIds::insert(const EventId& id) {
+  if ((size_ + 1) * 2 > slots_.size()) rebuild(slots_.size() * 2);
   Slot& slot = slots_[find(id)];
-  if (slot.used) return;
+  if (slot.used) return false;
   slot = {id, true};
   ++size_;
+  return true;
 }
 
 void RecentEventIds::erase(const EventId& id) {
@@ -54,9 +56,9 @@ void RecentEventIds::erase(const EventId& id) {
   }
 }
 
-void RecentEventIds::grow() {
+void RecentEventIds::rebuild(std::size_t slots) {
   std::vector<Slot> old = std::move(slots_);
-  slots_.assign(old.size() * 2, Slot{});
+  slots_.assign(slots, Slot{});
   mask_ = slots_.size() - 1;
   size_ = 0;
   for (const Slot& slot : old) {
@@ -65,8 +67,14 @@ void RecentEventIds::grow() {
 }
 
 void RecentEventIds::add_pending(const EventId& id) {
-  insert(id);
-  pending_.push_back(id);
+  // An id already here (committed or pending) stays as it is: a rollback must not take a
+  // committed one out.
+  if (insert(id)) pending_.push_back(id);
+}
+
+void RecentEventIds::shrink_after_batch() {
+  // A huge batch grew the table; back to the usual size once its ids are settled.
+  if (slots_.size() > initial_slots_ && size_ * 2 <= initial_slots_) rebuild(initial_slots_);
 }
 
 void RecentEventIds::commit() {
@@ -80,11 +88,13 @@ void RecentEventIds::commit() {
     ++ring_count_;
   }
   pending_.clear();
+  shrink_after_batch();
 }
 
 void RecentEventIds::rollback() {
   for (const EventId& id : pending_) erase(id);
   pending_.clear();
+  shrink_after_batch();
 }
 
 }  // namespace flowseal::shipd

@@ -31,13 +31,14 @@ class RecentEventIds {
 
   // Remembered (committed) or pending in the batch being mapped.
   bool contains(const EventId& id) const;
-  // Adds `id` to the pending batch (the caller has checked contains()).
+  // Adds `id` to the pending batch (an id already remembered or pending is left as it is).
   void add_pending(const EventId& id);
   void commit();
   void rollback();
 
   std::size_t committed() const { return ring_count_; }
   std::size_t pending() const { return pending_.size(); }
+  std::size_t table_slots() const { return slots_.size(); }
 
  private:
   struct Slot {
@@ -47,11 +48,13 @@ class RecentEventIds {
   std::size_t home(const EventId& id) const;
   // The slot holding `id`, or the empty slot where it would go.
   std::size_t find(const EventId& id) const;
-  void insert(const EventId& id);
+  bool insert(const EventId& id);  // false if it was there
   void erase(const EventId& id);
-  void grow();
+  void rebuild(std::size_t slots);
+  void shrink_after_batch();
 
   std::size_t capacity_;
+  std::size_t initial_slots_;
   std::vector<Slot> slots_;  // a power of two, at most half full
   std::size_t mask_ = 0;
   std::size_t size_ = 0;

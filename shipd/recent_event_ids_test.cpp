@@ -77,14 +77,32 @@ TEST_CASE("past the capacity the oldest committed ids are forgotten, in order") 
   CHECK(ids.committed() == 3);
 }
 
-TEST_CASE("a pending batch larger than the table grows it") {
+TEST_CASE("a pending batch larger than the table grows it, and it shrinks back after") {
   RecentEventIds ids(4);
+  const std::size_t usual = ids.table_slots();
   for (std::uint64_t n = 0; n < 1000; ++n) ids.add_pending({n, n});
   for (std::uint64_t n = 0; n < 1000; ++n) REQUIRE(ids.contains({n, n}));
+  CHECK(ids.table_slots() > usual);
   ids.commit();  // only the last 4 stay
   CHECK(ids.committed() == 4);
   CHECK(ids.contains({999, 999}));
   CHECK_FALSE(ids.contains({995, 995}));
+  CHECK(ids.table_slots() == usual);
+  for (std::uint64_t n = 2000; n < 3000; ++n) ids.add_pending({n, n});
+  ids.rollback();
+  CHECK(ids.table_slots() == usual);
+  CHECK(ids.contains({999, 999}));
+  CHECK_FALSE(ids.contains({2000, 2000}));
+}
+
+TEST_CASE("adding a remembered id again and rolling back keeps it remembered") {
+  RecentEventIds ids(8);
+  ids.add_pending({1, 1});
+  ids.commit();
+  ids.add_pending({1, 1});  // a caller that did not ask contains() first
+  CHECK(ids.pending() == 0);
+  ids.rollback();
+  CHECK(ids.contains({1, 1}));
 }
 
 TEST_CASE("random batches, commits, rollbacks and repeats agree with a plain model") {

@@ -18,9 +18,8 @@ namespace flowseal::shipd {
 
 namespace fs = std::filesystem;
 
-SegmentFollower::SegmentFollower(fs::path dir, std::optional<std::uint64_t> after,
-                                 bool with_message)
-    : dir_(std::move(dir)), after_(after), with_message_(with_message) {}
+SegmentFollower::SegmentFollower(fs::path dir, std::optional<std::uint64_t> after, FrameParts parts)
+    : dir_(std::move(dir)), after_(after), parts_(parts) {}
 
 void SegmentFollower::rewind(std::optional<std::uint64_t> after) {
   after_ = after;
@@ -49,8 +48,9 @@ fs::path SegmentFollower::path_of(std::uint64_t first, bool part) const {
 
 // Opens `file` (the segment whose first seq is `first`) at the frame after after_.
 bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part) {
-  reader_.emplace(file, with_message_ ? segment::SegmentReader::Depth::kBatches
-                                      : segment::SegmentReader::Depth::kStoredBytes);
+  reader_.emplace(file, parts_ != FrameParts::kStoredBytes
+                            ? segment::SegmentReader::Depth::kBatches
+                            : segment::SegmentReader::Depth::kStoredBytes);
   current_first_ = first;
   current_is_part_ = part;
   finished_current_ = false;
@@ -159,11 +159,12 @@ std::optional<StoredFrame> SegmentFollower::next() {
         if (after_ && frame.batch.seq <= *after_) continue;
         after_ = frame.batch.seq;
         StoredFrame stored{reader_->header(), frame, {}, {}, 0};
-        if (with_message_) {
+        if (parts_ != FrameParts::kMessage) {
+          stored.bytes = ship::encode_frame(frame, reader_->compressed());
+        }
+        if (parts_ != FrameParts::kStoredBytes) {
           stored.message = reader_->take_message(stored.message_bytes, std::move(spare_));
           spare_ = {};
-        } else {
-          stored.bytes = ship::encode_frame(frame, reader_->compressed());
         }
         return stored;
       }

@@ -24,14 +24,18 @@
 
 namespace flowseal::shipd {
 
+// What a follower hands out of each batch: the stored bytes (shipping publishes them), the
+// decoded message (the exporters read its records; shipping on a live probe reads the
+// records' times for its latency figures), or both.
+enum class FrameParts { kStoredBytes, kMessage, kBoth };
+
 struct StoredFrame {
   segment::FileHeader file;    // the segment's header: stream id, key id
   segment::FrameHeader frame;  // seq, times, record count
-  // Without `with_message`: frame header + zstd bytes, as stored (what shipping publishes).
+  // kStoredBytes, kBoth: frame header + zstd bytes, as stored. Empty with kMessage.
   std::vector<std::uint8_t> bytes;
-  // With `with_message`: the SealedBatch message rebuilt from the stored columns (8-byte
-  // aligned words), of message_bytes bytes; `bytes` is then empty (the exporters need only
-  // the records).
+  // kMessage, kBoth: the SealedBatch message rebuilt from the stored columns (8-byte aligned
+  // words), of message_bytes bytes. Empty with kStoredBytes.
   std::vector<std::uint64_t> message;
   std::size_t message_bytes = 0;
 };
@@ -39,15 +43,13 @@ struct StoredFrame {
 class SegmentFollower {
  public:
   // `after`: the last batch already shipped (nullopt: ship from the first stored batch).
-  // `with_message`: also hand out each batch's decoded message (the IPFIX exporter reads
-  // the records; shipping needs only the stored bytes).
   SegmentFollower(std::filesystem::path dir, std::optional<std::uint64_t> after,
-                  bool with_message = false);
+                  FrameParts parts = FrameParts::kStoredBytes);
 
   // The next durable batch after the last one handed out, or nullopt if there is none yet.
   std::optional<StoredFrame> next();
   // Hands back a StoredFrame's message once its records are used: its storage takes the
-  // next batch's message (with_message), so following a store does not allocate per batch.
+  // next batch's message, so following a store does not allocate per batch.
   void recycle(std::vector<std::uint64_t>&& message) { spare_ = std::move(message); }
   // Starts again after `after` (a failed publish: everything after the last ack is re-read).
   void rewind(std::optional<std::uint64_t> after);
@@ -68,7 +70,7 @@ class SegmentFollower {
 
   std::filesystem::path dir_;
   std::optional<std::uint64_t> after_;
-  bool with_message_ = false;
+  FrameParts parts_ = FrameParts::kStoredBytes;
   // The segment being read, by its first seq (its name survives the .part -> closed rename).
   std::optional<std::uint64_t> current_first_;
   bool current_is_part_ = false;

@@ -148,34 +148,77 @@ TEST_CASE("a frame handed out is the stored frame: it decodes to the batch store
 
 TEST_CASE(
     "with messages, each batch handed out carries its own decoded records, still whole after "
-    "the follower read the next ones") {
+    "the follower read the next ones; with both parts, also its stored frame") {
   TempDir dir;
   auto store = make_store(dir.path, 600);
   for (std::uint64_t s = 0; s < 6; ++s) append(store, s);
-  SegmentFollower follower(dir.path, std::nullopt, /*with_message=*/true);
-  std::vector<flowseal::shipd::StoredFrame> frames;
-  while (auto frame = follower.next()) frames.push_back(std::move(*frame));
-  REQUIRE(frames.size() == 6);
-  for (std::uint64_t s = 0; s < frames.size(); ++s) {
-    const flowseal::shipd::StoredFrame& frame = frames[s];
-    CHECK(frame.bytes.empty());  // the exporters read the records, never the stored bytes
-    REQUIRE(frame.message_bytes > 0);
-    REQUIRE(frame.message.size() * 8 >= frame.message_bytes);
-    capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(
-        reinterpret_cast<const capnp::word*>(frame.message.data()), frame.message_bytes / 8));
-    // The batch as appended: its seq and its records' uids.
-    const std::vector<std::byte> expected = batch_bytes(s);
-    capnp::FlatArrayMessageReader appended(kj::ArrayPtr<const capnp::word>(
-        reinterpret_cast<const capnp::word*>(expected.data()), expected.size() / 8));
-    const auto got = reader.getRoot<schema::SealedBatch>();
-    const auto want = appended.getRoot<schema::SealedBatch>();
-    CHECK(got.getHeader().getSeq() == s);
-    REQUIRE(got.getRecords().size() == want.getRecords().size());
-    for (unsigned i = 0; i < got.getRecords().size(); ++i) {
-      CHECK(got.getRecords()[i].getUid() == want.getRecords()[i].getUid());
-      CHECK(got.getRecords()[i].getOrig().getBytes() == want.getRecords()[i].getOrig().getBytes());
+  for (const auto parts :
+       {flowseal::shipd::FrameParts::kMessage, flowseal::shipd::FrameParts::kBoth}) {
+    const bool both = parts == flowseal::shipd::FrameParts::kBoth;
+    INFO("both parts: " << both);
+    SegmentFollower follower(dir.path, std::nullopt, parts);
+    std::vector<flowseal::shipd::StoredFrame> frames;
+    while (auto frame = follower.next()) frames.push_back(std::move(*frame));
+    REQUIRE(frames.size() == 6);
+    for (std::uint64_t s = 0; s < frames.size(); ++s) {
+      const flowseal::shipd::StoredFrame& frame = frames[s];
+      // The stored frame only for a caller that publishes it (shipping on a live probe).
+      if (both) {
+        ship::FrameDecoder decoder;
+        REQUIRE_FALSE(decoder.decode(frame.bytes));
+        CHECK(decoder.frame().batch.seq == s);
+      } else {
+        CHECK(frame.bytes.empty());
+      }
+      REQUIRE(frame.message_bytes > 0);
+      REQUIRE(frame.message.size() * 8 >= frame.message_bytes);
+      capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(
+          reinterpret_cast<const capnp::word*>(frame.message.data()), frame.message_bytes / 8));
+      // The batch as appended: its seq and its records' uids.
+      const std::vector<std::byte> expected = batch_bytes(s);
+      capnp::FlatArrayMessageReader appended(kj::ArrayPtr<const capnp::word>(
+          reinterpret_cast<const capnp::word*>(expected.data()), expected.size() / 8));
+      const auto got = reader.getRoot<schema::SealedBatch>();
+      const auto want = appended.getRoot<schema::SealedBatch>();
+      CHECK(got.getHeader().getSeq() == s);
+      REQUIRE(got.getRecords().size() == want.getRecords().size());
+      for (unsigned i = 0; i < got.getRecords().size(); ++i) {
+        CHECK(got.getRecords()[i].getUid() == want.getRecords()[i].getUid());
+        CHECK(got.getRecords()[i].getOrig().getBytes() ==
+              want.getRecords()[i].getOrig().getBytes());
+      }
     }
   }
+}
+
+TEST_CASE("a recycled message's storage holds the next batch, the one handed out stays whole") {
+  TempDir dir;
+  auto store = make_store(dir.path);  // one segment: one reader for every batch
+  for (std::uint64_t s = 0; s < 4; ++s) append(store, s);
+  SegmentFollower follower(dir.path, std::nullopt, flowseal::shipd::FrameParts::kMessage);
+  auto seq_of = [](const flowseal::shipd::StoredFrame& frame) {
+    capnp::FlatArrayMessageReader reader(kj::ArrayPtr<const capnp::word>(
+        reinterpret_cast<const capnp::word*>(frame.message.data()), frame.message_bytes / 8));
+    return reader.getRoot<schema::SealedBatch>().getHeader().getSeq();
+  };
+  auto first = follower.next();
+  REQUIRE(first);
+  auto second = follower.next();
+  REQUIRE(second);
+  CHECK(seq_of(*first) == 0);
+  CHECK(seq_of(*second) == 1);
+  const std::uint64_t* storage = first->message.data();
+  follower.recycle(std::move(first->message));
+  auto third = follower.next();
+  REQUIRE(third);
+  CHECK(seq_of(*third) == 2);
+  CHECK(seq_of(*second) == 1);  // handed out before the recycle: untouched
+  auto fourth = follower.next();
+  REQUIRE(fourth);
+  // The recycled storage went back to the reader and now holds a later batch.
+  CHECK((third->message.data() == storage || fourth->message.data() == storage));
+  CHECK(seq_of(*fourth) == 3);
+  CHECK(seq_of(*third) == 2);
 }
 
 TEST_CASE("a .part ending inside a frame is not damage: the frame is read once whole") {

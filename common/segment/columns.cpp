@@ -893,12 +893,14 @@ std::size_t write_flat_array(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>
   std::size_t words = table_words;
   for (const auto& segment : segments) words += segment.size();
   out.resize(words);
-  auto* table = reinterpret_cast<std::uint32_t*>(out.data());
-  table[0] = static_cast<std::uint32_t>(segments.size() - 1);
-  for (std::size_t i = 0; i < segments.size(); ++i) {
-    table[i + 1] = static_cast<std::uint32_t>(segments[i].size());
-  }
-  if (segments.size() % 2 == 0) table[segments.size() + 1] = 0;  // padding to a whole word
+  // The table's 32-bit little-endian entries, written as bytes (no uint32 view of the words).
+  auto* table = reinterpret_cast<unsigned char*>(out.data());
+  const auto put = [&](std::size_t entry, std::uint64_t value) {
+    for (std::size_t b = 0; b < 4; ++b) table[entry * 4 + b] = (value >> (8 * b)) & 0xFF;
+  };
+  put(0, segments.size() - 1);
+  for (std::size_t i = 0; i < segments.size(); ++i) put(i + 1, segments[i].size());
+  if (segments.size() % 2 == 0) put(segments.size() + 1, 0);  // padding to a whole word
   std::size_t at = table_words;
   for (const auto& segment : segments) {
     std::memcpy(out.data() + at, segment.begin(), segment.size() * sizeof(capnp::word));
