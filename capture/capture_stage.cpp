@@ -139,6 +139,7 @@ class CaptureLoop {
                  std::min<std::size_t>(rings.max_frame() / 2, 4u << 20)),
         resume_seq_(shards_),
         seen_in_shard_(shards_, 0),
+        shard_seq_(shards_, 0),
         writer_stalled_since_(runtime.control()
                                   .slots[slot_index(StageKind::kWriterd, 0, shards_)]
                                   .counters[record_counter::kStalledSinceNs]) {
@@ -176,6 +177,7 @@ class CaptureLoop {
   const bool live_;
   PacketBatcher batcher_;
   std::vector<std::uint64_t> resume_seq_, seen_in_shard_;
+  std::vector<std::uint64_t> shard_seq_;  // each shard's next seq as last stored
   std::uint64_t already_published_ = 0;
   std::uint64_t published_ = 0;
   // Only packets read in this run that are past the resume point are counted.
@@ -201,6 +203,7 @@ class CaptureLoop {
 void CaptureLoop::resume() {
   for (std::size_t s = 0; s < shards_; ++s) {
     resume_seq_[s] = counter(kShardSeqCounter + s).load();
+    shard_seq_[s] = resume_seq_[s];
     already_published_ += resume_seq_[s];
     batcher_.set_next_seq(s, resume_seq_[s]);
   }
@@ -253,8 +256,13 @@ void CaptureLoop::flush() {
   // (downstream restarting) leaves no published frame uncounted, so its successor neither
   // resumes early nor shows flowd ahead of it. Only a kill between a publish and this store
   // still can.
+  // The published total moves with them, frame by frame (each shard's seq counts its
+  // packets), so that status never shows flowd ahead of what capture says it published.
   const auto published = [this](std::size_t shard, std::uint64_t next_seq) {
     counter(kShardSeqCounter + shard).store(next_seq);
+    published_ += next_seq - shard_seq_[shard];
+    shard_seq_[shard] = next_seq;
+    counter(capture_counter::kPublished).store(published_);
   };
   // Live: not a moment's sleep on a full ring, or the kernel's buffer overflows meanwhile.
   if (!batcher_.flush(rings_.rings(), rate_, give_up,
@@ -272,11 +280,7 @@ void CaptureLoop::flush() {
       log_.rearm("writer stalled");  // the next stall is logged at once
     }
     rings_.count_drop();
-    published_ += pending - lost;
-  } else {
-    published_ += pending;
   }
-  counter(capture_counter::kPublished).store(published_);
 }
 
 bool CaptureLoop::take(Packet& packet) {
