@@ -28,6 +28,12 @@ void SegmentFollower::rewind(std::optional<std::uint64_t> after) {
   finished_current_ = false;
   resume_offset_ = 0;
   part_size_seen_ = 0;
+  retire_reader();
+}
+
+void SegmentFollower::retire_reader() {
+  if (!reader_) return;
+  spent_.emplace(std::move(*reader_));
   reader_.reset();
 }
 
@@ -48,9 +54,15 @@ fs::path SegmentFollower::path_of(std::uint64_t first, bool part) const {
 
 // Opens `file` (the segment whose first seq is `first`) at the frame after after_.
 bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part) {
-  reader_.emplace(file, parts_ != FrameParts::kStoredBytes
-                            ? segment::SegmentReader::Depth::kBatches
-                            : segment::SegmentReader::Depth::kStoredBytes);
+  const auto depth = parts_ != FrameParts::kStoredBytes
+                         ? segment::SegmentReader::Depth::kBatches
+                         : segment::SegmentReader::Depth::kStoredBytes;
+  if (spent_) {
+    reader_.emplace(file, depth, std::move(*spent_));
+    spent_.reset();
+  } else {
+    reader_.emplace(file, depth);
+  }
   current_first_ = first;
   current_is_part_ = part;
   finished_current_ = false;
@@ -60,7 +72,7 @@ bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part)
       note_error(reader_->error()->message());
       finished_current_ = true;
     }
-    reader_.reset();
+    retire_reader();
     return false;
   }
   if (part) {
@@ -68,7 +80,7 @@ bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part)
     // of it is shipped: never ahead of the probe's own store.
     UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd || ::fdatasync(fd.get()) != 0) {
-      reader_.reset();
+      retire_reader();
       return false;
     }
   }
@@ -84,7 +96,7 @@ bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part)
         newest_seen_ = std::max(newest_seen_.value_or(0), index->back().batch.seq);
       }
       if (it == index->end()) {
-        reader_.reset();
+        retire_reader();
         finished_current_ = true;
         return false;
       }
@@ -171,10 +183,10 @@ std::optional<StoredFrame> SegmentFollower::next() {
       case segment::SegmentReader::Next::kEnd:
         if (current_is_part_) {
           part_size_seen_ = reader_->end_of_frames();
-          reader_.reset();
+          retire_reader();
           return std::nullopt;
         }
-        reader_.reset();
+        retire_reader();
         finished_current_ = true;
         continue;
       case segment::SegmentReader::Next::kError: {
@@ -183,11 +195,11 @@ std::optional<StoredFrame> SegmentFollower::next() {
             (error.kind == segment::Damage::kTruncated || error.kind == segment::Damage::kIo)) {
           // A frame still being written: it is read once whole.
           part_size_seen_ = reader_->end_of_frames();
-          reader_.reset();
+          retire_reader();
           return std::nullopt;
         }
         note_error(error.message());
-        reader_.reset();
+        retire_reader();
         finished_current_ = true;
         continue;
       }

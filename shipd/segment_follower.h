@@ -67,6 +67,7 @@ class SegmentFollower {
   bool open(const std::filesystem::path& file, std::uint64_t first, bool part);
   std::filesystem::path path_of(std::uint64_t first, bool part) const;
   void note_error(const std::string& what);
+  void retire_reader();
 
   std::filesystem::path dir_;
   std::optional<std::uint64_t> after_;
@@ -77,6 +78,9 @@ class SegmentFollower {
   bool finished_current_ = false;    // read to its end (closed) or given up (damage, deleted)
   std::uint64_t resume_offset_ = 0;  // next frame's offset in the current segment
   std::optional<segment::SegmentReader> reader_;
+  // The last reader closed: the next one opened takes its decompression state and buffers
+  // (a .part is opened again each time it grows).
+  std::optional<segment::SegmentReader> spent_;
   std::uint64_t part_size_seen_ = 0;  // size of the .part when last read to its end
   std::uint64_t errors_ = 0;
   std::string last_error_;

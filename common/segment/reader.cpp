@@ -62,7 +62,20 @@ bool pread_all(int fd, std::uint64_t offset, std::span<std::uint8_t> out, int& e
 }  // namespace
 
 SegmentReader::SegmentReader(std::filesystem::path file, Depth depth)
-    : file_(std::move(file)), depth_(depth), zstd_(std::make_unique<ZstdState>()) {
+    : SegmentReader(std::move(file), depth, std::make_unique<ZstdState>()) {}
+
+SegmentReader::SegmentReader(std::filesystem::path file, Depth depth, SegmentReader&& spent)
+    : SegmentReader(std::move(file), depth,
+                    spent.zstd_ && spent.zstd_->dctx ? std::move(spent.zstd_)
+                                                     : std::make_unique<ZstdState>()) {
+  message_ = std::move(spent.message_);
+  stored_ = std::move(spent.stored_);
+  compressed_ = std::move(spent.compressed_);
+}
+
+SegmentReader::SegmentReader(std::filesystem::path file, Depth depth,
+                             std::unique_ptr<ZstdState> zstd)
+    : file_(std::move(file)), depth_(depth), zstd_(std::move(zstd)) {
   fd_.reset(::open(file_.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat st {};
   if (!fd_ || ::fstat(fd_.get(), &st) != 0) {

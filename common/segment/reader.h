@@ -58,6 +58,9 @@ class SegmentReader {
 
   // Opens `file` and reads its header; error() says why if that failed.
   explicit SegmentReader(std::filesystem::path file, Depth depth = Depth::kBatches);
+  // The same, reading with `spent`'s decompression context, batch codec and buffers (a
+  // follower opening a growing `.part` again: nothing to set up and fault in anew).
+  SegmentReader(std::filesystem::path file, Depth depth, SegmentReader&& spent);
   SegmentReader(SegmentReader&&) noexcept;
   SegmentReader& operator=(SegmentReader&&) noexcept;
   ~SegmentReader();
@@ -95,11 +98,12 @@ class SegmentReader {
   void seek(std::uint64_t offset);
 
  private:
+  struct ZstdState;
+  SegmentReader(std::filesystem::path file, Depth depth, std::unique_ptr<ZstdState> zstd);
   Next fail(Damage kind, std::uint64_t offset, std::string what);
   bool read_at(std::uint64_t offset, std::span<std::uint8_t> out);
   Next read_index_here();
 
-  struct ZstdState;
   std::filesystem::path file_;
   UniqueFd fd_;
   std::uint64_t size_ = 0;
