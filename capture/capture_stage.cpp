@@ -257,7 +257,8 @@ void CaptureLoop::flush() {
   // resumes early nor shows flowd ahead of it. Only a kill between a publish and this store
   // still can.
   // The published total moves with them, frame by frame (each shard's seq counts its
-  // packets), so that status never shows flowd ahead of what capture says it published.
+  // packets): status shows flowd ahead of it only after a kill in that window (which the
+  // publish's wake of flowd widens: flowd may preempt capture right there).
   const auto published = [this](std::size_t shard, std::uint64_t next_seq) {
     counter(kShardSeqCounter + shard).store(next_seq);
     published_ += next_seq - shard_seq_[shard];
