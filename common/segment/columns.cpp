@@ -935,7 +935,7 @@ struct BatchCodec::State {
                                             std::optional<std::span<const std::uint8_t>> hints,
                                             std::uint32_t expected_records,
                                             std::vector<std::uint64_t>& out, std::size_t& bytes,
-                                            const Layout& layout);
+                                            const Layout& layout, bool first_try = true);
 };
 
 BatchCodec::BatchCodec(ColumnOptions options) : state_(std::make_unique<State>()) {
@@ -1110,11 +1110,11 @@ std::optional<std::string> BatchCodec::decode(std::span<const std::uint8_t> stor
 std::optional<std::string> BatchCodec::State::decode_columns(
     std::span<const std::uint8_t> body, std::optional<std::span<const std::uint8_t>> hints,
     std::uint32_t expected_records, std::vector<std::uint64_t>& out, std::size_t& out_bytes,
-    const Layout& layout) {
+    const Layout& layout, bool first_try) {
   Prologue p;
   if (auto problem = read_prologue(body, layout, expected_records, p)) return problem;
   ColumnDecoder decoder(std::move(p.columns), layout, sha1, p.seed, kPow10[p.scale]);
-  // About 40 words a record: a batch that needs more takes more segments, once (below).
+  // About 40 words a record; a batch that needs more is built again in a larger one (below).
   if (first_segment.size() == 0) first_segment = zeroed_words(64 + p.records * 48);
   std::size_t words_used = 0;
   try {
@@ -1136,8 +1136,15 @@ std::optional<std::string> BatchCodec::State::decode_columns(
   } catch (const kj::Exception& e) {
     return fmt::format("the batch cannot be rebuilt: {}", e.getDescription().cStr());
   }
-  // The builder is gone (it zeroed what it used): the next batch like this one fits in one.
-  if (words_used > first_segment.size()) first_segment = zeroed_words(words_used + words_used / 8);
+  if (words_used > first_segment.size()) {
+    // The builder is gone (it zeroed what it used). The message is always one segment, so the
+    // same stored batch decodes to the same bytes whatever the codec decoded before: built
+    // again in a segment that holds it (and the next batch like it).
+    first_segment = zeroed_words(words_used + words_used / 8);
+    if (first_try) {
+      return decode_columns(body, hints, expected_records, out, out_bytes, layout, false);
+    }
+  }
   return std::nullopt;
 }
 

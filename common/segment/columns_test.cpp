@@ -282,6 +282,28 @@ TEST_CASE("random records decode to byte-identical canonical encodings, header a
   }
 }
 
+TEST_CASE("a stored batch decodes to the same bytes whatever the codec decoded before") {
+  // A codec keeps its message segment from batch to batch, sized by what it has seen: a large
+  // batch after small ones must still come out as a fresh codec makes it.
+  BatchCodec fresh_encoder(ColumnOptions{kSeed});
+  std::vector<std::uint8_t> small_stored, large_stored;
+  const auto small = sealed_batch(3, 2, false);
+  const auto large = sealed_batch(4, 400, true);
+  REQUIRE(fresh_encoder.encode(small, small_stored) == BatchEncoding::kColumns);
+  REQUIRE(fresh_encoder.encode(large, large_stored) == BatchEncoding::kColumns);
+  std::vector<std::uint64_t> expected, got;
+  std::size_t expected_bytes = 0, got_bytes = 0;
+  BatchCodec fresh(ColumnOptions{kSeed});
+  REQUIRE_FALSE(fresh.decode(large_stored, 400, expected, expected_bytes));
+  BatchCodec used(ColumnOptions{kSeed});
+  for (int round = 0; round < 3; ++round) {
+    REQUIRE_FALSE(used.decode(small_stored, 2, got, got_bytes));
+    REQUIRE_FALSE(used.decode(large_stored, 400, got, got_bytes));
+    REQUIRE(got_bytes == expected_bytes);
+    CHECK(std::memcmp(got.data(), expected.data(), expected_bytes) == 0);
+  }
+}
+
 TEST_CASE("a flowd record's uid and Community ID are recomputed, not stored") {
   // The same records twice: once as flowd makes them, once with uids and Community IDs no
   // formula gives. The first must store at least 8 + 28 bytes per record less before zstd.
