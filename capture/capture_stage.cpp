@@ -251,14 +251,12 @@ void CaptureLoop::flush() {
     runtime_.heartbeat();  // waiting on a full ring is alive, not hung
     return live_;
   };
-  // Each shard's resume point is stored as soon as its frame is out (and only there: nothing
-  // else moves it): a capture killed while it waits for room in the next shard's ring
-  // (downstream restarting) leaves no published frame uncounted, so its successor neither
-  // resumes early nor shows flowd ahead of it. Only a kill between a publish and this store
-  // still can.
-  // The published total moves with them, frame by frame (each shard's seq counts its
-  // packets): status shows flowd ahead of it only after a kill in that window (which the
-  // publish's wake of flowd widens: flowd may preempt capture right there).
+  // Each shard's resume point, and with it the published total (the sum of the shards'
+  // seqs), is stored as soon as its frame is out, and only there: a capture killed while it
+  // waits for room in the next shard's ring (downstream restarting) leaves no published frame
+  // uncounted. Only a kill between a publish and this store leaves one: its successor resumes
+  // a frame early (flowd skips the repeats) and status shows flowd ahead for a while. The
+  // publish's wake of flowd widens that window: flowd may preempt capture right there.
   const auto published = [this](std::size_t shard, std::uint64_t next_seq) {
     counter(kShardSeqCounter + shard).store(next_seq);
     published_ += next_seq - shard_seq_[shard];
