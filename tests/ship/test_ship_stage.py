@@ -161,9 +161,12 @@ def test_shipd_restarted_and_killed_mid_run_loses_nothing_and_ships_nothing_twic
 
 
 def nice_of(pid):
-    """The nice value of process `pid` (/proc/PID/stat, field 19)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[16])
+    """The nice value of process `pid` (/proc/PID/stat, field 19), or None once it has exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+    except FileNotFoundError:
+        return None
 
 
 def test_the_shipped_count_is_the_runs_across_a_shipd_restart(tmp_path, pki, server, client):
@@ -192,8 +195,11 @@ def test_the_shipped_count_is_the_runs_across_a_shipd_restart(tmp_path, pki, ser
         # the supervisor's); the other stages keep the supervisor's priority.
         own = nice_of(proc.pid)
         assert nice_of(old_pid) == min(19, own + 10)
-        assert all(nice_of(s["pid"]) == own for s in st["stages"]
-                   if s["stage"] != "shipd" and s["state"] == "running"), st["stages"]
+        # A stage the status showed running may have finished its part of the run since
+        # (capture at the end of its loops): only the ones still there are compared.
+        others = [(s["stage"], nice_of(s["pid"])) for s in st["stages"]
+                  if s["stage"] != "shipd" and s["state"] == "running"]
+        assert all(nice in (own, None) for _, nice in others), (own, others)
         r = flowseal("restart", "--instance", instance, "shipd", timeout=120 * SCALE)
         assert r.returncode == 0, r.stdout + r.stderr
         st = wait_status(instance, proc, lambda s: shipd_of(s)["pid"] not in (0, old_pid)
