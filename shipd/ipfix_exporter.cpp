@@ -272,7 +272,7 @@ class IpfixOutput final : public StoreOutput {
                   [this](const segment::ShippedPosition& position, std::string& error) {
                     return save_state(dir_, position, mapper_, error);
                   }),
-        follower_(dir_, position_.upto(), FrameParts::kMessage),
+        follower_(dir_, position_.upto(), FrameParts::kMessageNoDerivedIds),
         pacer_(settings.max_records_per_s) {}
 
   bool pass(Clock::time_point now) override {

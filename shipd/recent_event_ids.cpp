@@ -6,7 +6,8 @@
 namespace flowseal::shipd {
 
 RecentEventIds::RecentEventIds(std::size_t capacity)
-    : capacity_(capacity), initial_slots_(std::bit_ceil(capacity * 2 + 16)) {
+    : capacity_(capacity),
+      initial_slots_(std::bit_ceil(capacity + capacity / 2 + capacity / 8 + 16)) {
   if (capacity == 0) throw std::invalid_argument("RecentEventIds: capacity 0");
   slots_.resize(initial_slots_);
   mask_ = slots_.size() - 1;
@@ -23,34 +24,34 @@ std::size_t RecentEventIds::home(const EventId& id) const {
 
 std::size_t RecentEventIds::find(const EventId& id) const {
   std::size_t i = home(id);
-  while (slots_[i].used && !(slots_[i].id == id)) i = (i + 1) & mask_;
+  while (slots_[i].used() && !(slots_[i].id == id)) i = (i + 1) & mask_;
   return i;
 }
 
-bool RecentEventIds::contains(const EventId& id) const { return slots_[find(id)].used; }
+bool RecentEventIds::contains(const EventId& id) const { return slots_[find(id)].used(); }
 
 bool RecentEventIds::insert(const EventId& id) {
-  if ((size_ + 1) * 2 > slots_.size()) rebuild(slots_.size() * 2);
+  if ((size_ + 1) * 8 > slots_.size() * 5) rebuild(slots_.size() * 2);
   Slot& slot = slots_[find(id)];
-  if (slot.used) return false;
-  slot = {id, true};
+  if (slot.used()) return false;
+  slot.id = id;
   ++size_;
   return true;
 }
 
 void RecentEventIds::erase(const EventId& id) {
   std::size_t hole = find(id);
-  if (!slots_[hole].used) return;
-  slots_[hole].used = false;
+  if (!slots_[hole].used()) return;
+  slots_[hole] = Slot{};
   --size_;
   // Backward shift: move up every later entry of the run that may sit in the hole, so that
   // no lookup stops early at it.
-  for (std::size_t i = (hole + 1) & mask_; slots_[i].used; i = (i + 1) & mask_) {
+  for (std::size_t i = (hole + 1) & mask_; slots_[i].used(); i = (i + 1) & mask_) {
     const std::size_t want = home(slots_[i].id);
     // slots_[i] may move to the hole if its home is not cyclically within (hole, i].
     if (((i - want) & mask_) >= ((i - hole) & mask_)) {
       slots_[hole] = slots_[i];
-      slots_[i].used = false;
+      slots_[i] = Slot{};
       hole = i;
     }
   }
@@ -62,11 +63,14 @@ void RecentEventIds::rebuild(std::size_t slots) {
   mask_ = slots_.size() - 1;
   size_ = 0;
   for (const Slot& slot : old) {
-    if (slot.used) insert(slot.id);
+    if (slot.used()) insert(slot.id);
   }
 }
 
 void RecentEventIds::add_pending(const EventId& id) {
+  if (id.kind_and_number == kEmpty) {
+    throw std::invalid_argument("RecentEventIds: kind_and_number UINT64_MAX is reserved");
+  }
   // An id already here (committed or pending) stays as it is: a rollback must not take a
   // committed one out.
   if (insert(id)) pending_.push_back(id);

@@ -21,7 +21,9 @@ namespace flowseal::shipd {
 
 struct EventId {
   std::uint64_t uid = 0;
-  std::uint64_t kind_and_number = 0;  // the event kind in the high half, its number below
+  // The event kind in the high half, its number below. Kinds are small: UINT64_MAX is never
+  // an id's (the table marks its empty slots with it; add_pending() refuses it).
+  std::uint64_t kind_and_number = 0;
   bool operator==(const EventId&) const = default;
 };
 
@@ -32,6 +34,7 @@ class RecentEventIds {
   // Remembered (committed) or pending in the batch being mapped.
   bool contains(const EventId& id) const;
   // Adds `id` to the pending batch (an id already remembered or pending is left as it is).
+  // Throws std::invalid_argument for the reserved kind_and_number UINT64_MAX.
   void add_pending(const EventId& id);
   void commit();
   void rollback();
@@ -41,10 +44,14 @@ class RecentEventIds {
   std::size_t table_slots() const { return slots_.size(); }
 
  private:
+  // 16 bytes, no flag beside the id: the table is probed at random once or twice per event,
+  // so its size decides how many probes miss the cache.
+  static constexpr std::uint64_t kEmpty = ~0ull;
   struct Slot {
-    EventId id;
-    bool used = false;
+    EventId id{0, kEmpty};
+    bool used() const { return id.kind_and_number != kEmpty; }
   };
+  static_assert(sizeof(Slot) == 16);
   std::size_t home(const EventId& id) const;
   // The slot holding `id`, or the empty slot where it would go.
   std::size_t find(const EventId& id) const;
@@ -55,7 +62,10 @@ class RecentEventIds {
 
   std::size_t capacity_;
   std::size_t initial_slots_;
-  std::vector<Slot> slots_;  // a power of two, at most half full
+  // A power of two, at most 5/8 full: the capacity's committed ids and a pending batch of up
+  // to a quarter of it fit without growing (growing and shrinking back every batch would
+  // rebuild the table each time).
+  std::vector<Slot> slots_;
   std::size_t mask_ = 0;
   std::size_t size_ = 0;
   std::vector<EventId> ring_;  // committed ids, oldest at ring_head_

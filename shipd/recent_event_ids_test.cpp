@@ -5,6 +5,7 @@
 #include <deque>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -132,4 +133,14 @@ TEST_CASE("random batches, commits, rollbacks and repeats agree with a plain mod
       REQUIRE(ids.committed() == model.order.size());
     }
   }
+}
+
+TEST_CASE("the id that marks an empty slot is refused, not taken as a free slot") {
+  RecentEventIds ids(8);
+  CHECK_THROWS_AS(ids.add_pending({1, ~0ull}), std::invalid_argument);
+  CHECK(ids.pending() == 0);
+  ids.add_pending({0, 0});  // uid 0, kind 0, number 0: an id like any other
+  ids.commit();
+  CHECK(ids.contains({0, 0}));
+  CHECK_FALSE(ids.contains({0, 1}));
 }

@@ -63,6 +63,7 @@ bool SegmentFollower::open(const fs::path& file, std::uint64_t first, bool part)
   } else {
     reader_.emplace(file, depth);
   }
+  reader_->set_decode_derived_community_ids(parts_ != FrameParts::kMessageNoDerivedIds);
   current_first_ = first;
   current_is_part_ = part;
   finished_current_ = false;
@@ -171,7 +172,7 @@ std::optional<StoredFrame> SegmentFollower::next() {
         if (after_ && frame.batch.seq <= *after_) continue;
         after_ = frame.batch.seq;
         StoredFrame stored{reader_->header(), frame, {}, {}, 0};
-        if (parts_ != FrameParts::kMessage) {
+        if (parts_ == FrameParts::kStoredBytes || parts_ == FrameParts::kBoth) {
           stored.bytes = ship::encode_frame(frame, reader_->compressed());
         }
         if (parts_ != FrameParts::kStoredBytes) {

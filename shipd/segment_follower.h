@@ -26,16 +26,18 @@ namespace flowseal::shipd {
 
 // What a follower hands out of each batch: the stored bytes (shipping publishes them), the
 // decoded message (the exporters read its records; shipping on a live probe reads the
-// records' times for its latency figures), or both.
-enum class FrameParts { kStoredBytes, kMessage, kBoth };
+// records' times for its latency figures), or both. kMessageNoDerivedIds: the message, its
+// records without the Community IDs the store derives rather than stores (the IPFIX export,
+// which sends none, saves a SHA-1 per record).
+enum class FrameParts { kStoredBytes, kMessage, kBoth, kMessageNoDerivedIds };
 
 struct StoredFrame {
   segment::FileHeader file;    // the segment's header: stream id, key id
   segment::FrameHeader frame;  // seq, times, record count
-  // kStoredBytes, kBoth: frame header + zstd bytes, as stored. Empty with kMessage.
+  // kStoredBytes, kBoth: frame header + zstd bytes, as stored. Empty otherwise.
   std::vector<std::uint8_t> bytes;
-  // kMessage, kBoth: the SealedBatch message rebuilt from the stored columns (8-byte aligned
-  // words), of message_bytes bytes. Empty with kStoredBytes.
+  // All but kStoredBytes: the SealedBatch message rebuilt from the stored columns (8-byte
+  // aligned words), of message_bytes bytes. Empty with kStoredBytes.
   std::vector<std::uint64_t> message;
   std::size_t message_bytes = 0;
 };

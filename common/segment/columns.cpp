@@ -660,12 +660,14 @@ std::span<const std::uint8_t> data_of(const Entry* e) {
 class ColumnDecoder {
  public:
   // `columns`: the batch's columns (read_prologue). `seed` and `unit` come from the prologue.
+  // `derived_ids`: rebuild the Community IDs the store derives (else leave them out).
   ColumnDecoder(Cursors columns, const Layout& layout, packet::Sha1& sha1, std::uint16_t seed,
-                std::int64_t unit)
+                std::int64_t unit, bool derived_ids)
       : col_(std::move(columns)),
         layout_(layout),
         sha1_(sha1),
         seed_(seed),
+        derived_ids_(derived_ids),
         unit_(unit),
         addresses_(read_dictionary(col_[kAddresses])),
         texts_(read_dictionary(col_[kTexts])),
@@ -790,6 +792,7 @@ class ColumnDecoder {
     if (state && state->present) r.setConnState(state->text());
     if (history && history->present) r.setHistory(history->text());
     if (flags & kCommunityIdDerived) {
+      if (!derived_ids_) return;
       const packet::CommunityIdText id = packet::community_id(
           sha1_, seed_, e.proto, data_of(e.orig), data_of(e.resp), e.orig_port, e.resp_port);
       if (!sha1_.ok()) {
@@ -866,6 +869,7 @@ class ColumnDecoder {
   const Layout& layout_;
   packet::Sha1& sha1_;
   const std::uint16_t seed_;
+  const bool derived_ids_;
   const std::int64_t unit_;
   const std::vector<Entry> addresses_, texts_;
   std::vector<bool> address_used_, text_used_;
@@ -941,6 +945,7 @@ struct BatchCodec::State {
 BatchCodec::BatchCodec(ColumnOptions options) : state_(std::make_unique<State>()) {
   state_->options = options;
 }
+void BatchCodec::set_options(const ColumnOptions& options) { state_->options = options; }
 BatchCodec::BatchCodec(BatchCodec&&) noexcept = default;
 BatchCodec& BatchCodec::operator=(BatchCodec&&) noexcept = default;
 BatchCodec::~BatchCodec() = default;
@@ -1113,7 +1118,8 @@ std::optional<std::string> BatchCodec::State::decode_columns(
     const Layout& layout, bool first_try) {
   Prologue p;
   if (auto problem = read_prologue(body, layout, expected_records, p)) return problem;
-  ColumnDecoder decoder(std::move(p.columns), layout, sha1, p.seed, kPow10[p.scale]);
+  ColumnDecoder decoder(std::move(p.columns), layout, sha1, p.seed, kPow10[p.scale],
+                        options.decode_derived_community_ids);
   // About 40 words a record; a batch that needs more is built again in a larger one (below).
   if (first_segment.size() == 0) first_segment = zeroed_words(64 + p.records * 48);
   std::size_t words_used = 0;

@@ -50,6 +50,10 @@ struct ColumnOptions {
   // flowd.community_id_seed: the seed records' Community IDs were made with. With another
   // seed they are simply stored in full.
   std::uint16_t community_id_seed = 0;
+  // Decoding: false leaves out the Community IDs the store derives from the 5-tuple rather than
+  // stores (most of them), and the SHA-1 that rebuilding each costs. For a reader that does not
+  // use them (the IPFIX export); its records are then not the sealed ones: never verify them.
+  bool decode_derived_community_ids = true;
 };
 
 // Encodes and decodes batches; owns the SHA-1 that Community IDs need (fetched once) and the
@@ -57,6 +61,7 @@ struct ColumnOptions {
 class BatchCodec {
  public:
   explicit BatchCodec(ColumnOptions options = {});  // never throws for a missing SHA-1
+  void set_options(const ColumnOptions& options);
   BatchCodec(BatchCodec&&) noexcept;
   BatchCodec& operator=(BatchCodec&&) noexcept;
   ~BatchCodec();

@@ -341,6 +341,51 @@ TEST_CASE("a flowd record's uid and Community ID are recomputed, not stored") {
   CHECK(sealed_content(decoded.getRoot<schema::SealedBatch>()) == sealed_content(derivable));
 }
 
+TEST_CASE("a decoder told to leave out derived Community IDs gives every other field as stored") {
+  // For the IPFIX export, which sends no Community ID: the ones the store derives are not
+  // rebuilt (a SHA-1 each); the ones it stores in full still come back.
+  const auto derivable = sealed_batch(3, 200, false);
+  std::vector<std::uint8_t> stored, stored_in_full;
+  BatchCodec encoder(ColumnOptions{kSeed});
+  REQUIRE(encoder.encode(derivable, stored) == BatchEncoding::kColumns);
+  BatchCodec other_seed(ColumnOptions{kSeed + 1});
+  REQUIRE(other_seed.encode(derivable, stored_in_full) == BatchEncoding::kColumns);
+
+  ColumnOptions options{kSeed};
+  options.decode_derived_community_ids = false;
+  BatchCodec decoder(options);
+  std::vector<std::uint64_t> out, full_out;
+  std::size_t bytes = 0, full_bytes = 0;
+  REQUIRE_FALSE(decoder.decode(stored, 200, out, bytes));
+  REQUIRE_FALSE(decoder.decode(stored_in_full, 200, full_out, full_bytes));
+  auto decoded = open(out, bytes);
+  auto decoded_full = open(full_out, full_bytes);
+  auto records = decoded.getRoot<schema::SealedBatch>().getRecords();
+  auto records_full = decoded_full.getRoot<schema::SealedBatch>().getRecords();
+
+  std::vector<std::uint64_t> words(derivable.size() / 8);
+  std::memcpy(words.data(), derivable.data(), derivable.size());
+  capnp::FlatArrayMessageReader original(
+      kj::arrayPtr(reinterpret_cast<const capnp::word*>(words.data()), words.size()));
+  auto expected = original.getRoot<schema::SealedBatch>().getRecords();
+  REQUIRE(records.size() == expected.size());
+  std::size_t derived = 0;
+  for (unsigned i = 0; i < expected.size(); ++i) {
+    CHECK(canonical(records_full[i]) == canonical(expected[i]));
+    if (!expected[i].hasCommunityId()) {
+      CHECK(canonical(records[i]) == canonical(expected[i]));
+      continue;
+    }
+    CHECK_FALSE(records[i].hasCommunityId());
+    ++derived;
+    capnp::MallocMessageBuilder without;
+    without.setRoot(expected[i]);
+    without.getRoot<schema::FlowEvent>().disownCommunityId();
+    CHECK(canonical(records[i]) == canonical(without.getRoot<schema::FlowEvent>().asReader()));
+  }
+  CHECK(derived > 100);
+}
+
 TEST_CASE("tunnel parents are stored in their own column, one null byte per record without") {
   // Records without parents: the column holds one 0 per record, and nothing may be missing.
   capnp::MallocMessageBuilder message;

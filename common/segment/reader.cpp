@@ -23,6 +23,13 @@ struct SegmentReader::ZstdState {
   BatchCodec codec;  // the seed is in each stored batch; the reader needs none
 };
 
+void SegmentReader::set_decode_derived_community_ids(bool decode) {
+  if (!zstd_) return;
+  ColumnOptions options;
+  options.decode_derived_community_ids = decode;
+  zstd_->codec.set_options(options);
+}
+
 std::string SegmentError::message() const {
   return fmt::format("{}: offset {}: {}", file.string(), offset, what);
 }

@@ -65,6 +65,10 @@ class SegmentReader {
   SegmentReader& operator=(SegmentReader&&) noexcept;
   ~SegmentReader();
 
+  // Decoding (columns.h): false leaves out the Community IDs the store derived, and their
+  // SHA-1s (for the IPFIX export). The messages are then not the sealed records.
+  void set_decode_derived_community_ids(bool decode);
+
   const std::filesystem::path& file() const { return file_; }
   bool ok() const { return !error_; }
   const std::optional<SegmentError>& error() const { return error_; }
