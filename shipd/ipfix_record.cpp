@@ -94,12 +94,22 @@ void IpfixMapper::remember(std::uint64_t uid, const std::optional<Sent>& before)
   undo_.emplace_back(uid, before);
 }
 
+namespace {
+EventId event_id(schema::FlowEvent::Reader event) {
+  return {event.getUid(),
+          (static_cast<std::uint64_t>(event.getKind()) << 32) | event.getEventNumber()};
+}
+}  // namespace
+
+void IpfixMapper::prefetch(schema::FlowEvent::Reader event) const {
+  if (event.getKind() != schema::EventKind::START) recent_.prefetch(event_id(event));
+}
+
 void IpfixMapper::map(schema::FlowEvent::Reader event, std::vector<IpfixRecord>& out) {
   try {
     const schema::EventKind kind = event.getKind();
     if (kind == schema::EventKind::START) return;
-    const EventId id{event.getUid(),
-                     (static_cast<std::uint64_t>(kind) << 32) | event.getEventNumber()};
+    const EventId id = event_id(event);
     if (recent_.contains(id)) {
       ++repeats_;
       return;

@@ -114,6 +114,8 @@ class IpfixMapper {
   // Appends the records for `event` to `out` (none for a start, a repeat, or a malformed
   // record: the latter counted in malformed()). Changes are pending until commit()/rollback().
   void map(schema::FlowEvent::Reader event, std::vector<IpfixRecord>& out);
+  // Called for an event a few before it is mapped: loads what map() will look up for it.
+  void prefetch(schema::FlowEvent::Reader event) const;
   void commit();
   void rollback();
 

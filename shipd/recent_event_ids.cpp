@@ -82,8 +82,13 @@ void RecentEventIds::shrink_after_batch() {
 }
 
 void RecentEventIds::commit() {
+  constexpr std::size_t kAhead = 8;  // ids forgotten in ring order: load their slots early
+  for (std::size_t i = 0; i < pending_.size() && i < kAhead && i < ring_count_; ++i) {
+    prefetch(ring_[(ring_head_ + i) % capacity_]);
+  }
   for (const EventId& id : pending_) {
     if (ring_count_ == capacity_) {
+      prefetch(ring_[(ring_head_ + kAhead) % capacity_]);
       erase(ring_[ring_head_]);
       ring_head_ = (ring_head_ + 1) % capacity_;
       --ring_count_;
