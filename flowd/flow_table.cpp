@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <cstdlib>
 #include <bit>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -51,9 +53,8 @@ struct ListEnds {
 struct Direction {
   std::uint64_t pkts;
   std::uint64_t ip_bytes;
-  std::uint64_t payload_bytes;  // by the IP lengths
-  std::uint64_t size_sumsq;     // sum of squared IP lengths
-  std::int64_t last_ts;         // this side's last packet
+  std::uint64_t size_sumsq;  // sum of squared IP lengths
+  std::int64_t last_ts;      // this side's last packet
   std::uint64_t iat_sum_us;
   double iat_sumsq_us;
   std::uint32_t iat_min_us;  // saturating: an idle gap past ~71 min is not a flow any more
@@ -62,27 +63,49 @@ struct Direction {
   // not seen, as Zeek does so the FIN octet is not counted as data): the highest segment end
   // this side sent and the highest ack the peer sent for it. 32 bits: a side that sends more
   // than 4 GiB wraps, as it does in Zeek without its 64-bit high words.
+  // Until seq_known, seq_base and seq_end hold the side's payload bytes by the IP lengths
+  // instead (low and high word, see payload_bytes()): TCP reads that count only while its
+  // sequence base is unknown, and no other protocol has one.
   std::uint32_t seq_base;
   std::uint32_t seq_end;
   std::uint32_t acked_end;
   std::uint32_t rexmits;
+  // Zeek's hist_last_RST: the relative sequence number of this side's last RST (a RST at
+  // another one is marked again).
+  std::uint32_t last_rst_seq;
   std::uint16_t size_min;
   std::uint16_t size_max;
+  // Zero-window advertisements (w/W at the 1st, 10th, 100th, ...); saturating, so past
+  // 65535 no more letters (Zeek would add one at the 100000th).
+  std::uint16_t zero_windows;
   std::uint8_t tcp_flags;
   std::uint8_t tcp_state;     // TcpState
   std::uint8_t history_seen;  // one bit per history letter already recorded
   std::uint8_t seq_known;     // 1: seq_base is set
-  // Zeek's hist_last_RST: the relative sequence number of this side's last RST (a RST at
-  // another one is marked again).
-  std::uint32_t last_rst_seq;
-  // Zero-window advertisements (w/W at the 1st, 10th, 100th, ...); saturating, so past
-  // 65535 no more letters (Zeek would add one at the 100000th).
-  std::uint16_t zero_windows;
-  std::uint8_t prev_state;  // Zeek's TCP_Endpoint::prev_state: the state before the last change
-  std::uint8_t pad;
+  std::uint8_t prev_state;    // Zeek's TCP_Endpoint::prev_state: the state before the last change
+  // The originator's only: 1 if it opened with a SYN, so Zeek's attempt timer runs (see
+  // is_attempt()).
+  std::uint8_t attempt_timer;
 };
 
+// The history letters (Zeek's conn.log history), 5 bits each: code i + 1 is
+// kHistoryAlphabet[i], 0 is none. Letters 0..11 are in words[0], 12..22 in words[1], whose
+// top 5 bits hold the length. 23 letters at most, as the 24-byte text this replaced held.
+inline constexpr std::string_view kHistoryAlphabet = "^sShHaAdDfFrRqQiItTwW";
+inline constexpr std::size_t kMaxHistory = 23;
+inline constexpr unsigned kHistoryBits = 5;
+inline constexpr unsigned kHistoryPerWord = 12;
+inline constexpr unsigned kHistoryLenShift = 59;
+struct History {
+  std::uint64_t words[2];
+};
+
+// A slot is in use if its ip_version is 4 or 6 (a free one is all zero). Derived, not kept:
+// the bucket hash and the uid (from the key: symmetric_hash64() is the same either way
+// round), the Community ID text (from its digest) and the timer list the flow is in
+// (timer_class_of() its state, which only apply() changes, moving it to the list it names).
 struct FlowSlot {
+  // The key, as packet::flow_key() gives it, the originator first.
   std::array<std::uint8_t, 16> orig_addr;
   std::array<std::uint8_t, 16> resp_addr;
   std::uint16_t orig_port;
@@ -90,18 +113,9 @@ struct FlowSlot {
   std::uint16_t vlan;
   std::uint8_t proto;
   std::uint8_t ip_version;
+  std::uint32_t hash_next;  // beside the key: a bucket walk reads both
+  std::uint32_t event_number;
 
-  std::uint8_t in_use;
-  std::uint8_t timer_class;  // TimerClass
-  std::uint8_t history_len;
-  // 1: the originator opened with a SYN, so Zeek's attempt timer runs (see is_attempt()).
-  std::uint8_t attempt_timer;
-  // The step (TableHeader::step) that last journaled this slot: a step saves a slot once,
-  // before its first change, however many of the step's packets touch it.
-  std::uint32_t journal_step;
-
-  std::uint64_t hash;
-  std::uint64_t uid;
   std::int64_t first_ts;
   std::int64_t last_ts;
   std::int64_t report_ts;  // start or last update: the active timeout counts from here
@@ -110,15 +124,18 @@ struct FlowSlot {
   Direction orig;
   Direction resp;
 
-  std::uint32_t hash_next;
-  std::uint32_t event_number;
   Link timer;   // in its timer class's list
   Link active;  // in the active-timeout list
 
-  char history[24];
-  char community_id[32];  // "1:" + 28 base64 characters, NUL-terminated
+  History history;
   // uids of the enclosing tunnel connections, first seen first; 0 = none (FlowEventData).
   std::uint64_t tunnel_parents[FlowEventData::kMaxTunnelParents];
+  // Community ID v1's SHA-1 (the text is its base64, written per event); all zero: none
+  // (OpenSSL failed).
+  std::array<std::uint8_t, 20> community_id;
+  // The step (TableHeader::step) that last journaled this slot: a step saves a slot once,
+  // before its first change, however many of the step's packets touch it.
+  std::uint32_t journal_step;
 };
 
 struct TableHeader {
@@ -166,15 +183,16 @@ struct Journal {
 
 constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-endian
 constexpr std::uint32_t kLayoutVersion =
-    8;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state,
-        // attempt, letters); 7: IP fragments in the table; 8: slots journaled once per step
+    9;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state,
+        // attempt, letters); 7: IP fragments in the table; 8: slots journaled once per step;
+        // 9: 328-byte slots (no hash, uid, timer class or Community ID text; history packed)
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
 static_assert(std::is_standard_layout_v<TableHeader> && std::is_trivially_copyable_v<TableHeader>);
-static_assert(sizeof(Direction) == 96);
-static_assert(sizeof(FlowSlot) == 384 &&
-              alignof(FlowSlot) == 8);  // 352 + two tunnel parents + Zeek's TCP state
+static_assert(sizeof(Direction) == 88);
+// The slot is most of a flow's memory (benchmarks/flow_bench: bytes_per_flow).
+static_assert(sizeof(FlowSlot) == 328 && alignof(FlowSlot) == 8);
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 static_assert(std::is_trivially_copyable_v<Journal> && sizeof(Journal) % 8 == 0);
 static_assert(sizeof(FragmentSlot) <= sizeof(FlowSlot));  // a journal entry holds either
@@ -315,7 +333,7 @@ schema::EndReason closed_reason(const FlowSlot& s) {
 // from the SYN, not from the last packet, so a client that goes on sending into the void
 // (half-duplex capture) still has its attempt ended and the rest is a new connection.
 bool is_attempt(const FlowSlot& s) {
-  return s.proto == kProtoTcp && s.attempt_timer != 0 &&
+  return s.proto == kProtoTcp && s.orig.attempt_timer != 0 &&
          (s.orig.tcp_state == kSynSent || s.orig.tcp_state == kSynAckSent) &&
          s.resp.tcp_state == kInactive;
 }
@@ -346,10 +364,53 @@ enum HistoryBit : std::uint8_t {
   kHistFinRst = 64,
 };
 
+std::size_t history_len(const History& h) { return h.words[1] >> kHistoryLenShift; }
+
+// Each letter's code (0: not a history letter).
+constexpr std::array<std::uint8_t, 128> kHistoryCode = [] {
+  std::array<std::uint8_t, 128> codes{};
+  for (std::size_t i = 0; i < kHistoryAlphabet.size(); ++i) {
+    codes[static_cast<unsigned char>(kHistoryAlphabet[i])] = static_cast<std::uint8_t>(i + 1);
+  }
+  return codes;
+}();
+
+// Appends one letter of kHistoryAlphabet (the callers' letters are all in it).
+void push_history(History& h, char letter) {
+  const std::size_t len = history_len(h);
+  if (len >= kMaxHistory) return;
+  const std::uint64_t code = kHistoryCode[static_cast<unsigned char>(letter) & 127];
+  assert(code != 0);
+  h.words[len / kHistoryPerWord] |= code << (len % kHistoryPerWord * kHistoryBits);
+  h.words[1] += std::uint64_t{1} << kHistoryLenShift;
+}
+
+// The letters as text (what the event carries); `out` gets kMaxHistory at most.
+std::string_view history_text(const History& h, std::array<char, kMaxHistory>& out) {
+  const std::size_t len = std::min(history_len(h), kMaxHistory);
+  for (std::size_t i = 0; i < len; ++i) {
+    const auto code = static_cast<std::size_t>(
+        (h.words[i / kHistoryPerWord] >> (i % kHistoryPerWord * kHistoryBits)) & 31);
+    out[i] = code >= 1 && code <= kHistoryAlphabet.size() ? kHistoryAlphabet[code - 1] : '?';
+  }
+  return {out.data(), len};
+}
+
 void append_history(FlowSlot& s, bool from_orig, char letter) {
-  if (s.history_len + 1u >= sizeof s.history) return;
-  s.history[s.history_len++] = from_orig ? static_cast<char>(letter - 'a' + 'A') : letter;
-  s.history[s.history_len] = '\0';
+  push_history(s.history, from_orig ? static_cast<char>(letter - 'a' + 'A') : letter);
+}
+
+// A side's payload bytes by the IP lengths, kept in seq_base / seq_end until it has a
+// sequence base (see Direction): afterwards a TCP side counts by sequence numbers.
+std::uint64_t payload_bytes(const Direction& d) {
+  return d.seq_base | std::uint64_t{d.seq_end} << 32;
+}
+
+void add_payload_bytes(Direction& d, std::uint32_t bytes) {
+  if (d.seq_known != 0) return;
+  const std::uint64_t sum = payload_bytes(d) + bytes;
+  d.seq_base = static_cast<std::uint32_t>(sum);
+  d.seq_end = static_cast<std::uint32_t>(sum >> 32);
 }
 
 void add_history(FlowSlot& s, bool from_orig, HistoryBit bit, char letter) {
@@ -412,7 +473,7 @@ void track_sequence(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p)
 // covered (what it sent or what its peer acknowledged, whichever reaches further) less the
 // SYN and FIN octets. Payload lost before the probe still counts, as in Zeek.
 std::uint64_t sequence_bytes(const Direction& d) {
-  if (d.seq_known == 0) return d.payload_bytes;
+  if (d.seq_known == 0) return payload_bytes(d);
   std::uint32_t top = d.seq_end;
   if (static_cast<std::int32_t>(d.acked_end - top) > 0) top = d.acked_end;
   std::uint64_t size = top;
@@ -430,7 +491,7 @@ std::uint64_t payload_size(const FlowSlot& s, const Direction& d) {
     case kProtoUdp:
     case kProtoIcmp:
     case kProtoIcmpv6:
-    case kProtoSctp: return d.payload_bytes;
+    case kProtoSctp: return payload_bytes(d);
     default: return 0;
   }
 }
@@ -554,7 +615,7 @@ void update_tcp(FlowSlot& s, bool from_orig, const packet::DecodedPacket& p) {
       if (syn) {
         if (from_orig) {
           me.set(ack ? kSynAckSent : kSynSent);
-          s.attempt_timer = 1;
+          s.orig.attempt_timer = 1;
         } else {
           // The responder's SYN-ACK (or SYN) establishes both sides at once.
           if (peer.state() == kSynSent || (!ack && peer.state() == kSynAckSent)) {
@@ -626,7 +687,8 @@ std::string_view conn_state(const FlowSlot& s) {
     }
     if (os == kReset) {
       if (r_inactive) {
-        return rstos0_history(std::string_view(s.history, s.history_len)) ? "RSTOS0" : "OTH";
+        std::array<char, kMaxHistory> text;
+        return rstos0_history(history_text(s.history, text)) ? "RSTOS0" : "OTH";
       }
       return "RSTO";
     }
@@ -714,6 +776,20 @@ bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig
     return true;
   }
   return false;
+}
+
+// The flow's key as packet::flow_key() gave it (originator first) and its hash: the bucket
+// and, with first_ts, the uid (packet::flow_uid()) are derived from it, not kept.
+std::uint64_t key_hash(const FlowSlot& s) {
+  packet::FlowKey key;
+  key.src = s.orig_addr;
+  key.dst = s.resp_addr;
+  key.src_port = s.orig_port;
+  key.dst_port = s.resp_port;
+  key.vlan = s.vlan;
+  key.proto = s.proto;
+  key.ip_version = s.ip_version;
+  return packet::symmetric_hash64(key);
 }
 
 }  // namespace
@@ -905,15 +981,12 @@ void FlowTable::rebuild_indexes() {
   std::vector<std::uint32_t> live;
   for (std::uint32_t i = capacity; i >= 1; --i) {
     FlowSlot& s = slots_[i];
-    if (s.in_use != 1 || (s.ip_version != 4 && s.ip_version != 6) ||
-        s.history_len >= sizeof s.history) {
+    if ((s.ip_version != 4 && s.ip_version != 6) || history_len(s.history) > kMaxHistory) {
       s = FlowSlot{};
       s.hash_next = header_->free_head;
       header_->free_head = i;
       continue;
     }
-    s.history[s.history_len] = '\0';
-    s.community_id[sizeof s.community_id - 1] = '\0';
     live.push_back(i);
   }
   header_->active = live.size();
@@ -923,20 +996,11 @@ void FlowTable::rebuild_indexes() {
   });
   for (std::uint32_t i : live) {
     FlowSlot& s = slots_[i];
-    packet::FlowKey key;
-    key.src = s.orig_addr;
-    key.dst = s.resp_addr;
-    key.src_port = s.orig_port;
-    key.dst_port = s.resp_port;
-    key.vlan = s.vlan;
-    key.proto = s.proto;
-    key.ip_version = s.ip_version;
-    s.hash = packet::symmetric_hash64(key);
-    s.hash_next = bucket(s.hash);
-    bucket(s.hash) = i;
-    s.timer_class = timer_class_of(s);
+    const std::uint64_t hash = key_hash(s);
+    s.hash_next = bucket(hash);
+    bucket(hash) = i;
     s.queued_ts = s.last_ts;
-    List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(i);
+    List<&FlowSlot::timer>{slots_, header_->timer_lists[timer_class_of(s)]}.push_back(i);
   }
   std::stable_sort(live.begin(), live.end(), [this](std::uint32_t a, std::uint32_t b) {
     return slots_[a].report_ts < slots_[b].report_ts;
@@ -959,7 +1023,7 @@ std::int64_t FlowTable::idle_timeout(std::uint8_t timer_class) const {
 std::uint32_t FlowTable::find(const packet::FlowKey& key, std::uint64_t hash,
                               bool& from_orig) const {
   for (std::uint32_t i = bucket(hash); i != kNil; i = slots_[i].hash_next) {
-    if (slots_[i].hash == hash && same_endpoints(slots_[i], key, from_orig)) return i;
+    if (same_endpoints(slots_[i], key, from_orig)) return i;
   }
   return kNil;
 }
@@ -988,8 +1052,9 @@ void FlowTable::on_packet(const packet::DecodedPacket& packet, std::int64_t ts_n
 std::uint64_t FlowTable::uid_of(const packet::FlowKey& raw) const {
   const packet::FlowKey key = packet::flow_key(raw);
   bool from_orig = true;
-  const std::uint32_t index = find(key, packet::symmetric_hash64(key), from_orig);
-  return index == kNil ? 0 : slots_[index].uid;
+  const std::uint64_t hash = packet::symmetric_hash64(key);
+  const std::uint32_t index = find(key, hash, from_orig);
+  return index == kNil ? 0 : packet::flow_uid(hash, slots_[index].first_ts, options_.shard);
 }
 
 void FlowTable::add_tunnel_parent(FlowSlot& s, std::uint64_t parent) {
@@ -1026,15 +1091,17 @@ std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t
   const std::uint64_t hash = packet::symmetric_hash64(key);
   bool from_orig = true;
   std::uint32_t index = find(key, hash, from_orig);
+  std::uint8_t queued_class = 0;  // the timer list the flow is in
   if (index != kNil) {
     save(index);
     FlowSlot& s = slots_[index];
     const bool new_syn = (packet.tcp_flags & (kSyn | kAck)) == kSyn;
-    if (ts_ns - s.last_ts > idle_timeout(s.timer_class)) {
+    queued_class = timer_class_of(s);
+    if (ts_ns - s.last_ts > idle_timeout(queued_class)) {
       // Idle past its timeout between two expire() calls: that flow is over.
       end_flow(index, is_closed(s) ? closed_reason(s) : schema::EndReason::IDLE, sink);
       index = kNil;
-    } else if (s.timer_class == kTcpAttempt && ts_ns - s.first_ts > idle_timeout(kTcpAttempt)) {
+    } else if (queued_class == kTcpAttempt && ts_ns - s.first_ts > idle_timeout(kTcpAttempt)) {
       // Zeek's attempt timer ran out since the SYN (see is_attempt(); the class is kept up to
       // date after every packet), however busy the originator was since: the attempt ends
       // and this packet starts a new connection.
@@ -1051,6 +1118,7 @@ std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t
   const bool is_new = index == kNil;
   if (is_new) {
     index = create(packet, key, hash, ts_ns, sink);
+    queued_class = timer_class_of(slots_[index]);
     from_orig =
         same_address(slots_[index].orig_addr, key.src) && slots_[index].orig_port == key.src_port;
   }
@@ -1060,7 +1128,7 @@ std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t
   record_spread(d, packet.ip_bytes, ts_ns);
   ++d.pkts;
   d.ip_bytes += packet.ip_bytes;
-  d.payload_bytes += packet.payload_bytes;
+  add_payload_bytes(d, packet.payload_bytes);
   // Zeek stops a TCP connection's clock once both sides have closed (each sent a FIN or a
   // RST): the last ACK and a RST after the FINs lengthen neither its duration nor its linger.
   if (s.proto != kProtoTcp || !both_closed(s)) s.last_ts = std::max(s.last_ts, ts_ns);
@@ -1078,31 +1146,30 @@ std::uint64_t FlowTable::apply(const packet::DecodedPacket& packet, std::int64_t
   // head. So that lazy place is never far, a flow touched more than 1/kRequeueFraction of its
   // timeout after it was queued moves to the tail now: at most that many moves per timeout.
   const std::uint8_t timer_class = timer_class_of(s);
-  if (timer_class == s.timer_class &&
+  if (timer_class == queued_class &&
       s.last_ts - s.queued_ts > idle_timeout(timer_class) / kRequeueFraction) {
     List<&FlowSlot::timer> list{slots_, header_->timer_lists[timer_class]};
     list.remove(index);
     s.queued_ts = s.last_ts;
     list.push_back(index);
-  } else if (timer_class != s.timer_class) {
-    List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
-    s.timer_class = timer_class;
+  } else if (timer_class != queued_class) {
+    List<&FlowSlot::timer>{slots_, header_->timer_lists[queued_class]}.remove(index);
     s.queued_ts = s.last_ts;
-    List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(index);
+    List<&FlowSlot::timer>{slots_, header_->timer_lists[timer_class]}.push_back(index);
   }
 
   if (is_new) {
-    emit(s, schema::EventKind::START, schema::EndReason::NONE, sink);
+    emit(s, hash, schema::EventKind::START, schema::EndReason::NONE, sink);
   } else if (options_.timeouts.active_timeout_ns > 0 &&
              ts_ns - s.report_ts >= options_.timeouts.active_timeout_ns) {
-    emit(s, schema::EventKind::UPDATE, schema::EndReason::ACTIVE, sink);
+    emit(s, hash, schema::EventKind::UPDATE, schema::EndReason::ACTIVE, sink);
     ++header_->stats.updates;
     s.report_ts = ts_ns;
     List<&FlowSlot::active> list{slots_, header_->active_list};
     list.remove(index);
     list.push_back(index);
   }
-  return s.uid;
+  return packet::flow_uid(hash, s.first_ts, options_.shard);
 }
 
 std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packet::FlowKey& key,
@@ -1130,23 +1197,19 @@ std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packe
   s.vlan = key.vlan;
   s.proto = key.proto;
   s.ip_version = key.ip_version;
-  s.hash = hash;
   s.first_ts = ts_ns;
   s.last_ts = ts_ns;
   s.report_ts = ts_ns;
   s.queued_ts = ts_ns;
-  s.uid = packet::flow_uid(hash, ts_ns, options_.shard);
-  if (flip) {
-    s.history[0] = '^';
-    s.history_len = 1;
-  }
-  compute_community_id(s);
-  s.timer_class = timer_class_of(s);
-  s.in_use = 1;
+  if (flip) push_history(s.history, '^');
+  const std::size_t addr_len = s.ip_version == 4 ? 4 : 16;
+  packet::community_id_digest(sha1_, options_.community_id_seed, s.proto,
+                              {s.orig_addr.data(), addr_len}, {s.resp_addr.data(), addr_len},
+                              s.orig_port, s.resp_port, s.community_id);  // zero if it failed
 
   s.hash_next = bucket(hash);
   bucket(hash) = index;
-  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.push_back(index);
+  List<&FlowSlot::timer>{slots_, header_->timer_lists[timer_class_of(s)]}.push_back(index);
   List<&FlowSlot::active>{slots_, header_->active_list}.push_back(index);
   ++header_->active;
   ++header_->stats.flows_started;
@@ -1201,12 +1264,13 @@ std::size_t FlowTable::evict_to(std::size_t target, EventSink& sink) {
 void FlowTable::end_flow(std::uint32_t index, schema::EndReason reason, EventSink& sink) {
   save(index);
   FlowSlot& s = slots_[index];
-  emit(s, schema::EventKind::END, reason, sink);
+  const std::uint64_t hash = key_hash(s);
+  emit(s, hash, schema::EventKind::END, reason, sink);
 
-  std::uint32_t* link = &bucket(s.hash);
+  std::uint32_t* link = &bucket(hash);
   while (*link != kNil && *link != index) link = &slots_[*link].hash_next;
   if (*link == index) *link = s.hash_next;
-  List<&FlowSlot::timer>{slots_, header_->timer_lists[s.timer_class]}.remove(index);
+  List<&FlowSlot::timer>{slots_, header_->timer_lists[timer_class_of(s)]}.remove(index);
   List<&FlowSlot::active>{slots_, header_->active_list}.remove(index);
 
   clear_slot(s);
@@ -1271,7 +1335,7 @@ void FlowTable::expire(std::int64_t now_ns, EventSink& sink) {
     checkpoint_if_full(sink);
     save(index);
     FlowSlot& s = slots_[index];
-    emit(s, schema::EventKind::UPDATE, schema::EndReason::ACTIVE, sink);
+    emit(s, key_hash(s), schema::EventKind::UPDATE, schema::EndReason::ACTIVE, sink);
     ++header_->stats.updates;
     s.report_ts = now_ns;
     list.remove(index);
@@ -1307,10 +1371,11 @@ void FlowTable::flush(EventSink& sink) {
   }
 }
 
-void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reason,
-                     EventSink& sink) {
+void FlowTable::emit(FlowSlot& s, std::uint64_t hash, schema::EventKind kind,
+                     schema::EndReason reason, EventSink& sink) {
   FlowEventData e;
-  e.uid = s.uid;
+  const std::uint64_t uid = packet::flow_uid(hash, s.first_ts, options_.shard);
+  e.uid = uid;
   e.kind = kind;
   e.event_number = s.event_number++;
   e.end_reason = reason;
@@ -1329,22 +1394,17 @@ void FlowTable::emit(FlowSlot& s, schema::EventKind kind, schema::EndReason reas
   e.resp = direction_of(s, s.resp);
   e.resp.local = options_.local_nets.locality({s.resp_addr.data(), addr_len});
   e.conn_state.assign(conn_state(s));
-  e.history.assign(std::string_view(s.history, s.history_len));
-  e.community_id.assign(s.community_id);
-  e.first_uid = s.uid;
-  e.last_uid = s.uid;
+  std::array<char, kMaxHistory> history;
+  e.history.assign(history_text(s.history, history));
+  // Community ID v1 (common/packet/flow_id.h: the segment format recomputes it from the
+  // record), from the digest the start computed.
+  if (s.community_id != std::array<std::uint8_t, 20>{}) {
+    e.community_id.assign(packet::community_id_text(s.community_id).view());
+  }
+  e.first_uid = uid;
+  e.last_uid = uid;
   std::copy(std::begin(s.tunnel_parents), std::end(s.tunnel_parents), e.tunnel_parents.begin());
   sink.on_event(e);
-}
-
-// Community ID v1 (common/packet/flow_id.h: the segment format recomputes it from the record).
-void FlowTable::compute_community_id(FlowSlot& s) {
-  const std::size_t addr_len = s.ip_version == 4 ? 4 : 16;
-  const packet::CommunityIdText id = packet::community_id(
-      sha1_, options_.community_id_seed, s.proto, {s.orig_addr.data(), addr_len},
-      {s.resp_addr.data(), addr_len}, s.orig_port, s.resp_port);
-  static_assert(sizeof s.community_id >= sizeof id.chars);
-  std::memcpy(s.community_id, id.chars.data(), sizeof id.chars);  // "" if OpenSSL failed
 }
 
 }  // namespace flowseal::flowd

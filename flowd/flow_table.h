@@ -179,8 +179,9 @@ class FlowTable final : private FragmentUndo {
   void evict_oldest(EventSink& sink);
   void settle_head(std::uint8_t timer_class);
   void evict_oldest_in_bucket(std::uint64_t hash, EventSink& sink);
-  void emit(Slot& slot, schema::EventKind kind, schema::EndReason reason, EventSink& sink);
-  void compute_community_id(Slot& slot);
+  // `hash`: symmetric_hash64() of the slot's key (the uid is derived from it).
+  void emit(Slot& slot, std::uint64_t hash, schema::EventKind kind, schema::EndReason reason,
+            EventSink& sink);
   std::int64_t idle_timeout(std::uint8_t timer_class) const;
   void format();
   void rebuild_indexes();

@@ -7,6 +7,7 @@
 #include <memory>
 #include <regex>
 #include <sstream>
+#include <cstring>
 #include <string>
 #include <limits>
 #include <vector>
@@ -518,6 +519,77 @@ TEST_CASE("a resumed table still evicts in least-recently-seen order") {
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].orig_addr[3] == 2);
+}
+
+TEST_CASE("a table another layout version left in the memory is formatted afresh, not read") {
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(16));
+  Recorder sink;
+  {
+    FlowTable first(memory, 16, o);
+    full_tcp_conversation(first, sink);
+    first.on_packet(v4(17, 1, 1000, 2, 53), 10 * kMs, sink);
+    REQUIRE(first.active() == 2);
+  }
+  // The header's layout version (after the 8-byte magic) of an older flowd: its slots were
+  // laid out otherwise, so none of them may be taken for a flow.
+  const std::uint32_t older = 8;
+  std::memcpy(memory.data() + 8, &older, sizeof older);
+  FlowTable second(memory, 16, o);
+  CHECK_FALSE(second.resumed());
+  CHECK(second.active() == 0);
+  CHECK(second.stats().flows_started == 0);
+  Recorder after;
+  second.on_packet(v4(17, 1, 1000, 2, 53), 20 * kMs, after);
+  second.flush(after);
+  REQUIRE(after.of_kind(EventKind::END).size() == 1);
+  CHECK(after.of_kind(EventKind::END)[0].orig.pkts == 1);
+}
+
+TEST_CASE("a history keeps its first 23 letters") {
+  TestTable t(16, short_timeouts());
+  Recorder sink;
+  t.table.on_packet(c2s(kSyn), 0, sink);
+  // Each RST at another sequence number is marked again (Zeek's hist_last_RST).
+  for (std::uint32_t i = 0; i < 30; ++i) {
+    DecodedPacket rst = v4(6, 1, 40000, 2, 80, kRst);
+    rst.tcp_seq = kClientIsn + 1 + i * 10;
+    t.table.on_packet(rst, (i + 1) * kMs, sink);
+  }
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].history.view() == "S" + std::string(22, 'R'));
+
+  // A flipped connection's '^' is one of them.
+  TestTable flipped(16, short_timeouts());
+  Recorder flipped_sink;
+  flipped.table.on_packet(v4(6, 2, 80, 1, 40000, kSyn | kAck), 0, flipped_sink);
+  for (std::uint32_t i = 0; i < 30; ++i) {
+    DecodedPacket rst = v4(6, 1, 40000, 2, 80, kRst);
+    rst.tcp_seq = 5000 + i * 10;
+    flipped.table.on_packet(rst, (i + 1) * kMs, flipped_sink);
+  }
+  flipped.table.flush(flipped_sink);
+  const auto flipped_ends = flipped_sink.of_kind(EventKind::END);
+  REQUIRE(flipped_ends.size() == 1);
+  CHECK(flipped_ends[0].history.view() == "^h" + std::string(21, 'R'));
+}
+
+TEST_CASE("payload bytes count past 4 GiB") {
+  TestTable t(16, short_timeouts());
+  Recorder sink;
+  constexpr std::uint32_t kPackets = 70'000, kPayload = 65'000;  // 4.55 GB one way
+  for (std::uint32_t i = 0; i < kPackets; ++i) {
+    t.table.on_packet(v4(17, 1, 1000, 2, 53, 0, kPayload), i * kMs, sink);
+  }
+  t.table.on_packet(v4(17, 2, 53, 1, 1000, 0, 7), kPackets * kMs, sink);
+  t.table.flush(sink);
+  const auto ends = sink.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0].orig.bytes == std::uint64_t{kPackets} * kPayload);
+  CHECK(ends[0].orig.pkts == kPackets);
+  CHECK(ends[0].resp.bytes == 7);
 }
 
 TEST_CASE("uids are the same on a replay and differ between shards") {
