@@ -7,6 +7,8 @@
 // every 256 packets as flowd calls it per batch. No flow ends during the run (packet time
 // advances 1 us per packet, far from the 60 s UDP idle timeout). items/s = packets; the
 // bytes_per_flow counter is the table's shared memory divided by its capacity.
+// FlowTableUpdateJournaled does the same inside undo-journal steps of 256 packets, as flowd
+// runs the table (every touched slot is saved once per step).
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -60,7 +62,9 @@ packet::DecodedPacket udp_packet(std::uint32_t flow, bool reply) {
   return p;
 }
 
-void BM_FlowTableUpdate(benchmark::State& state) {
+// `journaled`: as flowd runs the table, one undo-journal step per 256 packets (each flow's
+// slot is saved once per step it is touched in).
+void update_flows(benchmark::State& state, bool journaled) {
   const auto flows = static_cast<std::uint32_t>(state.range(0));
   // Capacity with headroom, as the budget plan leaves it: the table is not near full.
   const std::size_t capacity = flows + flows / 4;
@@ -77,6 +81,7 @@ void BM_FlowTableUpdate(benchmark::State& state) {
   // a power-of-two range once per cycle; indices past `flows` are folded back.
   std::uint64_t i = 0;
   std::vector<packet::DecodedPacket> templates = {udp_packet(0, false), udp_packet(0, true)};
+  if (journaled) table.begin_step();
   for (auto _ : state) {
     const auto f = static_cast<std::uint32_t>((i * 0x9E3779B1u) % flows);
     packet::DecodedPacket& p = templates[i & 1];
@@ -85,15 +90,25 @@ void BM_FlowTableUpdate(benchmark::State& state) {
     addr[2] = static_cast<std::uint8_t>(f >> 8);
     addr[3] = static_cast<std::uint8_t>(f);
     table.on_packet(p, ts += 1000, sink);
-    if ((++i & 255) == 0) table.expire(ts, sink);
+    if ((++i & 255) == 0) {
+      table.expire(ts, sink);
+      if (journaled) {
+        table.commit_step();
+        table.begin_step();
+      }
+    }
   }
+  if (journaled) table.commit_step();
   state.SetItemsProcessed(state.iterations());
   state.counters["active"] = static_cast<double>(table.active());
   state.counters["bytes_per_flow"] =
       static_cast<double>(memory.bytes) / static_cast<double>(capacity);
   state.counters["events"] = static_cast<double>(sink.events);
 }
+void BM_FlowTableUpdate(benchmark::State& state) { update_flows(state, false); }
 BENCHMARK(BM_FlowTableUpdate)->Arg(10'000)->Arg(1'000'000);
+void BM_FlowTableUpdateJournaled(benchmark::State& state) { update_flows(state, true); }
+BENCHMARK(BM_FlowTableUpdateJournaled)->Arg(10'000)->Arg(1'000'000);
 
 // A finished TCP flow as flowd reports it.
 FlowEventData sample_event(std::uint64_t i) {

@@ -114,18 +114,20 @@ struct FlowSlot {
   std::uint8_t proto;
   std::uint8_t ip_version;
   std::uint32_t hash_next;  // beside the key: a bucket walk reads both
-  std::uint32_t event_number;
+  // The step (TableHeader::step) that last journaled this slot: a step saves a slot once,
+  // before its first change, however many of the step's packets touch it.
+  std::uint32_t journal_step;
 
   std::int64_t first_ts;
   std::int64_t last_ts;
   std::int64_t report_ts;  // start or last update: the active timeout counts from here
   std::int64_t queued_ts;  // last_ts when the flow was last put at its timer list's tail
+  // Beside queued_ts: settle_head() walks a list reading both (mostly one cache line).
+  Link timer;   // in its timer class's list
+  Link active;  // in the active-timeout list
 
   Direction orig;
   Direction resp;
-
-  Link timer;   // in its timer class's list
-  Link active;  // in the active-timeout list
 
   History history;
   // uids of the enclosing tunnel connections, first seen first; 0 = none (FlowEventData).
@@ -133,9 +135,7 @@ struct FlowSlot {
   // Community ID v1's SHA-1 (the text is its base64, written per event); all zero: none
   // (OpenSSL failed).
   std::array<std::uint8_t, 20> community_id;
-  // The step (TableHeader::step) that last journaled this slot: a step saves a slot once,
-  // before its first change, however many of the step's packets touch it.
-  std::uint32_t journal_step;
+  std::uint32_t event_number;
 };
 
 struct TableHeader {
