@@ -227,6 +227,36 @@ CleanupResult cleanup_instance(const std::string& instance) {
   return result;
 }
 
+namespace {
+
+// The run directories (the effective config) of a supervisor of `instance` that is gone: a
+// SIGKILLed supervisor cannot remove its own. Called only once no live supervisor of the
+// instance exists; a supervisor makes its run directory after its shared memory and removes
+// it before, so none of the instance's directories is a live one's.
+void remove_dead_run_directories(const std::string& instance, uid_t self,
+                                 std::optional<uid_t> stage_user) {
+  for (const auto& dir : run_directories(instance)) {
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0) continue;
+    if (st.st_uid != self && st.st_uid != stage_user) {
+      spdlog::warn("instance '{}': {} belongs to {}: left as it is", instance, dir.string(),
+                   describe_user(st.st_uid));
+      continue;
+    }
+    std::error_code ec;
+    fs::remove_all(dir, ec);  // never follows a symlink inside
+    if (ec) {
+      spdlog::warn("instance '{}': cannot remove {}, left by a supervisor that is gone: {}",
+                   instance, dir.string(), ec.message());
+    } else {
+      spdlog::info("instance '{}': removed {}, left by a supervisor that is gone", instance,
+                   dir.string());
+    }
+  }
+}
+
+}  // namespace
+
 void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
   const std::string control_name = control_block_name(instance_);
   const uid_t self = geteuid();
@@ -245,7 +275,10 @@ void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
                       instance_, ShmSegment::path_of(name), info->owner(), instance_));
     }
   }
-  if (!any) return;
+  if (!any) {
+    remove_dead_run_directories(instance_, self, stage_user);
+    return;
+  }
   // Alive if the block names a supervisor that really maps it, or if any process maps one
   // of its objects: the stages a dead supervisor left leave within seconds, so they are
   // waited for (bounded) before the instance counts as running.
@@ -294,6 +327,7 @@ void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
       "instance '{}': removed {} shared-memory objects left by a supervisor that "
       "is gone",
       instance_, removed);
+  remove_dead_run_directories(instance_, self, stage_user);
 }
 
 Instance::Instance(const Config& config, std::optional<FileOwner> owner)

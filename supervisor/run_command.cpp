@@ -952,6 +952,10 @@ int run_pipeline(Config config, ConfigSource reread, bool rotate_key) {
   const std::optional<AdoptedStream> adopted = continue_stream(config, rotate_key);
   if (user || (adopted && adopted->rotated_from)) publish_public_key(config, config.seal.key_file);
 
+  Instance instance(config, owner_of(user));
+  // Made after the instance's shared memory and removed before it (declared after it): a
+  // supervisor that finds no live one of its instance removes the run directories a killed one
+  // left (instance.cpp), and none of them can then be a live run's.
   RunDirectory run_dir(config.supervisor.instance);
   const fs::path config_file = run_dir.path() / "config.yaml";
   {
@@ -965,8 +969,6 @@ int run_pipeline(Config config, ConfigSource reread, bool rotate_key) {
     spdlog::info("flowd, dedupd, signerd and writerd run as {} (uid {}, gid {}, no capabilities)",
                  user->user, user->uid, user->gid);
   }
-
-  Instance instance(config, owner_of(user));
   // A dead instance's rings: counted, and its sealed batches that continue this directory's
   // chain placed in the new sealed ring, so that the chain goes on through them.
   std::optional<ChainPosition> position;

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import signal
+import tempfile
 import struct
 import subprocess
 import time
@@ -178,10 +179,18 @@ def test_a_rerun_after_the_supervisor_was_killed_continues_the_chain(tmp_path):
         r.p.wait()
     finally:
         r.kill()
+    # The killed supervisor could not remove its run directory (the effective config).
+    run_dirs = os.path.join(tempfile.gettempdir(), f"flowseal.{instance(tag)}.*")
+    left = glob.glob(run_dirs)
+    assert left, "the killed run left its run directory"
     # Right after the kill: the orphaned stages may still live; the rerun waits for them.
     again = run(out, tag)
     assert again.returncode == 0, f"the rerun exits 0 ({again.stderr[-2000:]})"
     assert "this run continues it at batch" in again.stderr, again.stderr[-1500:]
+    # The rerun removed it with the dead run's shared memory, and its own at its end.
+    assert not glob.glob(run_dirs), glob.glob(run_dirs)
+    assert all(f"removed {d}, left by a supervisor that is gone" in again.stderr for d in left), \
+        again.stderr[-1500:]
     first, last = batches(out)
     assert first == 0 and last > 0, "the whole store verifies as one chain"
 
