@@ -132,9 +132,10 @@ struct FlowSlot {
   History history;
   // uids of the enclosing tunnel connections, first seen first; 0 = none (FlowEventData).
   std::uint64_t tunnel_parents[FlowEventData::kMaxTunnelParents];
-  // Community ID v1's SHA-1 (the text is its base64, written per event); all zero: none
-  // (OpenSSL failed).
-  std::array<std::uint8_t, 20> community_id;
+  // Community ID v1 without its "1:": the 28 base64 characters of its SHA-1, no NUL; a NUL
+  // first: none (OpenSSL failed). Kept as text, 8 bytes more than the digest, because
+  // writing the base64 for every event cost flowd 4 % of its instructions.
+  std::array<char, 28> community_id;
   std::uint32_t event_number;
 };
 
@@ -185,14 +186,15 @@ constexpr std::uint64_t kMagic = 0x3142544C57465346ULL;  // "FSFWLTB1" little-en
 constexpr std::uint32_t kLayoutVersion =
     9;  // 4: two more weird kinds (802.11); 5: tunnel parents; 6: Zeek's TCP states (prev state,
         // attempt, letters); 7: IP fragments in the table; 8: slots journaled once per step;
-        // 9: 328-byte slots (no hash, uid, timer class or Community ID text; history packed)
+        // 9: 336-byte slots (no hash, uid or timer class; Community ID without "1:", history
+        // packed)
 constexpr std::size_t kHeaderBytes = 512;
 
 static_assert(std::is_standard_layout_v<FlowSlot> && std::is_trivially_copyable_v<FlowSlot>);
 static_assert(std::is_standard_layout_v<TableHeader> && std::is_trivially_copyable_v<TableHeader>);
 static_assert(sizeof(Direction) == 88);
 // The slot is most of a flow's memory (benchmarks/flow_bench: bytes_per_flow).
-static_assert(sizeof(FlowSlot) == 328 && alignof(FlowSlot) == 8);
+static_assert(sizeof(FlowSlot) == 336 && alignof(FlowSlot) == 8);
 static_assert(sizeof(TableHeader) <= kHeaderBytes && alignof(TableHeader) == 8);
 static_assert(std::is_trivially_copyable_v<Journal> && sizeof(Journal) % 8 == 0);
 static_assert(sizeof(FragmentSlot) <= sizeof(FlowSlot));  // a journal entry holds either
@@ -1203,9 +1205,12 @@ std::uint32_t FlowTable::create(const packet::DecodedPacket& packet, const packe
   s.queued_ts = ts_ns;
   if (flip) push_history(s.history, '^');
   const std::size_t addr_len = s.ip_version == 4 ? 4 : 16;
-  packet::community_id_digest(sha1_, options_.community_id_seed, s.proto,
-                              {s.orig_addr.data(), addr_len}, {s.resp_addr.data(), addr_len},
-                              s.orig_port, s.resp_port, s.community_id);  // zero if it failed
+  const packet::CommunityIdText id = packet::community_id(
+      sha1_, options_.community_id_seed, s.proto, {s.orig_addr.data(), addr_len},
+      {s.resp_addr.data(), addr_len}, s.orig_port, s.resp_port);
+  if (id.size == 2 + s.community_id.size()) {  // "" if OpenSSL failed: the slot keeps zeros
+    std::memcpy(s.community_id.data(), id.chars.data() + 2, s.community_id.size());
+  }  // zero if it failed
 
   s.hash_next = bucket(hash);
   bucket(hash) = index;
@@ -1398,8 +1403,10 @@ void FlowTable::emit(FlowSlot& s, std::uint64_t hash, schema::EventKind kind,
   e.history.assign(history_text(s.history, history));
   // Community ID v1 (common/packet/flow_id.h: the segment format recomputes it from the
   // record), from the digest the start computed.
-  if (s.community_id != std::array<std::uint8_t, 20>{}) {
-    e.community_id.assign(packet::community_id_text(s.community_id).view());
+  if (s.community_id[0] != '\0') {
+    std::array<char, 2 + std::tuple_size_v<decltype(s.community_id)>> text{'1', ':'};
+    std::memcpy(text.data() + 2, s.community_id.data(), s.community_id.size());
+    e.community_id.assign(std::string_view(text.data(), text.size()));
   }
   e.first_uid = uid;
   e.last_uid = uid;

@@ -96,21 +96,6 @@ CommunityIdText community_id(Sha1& sha1, std::uint16_t seed, std::uint8_t proto,
   return id_text(digest);
 }
 
-bool community_id_digest(Sha1& sha1, std::uint16_t seed, std::uint8_t proto,
-                         std::span<const std::uint8_t> orig, std::span<const std::uint8_t> resp,
-                         std::uint16_t orig_port, std::uint16_t resp_port,
-                         std::array<std::uint8_t, 20>& digest) {
-  const IdInput in = id_input(seed, proto, orig, resp, orig_port, resp_port);
-  std::array<std::uint8_t, 20> out;
-  if (in.size == 0 || !sha1.digest({in.bytes, in.size}, out)) return false;
-  digest = out;
-  return true;
-}
-
-CommunityIdText community_id_text(const std::array<std::uint8_t, 20>& digest) {
-  return id_text(digest);
-}
-
 CommunityIdText community_id(const EVP_MD* sha1, std::uint16_t seed, std::uint8_t proto,
                              std::span<const std::uint8_t> orig, std::span<const std::uint8_t> resp,
                              std::uint16_t orig_port, std::uint16_t resp_port) {

@@ -89,13 +89,6 @@ class Sha1 {
 CommunityIdText community_id(Sha1& sha1, std::uint16_t seed, std::uint8_t proto,
                              std::span<const std::uint8_t> orig, std::span<const std::uint8_t> resp,
                              std::uint16_t orig_port, std::uint16_t resp_port);
-// The same in two halves, for a caller that keeps the 20-byte digest rather than the text
-// (flowd's flow slots): false, and `digest` untouched, where community_id() gives no id.
-bool community_id_digest(Sha1& sha1, std::uint16_t seed, std::uint8_t proto,
-                         std::span<const std::uint8_t> orig, std::span<const std::uint8_t> resp,
-                         std::uint16_t orig_port, std::uint16_t resp_port,
-                         std::array<std::uint8_t, 20>& digest);
-CommunityIdText community_id_text(const std::array<std::uint8_t, 20>& digest);
 // The same with a one-shot digest (a context made and freed per call): for callers that
 // compute few IDs. A null `sha1` gives an empty id.
 CommunityIdText community_id(const EVP_MD* sha1, std::uint16_t seed, std::uint8_t proto,
