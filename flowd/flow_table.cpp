@@ -780,6 +780,27 @@ bool same_endpoints(const FlowSlot& s, const packet::FlowKey& k, bool& from_orig
   return false;
 }
 
+// A slot found in the segment is not trusted: a Community ID that is not base64 is dropped
+// (the event carries none), and history bits past its length are cleared, so that later
+// letters are not ORed into junk. What a flowd wrote is left exactly as it was.
+void sanitize_texts(FlowSlot& s) {
+  constexpr std::string_view kBase64 =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
+  const std::string_view id(s.community_id.data(), s.community_id.size());
+  if (id[0] != '\0' && id.find_first_not_of(kBase64) != std::string_view::npos) {
+    s.community_id.fill('\0');
+  }
+  const std::size_t len = history_len(s.history);
+  const auto low_bits = [](std::size_t letters) {
+    const std::size_t bits = letters * kHistoryBits;
+    return bits >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1;
+  };
+  s.history.words[0] &= low_bits(std::min(len, std::size_t{kHistoryPerWord}));
+  s.history.words[1] =
+      (s.history.words[1] & low_bits(len > kHistoryPerWord ? len - kHistoryPerWord : 0)) |
+      std::uint64_t{len} << kHistoryLenShift;
+}
+
 // The flow's key as packet::flow_key() gave it (originator first) and its hash: the bucket
 // and, with first_ts, the uid (packet::flow_uid()) are derived from it, not kept.
 std::uint64_t key_hash(const FlowSlot& s) {
@@ -989,6 +1010,7 @@ void FlowTable::rebuild_indexes() {
       header_->free_head = i;
       continue;
     }
+    sanitize_texts(s);
     live.push_back(i);
   }
   header_->active = live.size();

@@ -78,7 +78,7 @@ void RecentEventIds::add_pending(const EventId& id) {
 
 void RecentEventIds::shrink_after_batch() {
   // A huge batch grew the table; back to the usual size once its ids are settled.
-  if (slots_.size() > initial_slots_ && size_ * 2 <= initial_slots_) rebuild(initial_slots_);
+  if (slots_.size() > initial_slots_ && size_ * 8 <= initial_slots_ * 5) rebuild(initial_slots_);
 }
 
 void RecentEventIds::commit() {

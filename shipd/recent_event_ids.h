@@ -65,9 +65,10 @@ class RecentEventIds {
 
   std::size_t capacity_;
   std::size_t initial_slots_;
-  // A power of two, at most 5/8 full: the capacity's committed ids and a pending batch of up
-  // to a quarter of it fit without growing (growing and shrinking back every batch would
-  // rebuild the table each time).
+  // A power of two, at most 5/8 full, first sized for 13/8 of the capacity: the committed
+  // ids at capacity and a pending batch fit without growing (growing and shrinking back every
+  // batch would rebuild the table each time). The batch may hold at least 1/64 of the
+  // capacity, a quarter for the IPFIX exporter's 2^17; a larger one grows the table once.
   std::vector<Slot> slots_;
   std::size_t mask_ = 0;
   std::size_t size_ = 0;

@@ -6,12 +6,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include <fmt/format.h>
@@ -50,23 +53,39 @@ std::optional<MapsEntry> parse_maps_line(const std::string& line) {
 }
 
 // The run directories of `instance` (RunDirectory in run_command.cpp: mkdtemp of
-// <tmp>/flowseal.<instance>.XXXXXX), real directories only.
-std::vector<fs::path> run_directories(const std::string& instance) {
-  std::vector<fs::path> found;
+// <tmp>/flowseal.<instance>.<supervisor pid>.XXXXXX; before, <tmp>/flowseal.<instance>.XXXXXX),
+// real directories only, each with the pid its name carries (nullopt: the older name).
+struct RunDirectoryEntry {
+  fs::path path;
+  std::optional<pid_t> supervisor;
+};
+std::vector<RunDirectoryEntry> run_directories(const std::string& instance) {
+  std::vector<RunDirectoryEntry> found;
   const std::string prefix = fmt::format("flowseal.{}.", instance);
+  constexpr std::string_view kTempChars =
+      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(fs::temp_directory_path(ec), ec)) {
     const std::string name = entry.path().filename().string();
-    if (!name.starts_with(prefix) || name.size() != prefix.size() + 6) continue;
-    const std::string suffix = name.substr(prefix.size());
-    if (suffix.find_first_not_of(
-            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") !=
-        std::string::npos) {
-      continue;
+    if (!name.starts_with(prefix) || name.size() < prefix.size() + 6) continue;
+    const std::string_view tail = std::string_view(name).substr(name.size() - 6);
+    if (tail.find_first_not_of(kTempChars) != std::string_view::npos) continue;
+    std::optional<pid_t> supervisor;
+    if (name.size() > prefix.size() + 6) {  // "<pid>." before the mkdtemp characters
+      const std::string_view pid_text =
+          std::string_view(name).substr(prefix.size(), name.size() - prefix.size() - 6);
+      pid_t pid = 0;
+      const auto [end, error] =
+          std::from_chars(pid_text.data(), pid_text.data() + pid_text.size() - 1, pid);
+      if (error != std::errc() || end != pid_text.data() + pid_text.size() - 1 ||
+          pid_text.back() != '.' || pid <= 0) {
+        continue;  // another instance's (a name with dots) or not ours
+      }
+      supervisor = pid;
     }
     struct stat st {};
     if (::lstat(entry.path().c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-      found.push_back(entry.path());
+      found.push_back({entry.path(), supervisor});
     }
   }
   return found;
@@ -208,7 +227,8 @@ CleanupResult cleanup_instance(const std::string& instance) {
       result.refused.push_back(fmt::format("{}: cannot remove: {}", path, std::strerror(errno)));
     }
   }
-  for (const auto& dir : run_directories(instance)) {
+  for (const auto& entry : run_directories(instance)) {
+    const fs::path& dir = entry.path;
     struct stat st {};
     if (::lstat(dir.c_str(), &st) != 0) continue;
     if (!ours(st.st_uid)) {
@@ -229,20 +249,15 @@ CleanupResult cleanup_instance(const std::string& instance) {
 
 namespace {
 
-// The run directories (the effective config) of a supervisor of `instance` that is gone: a
-// SIGKILLed supervisor cannot remove its own. Called only once no live supervisor of the
-// instance exists; a supervisor makes its run directory after its shared memory and removes
-// it before, so none of the instance's directories is a live one's.
-void remove_dead_run_directories(const std::string& instance, uid_t self,
-                                 std::optional<uid_t> stage_user) {
-  for (const auto& dir : run_directories(instance)) {
+// The run directories (the effective config) that supervisors of `instance` now gone left: a
+// SIGKILLed supervisor cannot remove its own. Only a directory whose name carries a pid no
+// process has any more, and made by this user: a live supervisor's is never touched, however
+// the starts of two supervisors of one instance interleave.
+void remove_dead_run_directories(const std::string& instance, uid_t self) {
+  for (const auto& [dir, supervisor] : run_directories(instance)) {
+    if (!supervisor || ::kill(*supervisor, 0) == 0 || errno != ESRCH) continue;
     struct stat st {};
-    if (::lstat(dir.c_str(), &st) != 0) continue;
-    if (st.st_uid != self && st.st_uid != stage_user) {
-      spdlog::warn("instance '{}': {} belongs to {}: left as it is", instance, dir.string(),
-                   describe_user(st.st_uid));
-      continue;
-    }
+    if (::lstat(dir.c_str(), &st) != 0 || st.st_uid != self) continue;
     std::error_code ec;
     fs::remove_all(dir, ec);  // never follows a symlink inside
     if (ec) {
@@ -276,7 +291,7 @@ void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
     }
   }
   if (!any) {
-    remove_dead_run_directories(instance_, self, stage_user);
+    remove_dead_run_directories(instance_, self);
     return;
   }
   // Alive if the block names a supervisor that really maps it, or if any process maps one
@@ -327,7 +342,7 @@ void Instance::clear_leftovers(std::optional<uid_t> stage_user) {
       "instance '{}': removed {} shared-memory objects left by a supervisor that "
       "is gone",
       instance_, removed);
-  remove_dead_run_directories(instance_, self, stage_user);
+  remove_dead_run_directories(instance_, self);
 }
 
 Instance::Instance(const Config& config, std::optional<FileOwner> owner)

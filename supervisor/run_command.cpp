@@ -143,12 +143,14 @@ class LoopWakeup {
 // Until every stage is ready: readiness is reported within this of happening.
 constexpr auto kStartTick = std::chrono::milliseconds(5);
 
-// A private directory for the effective config, removed at the end of the run.
+// A private directory for the effective config, removed at the end of the run. Its name
+// carries the supervisor's pid: a later run removes it only once that pid is gone.
 class RunDirectory {
  public:
   explicit RunDirectory(const std::string& instance) {
     std::string pattern =
-        (fs::temp_directory_path() / fmt::format("flowseal.{}.XXXXXX", instance)).string();
+        (fs::temp_directory_path() / fmt::format("flowseal.{}.{}.XXXXXX", instance, ::getpid()))
+            .string();
     if (mkdtemp(pattern.data()) == nullptr) {
       throw std::runtime_error(
           fmt::format("cannot create a run directory {}: {}", pattern, std::strerror(errno)));
@@ -953,9 +955,6 @@ int run_pipeline(Config config, ConfigSource reread, bool rotate_key) {
   if (user || (adopted && adopted->rotated_from)) publish_public_key(config, config.seal.key_file);
 
   Instance instance(config, owner_of(user));
-  // Made after the instance's shared memory and removed before it (declared after it): a
-  // supervisor that finds no live one of its instance removes the run directories a killed one
-  // left (instance.cpp), and none of them can then be a live run's.
   RunDirectory run_dir(config.supervisor.instance);
   const fs::path config_file = run_dir.path() / "config.yaml";
   {

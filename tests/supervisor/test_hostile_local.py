@@ -174,6 +174,33 @@ print('mapped', flush=True); sys.stdin.read()
     assert r.returncode == 0 and "nothing to clean up" in r.stdout
 
 
+def test_a_run_removes_only_the_run_directories_of_supervisors_that_are_gone(names, tmp_path):
+    """A SIGKILLed supervisor leaves its run directory (named with its pid); the next run of
+    the instance removes it, but never one whose supervisor still lives, nor one of the older
+    name, which says nothing about whose it is."""
+    name = instance("rundirs")
+    names.append(name)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is now free (a reuse within the test would only keep its directory)
+    dead_dir = f"/tmp/flowseal.{name}.{gone.pid}.Ab12Cd"
+    live_dir = f"/tmp/flowseal.{name}.{os.getpid()}.Ef34Gh"
+    old_dir = f"/tmp/flowseal.{name}.Ij56Kl"
+    try:
+        for d in (dead_dir, live_dir, old_dir):
+            os.mkdir(d)
+            open(os.path.join(d, "config.yaml"), "w").close()
+        r = flowseal("run", "-r", os.path.join(DATA, "sample.pcap"), "-o", str(tmp_path / "out"),
+                     "--set", f"supervisor.instance={name}", "--set",
+                     "supervisor.stats_interval_s=0")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert not os.path.exists(dead_dir), r.stderr[-2000:]
+        assert f"removed {dead_dir}, left by a supervisor that is gone" in r.stderr
+        assert os.path.exists(live_dir) and os.path.exists(old_dir)
+    finally:
+        for d in (dead_dir, live_dir, old_dir):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def test_output_mistakes_are_sysexits(tmp_path):
     capture = os.path.join(DATA, "sample.pcap")
     afile = tmp_path / "a-file"
