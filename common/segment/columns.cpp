@@ -792,13 +792,19 @@ class ColumnDecoder {
     if (state && state->present) r.setConnState(state->text());
     if (history && history->present) r.setHistory(history->text());
     if (flags & kCommunityIdDerived) {
-      if (!derived_ids_) return;
+      // Damage whether or not the caller wants the ID rebuilt.
+      const bool five_tuple = e.orig && e.resp && e.orig->present && e.resp->present &&
+                              (data_of(e.orig).size() == 4 || data_of(e.orig).size() == 16) &&
+                              data_of(e.resp).size() == data_of(e.orig).size();
+      if (!five_tuple) {
+        bad(kFlags, "a Community ID to derive, but there is no 5-tuple to derive it from");
+        return;
+      }
+      if (!derived_ids_) return;  // no SHA-1 for a reader that does not use it
       const packet::CommunityIdText id = packet::community_id(
           sha1_, seed_, e.proto, data_of(e.orig), data_of(e.resp), e.orig_port, e.resp_port);
-      if (!sha1_.ok()) {
+      if (!sha1_.ok() || id.size == 0) {
         bad(kFlags, "a Community ID to derive, but OpenSSL has no SHA-1");
-      } else if (id.size == 0 || !e.orig->present || !e.resp->present) {
-        bad(kFlags, "a Community ID to derive, but there is no 5-tuple to derive it from");
       } else {
         r.setCommunityId({id.chars.data(), id.size});
       }
