@@ -54,9 +54,11 @@ std::optional<MapsEntry> parse_maps_line(const std::string& line) {
 
 // The run directories of `instance` (RunDirectory in run_command.cpp: mkdtemp of
 // <tmp>/flowseal.<instance>.<supervisor pid>.XXXXXX; before, <tmp>/flowseal.<instance>.XXXXXX),
-// real directories only, each with the pid its name carries (nullopt: the older name).
+// real directories only, each with its owner and the pid its name carries (nullopt: the older
+// name).
 struct RunDirectoryEntry {
   fs::path path;
+  uid_t owner = 0;
   std::optional<pid_t> supervisor;
 };
 std::vector<RunDirectoryEntry> run_directories(const std::string& instance) {
@@ -85,7 +87,7 @@ std::vector<RunDirectoryEntry> run_directories(const std::string& instance) {
     }
     struct stat st {};
     if (::lstat(entry.path().c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-      found.push_back({entry.path(), supervisor});
+      found.push_back({entry.path(), st.st_uid, supervisor});
     }
   }
   return found;
@@ -227,13 +229,10 @@ CleanupResult cleanup_instance(const std::string& instance) {
       result.refused.push_back(fmt::format("{}: cannot remove: {}", path, std::strerror(errno)));
     }
   }
-  for (const auto& entry : run_directories(instance)) {
-    const fs::path& dir = entry.path;
-    struct stat st {};
-    if (::lstat(dir.c_str(), &st) != 0) continue;
-    if (!ours(st.st_uid)) {
+  for (const auto& [dir, owner, supervisor] : run_directories(instance)) {
+    if (!ours(owner)) {
       result.refused.push_back(
-          fmt::format("{} ({}): not yours to remove", dir.string(), describe_user(st.st_uid)));
+          fmt::format("{} ({}): not yours to remove", dir.string(), describe_user(owner)));
       continue;
     }
     std::error_code ec;
@@ -241,7 +240,7 @@ CleanupResult cleanup_instance(const std::string& instance) {
     if (ec) {
       result.refused.push_back(fmt::format("{}: cannot remove: {}", dir.string(), ec.message()));
     } else {
-      result.removed.push_back(fmt::format("{} ({})", dir.string(), describe_user(st.st_uid)));
+      result.removed.push_back(fmt::format("{} ({})", dir.string(), describe_user(owner)));
     }
   }
   return result;
@@ -254,10 +253,8 @@ namespace {
 // process has any more, and made by this user: a live supervisor's is never touched, however
 // the starts of two supervisors of one instance interleave.
 void remove_dead_run_directories(const std::string& instance, uid_t self) {
-  for (const auto& [dir, supervisor] : run_directories(instance)) {
-    if (!supervisor || ::kill(*supervisor, 0) == 0 || errno != ESRCH) continue;
-    struct stat st {};
-    if (::lstat(dir.c_str(), &st) != 0 || st.st_uid != self) continue;
+  for (const auto& [dir, owner, supervisor] : run_directories(instance)) {
+    if (owner != self || !supervisor || ::kill(*supervisor, 0) == 0 || errno != ESRCH) continue;
     std::error_code ec;
     fs::remove_all(dir, ec);  // never follows a symlink inside
     if (ec) {
