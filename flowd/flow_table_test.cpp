@@ -8,6 +8,7 @@
 #include <regex>
 #include <sstream>
 #include <cstring>
+#include <algorithm>
 #include <string>
 #include <limits>
 #include <vector>
@@ -519,6 +520,41 @@ TEST_CASE("a resumed table still evicts in least-recently-seen order") {
   const auto ends = sink.of_kind(EventKind::END);
   REQUIRE(ends.size() == 1);
   CHECK(ends[0].orig_addr[3] == 2);
+}
+
+TEST_CASE("a resumed slot's Community ID that is not base64 is dropped, a good one kept") {
+  // The slot keeps the 28 base64 characters; memory found on resume is not trusted.
+  const FlowTableOptions o = short_timeouts();
+  std::vector<std::byte> memory(FlowTable::bytes_needed(4));
+  Recorder sink;
+  {
+    FlowTable first(memory, 4, o);
+    first.on_packet(v4(17, 1, 1000, 9, 53), 10, sink);
+    first.on_packet(v4(17, 2, 1000, 9, 53), 20, sink);
+  }
+  const auto starts = sink.of_kind(EventKind::START);
+  REQUIRE(starts.size() == 2);
+  // The first flow's characters, found in the table's memory and spoiled.
+  const std::string base64(starts[0].community_id.view().substr(2));
+  REQUIRE(base64.size() == 28);
+  const auto* bytes = reinterpret_cast<const char*>(memory.data());
+  const auto at = std::search(bytes, bytes + memory.size(), base64.begin(), base64.end());
+  REQUIRE(at != bytes + memory.size());
+  reinterpret_cast<char*>(memory.data())[at - bytes + 5] = '\n';
+
+  FlowTable second(memory, 4, o);
+  REQUIRE(second.resumed());
+  Recorder after;
+  second.flush(after);
+  const auto ends = after.of_kind(EventKind::END);
+  REQUIRE(ends.size() == 2);
+  for (const auto& end : ends) {
+    if (end.orig_addr[3] == 1) {
+      CHECK(end.community_id.view().empty());
+    } else {
+      CHECK(end.community_id.view() == starts[1].community_id.view());
+    }
+  }
 }
 
 TEST_CASE("a table another layout version left in the memory is formatted afresh, not read") {
